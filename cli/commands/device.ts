@@ -1,0 +1,123 @@
+import type { Command } from 'commander';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
+import type { DeviceRecord } from '../../provisioning/registry/records.ts';
+import { withContext, type CommonOptions } from '../context.ts';
+import { emit, iso, note, table } from '../output.ts';
+import { parseDurationOption } from '../parse.ts';
+import type { CommonFlags } from '../main.ts';
+
+function parseMetadata(value: string): Record<string, unknown> {
+  const parsed: unknown = JSON.parse(value);
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('--metadata must be a JSON object');
+  return parsed as Record<string, unknown>;
+}
+
+function deviceLine(d: DeviceRecord): string {
+  return `${d.id}  type=${d.type} fleet=${d.fleet} status=${d.status}${d.parent === null ? '' : ` parent=${d.parent}`}`;
+}
+
+export function registerDevice(program: Command, common: CommonFlags): void {
+  const device = program.command('device').description('devices of the fleet');
+
+  common(device.command('add <id>'))
+    .description('add a device and print its one-time enrollment token (shown only once)')
+    .requiredOption('--type <type>', 'sensor | gateway | camera | service | operator')
+    .option('--fleet <fleet>', 'fleet name', 'default')
+    .option('--parent <id>', 'the gateway device this one sits behind')
+    .option('--metadata <json>', 'free-form JSON object', parseMetadata)
+    .option('--token-ttl <duration>', 'enrollment token lifetime (e.g. 24h, 7d); default from config', parseDurationOption('--token-ttl'))
+    .option('--no-token', 'do not create an enrollment token')
+    .action(async (id: string, opts: CommonOptions & { type: string; fleet: string; parent?: string; metadata?: Record<string, unknown>; tokenTtl?: number; token: boolean }) => {
+      await withContext(opts, (ctx) => {
+        const { device: d, token } = ctx.registry().addDevice(
+          { id, type: opts.type, fleet: opts.fleet, parent: opts.parent ?? null, ...(opts.metadata !== undefined && { metadata: opts.metadata }) },
+          ctx.actor,
+          opts.token ? { tokenTtlMs: opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs } : {},
+        );
+        emit(opts, { device: d, ...(token && { token: token.token, tokenExpiresAt: iso(token.expiresAt) }) }, () => {
+          if (token === undefined) return deviceLine(d);
+          note(`device ${d.id} added; its enrollment token (shown once, expires ${iso(token.expiresAt)}) is on stdout`);
+          return token.token;
+        });
+      });
+    });
+
+  common(device.command('token <id>'))
+    .description('issue a new one-time enrollment token for an existing device')
+    .option('--token-ttl <duration>', 'token lifetime (e.g. 24h)', parseDurationOption('--token-ttl'))
+    .action(async (id: string, opts: CommonOptions & { tokenTtl?: number }) => {
+      await withContext(opts, (ctx) => {
+        const token = ctx.registry().createToken(id, opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs, ctx.actor);
+        emit(opts, { deviceId: id, token: token.token, tokenExpiresAt: iso(token.expiresAt) }, () => token.token);
+      });
+    });
+
+  common(device.command('list'))
+    .description('list devices')
+    .option('--fleet <fleet>', 'only this fleet')
+    .action(async (opts: CommonOptions & { fleet?: string }) => {
+      await withContext(opts, (ctx) => {
+        const rows = ctx.registry().listDevices(opts.fleet === undefined ? {} : { fleet: opts.fleet });
+        emit(opts, rows, () => table(['ID', 'TYPE', 'FLEET', 'STATUS', 'PARENT', 'CREATED'],
+          rows.map((d) => [d.id, d.type, d.fleet, d.status, d.parent ?? '-', iso(d.createdAt)])));
+      });
+    });
+
+  common(device.command('show <id>'))
+    .description('one device with its certificates')
+    .action(async (id: string, opts: CommonOptions) => {
+      await withContext(opts, (ctx) => {
+        const registry = ctx.registry();
+        const d = requireDevice(registry.getDevice(id), id);
+        const certificates = registry.listCertificates({ deviceId: d.id }).map(({ pem: _pem, ...c }) => c);
+        const children = registry.listChildren(d.id).map((c) => c.id);
+        emit(opts, { ...d, children, certificates }, () => [
+          deviceLine(d),
+          `created ${iso(d.createdAt)}, updated ${iso(d.updatedAt)}`,
+          ...(children.length > 0 ? [`children: ${children.join(', ')}`] : []),
+          `metadata: ${JSON.stringify(d.metadata)}`,
+          'certificates:',
+          table(['SERIAL', 'NOT AFTER', 'STATUS'], certificates.map((c) => [c.serial, iso(c.notAfter),
+            c.revocation === null ? (c.notAfter < Date.now() ? 'expired' : 'valid') : `revoked (${revocationReasonName(c.revocation.reason)})`])),
+        ].join('\n'));
+      });
+    });
+
+  common(device.command('suspend <id>'))
+    .description('suspend a device (reversible): its connections are refused until resumed')
+    .option('--reason <text>', 'why (goes to the audit log)')
+    .action(async (id: string, opts: CommonOptions & { reason?: string }) => {
+      await withContext(opts, (ctx) => {
+        const { device: d, changed } = ctx.registry().suspendDevice(id, ctx.actor, opts.reason);
+        emit(opts, { device: d, changed }, () => (changed ? `suspended ${d.id}` : `${d.id} was already suspended`));
+      });
+    });
+
+  common(device.command('resume <id>'))
+    .description('resume a suspended device')
+    .action(async (id: string, opts: CommonOptions) => {
+      await withContext(opts, (ctx) => {
+        const { device: d, changed } = ctx.registry().resumeDevice(id, ctx.actor);
+        emit(opts, { device: d, changed }, () => (changed ? `resumed ${d.id} (status ${d.status})` : `${d.id} was not suspended (status ${d.status})`));
+      });
+    });
+
+  common(device.command('revoke <id>'))
+    .description('revoke a device permanently: all its certificates are revoked')
+    .option('--reason <reason>', 'RFC 5280 reason: keyCompromise, cessationOfOperation, …', 'cessationOfOperation')
+    .action(async (id: string, opts: CommonOptions & { reason: string }) => {
+      await withContext(opts, (ctx) => {
+        const reason = parseRevocationReason(opts.reason);
+        const result = ctx.registry().revokeDevice(id, reason, ctx.actor);
+        emit(opts, { ...result, reason: revocationReasonName(reason) }, () => (result.changed
+          ? `revoked ${id} (${revocationReasonName(reason)}); certificates revoked: ${result.revokedSerials.join(', ') || 'none'}`
+          : `${id} was already revoked`));
+      });
+    });
+}
+
+function requireDevice(d: DeviceRecord | undefined, id: string): DeviceRecord {
+  if (d !== undefined) return d;
+  throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`);
+}

@@ -1,0 +1,20 @@
+import type { Command } from 'commander';
+import { initDataDir } from '../../provisioning/setup.ts';
+import { withContext, type CommonOptions } from '../context.ts';
+import { emit } from '../output.ts';
+import type { CommonFlags } from '../main.ts';
+
+export function registerInit(program: Command, common: CommonFlags): void {
+  common(program.command('init'))
+    .description('create the data directory, CA (root + issuing), gateway certificate and registry; never overwrites')
+    .option('--hostname <name...>', 'extra DNS name or IP for the gateway certificate')
+    .action(async (opts: CommonOptions & { hostname?: string[] }) => {
+      await withContext(opts, async (ctx) => {
+        const { created } = await initDataDir(ctx.config);
+        emit(opts, { dataDir: ctx.paths.dataDir, created, root: ctx.paths.rootCert, intermediate: ctx.paths.intermediateCert, registry: ctx.paths.registry }, () =>
+          created.length === 0
+            ? `already initialized: ${ctx.paths.dataDir}`
+            : `initialized ${ctx.paths.dataDir}: created ${created.join(', ')}\nroot CA: ${ctx.paths.rootCert}`);
+      }, { 'ca.hostnames': opts.hostname?.join(',') });
+    });
+}

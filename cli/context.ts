@@ -1,0 +1,66 @@
+import { existsSync } from 'node:fs';
+import { loadConfig, type FleetgateConfig } from '../config/config.ts';
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { loadCa, type CertificateAuthority } from '../provisioning/ca/authority.ts';
+import { dataPaths, type DataPaths } from '../provisioning/ca/files.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
+
+/** Options every command takes. */
+export interface CommonOptions {
+  data?: string;
+  config?: string;
+  json?: boolean;
+}
+
+/**
+ * What a command works with, opened lazily: a command that only reads the CA does not open
+ * the registry, and nothing is created outside `fleetgate init`/`up`.
+ */
+export class CliContext {
+  readonly config: FleetgateConfig;
+  readonly paths: DataPaths;
+  #registry: RegistryWriter | undefined;
+  #ca: Promise<CertificateAuthority> | undefined;
+
+  constructor(options: CommonOptions, flags: Record<string, string | readonly string[] | undefined> = {}) {
+    this.config = loadConfig({
+      ...(options.data !== undefined && { dataDir: options.data }),
+      ...(options.config !== undefined && { configFile: options.config }),
+      flags,
+    });
+    this.paths = dataPaths(this.config.dataDir);
+  }
+
+  get actor(): string {
+    return this.config.actor;
+  }
+
+  registry(): RegistryWriter {
+    if (this.#registry === undefined) {
+      if (!existsSync(this.paths.registry)) {
+        throw new FleetgateError('CA_NOT_INITIALIZED', `no registry in ${this.paths.dataDir}: run \`fleetgate init --data ${this.paths.dataDir}\``);
+      }
+      this.#registry = new RegistryWriter(this.paths.registry);
+    }
+    return this.#registry;
+  }
+
+  ca(): Promise<CertificateAuthority> {
+    this.#ca ??= loadCa(this.paths);
+    return this.#ca;
+  }
+
+  close(): void {
+    this.#registry?.close();
+  }
+}
+
+/** Runs `fn` with a context and always closes it. */
+export async function withContext<T>(options: CommonOptions, fn: (ctx: CliContext) => Promise<T> | T, flags?: Record<string, string | undefined>): Promise<T> {
+  const ctx = new CliContext(options, flags);
+  try {
+    return await fn(ctx);
+  } finally {
+    ctx.close();
+  }
+}

@@ -1,0 +1,59 @@
+import { Command, CommanderError } from 'commander';
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { registerAudit } from './commands/audit.ts';
+import { registerCa } from './commands/ca.ts';
+import { registerCert } from './commands/cert.ts';
+import { registerCrl } from './commands/crl.ts';
+import { registerDeny } from './commands/deny.ts';
+import { registerDevice } from './commands/device.ts';
+import { registerInit } from './commands/init.ts';
+import { registerUp } from './commands/up.ts';
+import { reportError } from './output.ts';
+
+/** Adds the options every command takes. */
+export type CommonFlags = (cmd: Command) => Command;
+
+const common: CommonFlags = (cmd) =>
+  cmd
+    .option('--data <dir>', 'data directory (env FLEETGATE_DATA)', undefined)
+    .option('--config <file>', 'config file (env FLEETGATE_CONFIG; default <data>/fleetgate.json)')
+    .option('--json', 'machine-readable output (errors too, on stderr)');
+
+export function buildProgram(): Command {
+  const program = new Command('fleetgate')
+    .description('mTLS gateway for IoT device fleets: operator CLI')
+    .version('0.1.0')
+    .showSuggestionAfterError(true)
+    .exitOverride();
+  registerInit(program, common);
+  registerUp(program, common);
+  registerCa(program, common);
+  registerDevice(program, common);
+  registerCert(program, common);
+  registerDeny(program, common);
+  registerCrl(program, common);
+  registerAudit(program, common);
+  // Commander prints its own usage errors; keep them to one line and exit 2.
+  const quiet = (cmd: Command): void => {
+    cmd.exitOverride().configureOutput({ outputError: () => undefined });
+    cmd.commands.forEach(quiet);
+  };
+  quiet(program);
+  return program;
+}
+
+/** Runs the CLI; resolves to the process exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const json = argv.includes('--json');
+  try {
+    await buildProgram().parseAsync(argv as string[], { from: 'user' });
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.exitCode === 0 || err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return 0;
+      if (err.code === 'commander.help') return 0;
+      return reportError(new FleetgateError('USAGE', err.message.replace(/^error: /, '')), json);
+    }
+    return reportError(err, json);
+  }
+}

@@ -1,0 +1,28 @@
+import { InvalidArgumentError } from 'commander';
+import { parseDuration } from '../config/duration.ts';
+
+/** Commander argument parsers: a bad value is a usage error (exit 2) naming the option. */
+export function parseNonNegativeInt(flag: string) {
+  return (value: string): number => {
+    if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) throw new InvalidArgumentError(`${flag} must be a non-negative integer`);
+    return Number(value);
+  };
+}
+
+export function parsePositiveInt(flag: string) {
+  return (value: string): number => {
+    const n = parseNonNegativeInt(flag)(value);
+    if (n === 0) throw new InvalidArgumentError(`${flag} must be at least 1`);
+    return n;
+  };
+}
+
+export function parseDurationOption(flag: string) {
+  return (value: string): number => {
+    try {
+      return parseDuration(value, flag);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+  };
+}

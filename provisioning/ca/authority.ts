@@ -1,0 +1,176 @@
+import { createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
+import { isIP } from 'node:net';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { existsSync, readText, writeNewFile, type DataPaths } from './files.ts';
+import { randomSerial, validityFrom } from './fields.ts';
+import { ECDSA_SHA256, EC_P256, pemWithNewline, subtle, toPem, x509 } from './x509.ts';
+
+export interface CaInitOptions {
+  /** Extra names for the gateway's server certificate, besides localhost, 127.0.0.1 and ::1. */
+  hostnames: readonly string[];
+  rootValidityMs: number;
+  intermediateValidityMs: number;
+  serverValidityMs: number;
+}
+
+/** The issuing CA, loaded and ready to sign. */
+export interface CertificateAuthority {
+  root: x509.X509Certificate;
+  intermediate: x509.X509Certificate;
+  /** WebCrypto key of the issuing intermediate (pkijs, @peculiar). */
+  intermediateKey: CryptoKey;
+  /** The same key as a Node KeyObject (synchronous `crypto.sign`). */
+  intermediateKeyObject: KeyObject;
+  /** Hex SubjectKeyIdentifier of the intermediate: the AKI of everything it signs. */
+  intermediateKeyId: string;
+  rootPem: string;
+  intermediatePem: string;
+  /** Intermediate then root: what a device needs to validate a leaf. */
+  chainPem: string;
+}
+
+const KEY_MODE = 0o600;
+const CERT_MODE = 0o644;
+
+async function newKeyPair(): Promise<CryptoKeyPair> {
+  return subtle.generateKey(EC_P256, true, ['sign', 'verify']) as Promise<CryptoKeyPair>;
+}
+
+async function exportKeyPem(key: CryptoKey): Promise<string> {
+  return toPem(await subtle.exportKey('pkcs8', key), 'PRIVATE KEY');
+}
+
+async function importKeyPem(pem: string): Promise<CryptoKey> {
+  const der = createPrivateKey(pem).export({ format: 'der', type: 'pkcs8' });
+  return subtle.importKey('pkcs8', der, EC_P256, false, ['sign']);
+}
+
+function skiOf(cert: x509.X509Certificate): string {
+  const ext = cert.getExtension(x509.SubjectKeyIdentifierExtension);
+  if (ext === null) throw new FleetgateError('CA_INVALID', `CA certificate ${cert.subject} has no subject key identifier`);
+  return ext.keyId;
+}
+
+/** Both halves present, or neither; one alone means someone removed a file: refuse to guess. */
+function pairState(certFile: string, keyFile: string): 'present' | 'absent' {
+  const cert = existsSync(certFile);
+  const key = existsSync(keyFile);
+  if (cert && key) return 'present';
+  if (!cert && !key) return 'absent';
+  throw new FleetgateError('CA_INVALID', `${cert ? certFile : keyFile} exists without ${cert ? keyFile : certFile}; restore it or move both away`);
+}
+
+/**
+ * `fleetgate init`: creates what is missing (root, issuing intermediate, gateway server
+ * certificate) and never overwrites anything. Returns the names of what it created.
+ */
+export async function initCa(paths: DataPaths, options: CaInitOptions): Promise<string[]> {
+  const created: string[] = [];
+  const tag = randomBytes(4).toString('hex');
+  let rootKey: CryptoKey | undefined;
+  if (pairState(paths.rootCert, paths.rootKey) === 'absent') {
+    if (existsSync(paths.intermediateCert)) throw new FleetgateError('CA_INVALID', `${paths.intermediateCert} exists but the root CA is missing`);
+    rootKey = await createRoot(paths, options, tag);
+    created.push('root CA');
+  }
+  if (pairState(paths.intermediateCert, paths.intermediateKey) === 'absent') {
+    rootKey ??= await importKeyPem(readText(paths.rootKey));
+    await createIntermediate(paths, options, rootKey, tag);
+    created.push('issuing CA');
+  }
+  if (pairState(paths.serverCert, paths.serverKey) === 'absent') {
+    await createServerCert(paths, options, await loadCa(paths));
+    created.push('gateway server certificate');
+  }
+  return created;
+}
+
+async function createRoot(paths: DataPaths, options: CaInitOptions, tag: string): Promise<CryptoKey> {
+  const keys = await newKeyPair();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: randomSerial(),
+    name: `CN=fleetgate Root CA ${tag}, O=fleetgate`,
+    ...validityFrom(Date.now(), options.rootValidityMs),
+    signingAlgorithm: ECDSA_SHA256,
+    keys,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 1, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  // Key first: a certificate without its key would make the next init refuse (pairState).
+  writeNewFile(paths.rootKey, await exportKeyPem(keys.privateKey), KEY_MODE);
+  writeNewFile(paths.rootCert, pemWithNewline(cert.toString('pem')), CERT_MODE);
+  return keys.privateKey;
+}
+
+async function createIntermediate(paths: DataPaths, options: CaInitOptions, rootKey: CryptoKey, tag: string): Promise<void> {
+  const root = new x509.X509Certificate(readText(paths.rootCert));
+  const keys = await newKeyPair();
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: `CN=fleetgate Issuing CA ${tag}, O=fleetgate`,
+    issuer: root.subjectName,
+    ...validityFrom(Date.now(), options.intermediateValidityMs, root.notAfter),
+    signingAlgorithm: ECDSA_SHA256,
+    publicKey: keys.publicKey,
+    signingKey: rootKey,
+    extensions: [
+      // pathLen 0: the issuing CA signs leaves only.
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      new x509.AuthorityKeyIdentifierExtension(skiOf(root)),
+    ],
+  });
+  writeNewFile(paths.intermediateKey, await exportKeyPem(keys.privateKey), KEY_MODE);
+  writeNewFile(paths.intermediateCert, pemWithNewline(cert.toString('pem')), CERT_MODE);
+}
+
+async function createServerCert(paths: DataPaths, options: CaInitOptions, ca: CertificateAuthority): Promise<void> {
+  const keys = await newKeyPair();
+  const names = [...new Set(['localhost', '127.0.0.1', '::1', ...options.hostnames])];
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: randomSerial(),
+    subject: 'CN=fleetgate gateway, O=fleetgate',
+    issuer: ca.intermediate.subjectName,
+    ...validityFrom(Date.now(), options.serverValidityMs, ca.intermediate.notAfter),
+    signingAlgorithm: ECDSA_SHA256,
+    publicKey: keys.publicKey,
+    signingKey: ca.intermediateKey,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
+      new x509.SubjectAlternativeNameExtension(names.map((n) => (isIP(n) ? { type: 'ip' as const, value: n } : { type: 'dns' as const, value: n }))),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      new x509.AuthorityKeyIdentifierExtension(ca.intermediateKeyId),
+    ],
+  });
+  writeNewFile(paths.serverKey, await exportKeyPem(keys.privateKey), KEY_MODE);
+  // The server presents its chain: leaf, then the issuing CA (devices trust the root).
+  writeNewFile(paths.serverCert, pemWithNewline(cert.toString('pem')) + ca.intermediatePem, CERT_MODE);
+}
+
+/** Loads the issuing CA; CA_NOT_INITIALIZED when `fleetgate init` has not run. */
+export async function loadCa(paths: DataPaths): Promise<CertificateAuthority> {
+  if (pairState(paths.intermediateCert, paths.intermediateKey) === 'absent' || !existsSync(paths.rootCert)) {
+    throw new FleetgateError('CA_NOT_INITIALIZED', `no CA in ${paths.dataDir}: run \`fleetgate init --data ${paths.dataDir}\``);
+  }
+  const rootPem = readText(paths.rootCert);
+  const intermediatePem = readText(paths.intermediateCert);
+  const keyPem = readText(paths.intermediateKey);
+  const root = new x509.X509Certificate(rootPem);
+  const intermediate = new x509.X509Certificate(intermediatePem);
+  const intermediateKeyObject = createPrivateKey(keyPem);
+  if (!(await intermediate.verify({ publicKey: root.publicKey, signatureOnly: true }))) {
+    throw new FleetgateError('CA_INVALID', `${paths.intermediateCert} is not signed by ${paths.rootCert}`);
+  }
+  return {
+    root, intermediate, intermediateKeyObject, rootPem, intermediatePem,
+    intermediateKey: await importKeyPem(keyPem),
+    intermediateKeyId: skiOf(intermediate),
+    chainPem: intermediatePem + rootPem,
+  };
+}

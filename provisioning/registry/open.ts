@@ -1,0 +1,62 @@
+import Database from 'better-sqlite3';
+import { existsSync } from 'node:fs';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { MIGRATIONS } from './schema.ts';
+
+export type Db = Database.Database;
+
+export interface OpenOptions {
+  /** Open read-only (the gateway's view): no migrations, no writes possible. */
+  readonly?: boolean;
+  /** How long a writer waits for another process's write lock, in ms. */
+  busyTimeoutMs?: number;
+}
+
+/**
+ * Opens the registry file. Writers migrate it to the current schema; readers refuse a file
+ * that does not exist or is not at the schema they understand (fail closed).
+ *
+ * WAL lets the gateway read while provisioning writes; `synchronous=FULL` makes every commit
+ * durable across a power cut (issued certificates, revocations, denylist and audit must be).
+ */
+export function openDatabase(file: string, options: OpenOptions = {}): Db {
+  const readonly = options.readonly === true;
+  if (readonly && !existsSync(file)) {
+    throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${file} does not exist`, { detail: { file } });
+  }
+  let db: Db | undefined;
+  try {
+    db = new Database(file, { readonly, fileMustExist: readonly, timeout: options.busyTimeoutMs ?? 5_000 });
+    if (!readonly) {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+    }
+    db.pragma('foreign_keys = ON');
+    if (!readonly) migrate(db);
+    const version = db.pragma('user_version', { simple: true }) as number;
+    if (version !== MIGRATIONS.length) {
+      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${file} has schema version ${version}, expected ${MIGRATIONS.length}`);
+    }
+    return db;
+  } catch (err) {
+    db?.close();
+    if (err instanceof FleetgateError) throw err;
+    throw new FleetgateError('REGISTRY_UNAVAILABLE', `cannot open registry ${file}: ${(err as Error).message}`, { cause: err, detail: { file } });
+  }
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > MIGRATIONS.length) {
+    throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry schema version ${current} is newer than this fleetgate (${MIGRATIONS.length})`);
+  }
+  for (let version = current; version < MIGRATIONS.length; version++) {
+    const sql = MIGRATIONS[version] as string;
+    db.transaction(() => {
+      // Another process may have migrated while we waited for the write lock.
+      if ((db.pragma('user_version', { simple: true }) as number) !== version) return;
+      db.exec(sql);
+      db.pragma(`user_version = ${version + 1}`);
+    }).immediate();
+  }
+}

@@ -1,0 +1,164 @@
+import type { Statement } from 'better-sqlite3';
+import { openDatabase, type Db } from './open.ts';
+import type {
+  AuditRecord, CertificateRecord, DenyKind, DenyRecord, DeviceRecord, RevocationRecord, StatusEvent, TokenRecord,
+} from './records.ts';
+
+type Row = Record<string, unknown>;
+
+const CERT_COLUMNS = `c.serial, c.device_id, c.fingerprint, c.spki_sha256, c.not_before, c.not_after, c.pem,
+  c.issued_at, c.method, c.actor, c.superseded_by, r.reason AS r_reason, r.revoked_at AS r_at, r.actor AS r_actor`;
+const CERT_FROM = 'certificates c LEFT JOIN revocations r ON r.serial = c.serial';
+
+/**
+ * The read side of the fleet registry: all the gateway may have (it cannot write by accident,
+ * and its connection is opened read-only). Provisioning and the CLI use {@link RegistryWriter},
+ * which extends this.
+ */
+export class RegistryReader {
+  readonly db: Db;
+  readonly #stmts: Record<string, Statement>;
+
+  constructor(file: string, options: { readonly?: boolean } = { readonly: true }) {
+    this.db = openDatabase(file, { readonly: options.readonly ?? true });
+    const p = (sql: string) => this.db.prepare(sql);
+    this.#stmts = {
+      device: p('SELECT * FROM devices WHERE id = ?'),
+      devices: p('SELECT * FROM devices ORDER BY id LIMIT ? OFFSET ?'),
+      devicesByFleet: p('SELECT * FROM devices WHERE fleet = ? ORDER BY id LIMIT ? OFFSET ?'),
+      children: p('SELECT * FROM devices WHERE parent = ? ORDER BY id'),
+      cert: p(`SELECT ${CERT_COLUMNS} FROM ${CERT_FROM} WHERE c.serial = ?`),
+      certByFingerprint: p(`SELECT ${CERT_COLUMNS} FROM ${CERT_FROM} WHERE c.fingerprint = ?`),
+      certs: p(`SELECT ${CERT_COLUMNS} FROM ${CERT_FROM} ORDER BY c.issued_at, c.serial LIMIT ? OFFSET ?`),
+      certsByDevice: p(`SELECT ${CERT_COLUMNS} FROM ${CERT_FROM} WHERE c.device_id = ? ORDER BY c.issued_at, c.serial`),
+      revocations: p('SELECT * FROM revocations ORDER BY revoked_at, serial'),
+      deny: p('SELECT * FROM denylist WHERE kind = ? AND value = ?'),
+      denyAll: p('SELECT * FROM denylist ORDER BY created_at, kind, value'),
+      audit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
+      token: p('SELECT * FROM enrollment_tokens WHERE hash = ?'),
+      statusEvents: p('SELECT * FROM status_events WHERE seq > ? ORDER BY seq LIMIT ?'),
+      lastStatusSeq: p('SELECT COALESCE(MAX(seq), 0) AS seq FROM status_events'),
+      counts: p(`SELECT (SELECT COUNT(*) FROM devices) AS devices, (SELECT COUNT(*) FROM certificates) AS certificates,
+        (SELECT COUNT(*) FROM enrollment_tokens) AS tokens, (SELECT COUNT(*) FROM revocations) AS revocations,
+        (SELECT COUNT(*) FROM denylist) AS denylist, (SELECT COUNT(*) FROM audit) AS audit`),
+    };
+  }
+
+  protected stmt(name: string): Statement {
+    const s = this.#stmts[name];
+    if (s === undefined) throw new TypeError(`no statement ${name}`);
+    return s;
+  }
+
+  getDevice(id: string): DeviceRecord | undefined {
+    const row = this.stmt('device').get(id) as Row | undefined;
+    return row && toDevice(row);
+  }
+
+  listDevices(options: { fleet?: string; limit?: number; offset?: number } = {}): DeviceRecord[] {
+    const limit = options.limit ?? -1;
+    const offset = options.offset ?? 0;
+    const rows = options.fleet === undefined
+      ? this.stmt('devices').all(limit, offset)
+      : this.stmt('devicesByFleet').all(options.fleet, limit, offset);
+    return (rows as Row[]).map(toDevice);
+  }
+
+  listChildren(parent: string): DeviceRecord[] {
+    return (this.stmt('children').all(parent) as Row[]).map(toDevice);
+  }
+
+  getCertificate(serial: string): CertificateRecord | undefined {
+    const row = this.stmt('cert').get(serial) as Row | undefined;
+    return row && toCertificate(row);
+  }
+
+  getCertificateByFingerprint(fingerprint: string): CertificateRecord | undefined {
+    const row = this.stmt('certByFingerprint').get(fingerprint) as Row | undefined;
+    return row && toCertificate(row);
+  }
+
+  listCertificates(options: { deviceId?: string; limit?: number; offset?: number } = {}): CertificateRecord[] {
+    const rows = options.deviceId === undefined
+      ? this.stmt('certs').all(options.limit ?? -1, options.offset ?? 0)
+      : this.stmt('certsByDevice').all(options.deviceId);
+    return (rows as Row[]).map(toCertificate);
+  }
+
+  listRevocations(): RevocationRecord[] {
+    return (this.stmt('revocations').all() as Row[]).map((r) => ({
+      serial: r.serial as string, reason: r.reason as number, revokedAt: r.revoked_at as number, actor: r.actor as string,
+    }));
+  }
+
+  getDeny(kind: DenyKind, value: string): DenyRecord | undefined {
+    const row = this.stmt('deny').get(kind, value) as Row | undefined;
+    return row && toDeny(row);
+  }
+
+  listDenylist(): DenyRecord[] {
+    return (this.stmt('denyAll').all() as Row[]).map(toDeny);
+  }
+
+  listAudit(options: { since?: number; limit?: number } = {}): AuditRecord[] {
+    return (this.stmt('audit').all(options.since ?? 0, options.limit ?? -1) as Row[]).map((r) => ({
+      seq: r.seq as number, at: r.at as number, actor: r.actor as string, action: r.action as string,
+      subject: (r.subject as string | null) ?? null, detail: JSON.parse(r.detail as string) as Record<string, unknown>,
+    }));
+  }
+
+  getToken(hash: string): TokenRecord | undefined {
+    const r = this.stmt('token').get(hash) as Row | undefined;
+    return r && {
+      hash: r.hash as string, deviceId: r.device_id as string, createdAt: r.created_at as number,
+      expiresAt: r.expires_at as number, usedAt: (r.used_at as number | null) ?? null, usedSerial: (r.used_serial as string | null) ?? null,
+    };
+  }
+
+  listStatusEvents(since: number, limit = 1_000): StatusEvent[] {
+    return (this.stmt('statusEvents').all(since, limit) as Row[]).map((r) => ({
+      seq: r.seq as number, at: r.at as number, kind: r.kind as string,
+      deviceId: (r.device_id as string | null) ?? null, serial: (r.serial as string | null) ?? null, value: (r.value as string | null) ?? null,
+    }));
+  }
+
+  lastStatusSeq(): number {
+    return (this.stmt('lastStatusSeq').get() as { seq: number }).seq;
+  }
+
+  /** Row counts per table: for health output and for tests that prove nothing was written. */
+  counts(): Record<'devices' | 'certificates' | 'tokens' | 'revocations' | 'denylist' | 'audit', number> {
+    return this.stmt('counts').get() as Record<'devices' | 'certificates' | 'tokens' | 'revocations' | 'denylist' | 'audit', number>;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
+
+function toDevice(r: Row): DeviceRecord {
+  return {
+    id: r.id as string, fleet: r.fleet as string, type: r.type as DeviceRecord['type'], parent: (r.parent as string | null) ?? null,
+    status: r.status as DeviceRecord['status'], createdAt: r.created_at as number, updatedAt: r.updated_at as number,
+    metadata: JSON.parse(r.metadata as string) as Record<string, unknown>,
+  };
+}
+
+function toCertificate(r: Row): CertificateRecord {
+  return {
+    serial: r.serial as string, deviceId: r.device_id as string, fingerprint: r.fingerprint as string,
+    spkiSha256: r.spki_sha256 as string, notBefore: r.not_before as number, notAfter: r.not_after as number,
+    pem: r.pem as string, issuedAt: r.issued_at as number, method: r.method as string, actor: r.actor as string,
+    supersededBy: (r.superseded_by as string | null) ?? null,
+    revocation: r.r_reason === null || r.r_reason === undefined ? null : {
+      serial: r.serial as string, reason: r.r_reason as number, revokedAt: r.r_at as number, actor: r.r_actor as string,
+    },
+  };
+}
+
+function toDeny(r: Row): DenyRecord {
+  return {
+    kind: r.kind as DenyKind, value: r.value as string, reason: (r.reason as string | null) ?? null,
+    createdAt: r.created_at as number, expiresAt: (r.expires_at as number | null) ?? null, actor: r.actor as string,
+  };
+}

@@ -1,0 +1,98 @@
+/**
+ * Versioned migrations of the fleet registry. `PRAGMA user_version` holds the number of
+ * migrations applied; each runs in its own transaction. Append, never edit a shipped one.
+ *
+ * Times are integer milliseconds since the Unix epoch (UTC). Hex values (serials,
+ * fingerprints, SPKI hashes) are lowercase without separators.
+ */
+export const MIGRATIONS: readonly string[] = [
+  // 1: the foundation
+  `
+  CREATE TABLE devices (
+    id          TEXT PRIMARY KEY,
+    fleet       TEXT NOT NULL DEFAULT 'default',
+    type        TEXT NOT NULL CHECK (type IN ('sensor','gateway','camera','service','operator')),
+    parent      TEXT REFERENCES devices(id),
+    status      TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','active','suspended','revoked')),
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    metadata    TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+  ) STRICT;
+  CREATE INDEX devices_parent ON devices(parent) WHERE parent IS NOT NULL;
+
+  -- Enrollment tokens are stored as SHA-256 of the token: the registry never holds one in clear.
+  CREATE TABLE enrollment_tokens (
+    hash        TEXT PRIMARY KEY,
+    device_id   TEXT NOT NULL REFERENCES devices(id),
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    used_at     INTEGER,
+    used_serial TEXT,
+    actor       TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX enrollment_tokens_device ON enrollment_tokens(device_id);
+
+  CREATE TABLE certificates (
+    serial        TEXT PRIMARY KEY,
+    device_id     TEXT NOT NULL REFERENCES devices(id),
+    fingerprint   TEXT NOT NULL UNIQUE,
+    spki_sha256   TEXT NOT NULL,
+    not_before    INTEGER NOT NULL,
+    not_after     INTEGER NOT NULL,
+    pem           TEXT NOT NULL,
+    issued_at     INTEGER NOT NULL,
+    method        TEXT NOT NULL,
+    actor         TEXT NOT NULL,
+    superseded_by TEXT
+  ) STRICT;
+  CREATE INDEX certificates_device ON certificates(device_id);
+  CREATE INDEX certificates_spki ON certificates(spki_sha256);
+
+  -- RFC 5280 §5.3.1 reason codes.
+  CREATE TABLE revocations (
+    serial      TEXT PRIMARY KEY REFERENCES certificates(serial),
+    reason      INTEGER NOT NULL CHECK (reason IN (0,1,2,3,4,5,9,10)),
+    revoked_at  INTEGER NOT NULL,
+    actor       TEXT NOT NULL
+  ) STRICT;
+
+  CREATE TABLE denylist (
+    kind        TEXT NOT NULL CHECK (kind IN ('fingerprint','spki','device')),
+    value       TEXT NOT NULL,
+    reason      TEXT,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER,
+    actor       TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+  ) STRICT;
+
+  -- Append-only: AUTOINCREMENT never reuses a sequence number; the triggers refuse changes.
+  CREATE TABLE audit (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT,
+    detail  TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(detail))
+  );
+  CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+  CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+
+  -- A feed of status changes (revoke, suspend, resume, deny) that live gateways tail by seq
+  -- to cut sessions and refresh their in-memory view without a query per packet.
+  CREATE TABLE status_events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    device_id  TEXT,
+    serial     TEXT,
+    value      TEXT
+  ) STRICT;
+
+  CREATE TABLE crl_state (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    number     INTEGER NOT NULL
+  ) STRICT;
+  INSERT INTO crl_state (id, number) VALUES (1, 0);
+  `,
+];

@@ -1,0 +1,287 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Statement } from 'better-sqlite3';
+import { assertDeviceId, assertDeviceType, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { normalizeHex } from './hex.ts';
+import { RegistryReader } from './reader.ts';
+import { DENY_KINDS, type CertificateRecord, type DenyKind, type DenyRecord, type DeviceRecord } from './records.ts';
+
+export interface NewDevice {
+  id: string;
+  type: DeviceType | string;
+  fleet?: string;
+  parent?: string | null;
+  metadata?: Record<string, unknown>;
+}
+
+/** A certificate the CA has signed, not yet given to anyone. */
+export interface NewCertificate {
+  serial: string;
+  deviceId: string;
+  fingerprint: string;
+  spkiSha256: string;
+  notBefore: number;
+  notAfter: number;
+  pem: string;
+  method: string;
+  /** SHA-256 of the enrollment token this issuance consumes, if any. */
+  tokenHash?: string;
+  /** Serial of the certificate this one renews (it stays valid until it expires). */
+  supersedes?: string;
+  /** Extra facts for the audit row (e.g. what the CSR asked for and was ignored). */
+  auditDetail?: Record<string, unknown>;
+}
+
+export interface IssuedToken {
+  token: string;
+  expiresAt: number;
+}
+
+const METADATA_MAX_BYTES = 16 * 1024;
+const TOKEN_PREFIX = 'fgt_';
+
+/** SHA-256 of an enrollment token, as the registry stores it. */
+export function hashToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+/**
+ * The write side of the registry, for provisioning and the CLI. Every change runs in one
+ * IMMEDIATE transaction together with its audit row (and its status event, for changes a
+ * live gateway must act on): a change is recorded whole or not at all.
+ */
+export class RegistryWriter extends RegistryReader {
+  readonly #w: Record<string, Statement>;
+
+  constructor(file: string) {
+    super(file, { readonly: false });
+    const p = (sql: string) => this.db.prepare(sql);
+    this.#w = {
+      insertDevice: p(`INSERT INTO devices (id, fleet, type, parent, status, created_at, updated_at, metadata)
+        VALUES (@id, @fleet, @type, @parent, 'pending', @now, @now, @metadata)`),
+      setStatus: p('UPDATE devices SET status = ?, updated_at = ? WHERE id = ?'),
+      insertToken: p(`INSERT INTO enrollment_tokens (hash, device_id, created_at, expires_at, actor) VALUES (?, ?, ?, ?, ?)`),
+      useToken: p('UPDATE enrollment_tokens SET used_at = ?, used_serial = ? WHERE hash = ? AND used_at IS NULL'),
+      expireTokens: p('UPDATE enrollment_tokens SET expires_at = MIN(expires_at, ?) WHERE device_id = ? AND used_at IS NULL'),
+      insertCert: p(`INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
+        VALUES (@serial, @deviceId, @fingerprint, @spkiSha256, @notBefore, @notAfter, @pem, @now, @method, @actor)`),
+      supersede: p('UPDATE certificates SET superseded_by = ? WHERE serial = ? AND device_id = ?'),
+      unrevokedCerts: p(`SELECT c.serial FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial
+        WHERE c.device_id = ? AND r.serial IS NULL ORDER BY c.serial`),
+      certCount: p('SELECT COUNT(*) AS n FROM certificates WHERE device_id = ?'),
+      insertRevocation: p('INSERT INTO revocations (serial, reason, revoked_at, actor) VALUES (?, ?, ?, ?)'),
+      upsertDeny: p(`INSERT INTO denylist (kind, value, reason, created_at, expires_at, actor) VALUES (@kind, @value, @reason, @now, @expiresAt, @actor)
+        ON CONFLICT (kind, value) DO UPDATE SET reason = excluded.reason, expires_at = excluded.expires_at, actor = excluded.actor, created_at = excluded.created_at`),
+      deleteDeny: p('DELETE FROM denylist WHERE kind = ? AND value = ?'),
+      audit: p('INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)'),
+      event: p('INSERT INTO status_events (at, kind, device_id, serial, value) VALUES (?, ?, ?, ?, ?)'),
+      crlNumber: p('UPDATE crl_state SET number = number + 1 WHERE id = 1 RETURNING number'),
+    };
+  }
+
+  #run<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  #audit(actor: string, action: string, subject: string | null, detail: Record<string, unknown> = {}): void {
+    this.#w.audit!.run(Date.now(), actor, action, subject, JSON.stringify(detail));
+  }
+
+  #event(kind: string, deviceId: string | null, serial: string | null = null, value: string | null = null): void {
+    this.#w.event!.run(Date.now(), kind, deviceId, serial, value);
+  }
+
+  /** Appends an audit row on its own (for actions that change no other table). */
+  appendAudit(actor: string, action: string, subject: string | null, detail: Record<string, unknown> = {}): void {
+    this.#run(() => this.#audit(actor, action, subject, detail));
+  }
+
+  #requireDevice(id: string): DeviceRecord {
+    const device = this.getDevice(assertDeviceId(id));
+    if (device === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`, { detail: { deviceId: id } });
+    return device;
+  }
+
+  /** Creates a device (status `pending`) and, when `tokenTtlMs` is given, its one-time enrollment token. */
+  addDevice(input: NewDevice, actor: string, options: { tokenTtlMs?: number } = {}): { device: DeviceRecord; token?: IssuedToken } {
+    const id = assertDeviceId(input.id);
+    const type = assertDeviceType(input.type);
+    const fleet = assertDeviceId(input.fleet ?? 'default', 'fleet');
+    const metadata = JSON.stringify(input.metadata ?? {});
+    if (Buffer.byteLength(metadata) > METADATA_MAX_BYTES) throw new FleetgateError('USAGE', `metadata is larger than ${METADATA_MAX_BYTES} bytes`);
+    const parent = input.parent ?? null;
+    return this.#run(() => {
+      if (this.getDevice(id) !== undefined) throw new FleetgateError('DEVICE_EXISTS', `device ${id} already exists`, { detail: { deviceId: id } });
+      if (parent !== null) this.#checkParent(parent, type);
+      this.#w.insertDevice!.run({ id, fleet, type, parent, now: Date.now(), metadata });
+      const token = options.tokenTtlMs === undefined ? undefined : this.#insertToken(id, options.tokenTtlMs, actor);
+      this.#audit(actor, 'device.add', id, { type, fleet, parent, token: token === undefined ? null : { expiresAt: token.expiresAt } });
+      return { device: this.getDevice(id)!, ...(token && { token }) };
+    });
+  }
+
+  #checkParent(parent: string, childType: DeviceType): void {
+    const p = this.getDevice(assertDeviceId(parent, 'parent id'));
+    if (p === undefined) throw new FleetgateError('PARENT_INVALID', `parent device ${parent} not found`);
+    if (p.type !== 'gateway') throw new FleetgateError('PARENT_INVALID', `parent device ${parent} is a ${p.type}, not a gateway`);
+    if (p.status === 'revoked') throw new FleetgateError('PARENT_INVALID', `parent device ${parent} is revoked`);
+    if (childType === 'gateway' || childType === 'service' || childType === 'operator') {
+      throw new FleetgateError('PARENT_INVALID', `a ${childType} cannot be the child of a gateway`);
+    }
+  }
+
+  #insertToken(deviceId: string, ttlMs: number, actor: string): IssuedToken {
+    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) throw new FleetgateError('USAGE', 'token lifetime must be a positive duration');
+    const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
+    const now = Date.now();
+    const expiresAt = now + ttlMs;
+    this.#w.insertToken!.run(hashToken(token), deviceId, now, expiresAt, actor);
+    return { token, expiresAt };
+  }
+
+  /** A new one-time enrollment token for an existing, not revoked device. */
+  createToken(deviceId: string, ttlMs: number, actor: string): IssuedToken {
+    return this.#run(() => {
+      const device = this.#requireDevice(deviceId);
+      if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${deviceId} is revoked`);
+      const token = this.#insertToken(device.id, ttlMs, actor);
+      this.#audit(actor, 'token.create', device.id, { expiresAt: token.expiresAt });
+      return token;
+    });
+  }
+
+  /**
+   * Checks that an enrollment token may be used now. Runs before signing (to fail early) and
+   * again inside the recording transaction (the authoritative check).
+   */
+  checkToken(tokenHash: string, now = Date.now()): { deviceId: string } {
+    const token = this.getToken(tokenHash);
+    if (token === undefined) throw new FleetgateError('TOKEN_INVALID', 'unknown enrollment token');
+    if (token.usedAt !== null) throw new FleetgateError('TOKEN_USED', `enrollment token for ${token.deviceId} was already used`, { detail: { deviceId: token.deviceId } });
+    if (token.expiresAt <= now) throw new FleetgateError('TOKEN_EXPIRED', `enrollment token for ${token.deviceId} expired`, { detail: { deviceId: token.deviceId } });
+    return { deviceId: token.deviceId };
+  }
+
+  /**
+   * Records a signed certificate, before anyone receives it: checks the device may still get
+   * one, consumes the token (if any), inserts the certificate, activates a pending device and
+   * writes the audit row, all in one transaction. If this throws, the certificate must be discarded.
+   */
+  recordCertificate(cert: NewCertificate, actor: string): CertificateRecord {
+    return this.#run(() => {
+      const device = this.#requireDevice(cert.deviceId);
+      if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${device.id} is revoked`, { detail: { deviceId: device.id } });
+      if (device.status === 'suspended') throw new FleetgateError('DEVICE_SUSPENDED', `device ${device.id} is suspended`, { detail: { deviceId: device.id } });
+      if (cert.tokenHash !== undefined) {
+        const { deviceId } = this.checkToken(cert.tokenHash);
+        if (deviceId !== device.id) throw new FleetgateError('TOKEN_INVALID', `enrollment token is bound to another device`);
+        if (this.#w.useToken!.run(Date.now(), cert.serial, cert.tokenHash).changes !== 1) throw new FleetgateError('TOKEN_USED', 'enrollment token already used');
+      }
+      this.#w.insertCert!.run({ ...cert, now: Date.now(), actor });
+      if (cert.supersedes !== undefined) this.#w.supersede!.run(cert.serial, cert.supersedes, device.id);
+      if (device.status === 'pending') this.#w.setStatus!.run('active', Date.now(), device.id);
+      this.#audit(actor, 'cert.issue', device.id, {
+        serial: cert.serial, fingerprint: cert.fingerprint, method: cert.method, notAfter: cert.notAfter,
+        ...(cert.supersedes !== undefined && { supersedes: cert.supersedes }), ...cert.auditDetail,
+      });
+      return this.getCertificate(cert.serial)!;
+    });
+  }
+
+  suspendDevice(id: string, actor: string, reason?: string): { device: DeviceRecord; changed: boolean } {
+    return this.#run(() => {
+      const device = this.#requireDevice(id);
+      if (device.status === 'revoked') throw new FleetgateError('DEVICE_STATE_CONFLICT', `device ${id} is revoked; it cannot be suspended`);
+      if (device.status === 'suspended') return { device, changed: false };
+      this.#w.setStatus!.run('suspended', Date.now(), device.id);
+      this.#event('device.suspend', device.id);
+      this.#audit(actor, 'device.suspend', device.id, { previous: device.status, reason: reason ?? null });
+      return { device: this.getDevice(device.id)!, changed: true };
+    });
+  }
+
+  resumeDevice(id: string, actor: string): { device: DeviceRecord; changed: boolean } {
+    return this.#run(() => {
+      const device = this.#requireDevice(id);
+      if (device.status === 'revoked') throw new FleetgateError('DEVICE_STATE_CONFLICT', `device ${id} is revoked; revocation is permanent`);
+      if (device.status !== 'suspended') return { device, changed: false };
+      const hasCert = (this.#w.certCount!.get(device.id) as { n: number }).n > 0;
+      this.#w.setStatus!.run(hasCert ? 'active' : 'pending', Date.now(), device.id);
+      this.#event('device.resume', device.id);
+      this.#audit(actor, 'device.resume', device.id, {});
+      return { device: this.getDevice(device.id)!, changed: true };
+    });
+  }
+
+  /** Permanently revokes a device: every certificate it holds is revoked and unused tokens expire. */
+  revokeDevice(id: string, reason: number, actor: string): { device: DeviceRecord; revokedSerials: string[]; changed: boolean } {
+    return this.#run(() => {
+      const device = this.#requireDevice(id);
+      if (device.status === 'revoked') return { device, revokedSerials: [], changed: false };
+      const now = Date.now();
+      const serials = (this.#w.unrevokedCerts!.all(device.id) as { serial: string }[]).map((r) => r.serial);
+      for (const serial of serials) this.#w.insertRevocation!.run(serial, reason, now, actor);
+      this.#w.setStatus!.run('revoked', now, device.id);
+      this.#w.expireTokens!.run(now, device.id);
+      this.#event('device.revoke', device.id);
+      this.#audit(actor, 'device.revoke', device.id, { reason, serials, previous: device.status });
+      return { device: this.getDevice(device.id)!, revokedSerials: serials, changed: true };
+    });
+  }
+
+  revokeCertificate(serial: string, reason: number, actor: string): CertificateRecord {
+    return this.#run(() => {
+      const cert = this.getCertificate(serial);
+      if (cert === undefined) throw new FleetgateError('CERT_NOT_FOUND', `certificate ${serial} not found`, { detail: { serial } });
+      if (cert.revocation !== null) return cert;
+      this.#w.insertRevocation!.run(cert.serial, reason, Date.now(), actor);
+      this.#event('cert.revoke', cert.deviceId, cert.serial);
+      this.#audit(actor, 'cert.revoke', cert.deviceId, { serial: cert.serial, reason });
+      return this.getCertificate(cert.serial)!;
+    });
+  }
+
+  addDeny(input: { kind: DenyKind | string; value: string; reason?: string | null; expiresAt?: number | null }, actor: string): DenyRecord {
+    const { kind, value } = normalizeDenyTarget(input.kind, input.value);
+    return this.#run(() => {
+      this.#w.upsertDeny!.run({ kind, value, reason: input.reason ?? null, now: Date.now(), expiresAt: input.expiresAt ?? null, actor });
+      this.#event('deny.add', kind === 'device' ? value : null, null, `${kind}:${value}`);
+      this.#audit(actor, 'deny.add', `${kind}:${value}`, { reason: input.reason ?? null, expiresAt: input.expiresAt ?? null });
+      return this.getDeny(kind, value)!;
+    });
+  }
+
+  removeDeny(kindInput: DenyKind | string, valueInput: string, actor: string): DenyRecord {
+    const { kind, value } = normalizeDenyTarget(kindInput, valueInput);
+    return this.#run(() => {
+      const existing = this.getDeny(kind, value);
+      if (existing === undefined) throw new FleetgateError('DENY_NOT_FOUND', `no denylist entry ${kind} ${value}`);
+      this.#w.deleteDeny!.run(kind, value);
+      this.#event('deny.remove', kind === 'device' ? value : null, null, `${kind}:${value}`);
+      this.#audit(actor, 'deny.remove', `${kind}:${value}`, {});
+      return existing;
+    });
+  }
+
+  /** The next CRL number (RFC 5280 §5.2.3: monotonically increasing), committed before use. */
+  nextCrlNumber(actor: string): number {
+    return this.#run(() => {
+      const { number } = this.#w.crlNumber!.get() as { number: number };
+      this.#audit(actor, 'crl.issue', null, { number });
+      return number;
+    });
+  }
+}
+
+/** Validates and normalizes a denylist target: SHA-256 hex for fingerprint/spki, a device id for device. */
+export function normalizeDenyTarget(kind: string, value: string): { kind: DenyKind; value: string } {
+  if (!(DENY_KINDS as readonly string[]).includes(kind)) {
+    throw new FleetgateError('USAGE', `denylist kind ${JSON.stringify(kind)} is invalid: one of ${DENY_KINDS.join(', ')}`);
+  }
+  if (kind === 'device') return { kind, value: assertDeviceId(value) };
+  const hex = normalizeHex(value);
+  if (hex === undefined || hex.length !== 64) {
+    throw new FleetgateError('USAGE', `${kind} must be a SHA-256 hash: 64 hex digits, colons allowed`);
+  }
+  return { kind: kind as DenyKind, value: hex };
+}
