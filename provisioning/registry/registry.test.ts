@@ -1,0 +1,169 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test, type TestContext } from 'node:test';
+import { FleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
+import { normalizeSerial } from './hex.ts';
+import { parseRevocationReason } from './reasons.ts';
+import { RegistryReader } from './reader.ts';
+import { hashToken, normalizeDenyTarget, RegistryWriter, type NewCertificate } from './writer.ts';
+
+function open(t: TestContext): { writer: RegistryWriter; file: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-registry-'));
+  const file = join(dir, 'registry.db');
+  const writer = new RegistryWriter(file);
+  t.after(() => {
+    writer.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { writer, file };
+}
+
+const code = (c: ErrorCode) => (e: unknown) => e instanceof FleetgateError && e.code === c;
+
+let serialCounter = 0;
+function fakeIssued(deviceId: string, extra: Partial<NewCertificate> = {}): NewCertificate {
+  serialCounter++;
+  const hex = serialCounter.toString(16).padStart(32, '1');
+  return { serial: hex, deviceId, fingerprint: hex.padEnd(64, 'f'), spkiSha256: hex.padEnd(64, 'e'), notBefore: 0, notAfter: Date.now() + 86_400_000, pem: 'PEM', method: 'operator', ...extra };
+}
+
+test('registry/pragmas: WAL, synchronous FULL, schema version set', (t) => {
+  const { writer } = open(t);
+  assert.equal(writer.db.pragma('journal_mode', { simple: true }), 'wal');
+  assert.equal(writer.db.pragma('synchronous', { simple: true }), 2); // FULL
+  assert.ok((writer.db.pragma('user_version', { simple: true }) as number) >= 1);
+});
+
+test('registry/reopening migrates nothing twice and keeps rows', (t) => {
+  const { writer, file } = open(t);
+  writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
+  const again = new RegistryWriter(file);
+  assert.equal(again.getDevice('d1')?.type, 'sensor');
+  again.close();
+});
+
+test('registry/reader is read-only', (t) => {
+  const { writer, file } = open(t);
+  writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
+  const reader = new RegistryReader(file);
+  t.after(() => reader.close());
+  assert.equal(reader.getDevice('d1')?.status, 'pending');
+  assert.throws(() => reader.db.prepare("UPDATE devices SET status = 'active'").run(), /readonly/i);
+});
+
+test('registry/reader refuses a missing file (fail closed)', () => {
+  assert.throws(() => new RegistryReader(join(tmpdir(), 'no-such-dir-fleetgate', 'registry.db')), code('REGISTRY_UNAVAILABLE'));
+});
+
+test('registry/add device validates id, type, fleet and parent; nothing written on error', (t) => {
+  const { writer } = open(t);
+  writer.addDevice({ id: 'gw-1', type: 'gateway' }, 'op');
+  writer.addDevice({ id: 's-1', type: 'sensor', parent: 'gw-1' }, 'op');
+  const before = writer.counts();
+  assert.throws(() => writer.addDevice({ id: 'a/b', type: 'sensor' }, 'op'), code('DEVICE_ID_INVALID'));
+  assert.throws(() => writer.addDevice({ id: 'ok', type: 'toaster' }, 'op'), code('DEVICE_TYPE_INVALID'));
+  assert.throws(() => writer.addDevice({ id: 'ok', type: 'sensor', fleet: 'a b' }, 'op'), code('DEVICE_ID_INVALID'));
+  assert.throws(() => writer.addDevice({ id: 'ok', type: 'sensor', parent: 's-1' }, 'op'), code('PARENT_INVALID'));
+  assert.throws(() => writer.addDevice({ id: 'ok', type: 'sensor', parent: 'nope' }, 'op'), code('PARENT_INVALID'));
+  assert.throws(() => writer.addDevice({ id: 'ok', type: 'gateway', parent: 'gw-1' }, 'op'), code('PARENT_INVALID'));
+  assert.throws(() => writer.addDevice({ id: 'gw-1', type: 'gateway' }, 'op'), code('DEVICE_EXISTS'));
+  assert.deepEqual(writer.counts(), before);
+  assert.deepEqual(writer.listChildren('gw-1').map((d) => d.id), ['s-1']);
+});
+
+test('registry/token: stored hashed, single use, expiry, bound to its device', (t) => {
+  const { writer } = open(t);
+  const { token } = writer.addDevice({ id: 'd1', type: 'sensor' }, 'op', { tokenTtlMs: 60_000 });
+  assert.ok(token?.token.startsWith('fgt_'));
+  const raw = writer.db.prepare('SELECT hash FROM enrollment_tokens').all() as { hash: string }[];
+  assert.deepEqual(raw, [{ hash: hashToken(token!.token) }]);
+  assert.equal(writer.checkToken(hashToken(token!.token)).deviceId, 'd1');
+  writer.recordCertificate(fakeIssued('d1', { tokenHash: hashToken(token!.token) }), 'enroll');
+  assert.throws(() => writer.checkToken(hashToken(token!.token)), code('TOKEN_USED'));
+  assert.throws(() => writer.recordCertificate(fakeIssued('d1', { tokenHash: hashToken(token!.token) }), 'enroll'), code('TOKEN_USED'));
+  assert.throws(() => writer.checkToken(hashToken('fgt_nope')), code('TOKEN_INVALID'));
+  const late = writer.createToken('d1', 1, 'op');
+  assert.throws(() => writer.checkToken(hashToken(late.token), Date.now() + 10), code('TOKEN_EXPIRED'));
+  writer.addDevice({ id: 'd2', type: 'sensor' }, 'op');
+  const other = writer.createToken('d2', 60_000, 'op');
+  assert.throws(() => writer.recordCertificate(fakeIssued('d1', { tokenHash: hashToken(other.token) }), 'enroll'), code('TOKEN_INVALID'));
+  assert.equal(writer.listCertificates({ deviceId: 'd1' }).length, 1);
+});
+
+test('registry/issuance activates a pending device; refused for suspended and revoked devices', (t) => {
+  const { writer } = open(t);
+  writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
+  writer.recordCertificate(fakeIssued('d1'), 'op');
+  assert.equal(writer.getDevice('d1')?.status, 'active');
+  writer.suspendDevice('d1', 'op');
+  assert.throws(() => writer.recordCertificate(fakeIssued('d1'), 'op'), code('DEVICE_SUSPENDED'));
+  assert.equal(writer.resumeDevice('d1', 'op').device.status, 'active');
+  writer.revokeDevice('d1', 5, 'op');
+  assert.throws(() => writer.recordCertificate(fakeIssued('d1'), 'op'), code('DEVICE_REVOKED'));
+  assert.throws(() => writer.recordCertificate(fakeIssued('ghost'), 'op'), code('DEVICE_NOT_FOUND'));
+  assert.throws(() => writer.resumeDevice('d1', 'op'), code('DEVICE_STATE_CONFLICT'));
+  assert.throws(() => writer.suspendDevice('d1', 'op'), code('DEVICE_STATE_CONFLICT'));
+});
+
+test('registry/device revoke revokes every certificate, expires tokens, emits a status event', (t) => {
+  const { writer } = open(t);
+  writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
+  const a = writer.recordCertificate(fakeIssued('d1'), 'op');
+  const b = writer.recordCertificate(fakeIssued('d1'), 'op');
+  writer.revokeCertificate(a.serial, 1, 'op');
+  const token = writer.createToken('d1', 60_000, 'op');
+  const seq = writer.lastStatusSeq();
+  const result = writer.revokeDevice('d1', 5, 'op');
+  assert.deepEqual(result.revokedSerials, [b.serial]);
+  assert.equal(writer.getCertificate(a.serial)?.revocation?.reason, 1, 'earlier reason kept');
+  assert.equal(writer.getCertificate(b.serial)?.revocation?.reason, 5);
+  assert.throws(() => writer.checkToken(hashToken(token.token)), code('TOKEN_EXPIRED'));
+  assert.deepEqual(writer.listStatusEvents(seq).map((e) => [e.kind, e.deviceId]), [['device.revoke', 'd1']]);
+  assert.equal(writer.revokeDevice('d1', 5, 'op').changed, false);
+});
+
+test('registry/audit is append-only with strictly increasing sequence', (t) => {
+  const { writer } = open(t);
+  writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
+  writer.suspendDevice('d1', 'op');
+  writer.resumeDevice('d1', 'op');
+  const rows = writer.listAudit();
+  assert.deepEqual(rows.map((r) => r.action), ['device.add', 'device.suspend', 'device.resume']);
+  assert.ok(rows.every((r, i) => i === 0 || r.seq > rows[i - 1]!.seq));
+  assert.throws(() => writer.db.prepare("UPDATE audit SET actor = 'x'").run(), /append-only/);
+  assert.throws(() => writer.db.prepare('DELETE FROM audit').run(), /append-only/);
+  assert.deepEqual(writer.listAudit({ since: rows[1]!.seq }).map((r) => r.action), ['device.resume']);
+});
+
+test('registry/denylist normalizes fingerprints and refuses malformed ones', (t) => {
+  const { writer } = open(t);
+  const fp = 'AB:'.repeat(31) + 'AB';
+  const entry = writer.addDeny({ kind: 'fingerprint', value: fp, reason: 'lost' }, 'op');
+  assert.equal(entry.value, 'ab'.repeat(32));
+  assert.equal(writer.getDeny('fingerprint', 'ab'.repeat(32))?.reason, 'lost');
+  assert.throws(() => normalizeDenyTarget('fingerprint', 'abc'), code('USAGE'));
+  assert.throws(() => normalizeDenyTarget('spki', 'zz'.repeat(32)), code('USAGE'));
+  assert.throws(() => normalizeDenyTarget('device', 'a/b'), code('DEVICE_ID_INVALID'));
+  assert.throws(() => normalizeDenyTarget('serial', 'ab'), code('USAGE'));
+  writer.removeDeny('fingerprint', fp.toLowerCase(), 'op');
+  assert.throws(() => writer.removeDeny('fingerprint', fp, 'op'), code('DENY_NOT_FOUND'));
+});
+
+test('registry/CRL numbers increase monotonically', (t) => {
+  const { writer } = open(t);
+  assert.deepEqual([writer.nextCrlNumber('op'), writer.nextCrlNumber('op'), writer.nextCrlNumber('op')], [1, 2, 3]);
+});
+
+test('registry/serial and reason parsing', () => {
+  assert.equal(normalizeSerial('00:8A:bc'), '8abc');
+  assert.equal(normalizeSerial('0x0ABC'), '0abc');
+  assert.equal(normalizeSerial('xyz'), undefined);
+  assert.equal(parseRevocationReason('keyCompromise'), 1);
+  assert.equal(parseRevocationReason('key-compromise'), 1);
+  assert.equal(parseRevocationReason('CESSATION_OF_OPERATION'), 5);
+  assert.equal(parseRevocationReason('9'), 9);
+  assert.throws(() => parseRevocationReason('certificateHold'), code('USAGE'));
+  assert.throws(() => parseRevocationReason('6'), code('USAGE'));
+});
