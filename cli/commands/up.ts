@@ -18,6 +18,7 @@ export function registerUp(program: Command, common: CommonFlags): void {
       const ctx = new CliContext(opts);
       const { created } = await initDataDir(ctx.config);
       const services: RunningService[] = [];
+      const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
       emit(opts, { dataDir: ctx.paths.dataDir, created, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
         `fleetgate up: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
         `root CA: ${ctx.paths.rootCert}   registry: ${ctx.paths.registry}`,
@@ -26,7 +27,7 @@ export function registerUp(program: Command, common: CommonFlags): void {
           : services.map((s) => `${s.name.padEnd(12)} ${s.endpoint}`)),
         'press Ctrl-C to stop',
       ].join('\n'));
-      await waitForSignal();
+      await stopped;
       await Promise.allSettled(services.map((s) => s.close()));
       ctx.close();
       process.stderr.write('fleetgate: stopped\n');

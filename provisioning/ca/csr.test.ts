@@ -7,7 +7,7 @@ import { csrDer, parseCsr } from './csr.ts';
 
 const csrs = new Map<string, string>();
 before(async () => {
-  const dir = tempDir({ after: (fn) => process.once('exit', fn) });
+  const dir = tempDir({ after: (fn: () => void) => process.once('exit', fn) });
   const specs: [string, KeySpec, string[]][] = [
     ['ec', 'ec', []], ['ec384', 'ec384', []], ['rsa2048', 'rsa2048', []], ['rsa1024', 'rsa1024', []], ['ed25519', 'ed25519', []],
     ['asks', 'ec', ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'subjectAltName=DNS:evil.example,URI:urn:fleetgate:device:other']],
