@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { loadConfig, type FleetgateConfig } from '../config/config.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { loadCa, type CertificateAuthority } from '../provisioning/ca/authority.ts';
-import { dataPaths, type DataPaths } from '../provisioning/ca/files.ts';
+import { dataPaths, type DataPaths } from '../config/paths.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 
 /** Options every command takes. */

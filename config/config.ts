@@ -31,7 +31,48 @@ export interface FleetgateConfig {
     /** Lifetime of one-time enrollment tokens. */
     tokenTtlMs: number;
   };
+  gateway: GatewayConfig;
 }
+
+/** Per device type: what one connection may do. */
+export interface TypeLimits {
+  /** Largest MQTT packet accepted (fixed header's remaining length), bytes. */
+  maxPacketBytes: number;
+  /** Keepalive the client asks for in CONNECT must be within [min, max] seconds. */
+  keepaliveMinS: number;
+  keepaliveMaxS: number;
+}
+
+export interface TopicRules {
+  publish: readonly string[];
+  subscribe: readonly string[];
+}
+
+export interface GatewayConfig {
+  host: string;
+  /** MQTT over TLS. 0 picks an ephemeral port (tests). */
+  mqttPort: number;
+  /** MQTT over secure WebSocket. */
+  wssPort: number;
+  wssPath: string;
+  /** Admin listener: /healthz, /metrics, live sessions (operator certificate). */
+  adminHost: string;
+  adminPort: number;
+  handshakeTimeoutMs: number;
+  /** Time allowed between the TLS handshake and the MQTT CONNECT. */
+  connectTimeoutMs: number;
+  /** How often the gateway reads the registry's status-event feed (live revocation). */
+  statusPollMs: number;
+  limits: Readonly<Record<DeviceTypeName, TypeLimits>>;
+  /**
+   * Topic templates per device type; `${device.id}`, `${device.fleet}`, `${device.type}` are
+   * replaced from the certificate's device. A `gateway` device also gets `devices/<child>/#`
+   * for each registered child.
+   */
+  topics: Readonly<Record<DeviceTypeName, TopicRules>>;
+}
+
+type DeviceTypeName = 'sensor' | 'gateway' | 'camera' | 'service' | 'operator';
 
 const DAY = 86_400_000;
 
@@ -49,6 +90,31 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
   enrollment: {
     tokenTtlMs: DAY, // 24 hours
   },
+  gateway: {
+    host: '127.0.0.1',
+    mqttPort: 8883,
+    wssPort: 8884,
+    wssPath: '/mqtt',
+    adminHost: '127.0.0.1',
+    adminPort: 9444,
+    handshakeTimeoutMs: 10_000, // 10 s
+    connectTimeoutMs: 10_000, // 10 s
+    statusPollMs: 20, // 20 ms: bounds revoke → live cut
+    limits: {
+      sensor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      gateway: { maxPacketBytes: 256 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      camera: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      service: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      operator: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+    },
+    topics: {
+      sensor: { publish: ['devices/${device.id}/#'], subscribe: ['devices/${device.id}/#'] },
+      gateway: { publish: ['devices/${device.id}/#'], subscribe: ['devices/${device.id}/#'] },
+      camera: { publish: ['devices/${device.id}/#'], subscribe: ['devices/${device.id}/#'] },
+      service: { publish: ['devices/+/commands/#'], subscribe: ['devices/+/#'] },
+      operator: { publish: [], subscribe: [] },
+    },
+  },
 });
 
 /** Where each setting may come from: its path in the file, its environment variable, its parser. */
@@ -60,7 +126,20 @@ const SETTINGS = [
   { key: 'ca.leafValidityMs', file: ['ca', 'leafValidity'], env: 'FLEETGATE_LEAF_VALIDITY', kind: 'duration' },
   { key: 'ca.crlValidityMs', file: ['ca', 'crlValidity'], env: 'FLEETGATE_CRL_VALIDITY', kind: 'duration' },
   { key: 'enrollment.tokenTtlMs', file: ['enrollment', 'tokenTtl'], env: 'FLEETGATE_TOKEN_TTL', kind: 'duration' },
+  { key: 'gateway.host', file: ['gateway', 'host'], env: 'FLEETGATE_GATEWAY_HOST', kind: 'host' },
+  { key: 'gateway.mqttPort', file: ['gateway', 'mqttPort'], env: 'FLEETGATE_MQTT_PORT', kind: 'port' },
+  { key: 'gateway.wssPort', file: ['gateway', 'wssPort'], env: 'FLEETGATE_WSS_PORT', kind: 'port' },
+  { key: 'gateway.adminHost', file: ['gateway', 'adminHost'], env: 'FLEETGATE_ADMIN_HOST', kind: 'host' },
+  { key: 'gateway.adminPort', file: ['gateway', 'adminPort'], env: 'FLEETGATE_ADMIN_PORT', kind: 'port' },
+  { key: 'gateway.handshakeTimeoutMs', file: ['gateway', 'handshakeTimeout'], env: 'FLEETGATE_HANDSHAKE_TIMEOUT', kind: 'duration' },
+  { key: 'gateway.connectTimeoutMs', file: ['gateway', 'connectTimeout'], env: 'FLEETGATE_CONNECT_TIMEOUT', kind: 'duration' },
+  { key: 'gateway.statusPollMs', file: ['gateway', 'statusPoll'], env: 'FLEETGATE_STATUS_POLL', kind: 'duration' },
+  { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
+  { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
 ] as const;
+
+type Kind = (typeof SETTINGS)[number]['kind'];
+const TYPE_NAMES = ['sensor', 'gateway', 'camera', 'service', 'operator'] as const;
 
 export interface LoadOptions {
   /** `--data`; else FLEETGATE_DATA; else ./data. */
@@ -72,7 +151,23 @@ export interface LoadOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-function parseValue(kind: 'list' | 'duration', value: unknown, where: string, problems: string[]): unknown {
+function parseValue(kind: Kind, value: unknown, where: string, problems: string[], current: unknown): unknown {
+  if (kind === 'port') {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 0 || n > 65_535) {
+      problems.push(`${where} must be a port number 0–65535 (0: any free port)`);
+      return undefined;
+    }
+    return n;
+  }
+  if (kind === 'host') {
+    if (typeof value !== 'string' || !/^[A-Za-z0-9.:-]+$/.test(value)) {
+      problems.push(`${where} must be a host name or IP address`);
+      return undefined;
+    }
+    return value;
+  }
+  if (kind === 'limits' || kind === 'topics') return mergePerType(kind, value, where, problems, current as Record<string, Record<string, unknown>>);
   if (kind === 'duration') {
     try {
       return parseDuration(String(value), where);
@@ -87,6 +182,29 @@ function parseValue(kind: 'list' | 'duration', value: unknown, where: string, pr
     return undefined;
   }
   return list;
+}
+
+/** Per-type tables from the file: given types override their defaults field by field. */
+function mergePerType(kind: 'limits' | 'topics', value: unknown, where: string, problems: string[], current: Record<string, Record<string, unknown>>): unknown {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    problems.push(`${where} must be an object keyed by device type`);
+    return undefined;
+  }
+  const out = structuredClone(current);
+  for (const [type, v] of Object.entries(value as Record<string, unknown>)) {
+    if (!(TYPE_NAMES as readonly string[]).includes(type) || v === null || typeof v !== 'object') {
+      problems.push(`${where}.${type}: unknown device type or not an object`);
+      continue;
+    }
+    for (const [field, fv] of Object.entries(v as Record<string, unknown>)) {
+      const ok = kind === 'limits'
+        ? ['maxPacketBytes', 'keepaliveMinS', 'keepaliveMaxS'].includes(field) && Number.isInteger(fv) && (fv as number) >= 0
+        : ['publish', 'subscribe'].includes(field) && Array.isArray(fv) && fv.every((t) => typeof t === 'string' && t.length > 0);
+      if (!ok) problems.push(`${where}.${type}.${field} is invalid`);
+      else (out[type] as Record<string, unknown>)[field] = fv;
+    }
+  }
+  return out;
 }
 
 function readFile(file: string, problems: string[]): Record<string, unknown> {
@@ -121,12 +239,13 @@ export function loadConfig(options: LoadOptions = {}): FleetgateConfig {
   for (const s of SETTINGS) {
     const sources: [unknown, string][] = [
       [(fromFile[s.file[0]] as Record<string, unknown> | undefined)?.[s.file[1]], `${file}: ${s.file.join('.')}`],
-      [env[s.env], s.env],
+      [s.env === '' ? undefined : env[s.env], s.env],
       [options.flags?.[s.key], `flag for ${s.key}`],
     ];
     for (const [raw, where] of sources) {
       if (raw === undefined) continue;
-      const value = parseValue(s.kind, raw, where, problems);
+      const [section, field] = s.key.split('.') as [string, string];
+      const value = parseValue(s.kind, raw, where, problems, (config[section] as Record<string, unknown>)[field]);
       if (value !== undefined) setPath(config, s.key, value);
     }
   }

@@ -55,13 +55,20 @@ test('init/--hostname names go into the gateway certificate', async (t) => {
 test('up/initializes the data dir, stays up, stops cleanly on SIGINT and SIGTERM', async (t) => {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     const dir = join(tempDir(t), 'data');
-    const child = spawn(process.execPath, [FLEETGATE, 'up', '--data', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [FLEETGATE, 'up', '--data', dir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0' },
+    });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     let stderr = '';
     child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+    const banner: string[] = [];
     for await (const line of createInterface({ input: child.stdout })) {
+      banner.push(line);
       if (line.includes('Ctrl-C')) break;
     }
+    assert.match(banner.join('\n'), /mqtt\+tls\s+mqtts:\/\/127\.0\.0\.1:\d+/);
+    assert.match(banner.join('\n'), /mqtt\+wss\s+wss:\/\/127\.0\.0\.1:\d+\/mqtt/);
     assert.equal(child.exitCode, null, 'still running');
     assert.equal(mode(join(dir, 'ca', 'root.key')), 0o600);
     assert.ok(statSync(join(dir, 'registry.db')).isFile(), 'registry created');

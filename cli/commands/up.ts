@@ -1,45 +1,69 @@
 import type { Command } from 'commander';
+import pino from 'pino';
+import { startGateway } from '../../gateway/gateway.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
 import type { CommonFlags } from '../main.ts';
 
-/** A running service `up` started: what to print, and how to stop it. */
-export interface RunningService {
+/** A running service: what to print, and how to stop it. */
+interface RunningService {
   name: string;
   endpoint: string;
   close(): Promise<void>;
 }
 
+/** The root logger: JSON lines on stderr (stdout carries the banner / --json), level from FLEETGATE_LOG_LEVEL. */
+function rootLogger() {
+  return pino({
+    level: process.env.FLEETGATE_LOG_LEVEL ?? 'info',
+    redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'],
+  }, pino.destination(2));
+}
+
+async function serve(opts: CommonOptions, which: 'up' | 'gateway'): Promise<void> {
+  const ctx = new CliContext(opts);
+  const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
+  const { created } = which === 'up' ? await initDataDir(ctx.config) : { created: [] };
+  const log = rootLogger();
+  const services: RunningService[] = [];
+  try {
+    const gateway = await startGateway(ctx.config, { log });
+    services.push(
+      { name: 'mqtt+tls', endpoint: gateway.endpoints.mqtts, close: () => gateway.close() },
+      { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
+      { name: 'admin', endpoint: gateway.endpoints.admin, close: async () => undefined },
+    );
+  } catch (err) {
+    await Promise.allSettled(services.map((s) => s.close()));
+    throw err;
+  }
+  emit(opts, { dataDir: ctx.paths.dataDir, created, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
+    `fleetgate ${which}: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
+    `root CA (what devices trust): ${ctx.paths.rootCert}`,
+    ...services.map((s) => `  ${s.name.padEnd(10)} ${s.endpoint}`),
+    'press Ctrl-C to stop',
+  ].join('\n'));
+  const signal = await stopped;
+  log.info({ signal }, 'stopping');
+  await Promise.allSettled(services.map((s) => s.close()));
+  ctx.close();
+  process.stderr.write('fleetgate: stopped\n');
+}
+
 export function registerUp(program: Command, common: CommonFlags): void {
   common(program.command('up'))
-    .description('initialize the data directory if needed, start the services, run until SIGINT/SIGTERM')
-    .action(async (opts: CommonOptions) => {
-      const ctx = new CliContext(opts);
-      const { created } = await initDataDir(ctx.config);
-      const services: RunningService[] = [];
-      const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
-      emit(opts, { dataDir: ctx.paths.dataDir, created, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
-        `fleetgate up: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
-        `root CA: ${ctx.paths.rootCert}   registry: ${ctx.paths.registry}`,
-        ...(services.length === 0
-          ? ['no network listeners in this build yet (the gateway and provisioning planes are coming); the registry and CA are ready for the CLI']
-          : services.map((s) => `${s.name.padEnd(12)} ${s.endpoint}`)),
-        'press Ctrl-C to stop',
-      ].join('\n'));
-      await stopped;
-      await Promise.allSettled(services.map((s) => s.close()));
-      ctx.close();
-      process.stderr.write('fleetgate: stopped\n');
-    });
+    .description('initialize the data directory if needed, start every service, run until SIGINT/SIGTERM')
+    .action((opts: CommonOptions) => serve(opts, 'up'));
+  common(program.command('gateway'))
+    .description('run the gateway only (MQTT over TLS and WSS, admin listener) on an initialized data directory')
+    .action((opts: CommonOptions) => serve(opts, 'gateway'));
 }
 
 function waitForSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
-    // A pending timer keeps the event loop alive while no listener is open.
-    const keepAlive = setInterval(() => undefined, 1 << 30);
+    // The listening servers keep the event loop alive; if start-up fails, nothing does.
     const stop = (signal: NodeJS.Signals) => {
-      clearInterval(keepAlive);
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       resolve(signal);

@@ -74,6 +74,7 @@ export const ERRORS = Object.freeze({
   ROUTE_DENIED: entry(403, 5, EXIT.denied, 'route not allowed'),
   ROUTE_NOT_FOUND: entry(404, 5, EXIT.notFound, 'no such route'),
   PROTOCOL_UNSUPPORTED: entry(400, 5, EXIT.rejected, 'protocol version not supported'),
+  KEEPALIVE_OUT_OF_RANGE: entry(400, 2, EXIT.rejected, 'keepalive outside the allowed range'),
   ORIGIN_UNREACHABLE: entry(502, 3, EXIT.unavailable, 'origin unreachable'),
   ORIGIN_TIMEOUT: entry(504, 3, EXIT.unavailable, 'origin timed out'),
 

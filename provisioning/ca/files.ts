@@ -2,22 +2,6 @@ import { closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readFi
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
-/** Where everything lives inside the data directory. */
-export function dataPaths(dataDir: string) {
-  return {
-    dataDir,
-    registry: join(dataDir, 'registry.db'),
-    config: join(dataDir, 'fleetgate.json'),
-    rootCert: join(dataDir, 'ca', 'root.crt'),
-    rootKey: join(dataDir, 'ca', 'root.key'),
-    intermediateCert: join(dataDir, 'ca', 'intermediate.crt'),
-    intermediateKey: join(dataDir, 'ca', 'intermediate.key'),
-    serverCert: join(dataDir, 'tls', 'server.crt'),
-    serverKey: join(dataDir, 'tls', 'server.key'),
-  };
-}
-export type DataPaths = ReturnType<typeof dataPaths>;
-
 export function ensureDir(dir: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 }

@@ -35,6 +35,9 @@ export class RegistryReader {
       deny: p('SELECT * FROM denylist WHERE kind = ? AND value = ?'),
       denyAll: p('SELECT * FROM denylist ORDER BY created_at, kind, value'),
       audit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
+      denied: p(`SELECT kind, value, reason FROM denylist
+        WHERE ((kind = 'fingerprint' AND value = @fingerprint) OR (kind = 'spki' AND value = @spki) OR (kind = 'device' AND value = @deviceId))
+          AND (expires_at IS NULL OR expires_at > @now) LIMIT 1`),
       token: p('SELECT * FROM enrollment_tokens WHERE hash = ?'),
       statusEvents: p('SELECT * FROM status_events WHERE seq > ? ORDER BY seq LIMIT ?'),
       lastStatusSeq: p('SELECT COALESCE(MAX(seq), 0) AS seq FROM status_events'),
@@ -94,6 +97,12 @@ export class RegistryReader {
   getDeny(kind: DenyKind, value: string): DenyRecord | undefined {
     const row = this.stmt('deny').get(kind, value) as Row | undefined;
     return row && toDeny(row);
+  }
+
+  /** The first active denylist entry matching a certificate fingerprint, its key or its device. */
+  findDenied(q: { fingerprint: string; spki: string; deviceId: string; now?: number }): { kind: string; value: string; reason: string | null } | undefined {
+    return this.stmt('denied').get({ fingerprint: q.fingerprint, spki: q.spki, deviceId: q.deviceId, now: q.now ?? Date.now() }) as
+      { kind: string; value: string; reason: string | null } | undefined;
   }
 
   listDenylist(): DenyRecord[] {

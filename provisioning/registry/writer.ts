@@ -115,6 +115,8 @@ export class RegistryWriter extends RegistryReader {
       if (parent !== null) this.#checkParent(parent, type);
       this.#w.insertDevice!.run({ id, fleet, type, parent, now: Date.now(), metadata });
       const token = options.tokenTtlMs === undefined ? undefined : this.#insertToken(id, options.tokenTtlMs, actor);
+      // A gateway's live session learns of its new child (its topic scope grows).
+      if (parent !== null) this.#event('device.children', parent);
       this.#audit(actor, 'device.add', id, { type, fleet, parent, token: token === undefined ? null : { expiresAt: token.expiresAt } });
       return { device: this.getDevice(id)!, ...(token && { token }) };
     });

@@ -1,0 +1,17 @@
+import { join } from 'node:path';
+
+/** Where everything lives inside the data directory. */
+export function dataPaths(dataDir: string) {
+  return {
+    dataDir,
+    registry: join(dataDir, 'registry.db'),
+    config: join(dataDir, 'fleetgate.json'),
+    rootCert: join(dataDir, 'ca', 'root.crt'),
+    rootKey: join(dataDir, 'ca', 'root.key'),
+    intermediateCert: join(dataDir, 'ca', 'intermediate.crt'),
+    intermediateKey: join(dataDir, 'ca', 'intermediate.key'),
+    serverCert: join(dataDir, 'tls', 'server.crt'),
+    serverKey: join(dataDir, 'tls', 'server.key'),
+  };
+}
+export type DataPaths = ReturnType<typeof dataPaths>;

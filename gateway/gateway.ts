@@ -1,0 +1,95 @@
+import type { Logger } from 'pino';
+import type { FleetgateConfig } from '../config/config.ts';
+import { dataPaths } from '../config/paths.ts';
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { AuditAppender } from '../provisioning/registry/audit-appender.ts';
+import type { StatusEvent } from '../provisioning/registry/records.ts';
+import { startAdmin } from './admin/server.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
+import { MqttPlane } from './mqtt/broker.ts';
+import { startMqttListeners } from './mqtt/listeners.ts';
+import { SessionTable, type Session } from './sessions.ts';
+import { StatusChecker } from './status/check.ts';
+import { StatusWatcher } from './status/watch.ts';
+import { deviceTlsOptions } from './tls/context.ts';
+
+export interface RunningGateway {
+  endpoints: { mqtts: string; wss: string; admin: string };
+  ports: { mqtts: number; wss: number; admin: number };
+  sessions: SessionTable;
+  metrics: Metrics;
+  /** Closes every live session of a device (operator action); returns how many. */
+  kick(deviceId: string, actor: string): number;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts the gateway: MQTT over TLS and WSS, the admin listener, and the live-revocation
+ * watcher, all reading the registry in `config.dataDir` (read side only, plus audit appends).
+ */
+export async function startGateway(config: FleetgateConfig, deps: { log: Logger }): Promise<RunningGateway> {
+  const paths = dataPaths(config.dataDir);
+  const log = deps.log.child({ component: 'gateway' });
+  const g = config.gateway;
+  const checker = new StatusChecker(paths.registry);
+  checker.reader(); // fail fast at start if the registry is missing
+  const audit = new AuditAppender(paths.registry);
+  const sessions = new SessionTable();
+  const metrics = createMetrics();
+  const tls = deviceTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs });
+  const plane = await MqttPlane.create({ config: g, checker, sessions, metrics, log: log.child({ plane: 'mqtt' }) });
+
+  const cut = (session: Session, error: FleetgateError, actor: string, event?: StatusEvent) => {
+    if (session.cut !== undefined) return;
+    session.cut = error.code;
+    session.close();
+    metrics.liveCuts.inc({ code: error.code });
+    log.warn({ decision: 'cut', code: error.code, deviceId: session.device.id, serial: session.identity.serial, transport: session.transport, event: event?.kind }, error.message);
+    try {
+      audit.append(actor, 'session.disconnect', session.device.id, {
+        reason: event === undefined ? 'disconnected by operator' : 'disconnected by revocation',
+        code: error.code, transport: session.transport, serial: session.identity.serial, sessionId: session.id, ...(event && { event: event.kind, eventSeq: event.seq }),
+      });
+    } catch (err) {
+      log.error({ err }, 'audit append failed');
+    }
+  };
+  const watcher = new StatusWatcher({
+    checker, sessions,
+    cut: (session, error, event) => cut(session, error, 'gateway', event),
+    refresh: (session) => plane.refreshScope(session),
+    unavailable: (error) => log.error({ code: error.code, err: error.message }, 'registry unavailable: new connections are refused'),
+  }, g.statusPollMs);
+
+  const kick = (deviceId: string, actor: string): number => {
+    const live = sessions.ofDevice(deviceId);
+    for (const s of live) cut(s, new FleetgateError('NOT_AUTHORIZED', `kicked by ${actor}`), actor);
+    return live.length;
+  };
+  const listeners = await startMqttListeners(plane, tls, g, log, metrics);
+  const admin = await startAdmin(g, tls, { checker, sessions, metrics, kick });
+  const host = g.host.includes(':') ? `[${g.host}]` : g.host;
+  const adminHost = g.adminHost.includes(':') ? `[${g.adminHost}]` : g.adminHost;
+  return {
+    endpoints: {
+      mqtts: `mqtts://${host}:${listeners.ports.mqtts}`,
+      wss: `wss://${host}:${listeners.ports.wss}${g.wssPath}`,
+      admin: `https://${adminHost}:${admin.port}`,
+    },
+    ports: { ...listeners.ports, admin: admin.port },
+    sessions, metrics, kick,
+    async close() {
+      watcher.close();
+      for (const s of sessions.all()) s.close();
+      await Promise.all([
+        new Promise((r) => listeners.mqtts.close(r)),
+        new Promise((r) => listeners.wss.close(r)),
+        admin.app.close(),
+        plane.close(),
+      ]);
+      listeners.wss.closeAllConnections();
+      checker.close();
+      audit.close();
+    },
+  };
+}

@@ -1,0 +1,66 @@
+import { createHash, type X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import { DEVICE_URI_PREFIX, isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { normalizeSerial } from '../../provisioning/registry/hex.ts';
+
+/** Who a verified peer certificate says it is. Never from anything else the client sent. */
+export interface PeerIdentity {
+  deviceId: string;
+  /** Lowercase hex, no leading zero bytes: as the registry stores it. */
+  serial: string;
+  /** SHA-256 of the certificate DER, lowercase hex. */
+  fingerprint: string;
+  /** SHA-256 of the SubjectPublicKeyInfo DER, lowercase hex. */
+  spkiSha256: string;
+  notBefore: number;
+  notAfter: number;
+  /** RFC 8705 `x5t#S256`: base64url SHA-256 of the certificate DER. */
+  x5tS256: string;
+}
+
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+
+function invalid(message: string, detail: Record<string, unknown> = {}): FleetgateError {
+  return new FleetgateError('CERT_INVALID', message, { detail });
+}
+
+/** The single device id in `URI:urn:fleetgate:device:<id>` SAN entries; anything else refuses. */
+function deviceIdFromSan(san: string | undefined): string {
+  const uris = (san ?? '').split(', ').filter((e) => e.startsWith(`URI:${DEVICE_URI_PREFIX}`));
+  if (uris.length !== 1) throw invalid(`certificate has ${uris.length} fleetgate device URIs in its SAN, expected 1`);
+  const id = (uris[0] as string).slice(`URI:${DEVICE_URI_PREFIX}`.length);
+  if (!isDeviceId(id)) throw invalid('certificate SAN device id is malformed');
+  return id;
+}
+
+/**
+ * Reads the identity of a verified peer certificate and applies the checks OpenSSL does not
+ * (STACK-NOTES): EKU must include clientAuth, the certificate must not be a CA, and it must
+ * carry exactly one device URI written by our CA. Registry checks (issued by us, status)
+ * come next, in `gateway/status`.
+ */
+export function identityFromCertificate(cert: X509Certificate): PeerIdentity {
+  const eku = cert.keyUsage; // Node: the *extended* key usage OIDs, undefined when absent
+  if (eku === undefined || !eku.includes(CLIENT_AUTH)) throw invalid('certificate lacks the clientAuth extended key usage');
+  if (cert.ca) throw invalid('a CA certificate cannot be used as a client certificate');
+  const deviceId = deviceIdFromSan(cert.subjectAltName);
+  const der = cert.raw;
+  const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
+  return {
+    deviceId,
+    serial: normalizeSerial(cert.serialNumber) ?? '',
+    fingerprint: createHash('sha256').update(der).digest('hex'),
+    spkiSha256: createHash('sha256').update(spki).digest('hex'),
+    notBefore: Date.parse(cert.validFrom),
+    notAfter: Date.parse(cert.validTo),
+    x5tS256: createHash('sha256').update(der).digest('base64url'),
+  };
+}
+
+/** The identity of an authorized TLS peer; CERT_REQUIRED when there is none. */
+export function identityFromSocket(socket: TLSSocket): PeerIdentity {
+  const cert = socket.authorized ? socket.getPeerX509Certificate() : undefined;
+  if (cert === undefined) throw new FleetgateError('CERT_REQUIRED', 'no verified client certificate on this connection');
+  return identityFromCertificate(cert);
+}

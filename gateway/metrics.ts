@@ -1,0 +1,27 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** The gateway's Prometheus metrics, one registry per gateway (tests run several in one process). */
+export function createMetrics() {
+  const registry = new Registry();
+  const make = {
+    handshakes: new Counter({
+      name: 'fleetgate_handshakes_total', help: 'Connection attempts by transport, outcome (admitted|refused|tls_failed) and error code',
+      labelNames: ['transport', 'outcome', 'code'] as const, registers: [registry],
+    }),
+    connected: new Gauge({
+      name: 'fleetgate_connected_clients', help: 'Live MQTT sessions by device type and transport',
+      labelNames: ['type', 'transport'] as const, registers: [registry],
+    }),
+    messagesIn: new Counter({ name: 'fleetgate_messages_in_total', help: 'PUBLISH packets accepted from clients', labelNames: ['qos'] as const, registers: [registry] }),
+    messagesOut: new Counter({ name: 'fleetgate_messages_out_total', help: 'PUBLISH packets delivered to clients', registers: [registry] }),
+    denied: new Counter({ name: 'fleetgate_denied_total', help: 'Refused PUBLISH/SUBSCRIBE by code', labelNames: ['action', 'code'] as const, registers: [registry] }),
+    liveCuts: new Counter({ name: 'fleetgate_live_cuts_total', help: 'Live sessions cut by a status change, by code', labelNames: ['code'] as const, registers: [registry] }),
+    statusCheck: new Histogram({
+      name: 'fleetgate_status_check_seconds', help: 'Latency of the registry status check per connection',
+      buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025], registers: [registry],
+    }),
+  };
+  return { registry, ...make };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
