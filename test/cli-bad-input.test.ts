@@ -2,19 +2,20 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { before, test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { ERRORS, type ErrorCode } from '../firmware-sdk/protocol/errors.ts';
 import { csrDer } from '../provisioning/ca/csr.ts';
 import { initFleet } from './helpers/fleet.ts';
 import { opensslCsr } from './helpers/pki.ts';
-import { errorCode, fleetgate, fleetgateOk } from './helpers/run.ts';
+import { errorCode, fileScope, fleetgate, fleetgateOk } from './helpers/run.ts';
 
 let fleet: Awaited<ReturnType<typeof initFleet>>;
+const scope = fileScope(after);
 const files: Record<string, string> = {};
 const tokens: Record<string, string> = {};
 
 before(async () => {
-  fleet = await initFleet({ after: (fn: () => void) => process.once('exit', fn) } as never);
+  fleet = await initFleet(scope as never);
   await fleetgateOk(['device', 'add', 'known-1', '--type', 'sensor', '--data', fleet.data]);
   tokens.expired = (await fleetgateOk(['device', 'add', 'late-1', '--type', 'sensor', '--token-ttl', '1ms', '--data', fleet.data])).trim();
   tokens.used = (await fleetgateOk(['device', 'add', 'used-1', '--type', 'sensor', '--data', fleet.data])).trim();

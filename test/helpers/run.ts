@@ -55,3 +55,15 @@ export function errorCode(r: RunResult): string | undefined {
     return undefined;
   }
 }
+
+/**
+ * For fixtures shared by a whole test file (made in `before`): collects clean-ups and runs
+ * them, last first, in the file's `after` hook.
+ */
+export function fileScope(after: (fn: () => Promise<void>) => void): { after(fn: () => unknown): void } {
+  const fns: (() => unknown)[] = [];
+  after(async () => {
+    for (const fn of fns.reverse()) await fn();
+  });
+  return { after: (fn) => void fns.push(fn) };
+}

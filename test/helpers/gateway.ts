@@ -1,0 +1,68 @@
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { TestContext } from 'node:test';
+import pino from 'pino';
+import { loadConfig, type FleetgateConfig } from '../../config/config.ts';
+import { dataPaths } from '../../config/paths.ts';
+import { startGateway, type RunningGateway } from '../../gateway/gateway.ts';
+import { loadCa, type CertificateAuthority } from '../../provisioning/ca/authority.ts';
+import { RegistryWriter } from '../../provisioning/registry/writer.ts';
+import { initDataDir } from '../../provisioning/setup.ts';
+import { tempDir } from './run.ts';
+
+/** Log lines the gateway wrote, parsed; `find` waits for one to appear. */
+export class LogCapture {
+  readonly lines: Record<string, unknown>[] = [];
+  readonly stream = new Writable({
+    write: (chunk: Buffer, _enc, cb) => {
+      for (const line of chunk.toString().split('\n')) if (line.trim() !== '') this.lines.push(JSON.parse(line) as Record<string, unknown>);
+      cb();
+    },
+  });
+
+  async find(match: (l: Record<string, unknown>) => boolean, timeoutMs = 3_000): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const hit = this.lines.find(match);
+      if (hit !== undefined) return hit;
+      if (Date.now() > deadline) throw new Error(`no matching log line in ${this.lines.length} lines:\n${this.lines.map((l) => JSON.stringify(l)).join('\n')}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+export interface TestFleet {
+  dir: string;
+  config: FleetgateConfig;
+  registry: RegistryWriter;
+  ca: CertificateAuthority;
+  rootFile: string;
+  gateway: RunningGateway;
+  log: LogCapture;
+  mqttsUrl: string;
+  wssUrl: string;
+}
+
+/** A data dir with a CA and registry, and a gateway on ephemeral loopback ports; all closed after the test. */
+export async function startTestFleet(t: TestContext | { after(fn: () => unknown): void }, env: NodeJS.ProcessEnv = {}): Promise<TestFleet> {
+  const dir = tempDir(t as TestContext);
+  const config = loadConfig({
+    dataDir: join(dir, 'data'),
+    env: { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
+  });
+  await initDataDir(config);
+  const paths = dataPaths(config.dataDir);
+  const registry = new RegistryWriter(paths.registry);
+  const ca = await loadCa(paths);
+  const log = new LogCapture();
+  const gateway = await startGateway(config, { log: pino({ level: 'debug' }, log.stream) });
+  t.after(async () => {
+    await gateway.close();
+    registry.close();
+  });
+  return {
+    dir, config, registry, ca, rootFile: paths.rootCert, gateway, log,
+    mqttsUrl: `mqtts://127.0.0.1:${gateway.ports.mqtts}`,
+    wssUrl: `wss://127.0.0.1:${gateway.ports.wss}/mqtt`,
+  };
+}

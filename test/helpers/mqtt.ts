@@ -1,0 +1,59 @@
+import { readFileSync } from 'node:fs';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { Credential } from './test-pki.ts';
+
+export interface ConnectOptions {
+  ca: string;
+  clientId?: string;
+  protocolVersion?: 3 | 4 | 5;
+  keepalive?: number;
+  timeoutMs?: number;
+}
+
+/** An mqtt.js client over mqtts:// or wss:// with a device credential; rejects with the CONNACK code or TLS error. */
+export async function connect(url: string, cred: Credential | undefined, opts: ConnectOptions): Promise<MqttClient> {
+  const options: IClientOptions = {
+    ca: readFileSync(opts.ca),
+    ...(cred && { cert: cred.certPem, key: cred.keyPem }),
+    clientId: opts.clientId ?? cred?.deviceId ?? 'anonymous',
+    protocolVersion: opts.protocolVersion ?? 4,
+    keepalive: opts.keepalive ?? 30,
+    reconnectPeriod: 0,
+    connectTimeout: opts.timeoutMs ?? 5_000,
+    rejectUnauthorized: true,
+  };
+  // STACK-NOTES: without `false`, connectAsync never settles when the server closes before CONNACK.
+  const client = await withTimeout(mqtt.connectAsync(url, options, false), (opts.timeoutMs ?? 5_000) + 1_000, 'connect');
+  return client;
+}
+
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<T>((_r, reject) => { timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms); }),
+  ]);
+}
+
+/** Resolves when the client's connection closes (rejects if it stays open for `ms`). */
+export function closed(client: MqttClient, ms = 3_000): Promise<number> {
+  const started = Date.now();
+  if (!client.connected) return Promise.resolve(0);
+  return withTimeout(new Promise((resolve) => client.once('close', () => resolve(Date.now() - started))), ms, 'waiting for close');
+}
+
+/** The next message on `topic` received by `client`. */
+export function nextMessage(client: MqttClient, topic: string, ms = 3_000): Promise<string> {
+  return withTimeout(new Promise((resolve) => {
+    const on = (t: string, payload: Buffer) => {
+      if (t !== topic) return;
+      client.off('message', on);
+      resolve(payload.toString());
+    };
+    client.on('message', on);
+  }), ms, `message on ${topic}`);
+}
+
+export async function end(...clients: (MqttClient | undefined)[]): Promise<void> {
+  await Promise.all(clients.map((c) => c?.endAsync(true).catch(() => undefined)));
+}
