@@ -41,16 +41,24 @@ function deviceIdFromSan(san: string | undefined): string {
  * come next, in `gateway/status`.
  */
 export function identityFromCertificate(cert: X509Certificate): PeerIdentity {
-  const eku = cert.keyUsage; // Node: the *extended* key usage OIDs, undefined when absent
-  if (eku === undefined || !eku.includes(CLIENT_AUTH)) throw invalid('certificate lacks the clientAuth extended key usage');
-  if (cert.ca) throw invalid('a CA certificate cannot be used as a client certificate');
-  const deviceId = deviceIdFromSan(cert.subjectAltName);
   const der = cert.raw;
+  const serial = normalizeSerial(cert.serialNumber) ?? '';
+  const fingerprint = createHash('sha256').update(der).digest('hex');
+  const seen = { serial, fingerprint }; // for the log line of a refusal
+  const eku = cert.keyUsage; // Node: the *extended* key usage OIDs, undefined when absent
+  if (eku === undefined || !eku.includes(CLIENT_AUTH)) throw invalid('certificate lacks the clientAuth extended key usage', seen);
+  if (cert.ca) throw invalid('a CA certificate cannot be used as a client certificate', seen);
+  let deviceId: string;
+  try {
+    deviceId = deviceIdFromSan(cert.subjectAltName);
+  } catch (err) {
+    throw invalid((err as Error).message, seen);
+  }
   const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
   return {
     deviceId,
-    serial: normalizeSerial(cert.serialNumber) ?? '',
-    fingerprint: createHash('sha256').update(der).digest('hex'),
+    serial,
+    fingerprint,
     spkiSha256: createHash('sha256').update(spki).digest('hex'),
     notBefore: Date.parse(cert.validFrom),
     notAfter: Date.parse(cert.validTo),

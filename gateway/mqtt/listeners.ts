@@ -16,9 +16,12 @@ export interface Listening {
 
 function onTlsClientError(transport: string, log: Logger, metrics: Metrics) {
   return (err: Error & { code?: string }, socket: TLSSocket) => {
-    const code = handshakeErrorCode(err);
+    const code = handshakeErrorCode(err, socket.authorizationError);
     metrics.handshakes.inc({ transport, outcome: 'tls_failed', code });
-    log.warn({ decision: 'refused', code, transport, remoteAddress: socket.remoteAddress, err: err.message }, 'tls handshake failed');
+    log.warn({
+      decision: 'refused', code, transport, remoteAddress: socket.remoteAddress,
+      verify: socket.authorizationError ?? undefined, err: err.message,
+    }, 'tls handshake failed');
   };
 }
 
