@@ -12,6 +12,9 @@ export function dataPaths(dataDir: string) {
     intermediateKey: join(dataDir, 'ca', 'intermediate.key'),
     serverCert: join(dataDir, 'tls', 'server.crt'),
     serverKey: join(dataDir, 'tls', 'server.key'),
+    /** The CLI's own `operator` identity for the admin API (made on first use). */
+    operatorCert: join(dataDir, 'operator', 'operator.crt'),
+    operatorKey: join(dataDir, 'operator', 'operator.key'),
   };
 }
 export type DataPaths = ReturnType<typeof dataPaths>;

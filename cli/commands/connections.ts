@@ -1,0 +1,32 @@
+import type { Command } from 'commander';
+import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
+import type { SessionInfo } from '../../gateway/sessions.ts';
+import { withContext, type CommonOptions } from '../context.ts';
+import { adminRequest } from '../operator.ts';
+import { emit, table } from '../output.ts';
+import type { CommonFlags } from '../main.ts';
+
+export function registerConnections(program: Command, common: CommonFlags): void {
+  common(program.command('connections'))
+    .description('list live sessions on the running gateway (admin API, operator certificate)')
+    .option('--device <id>', 'only this device')
+    .option('--admin <url>', 'admin API URL (default from config: https://127.0.0.1:9444)')
+    .action(async (opts: CommonOptions & { device?: string; admin?: string }) => {
+      await withContext(opts, async (ctx) => {
+        const { connections } = await adminRequest(ctx, 'GET', '/v1/connections', opts.admin) as { connections: SessionInfo[] };
+        const rows = opts.device === undefined ? connections : connections.filter((c) => c.deviceId === opts.device);
+        emit(opts, rows, () => table(['DEVICE', 'TYPE', 'TRANSPORT', 'SINCE', 'REMOTE', 'SERIAL'],
+          rows.map((c) => [c.deviceId, c.type, c.transport, c.since, c.remoteAddress, c.serial])));
+      });
+    });
+
+  common(program.command('kick <id>'))
+    .description('close every live session of a device now (it may reconnect unless suspended or revoked)')
+    .option('--admin <url>', 'admin API URL')
+    .action(async (id: string, opts: CommonOptions & { admin?: string }) => {
+      await withContext(opts, async (ctx) => {
+        const result = await adminRequest(ctx, 'DELETE', `/v1/connections/${encodeURIComponent(assertDeviceId(id))}`, opts.admin) as { closed: number };
+        emit(opts, result, () => `closed ${result.closed} session(s) of ${id}`);
+      });
+    });
+}

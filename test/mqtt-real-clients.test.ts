@@ -1,0 +1,80 @@
+// Issue #4 acceptance 1 and 4: the well-known clients. mosquitto_pub/mosquitto_sub connect,
+// publish and receive; without a certificate or with a revoked one they are refused; and
+// `openssl s_client` shows no TLS session is ever resumed, on either listener.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
+import { openssl } from './helpers/pki.ts';
+import { fileScope, run } from './helpers/run.ts';
+import { enrollDevice, type Credential } from './helpers/test-pki.ts';
+
+let fleet: TestFleet;
+const scope = fileScope(after);
+const c: Record<string, Credential> = {};
+
+before(async () => {
+  fleet = await startTestFleet(scope);
+  c.svc = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-1', type: 'service' });
+  c.dev = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'sensor-1' });
+  c.revoked = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'sensor-2' });
+  fleet.registry.revokeDevice('sensor-2', 1, 'test');
+});
+
+const tlsArgs = (cred?: Credential) => [
+  '-h', '127.0.0.1', '-p', String(fleet.gateway.ports.mqtts), '--cafile', fleet.rootFile,
+  ...(cred ? ['--cert', cred.certFile, '--key', cred.keyFile, '-i', cred.deviceId] : ['-i', 'sensor-1']),
+];
+
+test('mosquitto/sub and pub with their certificates exchange a message under their own topics', async () => {
+  const sub = spawn('mosquitto_sub', [...tlsArgs(c.svc), '-t', 'devices/+/telemetry', '-C', '1', '-v', '-W', '15'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  sub.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+  sub.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+  const exited = new Promise<number | null>((resolve) => sub.on('exit', (code) => resolve(code)));
+  // The subscriber's SUBSCRIBE may land after our first PUBLISH: publish until it has one (bounded).
+  for (let i = 0; i < 40 && sub.exitCode === null && out === ''; i++) {
+    const pub = await run('mosquitto_pub', [...tlsArgs(c.dev), '-t', 'devices/sensor-1/telemetry', '-m', '{"t":21.5}', '-q', '1']);
+    assert.equal(pub.code, 0, pub.stderr);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(await exited, 0, err);
+  assert.equal(out.trim(), 'devices/sensor-1/telemetry {"t":21.5}');
+});
+
+test('mosquitto/without a client certificate the TLS handshake fails', async () => {
+  const before = fleet.log.lines.length;
+  const pub = await run('mosquitto_pub', [...tlsArgs(), '-t', 'devices/sensor-1/telemetry', '-m', 'x']);
+  assert.notEqual(pub.code, 0);
+  await fleet.log.find((l) => fleet.log.lines.indexOf(l) >= before && l.code === 'CERT_REQUIRED');
+});
+
+test('mosquitto/a revoked certificate is refused at CONNECT (not authorised)', async () => {
+  const pub = await run('mosquitto_pub', [...tlsArgs(c.revoked), '-t', 'devices/sensor-2/telemetry', '-m', 'x']);
+  assert.notEqual(pub.code, 0);
+  assert.match(pub.stderr, /not authori[sz]ed/i);
+  await fleet.log.find((l) => l.code === 'CERT_REVOKED' && l.deviceId === 'sensor-2');
+});
+
+for (const listener of ['mqtts', 'wss'] as const) {
+  for (const version of ['-tls1_2', '-tls1_3']) {
+    test(`no resumption/${listener} ${version}: an offered session is never resumed; the certificate is requested again`, async () => {
+      const port = String(fleet.gateway.ports[listener]);
+      const sess = join(fleet.dir, `sess-${listener}${version}.pem`);
+      const common = ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', fleet.rootFile,
+        '-cert', c.dev!.certFile, '-key', c.dev!.keyFile, version];
+      const first = await openssl([...common, '-sess_out', sess], '');
+      assert.match(first.stdout, /^New, TLSv1\.[23]/m, first.stdout + first.stderr);
+      assert.match(first.stdout, /Acceptable client certificate CA names/);
+      assert.doesNotMatch(first.stdout, /^Reused,/m);
+      const second = await openssl([...common, ...(existsSync(sess) ? ['-sess_in', sess] : [])], '');
+      assert.match(second.stdout, /^New, TLSv1\.[23]/m, 'a full handshake again');
+      assert.doesNotMatch(second.stdout, /^Reused,/m);
+      assert.match(second.stdout, /Acceptable client certificate CA names/, 'the client certificate is requested again');
+      if (version === '-tls1_3') assert.doesNotMatch(first.stdout + second.stdout, /Post-Handshake New Session Ticket/, 'no TLS 1.3 tickets');
+    });
+  }
+}
