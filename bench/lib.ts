@@ -1,0 +1,69 @@
+// Shared by the benchmark scripts: a gateway in its own process (so its CPU can be measured),
+// a fleet of enrolled devices, and small statistics helpers. Loopback only; bounded loops.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { loadConfig } from '../config/config.ts';
+import { dataPaths } from '../config/paths.ts';
+import { loadCa } from '../provisioning/ca/authority.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
+import { initDataDir } from '../provisioning/setup.ts';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+
+export async function benchFleet() {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
+  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'bench' } });
+  await initDataDir(config);
+  const paths = dataPaths(config.dataDir);
+  return { dir, config, paths, registry: new RegistryWriter(paths.registry), ca: await loadCa(paths), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface GatewayProcess {
+  child: ChildProcess;
+  endpoints: Record<string, string>;
+  /** User + system CPU seconds the gateway process has used so far (from /proc). */
+  cpuSeconds(): number;
+  rssBytes(): number;
+  stop(): Promise<void>;
+}
+
+export async function spawnGateway(dataDir: string): Promise<GatewayProcess> {
+  const child = spawn(process.execPath, [join(ROOT, 'bin', 'fleetgate.ts'), 'gateway', '--json', '--data', dataDir], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_LOG_LEVEL: 'error' },
+  });
+  let text = '';
+  for await (const line of createInterface({ input: child.stdout! })) {
+    text += line;
+    try {
+      const banner = JSON.parse(text) as { services: { name: string; endpoint: string }[] };
+      const endpoints = Object.fromEntries(banner.services.map((s) => [s.name, s.endpoint]));
+      const stat = () => readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return {
+        child, endpoints,
+        cpuSeconds: () => { const f = stat(); return (Number(f[11]) + Number(f[12])) / 100; }, // utime, stime in clock ticks (100 Hz)
+        rssBytes: () => Number(stat()[21]) * 4096,
+        stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); }),
+      };
+    } catch {
+      // banner not complete yet
+    }
+  }
+  throw new Error('gateway exited before printing its endpoints');
+}
+
+export function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+export function fmt(n: number, digits = 1): string {
+  return n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
+}
+
+export function cpuTicksNote(): string {
+  return 'server CPU from /proc (10 ms ticks): per-operation figures are averages over the whole phase';
+}
