@@ -1,4 +1,4 @@
-import { createReadStream, readFileSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
@@ -56,6 +56,8 @@ export function registerCert(program: Command, common: CommonFlags): void {
     .action(async (id: string | undefined, opts: IssueOptions) => {
       await withContext(opts, async (ctx) => {
         if (id === undefined && opts.token === undefined) throw new FleetgateError('USAGE', 'give the device id, or --token');
+        // Checked before signing: a certificate is never issued only to fail at delivery.
+        if (opts.out !== undefined && existsSync(opts.out)) throw new FleetgateError('USAGE', `${opts.out} exists; fleetgate will not overwrite it`);
         const csr = readInput(opts.csr);
         const auth: EnrollmentAuth = opts.token !== undefined
           ? { method: 'token', token: opts.token, ...(id !== undefined && { deviceId: id }) }
