@@ -47,7 +47,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     log.warn({ decision: 'cut', code: error.code, deviceId: session.device.id, serial: session.identity.serial, transport: session.transport, event: event?.kind }, error.message);
     try {
       audit.append(actor, 'session.disconnect', session.device.id, {
-        reason: event === undefined ? 'disconnected by operator' : 'disconnected by revocation',
+        reason: event !== undefined ? 'disconnected by revocation' : error.code === 'CERT_EXPIRED' ? 'certificate expired' : 'disconnected by operator',
         code: error.code, transport: session.transport, serial: session.identity.serial, sessionId: session.id, ...(event && { event: event.kind, eventSeq: event.seq }),
       });
     } catch (err) {
@@ -57,6 +57,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const watcher = new StatusWatcher({
     checker, sessions,
     cut: (session, error, event) => cut(session, error, 'gateway', event),
+    expired: (session) => cut(session, new FleetgateError('CERT_EXPIRED', `certificate ${session.identity.serial} expired during the session`), 'gateway'),
     refresh: (session) => plane.refreshScope(session),
     unavailable: (error) => log.error({ code: error.code, err: error.message }, 'registry unavailable: new connections are refused'),
   }, g.statusPollMs);

@@ -54,3 +54,16 @@ test('live revocation/suspend and a denylisted device are cut the same way', asy
   await cutCase(t, ['victim-3', 'victim-4'], (id) => (id === 'victim-3' ? ['device', 'suspend', id] : ['deny', 'add', '--device', id]),
     ['DEVICE_SUSPENDED', 'DENYLISTED']);
 });
+
+test('live revocation/a session does not outlive its certificate', async (t) => {
+  const short = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'short-1', validityMs: 2_500 });
+  // Issued certificates are backdated a minute: this one has ~2.5 s left.
+  const client = await connect(fleet.mqttsUrl, short, { ca: fleet.rootFile });
+  t.after(() => end(client));
+  const started = Date.now();
+  await new Promise<void>((resolve) => client.once('close', () => resolve()));
+  const lived = Date.now() - started;
+  assert.ok(lived >= 1_000 && lived < 5_000, `cut at expiry (after ${lived} ms)`);
+  const audit = fleet.registry.listAudit().find((a) => a.action === 'session.disconnect' && a.subject === 'short-1');
+  assert.equal(audit?.detail.code, 'CERT_EXPIRED');
+});

@@ -8,6 +8,8 @@ export interface WatchDeps {
   sessions: SessionTable;
   /** Cut one session whose status check now fails. */
   cut(session: Session, error: FleetgateError, event: StatusEvent): void;
+  /** A session's certificate expired while connected. */
+  expired(session: Session): void;
   /** A gateway device's children changed: recompute its topic scope. */
   refresh(session: Session): void;
   /** The feed could not be read (the registry is unavailable); called once per outage. */
@@ -23,6 +25,7 @@ export interface WatchDeps {
 export class StatusWatcher {
   readonly #deps: WatchDeps;
   readonly #timer: NodeJS.Timeout;
+  readonly #sweep: NodeJS.Timeout;
   #last = 0;
   #down = false;
 
@@ -35,6 +38,15 @@ export class StatusWatcher {
     }
     this.#timer = setInterval(() => this.poll(), pollMs);
     this.#timer.unref();
+    // No session outlives its certificate: a device must reconnect with a current one.
+    this.#sweep = setInterval(() => this.sweepExpired(), 1_000);
+    this.#sweep.unref();
+  }
+
+  sweepExpired(now = Date.now()): void {
+    for (const session of this.#deps.sessions.all()) {
+      if (session.cut === undefined && session.identity.notAfter <= now) this.#deps.expired(session);
+    }
   }
 
   poll(): void {
@@ -86,5 +98,6 @@ export class StatusWatcher {
 
   close(): void {
     clearInterval(this.#timer);
+    clearInterval(this.#sweep);
   }
 }
