@@ -2,7 +2,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import type { GatewayConfig } from '../../config/config.ts';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { identityFromSocket } from '../identity/peer.ts';
+import { identityFromSocket } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import type { Metrics } from '../metrics.ts';
 import { SessionTable } from '../sessions.ts';
 import type { StatusChecker } from '../status/check.ts';

@@ -5,7 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/config.ts';
 import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
-import { identityFromSocket } from '../identity/peer.ts';
+import { identityFromSocket } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import type { Metrics } from '../metrics.ts';
 import { mayPublish, maySubscribe, scopeFor } from '../policy/topics.ts';
 import type { Session, SessionTable, Transport } from '../sessions.ts';

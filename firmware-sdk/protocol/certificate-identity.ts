@@ -1,8 +1,12 @@
 import { createHash, type X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { DEVICE_URI_PREFIX, isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { normalizeSerial } from '../../provisioning/registry/hex.ts';
+import { DEVICE_URI_PREFIX, isDeviceId } from './device-id.ts';
+import { FleetgateError } from './errors.ts';
+
+/**
+ * What a fleetgate device certificate says about its holder, and the checks OpenSSL does not
+ * make. Shared by every server surface (gateway, provisioning renewal) and by the SDK.
+ */
 
 /** Who a verified peer certificate says it is. Never from anything else the client sent. */
 export interface PeerIdentity {
@@ -20,6 +24,12 @@ export interface PeerIdentity {
 }
 
 const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
+
+/** A certificate serial as fleetgate writes it: lowercase hex without leading zero bytes. */
+export function serialHex(serialNumber: string): string {
+  const hex = serialNumber.replaceAll(':', '').toLowerCase().replace(/^(00)+(?=[0-9a-f])/, '');
+  return hex.length % 2 === 1 ? `0${hex}` : hex;
+}
 
 function invalid(message: string, detail: Record<string, unknown> = {}): FleetgateError {
   return new FleetgateError('CERT_INVALID', message, { detail });
@@ -42,7 +52,7 @@ function deviceIdFromSan(san: string | undefined): string {
  */
 export function identityFromCertificate(cert: X509Certificate): PeerIdentity {
   const der = cert.raw;
-  const serial = normalizeSerial(cert.serialNumber) ?? '';
+  const serial = serialHex(cert.serialNumber);
   const fingerprint = createHash('sha256').update(der).digest('hex');
   const seen = { serial, fingerprint }; // for the log line of a refusal
   const eku = cert.keyUsage; // Node: the *extended* key usage OIDs, undefined when absent
