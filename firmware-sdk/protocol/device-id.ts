@@ -38,3 +38,20 @@ export function assertDeviceType(value: unknown): DeviceType {
 export function deviceUri(id: string): string {
   return DEVICE_URI_PREFIX + assertDeviceId(id);
 }
+
+/** Hardware serials enrolled by claim: the device id is derived from them, so the same alphabet. */
+export const HARDWARE_SERIAL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+/**
+ * The device id a claim enrollment creates for a hardware serial: `hw-<serial>`, exactly
+ * (case kept). The prefix keeps claim-made ids apart from ids operators choose.
+ */
+export function deviceIdForSerial(hardwareSerial: string): string {
+  if (typeof hardwareSerial !== 'string' || !HARDWARE_SERIAL_PATTERN.test(hardwareSerial)) {
+    throw new FleetgateError('BAD_REQUEST', 'hardwareSerial must be 1–100 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit');
+  }
+  return `hw-${hardwareSerial}`;
+}
+
+/** The SAN URI of a claim certificate (never a device identity: the gateway refuses it). */
+export const CLAIM_URI_PREFIX = 'urn:fleetgate:claim:';

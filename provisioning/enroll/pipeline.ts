@@ -1,15 +1,20 @@
-import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
 import { parseCsr, type ParsedCsr } from '../ca/csr.ts';
-import { signLeaf, type SignedLeaf } from '../ca/leaf.ts';
-import type { DeviceRecord } from '../registry/records.ts';
-import { hashToken, type NewCertificate, type RegistryWriter } from '../registry/writer.ts';
+import { signLeaf } from '../ca/leaf.ts';
+import type { RegistryWriter } from '../registry/writer.ts';
+import { authorizeClaim } from './claim.ts';
+import type { Authorized } from './method.ts';
+import { authorizeOperator } from './operator.ts';
+import { authorizeRenewal } from './renew.ts';
+import { authorizeToken } from './token.ts';
 
 /** How the requester proved it may have a certificate for this device. */
 export type EnrollmentAuth =
   | { method: 'operator'; deviceId: string }
-  | { method: 'token'; token: string; deviceId?: string };
+  | { method: 'token'; token: string; deviceId?: string }
+  | { method: 'claim'; claimName: string; hardwareSerial: unknown; type?: unknown; fleet?: unknown }
+  | { method: 'renew'; current: PeerIdentity };
 
 export interface EnrollmentRequest {
   csr: string | Uint8Array;
@@ -40,11 +45,16 @@ export interface EnrollmentResult {
   ca: string;
   /** What the CSR asked for that the CA ignored (e.g. `subjectAltName`, `basicConstraints`). */
   ignored: string[];
+  method: string;
 }
 
-interface Authorized {
-  device: DeviceRecord;
-  tokenHash?: string;
+function authorize(registry: RegistryWriter, auth: EnrollmentAuth): Authorized {
+  switch (auth.method) {
+    case 'operator': return authorizeOperator(registry, auth.deviceId);
+    case 'token': return authorizeToken(registry, auth.token, auth.deviceId);
+    case 'claim': return authorizeClaim(registry, auth);
+    case 'renew': return authorizeRenewal(registry, auth.current);
+  }
 }
 
 /**
@@ -54,64 +64,24 @@ interface Authorized {
  */
 export async function enroll(deps: EnrollmentDeps, request: EnrollmentRequest): Promise<EnrollmentResult> {
   const csr = await parseCsr(request.csr); // parse + proof of possession
-  const authorized = authorize(deps.registry, request.auth);
-  const validityMs = request.validityMs ?? deps.defaultValidityMs;
-  const leaf = await signLeaf(deps.ca, { deviceId: authorized.device.id, publicKey: csr.request.publicKey, validityMs });
-  const ignored = ignoredRequests(csr, authorized.device.id);
-  deps.registry.recordCertificate(toRecord(leaf, authorized, request.auth.method, csr, ignored), request.actor);
+  const authorized = authorize(deps.registry, request.auth); // early check; recording re-checks
+  const leaf = await signLeaf(deps.ca, {
+    deviceId: authorized.deviceId, publicKey: csr.request.publicKey, validityMs: request.validityMs ?? deps.defaultValidityMs,
+  });
+  const ignored = ignoredRequests(csr, authorized.deviceId);
+  authorized.record(deps.registry, {
+    serial: leaf.serial, deviceId: authorized.deviceId, fingerprint: leaf.fingerprint, spkiSha256: leaf.spkiSha256,
+    notBefore: leaf.notBefore, notAfter: leaf.notAfter, pem: leaf.pem, method: authorized.method,
+    auditDetail: { key: csr.keyDescription, ...authorized.detail, ...(ignored.length > 0 && { ignored }) },
+  }, request.actor);
   return {
-    deviceId: authorized.device.id,
-    serial: leaf.serial,
-    fingerprint: leaf.fingerprint,
-    notBefore: leaf.notBefore,
-    notAfter: leaf.notAfter,
-    certificate: leaf.pem,
-    chain: deps.ca.intermediatePem,
-    ca: deps.ca.rootPem,
-    ignored,
+    deviceId: authorized.deviceId, serial: leaf.serial, fingerprint: leaf.fingerprint, notBefore: leaf.notBefore, notAfter: leaf.notAfter,
+    certificate: leaf.pem, chain: deps.ca.intermediatePem, ca: deps.ca.rootPem, ignored, method: authorized.method,
   };
-}
-
-/** Early check of the method (the recording transaction checks again, authoritatively). */
-function authorize(registry: RegistryWriter, auth: EnrollmentAuth): Authorized {
-  let deviceId: string;
-  let tokenHash: string | undefined;
-  if (auth.method === 'token') {
-    if (typeof auth.token !== 'string' || auth.token.length === 0 || auth.token.length > 256) {
-      throw new FleetgateError('TOKEN_INVALID', 'malformed enrollment token');
-    }
-    tokenHash = hashToken(auth.token);
-    deviceId = registry.checkToken(tokenHash).deviceId;
-    if (auth.deviceId !== undefined && auth.deviceId !== deviceId) {
-      throw new FleetgateError('TOKEN_INVALID', 'enrollment token is bound to another device');
-    }
-  } else {
-    deviceId = assertDeviceId(auth.deviceId);
-  }
-  const device = registry.getDevice(deviceId);
-  if (device === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `device ${deviceId} not found`, { detail: { deviceId } });
-  if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${deviceId} is revoked`, { detail: { deviceId } });
-  if (device.status === 'suspended') throw new FleetgateError('DEVICE_SUSPENDED', `device ${deviceId} is suspended`, { detail: { deviceId } });
-  return { device, ...(tokenHash !== undefined && { tokenHash }) };
 }
 
 function ignoredRequests(csr: ParsedCsr, deviceId: string): string[] {
   const ignored = [...csr.requested.extensions];
   if (csr.requested.subject !== '' && csr.requested.subject !== `CN=${deviceId}`) ignored.unshift(`subject "${csr.requested.subject}"`);
   return ignored;
-}
-
-function toRecord(leaf: SignedLeaf, authorized: Authorized, method: string, csr: ParsedCsr, ignored: string[]): NewCertificate {
-  return {
-    serial: leaf.serial,
-    deviceId: authorized.device.id,
-    fingerprint: leaf.fingerprint,
-    spkiSha256: leaf.spkiSha256,
-    notBefore: leaf.notBefore,
-    notAfter: leaf.notAfter,
-    pem: leaf.pem,
-    method,
-    ...(authorized.tokenHash !== undefined && { tokenHash: authorized.tokenHash }),
-    auditDetail: { key: csr.keyDescription, ...(ignored.length > 0 && { ignored }) },
-  };
 }

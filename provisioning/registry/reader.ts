@@ -1,7 +1,7 @@
 import type { Statement } from 'better-sqlite3';
 import { openDatabase, type Db } from './open.ts';
 import type {
-  AuditRecord, CertificateRecord, DenyKind, DenyRecord, DeviceRecord, RevocationRecord, StatusEvent, TokenRecord,
+  AuditRecord, ClaimRecord, ClaimSerialRecord, CertificateRecord, DenyKind, DenyRecord, DeviceRecord, RevocationRecord, StatusEvent, TokenRecord,
 } from './records.ts';
 
 type Row = Record<string, unknown>;
@@ -41,6 +41,11 @@ export class RegistryReader {
       token: p('SELECT * FROM enrollment_tokens WHERE hash = ?'),
       statusEvents: p('SELECT * FROM status_events WHERE seq > ? ORDER BY seq LIMIT ?'),
       lastStatusSeq: p('SELECT COALESCE(MAX(seq), 0) AS seq FROM status_events'),
+      claim: p(`SELECT c.*, (SELECT COUNT(*) FROM claim_serials s WHERE s.claim = c.name) AS allowed,
+        (SELECT COUNT(*) FROM claim_serials s WHERE s.claim = c.name AND s.enrolled_at IS NOT NULL) AS enrolled FROM claims c WHERE c.name = ?`),
+      claimByFingerprint: p('SELECT name FROM claims WHERE fingerprint = ?'),
+      claims: p('SELECT name FROM claims ORDER BY name'),
+      claimSerial: p('SELECT * FROM claim_serials WHERE hardware_serial = ?'),
       counts: p(`SELECT (SELECT COUNT(*) FROM devices) AS devices, (SELECT COUNT(*) FROM certificates) AS certificates,
         (SELECT COUNT(*) FROM enrollment_tokens) AS tokens, (SELECT COUNT(*) FROM revocations) AS revocations,
         (SELECT COUNT(*) FROM denylist) AS denylist, (SELECT COUNT(*) FROM audit) AS audit`),
@@ -133,6 +138,32 @@ export class RegistryReader {
 
   lastStatusSeq(): number {
     return (this.stmt('lastStatusSeq').get() as { seq: number }).seq;
+  }
+
+  getClaim(name: string): ClaimRecord | undefined {
+    const r = this.stmt('claim').get(name) as Row | undefined;
+    return r && {
+      name: r.name as string, serial: r.serial as string, fingerprint: r.fingerprint as string, notAfter: r.not_after as number,
+      pem: r.pem as string, createdAt: r.created_at as number, revokedAt: (r.revoked_at as number | null) ?? null, actor: r.actor as string,
+      allowed: r.allowed as number, enrolled: r.enrolled as number,
+    };
+  }
+
+  getClaimByFingerprint(fingerprint: string): ClaimRecord | undefined {
+    const r = this.stmt('claimByFingerprint').get(fingerprint) as { name: string } | undefined;
+    return r && this.getClaim(r.name);
+  }
+
+  listClaims(): ClaimRecord[] {
+    return (this.stmt('claims').all() as { name: string }[]).map((r) => this.getClaim(r.name)!);
+  }
+
+  getClaimSerial(hardwareSerial: string): ClaimSerialRecord | undefined {
+    const r = this.stmt('claimSerial').get(hardwareSerial) as Row | undefined;
+    return r && {
+      hardwareSerial: r.hardware_serial as string, claim: r.claim as string, addedAt: r.added_at as number,
+      enrolledAt: (r.enrolled_at as number | null) ?? null, deviceId: (r.device_id as string | null) ?? null,
+    };
   }
 
   /** Row counts per table: for health output and for tests that prove nothing was written. */

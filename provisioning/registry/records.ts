@@ -75,3 +75,25 @@ export interface StatusEvent {
   serial: string | null;
   value: string | null;
 }
+
+export interface ClaimRecord {
+  name: string;
+  serial: string;
+  fingerprint: string;
+  notAfter: number;
+  pem: string;
+  createdAt: number;
+  revokedAt: number | null;
+  actor: string;
+  /** Hardware serials on its allowlist, and how many of them have enrolled. */
+  allowed: number;
+  enrolled: number;
+}
+
+export interface ClaimSerialRecord {
+  hardwareSerial: string;
+  claim: string;
+  addedAt: number;
+  enrolledAt: number | null;
+  deviceId: string | null;
+}

@@ -95,4 +95,27 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   INSERT INTO crl_state (id, number) VALUES (1, 0);
   `,
+  // 2: claim certificates (factory bootstrap identities) and their hardware-serial allowlists
+  `
+  CREATE TABLE claims (
+    name        TEXT PRIMARY KEY,
+    serial      TEXT NOT NULL UNIQUE,
+    fingerprint TEXT NOT NULL UNIQUE,
+    not_after   INTEGER NOT NULL,
+    pem         TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER,
+    actor       TEXT NOT NULL
+  ) STRICT;
+
+  -- A hardware serial belongs to one claim and enrolls once.
+  CREATE TABLE claim_serials (
+    hardware_serial TEXT PRIMARY KEY,
+    claim           TEXT NOT NULL REFERENCES claims(name),
+    added_at        INTEGER NOT NULL,
+    enrolled_at     INTEGER,
+    device_id       TEXT REFERENCES devices(id)
+  ) STRICT;
+  CREATE INDEX claim_serials_claim ON claim_serials(claim);
+  `,
 ];

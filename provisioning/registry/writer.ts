@@ -1,10 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Statement } from 'better-sqlite3';
-import { assertDeviceId, assertDeviceType, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
+import { assertDeviceId, assertDeviceType, deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
 import { RegistryReader } from './reader.ts';
-import { DENY_KINDS, type CertificateRecord, type DenyKind, type DenyRecord, type DeviceRecord } from './records.ts';
+import { DENY_KINDS, type CertificateRecord, type ClaimRecord, type DenyKind, type DenyRecord, type DeviceRecord } from './records.ts';
 
 export interface NewDevice {
   id: string;
@@ -75,6 +75,11 @@ export class RegistryWriter extends RegistryReader {
       deleteDeny: p('DELETE FROM denylist WHERE kind = ? AND value = ?'),
       audit: p('INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)'),
       event: p('INSERT INTO status_events (at, kind, device_id, serial, value) VALUES (?, ?, ?, ?, ?)'),
+      insertClaim: p(`INSERT INTO claims (name, serial, fingerprint, not_after, pem, created_at, actor)
+        VALUES (@name, @serial, @fingerprint, @notAfter, @pem, @now, @actor)`),
+      insertClaimSerial: p('INSERT INTO claim_serials (hardware_serial, claim, added_at) VALUES (?, ?, ?)'),
+      revokeClaim: p('UPDATE claims SET revoked_at = ? WHERE name = ?'),
+      enrollClaimSerial: p('UPDATE claim_serials SET enrolled_at = ?, device_id = ? WHERE hardware_serial = ? AND enrolled_at IS NULL'),
       crlNumber: p('UPDATE crl_state SET number = number + 1 WHERE id = 1 RETURNING number'),
     };
   }
@@ -171,9 +176,7 @@ export class RegistryWriter extends RegistryReader {
    */
   recordCertificate(cert: NewCertificate, actor: string): CertificateRecord {
     return this.#run(() => {
-      const device = this.#requireDevice(cert.deviceId);
-      if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${device.id} is revoked`, { detail: { deviceId: device.id } });
-      if (device.status === 'suspended') throw new FleetgateError('DEVICE_SUSPENDED', `device ${device.id} is suspended`, { detail: { deviceId: device.id } });
+      const device = this.assertDeviceMayEnroll(cert.deviceId);
       if (cert.tokenHash !== undefined) {
         const { deviceId } = this.checkToken(cert.tokenHash);
         if (deviceId !== device.id) throw new FleetgateError('TOKEN_INVALID', `enrollment token is bound to another device`);
@@ -188,6 +191,14 @@ export class RegistryWriter extends RegistryReader {
       });
       return this.getCertificate(cert.serial)!;
     });
+  }
+
+  /** Throws DEVICE_NOT_FOUND / DEVICE_REVOKED / DEVICE_SUSPENDED unless the device may receive a certificate. */
+  assertDeviceMayEnroll(id: string): DeviceRecord {
+    const device = this.#requireDevice(id);
+    if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${device.id} is revoked`, { detail: { deviceId: device.id } });
+    if (device.status === 'suspended') throw new FleetgateError('DEVICE_SUSPENDED', `device ${device.id} is suspended`, { detail: { deviceId: device.id } });
+    return device;
   }
 
   suspendDevice(id: string, actor: string, reason?: string): { device: DeviceRecord; changed: boolean } {
@@ -263,6 +274,74 @@ export class RegistryWriter extends RegistryReader {
       this.#audit(actor, 'deny.remove', `${kind}:${value}`, {});
       return existing;
     });
+  }
+
+  /** Records a claim certificate (made by `fleetgate claim create`). */
+  createClaim(claim: { name: string; serial: string; fingerprint: string; notAfter: number; pem: string }, actor: string): ClaimRecord {
+    const name = assertDeviceId(claim.name, 'claim name');
+    return this.#run(() => {
+      if (this.getClaim(name) !== undefined) throw new FleetgateError('DEVICE_EXISTS', `claim ${name} already exists`);
+      this.#w.insertClaim!.run({ ...claim, name, now: Date.now(), actor });
+      this.#audit(actor, 'claim.create', name, { serial: claim.serial, fingerprint: claim.fingerprint, notAfter: claim.notAfter });
+      return this.getClaim(name)!;
+    });
+  }
+
+  /** Adds hardware serials to a claim's allowlist; a serial already on it is skipped. */
+  allowSerials(name: string, serials: readonly string[], actor: string): { added: number; skipped: number } {
+    for (const s of serials) deviceIdForSerial(s); // validates every serial before writing any
+    return this.#run(() => {
+      const claim = this.getClaim(name);
+      if (claim === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `claim ${name} not found`);
+      let added = 0;
+      for (const serial of serials) {
+        const existing = this.getClaimSerial(serial);
+        if (existing !== undefined && existing.claim !== name) {
+          throw new FleetgateError('DEVICE_STATE_CONFLICT', `hardware serial ${serial} is already on claim ${existing.claim}`);
+        }
+        if (existing === undefined) {
+          this.#w.insertClaimSerial!.run(serial, name, Date.now());
+          added++;
+        }
+      }
+      this.#audit(actor, 'claim.allow', name, { added, skipped: serials.length - added });
+      return { added, skipped: serials.length - added };
+    });
+  }
+
+  revokeClaim(name: string, actor: string): ClaimRecord {
+    return this.#run(() => {
+      const claim = this.getClaim(name);
+      if (claim === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `claim ${name} not found`);
+      if (claim.revokedAt !== null) return claim;
+      this.#w.revokeClaim!.run(Date.now(), name);
+      this.#audit(actor, 'claim.revoke', name, { serial: claim.serial });
+      return this.getClaim(name)!;
+    });
+  }
+
+  /**
+   * Enrollment by claim, recorded in one transaction: the claim is still good, the serial is on
+   * its allowlist and has not enrolled, the device is created and the certificate recorded.
+   */
+  recordClaimEnrollment(input: { claimName: string; hardwareSerial: string; type: DeviceType; fleet: string; cert: NewCertificate }, actor: string): CertificateRecord {
+    return this.#run(() => {
+      this.checkClaimEnrollment(input.claimName, input.hardwareSerial);
+      this.addDevice({ id: input.cert.deviceId, type: input.type, fleet: input.fleet }, actor);
+      const record = this.recordCertificate(input.cert, actor);
+      this.#w.enrollClaimSerial!.run(Date.now(), input.cert.deviceId, input.hardwareSerial);
+      return record;
+    });
+  }
+
+  /** Throws the reason a claim may not enroll this serial now (CLAIM_REVOKED, SERIAL_NOT_ALLOWED, SERIAL_ALREADY_ENROLLED). */
+  checkClaimEnrollment(claimName: string, hardwareSerial: string): void {
+    const claim = this.getClaim(claimName);
+    if (claim === undefined || claim.revokedAt !== null) throw new FleetgateError('CLAIM_REVOKED', `claim ${claimName} is revoked or unknown`);
+    if (claim.notAfter <= Date.now()) throw new FleetgateError('CLAIM_REVOKED', `claim ${claimName} expired`);
+    const entry = this.getClaimSerial(hardwareSerial);
+    if (entry === undefined || entry.claim !== claimName) throw new FleetgateError('SERIAL_NOT_ALLOWED', `hardware serial ${hardwareSerial} is not on claim ${claimName}'s allowlist`);
+    if (entry.enrolledAt !== null) throw new FleetgateError('SERIAL_ALREADY_ENROLLED', `hardware serial ${hardwareSerial} already enrolled as ${entry.deviceId}`);
   }
 
   /** The next CRL number (RFC 5280 §5.2.3: monotonically increasing), committed before use. */
