@@ -3,6 +3,7 @@ import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { registerAudit } from './commands/audit.ts';
 import { registerCa } from './commands/ca.ts';
 import { registerCert } from './commands/cert.ts';
+import { registerClaim } from './commands/claim.ts';
 import { registerConnections } from './commands/connections.ts';
 import { registerCrl } from './commands/crl.ts';
 import { registerDeny } from './commands/deny.ts';
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerCrl(program, common);
   registerAudit(program, common);
   registerConnections(program, common);
+  registerClaim(program, common);
   // Commander prints its own usage errors; keep them to one line and exit 2.
   const quiet = (cmd: Command): void => {
     cmd.exitOverride().configureOutput({ outputError: () => undefined });

@@ -32,6 +32,18 @@ export interface FleetgateConfig {
     tokenTtlMs: number;
   };
   gateway: GatewayConfig;
+  provisioning: ProvisioningConfig;
+}
+
+export interface ProvisioningConfig {
+  host: string;
+  /** Provisioning HTTPS API and EST. 0 picks an ephemeral port (tests). */
+  port: number;
+  /** Enrollment requests (JSON, EST) per client IP per second before 429. */
+  enrollRatePerSecond: number;
+  requestTimeoutMs: number;
+  /** Largest request body on enrollment routes (a CSR is a few KiB). */
+  bodyLimitBytes: number;
 }
 
 /** Per device type: what one connection may do. */
@@ -115,6 +127,13 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
       operator: { publish: [], subscribe: [] },
     },
   },
+  provisioning: {
+    host: '127.0.0.1',
+    port: 9443,
+    enrollRatePerSecond: 200,
+    requestTimeoutMs: 30_000, // 30 s
+    bodyLimitBytes: 16 * 1024, // 16 KiB
+  },
 });
 
 /** Where each setting may come from: its path in the file, its environment variable, its parser. */
@@ -134,6 +153,10 @@ const SETTINGS = [
   { key: 'gateway.handshakeTimeoutMs', file: ['gateway', 'handshakeTimeout'], env: 'FLEETGATE_HANDSHAKE_TIMEOUT', kind: 'duration' },
   { key: 'gateway.connectTimeoutMs', file: ['gateway', 'connectTimeout'], env: 'FLEETGATE_CONNECT_TIMEOUT', kind: 'duration' },
   { key: 'gateway.statusPollMs', file: ['gateway', 'statusPoll'], env: 'FLEETGATE_STATUS_POLL', kind: 'duration' },
+  { key: 'provisioning.host', file: ['provisioning', 'host'], env: 'FLEETGATE_PROVISION_HOST', kind: 'host' },
+  { key: 'provisioning.port', file: ['provisioning', 'port'], env: 'FLEETGATE_PROVISION_PORT', kind: 'port' },
+  { key: 'provisioning.enrollRatePerSecond', file: ['provisioning', 'enrollRatePerSecond'], env: 'FLEETGATE_ENROLL_RATE', kind: 'count' },
+  { key: 'provisioning.requestTimeoutMs', file: ['provisioning', 'requestTimeout'], env: 'FLEETGATE_PROVISION_REQUEST_TIMEOUT', kind: 'duration' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
 ] as const;
@@ -156,6 +179,14 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     const n = Number(value);
     if (!Number.isInteger(n) || n < 0 || n > 65_535) {
       problems.push(`${where} must be a port number 0–65535 (0: any free port)`);
+      return undefined;
+    }
+    return n;
+  }
+  if (kind === 'count') {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 1) {
+      problems.push(`${where} must be a positive integer`);
       return undefined;
     }
     return n;

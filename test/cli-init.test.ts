@@ -57,7 +57,7 @@ test('up/initializes the data dir, stays up, stops cleanly on SIGINT and SIGTERM
     const dir = join(tempDir(t), 'data');
     const child = spawn(process.execPath, [FLEETGATE, 'up', '--data', dir], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0' },
+      env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_PROVISION_PORT: '0' },
     });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     let stderr = '';
@@ -69,6 +69,7 @@ test('up/initializes the data dir, stays up, stops cleanly on SIGINT and SIGTERM
     }
     assert.match(banner.join('\n'), /mqtt\+tls\s+mqtts:\/\/127\.0\.0\.1:\d+/);
     assert.match(banner.join('\n'), /mqtt\+wss\s+wss:\/\/127\.0\.0\.1:\d+\/mqtt/);
+    assert.match(banner.join('\n'), /provision\s+https:\/\/127\.0\.0\.1:\d+/);
     assert.equal(child.exitCode, null, 'still running');
     assert.equal(mode(join(dir, 'ca', 'root.key')), 0o600);
     assert.ok(statSync(join(dir, 'registry.db')).isFile(), 'registry created');

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import pino from 'pino';
 import { startGateway } from '../../gateway/gateway.ts';
+import { startProvisioning } from '../../provisioning/api/server.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
@@ -21,19 +22,25 @@ function rootLogger() {
   }, pino.destination(2));
 }
 
-async function serve(opts: CommonOptions, which: 'up' | 'gateway'): Promise<void> {
+async function serve(opts: CommonOptions, which: 'up' | 'gateway' | 'provision'): Promise<void> {
   const ctx = new CliContext(opts);
   const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
   const { created } = which === 'up' ? await initDataDir(ctx.config) : { created: [] };
   const log = rootLogger();
   const services: RunningService[] = [];
   try {
-    const gateway = await startGateway(ctx.config, { log });
-    services.push(
-      { name: 'mqtt+tls', endpoint: gateway.endpoints.mqtts, close: () => gateway.close() },
-      { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
-      { name: 'admin', endpoint: gateway.endpoints.admin, close: async () => undefined },
-    );
+    if (which !== 'provision') {
+      const gateway = await startGateway(ctx.config, { log });
+      services.push(
+        { name: 'mqtt+tls', endpoint: gateway.endpoints.mqtts, close: () => gateway.close() },
+        { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
+        { name: 'admin', endpoint: gateway.endpoints.admin, close: async () => undefined },
+      );
+    }
+    if (which !== 'gateway') {
+      const provisioning = await startProvisioning(ctx.config, { log });
+      services.push({ name: 'provision', endpoint: `${provisioning.endpoint} (JSON /v1, EST /.well-known/est)`, close: () => provisioning.close() });
+    }
   } catch (err) {
     await Promise.allSettled(services.map((s) => s.close()));
     throw err;
@@ -58,6 +65,9 @@ export function registerUp(program: Command, common: CommonFlags): void {
   common(program.command('gateway'))
     .description('run the gateway only (MQTT over TLS and WSS, admin listener) on an initialized data directory')
     .action((opts: CommonOptions) => serve(opts, 'gateway'));
+  common(program.command('provision'))
+    .description('run the provisioning service only (enrollment JSON API and EST) on an initialized data directory')
+    .action((opts: CommonOptions) => serve(opts, 'provision'));
 }
 
 function waitForSignal(): Promise<NodeJS.Signals> {

@@ -1,0 +1,73 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { makeClaimCredential } from '../../provisioning/ca/claim.ts';
+import { writeNewFile } from '../../provisioning/ca/files.ts';
+import { withContext, type CommonOptions } from '../context.ts';
+import { emit, iso, table } from '../output.ts';
+import { parsePositiveInt } from '../parse.ts';
+import type { CommonFlags } from '../main.ts';
+
+const DAY = 86_400_000;
+
+export function registerClaim(program: Command, common: CommonFlags): void {
+  const claim = program.command('claim').description('claim certificates: factory-wide bootstrap identities for enrollment by hardware serial');
+
+  common(claim.command('create <name>'))
+    .description('make a claim key + certificate (provisioning service only, never the gateway) into DIR')
+    .requiredOption('--out <dir>', 'directory for claim.crt and claim.key (0600); must not hold them already')
+    .option('--days <n>', 'lifetime in days', parsePositiveInt('--days'), 365)
+    .action(async (name: string, opts: CommonOptions & { out: string; days: number }) => {
+      await withContext(opts, async (ctx) => {
+        assertDeviceId(name, 'claim name');
+        const certFile = join(opts.out, 'claim.crt');
+        const keyFile = join(opts.out, 'claim.key');
+        for (const f of [certFile, keyFile]) if (existsSync(f)) throw new FleetgateError('USAGE', `${f} exists; fleetgate will not overwrite it`);
+        const cred = await makeClaimCredential(await ctx.ca(), name, opts.days * DAY);
+        // Recorded before anyone has it.
+        const record = ctx.registry().createClaim({ name, serial: cred.serial, fingerprint: cred.fingerprint, notAfter: cred.notAfter, pem: cred.certPem }, ctx.actor);
+        writeNewFile(keyFile, cred.keyPem, 0o600);
+        writeNewFile(certFile, cred.certPem, 0o644);
+        emit(opts, { name, serial: record.serial, notAfter: iso(record.notAfter), cert: certFile, key: keyFile },
+          () => `claim ${name} (serial ${record.serial}, until ${iso(record.notAfter)}) → ${certFile}, ${keyFile}`);
+      });
+    });
+
+  common(claim.command('allow <name>'))
+    .description('add hardware serials (one per line) to what the claim may enroll; each enrolls once, as device hw-<serial>')
+    .requiredOption('--serials <file>', 'file with one hardware serial per line; - for standard input')
+    .action(async (name: string, opts: CommonOptions & { serials: string }) => {
+      await withContext(opts, (ctx) => {
+        let text: string;
+        try {
+          text = readFileSync(opts.serials === '-' ? 0 : opts.serials, 'utf8');
+        } catch (err) {
+          throw new FleetgateError('USAGE', `cannot read ${opts.serials}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+        }
+        const serials = [...new Set(text.split(/\r?\n/).map((s) => s.trim()).filter((s) => s !== '' && !s.startsWith('#')))];
+        const result = ctx.registry().allowSerials(name, serials, ctx.actor);
+        emit(opts, { name, ...result }, () => `claim ${name}: ${result.added} serial(s) added, ${result.skipped} already allowed`);
+      });
+    });
+
+  common(claim.command('revoke <name>'))
+    .description('revoke a claim: it can enroll nothing more (devices it enrolled keep their certificates)')
+    .action(async (name: string, opts: CommonOptions) => {
+      await withContext(opts, (ctx) => {
+        const record = ctx.registry().revokeClaim(name, ctx.actor);
+        emit(opts, { name, revokedAt: iso(record.revokedAt) }, () => `revoked claim ${name}`);
+      });
+    });
+
+  common(claim.command('list'))
+    .description('list claims with their allowlist use')
+    .action(async (opts: CommonOptions) => {
+      await withContext(opts, (ctx) => {
+        const rows = ctx.registry().listClaims().map(({ pem: _pem, ...c }) => c);
+        emit(opts, rows, () => table(['NAME', 'SERIAL', 'NOT AFTER', 'ALLOWED', 'ENROLLED', 'STATUS'],
+          rows.map((c) => [c.name, c.serial, iso(c.notAfter), String(c.allowed), String(c.enrolled), c.revokedAt === null ? 'active' : 'revoked'])));
+      });
+    });
+}
