@@ -14,7 +14,11 @@ function verifiedPeer(req: FastifyRequest) {
   const socket = req.raw.socket as TLSSocket;
   const cert = socket.authorized ? socket.getPeerX509Certificate() : undefined;
   if (cert === undefined) {
-    throw new FleetgateError('CERT_REQUIRED', socket.authorizationError ? `client certificate refused: ${String(socket.authorizationError)}` : 'a client certificate is required');
+    const verdict = socket.authorizationError === null || socket.authorizationError === undefined ? undefined : String(socket.authorizationError);
+    if (verdict === 'CERT_HAS_EXPIRED') throw new FleetgateError('CERT_EXPIRED', 'the client certificate has expired');
+    if (verdict === 'CERT_NOT_YET_VALID') throw new FleetgateError('CERT_NOT_YET_VALID', 'the client certificate is not yet valid');
+    if (verdict !== undefined && socket.getPeerX509Certificate() !== undefined) throw new FleetgateError('CERT_INVALID', `client certificate refused: ${verdict}`);
+    throw new FleetgateError('CERT_REQUIRED', 'a client certificate is required');
   }
   return cert;
 }

@@ -5,6 +5,7 @@ import pino from 'pino';
 import { loadConfig, type FleetgateConfig } from '../../config/config.ts';
 import { dataPaths } from '../../config/paths.ts';
 import { startGateway, type RunningGateway } from '../../gateway/gateway.ts';
+import { startProvisioning } from '../../provisioning/api/server.ts';
 import { loadCa, type CertificateAuthority } from '../../provisioning/ca/authority.ts';
 import { RegistryWriter } from '../../provisioning/registry/writer.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
@@ -65,4 +66,31 @@ export async function startTestFleet(t: TestContext | { after(fn: () => unknown)
     mqttsUrl: `mqtts://127.0.0.1:${gateway.ports.mqtts}`,
     wssUrl: `wss://127.0.0.1:${gateway.ports.wss}/mqtt`,
   };
+}
+
+export interface TestProvisioning {
+  dir: string;
+  config: FleetgateConfig;
+  registry: RegistryWriter;
+  ca: CertificateAuthority;
+  rootFile: string;
+  url: string;
+  port: number;
+  log: LogCapture;
+}
+
+/** A data dir and the provisioning service on an ephemeral loopback port; closed after the test. */
+export async function startTestProvisioning(t: TestContext | { after(fn: () => unknown): void }, env: NodeJS.ProcessEnv = {}): Promise<TestProvisioning> {
+  const dir = tempDir(t as TestContext);
+  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ACTOR: 'test', ...env } });
+  await initDataDir(config);
+  const paths = dataPaths(config.dataDir);
+  const registry = new RegistryWriter(paths.registry);
+  const log = new LogCapture();
+  const service = await startProvisioning(config, { log: pino({ level: 'debug' }, log.stream) });
+  t.after(async () => {
+    await service.close();
+    registry.close();
+  });
+  return { dir, config, registry, ca: await loadCa(paths), rootFile: paths.rootCert, url: service.endpoint, port: service.port, log };
 }
