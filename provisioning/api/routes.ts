@@ -21,7 +21,7 @@ export function jsonRoutes(app: FastifyInstance, service: ProvisioningService, r
     config: { rateLimit },
     schema: { body: { type: 'object', required: ['token', 'csr'], additionalProperties: false, properties: { token: { type: 'string', minLength: 1, maxLength: 256 }, csr: CSR_FIELD } } },
   }, async (req, reply) => {
-    const result = await service.enroll({ method: 'token', token: req.body.token }, req.body.csr, meta(req));
+    const result = await service.enroll('token', () => ({ method: 'token', token: req.body.token }), req.body.csr, meta(req));
     return reply.status(201).send(issued(result));
   });
 
@@ -34,8 +34,9 @@ export function jsonRoutes(app: FastifyInstance, service: ProvisioningService, r
       },
     },
   }, async (req, reply) => {
-    const claimName = claimPeer(req, service.registry);
-    const result = await service.enroll({ method: 'claim', claimName, hardwareSerial: req.body.hardwareSerial, type: req.body.type, fleet: req.body.fleet }, req.body.csr, meta(req));
+    const result = await service.enroll('claim', () => ({
+      method: 'claim', claimName: claimPeer(req, service.registry), hardwareSerial: req.body.hardwareSerial, type: req.body.type, fleet: req.body.fleet,
+    }), req.body.csr, meta(req));
     return reply.status(201).send(issued(result));
   });
 
@@ -43,8 +44,7 @@ export function jsonRoutes(app: FastifyInstance, service: ProvisioningService, r
     config: { rateLimit },
     schema: { body: { type: 'object', required: ['csr'], additionalProperties: false, properties: { csr: CSR_FIELD } } },
   }, async (req, reply) => {
-    const current = devicePeer(req);
-    const result = await service.enroll({ method: 'renew', current }, req.body.csr, meta(req));
+    const result = await service.enroll('renew', () => ({ method: 'renew', current: devicePeer(req) }), req.body.csr, meta(req));
     return reply.status(201).send(issued(result));
   });
 

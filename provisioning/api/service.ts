@@ -26,18 +26,22 @@ export class ProvisioningService {
    * Runs the enrollment pipeline for a remote requester. Every outcome is logged (one line,
    * with the code) and audited; the token never appears in either.
    */
-  async enroll(auth: EnrollmentAuth, csr: string | Uint8Array, meta: { surface: string; remoteAddress: string }): Promise<EnrollmentResult> {
+  async enroll(
+    method: EnrollmentAuth['method'], resolveAuth: () => EnrollmentAuth, csr: string | Uint8Array, meta: { surface: string; remoteAddress: string },
+  ): Promise<EnrollmentResult> {
     const actor = `${meta.surface}:${meta.remoteAddress}`;
+    let auth: EnrollmentAuth | undefined;
     try {
+      auth = resolveAuth(); // the requester's credentials: certificate, claim, token
       const result = await enroll({ registry: this.registry, ca: this.ca, defaultValidityMs: this.config.ca.leafValidityMs }, { csr, auth, actor });
       this.log.info({ decision: 'issued', method: result.method, surface: meta.surface, deviceId: result.deviceId, serial: result.serial, remoteAddress: meta.remoteAddress }, 'certificate issued');
       return result;
     } catch (err) {
       const e = httpError(err);
-      const subject = (e.detail.deviceId as string | undefined) ?? (auth.method === 'operator' ? auth.deviceId : null);
-      this.log.warn({ decision: 'refused', code: e.code, method: auth.method, surface: meta.surface, deviceId: subject, remoteAddress: meta.remoteAddress, reason: e.message }, 'enrollment refused');
+      const subject = (e.detail.deviceId as string | undefined) ?? (auth?.method === 'renew' ? auth.current.deviceId : null);
+      this.log.warn({ decision: 'refused', code: e.code, method, surface: meta.surface, deviceId: subject, remoteAddress: meta.remoteAddress, reason: e.message }, 'enrollment refused');
       try {
-        this.registry.appendAudit(actor, 'enroll.refused', subject, { code: e.code, method: auth.method, surface: meta.surface });
+        this.registry.appendAudit(actor, 'enroll.refused', subject, { code: e.code, method, surface: meta.surface });
       } catch (auditErr) {
         this.log.error({ err: auditErr }, 'audit append failed');
       }

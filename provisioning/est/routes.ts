@@ -71,18 +71,16 @@ export function estRoutes(app: FastifyInstance, service: ProvisioningService, ra
   app.post(`${PREFIX}/simpleenroll`, { errorHandler: estError, config: { rateLimit } }, async (req, reply) => {
     const body = requirePkcs10(req);
     const basic = basicAuth(req);
-    if (basic !== undefined) {
-      const r = await service.enroll({ method: 'token', token: basic.token, deviceId: basic.deviceId }, body, meta(req));
-      return sendCerts(reply, r.certificate);
-    }
-    const claimName = claimPeer(req, service.registry); // CERT_REQUIRED (401 + challenge) when neither is given
-    const r = await service.enroll({ method: 'claim', claimName, hardwareSerial: csrCommonName(body) }, body, meta(req));
+    const r = basic !== undefined
+      ? await service.enroll('token', () => ({ method: 'token', token: basic.token, deviceId: basic.deviceId }), body, meta(req))
+      // No Basic credentials: a claim certificate, or CERT_REQUIRED (401 with the Basic challenge).
+      : await service.enroll('claim', () => ({ method: 'claim', claimName: claimPeer(req, service.registry), hardwareSerial: csrCommonName(body) }), body, meta(req));
     return sendCerts(reply, r.certificate);
   });
 
   app.post(`${PREFIX}/simplereenroll`, { errorHandler: estError, config: { rateLimit } }, async (req, reply) => {
     const body = requirePkcs10(req);
-    const r = await service.enroll({ method: 'renew', current: devicePeer(req) }, body, meta(req));
+    const r = await service.enroll('renew', () => ({ method: 'renew', current: devicePeer(req) }), body, meta(req));
     return sendCerts(reply, r.certificate);
   });
 }
