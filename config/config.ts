@@ -132,7 +132,7 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     port: 9443,
     enrollRatePerSecond: 200,
     requestTimeoutMs: 30_000, // 30 s
-    bodyLimitBytes: 16 * 1024, // 16 KiB
+    bodyLimitBytes: 20 * 1024, // 20 KiB: a CSR of at most 16 KiB plus its JSON envelope
   },
 });
 
