@@ -65,9 +65,7 @@ function authorize(registry: RegistryWriter, auth: EnrollmentAuth): Authorized {
 export async function enroll(deps: EnrollmentDeps, request: EnrollmentRequest): Promise<EnrollmentResult> {
   const csr = await parseCsr(request.csr); // parse + proof of possession
   const authorized = authorize(deps.registry, request.auth); // early check; recording re-checks
-  const leaf = await signLeaf(deps.ca, {
-    deviceId: authorized.deviceId, publicKey: csr.request.publicKey, validityMs: request.validityMs ?? deps.defaultValidityMs,
-  });
+  const leaf = signLeaf(deps.ca, { deviceId: authorized.deviceId, spki: csr.spki, validityMs: request.validityMs ?? deps.defaultValidityMs });
   const ignored = ignoredRequests(csr, authorized.deviceId);
   authorized.record(deps.registry, {
     serial: leaf.serial, deviceId: authorized.deviceId, fingerprint: leaf.fingerprint, spkiSha256: leaf.spkiSha256,

@@ -5,8 +5,7 @@ import { base64Lines, certsOnly } from '../ca/pkcs7.ts';
 import { claimPeer, devicePeer } from '../api/peer.ts';
 import { httpError } from '../api/errors.ts';
 import type { ProvisioningService } from '../api/service.ts';
-import { x509 } from '../ca/x509.ts';
-import { csrDer } from '../ca/csr.ts';
+import { parseCsr } from '../ca/csr.ts';
 
 const PREFIX = '/.well-known/est';
 const PKCS7 = 'application/pkcs7-mime';
@@ -40,9 +39,9 @@ function basicAuth(req: FastifyRequest): { deviceId: string; token: string } | u
 }
 
 /** The hardware serial a claim enrollment over EST names: the CSR subject's CN. */
-function csrCommonName(body: string): unknown {
+async function csrCommonName(body: string): Promise<unknown> {
   try {
-    return new x509.Pkcs10CertificateRequest(new Uint8Array(csrDer(body))).subjectName.getField('CN')[0];
+    return (await parseCsr(body)).requested.commonName;
   } catch {
     return undefined; // the pipeline reports CSR_INVALID
   }
@@ -71,10 +70,13 @@ export function estRoutes(app: FastifyInstance, service: ProvisioningService, ra
   app.post(`${PREFIX}/simpleenroll`, { errorHandler: estError, config: { rateLimit } }, async (req, reply) => {
     const body = requirePkcs10(req);
     const basic = basicAuth(req);
-    const r = basic !== undefined
-      ? await service.enroll('token', () => ({ method: 'token', token: basic.token, deviceId: basic.deviceId }), body, meta(req))
-      // No Basic credentials: a claim certificate, or CERT_REQUIRED (401 with the Basic challenge).
-      : await service.enroll('claim', () => ({ method: 'claim', claimName: claimPeer(req, service.registry), hardwareSerial: csrCommonName(body) }), body, meta(req));
+    if (basic !== undefined) {
+      const r = await service.enroll('token', () => ({ method: 'token', token: basic.token, deviceId: basic.deviceId }), body, meta(req));
+      return sendCerts(reply, r.certificate);
+    }
+    // No Basic credentials: a claim certificate, or CERT_REQUIRED (401 with the Basic challenge).
+    const hardwareSerial = await csrCommonName(body);
+    const r = await service.enroll('claim', () => ({ method: 'claim', claimName: claimPeer(req, service.registry), hardwareSerial }), body, meta(req));
     return sendCerts(reply, r.certificate);
   });
 

@@ -1,0 +1,71 @@
+// npm run bench:enroll — durable CSR enrollments per second over HTTPS (JSON API, one-time
+// tokens), sequential and with 16 concurrent clients. Keys and CSRs are made in advance so the
+// figure is the server's; the service runs in its own process and its CPU is read from /proc.
+// Loopback only; bounded counts.
+import { spawn } from 'node:child_process';
+import { Agent, request } from 'node:https';
+import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+import { csrPem, newKeys } from '../test/helpers/test-pki.ts';
+import { benchFleet, fmt, percentile, ROOT } from './lib.ts';
+
+const SEQUENTIAL = Number(process.env.BENCH_SEQUENTIAL ?? 300);
+const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 2_000);
+const CLIENTS = 16;
+
+const fleet = await benchFleet();
+const log = (s: string) => process.stdout.write(`${s}\n`);
+const total = SEQUENTIAL + CONCURRENT;
+log(`fleetgate bench:enroll — node ${process.version}; ${SEQUENTIAL} sequential + ${CONCURRENT} with ${CLIENTS} clients; preparing ${total} devices, keys and CSRs…`);
+const tokens: string[] = [];
+for (let i = 0; i < total; i++) tokens.push(fleet.registry.addDevice({ id: `e-${i}`, type: 'sensor' }, 'bench', { tokenTtlMs: 3_600_000 }).token!.token);
+const csrs: string[] = [];
+for (let i = 0; i < total; i++) csrs.push(await csrPem(await newKeys(), `e-${i}`));
+fleet.registry.close();
+
+const child = spawn(process.execPath, [join(ROOT, 'bin', 'fleetgate.ts'), 'provision', '--json', '--data', fleet.config.dataDir], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+  env: { ...process.env, FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn' },
+});
+let banner = '';
+let url = '';
+for await (const line of createInterface({ input: child.stdout! })) {
+  banner += line;
+  try { url = (JSON.parse(banner) as { services: { endpoint: string }[] }).services[0]!.endpoint.split(' ')[0]!; break; } catch { /* more */ }
+}
+const { readFileSync } = await import('node:fs');
+const cpu = () => { const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return (Number(f[11]) + Number(f[12])) / 100; };
+const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS, ca: readFileSync(fleet.paths.rootCert) });
+
+function enrollOne(i: number): Promise<number> {
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/v1/enroll`, { method: 'POST', agent, servername: 'localhost', headers: { 'content-type': 'application/json' } }, (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode === 201 ? resolve(performance.now() - started) : reject(new Error(`status ${res.statusCode}`))));
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify({ token: tokens[i], csr: csrs[i] }));
+  });
+}
+
+try {
+  await enrollOne(0); // warm-up (JIT, TLS session)
+  for (const [name, from, count, clients] of [['sequential', 1, SEQUENTIAL - 1, 1], [`${CLIENTS} clients`, SEQUENTIAL, CONCURRENT, CLIENTS]] as const) {
+    const latencies: number[] = [];
+    const cpu0 = cpu();
+    const t0 = performance.now();
+    let next = from;
+    await Promise.all(Array.from({ length: clients }, async () => {
+      while (next < from + count) latencies.push(await enrollOne(next++));
+    }));
+    const seconds = (performance.now() - t0) / 1000;
+    const used = cpu() - cpu0;
+    latencies.sort((a, b) => a - b);
+    log(`${name.padEnd(12)} ${fmt(count / seconds, 0)} enrollments/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; service CPU ${fmt((used / count) * 1000, 2)} ms per enrollment`);
+  }
+} finally {
+  agent.destroy();
+  child.kill('SIGTERM');
+  fleet.cleanup();
+}

@@ -1,0 +1,105 @@
+/**
+ * Just enough DER (X.690) to read a PKCS#10 request and write a device certificate without
+ * building object trees: the hot path of enrollment. Everything else keeps using the X.509
+ * libraries.
+ */
+
+export interface Tlv {
+  tag: number;
+  /** Offset of the tag byte. */
+  start: number;
+  /** Offset of the first content byte. */
+  contentStart: number;
+  /** Offset just past the content. */
+  end: number;
+}
+
+export class DerError extends Error {}
+
+/** Reads one TLV at `offset`, within `limit`. Definite lengths only (DER). */
+export function readTlv(buf: Uint8Array, offset: number, limit = buf.length): Tlv {
+  if (offset + 2 > limit) throw new DerError('truncated');
+  const tag = buf[offset] as number;
+  if ((tag & 0x1f) === 0x1f) throw new DerError('high tag numbers are not used here');
+  let len = buf[offset + 1] as number;
+  let p = offset + 2;
+  if (len & 0x80) {
+    const n = len & 0x7f;
+    if (n === 0 || n > 4) throw new DerError('unsupported length');
+    if (p + n > limit) throw new DerError('truncated length');
+    len = 0;
+    for (let i = 0; i < n; i++) len = len * 256 + (buf[p++] as number);
+    if (len < 0x80 && n === 1) throw new DerError('non-minimal length');
+  }
+  if (p + len > limit) throw new DerError('content runs past its container');
+  return { tag, start: offset, contentStart: p, end: p + len };
+}
+
+/** The TLVs directly inside a constructed TLV. */
+export function children(buf: Uint8Array, parent: Tlv): Tlv[] {
+  const out: Tlv[] = [];
+  for (let p = parent.contentStart; p < parent.end;) {
+    const t = readTlv(buf, p, parent.end);
+    out.push(t);
+    p = t.end;
+  }
+  return out;
+}
+
+export function expectTag(t: Tlv | undefined, tag: number, what: string): Tlv {
+  if (t === undefined || t.tag !== tag) throw new DerError(`${what}: expected tag 0x${tag.toString(16)}`);
+  return t;
+}
+
+/** Dotted OID from an OBJECT IDENTIFIER TLV's content. */
+export function oid(buf: Uint8Array, t: Tlv): string {
+  const parts: number[] = [];
+  let value = 0;
+  for (let i = t.contentStart; i < t.end; i++) {
+    const b = buf[i] as number;
+    value = value * 128 + (b & 0x7f);
+    if ((b & 0x80) === 0) {
+      if (parts.length === 0) parts.push(value < 80 ? Math.floor(value / 40) : 2, value < 80 ? value % 40 : value - 80);
+      else parts.push(value);
+      value = 0;
+    }
+  }
+  return parts.join('.');
+}
+
+// --- writing ---
+
+function lengthBytes(len: number): number[] {
+  if (len < 0x80) return [len];
+  const out: number[] = [];
+  for (let n = len; n > 0; n = Math.floor(n / 256)) out.unshift(n & 0xff);
+  return [0x80 | out.length, ...out];
+}
+
+/** A TLV from a tag and its content parts. */
+export function tlv(tag: number, ...content: Uint8Array[]): Buffer {
+  const body = Buffer.concat(content);
+  return Buffer.concat([Buffer.from([tag, ...lengthBytes(body.length)]), body]);
+}
+
+export const seq = (...c: Uint8Array[]) => tlv(0x30, ...c);
+export const set = (...c: Uint8Array[]) => tlv(0x31, ...c);
+export const octets = (...c: Uint8Array[]) => tlv(0x04, ...c);
+
+export function oidDer(dotted: string): Buffer {
+  const [a, b, ...rest] = dotted.split('.').map(Number) as number[];
+  const bytes: number[] = [(a as number) * 40 + (b as number)];
+  for (const n of rest) {
+    const enc: number[] = [n & 0x7f];
+    for (let v = Math.floor(n / 128); v > 0; v = Math.floor(v / 128)) enc.unshift((v & 0x7f) | 0x80);
+    bytes.push(...enc);
+  }
+  return tlv(0x06, Buffer.from(bytes));
+}
+
+/** UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5). */
+export function time(date: Date): Buffer {
+  const iso = date.toISOString(); // YYYY-MM-DDTHH:MM:SS.sssZ
+  const digits = iso.slice(0, 19).replace(/[-T:]/g, '');
+  return date.getUTCFullYear() < 2050 ? tlv(0x17, Buffer.from(`${digits.slice(2)}Z`)) : tlv(0x18, Buffer.from(`${digits}Z`));
+}
