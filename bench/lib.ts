@@ -33,7 +33,7 @@ export interface GatewayProcess {
 export async function spawnGateway(dataDir: string): Promise<GatewayProcess> {
   const child = spawn(process.execPath, [join(ROOT, 'bin', 'fleetgate.ts'), 'gateway', '--json', '--data', dataDir], {
     stdio: ['ignore', 'pipe', 'ignore'],
-    env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_LOG_LEVEL: 'error' },
+    env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_LOG_LEVEL: 'error' },
   });
   let text = '';
   for await (const line of createInterface({ input: child.stdout! })) {

@@ -3,7 +3,7 @@ import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { request } from 'node:https';
 import { FleetgateError, isErrorCode } from '../firmware-sdk/protocol/errors.ts';
-import { writeNewFile } from '../provisioning/ca/files.ts';
+import { writeNewFile } from '../config/files.ts';
 import { ECDSA_SHA256, EC_P256, subtle, x509 } from '../provisioning/ca/x509.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import type { CliContext } from './context.ts';

@@ -33,6 +33,39 @@ export interface FleetgateConfig {
   };
   gateway: GatewayConfig;
   provisioning: ProvisioningConfig;
+  https: HttpsConfig;
+}
+
+/** One HTTPS route: requests under `prefix` go to `origin` with an assertion for `audience`. */
+export interface RouteConfig {
+  prefix: string;
+  origin: string;
+  audience: string;
+  /** Only these device types / fleets may call it (absent: any). */
+  allow?: { types?: readonly string[]; fleets?: readonly string[] };
+  /** Origin answer deadline; the assertion's `exp` is no later than iat + this. */
+  timeoutMs: number;
+  /** Largest request body, bytes (streamed, never buffered). */
+  bodyLimit: number;
+  /** Remove the prefix from the path sent to the origin. */
+  stripPrefix: boolean;
+}
+
+export interface HttpsConfig {
+  host: string;
+  port: number;
+  /** Answer every request with `Connection: close`: each request is a new full handshake. */
+  perRequestHandshake: boolean;
+  /** Request header that carries the assertion to the origin. */
+  assertionHeader: string;
+  issuer: string;
+  /** How long a rotated-out signing key stays in the JWKS. */
+  jwtOverlapMs: number;
+  keepAliveTimeoutMs: number;
+  headersTimeoutMs: number;
+  maxHeaderBytes: number;
+  maxConnections: number;
+  routes: readonly RouteConfig[];
 }
 
 export interface ProvisioningConfig {
@@ -127,6 +160,19 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
       operator: { publish: [], subscribe: [] },
     },
   },
+  https: {
+    host: '127.0.0.1',
+    port: 8443,
+    perRequestHandshake: false,
+    assertionHeader: 'Fleetgate-Assertion',
+    issuer: 'fleetgate',
+    jwtOverlapMs: DAY, // 24 h
+    keepAliveTimeoutMs: 5_000, // 5 s
+    headersTimeoutMs: 10_000, // 10 s
+    maxHeaderBytes: 16 * 1024, // 16 KiB
+    maxConnections: 20_000,
+    routes: [],
+  },
   provisioning: {
     host: '127.0.0.1',
     port: 9443,
@@ -157,6 +203,13 @@ const SETTINGS = [
   { key: 'provisioning.port', file: ['provisioning', 'port'], env: 'FLEETGATE_PROVISION_PORT', kind: 'port' },
   { key: 'provisioning.enrollRatePerSecond', file: ['provisioning', 'enrollRatePerSecond'], env: 'FLEETGATE_ENROLL_RATE', kind: 'count' },
   { key: 'provisioning.requestTimeoutMs', file: ['provisioning', 'requestTimeout'], env: 'FLEETGATE_PROVISION_REQUEST_TIMEOUT', kind: 'duration' },
+  { key: 'https.host', file: ['https', 'host'], env: 'FLEETGATE_HTTPS_HOST', kind: 'host' },
+  { key: 'https.port', file: ['https', 'port'], env: 'FLEETGATE_HTTPS_PORT', kind: 'port' },
+  { key: 'https.perRequestHandshake', file: ['https', 'perRequestHandshake'], env: 'FLEETGATE_PER_REQUEST_HANDSHAKE', kind: 'boolean' },
+  { key: 'https.assertionHeader', file: ['https', 'assertionHeader'], env: 'FLEETGATE_ASSERTION_HEADER', kind: 'header' },
+  { key: 'https.issuer', file: ['https', 'issuer'], env: 'FLEETGATE_ISSUER', kind: 'header' },
+  { key: 'https.jwtOverlapMs', file: ['https', 'jwtOverlap'], env: 'FLEETGATE_JWT_OVERLAP', kind: 'duration' },
+  { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
 ] as const;
@@ -183,6 +236,20 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     }
     return n;
   }
+  if (kind === 'boolean') {
+    if (value === true || value === 'true' || value === '1') return true;
+    if (value === false || value === 'false' || value === '0') return false;
+    problems.push(`${where} must be true or false`);
+    return undefined;
+  }
+  if (kind === 'header') {
+    if (typeof value !== 'string' || !/^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$/.test(value)) {
+      problems.push(`${where} must be an HTTP token (letters, digits, - …)`);
+      return undefined;
+    }
+    return value;
+  }
+  if (kind === 'routes') return parseRoutes(value, where, problems);
   if (kind === 'count') {
     const n = Number(value);
     if (!Number.isSafeInteger(n) || n < 1) {
@@ -213,6 +280,45 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return undefined;
   }
   return list;
+}
+
+function parseRoutes(value: unknown, where: string, problems: string[]): RouteConfig[] | undefined {
+  if (!Array.isArray(value)) {
+    problems.push(`${where} must be a list of routes`);
+    return undefined;
+  }
+  const routes: RouteConfig[] = [];
+  value.forEach((r: Record<string, unknown>, i) => {
+    const at = `${where}[${i}]`;
+    const before = problems.length;
+    if (typeof r?.prefix !== 'string' || !/^\/[A-Za-z0-9._~\/-]*$/.test(r.prefix)) problems.push(`${at}.prefix must be a path starting with /`);
+    let origin: URL | undefined;
+    try {
+      origin = new URL(String(r?.origin));
+      if (!['http:', 'https:'].includes(origin.protocol)) throw new Error('scheme');
+    } catch {
+      problems.push(`${at}.origin must be an http(s) URL`);
+    }
+    if (typeof r?.audience !== 'string' || r.audience === '') problems.push(`${at}.audience must be a non-empty string`);
+    const allow = (r?.allow ?? {}) as { types?: unknown; fleets?: unknown };
+    for (const k of ['types', 'fleets'] as const) {
+      if (allow[k] !== undefined && !(Array.isArray(allow[k]) && (allow[k] as unknown[]).every((x) => typeof x === 'string'))) problems.push(`${at}.allow.${k} must be a list of strings`);
+    }
+    let timeoutMs = 30_000;
+    if (r?.timeout !== undefined) {
+      try { timeoutMs = parseDuration(String(r.timeout), `${at}.timeout`); } catch (err) { problems.push((err as Error).message); }
+    }
+    const bodyLimit = r?.bodyLimit === undefined ? 1024 * 1024 : Number(r.bodyLimit);
+    if (!Number.isSafeInteger(bodyLimit) || bodyLimit < 0) problems.push(`${at}.bodyLimit must be a number of bytes`);
+    if (problems.length === before) {
+      routes.push({
+        prefix: r.prefix as string, origin: (origin as URL).origin, audience: r.audience as string,
+        allow: { ...(allow.types !== undefined && { types: allow.types as string[] }), ...(allow.fleets !== undefined && { fleets: allow.fleets as string[] }) },
+        timeoutMs, bodyLimit, stripPrefix: r.stripPrefix === true,
+      });
+    }
+  });
+  return routes;
 }
 
 /** Per-type tables from the file: given types override their defaults field by field. */

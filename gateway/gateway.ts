@@ -4,7 +4,11 @@ import { dataPaths } from '../config/paths.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { AuditAppender } from '../provisioning/registry/audit-appender.ts';
 import type { StatusEvent } from '../provisioning/registry/records.ts';
+import { statSync } from 'node:fs';
 import { startAdmin } from './admin/server.ts';
+import { AssertionMinter } from './https/assertion.ts';
+import { ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
+import { startHttpsPlane } from './https/server.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { MqttPlane } from './mqtt/broker.ts';
 import { startMqttListeners } from './mqtt/listeners.ts';
@@ -14,8 +18,8 @@ import { StatusWatcher } from './status/watch.ts';
 import { deviceTlsOptions } from './tls/context.ts';
 
 export interface RunningGateway {
-  endpoints: { mqtts: string; wss: string; admin: string };
-  ports: { mqtts: number; wss: number; admin: number };
+  endpoints: { mqtts: string; wss: string; https: string; admin: string };
+  ports: { mqtts: number; wss: number; https: number; admin: number };
   sessions: SessionTable;
   metrics: Metrics;
   /** Closes every live session of a device (operator action); returns how many. */
@@ -24,8 +28,8 @@ export interface RunningGateway {
 }
 
 /**
- * Starts the gateway: MQTT over TLS and WSS, the admin listener, and the live-revocation
- * watcher, all reading the registry in `config.dataDir` (read side only, plus audit appends).
+ * Starts the gateway: MQTT over TLS and WSS, the HTTPS plane, the admin listener, and the
+ * live-revocation watcher, all reading the registry in `config.dataDir` (read side only, plus audit appends).
  */
 export async function startGateway(config: FleetgateConfig, deps: { log: Logger }): Promise<RunningGateway> {
   const paths = dataPaths(config.dataDir);
@@ -62,30 +66,51 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     unavailable: (error) => log.error({ code: error.code, err: error.message }, 'registry unavailable: new connections are refused'),
   }, g.statusPollMs);
 
+  // Assertion keys: created on first start, reloaded when `fleetgate jwt rotate` changes them.
+  ensureKeyring(paths);
+  let keyring = loadKeyring(paths);
+  const minter = new AssertionMinter(config.https.issuer, keyring.active);
+  const keyWatch = setInterval(() => {
+    try {
+      if (statSync(keyringFile(paths)).mtimeMs === keyring.mtimeMs) return;
+      keyring = loadKeyring(paths);
+      minter.setKey(keyring.active);
+      log.info({ kid: keyring.active.kid }, 'assertion signing key reloaded');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'assertion keyring cannot be read; keeping the current key');
+    }
+  }, 1_000);
+  keyWatch.unref();
+
   const kick = (deviceId: string, actor: string): number => {
     const live = sessions.ofDevice(deviceId);
     for (const s of live) cut(s, new FleetgateError('NOT_AUTHORIZED', `kicked by ${actor}`), actor);
     return live.length;
   };
   const listeners = await startMqttListeners(plane, tls, g, log, metrics);
-  const admin = await startAdmin(g, tls, { checker, sessions, metrics, kick });
+  const httpsPlane = await startHttpsPlane(config.https, tls, { checker, minter, metrics, log: log.child({ plane: 'https' }) });
+  // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
+  const admin = await startAdmin(g, tls, { checker, sessions, metrics, kick, jwks: () => loadKeyring(paths).jwks });
   const host = g.host.includes(':') ? `[${g.host}]` : g.host;
   const adminHost = g.adminHost.includes(':') ? `[${g.adminHost}]` : g.adminHost;
   return {
     endpoints: {
       mqtts: `mqtts://${host}:${listeners.ports.mqtts}`,
       wss: `wss://${host}:${listeners.ports.wss}${g.wssPath}`,
+      https: `https://${config.https.host.includes(':') ? `[${config.https.host}]` : config.https.host}:${httpsPlane.port}`,
       admin: `https://${adminHost}:${admin.port}`,
     },
-    ports: { ...listeners.ports, admin: admin.port },
+    ports: { ...listeners.ports, https: httpsPlane.port, admin: admin.port },
     sessions, metrics, kick,
     async close() {
       watcher.close();
+      clearInterval(keyWatch);
       for (const s of sessions.all()) s.close();
       await Promise.all([
         new Promise((r) => listeners.mqtts.close(r)),
         new Promise((r) => listeners.wss.close(r)),
         admin.app.close(),
+        httpsPlane.app.close(),
         plane.close(),
       ]);
       listeners.wss.closeAllConnections();

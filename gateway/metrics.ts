@@ -16,6 +16,8 @@ export function createMetrics() {
     messagesOut: new Counter({ name: 'fleetgate_messages_out_total', help: 'PUBLISH packets delivered to clients', registers: [registry] }),
     denied: new Counter({ name: 'fleetgate_denied_total', help: 'Refused PUBLISH/SUBSCRIBE by code', labelNames: ['action', 'code'] as const, registers: [registry] }),
     liveCuts: new Counter({ name: 'fleetgate_live_cuts_total', help: 'Live sessions cut by a status change, by code', labelNames: ['code'] as const, registers: [registry] }),
+    httpsHandshakes: new Counter({ name: 'fleetgate_https_handshakes_total', help: 'Full TLS handshakes on the HTTPS plane', registers: [registry] }),
+    httpsRequests: new Counter({ name: 'fleetgate_https_requests_total', help: 'HTTPS plane requests by outcome code (OK: served)', labelNames: ['code'] as const, registers: [registry] }),
     statusCheck: new Histogram({
       name: 'fleetgate_status_check_seconds', help: 'Latency of the registry status check per connection',
       buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025], registers: [registry],

@@ -2,7 +2,7 @@ import { chmodSync } from 'node:fs';
 import type { FleetgateConfig } from '../config/config.ts';
 import { initCa } from './ca/authority.ts';
 import { dataPaths } from '../config/paths.ts';
-import { ensureDir } from './ca/files.ts';
+import { ensureDir } from '../config/files.ts';
 import { RegistryWriter } from './registry/writer.ts';
 
 /**

@@ -3,7 +3,7 @@ import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { enroll, type EnrollmentAuth, type EnrollmentResult } from '../../provisioning/enroll/pipeline.ts';
-import { writeNewFile } from '../../provisioning/ca/files.ts';
+import { writeNewFile } from '../../config/files.ts';
 import { normalizeSerial } from '../../provisioning/registry/hex.ts';
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { CertificateRecord } from '../../provisioning/registry/records.ts';

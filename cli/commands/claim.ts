@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { makeClaimCredential } from '../../provisioning/ca/claim.ts';
-import { writeNewFile } from '../../provisioning/ca/files.ts';
+import { writeNewFile } from '../../config/files.ts';
 import { withContext, type CommonOptions } from '../context.ts';
 import { emit, iso, table } from '../output.ts';
 import { parsePositiveInt } from '../parse.ts';

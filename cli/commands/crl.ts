@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { buildCrl, crlPem } from '../../provisioning/ca/crl.ts';
-import { writeNewFile } from '../../provisioning/ca/files.ts';
+import { writeNewFile } from '../../config/files.ts';
 import { withContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
 import type { CommonFlags } from '../main.ts';

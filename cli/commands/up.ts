@@ -34,6 +34,7 @@ async function serve(opts: CommonOptions, which: 'up' | 'gateway' | 'provision')
       services.push(
         { name: 'mqtt+tls', endpoint: gateway.endpoints.mqtts, close: () => gateway.close() },
         { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
+        { name: 'https', endpoint: gateway.endpoints.https, close: async () => undefined },
         { name: 'admin', endpoint: gateway.endpoints.admin, close: async () => undefined },
       );
     }

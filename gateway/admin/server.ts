@@ -13,6 +13,8 @@ export interface AdminDeps {
   metrics: Metrics;
   /** Closes every live session of a device; returns how many. */
   kick(deviceId: string, actor: string): number;
+  /** The public keys origins verify assertions with. */
+  jwks(): { keys: Record<string, unknown>[] };
 }
 
 /** Only an `operator` certificate, valid by the registry right now, may use /v1. */
@@ -25,7 +27,7 @@ function requireOperator(req: FastifyRequest, checker: StatusChecker): string {
 
 /**
  * The admin listener (loopback by default): `/healthz` and `/metrics` for probes and
- * Prometheus, `/v1/connections` for operators (client certificate of type `operator`).
+ * Prometheus, `/.well-known/jwks.json` for origins, `/v1/connections` for operators (client certificate of type `operator`).
  * The TLS layer requests a certificate but lets the request through without one, so probes
  * work; every `/v1` route checks for itself.
  */
@@ -49,6 +51,7 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
       return reply.status(503).send({ status: 'unavailable', error: { code: toFleetgateError(err).code } });
     }
   });
+  app.get('/.well-known/jwks.json', async (_req, reply) => reply.header('cache-control', 'max-age=300').send(deps.jwks()));
   app.get('/metrics', async (_req, reply) => reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()));
   app.get('/v1/connections', async (req) => {
     requireOperator(req, deps.checker);

@@ -2,7 +2,7 @@ import { createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
 import { isIP } from 'node:net';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { DataPaths } from '../../config/paths.ts';
-import { existsSync, readText, writeNewFile } from './files.ts';
+import { existsSync, readText, writeNewFile } from '../../config/files.ts';
 import { randomSerial, validityFrom } from './fields.ts';
 import { ECDSA_SHA256, EC_P256, pemWithNewline, subtle, toPem, x509 } from './x509.ts';
 

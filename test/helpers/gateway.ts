@@ -1,3 +1,4 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TestContext } from 'node:test';
@@ -42,14 +43,19 @@ export interface TestFleet {
   log: LogCapture;
   mqttsUrl: string;
   wssUrl: string;
+  httpsUrl: string;
 }
 
 /** A data dir with a CA and registry, and a gateway on ephemeral loopback ports; all closed after the test. */
-export async function startTestFleet(t: TestContext | { after(fn: () => unknown): void }, env: NodeJS.ProcessEnv = {}): Promise<TestFleet> {
+export async function startTestFleet(t: TestContext | { after(fn: () => unknown): void }, env: NodeJS.ProcessEnv = {}, file?: Record<string, unknown>): Promise<TestFleet> {
   const dir = tempDir(t as TestContext);
+  if (file !== undefined) {
+    mkdirSync(join(dir, 'data'), { recursive: true, mode: 0o700 });
+    writeFileSync(join(dir, 'data', 'fleetgate.json'), JSON.stringify(file));
+  }
   const config = loadConfig({
     dataDir: join(dir, 'data'),
-    env: { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
+    env: { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
   });
   await initDataDir(config);
   const paths = dataPaths(config.dataDir);
@@ -65,6 +71,7 @@ export async function startTestFleet(t: TestContext | { after(fn: () => unknown)
     dir, config, registry, ca, rootFile: paths.rootCert, gateway, log,
     mqttsUrl: `mqtts://127.0.0.1:${gateway.ports.mqtts}`,
     wssUrl: `wss://127.0.0.1:${gateway.ports.wss}/mqtt`,
+    httpsUrl: `https://127.0.0.1:${gateway.ports.https}`,
   };
 }
 
