@@ -9,6 +9,7 @@ import { registerCrl } from './commands/crl.ts';
 import { registerDeny } from './commands/deny.ts';
 import { registerDevice } from './commands/device.ts';
 import { registerInit } from './commands/init.ts';
+import { registerJwt } from './commands/jwt.ts';
 import { registerUp } from './commands/up.ts';
 import { reportError } from './output.ts';
 
@@ -37,6 +38,7 @@ export function buildProgram(): Command {
   registerAudit(program, common);
   registerConnections(program, common);
   registerClaim(program, common);
+  registerJwt(program, common);
   // Commander prints its own usage errors; keep them to one line and exit 2.
   const quiet = (cmd: Command): void => {
     cmd.exitOverride().configureOutput({ outputError: () => undefined });

@@ -24,6 +24,9 @@ export function originRequestHeaders(
   return out;
 }
 
+/** RFC 9110 §7.6.1: connection-specific; the gateway's own connection with the device decides them. Trailers are not forwarded. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
+
 /**
  * The response headers the device receives: never the assertion. The assertion header is
  * removed, and so is any header (or any single Set-Cookie) whose value carries the token,
@@ -33,7 +36,8 @@ export function deviceResponseHeaders(headers: IncomingHttpHeaders, opts: { asse
   const out: IncomingHttpHeaders = {};
   const assertion = opts.assertionHeader.toLowerCase();
   for (const [name, value] of Object.entries(headers)) {
-    if (name.toLowerCase() === assertion || name.toLowerCase() === 'trailer' || value === undefined) continue;
+    const n = name.toLowerCase();
+    if (n === assertion || HOP_BY_HOP.has(n) || value === undefined) continue;
     if (Array.isArray(value)) {
       const kept = value.filter((v) => !v.includes(opts.token));
       if (kept.length > 0) out[name] = kept;
