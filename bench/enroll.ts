@@ -7,7 +7,7 @@ import { Agent, request } from 'node:https';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { csrPem, newKeys } from '../test/helpers/test-pki.ts';
-import { benchFleet, fmt, percentile, ROOT } from './lib.ts';
+import { benchFleet, fmt, percentile, ROOT, SERVER_NODE_FLAGS } from './lib.ts';
 
 const SEQUENTIAL = Number(process.env.BENCH_SEQUENTIAL ?? 300);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 2_000);
@@ -23,7 +23,7 @@ const csrs: string[] = [];
 for (let i = 0; i < total; i++) csrs.push(await csrPem(await newKeys(), `e-${i}`));
 fleet.registry.close();
 
-const child = spawn(process.execPath, [join(ROOT, 'bin', 'fleetgate.ts'), 'provision', '--json', '--data', fleet.config.dataDir], {
+const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), 'provision', '--json', '--data', fleet.config.dataDir], {
   stdio: ['ignore', 'pipe', 'inherit'],
   env: { ...process.env, FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn' },
 });

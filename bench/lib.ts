@@ -13,6 +13,9 @@ import { initDataDir } from '../provisioning/setup.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 
+/** The V8 flags `bin/fleetgate.ts` carries in its shebang: servers spawned by path get them too. */
+export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2'];
+
 export async function benchFleet() {
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
   const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'bench' } });
@@ -31,7 +34,7 @@ export interface GatewayProcess {
 }
 
 export async function spawnGateway(dataDir: string): Promise<GatewayProcess> {
-  const child = spawn(process.execPath, [join(ROOT, 'bin', 'fleetgate.ts'), 'gateway', '--json', '--data', dataDir], {
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), 'gateway', '--json', '--data', dataDir], {
     stdio: ['ignore', 'pipe', 'ignore'],
     env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_LOG_LEVEL: 'error' },
   });
