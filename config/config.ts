@@ -305,7 +305,10 @@ function parseRoutes(value: unknown, where: string, problems: string[]): RouteCo
       if (allow[k] !== undefined && !(Array.isArray(allow[k]) && (allow[k] as unknown[]).every((x) => typeof x === 'string'))) problems.push(`${at}.allow.${k} must be a list of strings`);
     }
     let timeoutMs = 30_000;
-    if (r?.timeout !== undefined) {
+    if (r?.timeoutMs !== undefined) {
+      timeoutMs = Number(r.timeoutMs);
+      if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) problems.push(`${at}.timeoutMs must be a positive number of milliseconds`);
+    } else if (r?.timeout !== undefined) {
       try { timeoutMs = parseDuration(String(r.timeout), `${at}.timeout`); } catch (err) { problems.push((err as Error).message); }
     }
     const bodyLimit = r?.bodyLimit === undefined ? 1024 * 1024 : Number(r.bodyLimit);

@@ -1,0 +1,44 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { DEFAULTS, loadConfig } from './config.ts';
+
+function withFile(content: unknown): string {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-config-'));
+  writeFileSync(join(dir, 'fleetgate.json'), JSON.stringify(content));
+  return dir;
+}
+
+test('config/defaults → file → environment → flags, in that order', () => {
+  const dir = withFile({ ca: { leafValidity: '7d' }, gateway: { mqttPort: 1883 } });
+  const cfg = loadConfig({ dataDir: dir, env: { FLEETGATE_MQTT_PORT: '2883' }, flags: { 'ca.leafValidityMs': '2m' } });
+  assert.equal(cfg.ca.leafValidityMs, 120_000);
+  assert.equal(cfg.gateway.mqttPort, 2883);
+  assert.equal(cfg.gateway.wssPort, DEFAULTS.gateway.wssPort);
+  assert.ok(Object.isFrozen(cfg.gateway));
+});
+
+test('config/every problem is reported at once', () => {
+  const dir = withFile({ ca: { leafValidity: '30' }, https: { routes: [{ prefix: 'no-slash', origin: 'ftp://x', audience: '' }] } });
+  assert.throws(() => loadConfig({ dataDir: dir, env: { FLEETGATE_MQTT_PORT: '70000', FLEETGATE_PER_REQUEST_HANDSHAKE: 'maybe' } }), (e: unknown) => {
+    assert.ok(e instanceof FleetgateError && e.code === 'CONFIG_INVALID');
+    const problems = e.detail.problems as string[];
+    for (const needle of ['leafValidity', 'FLEETGATE_MQTT_PORT', 'FLEETGATE_PER_REQUEST_HANDSHAKE', 'prefix', 'origin', 'audience']) {
+      assert.ok(problems.some((p) => p.includes(needle)), `${needle} reported in ${problems.join(' | ')}`);
+    }
+    return true;
+  });
+});
+
+test('config/routes accept timeoutMs or a timeout duration, with defaults', () => {
+  const dir = withFile({ https: { routes: [
+    { prefix: '/a', origin: 'http://127.0.0.1:1/ignored-path', audience: 'x', timeoutMs: 1500 },
+    { prefix: '/b', origin: 'https://origin.example', audience: 'y', timeout: '2m', allow: { types: ['camera'] } },
+  ] } });
+  const [a, b] = loadConfig({ dataDir: dir, env: {} }).https.routes;
+  assert.deepEqual([a?.timeoutMs, a?.origin, a?.bodyLimit], [1500, 'http://127.0.0.1:1', 1024 * 1024]);
+  assert.deepEqual([b?.timeoutMs, b?.allow?.types], [120_000, ['camera']]);
+});
