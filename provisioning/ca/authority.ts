@@ -37,7 +37,7 @@ async function newKeyPair(): Promise<CryptoKeyPair> {
   return subtle.generateKey(EC_P256, true, ['sign', 'verify']) as Promise<CryptoKeyPair>;
 }
 
-async function exportKeyPem(key: CryptoKey): Promise<string> {
+export async function exportKeyPem(key: CryptoKey): Promise<string> {
   return toPem(await subtle.exportKey('pkcs8', key), 'PRIVATE KEY');
 }
 
@@ -129,25 +129,49 @@ async function createIntermediate(paths: DataPaths, options: CaInitOptions, root
   writeNewFile(paths.intermediateCert, pemWithNewline(cert.toString('pem')), CERT_MODE);
 }
 
-async function createServerCert(paths: DataPaths, options: CaInitOptions, ca: CertificateAuthority): Promise<void> {
+/** What {@link issueWithNewKey} puts in an end-entity certificate besides the fixed CA:false profile. */
+export interface EndEntityProfile {
+  subject: string | x509.JsonName;
+  validityMs: number;
+  eku: string[];
+  san: x509.JsonGeneralNames;
+}
+
+/**
+ * An end-entity certificate for a key made here (the gateway's server certificate, a claim
+ * certificate), signed by the issuing CA: CA:false, digitalSignature, the given EKU and SAN,
+ * SKI/AKI. Device certificates are not made here: their keys never leave the device (leaf.ts).
+ */
+export async function issueWithNewKey(ca: CertificateAuthority, profile: EndEntityProfile): Promise<{ cert: x509.X509Certificate; keys: CryptoKeyPair; serial: string }> {
   const keys = await newKeyPair();
-  const names = [...new Set(['localhost', '127.0.0.1', '::1', ...options.hostnames])];
+  const serial = randomSerial();
   const cert = await x509.X509CertificateGenerator.create({
-    serialNumber: randomSerial(),
-    subject: 'CN=fleetgate gateway, O=fleetgate',
+    serialNumber: serial,
+    subject: profile.subject,
     issuer: ca.intermediate.subjectName,
-    ...validityFrom(Date.now(), options.serverValidityMs, ca.intermediate.notAfter),
+    ...validityFrom(Date.now(), profile.validityMs, ca.intermediate.notAfter),
     signingAlgorithm: ECDSA_SHA256,
     publicKey: keys.publicKey,
     signingKey: ca.intermediateKey,
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
-      new x509.SubjectAlternativeNameExtension(names.map((n) => (isIP(n) ? { type: 'ip' as const, value: n } : { type: 'dns' as const, value: n }))),
+      new x509.ExtendedKeyUsageExtension(profile.eku, false),
+      new x509.SubjectAlternativeNameExtension(profile.san),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       new x509.AuthorityKeyIdentifierExtension(ca.intermediateKeyId),
     ],
+  });
+  return { cert, keys, serial };
+}
+
+async function createServerCert(paths: DataPaths, options: CaInitOptions, ca: CertificateAuthority): Promise<void> {
+  const names = [...new Set(['localhost', '127.0.0.1', '::1', ...options.hostnames])];
+  const { cert, keys } = await issueWithNewKey(ca, {
+    subject: 'CN=fleetgate gateway, O=fleetgate',
+    validityMs: options.serverValidityMs,
+    eku: [x509.ExtendedKeyUsage.serverAuth],
+    san: names.map((n) => (isIP(n) ? { type: 'ip' as const, value: n } : { type: 'dns' as const, value: n })),
   });
   writeNewFile(paths.serverKey, await exportKeyPem(keys.privateKey), KEY_MODE);
   // The server presents its chain: leaf, then the issuing CA (devices trust the root).
