@@ -1,6 +1,5 @@
 #!/usr/bin/env node
-// fleetgate-device: the device-side CLI built on firmware-sdk (enroll, renew, pub/sub, request).
-// The SDK has not landed yet; say so plainly instead of pretending.
-process.stderr.write('fleetgate-device: not available in this build yet (it arrives with the firmware-sdk).\n'
-  + 'Meanwhile: make a key and CSR with `openssl req`, and have an operator sign it with `fleetgate cert issue`.\n');
-process.exitCode = 2;
+// fleetgate-device: the device-side CLI on firmware-sdk (enroll, renew, pub, sub, request, status).
+import { main } from '../firmware-sdk/cli/main.ts';
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,167 @@
+import { createReadStream, readFileSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Device } from '../device.ts';
+import { enrollWithClaim, enrollWithToken, estSimpleEnroll, renew } from '../enroll.ts';
+import { identityFiles, loadIdentity, type KeyType } from '../identity.ts';
+import { ERRORS, FleetgateError, toFleetgateError } from '../protocol/errors.ts';
+
+interface Common { json?: boolean }
+
+function out(opts: Common, data: unknown, human: string): void {
+  process.stdout.write(opts.json === true ? `${JSON.stringify(data, null, 2)}\n` : `${human}\n`);
+}
+
+const keyType = (v: string): KeyType => {
+  if (v !== 'ec-p256' && v !== 'rsa-2048') throw new InvalidArgumentError('--key-type is ec-p256 or rsa-2048');
+  return v;
+};
+
+function summary(dir: string) {
+  const id = loadIdentity(dir);
+  const daysLeft = (id.info.notAfter - Date.now()) / 86_400_000;
+  return {
+    deviceId: id.info.deviceId, serial: id.info.serial, fingerprint: id.info.fingerprint,
+    notBefore: new Date(id.info.notBefore).toISOString(), notAfter: new Date(id.info.notAfter).toISOString(),
+    daysLeft: Math.round(daysLeft * 100) / 100, files: identityFiles(dir),
+  };
+}
+
+/** Connects a one-shot device for pub/sub: refuses fast and says why. */
+async function connected(url: string, identity: string): Promise<Device> {
+  const device = new Device({ identityDir: identity, mqttUrl: url, backoff: { baseMs: 200, maxMs: 2_000 } });
+  let attempts = 0;
+  device.on('disconnect', () => { if (++attempts > 3) device.stop(); });
+  await device.start();
+  if (device.refusal !== undefined) throw device.refusal;
+  if (!device.connected) throw new FleetgateError('ORIGIN_UNREACHABLE', `cannot connect to ${url}`);
+  return device;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('fleetgate-device').description('device side of fleetgate: enroll, renew, publish, subscribe, request').version('0.1.0').exitOverride();
+
+  program.command('enroll')
+    .description('make a key here, enroll it (one-time token, EST, or claim certificate + hardware serial), store the identity atomically')
+    .requiredOption('--server <url>', 'provisioning service, e.g. https://127.0.0.1:9443')
+    .requiredOption('--ca <file>', 'fleet root CA (PEM)')
+    .requiredOption('--out <dir>', 'identity directory')
+    .option('--token <token>', 'one-time enrollment token')
+    .option('--est <deviceId>', 'use EST simpleenroll with this device id (and --token)')
+    .option('--claim <dir>', 'claim directory (claim.crt, claim.key)')
+    .option('--serial <serial>', 'hardware serial (with --claim)')
+    .option('--key-type <type>', 'ec-p256 (default) or rsa-2048', keyType)
+    .option('--json', 'JSON output')
+    .action(async (o: Common & { server: string; ca: string; out: string; token?: string; est?: string; claim?: string; serial?: string; keyType?: KeyType }) => {
+      const base = { server: o.server, ca: readFileSync(o.ca, 'utf8'), identityDir: o.out, ...(o.keyType && { keyType: o.keyType }) };
+      if (o.claim !== undefined) {
+        if (o.serial === undefined) throw new FleetgateError('USAGE', '--claim needs --serial');
+        await enrollWithClaim({ ...base, claimDir: o.claim, hardwareSerial: o.serial });
+      } else if (o.token !== undefined) {
+        await (o.est !== undefined ? estSimpleEnroll({ ...base, deviceId: o.est, token: o.token }) : enrollWithToken({ ...base, token: o.token }));
+      } else {
+        throw new FleetgateError('USAGE', 'give --token (optionally with --est DEVICE_ID) or --claim DIR --serial S');
+      }
+      const s = summary(o.out);
+      out(o, s, `enrolled ${s.deviceId} (serial ${s.serial}, until ${s.notAfter}) → ${o.out}`);
+    });
+
+  program.command('renew')
+    .description('renew now over mTLS with the current certificate (new key)')
+    .requiredOption('--identity <dir>', 'identity directory')
+    .requiredOption('--server <url>', 'provisioning service')
+    .option('--json', 'JSON output')
+    .action(async (o: Common & { identity: string; server: string }) => {
+      await renew({ server: o.server, identityDir: o.identity });
+      const s = summary(o.identity);
+      out(o, s, `renewed ${s.deviceId}: serial ${s.serial}, until ${s.notAfter}`);
+    });
+
+  program.command('pub')
+    .description('publish one message')
+    .requiredOption('--url <url>', 'mqtts://host:8883 or wss://host:8884/mqtt')
+    .requiredOption('--identity <dir>', 'identity directory')
+    .requiredOption('--topic <topic>', 'topic')
+    .requiredOption('--message <text>', 'payload')
+    .option('--qos <n>', '0 or 1', (v) => { if (v !== '0' && v !== '1') throw new InvalidArgumentError('--qos is 0 or 1'); return Number(v) as 0 | 1; }, 0)
+    .option('--json', 'JSON output')
+    .action(async (o: Common & { url: string; identity: string; topic: string; message: string; qos: 0 | 1 }) => {
+      const device = await connected(o.url, o.identity);
+      try {
+        await device.publish(o.topic, o.message, { qos: o.qos });
+      } finally {
+        device.stop();
+      }
+      out(o, { deviceId: device.id, topic: o.topic, qos: o.qos }, `published to ${o.topic}`);
+    });
+
+  program.command('sub')
+    .description('subscribe and print messages (topic payload), until --count or Ctrl-C')
+    .requiredOption('--url <url>', 'mqtts:// or wss:// URL')
+    .requiredOption('--identity <dir>', 'identity directory')
+    .requiredOption('--topic <filter>', 'topic filter')
+    .option('--count <n>', 'exit after this many messages', (v) => Number(v))
+    .option('--json', 'one JSON object per message')
+    .action(async (o: Common & { url: string; identity: string; topic: string; count?: number }) => {
+      const device = await connected(o.url, o.identity);
+      let seen = 0;
+      await new Promise<void>((resolve) => {
+        device.on('message', (topic: string, payload: Buffer) => {
+          process.stdout.write(o.json === true ? `${JSON.stringify({ topic, payload: payload.toString() })}\n` : `${topic} ${payload.toString()}\n`);
+          if (o.count !== undefined && ++seen >= o.count) resolve();
+        });
+        device.on('refused', () => resolve());
+        process.once('SIGINT', () => resolve());
+        process.once('SIGTERM', () => resolve());
+        void device.subscribe(o.topic, { qos: 1 });
+      });
+      device.stop();
+      if (device.refusal !== undefined) throw device.refusal;
+    });
+
+  program.command('request')
+    .description('an HTTPS request through the gateway with the device certificate; prints the body')
+    .requiredOption('--url <url>', 'https://host:8443/path')
+    .requiredOption('--identity <dir>', 'identity directory')
+    .option('-X, --method <method>', 'HTTP method')
+    .option('--data <data>', 'request body, or @FILE to stream a file')
+    .option('-H, --header <header...>', '"Name: value"')
+    .option('--json', 'status, headers and body as JSON')
+    .action(async (o: Common & { url: string; identity: string; method?: string; data?: string; header?: string[] }) => {
+      const url = new URL(o.url);
+      const device = new Device({ identityDir: o.identity, httpsUrl: url.origin });
+      const headers = Object.fromEntries((o.header ?? []).map((h) => { const i = h.indexOf(':'); return [h.slice(0, i).trim(), h.slice(i + 1).trim()]; }));
+      const body = o.data === undefined ? undefined : o.data.startsWith('@') ? createReadStream(o.data.slice(1)) : o.data;
+      const res = await device.request(url.pathname + url.search, { ...(o.method && { method: o.method }), headers, ...(body !== undefined && { body }) });
+      if (o.json === true) out(o, { status: res.status, headers: res.headers, body: res.body.toString() }, '');
+      else process.stdout.write(res.body);
+      if (res.status >= 400) process.exitCode = res.status >= 500 ? ERRORS.ORIGIN_UNREACHABLE.exit : ERRORS.NOT_AUTHORIZED.exit;
+    });
+
+  program.command('status')
+    .description('what the stored identity is: device id, serial, expiry, days left')
+    .requiredOption('--identity <dir>', 'identity directory')
+    .option('--json', 'JSON output')
+    .action((o: Common & { identity: string }) => {
+      const s = summary(o.identity);
+      out(o, s, `${s.deviceId}  serial ${s.serial}\nvalid ${s.notBefore} → ${s.notAfter} (${s.daysLeft} days left)\ncert ${s.files.cert}\nkey  ${s.files.key}`);
+    });
+
+  program.commands.forEach((c) => c.exitOverride().configureOutput({ outputError: () => undefined }));
+  return program;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const json = argv.includes('--json');
+  try {
+    await buildProgram().parseAsync(argv as string[], { from: 'user' });
+    return process.exitCode === undefined ? 0 : Number(process.exitCode);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(err.code) || err.exitCode === 0) return 0;
+      err = new FleetgateError('USAGE', err.message.replace(/^error: /, ''));
+    }
+    const e = toFleetgateError(err);
+    process.stderr.write(json ? `${JSON.stringify({ error: { code: e.code, message: e.message } })}\n` : `fleetgate-device: ${e.code}: ${e.message}\n`);
+    return ERRORS[e.code].exit;
+  }
+}

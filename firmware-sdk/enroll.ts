@@ -1,0 +1,146 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { errorFromResponse, httpsRequest, type TlsMaterial } from './http.ts';
+import { createCsr, generateKey, loadIdentity, saveIdentity, type DeviceIdentity, type KeyType } from './identity.ts';
+import { FleetgateError } from './protocol/errors.ts';
+
+export interface EnrollOptions {
+  /** Provisioning service, e.g. `https://127.0.0.1:9443`. */
+  server: string;
+  /** Root CA PEM the provisioning service must chain to. */
+  ca: string;
+  /** Where the identity is stored (atomically). */
+  identityDir: string;
+  keyType?: KeyType;
+}
+
+interface Issued {
+  deviceId: string;
+  certificate: string;
+  chain: string;
+  ca: string;
+}
+
+async function postEnroll(url: string, tls: TlsMaterial, body: Record<string, unknown>, what: string): Promise<Issued> {
+  const res = await httpsRequest(url, { tls, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+  if (res.status !== 201) throw errorFromResponse(res, what);
+  return JSON.parse(res.body.toString('utf8')) as Issued;
+}
+
+function store(dir: string, keyPem: string, issued: Issued): DeviceIdentity {
+  saveIdentity(dir, { keyPem, certPem: issued.certificate, chainPem: issued.chain, caPem: issued.ca });
+  return loadIdentity(dir);
+}
+
+/**
+ * Enrolls with a one-time token: makes the key here, sends only the CSR.
+ *
+ * @example
+ * const id = await enrollWithToken({ server: 'https://127.0.0.1:9443', ca, identityDir: './id', token });
+ */
+export async function enrollWithToken(opts: EnrollOptions & { token: string }): Promise<DeviceIdentity> {
+  const keyPem = generateKey(opts.keyType);
+  const issued = await postEnroll(`${opts.server}/v1/enroll`, { ca: opts.ca }, { token: opts.token, csr: createCsr(keyPem, 'device') }, 'enroll');
+  return store(opts.identityDir, keyPem, issued);
+}
+
+/**
+ * Enrolls by claim certificate + hardware serial (factory bootstrap); the device id is `hw-<serial>`.
+ *
+ * @example
+ * const id = await enrollWithClaim({ server, ca, identityDir: './id', claimDir: './claim-line-1', hardwareSerial: 'SN-0001' });
+ */
+export async function enrollWithClaim(opts: EnrollOptions & { claimDir: string; hardwareSerial: string; type?: string; fleet?: string }): Promise<DeviceIdentity> {
+  const keyPem = generateKey(opts.keyType);
+  const tls = { ca: opts.ca, cert: readFileSync(join(opts.claimDir, 'claim.crt'), 'utf8'), key: readFileSync(join(opts.claimDir, 'claim.key'), 'utf8') };
+  const issued = await postEnroll(`${opts.server}/v1/enroll/claim`, tls, {
+    hardwareSerial: opts.hardwareSerial, csr: createCsr(keyPem, opts.hardwareSerial),
+    ...(opts.type !== undefined && { type: opts.type }), ...(opts.fleet !== undefined && { fleet: opts.fleet }),
+  }, 'claim enrollment');
+  return store(opts.identityDir, keyPem, issued);
+}
+
+/**
+ * Renews over mTLS with the current certificate, with a new key; stores the new identity
+ * atomically. The old certificate stays valid until it expires.
+ *
+ * @example
+ * const next = await renew({ server, identityDir: './id' });
+ */
+export async function renew(opts: { server: string; identityDir: string; keyType?: KeyType }): Promise<DeviceIdentity> {
+  const current = loadIdentity(opts.identityDir);
+  const keyPem = generateKey(opts.keyType);
+  const tls = { ca: current.caPem, cert: current.certPem + current.chainPem, key: current.keyPem };
+  const issued = await postEnroll(`${opts.server}/v1/renew`, tls, { csr: createCsr(keyPem, current.info.deviceId) }, 'renewal');
+  if (issued.deviceId !== current.info.deviceId) throw new FleetgateError('CERT_INVALID', `renewal returned a certificate for ${issued.deviceId}`);
+  return store(opts.identityDir, keyPem, issued);
+}
+
+// --- EST (RFC 7030) client ------------------------------------------------------------------
+
+function csrBase64(csrPem: string): string {
+  return csrPem.replace(/-----[^-]+-----|\s/g, '');
+}
+
+/** The first certificate in an EST base64 PKCS#7 certs-only answer, as PEM (a small DER walk). */
+export function certsFromPkcs7(base64: string): string[] {
+  const der = Buffer.from(base64.replace(/\s+/g, ''), 'base64');
+  const read = (p: number): { tag: number; start: number; content: number; end: number } => {
+    let len = der[p + 1] as number;
+    let q = p + 2;
+    if (len & 0x80) {
+      const n = len & 0x7f;
+      len = 0;
+      for (let i = 0; i < n; i++) len = len * 256 + (der[q++] as number);
+    }
+    return { tag: der[p] as number, start: p, content: q, end: q + len };
+  };
+  // ContentInfo { contentType, [0] { SignedData { version, digestAlgorithms, encapContentInfo, [0] certificates … } } }
+  const info = read(0);
+  const explicit = read(read(info.content).end);
+  const signed = read(explicit.content);
+  let p = signed.content;
+  for (let i = 0; i < 3; i++) p = read(p).end;
+  const certs = read(p);
+  if (certs.tag !== 0xa0) throw new FleetgateError('BAD_REQUEST', 'no certificates in the PKCS#7 answer');
+  const out: string[] = [];
+  for (let q = certs.content; q < certs.end;) {
+    const c = read(q);
+    out.push(`-----BEGIN CERTIFICATE-----\n${der.subarray(c.start, c.end).toString('base64').replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`);
+    q = c.end;
+  }
+  return out;
+}
+
+/** EST `cacerts`: the CA chain (issuing CA, root). */
+export async function estCacerts(server: string, ca: string): Promise<string[]> {
+  const res = await httpsRequest(`${server}/.well-known/est/cacerts`, { tls: { ca } });
+  if (res.status !== 200) throw errorFromResponse(res, 'EST cacerts');
+  return certsFromPkcs7(res.body.toString('utf8'));
+}
+
+/** EST `simpleenroll` with HTTP Basic (device id : enrollment token). */
+export async function estSimpleEnroll(opts: EnrollOptions & { deviceId: string; token: string }): Promise<DeviceIdentity> {
+  const keyPem = generateKey(opts.keyType);
+  const res = await httpsRequest(`${opts.server}/.well-known/est/simpleenroll`, {
+    tls: { ca: opts.ca }, body: csrBase64(createCsr(keyPem, opts.deviceId)),
+    headers: { 'content-type': 'application/pkcs10', authorization: `Basic ${Buffer.from(`${opts.deviceId}:${opts.token}`).toString('base64')}` },
+  });
+  if (res.status !== 200) throw errorFromResponse(res, 'EST simpleenroll');
+  const [cert] = certsFromPkcs7(res.body.toString('utf8'));
+  const [chain] = await estCacerts(opts.server, opts.ca);
+  return store(opts.identityDir, keyPem, { deviceId: opts.deviceId, certificate: cert!, chain: chain!, ca: opts.ca });
+}
+
+/** EST `simplereenroll` over mTLS with the current certificate. */
+export async function estSimpleReenroll(opts: { server: string; identityDir: string; keyType?: KeyType }): Promise<DeviceIdentity> {
+  const current = loadIdentity(opts.identityDir);
+  const keyPem = generateKey(opts.keyType);
+  const res = await httpsRequest(`${opts.server}/.well-known/est/simplereenroll`, {
+    tls: { ca: current.caPem, cert: current.certPem + current.chainPem, key: current.keyPem },
+    body: csrBase64(createCsr(keyPem, current.info.deviceId)), headers: { 'content-type': 'application/pkcs10' },
+  });
+  if (res.status !== 200) throw errorFromResponse(res, 'EST simplereenroll');
+  const [cert] = certsFromPkcs7(res.body.toString('utf8'));
+  return store(opts.identityDir, keyPem, { deviceId: current.info.deviceId, certificate: cert!, chain: current.chainPem, ca: current.caPem });
+}
