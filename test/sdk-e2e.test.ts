@@ -1,0 +1,66 @@
+// Issue #6 acceptance 1: `fleetgate device add` → `fleetgate-device enroll` → `pub` over mqtts and
+// wss and `request` over HTTPS succeed; a service subscriber receives the messages.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { connect, end, nextMessage } from './helpers/mqtt.ts';
+import { startOrigin } from './helpers/origin.ts';
+import { FLEETGATE, fleetgateOk, run, tempDir } from './helpers/run.ts';
+import { startStack } from './helpers/stack.ts';
+import { enrollDevice } from './helpers/test-pki.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
+import { loadCa } from '../provisioning/ca/authority.ts';
+import { dataPaths } from '../config/paths.ts';
+import { writeFileSync, mkdirSync } from 'node:fs';
+
+const DEVICE_CLI = join(FLEETGATE, '..', 'fleetgate-device.ts');
+const device = (args: string[]) => run(process.execPath, [DEVICE_CLI, ...args]);
+
+test('e2e/device add → fleetgate-device enroll → pub over mqtts and wss, request over HTTPS', async (t) => {
+  const dir = tempDir(t);
+  const data = join(dir, 'data');
+  const origin = await startOrigin(t);
+  mkdirSync(data, { recursive: true, mode: 0o700 });
+  writeFileSync(join(data, 'fleetgate.json'), JSON.stringify({ https: { routes: [{ prefix: '/api', origin: origin.url, audience: 'urn:e2e' }] } }));
+  const stack = await startStack(data);
+  t.after(() => stack.stop());
+  const e = stack.endpoints;
+  const root = join(dir, 'root.pem');
+  writeFileSync(root, await fleetgateOk(['ca', 'cert', '--data', data]));
+
+  // A backend service listening (its identity made by the operator side).
+  const registry = new RegistryWriter(join(data, 'registry.db'));
+  const svc = await enrollDevice(registry, await loadCa(dataPaths(data)), dir, { id: 'backend-1', type: 'service' });
+  registry.close();
+  const sub = await connect(e['mqtt+tls']!, svc, { ca: root });
+  t.after(() => end(sub));
+  await sub.subscribeAsync('devices/+/telemetry', { qos: 1 });
+
+  const token = (await fleetgateOk(['device', 'add', 'field-7', '--type', 'sensor', '--data', data])).trim();
+  const idDir = join(dir, 'identity');
+  const enrolled = await device(['enroll', '--server', e.provision!, '--ca', root, '--token', token, '--out', idDir, '--json']);
+  assert.equal(enrolled.code, 0, enrolled.stderr);
+  assert.equal((JSON.parse(enrolled.stdout) as { deviceId: string }).deviceId, 'field-7');
+
+  for (const url of [e['mqtt+tls']!, e['mqtt+wss']!]) {
+    const got = nextMessage(sub, 'devices/field-7/telemetry', 10_000);
+    const pub = await device(['pub', '--url', url, '--identity', idDir, '--topic', 'devices/field-7/telemetry', '--message', `via ${url.split(':')[0]}`, '--qos', '1']);
+    assert.equal(pub.code, 0, pub.stderr);
+    assert.equal(await got, `via ${url.split(':')[0]}`);
+  }
+
+  const who = await device(['request', '--url', `${e.https}/v1/whoami`, '--identity', idDir]);
+  assert.equal(who.code, 0, who.stderr);
+  assert.equal((JSON.parse(who.stdout) as { deviceId: string }).deviceId, 'field-7');
+  const proxied = await device(['request', '--url', `${e.https}/api/reading`, '--identity', idDir, '-X', 'POST', '--data', '{"t":1}', '-H', 'content-type: application/json']);
+  assert.equal(proxied.code, 0, proxied.stderr);
+  assert.equal(origin.seen.at(-1)?.bytes, 7);
+  assert.ok(String(origin.seen.at(-1)?.headers['fleetgate-assertion']).startsWith('eyJ'));
+
+  const status = await device(['status', '--identity', idDir, '--json']);
+  const s = JSON.parse(status.stdout) as { deviceId: string; daysLeft: number; files: { cert: string } };
+  assert.equal(s.deviceId, 'field-7');
+  assert.ok(s.daysLeft > 29 && s.daysLeft <= 30.01);
+  assert.match(readFileSync(s.files.cert, 'utf8'), /BEGIN CERTIFICATE/);
+});
