@@ -1,6 +1,7 @@
 // Issue #6 acceptance 1: `fleetgate device add` → `fleetgate-device enroll` → `pub` over mqtts and
 // wss and `request` over HTTPS succeed; a service subscriber receives the messages.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -57,6 +58,18 @@ test('e2e/device add → fleetgate-device enroll → pub over mqtts and wss, req
   assert.equal(proxied.code, 0, proxied.stderr);
   assert.equal(origin.seen.at(-1)?.bytes, 7);
   assert.ok(String(origin.seen.at(-1)?.headers['fleetgate-assertion']).startsWith('eyJ'));
+
+  // sub: the device receives a command the service sends.
+  const subProc = spawn(process.execPath, [DEVICE_CLI, 'sub', '--url', e['mqtt+tls']!, '--identity', idDir, '--topic', 'devices/field-7/commands/#', '--count', '1', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let subOut = '';
+  subProc.stdout.on('data', (b: Buffer) => { subOut += b.toString(); });
+  const subExit = new Promise<number | null>((resolve) => subProc.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 50 && subProc.exitCode === null && subOut === ''; i++) {
+    await sub.publishAsync('devices/field-7/commands/reboot', 'now', { qos: 1 });
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.equal(await subExit, 0);
+  assert.deepEqual(JSON.parse(subOut.trim().split('\n')[0]!), { topic: 'devices/field-7/commands/reboot', payload: 'now' });
 
   const status = await device(['status', '--identity', idDir, '--json']);
   const s = JSON.parse(status.stdout) as { deviceId: string; daysLeft: number; files: { cert: string } };
