@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { readFileSync } from 'node:fs';
+import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { withContext, type CommonOptions } from '../context.ts';
@@ -40,6 +41,39 @@ export function registerDevice(program: Command, common: CommonFlags): void {
           note(`device ${d.id} added; its enrollment token (shown once, expires ${iso(token.expiresAt)}) is on stdout`);
           return token.token;
         });
+      });
+    });
+
+  common(device.command('import'))
+    .description('add many devices at once: JSON lines {"id","type","fleet"?,"parent"?,"token"?: true} in; one JSON line per device out (with its token when asked). Existing devices are kept (a token is still issued if asked).')
+    .requiredOption('--in <file>', 'JSON lines; - for standard input')
+    .option('--token-ttl <duration>', 'lifetime of the tokens issued', parseDurationOption('--token-ttl'))
+    .action(async (opts: CommonOptions & { in: string; tokenTtl?: number }) => {
+      await withContext(opts, (ctx) => {
+        const registry = ctx.registry();
+        const text = readFileSync(opts.in === '-' ? 0 : opts.in, 'utf8');
+        const ttl = opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs;
+        let failed = 0;
+        for (const [i, line] of text.split('\n').entries()) {
+          if (line.trim() === '') continue;
+          try {
+            const item = JSON.parse(line) as { id: string; type: string; fleet?: string; parent?: string; token?: boolean };
+            const existing = registry.getDevice(item.id);
+            if (existing !== undefined && existing.type !== item.type) throw new FleetgateError('DEVICE_EXISTS', `device ${item.id} exists as a ${existing.type}`);
+            let token: string | undefined;
+            if (existing === undefined) {
+              token = registry.addDevice({ id: item.id, type: item.type, fleet: item.fleet ?? 'default', parent: item.parent ?? null }, ctx.actor, item.token === true ? { tokenTtlMs: ttl } : {}).token?.token;
+            } else if (item.token === true) {
+              token = registry.createToken(item.id, ttl, ctx.actor).token;
+            }
+            process.stdout.write(`${JSON.stringify({ id: item.id, created: existing === undefined, ...(token !== undefined && { token }) })}\n`);
+          } catch (err) {
+            failed++;
+            const e = toFleetgateError(err);
+            process.stdout.write(`${JSON.stringify({ line: i + 1, error: { code: e.code, message: e.message } })}\n`);
+          }
+        }
+        if (failed > 0) throw new FleetgateError('BAD_REQUEST', `${failed} line(s) failed (see their output)`);
       });
     });
 
