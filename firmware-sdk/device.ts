@@ -20,6 +20,8 @@ export interface DeviceOptions {
   /** Renew when this fraction of the certificate's lifetime has passed (default 2/3, ± 5 % jitter). */
   renewAt?: number;
   backoff?: { baseMs?: number; maxMs?: number };
+  /** Local source address for the MQTT connection (e.g. 127.0.0.2), to spread many devices over ports. */
+  localAddress?: string;
   /** Optional log sink; the SDK never logs on its own. */
   log?: (event: string, detail: Record<string, unknown>) => void;
 }
@@ -120,7 +122,8 @@ export class Device extends EventEmitter {
         ca: id.caPem, cert: id.certPem + id.chainPem, key: id.keyPem, rejectUnauthorized: true, servername: 'localhost',
         clientId: id.info.deviceId, protocolVersion: 4, keepalive: this.#opts.keepalive ?? 30, clean: true,
         reconnectPeriod: 0, connectTimeout: 10_000, queueQoSZero: false,
-      }, false);
+        ...(this.#opts.localAddress !== undefined && { localAddress: this.#opts.localAddress }),
+      } as mqtt.IClientOptions, false);
       this.#connecting = false;
       if (this.#stopped) return void client.end(true);
       this.#client = client;

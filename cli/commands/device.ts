@@ -56,8 +56,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         let failed = 0;
         for (const [i, line] of text.split('\n').entries()) {
           if (line.trim() === '') continue;
+          let id: unknown;
           try {
             const item = JSON.parse(line) as { id: string; type: string; fleet?: string; parent?: string; token?: boolean };
+            id = item.id;
             const existing = registry.getDevice(item.id);
             if (existing !== undefined && existing.type !== item.type) throw new FleetgateError('DEVICE_EXISTS', `device ${item.id} exists as a ${existing.type}`);
             let token: string | undefined;
@@ -70,7 +72,7 @@ export function registerDevice(program: Command, common: CommonFlags): void {
           } catch (err) {
             failed++;
             const e = toFleetgateError(err);
-            process.stdout.write(`${JSON.stringify({ line: i + 1, error: { code: e.code, message: e.message } })}\n`);
+            process.stdout.write(`${JSON.stringify({ line: i + 1, ...(typeof id === 'string' && { id }), error: { code: e.code, message: e.message } })}\n`);
           }
         }
         if (failed > 0) throw new FleetgateError('BAD_REQUEST', `${failed} line(s) failed (see their output)`);
