@@ -33,6 +33,7 @@ export class SimDevice {
   refusedCode: string | undefined;
   #timers: NodeJS.Timeout[] = [];
   #seq = 0;
+  #stopping = false;
 
   constructor(plan: PlannedDevice, children: string[], o: ModelOptions, report: Report) {
     this.plan = plan;
@@ -82,15 +83,24 @@ export class SimDevice {
       let set = this.acked.get(who);
       if (set === undefined) this.acked.set(who, (set = new Set()));
       set.add(seq);
-    }, (err: unknown) => report.error(toFleetgateError(err).code === 'INTERNAL' ? 'PUBLISH_ABANDONED' : toFleetgateError(err).code));
+    }, (err: unknown) => {
+      if (this.#stopping) return; // the run is over: messages still queued are simply not sent
+      report.error(toFleetgateError(err).code === 'INTERNAL' ? 'PUBLISH_ABANDONED' : toFleetgateError(err).code);
+    });
   }
 
+  /** Every request proves the certificate again: a whoami (always routed), then the upload. */
   async #upload(o: ModelOptions, report: Report): Promise<void> {
+    await this.#https(report, () => this.device.request('/v1/whoami'));
+    await this.#https(report, () => this.device.request(`${o.uploadPath}/${this.plan.id}-${Date.now()}.jpg`, {
+      method: 'POST', body: Buffer.alloc(o.uploadBytes, 0xff), headers: { 'content-type': 'image/jpeg' },
+    }));
+  }
+
+  async #https(report: Report, send: () => Promise<{ status: number }>): Promise<void> {
     const t0 = performance.now();
     try {
-      const res = await this.device.request(`${o.uploadPath}/${this.plan.id}-${Date.now()}.jpg`, {
-        method: 'POST', body: Buffer.alloc(o.uploadBytes, 0xff), headers: { 'content-type': 'image/jpeg' },
-      });
+      const res = await send();
       if (res.status === 404) report.uploadsSkipped++;
       else if (res.status >= 400) report.error(`HTTP_${res.status}`);
       else {
@@ -103,6 +113,7 @@ export class SimDevice {
   }
 
   stop(): void {
+    this.#stopping = true;
     for (const t of this.#timers) clearInterval(t);
     this.device.stop();
   }
