@@ -45,6 +45,7 @@ export function fleetgateCli(args: string[], input?: string): Promise<string> {
     child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
     child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
     child.on('error', reject);
+    child.stdin.on('error', () => undefined); // a CLI that exits early reports itself through its exit code
     child.on('close', (code) => (code === 0 ? resolvePromise(out)
       : reject(Object.assign(new Error(`fleetgate ${args.slice(0, 2).join(' ')}: ${err.trim() || `exit ${code}`}`), { stdout: out }))));
     child.stdin.end(input ?? '');
