@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { InvalidArgumentError } from 'commander';
 import { parseDuration } from '../config/duration.ts';
 
@@ -25,4 +26,15 @@ export function parseDurationOption(flag: string) {
       throw new InvalidArgumentError((err as Error).message);
     }
   };
+}
+
+/**
+ * A file's contents, or standard input's for `-`. Standard input is read as a stream: a pipe
+ * from another process may be non-blocking, where a synchronous read fails with EAGAIN.
+ */
+export async function readInput(file: string): Promise<Buffer> {
+  if (file !== '-') return readFile(file);
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
 }

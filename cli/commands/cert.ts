@@ -1,4 +1,4 @@
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
@@ -9,14 +9,14 @@ import { parseRevocationReason, revocationReasonName } from '../../provisioning/
 import type { CertificateRecord } from '../../provisioning/registry/records.ts';
 import { withContext, type CliContext, type CommonOptions } from '../context.ts';
 import { emit, iso, note, table } from '../output.ts';
-import { parseDurationOption, parsePositiveInt } from '../parse.ts';
+import { parseDurationOption, parsePositiveInt, readInput } from '../parse.ts';
 import type { CommonFlags } from '../main.ts';
 
 const DAY = 86_400_000;
 
-function readInput(file: string): Buffer {
+async function readCsrInput(file: string): Promise<Buffer> {
   try {
-    return readFileSync(file === '-' ? 0 : file);
+    return await readInput(file);
   } catch (err) {
     throw new FleetgateError('USAGE', `cannot read ${file === '-' ? 'standard input' : file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
@@ -58,7 +58,7 @@ export function registerCert(program: Command, common: CommonFlags): void {
         if (id === undefined && opts.token === undefined) throw new FleetgateError('USAGE', 'give the device id, or --token');
         // Checked before signing: a certificate is never issued only to fail at delivery.
         if (opts.out !== undefined && existsSync(opts.out)) throw new FleetgateError('USAGE', `${opts.out} exists; fleetgate will not overwrite it`);
-        const csr = readInput(opts.csr);
+        const csr = await readCsrInput(opts.csr);
         const auth: EnrollmentAuth = opts.token !== undefined
           ? { method: 'token', token: opts.token, ...(id !== undefined && { deviceId: id }) }
           : { method: 'operator', deviceId: id as string };

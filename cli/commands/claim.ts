@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
@@ -7,7 +7,7 @@ import { makeClaimCredential } from '../../provisioning/ca/claim.ts';
 import { writeNewFile } from '../../config/files.ts';
 import { withContext, type CommonOptions } from '../context.ts';
 import { emit, iso, table } from '../output.ts';
-import { parsePositiveInt } from '../parse.ts';
+import { parsePositiveInt, readInput } from '../parse.ts';
 import type { CommonFlags } from '../main.ts';
 
 const DAY = 86_400_000;
@@ -39,10 +39,10 @@ export function registerClaim(program: Command, common: CommonFlags): void {
     .description('add hardware serials (one per line) to what the claim may enroll; each enrolls once, as device hw-<serial>')
     .requiredOption('--serials <file>', 'file with one hardware serial per line; - for standard input')
     .action(async (name: string, opts: CommonOptions & { serials: string }) => {
-      await withContext(opts, (ctx) => {
+      await withContext(opts, async (ctx) => {
         let text: string;
         try {
-          text = readFileSync(opts.serials === '-' ? 0 : opts.serials, 'utf8');
+          text = (await readInput(opts.serials)).toString('utf8');
         } catch (err) {
           throw new FleetgateError('USAGE', `cannot read ${opts.serials}: ${(err as NodeJS.ErrnoException).code ?? err}`);
         }

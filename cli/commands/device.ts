@@ -1,11 +1,10 @@
 import type { Command } from 'commander';
-import { readFileSync } from 'node:fs';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { withContext, type CommonOptions } from '../context.ts';
 import { emit, iso, note, table } from '../output.ts';
-import { parseDurationOption } from '../parse.ts';
+import { parseDurationOption, readInput } from '../parse.ts';
 import type { CommonFlags } from '../main.ts';
 
 function parseMetadata(value: string): Record<string, unknown> {
@@ -49,9 +48,9 @@ export function registerDevice(program: Command, common: CommonFlags): void {
     .requiredOption('--in <file>', 'JSON lines; - for standard input')
     .option('--token-ttl <duration>', 'lifetime of the tokens issued', parseDurationOption('--token-ttl'))
     .action(async (opts: CommonOptions & { in: string; tokenTtl?: number }) => {
-      await withContext(opts, (ctx) => {
+      await withContext(opts, async (ctx) => {
         const registry = ctx.registry();
-        const text = readFileSync(opts.in === '-' ? 0 : opts.in, 'utf8');
+        const text = (await readInput(opts.in)).toString('utf8');
         const ttl = opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs;
         let failed = 0;
         for (const [i, line] of text.split('\n').entries()) {
