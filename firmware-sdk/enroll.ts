@@ -21,10 +21,24 @@ interface Issued {
   ca: string;
 }
 
+const MAX_BUSY_RETRIES = 8;
+
+/**
+ * POSTs an enrollment. A busy service (429 with Retry-After, 503) is waited out — at most
+ * MAX_BUSY_RETRIES times, each wait as long as the service asks (capped at 30 s) plus jitter —
+ * so a factory line enrolling many devices slows down instead of failing.
+ */
 async function postEnroll(url: string, tls: TlsMaterial, body: Record<string, unknown>, what: string): Promise<Issued> {
-  const res = await httpsRequest(url, { tls, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
-  if (res.status !== 201) throw errorFromResponse(res, what);
-  return JSON.parse(res.body.toString('utf8')) as Issued;
+  for (let attempt = 0; ; attempt++) {
+    const res = await httpsRequest(url, { tls, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    if (res.status === 201) return JSON.parse(res.body.toString('utf8')) as Issued;
+    if ((res.status === 429 || res.status === 503) && attempt < MAX_BUSY_RETRIES) {
+      const after = Number(res.headers['retry-after'] ?? 1);
+      await new Promise((r) => setTimeout(r, Math.min(30, Number.isFinite(after) ? after : 1) * 1000 + Math.random() * 500));
+      continue;
+    }
+    throw errorFromResponse(res, what);
+  }
 }
 
 function store(dir: string, keyPem: string, issued: Issued): DeviceIdentity {
