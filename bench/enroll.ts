@@ -2,12 +2,10 @@
 // tokens), sequential and with 16 concurrent clients. Keys and CSRs are made in advance so the
 // figure is the server's; the service runs in its own process and its CPU is read from /proc.
 // Loopback only; bounded counts.
-import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
-import { createInterface } from 'node:readline';
-import { join } from 'node:path';
 import { csrPem, newKeys } from '../test/helpers/test-pki.ts';
-import { benchFleet, fmt, percentile, ROOT, SERVER_NODE_FLAGS } from './lib.ts';
+import { benchFleet, fmt, percentile, spawnService } from './lib.ts';
 
 const SEQUENTIAL = Number(process.env.BENCH_SEQUENTIAL ?? 300);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 2_000);
@@ -23,18 +21,9 @@ const csrs: string[] = [];
 for (let i = 0; i < total; i++) csrs.push(await csrPem(await newKeys(), `e-${i}`));
 fleet.registry.close();
 
-const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), 'provision', '--json', '--data', fleet.config.dataDir], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-  env: { ...process.env, FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn' },
-});
-let banner = '';
-let url = '';
-for await (const line of createInterface({ input: child.stdout! })) {
-  banner += line;
-  try { url = (JSON.parse(banner) as { services: { endpoint: string }[] }).services[0]!.endpoint.split(' ')[0]!; break; } catch { /* more */ }
-}
-const { readFileSync } = await import('node:fs');
-const cpu = () => { const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' '); return (Number(f[11]) + Number(f[12])) / 100; };
+const service = await spawnService('provision', fleet.config.dataDir, { FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn' });
+const url = service.endpoints.provision!;
+const cpu = () => service.cpuSeconds();
 const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS, ca: readFileSync(fleet.paths.rootCert) });
 
 function enrollOne(i: number): Promise<number> {
@@ -66,6 +55,6 @@ try {
   }
 } finally {
   agent.destroy();
-  child.kill('SIGTERM');
+  await service.stop();
   fleet.cleanup();
 }

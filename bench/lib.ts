@@ -33,29 +33,45 @@ export interface GatewayProcess {
   stop(): Promise<void>;
 }
 
-export async function spawnGateway(dataDir: string): Promise<GatewayProcess> {
-  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), 'gateway', '--json', '--data', dataDir], {
+/**
+ * `fleetgate up|gateway|provision --json` in its own process on ephemeral loopback ports
+ * (unless `env` names them), with the servers' V8 flags; resolves once its banner lists the
+ * endpoints (by service name: mqtt+tls, mqtt+wss, https, admin, provision).
+ */
+export async function spawnService(command: 'up' | 'gateway' | 'provision', dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir], {
     stdio: ['ignore', 'pipe', 'ignore'],
-    env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_LOG_LEVEL: 'error' },
+    env: {
+      ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
+      FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', ...env,
+    },
   });
   let text = '';
   for await (const line of createInterface({ input: child.stdout! })) {
     text += line;
     try {
       const banner = JSON.parse(text) as { services: { name: string; endpoint: string }[] };
-      const endpoints = Object.fromEntries(banner.services.map((s) => [s.name, s.endpoint]));
+      const endpoints = Object.fromEntries(banner.services.map((s) => [s.name, s.endpoint.split(' ')[0]!]));
       const stat = () => readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
       return {
         child, endpoints,
         cpuSeconds: () => { const f = stat(); return (Number(f[11]) + Number(f[12])) / 100; }, // utime, stime in clock ticks (100 Hz)
         rssBytes: () => Number(stat()[21]) * 4096,
-        stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); }),
+        stop: () => new Promise((r) => {
+          if (child.exitCode !== null || child.signalCode !== null) return r();
+          child.once('exit', () => r());
+          child.kill('SIGTERM');
+        }),
       };
     } catch {
       // banner not complete yet
     }
   }
-  throw new Error('gateway exited before printing its endpoints');
+  throw new Error(`fleetgate ${command} exited before printing its endpoints`);
+}
+
+export function spawnGateway(dataDir: string): Promise<GatewayProcess> {
+  return spawnService('gateway', dataDir);
 }
 
 export function percentile(sorted: number[], p: number): number {

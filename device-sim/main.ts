@@ -149,6 +149,7 @@ export async function run(o: SimOptions): Promise<Report> {
     { ...model, ...(sources > 1 && { localAddress: `127.0.0.${(i % sources) + 1}` }) }, report));
   const started: Promise<void>[] = [];
   const rampStart = Date.now();
+  report.loadStarted = rampStart;
   for (const [i, sim] of sims.entries()) {
     started.push(sim.start(model, report).catch((err: Error) => report.error(err.message.slice(0, 40))));
     const due = rampStart + ((i + 1) * 1000) / o.ramp;

@@ -29,6 +29,8 @@ export class Report {
   gatewayRss: { startBytes: number; endBytes: number } | undefined;
   /** How long the ramp took (connections made / this = handshakes per second achieved). */
   rampSeconds = 0;
+  /** When the first device started connecting: message rates count from here, not from enrollment. */
+  loadStarted: number | undefined;
   enrollment: { enrolled: number; cached: number; seconds: number } | undefined;
 
   error(code: string): void {
@@ -45,14 +47,15 @@ export class Report {
 
   toJSON() {
     const seconds = (Date.now() - this.started) / 1000;
+    const load = Math.max(1, (Date.now() - (this.loadStarted ?? this.started)) / 1000);
     const cuts = [...this.cutLatency].sort((a, b) => a - b);
     return {
       seconds: Math.round(seconds * 10) / 10,
       devices: { planned: this.planned, connected: this.connected },
       enrollment: this.enrollment,
       connect: { ...summary(this.connect), handshakesPerSecond: Math.round((this.connected / Math.max(this.rampSeconds, 0.001)) * 10) / 10, rampSeconds: this.rampSeconds },
-      mqtt: { published: this.published, received: this.received, publishedPerSecond: Math.round(this.published / Math.max(seconds, 1)), receivedPerSecond: Math.round(this.received / Math.max(seconds, 1)) },
-      https: { ok: this.httpsOk, perSecond: Math.round((this.httpsOk / Math.max(seconds, 1)) * 10) / 10, latency: summary(this.https), uploadsSkipped: this.uploadsSkipped },
+      mqtt: { published: this.published, received: this.received, publishedPerSecond: Math.round(this.published / load), receivedPerSecond: Math.round(this.received / load) },
+      https: { ok: this.httpsOk, perSecond: Math.round((this.httpsOk / load) * 10) / 10, latency: summary(this.https), uploadsSkipped: this.uploadsSkipped },
       revocationCut: cuts.length === 0 ? undefined : { count: cuts.length, p50: cuts[Math.floor(cuts.length / 2)], max: cuts.at(-1) },
       gatewayRss: this.gatewayRss && {
         ...this.gatewayRss,

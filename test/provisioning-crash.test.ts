@@ -2,37 +2,24 @@
 // Every certificate any client received is in the registry; restarted, the service serves
 // again; nothing is half-written.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 import { loadConfig } from '../config/config.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { initDataDir } from '../provisioning/setup.ts';
 import { https, type HttpResult } from './helpers/https.ts';
-import { FLEETGATE, tempDir } from './helpers/run.ts';
+import { tempDir } from './helpers/run.ts';
+import { spawnService } from '../bench/lib.ts';
 import { csrPem, newKeys } from './helpers/test-pki.ts';
 
 const N = 200;
 
 async function startService(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [FLEETGATE, 'provision', '--json', '--data', dataDir], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-    env: { ...process.env, FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ENROLL_RATE: '100000', FLEETGATE_LOG_LEVEL: 'error' },
-  });
-  let text = '';
-  for await (const line of createInterface({ input: child.stdout! })) {
-    text += line;
-    try {
-      const banner = JSON.parse(text) as { services: { endpoint: string }[] };
-      return { child, url: banner.services[0]!.endpoint.split(' ')[0]! };
-    } catch {
-      // not complete yet
-    }
-  }
-  throw new Error('provisioning exited before printing its endpoint');
+  const service = await spawnService('provision', dataDir, { FLEETGATE_ENROLL_RATE: '100000' });
+  return { child: service.child, url: service.endpoints.provision! };
 }
 
 test('crash/SIGKILL during 200 concurrent enrollments loses no delivered certificate', async (t) => {
