@@ -23,6 +23,9 @@ export function run(cmd: string, args: readonly string[], options: { input?: str
     child.stdout.on('data', (b: Buffer) => out.push(b));
     child.stderr.on('data', (b: Buffer) => err.push(b));
     child.on('error', reject);
+    // A program that exits without reading its standard input makes our write fail with EPIPE:
+    // that is its business, reported through its exit code.
+    child.stdin.on('error', () => undefined);
     child.on('close', (code, signal) => resolvePromise({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }));
     child.stdin.end(options.input ?? '');
   });
