@@ -71,6 +71,11 @@ test('e2e/device add → fleetgate-device enroll → pub over mqtts and wss, req
   assert.equal(await subExit, 0);
   assert.deepEqual(JSON.parse(subOut.trim().split('\n')[0]!), { topic: 'devices/field-7/commands/reboot', payload: 'now' });
 
+  // A gateway that is not there: the CLI retries with backoff, then gives up with a clear code.
+  const nowhere = await device(['pub', '--url', 'mqtts://127.0.0.1:1', '--identity', idDir, '--topic', 'devices/field-7/x', '--message', 'x', '--timeout', '1', '--json']);
+  assert.equal(nowhere.code, 7);
+  assert.equal((JSON.parse(nowhere.stderr) as { error: { code: string } }).error.code, 'ORIGIN_UNREACHABLE');
+
   const status = await device(['status', '--identity', idDir, '--json']);
   const s = JSON.parse(status.stdout) as { deviceId: string; daysLeft: number; files: { cert: string } };
   assert.equal(s.deviceId, 'field-7');

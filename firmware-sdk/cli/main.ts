@@ -26,14 +26,17 @@ function summary(dir: string) {
   };
 }
 
-/** Connects a one-shot device for pub/sub: refuses fast and says why. */
-async function connected(url: string, identity: string): Promise<Device> {
+/** Connects a one-shot device for pub/sub: refuses fast, says why, and gives up after 15 s of retries. */
+async function connected(url: string, identity: string, timeoutMs = 15_000): Promise<Device> {
   const device = new Device({ identityDir: identity, mqttUrl: url, backoff: { baseMs: 200, maxMs: 2_000 } });
-  let attempts = 0;
-  device.on('disconnect', () => { if (++attempts > 3) device.stop(); });
-  await device.start();
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([device.start(), new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs); })]);
+  clearTimeout(timer);
   if (device.refusal !== undefined) throw device.refusal;
-  if (!device.connected) throw new FleetgateError('ORIGIN_UNREACHABLE', `cannot connect to ${url}`);
+  if (!device.connected) {
+    device.stop();
+    throw new FleetgateError('ORIGIN_UNREACHABLE', `cannot connect to ${url} (gave up after ${timeoutMs / 1000} s of retries)`);
+  }
   return device;
 }
 
@@ -83,9 +86,10 @@ export function buildProgram(): Command {
     .requiredOption('--topic <topic>', 'topic')
     .requiredOption('--message <text>', 'payload')
     .option('--qos <n>', '0 or 1', (v) => { if (v !== '0' && v !== '1') throw new InvalidArgumentError('--qos is 0 or 1'); return Number(v) as 0 | 1; }, 0)
+    .option('--timeout <s>', 'give up connecting after this many seconds', (v) => Number(v), 15)
     .option('--json', 'JSON output')
-    .action(async (o: Common & { url: string; identity: string; topic: string; message: string; qos: 0 | 1 }) => {
-      const device = await connected(o.url, o.identity);
+    .action(async (o: Common & { url: string; identity: string; topic: string; message: string; qos: 0 | 1; timeout: number }) => {
+      const device = await connected(o.url, o.identity, o.timeout * 1000);
       try {
         await device.publish(o.topic, o.message, { qos: o.qos });
       } finally {
