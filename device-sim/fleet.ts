@@ -100,7 +100,7 @@ export async function ensureIdentities(
     process.stdout.write(`note: ${retired.size} device(s) revoked by an earlier run are left out\n`);
   }
   mkdirSync(o.identitiesDir, { recursive: true, mode: 0o700 });
-  o.progress.start('enrolling', needed.length);
+  if (needed.length > 0) o.progress.start('enrolling', needed.length);
   let done = 0;
   let next = 0;
   await Promise.all(Array.from({ length: Math.min(o.concurrency, needed.length) }, async () => {

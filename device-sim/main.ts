@@ -158,6 +158,7 @@ export async function run(o: SimOptions): Promise<Report> {
   }
   await Promise.all(started);
   report.rampSeconds = Math.round((Date.now() - rampStart) / 100) / 10;
+  progress.endLine();
   process.stdout.write(`connected ${report.connected}/${sims.length} in ${((Date.now() - rampStart) / 1000).toFixed(1)} s; running ${o.duration} s\n`);
 
   const runStart = Date.now();
@@ -194,6 +195,7 @@ export async function run(o: SimOptions): Promise<Report> {
     progress.line(`t=${Math.round((Date.now() - runStart) / 1000)}s connected=${sims.filter((s) => s.device.connected).length}/${sims.length} published=${report.published} (${rate}/s) received=${report.received} https=${report.httpsOk} errors=${[...report.errors.values()].reduce((a, b) => a + b, 0)}`);
   }
   await Promise.all(events);
+  progress.endLine();
   if (o.gatewayPid !== undefined && rssStart !== undefined) report.gatewayRss = { startBytes: rssStart, endBytes: rssOf(o.gatewayPid) };
 
   for (const s of sims) s.stop();

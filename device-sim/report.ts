@@ -112,12 +112,26 @@ export class Progress {
     process.stdout.write(`${label}: ${value}/${total} ${rate}\n`);
   }
 
+  #live = false;
+
+  /** A status line: rewritten in place on a terminal (4× a second), a plain line every `everyMs` otherwise. */
   line(text: string): void {
     if (this.#bar !== undefined) return;
     const now = Date.now();
-    if (now - this.#lastLine < this.#everyMs) return;
+    if (now - this.#lastLine < (this.#tty ? 250 : this.#everyMs)) return;
     this.#lastLine = now;
-    process.stdout.write(`${text}\n`);
+    if (this.#tty) {
+      process.stdout.write(`\r\x1b[2K${text}`);
+      this.#live = true;
+    } else {
+      process.stdout.write(`${text}\n`);
+    }
+  }
+
+  /** Ends a live status line so what follows starts on its own line. */
+  endLine(): void {
+    if (this.#live) process.stdout.write('\n');
+    this.#live = false;
   }
 
   stop(): void {
