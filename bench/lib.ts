@@ -82,7 +82,3 @@ export function percentile(sorted: number[], p: number): number {
 export function fmt(n: number, digits = 1): string {
   return n.toLocaleString('en-US', { maximumFractionDigits: digits, minimumFractionDigits: digits });
 }
-
-export function cpuTicksNote(): string {
-  return 'server CPU from /proc (10 ms ticks): per-operation figures are averages over the whole phase';
-}
