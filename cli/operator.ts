@@ -2,6 +2,7 @@ import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { request } from 'node:https';
+import { serialHex } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError, isErrorCode } from '../firmware-sdk/protocol/errors.ts';
 import { writeNewFile } from '../config/files.ts';
 import { ECDSA_SHA256, EC_P256, subtle, x509 } from '../provisioning/ca/x509.ts';
@@ -26,7 +27,7 @@ export async function operatorIdentity(ctx: CliContext): Promise<{ cert: string;
   const registry = ctx.registry();
   if (existsSync(operatorCert) && existsSync(operatorKey)) {
     const cert = new X509Certificate(readFileSync(operatorCert));
-    const record = registry.getCertificate(cert.serialNumber.toLowerCase().replace(/^(00)+/, ''));
+    const record = registry.getCertificate(serialHex(cert.serialNumber));
     if (record !== undefined && record.revocation === null && record.notAfter - Date.now() > RENEW_BEFORE_MS) {
       return { cert: readFileSync(operatorCert, 'utf8'), key: readFileSync(operatorKey, 'utf8'), ca: readFileSync(rootCert, 'utf8') };
     }

@@ -1,3 +1,5 @@
+import { serialHex } from '../../firmware-sdk/protocol/certificate-identity.ts';
+
 /**
  * Hex identifiers as the registry stores them: lowercase, no separators. Operators paste
  * fingerprints and serials from `openssl x509 -fingerprint` (colons, upper case) or from
@@ -11,7 +13,5 @@ export function normalizeHex(input: string): string | undefined {
 /** A serial number as stored: normalized hex without leading zero bytes (OpenSSL may print `00…`). */
 export function normalizeSerial(input: string): string | undefined {
   const hex = normalizeHex(input);
-  if (hex === undefined) return undefined;
-  const trimmed = hex.replace(/^(00)+(?=[0-9a-f])/, '');
-  return trimmed.length % 2 === 1 ? `0${trimmed}` : trimmed;
+  return hex === undefined ? undefined : serialHex(hex);
 }

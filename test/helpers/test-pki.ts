@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { serialHex } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import type { CertificateAuthority } from '../../provisioning/ca/authority.ts';
 import { randomSerial } from '../../provisioning/ca/fields.ts';
 import { ECDSA_SHA256, EC_P256, pemWithNewline, subtle, toPem, x509 } from '../../provisioning/ca/x509.ts';
@@ -43,7 +44,7 @@ async function save(dir: string, name: string, deviceId: string, certPem: string
   writeFileSync(keyFile, kp, { mode: 0o600 });
   return {
     deviceId, certPem, keyPem: kp, certFile, keyFile, keys,
-    serial: cert.serialNumber.toLowerCase().replace(/^(00)+/, ''),
+    serial: serialHex(cert.serialNumber),
     fingerprint: createHash('sha256').update(new Uint8Array(cert.rawData)).digest('hex'),
     spki: createHash('sha256').update(new Uint8Array(cert.publicKey.rawData)).digest('hex'),
   };
