@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { errorFromResponse, httpsRequest, type TlsMaterial } from './http.ts';
 import { createCsr, generateKey, loadIdentity, saveIdentity, type DeviceIdentity, type KeyType } from './identity.ts';
+import { children, expectTag, readTlv, toPem } from './protocol/der.ts';
 import { FleetgateError } from './protocol/errors.ts';
 
 export interface EnrollOptions {
@@ -96,34 +97,18 @@ function csrBase64(csrPem: string): string {
   return csrPem.replace(/-----[^-]+-----|\s/g, '');
 }
 
-/** The first certificate in an EST base64 PKCS#7 certs-only answer, as PEM (a small DER walk). */
+/** The certificates in an EST base64 PKCS#7 certs-only answer (RFC 7030 §4.1.3), as PEM. */
 export function certsFromPkcs7(base64: string): string[] {
   const der = Buffer.from(base64.replace(/\s+/g, ''), 'base64');
-  const read = (p: number): { tag: number; start: number; content: number; end: number } => {
-    let len = der[p + 1] as number;
-    let q = p + 2;
-    if (len & 0x80) {
-      const n = len & 0x7f;
-      len = 0;
-      for (let i = 0; i < n; i++) len = len * 256 + (der[q++] as number);
-    }
-    return { tag: der[p] as number, start: p, content: q, end: q + len };
-  };
-  // ContentInfo { contentType, [0] { SignedData { version, digestAlgorithms, encapContentInfo, [0] certificates … } } }
-  const info = read(0);
-  const explicit = read(read(info.content).end);
-  const signed = read(explicit.content);
-  let p = signed.content;
-  for (let i = 0; i < 3; i++) p = read(p).end;
-  const certs = read(p);
-  if (certs.tag !== 0xa0) throw new FleetgateError('BAD_REQUEST', 'no certificates in the PKCS#7 answer');
-  const out: string[] = [];
-  for (let q = certs.content; q < certs.end;) {
-    const c = read(q);
-    out.push(`-----BEGIN CERTIFICATE-----\n${der.subarray(c.start, c.end).toString('base64').replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`);
-    q = c.end;
+  try {
+    // ContentInfo { contentType, [0] { SignedData { version, digestAlgorithms, encapContentInfo, [0] certificates, … } } }
+    const [, explicit] = children(der, readTlv(der, 0));
+    const signed = children(der, expectTag(explicit, 0xa0, 'content'))[0];
+    const certs = expectTag(children(der, expectTag(signed, 0x30, 'SignedData'))[3], 0xa0, 'certificates');
+    return children(der, certs).map((c) => toPem(der.subarray(c.start, c.end), 'CERTIFICATE'));
+  } catch (err) {
+    throw new FleetgateError('BAD_REQUEST', `not a PKCS#7 certs-only answer (${(err as Error).message})`, { cause: err });
   }
-  return out;
 }
 
 /** EST `cacerts`: the CA chain (issuing CA, root). */

@@ -2,6 +2,7 @@ import { generateKeyPairSync, sign, X509Certificate, createPrivateKey, createPub
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { identityFromCertificate, type PeerIdentity } from './protocol/certificate-identity.ts';
+import { oidDer, seq, set, tlv, toPem } from './protocol/der.ts';
 import { FleetgateError } from './protocol/errors.ts';
 
 /** The key type a device makes: EC P-256 by default, RSA-2048 for devices that need it. */
@@ -38,14 +39,6 @@ export function generateKey(type: KeyType = 'ec-p256'): string {
   return pair.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
 }
 
-function derLength(n: number): Buffer {
-  if (n < 0x80) return Buffer.from([n]);
-  const bytes: number[] = [];
-  for (let v = n; v > 0; v = Math.floor(v / 256)) bytes.unshift(v & 0xff);
-  return Buffer.from([0x80 | bytes.length, ...bytes]);
-}
-const der = (tag: number, ...parts: Buffer[]) => { const body = Buffer.concat(parts); return Buffer.concat([Buffer.from([tag]), derLength(body.length), body]); };
-
 /**
  * A PKCS#10 CSR for the key (RFC 2986), subject CN = `commonName`: proof that the device holds
  * the key. The CA decides everything else in the certificate.
@@ -56,15 +49,13 @@ const der = (tag: number, ...parts: Buffer[]) => { const body = Buffer.concat(pa
 export function createCsr(keyPem: string, commonName: string): string {
   const key = createPrivateKey(keyPem);
   const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
-  const cn = der(0x30, der(0x31, der(0x30, Buffer.from([0x06, 0x03, 0x55, 0x04, 0x03]), der(0x0c, Buffer.from(commonName, 'utf8')))));
-  const info = der(0x30, Buffer.from([0x02, 0x01, 0x00]), cn, spki, Buffer.from([0xa0, 0x00]));
-  const ec = key.asymmetricKeyType === 'ec';
-  const algorithm = ec
-    ? Buffer.from('300a06082a8648ce3d040302', 'hex') // ecdsa-with-SHA256
-    : Buffer.from('300d06092a864886f70d01010b0500', 'hex'); // sha256WithRSAEncryption
+  const subject = seq(set(seq(oidDer('2.5.4.3'), tlv(0x0c, Buffer.from(commonName, 'utf8')))));
+  const info = seq(tlv(0x02, Buffer.from([0])), subject, spki, tlv(0xa0)); // version 0, no attributes
+  const algorithm = key.asymmetricKeyType === 'ec'
+    ? seq(oidDer('1.2.840.10045.4.3.2')) // ecdsa-with-SHA256
+    : seq(oidDer('1.2.840.113549.1.1.11'), tlv(0x05)); // sha256WithRSAEncryption, NULL parameters
   const signature = sign('sha256', info, key);
-  const csr = der(0x30, info, algorithm, der(0x03, Buffer.from([0]), signature));
-  return `-----BEGIN CERTIFICATE REQUEST-----\n${csr.toString('base64').replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE REQUEST-----\n`;
+  return toPem(seq(info, algorithm, tlv(0x03, Buffer.from([0]), signature)), 'CERTIFICATE REQUEST');
 }
 
 // --- atomic storage ------------------------------------------------------------------------

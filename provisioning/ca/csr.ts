@@ -1,6 +1,6 @@
 import { createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { children, DerError, expectTag, oid, readTlv, type Tlv } from './der.ts';
+import { children, DerError, expectTag, oid, readTlv, type Tlv } from '../../firmware-sdk/protocol/der.ts';
 
 /** Longer than any sane CSR (an RSA-8192 request is ~3 KiB of PEM). */
 export const CSR_MAX_BYTES = 16 * 1024;

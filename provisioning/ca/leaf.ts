@@ -1,7 +1,7 @@
 import { createHash, sign } from 'node:crypto';
 import { deviceUri } from '../../firmware-sdk/protocol/device-id.ts';
 import type { CertificateAuthority } from './authority.ts';
-import { children, expectTag, octets, oidDer, readTlv, seq, set, time, tlv } from './der.ts';
+import { children, expectTag, octets, oidDer, readTlv, seq, set, time, tlv, toPem } from '../../firmware-sdk/protocol/der.ts';
 import { randomSerial, sha256Hex, validityFrom } from './fields.ts';
 
 export interface LeafOptions {
@@ -82,10 +82,9 @@ export function signLeaf(ca: CertificateAuthority, options: LeafOptions): Signed
   );
   const signature = sign('sha256', tbs, ca.intermediateKeyObject);
   const der = seq(tbs, ECDSA_WITH_SHA256, tlv(0x03, Buffer.from([0]), signature));
-  const b64 = der.toString('base64').replace(/.{1,64}/g, '$&\n');
   return {
     serial,
-    pem: `-----BEGIN CERTIFICATE-----\n${b64}-----END CERTIFICATE-----\n`,
+    pem: toPem(der, 'CERTIFICATE'),
     fingerprint: sha256Hex(der),
     spkiSha256: sha256Hex(options.spki),
     notBefore: Math.floor(notBefore.getTime() / 1000) * 1000,

@@ -25,7 +25,4 @@ export function pemWithNewline(pem: string): string {
   return pem.endsWith('\n') ? pem : `${pem}\n`;
 }
 
-export function toPem(der: ArrayBuffer | Uint8Array, label: string): string {
-  const b64 = Buffer.from(der instanceof Uint8Array ? der : new Uint8Array(der)).toString('base64');
-  return `-----BEGIN ${label}-----\n${b64.replace(/.{1,64}/g, '$&\n')}-----END ${label}-----\n`;
-}
+export { toPem } from '../../firmware-sdk/protocol/der.ts';

@@ -1,7 +1,7 @@
 /**
- * Just enough DER (X.690) to read a PKCS#10 request and write a device certificate without
- * building object trees: the hot path of enrollment. Everything else keeps using the X.509
- * libraries.
+ * Just enough DER (X.690) to read and write the few structures fleetgate handles by hand:
+ * PKCS#10 requests and device certificates on the CA's enrollment hot path, a device's own
+ * CSR, and the certificates in an EST PKCS#7 answer. Shared by the servers and the SDK.
  */
 
 export interface Tlv {
@@ -102,4 +102,10 @@ export function time(date: Date): Buffer {
   const iso = date.toISOString(); // YYYY-MM-DDTHH:MM:SS.sssZ
   const digits = iso.slice(0, 19).replace(/[-T:]/g, '');
   return date.getUTCFullYear() < 2050 ? tlv(0x17, Buffer.from(`${digits.slice(2)}Z`)) : tlv(0x18, Buffer.from(`${digits}Z`));
+}
+
+/** PEM (RFC 7468): base64 in 64-character lines, with a trailing newline. */
+export function toPem(der: Uint8Array | ArrayBuffer, label: string): string {
+  const b64 = Buffer.from(der instanceof Uint8Array ? der : new Uint8Array(der)).toString('base64');
+  return `-----BEGIN ${label}-----\n${b64.replace(/.{1,64}/g, '$&\n')}-----END ${label}-----\n`;
 }
