@@ -5,6 +5,7 @@ import { request } from 'node:https';
 import { serialHex } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError, isErrorCode } from '../firmware-sdk/protocol/errors.ts';
 import { writeNewFile } from '../config/files.ts';
+import { urlHost } from '../config/paths.ts';
 import { ECDSA_SHA256, EC_P256, subtle, x509 } from '../provisioning/ca/x509.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import type { CliContext } from './context.ts';
@@ -58,7 +59,7 @@ export async function operatorIdentity(ctx: CliContext): Promise<{ cert: string;
 export async function adminRequest(ctx: CliContext, method: 'GET' | 'DELETE', path: string, adminUrl?: string): Promise<unknown> {
   const identity = await operatorIdentity(ctx);
   const g = ctx.config.gateway;
-  const base = new URL(adminUrl ?? `https://${g.adminHost.includes(':') ? `[${g.adminHost}]` : g.adminHost}:${g.adminPort}`);
+  const base = new URL(adminUrl ?? `https://${urlHost(g.adminHost)}:${g.adminPort}`);
   return new Promise((resolve, reject) => {
     const req = request(new URL(path, base), { method, cert: identity.cert, key: identity.key, ca: identity.ca, servername: 'localhost', timeout: 10_000 }, (res) => {
       const chunks: Buffer[] = [];

@@ -18,3 +18,8 @@ export function dataPaths(dataDir: string) {
   };
 }
 export type DataPaths = ReturnType<typeof dataPaths>;
+
+/** A host as it goes into a URL: IPv6 literals in brackets (RFC 3986 §3.2.2). */
+export function urlHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}

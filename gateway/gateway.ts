@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../config/config.ts';
-import { dataPaths } from '../config/paths.ts';
+import { dataPaths, urlHost } from '../config/paths.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { AuditAppender } from '../provisioning/registry/audit-appender.ts';
 import type { StatusEvent } from '../provisioning/registry/records.ts';
@@ -91,14 +91,13 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const httpsPlane = await startHttpsPlane(config.https, tls, { checker, minter, metrics, log: log.child({ plane: 'https' }) });
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const admin = await startAdmin(g, tls, { checker, sessions, metrics, kick, jwks: () => loadKeyring(paths).jwks });
-  const host = g.host.includes(':') ? `[${g.host}]` : g.host;
-  const adminHost = g.adminHost.includes(':') ? `[${g.adminHost}]` : g.adminHost;
+  const host = urlHost(g.host);
   return {
     endpoints: {
       mqtts: `mqtts://${host}:${listeners.ports.mqtts}`,
       wss: `wss://${host}:${listeners.ports.wss}${g.wssPath}`,
-      https: `https://${config.https.host.includes(':') ? `[${config.https.host}]` : config.https.host}:${httpsPlane.port}`,
-      admin: `https://${adminHost}:${admin.port}`,
+      https: `https://${urlHost(config.https.host)}:${httpsPlane.port}`,
+      admin: `https://${urlHost(g.adminHost)}:${admin.port}`,
     },
     ports: { ...listeners.ports, https: httpsPlane.port, admin: admin.port },
     sessions, metrics, kick,

@@ -4,7 +4,7 @@ import { constants } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../../config/config.ts';
-import { dataPaths } from '../../config/paths.ts';
+import { dataPaths, urlHost } from '../../config/paths.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { loadCa } from '../ca/authority.ts';
 import { estRoutes } from '../est/routes.ts';
@@ -66,9 +66,8 @@ export async function startProvisioning(config: FleetgateConfig, deps: { log: Lo
   await app.listen({ host: config.provisioning.host, port: config.provisioning.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.provisioning.port;
-  const host = config.provisioning.host.includes(':') ? `[${config.provisioning.host}]` : config.provisioning.host;
   return {
-    app, port, endpoint: `https://${host}:${port}`,
+    app, port, endpoint: `https://${urlHost(config.provisioning.host)}:${port}`,
     async close() {
       await app.close();
       registry.close();
