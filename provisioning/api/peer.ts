@@ -3,7 +3,7 @@ import type { TLSSocket } from 'node:tls';
 import { identityFromCertificate, serialHex, type PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import { CLAIM_URI_PREFIX } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../ca/fields.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
 
 /**
@@ -35,7 +35,7 @@ export function claimPeer(req: FastifyRequest, registry: RegistryWriter): string
   if (uri === undefined) throw new FleetgateError('NOT_AUTHORIZED', 'not a claim certificate');
   const name = uri.slice(`URI:${CLAIM_URI_PREFIX}`.length);
   const claim = registry.getClaim(name);
-  const fingerprint = createHash('sha256').update(cert.raw).digest('hex');
+  const fingerprint = sha256Hex(cert.raw);
   if (claim === undefined || claim.fingerprint !== fingerprint || claim.serial !== serialHex(cert.serialNumber)) {
     throw new FleetgateError('NOT_AUTHORIZED', `claim certificate for ${name} is not the one recorded`);
   }
