@@ -28,13 +28,21 @@ test('identity/SIGKILL while identities are being written never leaves a mix', a
     import { readFileSync } from 'node:fs';
     import { saveIdentity } from ${JSON.stringify(join(ROOT, 'firmware-sdk', 'identity.ts'))};
     const ids = JSON.parse(readFileSync(${JSON.stringify(spec)}, 'utf8'));
+    saveIdentity(${JSON.stringify(identityDir)}, ids[1]);
+    process.stdout.write('writing\\n');
     for (let i = 0; ; i++) saveIdentity(${JSON.stringify(identityDir)}, ids[i % 2]);
   `;
   const serials = new Set(ids.map((i) => i.serial));
   const seen = new Set<string>();
   for (let round = 0; round < 25; round++) {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: 'ignore' });
-    await new Promise((r) => setTimeout(r, 60 + Math.floor(Math.random() * 120)));
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // Wait for the event (the child has loaded and is in its write loop), not for a duration:
+    // importing the SDK alone takes a few hundred ms on a busy machine.
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.once('data', () => resolve());
+      child.once('exit', (code) => reject(new Error(`writer exited early (${code})`)));
+    });
+    await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 40)));
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     const id = loadIdentity(identityDir); // throws if the key does not match the certificate
