@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import { request } from 'node:https';
 import { serialHex } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError, isErrorCode } from '../firmware-sdk/protocol/errors.ts';
+import { verifyServerCertificate } from '../firmware-sdk/protocol/server-certificate.ts';
 import { writeNewFile } from '../config/files.ts';
 import { urlHost } from '../config/paths.ts';
 import { ECDSA_SHA256, EC_P256, subtle, x509 } from '../provisioning/ca/x509.ts';
@@ -61,7 +62,7 @@ export async function adminRequest(ctx: CliContext, method: 'GET' | 'DELETE', pa
   const g = ctx.config.gateway;
   const base = new URL(adminUrl ?? `https://${urlHost(g.adminHost)}:${g.adminPort}`);
   return new Promise((resolve, reject) => {
-    const req = request(new URL(path, base), { method, cert: identity.cert, key: identity.key, ca: identity.ca, servername: 'localhost', timeout: 10_000 }, (res) => {
+    const req = request(new URL(path, base), { method, cert: identity.cert, key: identity.key, ca: identity.ca, checkServerIdentity: verifyServerCertificate, timeout: 10_000 }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (b: Buffer) => chunks.push(b));
       res.on('end', () => {

@@ -7,6 +7,7 @@ import { Device } from '../firmware-sdk/device.ts';
 import { enrollWithToken } from '../firmware-sdk/enroll.ts';
 import { createCsr, generateKey } from '../firmware-sdk/identity.ts';
 import { fleetgateCli } from './fleet.ts';
+import { verifyServerCertificate } from '../firmware-sdk/protocol/server-certificate.ts';
 import type { Report } from './report.ts';
 
 interface Endpoints { mqttUrl: string; httpsUrl: string; provisioningUrl: string; ca: string; dataDir: string }
@@ -14,7 +15,7 @@ interface Endpoints { mqttUrl: string; httpsUrl: string; provisioningUrl: string
 /** One connection attempt, no retries: 'tls' when the handshake failed, else the CONNACK code (0 = accepted). */
 async function tryConnect(url: string, ca: string, cred: { cert?: string; key?: string }, clientId: string): Promise<'tls' | number> {
   try {
-    const client = await mqtt.connectAsync(url, { ca, ...cred, clientId, reconnectPeriod: 0, connectTimeout: 5_000, protocolVersion: 4, servername: 'localhost' } as mqtt.IClientOptions, false);
+    const client = await mqtt.connectAsync(url, { ca, ...cred, clientId, reconnectPeriod: 0, connectTimeout: 5_000, protocolVersion: 4, checkServerIdentity: verifyServerCertificate } as mqtt.IClientOptions, false);
     await client.endAsync(true);
     return 0;
   } catch (err) {
@@ -84,7 +85,7 @@ export async function checkBadIdentities(e: Endpoints, prefix: string, report: R
 export async function checkIsolation(e: Endpoints, probe: { identityDir: string; id: string }, victim: string, report: Report): Promise<void> {
   const current = join(probe.identityDir, 'current');
   const cred = { cert: readFileSync(join(current, 'device.crt'), 'utf8') + readFileSync(join(current, 'chain.crt'), 'utf8'), key: readFileSync(join(current, 'device.key'), 'utf8') };
-  const client = await mqtt.connectAsync(e.mqttUrl, { ca: e.ca, ...cred, clientId: probe.id, reconnectPeriod: 0, protocolVersion: 4, servername: 'localhost' } as mqtt.IClientOptions, false);
+  const client = await mqtt.connectAsync(e.mqttUrl, { ca: e.ca, ...cred, clientId: probe.id, reconnectPeriod: 0, protocolVersion: 4, checkServerIdentity: verifyServerCertificate } as mqtt.IClientOptions, false);
   try {
     const granted = await client.subscribeAsync(`devices/${victim}/commands/#`, { qos: 1 }).then((g) => g[0]?.qos, (err: { packet?: { granted?: number[] } }) => err.packet?.granted?.[0]);
     report.check('isolation: subscribe to another device\'s commands is refused', granted === 128, `SUBACK ${granted}`);

@@ -25,6 +25,8 @@ export interface SimOptions {
   revokeDuring: number;
   renewDuring: number;
   cutBoundMs: number;
+  /** Seconds the service subscriber may take to connect before the run is abandoned. */
+  connectTimeout: number;
   data: string;
   identities: string;
   mqtt: string;
@@ -39,7 +41,7 @@ export interface SimOptions {
 
 const DEFAULTS: SimOptions = {
   sensors: 10, gateways: 0, children: 3, cameras: 0, duration: 30, ramp: 100, rate: 1, qos: 1, payloadBytes: 64,
-  uploadBytes: 64 * 1024, uploadEvery: 5, uploadPath: '/upload', check: false, revokeDuring: 0, renewDuring: 0, cutBoundMs: 1_000,
+  uploadBytes: 64 * 1024, uploadEvery: 5, uploadPath: '/upload', check: false, revokeDuring: 0, renewDuring: 0, cutBoundMs: 1_000, connectTimeout: 20,
   data: './data', identities: './data/sim-identities', mqtt: 'mqtts://127.0.0.1:8883', https: 'https://127.0.0.1:8443',
   provision: 'https://127.0.0.1:9443', prefix: 'sim', sourceAddresses: 0, concurrency: 16,
 };
@@ -74,6 +76,7 @@ function parse(argv: string[]): SimOptions {
     .option('--revoke-during <n>', 'revoke this many sensors mid-run (checks each is cut and stays out)', int('--revoke-during'))
     .option('--renew-during <n>', 'renew this many devices mid-run (checks they stay connected)', int('--renew-during'))
     .option('--cut-bound-ms <ms>', 'the revoke → cut bound the check enforces', int('--cut-bound-ms'))
+    .option('--connect-timeout <s>', 'give up when the service subscriber cannot connect in this time (default 20)', num('--connect-timeout'))
     .option('--data <dir>', 'fleetgate data directory (to register devices and issue tokens)')
     .option('--identities <dir>', 'where device identities are cached between runs')
     .option('--mqtt <url>', 'gateway MQTT URL')
@@ -137,8 +140,13 @@ export async function run(o: SimOptions): Promise<Report> {
     if (set === undefined) received.set(who, (set = new Set()));
     set.add(seq);
   });
-  await service.start();
-  if (!service.connected) throw new Error(`the service subscriber could not connect to ${o.mqtt}: ${service.refusal?.code ?? 'unreachable'}`);
+  let serviceTimer: NodeJS.Timeout | undefined;
+  await Promise.race([service.start(), new Promise<void>((resolve) => { serviceTimer = setTimeout(resolve, o.connectTimeout * 1000); })]);
+  clearTimeout(serviceTimer);
+  if (!service.connected) {
+    service.stop();
+    throw new Error(`the service subscriber could not connect to ${o.mqtt}: ${service.refusal?.code ?? service.lastError?.message ?? 'unreachable'}`);
+  }
   await service.subscribe('devices/+/telemetry', { qos: 1 });
 
   const rssStart = o.gatewayPid === undefined ? undefined : rssOf(o.gatewayPid);

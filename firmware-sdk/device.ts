@@ -5,6 +5,7 @@ import { renew } from './enroll.ts';
 import { errorFromResponse, httpsRequest, type HttpResponse } from './http.ts';
 import { loadIdentity, type DeviceIdentity } from './identity.ts';
 import { FleetgateError, isErrorCode, type ErrorCode } from './protocol/errors.ts';
+import { verifyServerCertificate } from './protocol/server-certificate.ts';
 
 export interface DeviceOptions {
   /** Identity directory (from enrollment). */
@@ -71,6 +72,8 @@ export class Device extends EventEmitter {
   #connecting = false;
   /** Connection attempts made (for tests and operators: a refused device makes no more). */
   attempts = 0;
+  /** Why the last connection attempt failed (a TLS error, a refused server certificate, …). */
+  lastError: Error | undefined;
 
   constructor(opts: DeviceOptions) {
     super();
@@ -119,7 +122,10 @@ export class Device extends EventEmitter {
     const id = this.#identity;
     try {
       const client = await mqtt.connectAsync(this.#opts.mqttUrl, {
-        ca: id.caPem, cert: id.certPem + id.chainPem, key: id.keyPem, rejectUnauthorized: true, servername: 'localhost',
+        ca: id.caPem, cert: id.certPem + id.chainPem, key: id.keyPem, rejectUnauthorized: true,
+        // The server's name is checked against the URL's host (mqtt.js sends it as SNI), and it must
+        // be a server certificate: a device certificate of the same CA is not the gateway.
+        checkServerIdentity: verifyServerCertificate, wsOptions: { checkServerIdentity: verifyServerCertificate },
         clientId: id.info.deviceId, protocolVersion: 4, keepalive: this.#opts.keepalive ?? 30, clean: true,
         reconnectPeriod: 0, connectTimeout: 10_000, queueQoSZero: false,
         ...(this.#opts.localAddress !== undefined && { localAddress: this.#opts.localAddress }),
@@ -146,6 +152,7 @@ export class Device extends EventEmitter {
       return this.#refuse(await this.#why(err.code === 2 ? 'CLIENT_ID_MISMATCH' : 'NOT_AUTHORIZED'));
     }
     if (this.#identity.info.notAfter <= Date.now()) return this.#refuse(new FleetgateError('CERT_EXPIRED', 'the device certificate expired before it was renewed'));
+    this.lastError = err;
     this.#log('connect_failed', { error: err.message, code: err.code });
     this.#retry();
   }

@@ -1,5 +1,6 @@
 import { Agent, request } from 'undici';
 import { FleetgateError, isErrorCode } from './protocol/errors.ts';
+import { verifyServerCertificate } from './protocol/server-certificate.ts';
 
 export interface TlsMaterial {
   /** Root CA the server must chain to (the fleet CA). */
@@ -15,10 +16,14 @@ export interface HttpResponse {
   body: Buffer;
 }
 
-/** An undici Agent that verifies the server against the fleet CA and presents the device certificate. */
+/**
+ * An undici Agent that verifies the server against the fleet CA — its name against the URL's
+ * host, and that it is a server certificate ({@link verifyServerCertificate}) — and presents the
+ * device certificate.
+ */
 export function tlsAgent(tls: TlsMaterial): Agent {
   return new Agent({
-    connect: { ca: tls.ca, ...(tls.cert !== undefined && { cert: tls.cert }), ...(tls.key !== undefined && { key: tls.key }), servername: 'localhost', rejectUnauthorized: true },
+    connect: { ca: tls.ca, ...(tls.cert !== undefined && { cert: tls.cert }), ...(tls.key !== undefined && { key: tls.key }), rejectUnauthorized: true, checkServerIdentity: verifyServerCertificate },
     headersTimeout: 30_000, bodyTimeout: 60_000,
   });
 }

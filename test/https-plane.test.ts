@@ -191,7 +191,7 @@ test('rotation/after fleetgate jwt rotate, assertions carry the new kid; the JWK
   assert.deepEqual(printed.keys.map((k) => k.kid).sort(), [oldKid, newKid].sort());
   // After retireAt the old key leaves the JWKS (the gateway re-reads the keyring within a second).
   let after = during;
-  while (after.includes(oldKid) && Date.now() < retireAt + 15_000) {
+  while (after.includes(oldKid!) && Date.now() < retireAt + 15_000) {
     await new Promise((r) => setTimeout(r, 200));
     after = (await jwks()).keys.map((k) => k.kid);
   }

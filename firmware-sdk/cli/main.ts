@@ -35,7 +35,7 @@ async function connected(url: string, identity: string, timeoutMs = 15_000): Pro
   if (device.refusal !== undefined) throw device.refusal;
   if (!device.connected) {
     device.stop();
-    throw new FleetgateError('ORIGIN_UNREACHABLE', `cannot connect to ${url} (gave up after ${timeoutMs / 1000} s of retries)`);
+    throw new FleetgateError('ORIGIN_UNREACHABLE', `cannot connect to ${url} (gave up after ${timeoutMs / 1000} s of retries${device.lastError === undefined ? '' : `; last error: ${device.lastError.message}`})`);
   }
   return device;
 }

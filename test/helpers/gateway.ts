@@ -22,7 +22,7 @@ export class LogCapture {
     },
   });
 
-  async find(match: (l: Record<string, unknown>) => boolean, timeoutMs = 3_000): Promise<Record<string, unknown>> {
+  async find(match: (l: Record<string, unknown>) => boolean, timeoutMs = 15_000): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const hit = this.lines.find(match);

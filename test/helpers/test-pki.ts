@@ -76,6 +76,8 @@ export interface ForgeOptions {
   keys?: CryptoKeyPair;
   /** Record it in the registry as if issued (to test checks other than CERT_UNKNOWN). */
   record?: RegistryWriter;
+  /** SAN entries besides the device URI (e.g. `{ type: 'ip', value: '127.0.0.1' }` for a fake server). */
+  extraSan?: { type: 'ip' | 'dns'; value: string }[];
 }
 
 /** A certificate shaped by the test, not by the CA's policy: the gateway's checks must catch it. */
@@ -85,7 +87,7 @@ export async function forgeCert(ca: CertificateAuthority, dir: string, o: ForgeO
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(o.isCa === true, undefined, true),
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | (o.isCa === true ? x509.KeyUsageFlags.keyCertSign : 0), true),
-    new x509.SubjectAlternativeNameExtension([{ type: 'url', value: `urn:fleetgate:device:${o.deviceId}` }]),
+    new x509.SubjectAlternativeNameExtension([{ type: 'url', value: `urn:fleetgate:device:${o.deviceId}` }, ...(o.extraSan ?? [])]),
     await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
   ];
   if (o.eku !== null) extensions.push(new x509.ExtendedKeyUsageExtension(o.eku ?? [x509.ExtendedKeyUsage.clientAuth]));
