@@ -79,13 +79,13 @@ try {
   // The gateway's own per-request work, measured here on the same data and keys.
   const checker = new StatusChecker(fleet.paths.registry);
   const identity = identityFromCertificate(new X509Certificate(dev.certPem));
-  const { device } = checker.check(identity);
+  const device = checker.status(identity);
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const minter = new AssertionMinter('fleetgate', { kid: 'bench', privateKey });
   const joseKey = await importPKCS8(privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, 'ES256');
   const raw = median(() => sign('sha256', Buffer.from('x'.repeat(300)), { key: privateKey, dsaEncoding: 'ieee-p1363' }));
   const mint = median(() => minter.mint(device, identity, 'urn:bench', 30_000));
-  const check = median(() => checker.check(identity));
+  const check = median(() => checker.status(identity));
   const joseTimes: number[] = [];
   for (let i = 0; i < 3_000; i++) {
     const s = performance.now();

@@ -61,10 +61,24 @@ export interface HttpsConfig {
   issuer: string;
   /** How long a rotated-out signing key stays in the JWKS. */
   jwtOverlapMs: number;
+  /** Idle time between requests on a keep-alive connection before it is closed. */
   keepAliveTimeoutMs: number;
+  /** Time allowed for a request's headers to arrive. */
   headersTimeoutMs: number;
+  /**
+   * A connection with no traffic in either direction for this long is closed (a connection
+   * that never sends a request, too). At least the longest route timeout plus 5 s.
+   */
+  idleTimeoutMs: number;
+  /** A request body that sends nothing for this long is cut (408). */
+  bodyIdleTimeoutMs: number;
+  /** After `bodyIdleTimeoutMs`, a request body slower than this on average is cut (408). */
+  minBodyBytesPerSecond: number;
   maxHeaderBytes: number;
+  /** Open connections on the HTTPS plane, all devices together. */
   maxConnections: number;
+  /** Open connections of one device (its certificate's device id); past it requests get 429. */
+  maxConnectionsPerDevice: number;
   routes: readonly RouteConfig[];
 }
 
@@ -75,6 +89,12 @@ export interface ProvisioningConfig {
   /** Enrollment requests (JSON, EST) per client IP per second before 429. */
   enrollRatePerSecond: number;
   requestTimeoutMs: number;
+  headersTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  /** TLS handshake deadline, and the cap on sockets still handshaking (all, and per address). */
+  handshakeTimeoutMs: number;
+  maxPendingHandshakes: number;
+  maxPendingHandshakesPerAddress: number;
   /** Largest request body on enrollment routes (a CSR is a few KiB). */
   bodyLimitBytes: number;
 }
@@ -103,9 +123,16 @@ export interface GatewayConfig {
   /** Admin listener: /healthz, /metrics, live sessions (operator certificate). */
   adminHost: string;
   adminPort: number;
+  /** TLS handshake deadline on every gateway listener; also bounds a WSS upgrade request. */
   handshakeTimeoutMs: number;
+  /** Sockets still in their TLS handshake, over all gateway listeners (unauthenticated). */
+  maxPendingHandshakes: number;
+  /** The same, from one source address (mind NAT: a factory behind one address). */
+  maxPendingHandshakesPerAddress: number;
   /** Time allowed between the TLS handshake and the MQTT CONNECT. */
   connectTimeoutMs: number;
+  /** Admin listener request deadline (probes, operators). */
+  adminRequestTimeoutMs: number;
   /** How often the gateway reads the registry's status-event feed (live revocation). */
   statusPollMs: number;
   limits: Readonly<Record<DeviceTypeName, TypeLimits>>;
@@ -143,7 +170,10 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     adminHost: '127.0.0.1',
     adminPort: 9444,
     handshakeTimeoutMs: 10_000, // 10 s
+    maxPendingHandshakes: 2_000,
+    maxPendingHandshakesPerAddress: 200,
     connectTimeoutMs: 10_000, // 10 s
+    adminRequestTimeoutMs: 10_000, // 10 s
     statusPollMs: 20, // 20 ms: bounds revoke → live cut
     limits: {
       sensor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
@@ -169,8 +199,12 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     jwtOverlapMs: DAY, // 24 h
     keepAliveTimeoutMs: 5_000, // 5 s
     headersTimeoutMs: 10_000, // 10 s
+    idleTimeoutMs: 60_000, // 60 s
+    bodyIdleTimeoutMs: 10_000, // 10 s
+    minBodyBytesPerSecond: 1024, // 1 KiB/s
     maxHeaderBytes: 16 * 1024, // 16 KiB
     maxConnections: 20_000,
+    maxConnectionsPerDevice: 16,
     routes: [],
   },
   provisioning: {
@@ -178,6 +212,11 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     port: 9443,
     enrollRatePerSecond: 200,
     requestTimeoutMs: 30_000, // 30 s
+    headersTimeoutMs: 10_000, // 10 s
+    keepAliveTimeoutMs: 5_000, // 5 s
+    handshakeTimeoutMs: 10_000, // 10 s
+    maxPendingHandshakes: 1_000,
+    maxPendingHandshakesPerAddress: 100,
     bodyLimitBytes: 20 * 1024, // 20 KiB: a CSR of at most 16 KiB plus its JSON envelope
   },
 });
@@ -197,18 +236,33 @@ const SETTINGS = [
   { key: 'gateway.adminHost', file: ['gateway', 'adminHost'], env: 'FLEETGATE_ADMIN_HOST', kind: 'host' },
   { key: 'gateway.adminPort', file: ['gateway', 'adminPort'], env: 'FLEETGATE_ADMIN_PORT', kind: 'port' },
   { key: 'gateway.handshakeTimeoutMs', file: ['gateway', 'handshakeTimeout'], env: 'FLEETGATE_HANDSHAKE_TIMEOUT', kind: 'duration' },
+  { key: 'gateway.maxPendingHandshakes', file: ['gateway', 'maxPendingHandshakes'], env: 'FLEETGATE_MAX_PENDING_HANDSHAKES', kind: 'count' },
+  { key: 'gateway.maxPendingHandshakesPerAddress', file: ['gateway', 'maxPendingHandshakesPerAddress'], env: 'FLEETGATE_MAX_PENDING_HANDSHAKES_PER_ADDRESS', kind: 'count' },
+  { key: 'gateway.adminRequestTimeoutMs', file: ['gateway', 'adminRequestTimeout'], env: 'FLEETGATE_ADMIN_REQUEST_TIMEOUT', kind: 'duration' },
   { key: 'gateway.connectTimeoutMs', file: ['gateway', 'connectTimeout'], env: 'FLEETGATE_CONNECT_TIMEOUT', kind: 'duration' },
   { key: 'gateway.statusPollMs', file: ['gateway', 'statusPoll'], env: 'FLEETGATE_STATUS_POLL', kind: 'duration' },
   { key: 'provisioning.host', file: ['provisioning', 'host'], env: 'FLEETGATE_PROVISION_HOST', kind: 'host' },
   { key: 'provisioning.port', file: ['provisioning', 'port'], env: 'FLEETGATE_PROVISION_PORT', kind: 'port' },
   { key: 'provisioning.enrollRatePerSecond', file: ['provisioning', 'enrollRatePerSecond'], env: 'FLEETGATE_ENROLL_RATE', kind: 'count' },
   { key: 'provisioning.requestTimeoutMs', file: ['provisioning', 'requestTimeout'], env: 'FLEETGATE_PROVISION_REQUEST_TIMEOUT', kind: 'duration' },
+  { key: 'provisioning.headersTimeoutMs', file: ['provisioning', 'headersTimeout'], env: 'FLEETGATE_PROVISION_HEADERS_TIMEOUT', kind: 'duration' },
+  { key: 'provisioning.keepAliveTimeoutMs', file: ['provisioning', 'keepAliveTimeout'], env: 'FLEETGATE_PROVISION_KEEPALIVE_TIMEOUT', kind: 'duration' },
+  { key: 'provisioning.handshakeTimeoutMs', file: ['provisioning', 'handshakeTimeout'], env: 'FLEETGATE_PROVISION_HANDSHAKE_TIMEOUT', kind: 'duration' },
+  { key: 'provisioning.maxPendingHandshakes', file: ['provisioning', 'maxPendingHandshakes'], env: 'FLEETGATE_PROVISION_MAX_PENDING_HANDSHAKES', kind: 'count' },
+  { key: 'provisioning.maxPendingHandshakesPerAddress', file: ['provisioning', 'maxPendingHandshakesPerAddress'], env: 'FLEETGATE_PROVISION_MAX_PENDING_HANDSHAKES_PER_ADDRESS', kind: 'count' },
   { key: 'https.host', file: ['https', 'host'], env: 'FLEETGATE_HTTPS_HOST', kind: 'host' },
   { key: 'https.port', file: ['https', 'port'], env: 'FLEETGATE_HTTPS_PORT', kind: 'port' },
   { key: 'https.perRequestHandshake', file: ['https', 'perRequestHandshake'], env: 'FLEETGATE_PER_REQUEST_HANDSHAKE', kind: 'boolean' },
   { key: 'https.assertionHeader', file: ['https', 'assertionHeader'], env: 'FLEETGATE_ASSERTION_HEADER', kind: 'header' },
   { key: 'https.issuer', file: ['https', 'issuer'], env: 'FLEETGATE_ISSUER', kind: 'header' },
   { key: 'https.jwtOverlapMs', file: ['https', 'jwtOverlap'], env: 'FLEETGATE_JWT_OVERLAP', kind: 'duration' },
+  { key: 'https.keepAliveTimeoutMs', file: ['https', 'keepAliveTimeout'], env: 'FLEETGATE_HTTPS_KEEPALIVE_TIMEOUT', kind: 'duration' },
+  { key: 'https.headersTimeoutMs', file: ['https', 'headersTimeout'], env: 'FLEETGATE_HTTPS_HEADERS_TIMEOUT', kind: 'duration' },
+  { key: 'https.idleTimeoutMs', file: ['https', 'idleTimeout'], env: 'FLEETGATE_HTTPS_IDLE_TIMEOUT', kind: 'duration' },
+  { key: 'https.bodyIdleTimeoutMs', file: ['https', 'bodyIdleTimeout'], env: 'FLEETGATE_HTTPS_BODY_IDLE_TIMEOUT', kind: 'duration' },
+  { key: 'https.minBodyBytesPerSecond', file: ['https', 'minBodyBytesPerSecond'], env: 'FLEETGATE_HTTPS_MIN_BODY_RATE', kind: 'count' },
+  { key: 'https.maxConnections', file: ['https', 'maxConnections'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS', kind: 'count' },
+  { key: 'https.maxConnectionsPerDevice', file: ['https', 'maxConnectionsPerDevice'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS_PER_DEVICE', kind: 'count' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },

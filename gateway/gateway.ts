@@ -1,6 +1,9 @@
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../config/config.ts';
 import { dataPaths, urlHost } from '../config/paths.ts';
+import { ConnectionGuard } from '../edge/guard.ts';
+import { ThrottledLog } from '../edge/throttled-log.ts';
+import { serverTlsOptions } from '../edge/tls.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { AuditAppender } from '../provisioning/registry/audit-appender.ts';
 import type { StatusEvent } from '../provisioning/registry/records.ts';
@@ -15,7 +18,6 @@ import { startMqttListeners } from './mqtt/listeners.ts';
 import { SessionTable, type Session } from './sessions.ts';
 import { StatusChecker } from './status/check.ts';
 import { StatusWatcher } from './status/watch.ts';
-import { deviceTlsOptions } from './tls/context.ts';
 
 export interface RunningGateway {
   endpoints: { mqtts: string; wss: string; https: string; admin: string };
@@ -40,7 +42,16 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const audit = new AuditAppender(paths.registry);
   const sessions = new SessionTable();
   const metrics = createMetrics();
-  const tls = deviceTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs });
+  const tls = serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' });
+  // Anonymous peers: counted, throttled in the log, bounded by one guard over every listener.
+  const refusals = new ThrottledLog(log);
+  const guard = new ConnectionGuard(
+    { maxPending: g.maxPendingHandshakes, maxPendingPerAddress: g.maxPendingHandshakesPerAddress, handshakeTimeoutMs: g.handshakeTimeoutMs },
+    { refused: (listener, reason, remoteAddress) => {
+      metrics.unauthenticatedClosed.inc({ listener, reason });
+      refusals.warn(`unauthenticated:${reason}`, { decision: 'closed', listener, reason, remoteAddress }, 'unauthenticated connection closed');
+    } },
+  );
   const plane = await MqttPlane.create({ config: g, checker, sessions, metrics, log: log.child({ plane: 'mqtt' }) });
 
   const cut = (session: Session, error: FleetgateError, actor: string, event?: StatusEvent) => {
@@ -87,10 +98,33 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     for (const s of live) cut(s, new FleetgateError('NOT_AUTHORIZED', `kicked by ${actor}`), actor);
     return live.length;
   };
-  const listeners = await startMqttListeners(plane, tls, g, log, metrics);
-  const httpsPlane = await startHttpsPlane(config.https, tls, { checker, minter, metrics, log: log.child({ plane: 'https' }) });
+  // Listeners start one by one; if one cannot bind, everything already started is closed and the
+  // coded error (PORT_IN_USE …) goes up: no half-started gateway keeps the process alive.
+  const stopAll = async () => {
+    watcher.close();
+    clearInterval(keyWatch);
+    await plane.close();
+    checker.close();
+    audit.close();
+  };
+  const started: (() => Promise<unknown>)[] = [];
+  const step = async <T>(start: () => Promise<T>, stop: (v: T) => Promise<unknown>): Promise<T> => {
+    try {
+      const v = await start();
+      started.push(() => stop(v));
+      return v;
+    } catch (err) {
+      for (const s of started.reverse()) await s().catch(() => undefined);
+      await stopAll().catch(() => undefined);
+      throw err;
+    }
+  };
+  const edge = { guard, refusals, metrics, log };
+  const listeners = await step(() => startMqttListeners(plane, tls, g, edge), async (l) => { l.mqtts.close(); l.wss.close(); l.wss.closeAllConnections(); });
+  const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { checker, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
-  const admin = await startAdmin(g, tls, { checker, sessions, metrics, kick, jwks: () => loadKeyring(paths).jwks });
+  const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
+    { checker, sessions, metrics, kick, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
   const host = urlHost(g.host);
   return {
     endpoints: {
@@ -102,19 +136,15 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     ports: { ...listeners.ports, https: httpsPlane.port, admin: admin.port },
     sessions, metrics, kick,
     async close() {
-      watcher.close();
-      clearInterval(keyWatch);
       for (const s of sessions.all()) s.close();
       await Promise.all([
         new Promise((r) => listeners.mqtts.close(r)),
         new Promise((r) => listeners.wss.close(r)),
         admin.app.close(),
         httpsPlane.app.close(),
-        plane.close(),
       ]);
       listeners.wss.closeAllConnections();
-      checker.close();
-      audit.close();
+      await stopAll();
     },
   };
 }

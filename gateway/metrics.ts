@@ -18,6 +18,10 @@ export function createMetrics() {
     liveCuts: new Counter({ name: 'fleetgate_live_cuts_total', help: 'Live sessions cut by a status change, by code', labelNames: ['code'] as const, registers: [registry] }),
     httpsHandshakes: new Counter({ name: 'fleetgate_https_handshakes_total', help: 'Full TLS handshakes on the HTTPS plane', registers: [registry] }),
     httpsRequests: new Counter({ name: 'fleetgate_https_requests_total', help: 'HTTPS plane requests by outcome code (OK: served)', labelNames: ['code'] as const, registers: [registry] }),
+    unauthenticatedClosed: new Counter({
+      name: 'fleetgate_unauthenticated_closed_total', help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
+      labelNames: ['listener', 'reason'] as const, registers: [registry],
+    }),
     statusCheck: new Histogram({
       name: 'fleetgate_status_check_seconds', help: 'Latency of the registry status check per connection',
       buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025], registers: [registry],

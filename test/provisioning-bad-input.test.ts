@@ -56,7 +56,9 @@ const cases: [string, () => Promise<{ status: number; json<T>(): T; body: string
   ['EST with a device id with SQL in it', () => post('/.well-known/est/simpleenroll', csrDer(goodCsr).toString('base64'), {
     'content-type': 'application/pkcs10', authorization: `Basic ${Buffer.from(`x'); DROP TABLE devices;--:${token}`).toString('base64')}`,
   }), 401, 'TOKEN_INVALID'],
-  ['unicode in every field', () => post('/v1/enroll', json({ token: unicode, csr: unicode })), 400, 'CSR_INVALID'],
+  // The requester is authenticated before its CSR is parsed: a bad token is the first refusal.
+  ['unicode in every field', () => post('/v1/enroll', json({ token: unicode, csr: unicode })), 401, 'TOKEN_INVALID'],
+  ['unicode CSR with a good token', () => post('/v1/enroll', json({ token, csr: unicode })), 400, 'CSR_INVALID'],
   ['10 KB strings in every field', () => post('/v1/enroll', json({ token: big, csr: big })), 400, 'BAD_REQUEST'],
   ['10 KB strings in every claim field (40 KB: over the body limit)', () => post('/v1/enroll/claim', json({ hardwareSerial: big, csr: big, type: big, fleet: big })), 413, 'PAYLOAD_TOO_LARGE'],
   ['a 10 KB hardware serial', () => post('/v1/enroll/claim', json({ hardwareSerial: big, csr: goodCsr })), 400, 'BAD_REQUEST'],

@@ -42,16 +42,25 @@ test('token/unknown → 401 TOKEN_INVALID; expired → 401 TOKEN_EXPIRED', async
 
 test('claim/allowed serial enrolls once; unknown serial; second use; revoked claim', async () => {
   const out = join(p.dir, 'claim-line-1');
-  await fleetgateOk(['claim', 'create', 'line-1', '--out', out, '--data', p.config.dataDir]);
-  await fleetgateOk(['claim', 'allow', 'line-1', '--serials', '-', '--data', p.config.dataDir], { input: 'SN-0001\nSN-0002\n# comment\n\n' });
+  await fleetgateOk(['claim', 'create', 'line-1', '--out', out, '--fleet', 'north', '--types', 'camera,sensor', '--data', p.config.dataDir]);
+  await fleetgateOk(['claim', 'allow', 'line-1', '--serials', '-', '--data', p.config.dataDir], { input: 'SN-0001\nSN-0002\nSN-0003\n# comment\n\n' });
   const claim = { deviceId: 'claim', certPem: readFileSync(join(out, 'claim.crt'), 'utf8'), keyPem: readFileSync(join(out, 'claim.key'), 'utf8') } as Credential;
-  const enrollAs = async (hardwareSerial: string, cred: Credential | null = claim, type?: string) => https(`${p.url}/v1/enroll/claim`, {
-    ca, ...(cred !== null && { cred }), body: JSON.stringify({ hardwareSerial, csr: await csrPem(await newKeys(), hardwareSerial), ...(type && { type }) }),
+  const enrollAs = async (hardwareSerial: string, cred: Credential | null = claim, type?: string, fleet?: string) => https(`${p.url}/v1/enroll/claim`, {
+    ca, ...(cred !== null && { cred }), body: JSON.stringify({ hardwareSerial, csr: await csrPem(await newKeys(), hardwareSerial), ...(type && { type }), ...(fleet && { fleet }) }),
   });
+  // The claim decides the fleet and the types; the holder of the claim certificate cannot.
+  for (const [type, fleet] of [['gateway', undefined], ['service', undefined], [undefined, 'south']] as const) {
+    const r = await enrollAs('SN-0003', claim, type, fleet);
+    assert.deepEqual([r.status, code(r)], [403, 'NOT_AUTHORIZED'], `type ${type} fleet ${fleet}`);
+  }
+  assert.equal(p.registry.getDevice('hw-SN-0003'), undefined, 'nothing created');
   const first = await enrollAs('SN-0001', claim, 'camera');
   assert.equal(first.status, 201, first.body);
   assert.equal(first.json<{ deviceId: string }>().deviceId, 'hw-SN-0001');
-  assert.equal(p.registry.getDevice('hw-SN-0001')?.type, 'camera');
+  assert.deepEqual([p.registry.getDevice('hw-SN-0001')?.type, p.registry.getDevice('hw-SN-0001')?.fleet], ['camera', 'north']);
+  const byDefault = await enrollAs('SN-0003', claim, undefined, 'north');
+  assert.equal(byDefault.status, 201, byDefault.body);
+  assert.equal(p.registry.getDevice('hw-SN-0003')?.type, 'camera', 'the claim\'s first type is the default');
   const second = await enrollAs('SN-0001');
   assert.deepEqual([second.status, code(second)], [409, 'SERIAL_ALREADY_ENROLLED']);
   const unknown = await enrollAs('SN-9999');
@@ -103,10 +112,13 @@ test('renew/valid; revoked; suspended; denylisted; expired', async () => {
   }
 });
 
-test('audit/every enrollment outcome is audited with its code; the token never is', async () => {
+test('audit/what identified parties did is audited with its code; anonymous refusals are logged, not audited; the token never appears', async () => {
   const refused = p.registry.listAudit().filter((a) => a.action === 'enroll.refused');
   const codes = new Set(refused.map((a) => a.detail.code));
-  for (const c of ['TOKEN_USED', 'TOKEN_INVALID', 'TOKEN_EXPIRED', 'SERIAL_NOT_ALLOWED', 'CLAIM_REVOKED', 'CERT_REVOKED']) assert.ok(codes.has(c), `${c} audited`);
+  for (const c of ['TOKEN_USED', 'TOKEN_EXPIRED', 'SERIAL_NOT_ALLOWED', 'CLAIM_REVOKED', 'CERT_REVOKED']) assert.ok(codes.has(c), `${c} audited`);
+  // An unknown token identifies nobody: anyone could write such rows without bound.
+  assert.ok(!codes.has('TOKEN_INVALID'), 'an unknown token is not audited');
+  assert.ok(p.log.lines.some((l) => l.code === 'TOKEN_INVALID' && l.decision === 'refused'), 'but it is logged');
   const text = JSON.stringify(p.registry.listAudit()) + JSON.stringify(p.log.lines);
   assert.doesNotMatch(text, /fgt_[A-Za-z0-9_-]{20,}/, 'no token in the audit log or the service log');
 });

@@ -30,7 +30,7 @@ test('sdk enroll/EST: cacerts, simpleenroll with Basic auth, simplereenroll with
 test('sdk enroll/claim certificate + hardware serial', async (t) => {
   const p = await startTestProvisioning(t);
   const claimDir = join(p.dir, 'claim');
-  await fleetgateOk(['claim', 'create', 'line-9', '--out', claimDir, '--data', p.config.dataDir]);
+  await fleetgateOk(['claim', 'create', 'line-9', '--out', claimDir, '--types', 'sensor,camera', '--data', p.config.dataDir]);
   await fleetgateOk(['claim', 'allow', 'line-9', '--serials', '-', '--data', p.config.dataDir], { input: 'SN-77\n' });
   const id = await enrollWithClaim({ server: p.url, ca: p.ca.rootPem, identityDir: join(p.dir, 'hw'), claimDir, hardwareSerial: 'SN-77', type: 'camera' });
   assert.equal(id.info.deviceId, 'hw-SN-77');

@@ -19,7 +19,9 @@ export function registerClaim(program: Command, common: CommonFlags): void {
     .description('make a claim key + certificate (provisioning service only, never the gateway) into DIR')
     .requiredOption('--out <dir>', 'directory for claim.crt and claim.key (0600); must not hold them already')
     .option('--days <n>', 'lifetime in days', parsePositiveInt('--days'), 365)
-    .action(async (name: string, opts: CommonOptions & { out: string; days: number }) => {
+    .option('--fleet <fleet>', 'the fleet every device it enrolls joins (the request cannot choose)', 'default')
+    .option('--types <types>', 'device types it may enroll, comma-separated; the first is the default (sensor, gateway, camera)', 'sensor')
+    .action(async (name: string, opts: CommonOptions & { out: string; days: number; fleet: string; types: string }) => {
       await withContext(opts, async (ctx) => {
         assertDeviceId(name, 'claim name');
         const certFile = join(opts.out, 'claim.crt');
@@ -27,11 +29,12 @@ export function registerClaim(program: Command, common: CommonFlags): void {
         for (const f of [certFile, keyFile]) if (existsSync(f)) throw new FleetgateError('USAGE', `${f} exists; fleetgate will not overwrite it`);
         const cred = await makeClaimCredential(await ctx.ca(), name, opts.days * DAY);
         // Recorded before anyone has it.
-        const record = ctx.registry().createClaim({ name, serial: cred.serial, fingerprint: cred.fingerprint, notAfter: cred.notAfter, pem: cred.certPem }, ctx.actor);
+        const types = opts.types.split(',').map((t) => t.trim()).filter(Boolean);
+        const record = ctx.registry().createClaim({ name, serial: cred.serial, fingerprint: cred.fingerprint, notAfter: cred.notAfter, pem: cred.certPem, fleet: opts.fleet, types }, ctx.actor);
         writeNewFile(keyFile, cred.keyPem, 0o600);
         writeNewFile(certFile, cred.certPem, 0o644);
-        emit(opts, { name, serial: record.serial, notAfter: iso(record.notAfter), cert: certFile, key: keyFile },
-          () => `claim ${name} (serial ${record.serial}, until ${iso(record.notAfter)}) → ${certFile}, ${keyFile}`);
+        emit(opts, { name, serial: record.serial, notAfter: iso(record.notAfter), fleet: record.fleet, types: record.types, cert: certFile, key: keyFile },
+          () => `claim ${name} (serial ${record.serial}, until ${iso(record.notAfter)}; fleet ${record.fleet}, types ${record.types.join(',')}) → ${certFile}, ${keyFile}`);
       });
     });
 
@@ -66,8 +69,8 @@ export function registerClaim(program: Command, common: CommonFlags): void {
     .action(async (opts: CommonOptions) => {
       await withContext(opts, (ctx) => {
         const rows = ctx.registry().listClaims().map(({ pem: _pem, ...c }) => c);
-        emit(opts, rows, () => table(['NAME', 'SERIAL', 'NOT AFTER', 'ALLOWED', 'ENROLLED', 'STATUS'],
-          rows.map((c) => [c.name, c.serial, iso(c.notAfter), String(c.allowed), String(c.enrolled), c.revokedAt === null ? 'active' : 'revoked'])));
+        emit(opts, rows, () => table(['NAME', 'SERIAL', 'NOT AFTER', 'FLEET', 'TYPES', 'ALLOWED', 'ENROLLED', 'STATUS'],
+          rows.map((c) => [c.name, c.serial, iso(c.notAfter), c.fleet, c.types.join(','), String(c.allowed), String(c.enrolled), c.revokedAt === null ? 'active' : 'revoked'])));
       });
     });
 }

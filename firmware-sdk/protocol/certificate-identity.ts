@@ -1,5 +1,4 @@
 import { createHash, type X509Certificate } from 'node:crypto';
-import type { TLSSocket } from 'node:tls';
 import { DEVICE_URI_PREFIX, isDeviceId } from './device-id.ts';
 import { FleetgateError } from './errors.ts';
 
@@ -74,11 +73,4 @@ export function identityFromCertificate(cert: X509Certificate): PeerIdentity {
     notAfter: Date.parse(cert.validTo),
     x5tS256: createHash('sha256').update(der).digest('base64url'),
   };
-}
-
-/** The identity of an authorized TLS peer; CERT_REQUIRED when there is none. */
-export function identityFromSocket(socket: TLSSocket): PeerIdentity {
-  const cert = socket.authorized ? socket.getPeerX509Certificate() : undefined;
-  if (cert === undefined) throw new FleetgateError('CERT_REQUIRED', 'no verified client certificate on this connection');
-  return identityFromCertificate(cert);
 }

@@ -16,7 +16,11 @@ export interface Tlv {
 
 export class DerError extends Error {}
 
-/** Reads one TLV at `offset`, within `limit`. Definite lengths only (DER). */
+/**
+ * Reads one TLV at `offset`, within `limit`. DER only (X.690 §10.1): definite lengths in their
+ * shortest form — the long form only from 128 on, with no leading zero byte — so that one value
+ * has one encoding (a hash of the bytes then identifies the value).
+ */
 export function readTlv(buf: Uint8Array, offset: number, limit = buf.length): Tlv {
   if (offset + 2 > limit) throw new DerError('truncated');
   const tag = buf[offset] as number;
@@ -25,20 +29,26 @@ export function readTlv(buf: Uint8Array, offset: number, limit = buf.length): Tl
   let p = offset + 2;
   if (len & 0x80) {
     const n = len & 0x7f;
-    if (n === 0 || n > 4) throw new DerError('unsupported length');
+    if (n === 0) throw new DerError('indefinite length is not DER');
+    if (n > 4) throw new DerError('unsupported length');
     if (p + n > limit) throw new DerError('truncated length');
+    if (buf[p] === 0) throw new DerError('non-minimal length (leading zero)');
     len = 0;
     for (let i = 0; i < n; i++) len = len * 256 + (buf[p++] as number);
-    if (len < 0x80 && n === 1) throw new DerError('non-minimal length');
+    if (len < 0x80) throw new DerError('non-minimal length (long form below 128)');
   }
   if (p + len > limit) throw new DerError('content runs past its container');
   return { tag, start: offset, contentStart: p, end: p + len };
 }
 
-/** The TLVs directly inside a constructed TLV. */
-export function children(buf: Uint8Array, parent: Tlv): Tlv[] {
+/** No structure fleetgate reads has more elements than this in one container. */
+export const MAX_CHILDREN = 256;
+
+/** The TLVs directly inside a constructed TLV (at most `max`: a hostile input cannot make us build huge lists). */
+export function children(buf: Uint8Array, parent: Tlv, max = MAX_CHILDREN): Tlv[] {
   const out: Tlv[] = [];
   for (let p = parent.contentStart; p < parent.end;) {
+    if (out.length === max) throw new DerError(`more than ${max} elements in one structure`);
     const t = readTlv(buf, p, parent.end);
     out.push(t);
     p = t.end;
@@ -51,12 +61,15 @@ export function expectTag(t: Tlv | undefined, tag: number, what: string): Tlv {
   return t;
 }
 
-/** Dotted OID from an OBJECT IDENTIFIER TLV's content. */
+/** Dotted OID from an OBJECT IDENTIFIER TLV's content; minimal encoding only (X.690 §8.19.2). */
 export function oid(buf: Uint8Array, t: Tlv): string {
+  if (t.end === t.contentStart || t.end - t.contentStart > 64) throw new DerError('OBJECT IDENTIFIER of bad length');
+  if (((buf[t.end - 1] as number) & 0x80) !== 0) throw new DerError('OBJECT IDENTIFIER ends inside a subidentifier');
   const parts: number[] = [];
   let value = 0;
   for (let i = t.contentStart; i < t.end; i++) {
     const b = buf[i] as number;
+    if (b === 0x80 && (i === t.contentStart || ((buf[i - 1] as number) & 0x80) === 0)) throw new DerError('non-minimal OBJECT IDENTIFIER subidentifier');
     value = value * 128 + (b & 0x7f);
     if ((b & 0x80) === 0) {
       if (parts.length === 0) parts.push(value < 80 ? Math.floor(value / 40) : 2, value < 80 ? value % 40 : value - 80);

@@ -9,6 +9,9 @@ export const DEVICE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 export const DEVICE_TYPES = Object.freeze(['sensor', 'gateway', 'camera', 'service', 'operator'] as const);
 export type DeviceType = (typeof DEVICE_TYPES)[number];
 
+/** What a claim certificate may enroll: devices, never services or operators. */
+export const CLAIM_DEVICE_TYPES: readonly DeviceType[] = Object.freeze(['sensor', 'gateway', 'camera'] as const);
+
 /** The SAN URI the CA writes into every device certificate. */
 export const DEVICE_URI_PREFIX = 'urn:fleetgate:device:';
 

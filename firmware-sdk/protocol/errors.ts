@@ -45,6 +45,11 @@ export const ERRORS = Object.freeze({
   REGISTRY_UNAVAILABLE: entry(503, 3, EXIT.unavailable, 'service unavailable'),
   CA_NOT_INITIALIZED: entry(503, 3, EXIT.unavailable, 'certificate authority not initialized'),
   CA_INVALID: entry(500, 3, EXIT.internal, 'certificate authority files are inconsistent'),
+  PORT_IN_USE: entry(500, 3, EXIT.unavailable, 'port in use'),
+  PORT_UNAVAILABLE: entry(500, 3, EXIT.unavailable, 'cannot listen'),
+  CONNECTION_LIMIT: entry(429, 3, EXIT.unavailable, 'too many connections'),
+  REQUEST_TIMEOUT: entry(408, 5, EXIT.unavailable, 'request timed out'),
+  PATH_INVALID: entry(400, 5, EXIT.rejected, 'invalid request path'),
 
   // --- devices ---
   DEVICE_ID_INVALID: entry(400, 2, EXIT.usage, 'invalid device id'),
@@ -64,6 +69,7 @@ export const ERRORS = Object.freeze({
   CERT_NOT_YET_VALID: entry(403, 5, EXIT.denied, 'certificate not yet valid'),
   CERT_REVOKED: entry(403, 5, EXIT.denied, 'certificate revoked'),
   CERT_NOT_FOUND: entry(404, 5, EXIT.notFound, 'certificate not found'),
+  CERT_SUPERSEDED: entry(403, 5, EXIT.denied, 'certificate superseded'),
   DENYLISTED: entry(403, 5, EXIT.denied, 'not authorized'),
   DENY_NOT_FOUND: entry(404, 5, EXIT.notFound, 'denylist entry not found'),
   NOT_AUTHORIZED: entry(403, 5, EXIT.denied, 'not authorized'),

@@ -1,8 +1,14 @@
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { TLSSocket, TlsOptions } from 'node:tls';
+import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/config.ts';
-import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { identityFromSocket } from '../../firmware-sdk/protocol/certificate-identity.ts';
+import { admit } from '../../edge/admission.ts';
+import type { ConnectionGuard } from '../../edge/guard.ts';
+import { onTlsClientError } from '../../edge/handshake-errors.ts';
+import { httpError, logFields, sendError } from '../../edge/http-errors.ts';
+import { bindError } from '../../edge/listen.ts';
+import type { ThrottledLog } from '../../edge/throttled-log.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { Metrics } from '../metrics.ts';
 import { SessionTable } from '../sessions.ts';
 import type { StatusChecker } from '../status/check.ts';
@@ -11,6 +17,9 @@ export interface AdminDeps {
   checker: StatusChecker;
   sessions: SessionTable;
   metrics: Metrics;
+  guard: ConnectionGuard;
+  refusals: ThrottledLog;
+  log: Logger;
   /** Closes every live session of a device; returns how many. */
   kick(deviceId: string, actor: string): number;
   /** The public keys origins verify assertions with. */
@@ -19,36 +28,38 @@ export interface AdminDeps {
 
 /** Only an `operator` certificate, valid by the registry right now, may use /v1. */
 function requireOperator(req: FastifyRequest, checker: StatusChecker): string {
-  const identity = identityFromSocket(req.raw.socket as TLSSocket);
-  const { device } = checker.check(identity);
-  if (device.type !== 'operator') throw new FleetgateError('NOT_AUTHORIZED', `${device.id} is a ${device.type}, not an operator`);
-  return device.id;
+  return admit(req.raw.socket as TLSSocket, checker, { types: ['operator'] }).device.id;
 }
 
 /**
  * The admin listener (loopback by default): `/healthz` and `/metrics` for probes and
  * Prometheus, `/.well-known/jwks.json` for origins, `/v1/connections` for operators (client certificate of type `operator`).
  * The TLS layer requests a certificate but lets the request through without one, so probes
- * work; every `/v1` route checks for itself.
+ * work; every `/v1` route admits the caller itself.
  */
 export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: AdminDeps): Promise<{ app: FastifyInstance; port: number }> {
   const app = Fastify({
-    https: { ...tls, rejectUnauthorized: false },
+    https: tls,
     logger: false,
-    requestTimeout: 10_000,
-    connectionTimeout: 10_000,
+    requestTimeout: config.adminRequestTimeoutMs,
+    connectionTimeout: config.adminRequestTimeoutMs,
     keepAliveTimeout: 5_000,
   });
-  app.setErrorHandler((err, _req, reply) => {
-    const e = toFleetgateError(err);
-    void reply.status(e.httpStatus).send({ error: { code: e.code, message: e.code === 'INTERNAL' ? e.publicMessage : e.message } });
+  app.server.on('tlsClientError', onTlsClientError(deps.refusals, (code) => deps.metrics.handshakes.inc({ transport: 'admin', outcome: 'tls_failed', code }), { transport: 'admin' }));
+  deps.guard.attach(app.server, 'admin');
+  app.setErrorHandler((err, req, reply) => {
+    const e = httpError(err);
+    if (e.code === 'INTERNAL') deps.log.error({ err, url: req.url }, 'admin request failed');
+    else deps.log.warn({ decision: 'refused', surface: 'admin', url: req.url.split('?')[0], ...logFields(e) }, 'admin request refused');
+    void sendError(reply, e);
   });
+  app.setNotFoundHandler((req, reply) => void sendError(reply, new FleetgateError('ROUTE_NOT_FOUND', `no admin route ${req.method} ${req.url.split('?')[0]}`)));
   app.get('/healthz', async (_req, reply) => {
     try {
       deps.checker.reader();
       return { status: 'ok', sessions: deps.sessions.size };
     } catch (err) {
-      return reply.status(503).send({ status: 'unavailable', error: { code: toFleetgateError(err).code } });
+      return reply.status(503).send({ status: 'unavailable', error: { code: httpError(err).code } });
     }
   });
   app.get('/.well-known/jwks.json', async (_req, reply) => reply.header('cache-control', 'max-age=300').send(deps.jwks()));
@@ -61,7 +72,12 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
     const operator = requireOperator(req, deps.checker);
     return { deviceId: req.params.deviceId, closed: deps.kick(req.params.deviceId, `operator:${operator}`) };
   });
-  await app.listen({ host: config.adminHost, port: config.adminPort });
+  try {
+    await app.listen({ host: config.adminHost, port: config.adminPort });
+  } catch (err) {
+    await app.close();
+    throw bindError(err as NodeJS.ErrnoException, config.adminHost, config.adminPort, 'gateway.adminPort (FLEETGATE_ADMIN_PORT)');
+  }
   const address = app.server.address();
   return { app, port: typeof address === 'object' && address !== null ? address.port : config.adminPort };
 }

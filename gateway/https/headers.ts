@@ -1,15 +1,40 @@
 import type { IncomingHttpHeaders } from 'node:http';
 
 /**
- * Headers a device may not set: any copy of the assertion, and every way of claiming a client
- * certificate to the origin (XFCC, RFC 9440 Client-Cert/Client-Cert-Chain, X-Client-Cert*),
- * plus forwarding headers the gateway sets itself.
+ * Request headers a device may never send to the origin: the gateway sets some of them itself,
+ * and the rest are what proxies conventionally use to tell an origin who the client is (its
+ * certificate, its verification result, its address). An origin behind fleetgate must be able
+ * to trust that none of them came from the device. Compared with `_` read as `-` and case
+ * folded: WSGI, CGI and PHP origins see `Fleetgate_Assertion` and `Fleetgate-Assertion` as the
+ * same variable, and so must this list.
  */
+export const STRIPPED_REQUEST_HEADERS: readonly string[] = Object.freeze([
+  // What the gateway itself sets (the assertion header is added from the configuration).
+  'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix', 'x-forwarded-server', 'forwarded',
+  // Client certificate, as Envoy, RFC 9440, nginx, Apache, HAProxy, Traefik, IIS/ARR, AWS ALB pass it.
+  'x-forwarded-client-cert', 'client-cert', 'client-cert-chain',
+  'x-client-cert', 'x-client-cert-chain', 'x-client-verify', 'x-client-dn', 'x-client-s-dn', 'x-client-i-dn', 'x-client-serial', 'x-client-fingerprint',
+  'x-ssl-client-cert', 'x-ssl-client-s-dn', 'x-ssl-client-i-dn', 'x-ssl-client-verify', 'x-ssl-client-serial', 'x-ssl-client-fingerprint', 'x-ssl-client-dn', 'x-ssl-cert', 'x-ssl-client-escaped-cert',
+  'ssl-client-cert', 'ssl-client-verify', 'ssl-client-s-dn', 'ssl-client-i-dn',
+  'x-forwarded-tls-client-cert', 'x-forwarded-tls-client-cert-info', 'x-arr-clientcert', 'x-amzn-mtls-clientcert', 'x-amzn-mtls-clientcert-leaf',
+  // Client address, as proxies and CDNs pass it.
+  'x-real-ip', 'x-client-ip', 'x-cluster-client-ip', 'true-client-ip', 'cf-connecting-ip', 'fastly-client-ip', 'x-original-forwarded-for',
+]);
+
+/** Name prefixes stripped the same way (every variant of a client-certificate header). */
+const STRIPPED_PREFIXES = ['x-client-cert', 'x-ssl-client-', 'ssl-client-', 'x-forwarded-tls-client-'];
+
+const STRIPPED = new Set(STRIPPED_REQUEST_HEADERS);
+
+/** A header name as CGI-style origins see it: case folded, `_` read as `-`. */
+export function canonicalHeaderName(name: string): string {
+  return name.toLowerCase().replaceAll('_', '-');
+}
+
+/** True when a device-sent header must not reach the origin ({@link STRIPPED_REQUEST_HEADERS}, or a copy of the assertion). */
 export function isSpoofable(name: string, assertionHeader: string): boolean {
-  const n = name.toLowerCase();
-  return n === assertionHeader.toLowerCase()
-    || n === 'x-forwarded-client-cert' || n === 'client-cert' || n === 'client-cert-chain' || n.startsWith('x-client-cert')
-    || n === 'x-forwarded-for' || n === 'x-forwarded-proto' || n === 'x-forwarded-host' || n === 'forwarded';
+  const n = canonicalHeaderName(name);
+  return n === canonicalHeaderName(assertionHeader) || STRIPPED.has(n) || STRIPPED_PREFIXES.some((p) => n.startsWith(p));
 }
 
 /** The request headers the origin receives. */

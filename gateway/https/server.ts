@@ -4,45 +4,76 @@ import { Transform } from 'node:stream';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { HttpsConfig, RouteConfig } from '../../config/config.ts';
-import { identityFromSocket, type PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
-import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { admit, socketIdentity, type Admitted } from '../../edge/admission.ts';
+import type { ConnectionGuard } from '../../edge/guard.ts';
+import { onTlsClientError } from '../../edge/handshake-errors.ts';
+import { httpError, logFields, sendError } from '../../edge/http-errors.ts';
+import { bindError } from '../../edge/listen.ts';
+import type { ThrottledLog } from '../../edge/throttled-log.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
 import type { StatusChecker } from '../status/check.ts';
 import type { AssertionMinter } from './assertion.ts';
 import { deviceResponseHeaders, originRequestHeaders } from './headers.ts';
+import { normalizeTarget, type NormalizedTarget } from './path.ts';
 
 export interface HttpsDeps {
   checker: StatusChecker;
   minter: AssertionMinter;
+  guard: ConnectionGuard;
+  refusals: ThrottledLog;
   metrics: Metrics;
   log: Logger;
 }
 
-interface Admitted {
-  device: DeviceRecord;
-  identity: PeerIdentity;
+interface RequestState extends Admitted {
+  target: NormalizedTarget;
   /** The minted assertion of this request: sent to the origin, never to the device, never logged. */
   token?: string;
+  /** Why the request body was cut (over the limit, stalled), if it was. */
+  bodyError?: FleetgateError;
 }
 
 declare module 'fastify' {
   interface FastifyRequest {
-    fleetgate?: Admitted;
+    fleetgate?: RequestState;
   }
 }
 
-/** The identity of a TLS connection is read once; its status is checked on every request. */
-const identities = new WeakMap<TLSSocket, PeerIdentity>();
+/**
+ * Open connections per device on the HTTPS plane. A connection past the device's cap is marked
+ * at its handshake and each of its requests is refused (429 CONNECTION_LIMIT, then closed): one
+ * device certificate cannot hold the plane's connections.
+ */
+class ConnectionsPerDevice {
+  readonly #counts = new Map<string, number>();
+  readonly #over = new WeakSet<TLSSocket>();
+  readonly #cap: number;
 
-function admit(req: FastifyRequest, checker: StatusChecker): Admitted {
-  const socket = req.raw.socket as TLSSocket;
-  let identity = identities.get(socket);
-  if (identity === undefined) {
-    identity = identityFromSocket(socket);
-    identities.set(socket, identity);
+  constructor(cap: number) {
+    this.#cap = cap;
   }
-  return checker.check(identity);
+
+  opened(socket: TLSSocket): void {
+    let deviceId: string;
+    try {
+      deviceId = socketIdentity(socket).deviceId;
+    } catch {
+      return; // refused at its first request, with the reason
+    }
+    const n = (this.#counts.get(deviceId) ?? 0) + 1;
+    this.#counts.set(deviceId, n);
+    if (n > this.#cap) this.#over.add(socket);
+    socket.once('close', () => {
+      const left = (this.#counts.get(deviceId) ?? 1) - 1;
+      if (left <= 0) this.#counts.delete(deviceId); else this.#counts.set(deviceId, left);
+    });
+  }
+
+  check(socket: TLSSocket): void {
+    if (this.#over.has(socket)) throw new FleetgateError('CONNECTION_LIMIT', `more than ${this.#cap} connections from this device`);
+  }
 }
 
 /** Longest prefix wins; a prefix matches whole path segments. */
@@ -60,16 +91,49 @@ function routeAllows(route: RouteConfig, device: DeviceRecord): boolean {
     && (route.allow?.fleets === undefined || route.allow.fleets.includes(device.fleet));
 }
 
-/** Counts body bytes as they stream to the origin; past the route's limit the upload is cut. */
-function limitBody(limit: number): Transform {
+/**
+ * Watches a request body as it streams to the origin: past the route's limit it is cut (413,
+ * chunked bodies included), and so is a body that stalls for `idleMs` or, after that grace,
+ * arrives slower than `minBytesPerSecond` on average (408): a device cannot hold an upload slot
+ * by trickling bytes.
+ */
+function watchBody(limit: number, pace: { idleMs: number; minBytesPerSecond: number }, cut: (e: FleetgateError) => void): Transform {
   let seen = 0;
-  return new Transform({
+  const started = Date.now();
+  let last = started;
+  const fail = (e: FleetgateError) => {
+    clearInterval(timer);
+    cut(e);
+    body.destroy(e);
+  };
+  const timer = setInterval(() => {
+    const now = Date.now();
+    if (now - last > pace.idleMs) return fail(new FleetgateError('REQUEST_TIMEOUT', `request body stalled for ${now - last} ms`));
+    const elapsed = (now - started) / 1000;
+    if (now - started > pace.idleMs && seen / elapsed < pace.minBytesPerSecond) {
+      fail(new FleetgateError('REQUEST_TIMEOUT', `request body at ${Math.round(seen / elapsed)} B/s, below ${pace.minBytesPerSecond} B/s`));
+    }
+  }, Math.min(1_000, pace.idleMs));
+  timer.unref();
+  const body = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       seen += chunk.length;
-      if (seen > limit) return cb(new FleetgateError('PAYLOAD_TOO_LARGE', `request body exceeds ${limit} bytes`));
+      last = Date.now();
+      if (seen > limit) {
+        const e = new FleetgateError('PAYLOAD_TOO_LARGE', `request body exceeds ${limit} bytes`);
+        clearInterval(timer);
+        cut(e);
+        return cb(e);
+      }
       cb(null, chunk);
     },
+    flush(cb) {
+      clearInterval(timer);
+      cb();
+    },
   });
+  body.once('close', () => clearInterval(timer));
+  return body;
 }
 
 function originError(err: Error & { code?: string }): FleetgateError {
@@ -81,22 +145,33 @@ function originError(err: Error & { code?: string }): FleetgateError {
 
 /**
  * The HTTPS plane: certificate on every connection (TLS, no resumption), identity + status on
- * every request (keep-alive too), route policy, a JWT minted for this one request and handed
- * only to the origin, streaming both ways.
+ * every request (keep-alive too), one normalised path for routing and the origin, route policy,
+ * a JWT minted for this one request and handed only to the origin, streaming both ways.
  */
 export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps: HttpsDeps): Promise<{ app: FastifyInstance; port: number }> {
   const { checker, minter, metrics, log } = deps;
+  const longestRoute = Math.max(0, ...config.routes.map((r) => r.timeoutMs));
   const app = Fastify({
     https: { ...tls, maxHeaderSize: config.maxHeaderBytes, noDelay: true } as TlsOptions,
     logger: false,
     keepAliveTimeout: config.keepAliveTimeoutMs,
-    connectionTimeout: 0, // per-route timeouts bound the proxy; headersTimeout bounds slow clients
-    requestTimeout: Math.max(...config.routes.map((r) => r.timeoutMs), 30_000) + 30_000,
+    // Idle connection (no request yet, or no traffic either way): closed. Longer than any route
+    // timeout so a device waiting on a slow origin keeps its connection.
+    connectionTimeout: Math.max(config.idleTimeoutMs, longestRoute + 5_000),
+    requestTimeout: longestRoute + 30_000,
     return503OnClosing: true,
+    // A URL fastify cannot route (bad percent-encoding) is refused like any bad path.
+    frameworkErrors: (err, _req, reply) => void sendError(reply, httpError(err)),
   });
   app.server.headersTimeout = config.headersTimeoutMs;
   app.server.maxConnections = config.maxConnections;
-  app.server.on('secureConnection', () => metrics.httpsHandshakes.inc());
+  app.server.on('tlsClientError', onTlsClientError(deps.refusals, (code) => metrics.handshakes.inc({ transport: 'https', outcome: 'tls_failed', code }), { transport: 'https' }));
+  deps.guard.attach(app.server, 'https');
+  const perDevice = new ConnectionsPerDevice(config.maxConnectionsPerDevice);
+  app.server.on('secureConnection', (socket: TLSSocket) => {
+    metrics.httpsHandshakes.inc();
+    perDevice.opened(socket);
+  });
   await app.register(replyFrom, { disableRequestLogging: true, undici: { connections: 128, pipelining: 1 } });
 
   // Bodies are never parsed or buffered here: they stream to the origin.
@@ -104,56 +179,74 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
   app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
 
   const respond = (req: FastifyRequest, reply: FastifyReply, err: unknown) => {
-    const e = toFleetgateError(err);
-    const admitted = req.fleetgate;
+    const e = httpError(err);
+    const state = req.fleetgate;
     metrics.httpsRequests.inc({ code: e.code });
-    const line = { decision: 'refused', code: e.code, method: req.method, path: req.url.split('?')[0], deviceId: admitted?.device.id ?? (e.detail.deviceId as string | undefined), serial: admitted?.identity.serial ?? e.detail.serial, reason: e.message };
+    const line = {
+      decision: 'refused', method: req.method, path: state?.target.path ?? req.url.split('?')[0]?.slice(0, 200),
+      deviceId: state?.device.id ?? e.detail.deviceId, serial: state?.identity.serial ?? e.detail.serial, ...logFields(e),
+    };
     if (e.code === 'INTERNAL') log.error({ ...line, err }, 'https request failed'); else log.warn(line, 'https request refused');
+    // After a cut body or a connection over the cap, the connection is not reused.
+    if (e.code === 'CONNECTION_LIMIT' || e.code === 'REQUEST_TIMEOUT' || e.code === 'PAYLOAD_TOO_LARGE') void reply.header('connection', 'close');
     // A device learns the code and the short public text; the log has the rest.
-    if (!reply.sent) void reply.status(e.httpStatus).type('application/json').send({ error: { code: e.code, message: e.publicMessage } });
+    if (!reply.sent) void sendError(reply, e);
   };
   app.setErrorHandler((err, req, reply) => respond(req, reply, err));
 
   app.addHook('onRequest', async (req, reply) => {
     if (config.perRequestHandshake) void reply.header('connection', 'close');
-    req.fleetgate = admit(req, checker); // throws the coded refusal → error handler
-  });
-
-  app.get('/v1/whoami', async (req) => {
-    const { device, identity } = req.fleetgate!;
-    metrics.httpsRequests.inc({ code: 'OK' });
-    return {
-      deviceId: device.id, type: device.type, fleet: device.fleet, status: device.status,
-      serial: identity.serial, fingerprint: identity.fingerprint, notAfter: new Date(identity.notAfter).toISOString(),
-    };
+    const socket = req.raw.socket as TLSSocket;
+    perDevice.check(socket);
+    const admitted = admit(socket, checker); // throws the coded refusal → error handler
+    req.fleetgate = { ...admitted, target: normalizeTarget(req.url) };
   });
 
   app.all('/*', async (req, reply) => {
-    const admitted = req.fleetgate!;
-    const path = req.url.split('?')[0] as string;
+    const state = req.fleetgate!;
+    const { path, query } = state.target;
+    if (path === '/v1/whoami') return whoami(state.device, state);
     const route = findRoute(config.routes, path);
     if (route === undefined) throw new FleetgateError('ROUTE_NOT_FOUND', `no route for ${path}`);
-    if (!routeAllows(route, admitted.device)) throw new FleetgateError('ROUTE_DENIED', `${admitted.device.type} ${admitted.device.id} (fleet ${admitted.device.fleet}) may not call ${route.prefix}`);
+    if (!routeAllows(route, state.device)) throw new FleetgateError('ROUTE_DENIED', `${state.device.type} ${state.device.id} (fleet ${state.device.fleet}) may not call ${route.prefix}`);
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > route.bodyLimit) throw new FleetgateError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes exceeds ${route.bodyLimit}`);
-    const { token } = minter.mint(admitted.device, admitted.identity, route.audience, route.timeoutMs);
-    admitted.token = token;
-    if (req.body !== undefined) req.body = (req.body as NodeJS.ReadableStream).pipe(limitBody(route.bodyLimit));
-    const upstreamPath = route.stripPrefix ? req.url.slice(route.prefix.replace(/\/$/, '').length) || '/' : req.url;
-    return reply.from(route.origin + upstreamPath, {
+    const { token } = minter.mint(state.device, state.identity, route.audience, route.timeoutMs);
+    state.token = token;
+    if (req.body !== undefined) {
+      req.body = (req.body as NodeJS.ReadableStream).pipe(watchBody(route.bodyLimit, { idleMs: config.bodyIdleTimeoutMs, minBytesPerSecond: config.minBodyBytesPerSecond }, (e) => {
+        state.bodyError = e;
+      }));
+    }
+    // The upstream URL is built from the normalised path, never from the raw request line.
+    const upstreamPath = route.stripPrefix ? path.slice(route.prefix.replace(/\/$/, '').length) || '/' : path;
+    return reply.from(route.origin + upstreamPath + (query === '' ? '' : `?${query}`), {
       timeout: route.timeoutMs,
       rewriteRequestHeaders: (r, headers) => originRequestHeaders(headers, { assertionHeader: config.assertionHeader, token, clientIp: r.ip }),
       rewriteHeaders: (headers) => deviceResponseHeaders(headers, { assertionHeader: config.assertionHeader, token }),
       onResponse: (_r, rep, res) => {
         metrics.httpsRequests.inc({ code: 'OK' });
-        log.info({ decision: 'proxied', route: route.prefix, status: res.statusCode, deviceId: admitted.device.id, serial: admitted.identity.serial }, 'https request proxied');
+        log.info({ decision: 'proxied', route: route.prefix, status: res.statusCode, deviceId: state.device.id, serial: state.identity.serial }, 'https request proxied');
         void rep.send(res.stream);
       },
-      onError: (rep, { error }) => respond(req, rep as unknown as FastifyReply, originError(error)),
+      onError: (rep, { error }) => respond(req, rep as unknown as FastifyReply, state.bodyError ?? originError(error)),
     });
   });
 
-  await app.listen({ host: config.host, port: config.port });
+  function whoami(device: DeviceRecord, { identity }: Admitted) {
+    metrics.httpsRequests.inc({ code: 'OK' });
+    return {
+      deviceId: device.id, type: device.type, fleet: device.fleet, status: device.status,
+      serial: identity.serial, fingerprint: identity.fingerprint, notAfter: new Date(identity.notAfter).toISOString(),
+    };
+  }
+
+  try {
+    await app.listen({ host: config.host, port: config.port });
+  } catch (err) {
+    await app.close();
+    throw bindError(err as NodeJS.ErrnoException, config.host, config.port, 'https.port (FLEETGATE_HTTPS_PORT)');
+  }
   const address = app.server.address();
   return { app, port: typeof address === 'object' && address !== null ? address.port : config.port };
 }

@@ -5,7 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/config.ts';
 import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
-import { identityFromSocket } from '../../firmware-sdk/protocol/certificate-identity.ts';
+import { admit } from '../../edge/admission.ts';
 import type { Metrics } from '../metrics.ts';
 import { mayPublish, maySubscribe, scopeFor } from '../policy/topics.ts';
 import type { Session, SessionTable, Transport } from '../sessions.ts';
@@ -77,9 +77,8 @@ export class MqttPlane {
     let session: Session | undefined;
     let refusal: FleetgateError | undefined;
     try {
-      const identity = identityFromSocket(socket);
       const stop = metrics.statusCheck.startTimer();
-      const { device } = checker.check(identity);
+      const { device, identity } = admit(socket, checker);
       stop();
       session = {
         id: sessions.nextId(), identity, device, transport, remoteAddress, since: Date.now(), cut: undefined,

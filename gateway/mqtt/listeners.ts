@@ -1,11 +1,13 @@
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { AddressInfo } from 'node:net';
-import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
+import { createServer as createTlsServer, type Server as TlsServer, type TlsOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import { createWebSocketStream, WebSocketServer } from 'ws';
 import type { GatewayConfig } from '../../config/config.ts';
+import type { ConnectionGuard } from '../../edge/guard.ts';
+import { onTlsClientError } from '../../edge/handshake-errors.ts';
+import { listen } from '../../edge/listen.ts';
+import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
-import { handshakeErrorCode } from '../tls/handshake-errors.ts';
 import type { MqttPlane } from './broker.ts';
 
 export interface Listening {
@@ -14,43 +16,47 @@ export interface Listening {
   ports: { mqtts: number; wss: number };
 }
 
-function onTlsClientError(transport: string, log: Logger, metrics: Metrics) {
-  return (err: Error & { code?: string }, socket: TLSSocket) => {
-    const code = handshakeErrorCode(err, socket.authorizationError);
-    metrics.handshakes.inc({ transport, outcome: 'tls_failed', code });
-    log.warn({
-      decision: 'refused', code, transport, remoteAddress: socket.remoteAddress,
-      verify: socket.authorizationError ?? undefined, err: err.message,
-    }, 'tls handshake failed');
-  };
-}
-
-function listen(server: TlsServer | HttpsServer, port: number, host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve((server.address() as AddressInfo).port);
-    });
-  });
+export interface ListenerDeps {
+  guard: ConnectionGuard;
+  log: Logger;
+  refusals: ThrottledLog;
+  metrics: Metrics;
 }
 
 /** MQTT over TLS (8883) and MQTT over WSS (8884, `/mqtt`): the same TLS options, the same plane. */
-export async function startMqttListeners(plane: MqttPlane, tls: TlsOptions, config: GatewayConfig, log: Logger, metrics: Metrics): Promise<Listening> {
+export async function startMqttListeners(plane: MqttPlane, tls: TlsOptions, config: GatewayConfig, deps: ListenerDeps): Promise<Listening> {
+  const { guard, refusals, metrics } = deps;
+  const failed = (transport: string) => onTlsClientError(refusals, (code) => metrics.handshakes.inc({ transport, outcome: 'tls_failed', code }), { transport });
   const mqtts = createTlsServer({ ...tls, noDelay: true }, (socket) => plane.handle(socket, 'mqtts', socket));
-  mqtts.on('tlsClientError', onTlsClientError('mqtts', log, metrics));
+  mqtts.on('tlsClientError', failed('mqtts'));
+  guard.attach(mqtts, 'mqtts');
 
   const wss = createHttpsServer({ ...tls, noDelay: true }, (_req, res) => {
     res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' }).end(`MQTT over WebSocket only, at ${config.wssPath}\n`);
   });
-  wss.on('tlsClientError', onTlsClientError('wss', log, metrics));
+  wss.on('tlsClientError', failed('wss'));
+  guard.attach(wss, 'wss');
+  // Before the upgrade the connection is HTTP: it must send its upgrade request promptly. After
+  // the upgrade, the MQTT CONNECT timeout and keepalive take over.
+  wss.headersTimeout = config.handshakeTimeoutMs;
+  wss.requestTimeout = config.handshakeTimeoutMs;
+  wss.timeout = config.handshakeTimeoutMs;
+  wss.keepAliveTimeout = 1_000;
   const maxPayload = Math.max(...Object.values(config.limits).map((l) => l.maxPacketBytes)) + 8;
   const ws = new WebSocketServer({ server: wss, path: config.wssPath, maxPayload, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
   ws.on('connection', (socket, req) => {
+    req.socket.setTimeout(0); // the idle timer above was for the upgrade request only
     const stream = createWebSocketStream(socket);
     stream.on('error', () => undefined); // surfaced through aedes and the close handler
-    plane.handle(req.socket as TLSSocket, 'wss', stream, req);
+    plane.handle(req.socket as import('node:tls').TLSSocket, 'wss', stream, req);
   });
-  const [mqttsPort, wssPort] = await Promise.all([listen(mqtts, config.mqttPort, config.host), listen(wss, config.wssPort, config.host)]);
+  const bound = await Promise.allSettled([listen(mqtts, config.mqttPort, config.host, 'gateway.mqttPort (FLEETGATE_MQTT_PORT)'), listen(wss, config.wssPort, config.host, 'gateway.wssPort (FLEETGATE_WSS_PORT)')]);
+  const failure = bound.find((b) => b.status === 'rejected');
+  if (failure !== undefined) {
+    mqtts.close();
+    wss.close();
+    throw failure.reason;
+  }
+  const [mqttsPort, wssPort] = bound.map((b) => (b as PromiseFulfilledResult<number>).value) as [number, number];
   return { mqtts, wss, ports: { mqtts: mqttsPort, wss: wssPort } };
 }

@@ -4,12 +4,8 @@ import { RegistryReader } from '../../provisioning/registry/reader.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { checkCertificateStatus } from '../../provisioning/registry/status.ts';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
+import type { StatusSource } from '../../edge/admission.ts';
 
-/** A device whose certificate passed every check. */
-export interface Admitted {
-  device: DeviceRecord;
-  identity: PeerIdentity;
-}
 
 /**
  * The gateway's status check ({@link checkCertificateStatus}) on its read-only registry
@@ -18,7 +14,7 @@ export interface Admitted {
  * **Fails closed**: if the registry cannot be read — the file is gone, replaced, locked or
  * corrupt — the check throws REGISTRY_UNAVAILABLE and the caller refuses.
  */
-export class StatusChecker {
+export class StatusChecker implements StatusSource {
   readonly #file: string;
   #reader: RegistryReader | undefined;
   #inode = 0;
@@ -50,9 +46,9 @@ export class StatusChecker {
     this.#reader = undefined;
   }
 
-  check(identity: PeerIdentity, now = Date.now()): Admitted {
+  status(identity: PeerIdentity, now = Date.now()): DeviceRecord {
     try {
-      return { device: checkCertificateStatus(this.reader(), identity, now), identity };
+      return checkCertificateStatus(this.reader(), identity, now);
     } catch (err) {
       if (err instanceof FleetgateError) throw err;
       this.#drop();

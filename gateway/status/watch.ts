@@ -86,7 +86,7 @@ export class StatusWatcher {
         continue;
       }
       try {
-        session.device = this.#deps.checker.check(session.identity).device;
+        session.device = this.#deps.checker.status(session.identity);
       } catch (err) {
         const e = err instanceof FleetgateError ? err : new FleetgateError('INTERNAL', String(err));
         // Existing sessions are not cut because the registry hiccuped; new ones are refused.

@@ -1,7 +1,5 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import rateLimitPlugin from '@fastify/rate-limit';
-import { constants } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../../config/config.ts';
 import { dataPaths, urlHost } from '../../config/paths.ts';
@@ -9,7 +7,12 @@ import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { loadCa } from '../ca/authority.ts';
 import { estRoutes } from '../est/routes.ts';
 import { RegistryWriter } from '../registry/writer.ts';
-import { httpError } from './errors.ts';
+import { ConnectionGuard } from '../../edge/guard.ts';
+import { onTlsClientError } from '../../edge/handshake-errors.ts';
+import { httpError, logFields, sendError } from '../../edge/http-errors.ts';
+import { bindError } from '../../edge/listen.ts';
+import { ThrottledLog } from '../../edge/throttled-log.ts';
+import { serverTlsOptions } from '../../edge/tls.ts';
 import { jsonRoutes } from './routes.ts';
 import { ProvisioningService } from './service.ts';
 
@@ -31,20 +34,24 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
   const registry = new RegistryWriter(paths.registry);
   const ca = await loadCa(paths);
   const log = deps.log.child({ component: 'provisioning' });
-  const service = new ProvisioningService({ registry, ca, config, log });
+  const refusals = new ThrottledLog(log);
+  const service = new ProvisioningService({ registry, ca, config, log, refusals });
   const app = Fastify({
-    https: {
-      key: readFileSync(paths.serverKey), cert: readFileSync(paths.serverCert), ca: [ca.rootPem, ca.intermediatePem],
-      requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2', secureOptions: constants.SSL_OP_NO_TICKET,
-    },
+    https: serverTlsOptions(paths, { handshakeTimeoutMs: p.handshakeTimeoutMs, clientCert: 'optional' }),
     logger: false,
     bodyLimit: p.bodyLimitBytes,
     requestTimeout: p.requestTimeoutMs,
     connectionTimeout: p.requestTimeoutMs,
-    keepAliveTimeout: 5_000,
+    keepAliveTimeout: p.keepAliveTimeoutMs,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
   });
-  app.server.headersTimeout = 10_000;
+  app.server.headersTimeout = p.headersTimeoutMs;
+  // Unauthenticated peers: failed handshakes closed and counted; pending handshakes bounded.
+  app.server.on('tlsClientError', onTlsClientError(refusals, (code) => service.metrics.tlsFailed.inc({ code }), { surface: 'provisioning' }));
+  new ConnectionGuard(
+    { maxPending: p.maxPendingHandshakes, maxPendingPerAddress: p.maxPendingHandshakesPerAddress, handshakeTimeoutMs: p.handshakeTimeoutMs },
+    { refused: (listener, reason, remoteAddress) => refusals.warn(`unauthenticated:${reason}`, { decision: 'closed', listener, reason, remoteAddress }, 'unauthenticated connection closed') },
+  ).attach(app.server, 'provisioning');
   await app.register(rateLimitPlugin, {
     global: false,
     errorResponseBuilder: (_req, ctx) => Object.assign(new FleetgateError('RATE_LIMITED', `rate limit of ${ctx.max} enrollments per second exceeded; retry after ${ctx.after}`), { statusCode: 429 }),
@@ -53,9 +60,10 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
   app.setErrorHandler((err, req, reply) => {
     const e = httpError(err);
     if (e.code === 'INTERNAL') log.error({ err, url: req.url }, 'internal error');
-    void reply.status(e.httpStatus).send({ error: { code: e.code, message: e.code === 'INTERNAL' ? e.publicMessage : e.message } });
+    else log.debug({ ...logFields(e), url: req.url.split('?')[0] }, 'request refused');
+    void sendError(reply, e);
   });
-  app.setNotFoundHandler((req, reply) => void reply.status(404).send({ error: { code: 'ROUTE_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` } }));
+  app.setNotFoundHandler((req, reply) => void sendError(reply, new FleetgateError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`)));
   jsonRoutes(app, service, rateLimit);
   estRoutes(app, service, rateLimit);
   return { app, registry, service };
@@ -63,7 +71,13 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
 
 export async function startProvisioning(config: FleetgateConfig, deps: { log: Logger }): Promise<RunningProvisioning> {
   const { app, registry } = await buildProvisioning(config, deps);
-  await app.listen({ host: config.provisioning.host, port: config.provisioning.port });
+  try {
+    await app.listen({ host: config.provisioning.host, port: config.provisioning.port });
+  } catch (err) {
+    await app.close();
+    registry.close();
+    throw bindError(err as NodeJS.ErrnoException, config.provisioning.host, config.provisioning.port, 'provisioning.port (FLEETGATE_PROVISION_PORT)');
+  }
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.provisioning.port;
   return {

@@ -5,7 +5,23 @@ import type { CertificateAuthority } from '../ca/authority.ts';
 import { buildCrl } from '../ca/crl.ts';
 import { enroll, type EnrollmentAuth, type EnrollmentResult } from '../enroll/pipeline.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
-import { httpError } from './errors.ts';
+import { Counter, Registry } from 'prom-client';
+import { httpError, logFields } from '../../edge/http-errors.ts';
+import type { ThrottledLog } from '../../edge/throttled-log.ts';
+
+/** Provisioning's Prometheus metrics (served at /metrics to operator certificates). */
+function createMetrics() {
+  const registry = new Registry();
+  return {
+    registry,
+    enrollments: new Counter({ name: 'fleetgate_enrollments_total', help: 'Enrollment requests by method and outcome code (OK: issued)', labelNames: ['method', 'code'] as const, registers: [registry] }),
+    anonymousRefusals: new Counter({
+      name: 'fleetgate_enroll_anonymous_refusals_total', help: 'Refused enrollments whose requester was never identified (not audited), by code',
+      labelNames: ['code'] as const, registers: [registry],
+    }),
+    tlsFailed: new Counter({ name: 'fleetgate_provisioning_tls_failed_total', help: 'Failed TLS handshakes on the provisioning listener, by code', labelNames: ['code'] as const, registers: [registry] }),
+  };
+}
 
 /** What the provisioning routes share: the registry writer, the CA, and one way to enroll. */
 export class ProvisioningService {
@@ -13,9 +29,12 @@ export class ProvisioningService {
   readonly ca: CertificateAuthority;
   readonly config: FleetgateConfig;
   readonly log: Logger;
+  readonly metrics = createMetrics();
+  readonly #refusals: ThrottledLog | undefined;
   #crl: { der: Buffer; revocations: number; builtAt: number } | undefined;
 
-  constructor(deps: { registry: RegistryWriter; ca: CertificateAuthority; config: FleetgateConfig; log: Logger }) {
+  constructor(deps: { registry: RegistryWriter; ca: CertificateAuthority; config: FleetgateConfig; log: Logger; refusals?: ThrottledLog }) {
+    this.#refusals = deps.refusals;
     this.registry = deps.registry;
     this.ca = deps.ca;
     this.config = deps.config;
@@ -23,8 +42,11 @@ export class ProvisioningService {
   }
 
   /**
-   * Runs the enrollment pipeline for a remote requester. Every outcome is logged (one line,
-   * with the code) and audited; the token never appears in either.
+   * Runs the enrollment pipeline for a remote requester. Every outcome is counted and logged
+   * (one line, with the code); the token never appears. What an *identified* party did (a known
+   * token's holder, a claim certificate, a device certificate) is audited; refusals of parties
+   * never identified (unknown token, no or foreign certificate) are not — anyone could write
+   * those rows without bound — they are counted in metrics and logged, throttled.
    */
   async enroll(
     method: EnrollmentAuth['method'], resolveAuth: () => EnrollmentAuth, csr: string | Uint8Array, meta: { surface: string; remoteAddress: string },
@@ -34,14 +56,23 @@ export class ProvisioningService {
     try {
       auth = resolveAuth(); // the requester's credentials: certificate, claim, token
       const result = await enroll({ registry: this.registry, ca: this.ca, defaultValidityMs: this.config.ca.leafValidityMs }, { csr, auth, actor });
+      this.metrics.enrollments.inc({ method, code: 'OK' });
       this.log.info({ decision: 'issued', method: result.method, surface: meta.surface, deviceId: result.deviceId, serial: result.serial, remoteAddress: meta.remoteAddress }, 'certificate issued');
       return result;
     } catch (err) {
       const e = httpError(err);
-      const subject = (e.detail.deviceId as string | undefined) ?? (auth?.method === 'renew' ? auth.current.deviceId : null);
-      this.log.warn({ decision: 'refused', code: e.code, method, surface: meta.surface, deviceId: subject, remoteAddress: meta.remoteAddress, reason: e.message }, 'enrollment refused');
+      this.metrics.enrollments.inc({ method, code: e.code });
+      const claim = (e.detail.claim as string | undefined) ?? (auth?.method === 'claim' ? auth.claimName : undefined);
+      const subject = (e.detail.deviceId as string | undefined) ?? (auth?.method === 'renew' ? auth.current.deviceId : claim === undefined ? undefined : `claim:${claim}`);
+      const line = { decision: 'refused', method, surface: meta.surface, deviceId: subject, remoteAddress: meta.remoteAddress, ...logFields(e) };
+      if (subject === undefined) {
+        this.metrics.anonymousRefusals.inc({ code: e.code });
+        if (this.#refusals !== undefined) this.#refusals.warn(`enroll:${e.code}`, line, 'enrollment refused'); else this.log.warn(line, 'enrollment refused');
+        throw e;
+      }
+      this.log.warn(line, 'enrollment refused');
       try {
-        this.registry.appendAudit(actor, 'enroll.refused', subject, { code: e.code, method, surface: meta.surface });
+        this.registry.appendAudit(actor, e.code === 'CERT_SUPERSEDED' ? 'renew.superseded' : 'enroll.refused', subject, { code: e.code, method, surface: meta.surface });
       } catch (auditErr) {
         this.log.error({ err: auditErr }, 'audit append failed');
       }

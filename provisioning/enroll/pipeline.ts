@@ -59,12 +59,13 @@ function authorize(registry: RegistryWriter, auth: EnrollmentAuth): Authorized {
 
 /**
  * Enrollment, as an ordered list of steps (record always before respond):
- * parse CSR → verify possession → authorize method → shape + sign → record → respond.
- * A failure at any step returns no certificate and leaves no row.
+ * authorize method → parse CSR → verify possession → shape + sign → record → respond.
+ * The requester is authenticated before its CSR is parsed (nothing anonymous reaches the
+ * parser), and a failure at any step returns no certificate and leaves no row.
  */
 export async function enroll(deps: EnrollmentDeps, request: EnrollmentRequest): Promise<EnrollmentResult> {
-  const csr = await parseCsr(request.csr); // parse + proof of possession
   const authorized = authorize(deps.registry, request.auth); // early check; recording re-checks
+  const csr = parseCsr(request.csr); // parse + proof of possession
   const leaf = signLeaf(deps.ca, { deviceId: authorized.deviceId, spki: csr.spki, validityMs: request.validityMs ?? deps.defaultValidityMs });
   const ignored = ignoredRequests(csr, authorized.deviceId);
   authorized.record(deps.registry, {

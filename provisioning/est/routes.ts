@@ -3,18 +3,24 @@ import * as asn1js from 'asn1js';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { base64Lines, certsOnly } from '../ca/pkcs7.ts';
 import { claimPeer, devicePeer } from '../api/peer.ts';
-import { httpError } from '../api/errors.ts';
+import { httpError } from '../../edge/http-errors.ts';
 import type { ProvisioningService } from '../api/service.ts';
 import { parseCsr } from '../ca/csr.ts';
 
 const PREFIX = '/.well-known/est';
 const PKCS7 = 'application/pkcs7-mime';
 
-/** RFC 7030 §4.2.3: errors are plain text with the HTTP status; 401 carries a Basic challenge. */
-function estError(err: FastifyError | Error, _req: FastifyRequest, reply: FastifyReply): void {
-  const e = httpError(err);
-  if (e.code === 'CERT_REQUIRED' || e.code === 'TOKEN_INVALID') void reply.header('www-authenticate', 'Basic realm="fleetgate EST"');
-  void reply.status(e.httpStatus).type('text/plain; charset=utf-8').send(`${e.code}: ${e.code === 'INTERNAL' ? e.publicMessage : e.message}\n`);
+/**
+ * RFC 7030 §4.2.3: errors are plain text with the HTTP status; 401 carries a Basic challenge.
+ * Like every surface, the text is the code and its public message only (the pipeline logged the rest).
+ */
+function estError(log: ProvisioningService['log']) {
+  return (err: FastifyError | Error, req: FastifyRequest, reply: FastifyReply): void => {
+    const e = httpError(err);
+    if (e.code === 'INTERNAL') log.error({ err, url: req.url }, 'internal error');
+    if (e.code === 'CERT_REQUIRED' || e.code === 'TOKEN_INVALID') void reply.header('www-authenticate', 'Basic realm="fleetgate EST"');
+    void reply.status(e.httpStatus).type('text/plain; charset=utf-8').send(`${e.code}: ${e.publicMessage}\n`);
+  };
 }
 
 function sendCerts(reply: FastifyReply, pem: string, status = 200): FastifyReply {
@@ -39,9 +45,9 @@ function basicAuth(req: FastifyRequest): { deviceId: string; token: string } | u
 }
 
 /** The hardware serial a claim enrollment over EST names: the CSR subject's CN. */
-async function csrCommonName(body: string): Promise<unknown> {
+function csrCommonName(body: string): unknown {
   try {
-    return (await parseCsr(body)).requested.commonName;
+    return parseCsr(body).requested.commonName;
   } catch {
     return undefined; // the pipeline reports CSR_INVALID
   }
@@ -60,14 +66,15 @@ function csrAttributes(): Buffer {
 
 export function estRoutes(app: FastifyInstance, service: ProvisioningService, rateLimit: object): void {
   const meta = (req: FastifyRequest) => ({ surface: 'est', remoteAddress: req.ip });
+  const estErrorHandler = estError(service.log);
   app.addContentTypeParser('application/pkcs10', { parseAs: 'string' }, (_req, body, done) => done(null, body));
 
-  app.get(`${PREFIX}/cacerts`, { errorHandler: estError }, async (_req, reply) => sendCerts(reply, service.ca.chainPem));
+  app.get(`${PREFIX}/cacerts`, { errorHandler: estErrorHandler }, async (_req, reply) => sendCerts(reply, service.ca.chainPem));
 
-  app.get(`${PREFIX}/csrattrs`, { errorHandler: estError }, async (_req, reply) =>
+  app.get(`${PREFIX}/csrattrs`, { errorHandler: estErrorHandler }, async (_req, reply) =>
     reply.header('content-transfer-encoding', 'base64').type('application/csrattrs').send(base64Lines(csrAttributes())));
 
-  app.post(`${PREFIX}/simpleenroll`, { errorHandler: estError, config: { rateLimit } }, async (req, reply) => {
+  app.post(`${PREFIX}/simpleenroll`, { errorHandler: estErrorHandler, config: { rateLimit } }, async (req, reply) => {
     const body = requirePkcs10(req);
     const basic = basicAuth(req);
     if (basic !== undefined) {
@@ -75,12 +82,15 @@ export function estRoutes(app: FastifyInstance, service: ProvisioningService, ra
       return sendCerts(reply, r.certificate);
     }
     // No Basic credentials: a claim certificate, or CERT_REQUIRED (401 with the Basic challenge).
-    const hardwareSerial = await csrCommonName(body);
-    const r = await service.enroll('claim', () => ({ method: 'claim', claimName: claimPeer(req, service.registry), hardwareSerial }), body, meta(req));
+    // The claim certificate is checked before the CSR is read for its CN (the hardware serial).
+    const r = await service.enroll('claim', () => {
+      const claimName = claimPeer(req, service.registry);
+      return { method: 'claim', claimName, hardwareSerial: csrCommonName(body) };
+    }, body, meta(req));
     return sendCerts(reply, r.certificate);
   });
 
-  app.post(`${PREFIX}/simplereenroll`, { errorHandler: estError, config: { rateLimit } }, async (req, reply) => {
+  app.post(`${PREFIX}/simplereenroll`, { errorHandler: estErrorHandler, config: { rateLimit } }, async (req, reply) => {
     const body = requirePkcs10(req);
     const r = await service.enroll('renew', () => ({ method: 'renew', current: devicePeer(req) }), body, meta(req));
     return sendCerts(reply, r.certificate);

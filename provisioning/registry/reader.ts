@@ -145,6 +145,7 @@ export class RegistryReader {
     return r && {
       name: r.name as string, serial: r.serial as string, fingerprint: r.fingerprint as string, notAfter: r.not_after as number,
       pem: r.pem as string, createdAt: r.created_at as number, revokedAt: (r.revoked_at as number | null) ?? null, actor: r.actor as string,
+      fleet: r.fleet as string, types: (r.types as string).split(','),
       allowed: r.allowed as number, enrolled: r.enrolled as number,
     };
   }

@@ -85,6 +85,10 @@ export interface ClaimRecord {
   createdAt: number;
   revokedAt: number | null;
   actor: string;
+  /** The fleet every device it enrolls joins (bound to the claim, not chosen by the request). */
+  fleet: string;
+  /** The device types it may enroll; the first is the default. */
+  types: string[];
   /** Hardware serials on its allowlist, and how many of them have enrolled. */
   allowed: number;
   enrolled: number;

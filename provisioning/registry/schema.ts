@@ -118,4 +118,9 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX claim_serials_claim ON claim_serials(claim);
   `,
+  // 3: a claim, not the enrolling request, decides the fleet and the device types it enrolls
+  `
+  ALTER TABLE claims ADD COLUMN fleet TEXT NOT NULL DEFAULT 'default';
+  ALTER TABLE claims ADD COLUMN types TEXT NOT NULL DEFAULT 'sensor';
+  `,
 ];

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Statement } from 'better-sqlite3';
-import { assertDeviceId, assertDeviceType, deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
+import { assertDeviceId, assertDeviceType, CLAIM_DEVICE_TYPES, deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
 import { RegistryReader } from './reader.ts';
@@ -65,7 +65,8 @@ export class RegistryWriter extends RegistryReader {
       expireTokens: p('UPDATE enrollment_tokens SET expires_at = MIN(expires_at, ?) WHERE device_id = ? AND used_at IS NULL'),
       insertCert: p(`INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
         VALUES (@serial, @deviceId, @fingerprint, @spkiSha256, @notBefore, @notAfter, @pem, @now, @method, @actor)`),
-      supersede: p('UPDATE certificates SET superseded_by = ? WHERE serial = ? AND device_id = ?'),
+      supersede: p('UPDATE certificates SET superseded_by = ? WHERE serial = ? AND device_id = ? AND superseded_by IS NULL'),
+      newestCert: p('SELECT serial FROM certificates WHERE device_id = ? ORDER BY issued_at DESC, rowid DESC LIMIT 1'),
       unrevokedCerts: p(`SELECT c.serial FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial
         WHERE c.device_id = ? AND r.serial IS NULL ORDER BY c.serial`),
       certCount: p('SELECT COUNT(*) AS n FROM certificates WHERE device_id = ?'),
@@ -75,8 +76,8 @@ export class RegistryWriter extends RegistryReader {
       deleteDeny: p('DELETE FROM denylist WHERE kind = ? AND value = ?'),
       audit: p('INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)'),
       event: p('INSERT INTO status_events (at, kind, device_id, serial, value) VALUES (?, ?, ?, ?, ?)'),
-      insertClaim: p(`INSERT INTO claims (name, serial, fingerprint, not_after, pem, created_at, actor)
-        VALUES (@name, @serial, @fingerprint, @notAfter, @pem, @now, @actor)`),
+      insertClaim: p(`INSERT INTO claims (name, serial, fingerprint, not_after, pem, created_at, actor, fleet, types)
+        VALUES (@name, @serial, @fingerprint, @notAfter, @pem, @now, @actor, @fleet, @types)`),
       insertClaimSerial: p('INSERT INTO claim_serials (hardware_serial, claim, added_at) VALUES (?, ?, ?)'),
       revokeClaim: p('UPDATE claims SET revoked_at = ? WHERE name = ?'),
       enrollClaimSerial: p('UPDATE claim_serials SET enrolled_at = ?, device_id = ? WHERE hardware_serial = ? AND enrolled_at IS NULL'),
@@ -182,8 +183,11 @@ export class RegistryWriter extends RegistryReader {
         if (deviceId !== device.id) throw new FleetgateError('TOKEN_INVALID', `enrollment token is bound to another device`);
         if (this.#w.useToken!.run(Date.now(), cert.serial, cert.tokenHash).changes !== 1) throw new FleetgateError('TOKEN_USED', 'enrollment token already used');
       }
+      if (cert.supersedes !== undefined) this.assertMayRenew(cert.supersedes, device.id);
       this.#w.insertCert!.run({ ...cert, now: Date.now(), actor });
-      if (cert.supersedes !== undefined) this.#w.supersede!.run(cert.serial, cert.supersedes, device.id);
+      if (cert.supersedes !== undefined && this.#w.supersede!.run(cert.serial, cert.supersedes, device.id).changes !== 1) {
+        throw new FleetgateError('CERT_SUPERSEDED', `certificate ${cert.supersedes} was renewed already`, { detail: { deviceId: device.id, serial: cert.supersedes } });
+      }
       if (device.status === 'pending') this.#w.setStatus!.run('active', Date.now(), device.id);
       this.#audit(actor, 'cert.issue', device.id, {
         serial: cert.serial, fingerprint: cert.fingerprint, method: cert.method, notAfter: cert.notAfter,
@@ -191,6 +195,19 @@ export class RegistryWriter extends RegistryReader {
       });
       return this.getCertificate(cert.serial)!;
     });
+  }
+
+  /**
+   * Only a device's newest certificate may renew: one that was renewed already (or that a newer
+   * issuance replaced) is refused with CERT_SUPERSEDED, so rotating a key locks out whoever
+   * holds the old one, and the `superseded_by` chain stays the real history.
+   */
+  assertMayRenew(serial: string, deviceId: string): void {
+    const cert = this.getCertificate(serial);
+    const newest = (this.#w.newestCert!.get(deviceId) as { serial: string } | undefined)?.serial;
+    if (cert === undefined || cert.supersededBy !== null || newest !== serial) {
+      throw new FleetgateError('CERT_SUPERSEDED', `certificate ${serial} of ${deviceId} is not the device's newest (superseded by ${cert?.supersededBy ?? newest})`, { detail: { deviceId, serial } });
+    }
   }
 
   /** Throws DEVICE_NOT_FOUND / DEVICE_REVOKED / DEVICE_SUSPENDED unless the device may receive a certificate. */
@@ -277,12 +294,18 @@ export class RegistryWriter extends RegistryReader {
   }
 
   /** Records a claim certificate (made by `fleetgate claim create`). */
-  createClaim(claim: { name: string; serial: string; fingerprint: string; notAfter: number; pem: string }, actor: string): ClaimRecord {
+  /** Records a claim certificate with the fleet and device types its enrollments get (default: `default`, sensors). */
+  createClaim(claim: { name: string; serial: string; fingerprint: string; notAfter: number; pem: string; fleet?: string; types?: readonly string[] }, actor: string): ClaimRecord {
     const name = assertDeviceId(claim.name, 'claim name');
+    const fleet = assertDeviceId(claim.fleet ?? 'default', 'fleet');
+    const types = claim.types ?? ['sensor'];
+    if (types.length === 0 || !types.every((t) => (CLAIM_DEVICE_TYPES as readonly string[]).includes(t))) {
+      throw new FleetgateError('DEVICE_TYPE_INVALID', `a claim enrolls ${CLAIM_DEVICE_TYPES.join(', ')} only`);
+    }
     return this.#run(() => {
       if (this.getClaim(name) !== undefined) throw new FleetgateError('DEVICE_EXISTS', `claim ${name} already exists`);
-      this.#w.insertClaim!.run({ ...claim, name, now: Date.now(), actor });
-      this.#audit(actor, 'claim.create', name, { serial: claim.serial, fingerprint: claim.fingerprint, notAfter: claim.notAfter });
+      this.#w.insertClaim!.run({ ...claim, name, fleet, types: [...new Set(types)].join(','), now: Date.now(), actor });
+      this.#audit(actor, 'claim.create', name, { serial: claim.serial, fingerprint: claim.fingerprint, notAfter: claim.notAfter, fleet, types });
       return this.getClaim(name)!;
     });
   }

@@ -1,4 +1,6 @@
-import type { ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
+import type { TLSSocket } from 'node:tls';
+import type { ErrorCode } from '../firmware-sdk/protocol/errors.ts';
+import type { ThrottledLog } from './throttled-log.ts';
 
 /**
  * A failed TLS handshake mapped to our catalogue for the log and the metrics. The device
@@ -22,4 +24,21 @@ export function handshakeErrorCode(err: Error & { code?: string }, authorization
   if (/DID NOT RETURN A CERTIFICATE|NO_CERTIFICATE|CERTIFICATE REQUIRED/.test(text)) return 'CERT_REQUIRED';
   if (/CERTIFICATE|VERIFY|UNKNOWN CA/.test(text)) return 'CERT_INVALID';
   return 'BAD_REQUEST';
+}
+
+/**
+ * The `tlsClientError` listener of every listener: logs (throttled: the peer is anonymous),
+ * counts, and **closes the socket** — with a listener registered, Node leaves that to us, and a
+ * socket left open after a failed or timed-out handshake is a file descriptor an attacker keeps.
+ */
+export function onTlsClientError(log: ThrottledLog, count: (code: ErrorCode) => void, fields: Record<string, unknown>) {
+  return (err: Error & { code?: string }, socket: TLSSocket): void => {
+    const code = handshakeErrorCode(err, socket.authorizationError);
+    count(code);
+    log.warn(`tls_failed:${code}`, {
+      decision: 'refused', code, ...fields, remoteAddress: socket.remoteAddress,
+      verify: socket.authorizationError ?? undefined, err: err.message,
+    }, 'tls handshake failed');
+    socket.destroy();
+  };
 }

@@ -1,0 +1,61 @@
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+
+/** A request target after {@link normalizeTarget}: the one path routing, policy and the origin all see. */
+export interface NormalizedTarget {
+  /** Absolute path, dot segments resolved, each segment percent-encoded canonically. */
+  path: string;
+  /** The query as sent, without its `?` ('' when absent). */
+  query: string;
+}
+
+const refuse = (why: string, raw: string) => new FleetgateError('PATH_INVALID', `request path refused: ${why}`, { detail: { path: raw.slice(0, 200) } });
+
+/** What stays literal in a canonical segment: RFC 3986 unreserved and sub-delims, ':' and '@' (pchar). */
+function encodeSegment(segment: string): string {
+  return encodeURIComponent(segment).replace(/%(2[146-9ACB]|3[AB]|3D|40)/gi, (m) => decodeURIComponent(m));
+}
+
+/**
+ * The request path is normalised **once, before route matching**, and the upstream URL is built
+ * from the result, so the route that was checked is the path the origin receives:
+ *
+ * 1. refuse what has no single meaning across servers — a backslash (some origins read it as
+ *    `/`), an encoded `/` or `\` (`%2F`, `%5C`), NUL or other control characters (raw or
+ *    encoded), bad percent-encoding;
+ * 2. percent-decode each segment, resolve `.` and `..` (RFC 3986 §5.2.4); a `..` above the root
+ *    is refused; empty segments (`//`) are merged;
+ * 3. re-encode each segment canonically.
+ *
+ * `/api/x\..\..\upload\a` is refused (400 PATH_INVALID); `/api/%2e%2e/upload/a` becomes
+ * `/upload/a` and is matched (and authorized) as such.
+ */
+export function normalizeTarget(rawUrl: string): NormalizedTarget {
+  const q = rawUrl.indexOf('?');
+  const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
+  const query = q === -1 ? '' : rawUrl.slice(q + 1);
+  if (!rawPath.startsWith('/')) throw refuse('not an absolute path', rawUrl);
+  if (rawPath.includes('\\')) throw refuse('backslash', rawUrl);
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x20\x7f]/.test(rawPath)) throw refuse('control character or space', rawUrl);
+  if (/%(2f|5c|00|[01][0-9a-f]|7f)/i.test(rawPath)) throw refuse('encoded slash, backslash or control character', rawUrl);
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(query)) throw refuse('control character in the query', rawUrl);
+  const out: string[] = [];
+  for (const raw of rawPath.split('/').slice(1)) {
+    let segment: string;
+    try {
+      segment = decodeURIComponent(raw);
+    } catch {
+      throw refuse('bad percent-encoding', rawUrl);
+    }
+    if (segment === '' || segment === '.') continue;
+    if (segment === '..') {
+      if (out.length === 0) throw refuse('".." above the root', rawUrl);
+      out.pop();
+      continue;
+    }
+    out.push(encodeSegment(segment));
+  }
+  const trailing = out.length > 0 && (rawPath.endsWith('/') || /\/\.{1,2}$/.test(rawPath) || /\/%2e(%2e)?$/i.test(rawPath));
+  return { path: `/${out.join('/')}${trailing ? '/' : ''}`, query };
+}
