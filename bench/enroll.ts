@@ -4,7 +4,7 @@
 // Loopback only; bounded counts.
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
-import { csrPem, newKeys } from '../test/helpers/test-pki.ts';
+import { csrPem, newKeys } from '../harness/pki.ts';
 import { benchFleet, fmt, percentile, spawnService } from './lib.ts';
 
 const SEQUENTIAL = Number(process.env.BENCH_SEQUENTIAL ?? 300);

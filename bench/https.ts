@@ -14,7 +14,7 @@ import { importPKCS8, SignJWT } from 'jose';
 import { AssertionMinter } from '../gateway/https/assertion.ts';
 import { StatusChecker } from '../gateway/status/check.ts';
 import { identityFromCertificate } from '../firmware-sdk/protocol/certificate-identity.ts';
-import { enrollDevice } from '../test/helpers/test-pki.ts';
+import { enrollDevice } from '../harness/pki.ts';
 import { X509Certificate } from 'node:crypto';
 import { benchFleet, fmt, percentile, spawnGateway } from './lib.ts';
 

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
 import { createSecureContext } from 'node:tls';
-import { enrollDevice, type Credential } from '../test/helpers/test-pki.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
 import { benchFleet, fmt, percentile, spawnGateway } from './lib.ts';
 
 const CONNECTS = Number(process.env.BENCH_CONNECTS ?? 400);

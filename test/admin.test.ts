@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect, end } from './helpers/mqtt.ts';
 import { errorCode, fleetgate, fleetgateOk } from './helpers/run.ts';
-import { enrollDevice, type Credential } from './helpers/test-pki.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 function get(fleet: TestFleet, path: string, cred?: Credential): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {

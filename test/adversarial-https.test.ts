@@ -12,7 +12,7 @@ import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { https, type HttpResult } from './helpers/https.ts';
 import { startOrigin } from './helpers/origin.ts';
 import { fileScope } from './helpers/run.ts';
-import { enrollDevice, type Credential } from './helpers/test-pki.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 let fleet: TestFleet;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

@@ -7,12 +7,13 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { test } from 'node:test';
 import { ROOT } from './helpers/run.ts';
 
-function sources(dir: string): string[] {
+/** Test files count as sources here only for the test/bench rule. */
+function sources(dir: string, withTests = dir === 'test'): string[] {
   let out: string[] = [];
   for (const entry of readdirSync(join(ROOT, dir), { withFileTypes: true })) {
     const path = join(dir, entry.name);
-    if (entry.isDirectory()) out = out.concat(sources(path));
-    else if (entry.name.endsWith('.ts') && !entry.name.endsWith('.test.ts')) out.push(path);
+    if (entry.isDirectory()) out = out.concat(sources(path, withTests));
+    else if (entry.name.endsWith('.ts') && (withTests || !entry.name.endsWith('.test.ts'))) out.push(path);
   }
   return out;
 }
@@ -28,6 +29,10 @@ const rules: { from: string; allow: (target: string) => boolean; why: string }[]
   { from: 'firmware-sdk', allow: (t) => t.startsWith('firmware-sdk/'), why: 'the SDK imports no server code' },
   { from: 'device-sim', allow: (t) => t.startsWith('firmware-sdk/') || t.startsWith('device-sim/'), why: 'device-sim is built on the SDK only' },
   { from: 'provisioning', allow: (t) => !t.startsWith('gateway/') && !t.startsWith('cli/') && !t.startsWith('device-sim/'), why: 'provisioning never imports the gateway or the CLI' },
+  { from: 'edge', allow: (t) => !t.startsWith('gateway/') && !t.startsWith('cli/') && (!t.startsWith('provisioning/') || t === 'provisioning/registry/records.ts'), why: 'edge/ serves every listener: it imports neither the gateway nor provisioning (records are data)' },
+  { from: 'test', allow: (t) => !t.startsWith('bench/'), why: 'tests and benchmarks share harness/, they do not import each other' },
+  { from: 'bench', allow: (t) => !t.startsWith('test/'), why: 'benchmarks and tests share harness/, they do not import each other' },
+  { from: 'harness', allow: (t) => !t.startsWith('test/') && !t.startsWith('bench/'), why: 'harness/ is below tests and benchmarks' },
   {
     from: 'gateway',
     allow: (t) => !t.startsWith('provisioning/') || /^provisioning\/registry\/(reader|records|hex|open|schema|status|audit-appender)\.ts$/.test(t),

@@ -11,7 +11,7 @@ import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { https } from './helpers/https.ts';
 import { startOrigin, type Seen } from './helpers/origin.ts';
 import { fileScope, fleetgateOk, run } from './helpers/run.ts';
-import { enrollDevice, type Credential } from './helpers/test-pki.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 let fleet: TestFleet;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

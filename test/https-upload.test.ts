@@ -12,10 +12,10 @@ import { dataPaths } from '../config/paths.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { initDataDir } from '../provisioning/setup.ts';
-import { spawnGateway, type GatewayProcess } from '../bench/lib.ts';
+import { spawnGateway, type GatewayProcess } from '../harness/services.ts';
 import { startOrigin } from './helpers/origin.ts';
 import { fileScope, tempDir } from './helpers/run.ts';
-import { enrollDevice, type Credential } from './helpers/test-pki.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 const MB = 1024 * 1024;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { closed, connect, end, nextMessage } from './helpers/mqtt.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { enrollDevice, type Credential } from './helpers/test-pki.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
 import { fileScope } from './helpers/run.ts';
 
 let fleet: TestFleet;

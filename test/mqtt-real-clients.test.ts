@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { openssl } from './helpers/pki.ts';
 import { fileScope, run } from './helpers/run.ts';
-import { enrollDevice, type Credential } from './helpers/test-pki.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 let fleet: TestFleet;
 const scope = fileScope(after);

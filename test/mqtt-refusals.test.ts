@@ -13,7 +13,7 @@ import { initDataDir } from '../provisioning/setup.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect, end, nextMessage } from './helpers/mqtt.ts';
 import { fileScope, tempDir } from './helpers/run.ts';
-import { enrollDevice, forgeCert, type Credential } from './helpers/test-pki.ts';
+import { enrollDevice, forgeCert, type Credential } from '../harness/pki.ts';
 
 let fleet: TestFleet;
 const scope = fileScope(after);

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { startTestFleet } from './helpers/gateway.ts';
 import { connect, end } from './helpers/mqtt.ts';
-import { enrollDevice } from './helpers/test-pki.ts';
+import { enrollDevice } from '../harness/pki.ts';
 
 const SIDE_FILES = ['', '-wal', '-shm'];
 

@@ -8,7 +8,7 @@ import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.
 import { https } from './helpers/https.ts';
 import { opensslCsr } from './helpers/pki.ts';
 import { fileScope } from './helpers/run.ts';
-import { csrPem, newKeys } from './helpers/test-pki.ts';
+import { csrPem, newKeys } from '../harness/pki.ts';
 
 let p: TestProvisioning;
 let ca: Buffer;

@@ -12,8 +12,8 @@ import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { initDataDir } from '../provisioning/setup.ts';
 import { https, type HttpResult } from './helpers/https.ts';
 import { tempDir } from './helpers/run.ts';
-import { spawnService } from '../bench/lib.ts';
-import { csrPem, newKeys } from './helpers/test-pki.ts';
+import { spawnService } from '../harness/services.ts';
+import { csrPem, newKeys } from '../harness/pki.ts';
 
 const N = 200;
 

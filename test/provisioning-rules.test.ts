@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.ts';
 import { https } from './helpers/https.ts';
 import { fileScope, fleetgateOk } from './helpers/run.ts';
-import { csrPem, enrollDevice, forgeCert, newKeys, type Credential } from './helpers/test-pki.ts';
+import { csrPem, enrollDevice, forgeCert, newKeys, type Credential } from '../harness/pki.ts';
 
 let p: TestProvisioning;
 let ca: Buffer;

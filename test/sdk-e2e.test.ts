@@ -9,7 +9,7 @@ import { connect, end, nextMessage } from './helpers/mqtt.ts';
 import { startOrigin } from './helpers/origin.ts';
 import { FLEETGATE, fleetgateOk, run, tempDir } from './helpers/run.ts';
 import { startStack } from './helpers/stack.ts';
-import { enrollDevice } from './helpers/test-pki.ts';
+import { enrollDevice } from '../harness/pki.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { dataPaths } from '../config/paths.ts';

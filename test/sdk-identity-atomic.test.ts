@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { identityFiles, loadIdentity, saveIdentity } from '../firmware-sdk/identity.ts';
 import { ROOT, tempDir } from './helpers/run.ts';
-import { forgeCert, newKeys } from './helpers/test-pki.ts';
+import { forgeCert, newKeys } from '../harness/pki.ts';
 import { startTestFleet } from './helpers/gateway.ts';
 
 test('identity/SIGKILL while identities are being written never leaves a mix', async (t) => {

@@ -11,7 +11,7 @@ import { enrollWithToken } from '../firmware-sdk/enroll.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
 import { startTestFleet } from './helpers/gateway.ts';
 import { connect, end } from './helpers/mqtt.ts';
-import { enrollDevice } from './helpers/test-pki.ts';
+import { enrollDevice } from '../harness/pki.ts';
 
 test('sdk/renews by itself and keeps publishing across the first certificate\'s expiry; no QoS 1 loss', { timeout: 240_000 }, async (t) => {
   const fleet = await startTestFleet(t, { FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LEAF_VALIDITY: '2m' });

@@ -17,7 +17,7 @@ import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { fileScope, ROOT, run } from './helpers/run.ts';
-import { enrollDevice, forgeCert } from './helpers/test-pki.ts';
+import { enrollDevice, forgeCert } from '../harness/pki.ts';
 
 interface Fake { url: (scheme: string, path?: string) => string; secure: number; refusals: string[] }
 

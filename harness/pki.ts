@@ -1,14 +1,14 @@
-// Test PKI, built at run time with real keys and real signatures. Roles are named by what
+// Test and benchmark PKI, built at run time with real keys and real signatures. Roles are named by what
 // they prove (deviceGood, deviceRevoked, deviceOtherCa, …); nothing here is committed.
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { serialHex } from '../../firmware-sdk/protocol/certificate-identity.ts';
-import type { CertificateAuthority } from '../../provisioning/ca/authority.ts';
-import { randomSerial } from '../../provisioning/ca/fields.ts';
-import { ECDSA_SHA256, EC_P256, pemWithNewline, subtle, toPem, x509 } from '../../provisioning/ca/x509.ts';
-import { enroll } from '../../provisioning/enroll/pipeline.ts';
-import type { RegistryWriter } from '../../provisioning/registry/writer.ts';
+import { serialHex } from '../firmware-sdk/protocol/certificate-identity.ts';
+import type { CertificateAuthority } from '../provisioning/ca/authority.ts';
+import { randomSerial } from '../provisioning/ca/fields.ts';
+import { ECDSA_SHA256, EC_P256, pemWithNewline, subtle, toPem, x509 } from '../provisioning/ca/x509.ts';
+import { enroll } from '../provisioning/enroll/pipeline.ts';
+import type { RegistryWriter } from '../provisioning/registry/writer.ts';
 
 export interface Credential {
   deviceId: string;

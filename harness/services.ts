@@ -1,0 +1,77 @@
+// What tests and benchmarks share (neither imports the other): fleetgate services in their own
+// processes on ephemeral loopback ports, a throwaway fleet, and the PKI in ./pki.ts.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { loadConfig } from '../config/config.ts';
+import { dataPaths } from '../config/paths.ts';
+import { loadCa } from '../provisioning/ca/authority.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
+import { initDataDir } from '../provisioning/setup.ts';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+
+/** The V8 flags `bin/fleetgate.ts` carries in its shebang: servers spawned by path get them too. */
+export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2'];
+
+/** A data dir with a CA and registry in a temp dir (benchmarks); `cleanup` removes it. */
+export async function benchFleet() {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
+  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'bench' } });
+  await initDataDir(config);
+  const paths = dataPaths(config.dataDir);
+  return { dir, config, paths, registry: new RegistryWriter(paths.registry), ca: await loadCa(paths), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface GatewayProcess {
+  child: ChildProcess;
+  endpoints: Record<string, string>;
+  /** User + system CPU seconds the gateway process has used so far (from /proc). */
+  cpuSeconds(): number;
+  rssBytes(): number;
+  stop(): Promise<void>;
+}
+
+/**
+ * `fleetgate up|gateway|provision --json` in its own process on ephemeral loopback ports
+ * (unless `env` names them), with the servers' V8 flags; resolves once its banner lists the
+ * endpoints (by service name: mqtt+tls, mqtt+wss, https, admin, provision).
+ */
+export async function spawnService(command: 'up' | 'gateway' | 'provision', dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    env: {
+      ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
+      FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', ...env,
+    },
+  });
+  let text = '';
+  for await (const line of createInterface({ input: child.stdout! })) {
+    text += line;
+    try {
+      const banner = JSON.parse(text) as { services: { name: string; endpoint: string }[] };
+      const endpoints = Object.fromEntries(banner.services.map((s) => [s.name, s.endpoint.split(' ')[0]!]));
+      const stat = () => readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return {
+        child, endpoints,
+        cpuSeconds: () => { const f = stat(); return (Number(f[11]) + Number(f[12])) / 100; }, // utime, stime in clock ticks (100 Hz)
+        rssBytes: () => Number(stat()[21]) * 4096,
+        stop: () => new Promise((r) => {
+          if (child.exitCode !== null || child.signalCode !== null) return r();
+          child.once('exit', () => r());
+          child.kill('SIGTERM');
+        }),
+      };
+    } catch {
+      // banner not complete yet
+    }
+  }
+  throw new Error(`fleetgate ${command} exited before printing its endpoints`);
+}
+
+export function spawnGateway(dataDir: string): Promise<GatewayProcess> {
+  return spawnService('gateway', dataDir);
+}
+
