@@ -1,3 +1,4 @@
+import { debugEnabled } from '../config/config.ts';
 import { ERRORS, toFleetgateError } from '../firmware-sdk/protocol/errors.ts';
 
 export interface OutputOptions {
@@ -25,7 +26,7 @@ export function reportError(err: unknown, json: boolean): number {
     process.stderr.write(`${JSON.stringify({ error: { code: e.code, message: e.message } })}\n`);
   } else {
     process.stderr.write(`fleetgate: ${e.code}: ${e.message}\n`);
-    if (e.code === 'INTERNAL' && process.env.FLEETGATE_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    if (e.code === 'INTERNAL' && debugEnabled() && err instanceof Error) process.stderr.write(`${err.stack}\n`);
   }
   return ERRORS[e.code].exit;
 }

@@ -34,6 +34,10 @@ export interface FleetgateConfig {
   gateway: GatewayConfig;
   provisioning: ProvisioningConfig;
   https: HttpsConfig;
+  log: {
+    /** pino level of the services' log: fatal, error, warn, info, debug, trace, silent. */
+    level: string;
+  };
 }
 
 /** One HTTPS route: requests under `prefix` go to `origin` with an assertion for `audience`. */
@@ -207,6 +211,9 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     maxConnectionsPerDevice: 16,
     routes: [],
   },
+  log: {
+    level: 'info',
+  },
   provisioning: {
     host: '127.0.0.1',
     port: 9443,
@@ -263,6 +270,7 @@ const SETTINGS = [
   { key: 'https.minBodyBytesPerSecond', file: ['https', 'minBodyBytesPerSecond'], env: 'FLEETGATE_HTTPS_MIN_BODY_RATE', kind: 'count' },
   { key: 'https.maxConnections', file: ['https', 'maxConnections'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS', kind: 'count' },
   { key: 'https.maxConnectionsPerDevice', file: ['https', 'maxConnectionsPerDevice'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS_PER_DEVICE', kind: 'count' },
+  { key: 'log.level', file: ['log', 'level'], env: 'FLEETGATE_LOG_LEVEL', kind: 'loglevel' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
@@ -304,6 +312,13 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return value;
   }
   if (kind === 'routes') return parseRoutes(value, where, problems);
+  if (kind === 'loglevel') {
+    if (typeof value !== 'string' || !['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(value)) {
+      problems.push(`${where} must be one of fatal, error, warn, info, debug, trace, silent`);
+      return undefined;
+    }
+    return value;
+  }
   if (kind === 'count') {
     const n = Number(value);
     if (!Number.isSafeInteger(n) || n < 1) {
@@ -447,6 +462,15 @@ export function loadConfig(options: LoadOptions = {}): FleetgateConfig {
     throw new FleetgateError('CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { detail: { problems } });
   }
   return deepFreeze(config);
+}
+
+/**
+ * `FLEETGATE_DEBUG`: print stack traces of internal errors on the CLI. Read here, like every
+ * `FLEETGATE_*` variable, but without loading the whole configuration (the error being printed
+ * may be the configuration's own).
+ */
+export function debugEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.FLEETGATE_DEBUG !== undefined && env.FLEETGATE_DEBUG !== '' && env.FLEETGATE_DEBUG !== '0';
 }
 
 function safeUser(): string {

@@ -7,7 +7,15 @@ export function dataPaths(dataDir: string) {
     registry: join(dataDir, 'registry.db'),
     config: join(dataDir, 'fleetgate.json'),
     rootCert: join(dataDir, 'ca', 'root.crt'),
-    rootKey: join(dataDir, 'ca', 'root.key'),
+    /**
+     * The root CA key, written once by `fleetgate init` into a folder no service reads: the
+     * operator moves it off the machine (the root signs only issuing CAs).
+     */
+    rootKey: join(dataDir, 'offline', 'root-ca.key'),
+    /** Where round-1 data directories kept the root key, next to what the services load. */
+    legacyRootKey: join(dataDir, 'ca', 'root.key'),
+    /** Issuing CAs replaced by `fleetgate ca reissue-intermediate` (certificates only). */
+    retiredDir: join(dataDir, 'ca', 'retired'),
     intermediateCert: join(dataDir, 'ca', 'intermediate.crt'),
     intermediateKey: join(dataDir, 'ca', 'intermediate.key'),
     serverCert: join(dataDir, 'tls', 'server.crt'),

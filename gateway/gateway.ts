@@ -10,7 +10,7 @@ import type { StatusEvent } from '../provisioning/registry/records.ts';
 import { statSync } from 'node:fs';
 import { startAdmin } from './admin/server.ts';
 import { AssertionMinter } from './https/assertion.ts';
-import { ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
+import { deleteRetiredKeys, ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
 import { startHttpsPlane } from './https/server.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { MqttPlane } from './mqtt/broker.ts';
@@ -83,6 +83,11 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const minter = new AssertionMinter(config.https.issuer, keyring.active);
   const keyWatch = setInterval(() => {
     try {
+      if (keyring.nextRetireAt !== null && keyring.nextRetireAt <= Date.now()) {
+        const gone = deleteRetiredKeys(paths);
+        if (gone.length > 0) log.info({ kids: gone }, 'retired assertion signing keys deleted');
+        keyring = loadKeyring(paths);
+      }
       if (statSync(keyringFile(paths)).mtimeMs === keyring.mtimeMs) return;
       keyring = loadKeyring(paths);
       minter.setKey(keyring.active);

@@ -2,7 +2,8 @@
 // one request and is never returned to the device.
 import assert from 'node:assert/strict';
 import { createHash, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Agent, request } from 'node:https';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
@@ -197,4 +198,9 @@ test('rotation/after fleetgate jwt rotate, assertions carry the new kid; the JWK
   }
   assert.ok(Date.now() >= retireAt, 'the old key stayed published for the whole overlap');
   assert.deepEqual(after, [newKid], 'the old key is gone after the overlap');
+  // …and so is its private key file (the running gateway deletes it; no rotation needed).
+  const oldKeyFile = join(fleet.config.dataDir, 'jwt', `${oldKid}.key`);
+  for (let i = 0; i < 100 && existsSync(oldKeyFile); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(existsSync(oldKeyFile), false, 'the retired private key is deleted from the data directory');
+  assert.ok(existsSync(join(fleet.config.dataDir, 'jwt', `${newKid}.key`)), 'the active one stays');
 });

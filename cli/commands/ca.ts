@@ -1,4 +1,7 @@
 import type { Command } from 'commander';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { reissueIntermediate } from '../../provisioning/ca/authority.ts';
+import { readInput } from '../parse.ts';
 import { withContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
 import type { CommonFlags } from '../main.ts';
@@ -17,6 +20,24 @@ export function registerCa(program: Command, common: CommonFlags): void {
           root: { subject: authority.root.subject, notAfter: authority.root.notAfter.toISOString() },
           intermediate: { subject: authority.intermediate.subject, notAfter: authority.intermediate.notAfter.toISOString() },
         }, () => pem);
+      });
+    });
+
+  common(ca.command('reissue-intermediate'))
+    .description('make a new issuing CA signed by the root key brought back from offline (then restart the services); the old one\'s key is deleted, what it issued stays valid')
+    .requiredOption('--root-key <file>', 'the root CA private key (PEM); - for standard input')
+    .action(async (opts: CommonOptions & { rootKey: string }) => {
+      await withContext(opts, async (ctx) => {
+        let pem: string;
+        try {
+          pem = (await readInput(opts.rootKey)).toString('utf8');
+        } catch (err) {
+          throw new FleetgateError('USAGE', `cannot read ${opts.rootKey}: ${(err as NodeJS.ErrnoException).code ?? err}`);
+        }
+        const result = await reissueIntermediate(ctx.paths, ctx.config.ca, pem);
+        ctx.registry().appendAudit(ctx.actor, 'ca.reissue_intermediate', null, { subject: result.subject, retired: result.retired ?? null });
+        emit(opts, { intermediate: ctx.paths.intermediateCert, subject: result.subject, retired: result.retired ?? null },
+          () => `new issuing CA ${result.subject} → ${ctx.paths.intermediateCert}${result.retired === undefined ? '' : ` (old certificate kept in ${result.retired})`}\nrestart fleetgate to use it; put the root key back offline`);
       });
     });
 }

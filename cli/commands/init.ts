@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { withContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
@@ -11,10 +12,12 @@ export function registerInit(program: Command, common: CommonFlags): void {
     .action(async (opts: CommonOptions & { hostname?: string[] }) => {
       await withContext(opts, async (ctx) => {
         const { created } = await initDataDir(ctx.config);
-        emit(opts, { dataDir: ctx.paths.dataDir, created, root: ctx.paths.rootCert, intermediate: ctx.paths.intermediateCert, registry: ctx.paths.registry }, () =>
-          created.length === 0
+        const rootKey = rootKeyOnDisk(ctx.paths);
+        emit(opts, { dataDir: ctx.paths.dataDir, created, root: ctx.paths.rootCert, rootKey: rootKey ?? null, intermediate: ctx.paths.intermediateCert, registry: ctx.paths.registry }, () =>
+          (created.length === 0
             ? `already initialized: ${ctx.paths.dataDir}`
-            : `initialized ${ctx.paths.dataDir}: created ${created.join(', ')}\nroot CA: ${ctx.paths.rootCert}`);
+            : `initialized ${ctx.paths.dataDir}: created ${created.join(', ')}\nroot CA: ${ctx.paths.rootCert}`)
+          + (rootKey === undefined ? '' : `\nroot CA key: ${rootKey} — the services never read it: move it off this machine and keep it safe;\n  \`fleetgate ca reissue-intermediate --root-key FILE\` needs it to re-sign an issuing CA`));
       }, { 'ca.hostnames': opts.hostname?.join(',') });
     });
 }

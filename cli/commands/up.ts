@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import pino from 'pino';
 import { startGateway } from '../../gateway/gateway.ts';
 import { startProvisioning } from '../../provisioning/api/server.ts';
+import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
@@ -14,10 +15,10 @@ interface RunningService {
   close(): Promise<void>;
 }
 
-/** The root logger: JSON lines on stderr (stdout carries the banner / --json), level from FLEETGATE_LOG_LEVEL. */
-function rootLogger() {
+/** The root logger: JSON lines on stderr (stdout carries the banner / --json), level from the config (`log.level`, FLEETGATE_LOG_LEVEL). */
+function rootLogger(level: string) {
   return pino({
-    level: process.env.FLEETGATE_LOG_LEVEL ?? 'info',
+    level,
     redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'],
   }, pino.destination(2));
 }
@@ -26,7 +27,9 @@ async function serve(opts: CommonOptions, which: 'up' | 'gateway' | 'provision')
   const ctx = new CliContext(opts);
   const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
   const { created } = which === 'up' ? await initDataDir(ctx.config) : { created: [] };
-  const log = rootLogger();
+  const log = rootLogger(ctx.config.log.level);
+  const rootKey = rootKeyOnDisk(ctx.paths);
+  if (rootKey !== undefined) log.warn({ file: rootKey }, 'the root CA key is still in the data directory: move it off this machine (the services never read it)');
   const services: RunningService[] = [];
   try {
     if (which !== 'provision') {
@@ -43,7 +46,10 @@ async function serve(opts: CommonOptions, which: 'up' | 'gateway' | 'provision')
       services.push({ name: 'provision', endpoint: `${provisioning.endpoint} (JSON /v1, EST /.well-known/est)`, close: () => provisioning.close() });
     }
   } catch (err) {
+    // Nothing half-started stays behind: close what started, give the signals back, report.
     await Promise.allSettled(services.map((s) => s.close()));
+    stopped.cancel();
+    ctx.close();
     throw err;
   }
   emit(opts, { dataDir: ctx.paths.dataDir, created, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
@@ -52,7 +58,7 @@ async function serve(opts: CommonOptions, which: 'up' | 'gateway' | 'provision')
     ...services.map((s) => `  ${s.name.padEnd(10)} ${s.endpoint}`),
     'press Ctrl-C to stop',
   ].join('\n'));
-  const signal = await stopped;
+  const signal = await stopped.signal;
   log.info({ signal }, 'stopping');
   await Promise.allSettled(services.map((s) => s.close()));
   ctx.close();
@@ -71,15 +77,23 @@ export function registerUp(program: Command, common: CommonFlags): void {
     .action((opts: CommonOptions) => serve(opts, 'provision'));
 }
 
-function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
+function waitForSignal(): { signal: Promise<NodeJS.Signals>; cancel(): void } {
+  let stop: (signal: NodeJS.Signals) => void = () => undefined;
+  const signal = new Promise<NodeJS.Signals>((resolve) => {
     // The listening servers keep the event loop alive; if start-up fails, nothing does.
-    const stop = (signal: NodeJS.Signals) => {
+    stop = (s: NodeJS.Signals) => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      resolve(signal);
+      resolve(s);
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
+  return {
+    signal,
+    cancel: () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+    },
+  };
 }

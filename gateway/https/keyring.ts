@@ -1,5 +1,5 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
-import { existsSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DataPaths } from '../../config/paths.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
@@ -70,11 +70,30 @@ export function rotateKeyring(paths: DataPaths, overlapMs: number): { active: st
     .filter((k) => k.retireAt === null || k.retireAt > now)
     .map((k) => (k.kid === ring.active ? { ...k, retireAt: now + overlapMs } : k));
   write(paths, { active: next.kid, keys: [...keys, next] });
+  deleteRetiredKeys(paths, now);
   return { active: next.kid, retired: ring.active, retireAt: now + overlapMs };
 }
 
+/**
+ * Deletes the private key file of every key past its overlap: once a key has left the JWKS no
+ * origin accepts what it signs, so keeping it would only keep something worth stealing. Only
+ * files are removed (the keyring's entry is dropped at the next rotation), so a running gateway
+ * and `fleetgate jwt rotate` never race on keyring.json. Returns the kids deleted.
+ */
+export function deleteRetiredKeys(paths: DataPaths, now = Date.now()): string[] {
+  const ring = read(paths);
+  const gone: string[] = [];
+  for (const k of ring.keys) {
+    if (k.kid === ring.active || k.retireAt === null || k.retireAt > now) continue;
+    if (!existsSync(keyFile(paths, k.kid))) continue;
+    rmSync(keyFile(paths, k.kid), { force: true });
+    gone.push(k.kid);
+  }
+  return gone;
+}
+
 /** The active signing key, and a JWKS of every key still published. */
-export function loadKeyring(paths: DataPaths, now = Date.now()): { active: SigningKey; jwks: { keys: Record<string, unknown>[] }; mtimeMs: number } {
+export function loadKeyring(paths: DataPaths, now = Date.now()): { active: SigningKey; jwks: { keys: Record<string, unknown>[] }; mtimeMs: number; nextRetireAt: number | null } {
   const mtimeMs = statSync(fileOf(paths)).mtimeMs;
   const ring = read(paths);
   const published = ring.keys.filter((k) => k.kid === ring.active || k.retireAt === null || k.retireAt > now);
@@ -84,7 +103,11 @@ export function loadKeyring(paths: DataPaths, now = Date.now()): { active: Signi
       kid: k.kid, alg: 'ES256', use: 'sig',
     })),
   };
-  return { active: { kid: ring.active, privateKey: createPrivateKey(readFileSync(keyFile(paths, ring.active))) }, jwks, mtimeMs };
+  const pending = ring.keys.filter((k) => k.kid !== ring.active && k.retireAt !== null && existsSync(keyFile(paths, k.kid))).map((k) => k.retireAt as number);
+  return {
+    active: { kid: ring.active, privateKey: createPrivateKey(readFileSync(keyFile(paths, ring.active))) }, jwks, mtimeMs,
+    nextRetireAt: pending.length === 0 ? null : Math.min(...pending),
+  };
 }
 
 export function keyringFile(paths: DataPaths): string {

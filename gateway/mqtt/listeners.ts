@@ -44,6 +44,8 @@ export async function startMqttListeners(plane: MqttPlane, tls: TlsOptions, conf
   wss.keepAliveTimeout = 1_000;
   const maxPayload = Math.max(...Object.values(config.limits).map((l) => l.maxPacketBytes)) + 8;
   const ws = new WebSocketServer({ server: wss, path: config.wssPath, maxPayload, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
+  // ws re-emits the HTTPS server's errors (a busy port among them): the bind below reports those.
+  ws.on('error', () => undefined);
   ws.on('connection', (socket, req) => {
     req.socket.setTimeout(0); // the idle timer above was for the upgrade request only
     const stream = createWebSocketStream(socket);

@@ -1,5 +1,7 @@
-import { createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { join } from 'node:path';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { DataPaths } from '../../config/paths.ts';
 import { existsSync, readText, writeNewFile } from '../../config/files.ts';
@@ -61,21 +63,36 @@ function pairState(certFile: string, keyFile: string): 'present' | 'absent' {
   throw new FleetgateError('CA_INVALID', `${cert ? certFile : keyFile} exists without ${cert ? keyFile : certFile}; restore it or move both away`);
 }
 
+/** The root key where `init` left it (or where round 1 kept it); undefined when it is offline. */
+export function rootKeyOnDisk(paths: DataPaths): string | undefined {
+  return [paths.rootKey, paths.legacyRootKey].find((f) => existsSync(f));
+}
+
 /**
  * `fleetgate init`: creates what is missing (root, issuing intermediate, gateway server
  * certificate) and never overwrites anything. Returns the names of what it created.
+ *
+ * The root key goes to `offline/root-ca.key`, which no service reads: the services run with the
+ * issuing key only, and the operator moves the root key off the machine. With the root key
+ * offline, a missing intermediate is made by `fleetgate ca reissue-intermediate --root-key FILE`.
  */
 export async function initCa(paths: DataPaths, options: CaInitOptions): Promise<string[]> {
   const created: string[] = [];
   const tag = randomBytes(4).toString('hex');
   let rootKey: CryptoKey | undefined;
-  if (pairState(paths.rootCert, paths.rootKey) === 'absent') {
+  if (!existsSync(paths.rootCert)) {
+    const stray = rootKeyOnDisk(paths);
+    if (stray !== undefined) throw new FleetgateError('CA_INVALID', `${stray} exists without ${paths.rootCert}; restore it or move the key away`);
     if (existsSync(paths.intermediateCert)) throw new FleetgateError('CA_INVALID', `${paths.intermediateCert} exists but the root CA is missing`);
     rootKey = await createRoot(paths, options, tag);
     created.push('root CA');
   }
   if (pairState(paths.intermediateCert, paths.intermediateKey) === 'absent') {
-    rootKey ??= await importKeyPem(readText(paths.rootKey));
+    const keyFile = rootKeyOnDisk(paths);
+    if (keyFile === undefined && rootKey === undefined) {
+      throw new FleetgateError('CA_INVALID', `no issuing CA in ${paths.dataDir} and the root key is offline: run \`fleetgate ca reissue-intermediate --root-key FILE --data ${paths.dataDir}\``);
+    }
+    rootKey ??= await importKeyPem(readText(keyFile!));
     await createIntermediate(paths, options, rootKey, tag);
     created.push('issuing CA');
   }
@@ -100,10 +117,39 @@ async function createRoot(paths: DataPaths, options: CaInitOptions, tag: string)
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     ],
   });
-  // Key first: a certificate without its key would make the next init refuse (pairState).
+  // Key first: a root certificate is taken as "root exists" by the next init.
   writeNewFile(paths.rootKey, await exportKeyPem(keys.privateKey), KEY_MODE);
   writeNewFile(paths.rootCert, pemWithNewline(cert.toString('pem')), CERT_MODE);
   return keys.privateKey;
+}
+
+/**
+ * `fleetgate ca reissue-intermediate`: a new issuing CA (new key) signed with the root key from
+ * `rootKeyPem` (brought back from offline for this). The replaced intermediate's certificate is
+ * kept in `ca/retired/` and its key deleted; certificates it issued stay valid (they chain to the
+ * same root, and devices present their own chain). Services pick the new one up on restart.
+ */
+export async function reissueIntermediate(paths: DataPaths, options: CaInitOptions, rootKeyPem: string): Promise<{ retired: string | undefined; subject: string }> {
+  let rootKey: CryptoKey;
+  let matches: boolean;
+  try {
+    rootKey = await importKeyPem(rootKeyPem);
+    const spki = (k: KeyObject) => k.export({ type: 'spki', format: 'der' });
+    matches = spki(createPublicKey(createPrivateKey(rootKeyPem))).equals(spki(new X509Certificate(readText(paths.rootCert)).publicKey));
+  } catch (err) {
+    throw new FleetgateError('CA_INVALID', 'the root key cannot be read (PEM, PKCS#8, EC P-256 expected)', { cause: err });
+  }
+  if (!matches) throw new FleetgateError('CA_INVALID', `that key is not the key of ${paths.rootCert}`);
+  let retired: string | undefined;
+  if (existsSync(paths.intermediateCert)) {
+    const old = new x509.X509Certificate(readText(paths.intermediateCert));
+    retired = join(paths.retiredDir, `intermediate-${old.serialNumber}.crt`);
+    writeNewFile(retired, readText(paths.intermediateCert), CERT_MODE);
+    rmSync(paths.intermediateCert, { force: true });
+    rmSync(paths.intermediateKey, { force: true });
+  }
+  await createIntermediate(paths, options, rootKey, randomBytes(4).toString('hex'));
+  return { retired, subject: new x509.X509Certificate(readText(paths.intermediateCert)).subject };
 }
 
 async function createIntermediate(paths: DataPaths, options: CaInitOptions, rootKey: CryptoKey, tag: string): Promise<void> {

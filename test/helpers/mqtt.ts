@@ -8,6 +8,8 @@ export interface ConnectOptions {
   protocolVersion?: 3 | 4 | 5;
   keepalive?: number;
   timeoutMs?: number;
+  /** Source address on loopback (127.0.0.0/8), for per-address limits. */
+  localAddress?: string;
 }
 
 /** An mqtt.js client over mqtts:// or wss:// with a device credential; rejects with the CONNACK code or TLS error. */
@@ -21,6 +23,7 @@ export async function connect(url: string, cred: Credential | undefined, opts: C
     reconnectPeriod: 0,
     connectTimeout: opts.timeoutMs ?? 15_000,
     rejectUnauthorized: true,
+    ...(opts.localAddress !== undefined && { localAddress: opts.localAddress }),
   };
   // STACK-NOTES: without `false`, connectAsync never settles when the server closes before CONNACK.
   const client = await withTimeout(mqtt.connectAsync(url, options, false), (opts.timeoutMs ?? 15_000) + 1_000, 'connect');
