@@ -13,6 +13,11 @@ export function publicBody(e: FleetgateError): { error: { code: string; message:
   return { error: { code: e.code, message: e.publicMessage } };
 }
 
+/** fastify's `frameworkErrors` hook (a URL it cannot route): answered like every other refusal. */
+export function frameworkError(err: unknown, _req: unknown, reply: FastifyReply): void {
+  void sendError(reply, httpError(err));
+}
+
 /** The JSON error answer of every HTTP surface except EST. */
 export function sendError(reply: FastifyReply, e: FleetgateError): FastifyReply {
   return reply.status(e.httpStatus).type('application/json; charset=utf-8').send(publicBody(e));
@@ -37,6 +42,7 @@ export function httpError(err: unknown): FleetgateError {
       return new FleetgateError('BAD_REQUEST', e.message);
     case 'FST_ERR_BAD_URL':
     case 'FST_ERR_ASYNC_CONSTRAINT':
+    case 'FST_ERR_MAX_PARAM_LENGTH':
       return new FleetgateError('PATH_INVALID', e.message);
     default:
       if (e.statusCode === 413) return new FleetgateError('PAYLOAD_TOO_LARGE', e.message);

@@ -5,7 +5,7 @@ import type { GatewayConfig } from '../../config/config.ts';
 import { admit } from '../../edge/admission.ts';
 import type { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
-import { httpError, logFields, sendError } from '../../edge/http-errors.ts';
+import { frameworkError, httpError, logFields, sendError } from '../../edge/http-errors.ts';
 import { bindError } from '../../edge/listen.ts';
 import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
@@ -44,6 +44,7 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
     requestTimeout: config.adminRequestTimeoutMs,
     connectionTimeout: config.adminRequestTimeoutMs,
     keepAliveTimeout: 5_000,
+    frameworkErrors: frameworkError,
   });
   app.server.on('tlsClientError', onTlsClientError(deps.refusals, (code) => deps.metrics.handshakes.inc({ transport: 'admin', outcome: 'tls_failed', code }), { transport: 'admin' }));
   deps.guard.attach(app.server, 'admin');

@@ -7,7 +7,7 @@ import type { HttpsConfig, RouteConfig } from '../../config/config.ts';
 import { admit, socketIdentity, type Admitted } from '../../edge/admission.ts';
 import type { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
-import { httpError, logFields, sendError } from '../../edge/http-errors.ts';
+import { frameworkError, httpError, logFields, sendError } from '../../edge/http-errors.ts';
 import { bindError } from '../../edge/listen.ts';
 import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
@@ -161,7 +161,7 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     requestTimeout: longestRoute + 30_000,
     return503OnClosing: true,
     // A URL fastify cannot route (bad percent-encoding) is refused like any bad path.
-    frameworkErrors: (err, _req, reply) => void sendError(reply, httpError(err)),
+    frameworkErrors: frameworkError,
   });
   app.server.headersTimeout = config.headersTimeoutMs;
   app.server.maxConnections = config.maxConnections;

@@ -9,7 +9,7 @@ import { estRoutes } from '../est/routes.ts';
 import { RegistryWriter } from '../registry/writer.ts';
 import { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
-import { httpError, logFields, sendError } from '../../edge/http-errors.ts';
+import { frameworkError, httpError, logFields, sendError } from '../../edge/http-errors.ts';
 import { bindError } from '../../edge/listen.ts';
 import { ThrottledLog } from '../../edge/throttled-log.ts';
 import { serverTlsOptions } from '../../edge/tls.ts';
@@ -44,6 +44,7 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
     connectionTimeout: p.requestTimeoutMs,
     keepAliveTimeout: p.keepAliveTimeoutMs,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
+    frameworkErrors: frameworkError,
   });
   app.server.headersTimeout = p.headersTimeoutMs;
   // Unauthenticated peers: failed handshakes closed and counted; pending handshakes bounded.

@@ -184,6 +184,11 @@ export class RegistryWriter extends RegistryReader {
         if (this.#w.useToken!.run(Date.now(), cert.serial, cert.tokenHash).changes !== 1) throw new FleetgateError('TOKEN_USED', 'enrollment token already used');
       }
       if (cert.supersedes !== undefined) this.assertMayRenew(cert.supersedes, device.id);
+      // Nothing denylisted gets a certificate: not the device, not the key it asks to certify.
+      const denied = this.findDenied({ fingerprint: cert.fingerprint, spki: cert.spkiSha256, deviceId: device.id, now: Date.now() });
+      if (denied !== undefined) {
+        throw new FleetgateError('DENYLISTED', `${denied.kind} ${denied.value} is denylisted${denied.reason ? `: ${denied.reason}` : ''}`, { detail: { deviceId: device.id, denied: denied.kind } });
+      }
       this.#w.insertCert!.run({ ...cert, now: Date.now(), actor });
       if (cert.supersedes !== undefined && this.#w.supersede!.run(cert.serial, cert.supersedes, device.id).changes !== 1) {
         throw new FleetgateError('CERT_SUPERSEDED', `certificate ${cert.supersedes} was renewed already`, { detail: { deviceId: device.id, serial: cert.supersedes } });
