@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
+import { DEVICE_TYPES, type DeviceType } from '../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { parseDuration } from './duration.ts';
 
@@ -148,7 +149,8 @@ export interface GatewayConfig {
   topics: Readonly<Record<DeviceTypeName, TopicRules>>;
 }
 
-type DeviceTypeName = 'sensor' | 'gateway' | 'camera' | 'service' | 'operator';
+/** The device types (one list, in the wire contract). */
+type DeviceTypeName = DeviceType;
 
 const DAY = 86_400_000;
 
@@ -277,7 +279,6 @@ const SETTINGS = [
 ] as const;
 
 type Kind = (typeof SETTINGS)[number]['kind'];
-const TYPE_NAMES = ['sensor', 'gateway', 'camera', 'service', 'operator'] as const;
 
 export interface LoadOptions {
   /** `--data`; else FLEETGATE_DATA; else ./data. */
@@ -401,7 +402,7 @@ function mergePerType(kind: 'limits' | 'topics', value: unknown, where: string, 
   }
   const out = structuredClone(current);
   for (const [type, v] of Object.entries(value as Record<string, unknown>)) {
-    if (!(TYPE_NAMES as readonly string[]).includes(type) || v === null || typeof v !== 'object') {
+    if (!(DEVICE_TYPES as readonly string[]).includes(type) || v === null || typeof v !== 'object') {
       problems.push(`${where}.${type}: unknown device type or not an object`);
       continue;
     }

@@ -45,8 +45,9 @@ before(async () => {
   c.denyFp = await enrollDevice(r, ca, dir, { id: 'denyfp-1' });
   r.addDeny({ kind: 'fingerprint', value: c.denyFp.fingerprint, reason: 'test' }, 'test');
   const spkiOld = await enrollDevice(r, ca, dir, { id: 'denyspki-1' });
+  // A second certificate for the same key, issued before the key was denylisted (afterwards the CA refuses one).
+  c.denySpki = await enrollDevice(r, ca, dir, { id: 'denyspki-1', exists: true, keys: spkiOld.keys, name: 'denyspki-1-new' });
   r.addDeny({ kind: 'spki', value: spkiOld.spki, reason: 'key leaked' }, 'test');
-  c.denySpki = await enrollDevice(r, ca, dir, { id: 'denyspki-1', exists: true, keys: spkiOld.keys, name: 'denyspki-1-new' }); // a new certificate for the same key
   c.denyDevice = await enrollDevice(r, ca, dir, { id: 'denydev-1' });
   r.addDeny({ kind: 'device', value: 'denydev-1' }, 'test');
   c.suspended = await enrollDevice(r, ca, dir, { id: 'suspended-1' });
