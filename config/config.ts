@@ -39,6 +39,32 @@ export interface FleetgateConfig {
     /** pino level of the services' log: fatal, error, warn, info, debug, trace, silent. */
     level: string;
   };
+  mqtt: MqttConfig;
+}
+
+/** The MQTT core: durability and the bounds on what one client may make the gateway hold. */
+export interface MqttConfig {
+  /**
+   * `disk`: a PUBACK/PUBREC means the message is committed to `data/mqtt.db` for every persistent
+   * session that must receive it (group commit per event-loop turn). `memory`: acknowledged at
+   * once, lost if the gateway dies — faster, off by default.
+   */
+  durability: 'disk' | 'memory';
+  /** QoS 1/2 messages in flight (sent, not yet acknowledged) to one client. */
+  maxInflight: number;
+  /** QoS 1/2 messages queued for one session beyond the in-flight window; past it the oldest are dropped (counted). */
+  maxQueuedMessages: number;
+  /** Bytes waiting in one connection's socket; past it QoS 0 to that client is dropped (counted). */
+  maxOutboundBytes: number;
+  /** A connection over `maxOutboundBytes` for this long is disconnected (a subscriber that does not read). */
+  drainTimeoutMs: number;
+  /** Retained messages one device may hold, and their bytes; and all devices together. */
+  retainedPerDevice: number;
+  retainedBytesPerDevice: number;
+  retainedTotal: number;
+  retainedBytesTotal: number;
+  /** A persistent session nobody has connected to for this long is deleted. */
+  sessionExpiryMs: number;
 }
 
 /** One HTTPS route: requests under `prefix` go to `origin` with an assertion for `audience`. */
@@ -216,6 +242,18 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
   log: {
     level: 'info',
   },
+  mqtt: {
+    durability: 'disk' as const,
+    maxInflight: 32,
+    maxQueuedMessages: 1_000,
+    maxOutboundBytes: 1024 * 1024, // 1 MiB
+    drainTimeoutMs: 10_000, // 10 s
+    retainedPerDevice: 100,
+    retainedBytesPerDevice: 1024 * 1024, // 1 MiB
+    retainedTotal: 100_000,
+    retainedBytesTotal: 256 * 1024 * 1024, // 256 MiB
+    sessionExpiryMs: 7 * DAY, // 7 days
+  },
   provisioning: {
     host: '127.0.0.1',
     port: 9443,
@@ -272,6 +310,16 @@ const SETTINGS = [
   { key: 'https.minBodyBytesPerSecond', file: ['https', 'minBodyBytesPerSecond'], env: 'FLEETGATE_HTTPS_MIN_BODY_RATE', kind: 'count' },
   { key: 'https.maxConnections', file: ['https', 'maxConnections'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS', kind: 'count' },
   { key: 'https.maxConnectionsPerDevice', file: ['https', 'maxConnectionsPerDevice'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS_PER_DEVICE', kind: 'count' },
+  { key: 'mqtt.durability', file: ['mqtt', 'durability'], env: 'FLEETGATE_MQTT_DURABILITY', kind: 'durability' },
+  { key: 'mqtt.maxInflight', file: ['mqtt', 'maxInflight'], env: 'FLEETGATE_MQTT_MAX_INFLIGHT', kind: 'count' },
+  { key: 'mqtt.maxQueuedMessages', file: ['mqtt', 'maxQueuedMessages'], env: 'FLEETGATE_MQTT_MAX_QUEUED', kind: 'count' },
+  { key: 'mqtt.maxOutboundBytes', file: ['mqtt', 'maxOutboundBytes'], env: 'FLEETGATE_MQTT_MAX_OUTBOUND_BYTES', kind: 'count' },
+  { key: 'mqtt.drainTimeoutMs', file: ['mqtt', 'drainTimeout'], env: 'FLEETGATE_MQTT_DRAIN_TIMEOUT', kind: 'duration' },
+  { key: 'mqtt.retainedPerDevice', file: ['mqtt', 'retainedPerDevice'], env: 'FLEETGATE_MQTT_RETAINED_PER_DEVICE', kind: 'count' },
+  { key: 'mqtt.retainedBytesPerDevice', file: ['mqtt', 'retainedBytesPerDevice'], env: 'FLEETGATE_MQTT_RETAINED_BYTES_PER_DEVICE', kind: 'count' },
+  { key: 'mqtt.retainedTotal', file: ['mqtt', 'retainedTotal'], env: 'FLEETGATE_MQTT_RETAINED_TOTAL', kind: 'count' },
+  { key: 'mqtt.retainedBytesTotal', file: ['mqtt', 'retainedBytesTotal'], env: 'FLEETGATE_MQTT_RETAINED_BYTES_TOTAL', kind: 'count' },
+  { key: 'mqtt.sessionExpiryMs', file: ['mqtt', 'sessionExpiry'], env: 'FLEETGATE_MQTT_SESSION_EXPIRY', kind: 'duration' },
   { key: 'log.level', file: ['log', 'level'], env: 'FLEETGATE_LOG_LEVEL', kind: 'loglevel' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
@@ -313,6 +361,13 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return value;
   }
   if (kind === 'routes') return parseRoutes(value, where, problems);
+  if (kind === 'durability') {
+    if (value !== 'disk' && value !== 'memory') {
+      problems.push(`${where} must be "disk" or "memory"`);
+      return undefined;
+    }
+    return value;
+  }
   if (kind === 'loglevel') {
     if (typeof value !== 'string' || !['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(value)) {
       problems.push(`${where} must be one of fatal, error, warn, info, debug, trace, silent`);

@@ -8,6 +8,7 @@ import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { AuditAppender } from '../provisioning/registry/audit-appender.ts';
 import type { StatusEvent } from '../provisioning/registry/records.ts';
 import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { startAdmin } from './admin/server.ts';
 import { AssertionMinter } from './https/assertion.ts';
 import { deleteRetiredKeys, ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
@@ -52,7 +53,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       refusals.warn(`unauthenticated:${reason}`, { decision: 'closed', listener, reason, remoteAddress }, 'unauthenticated connection closed');
     } },
   );
-  const plane = await MqttPlane.create({ config: g, checker, sessions, metrics, log: log.child({ plane: 'mqtt' }) });
+  const plane = new MqttPlane({ config: g, mqtt: config.mqtt, storeFile: join(paths.dataDir, 'mqtt.db'), checker, sessions, metrics, log: log.child({ plane: 'mqtt' }) });
 
   const cut = (session: Session, error: FleetgateError, actor: string, event?: StatusEvent) => {
     if (session.cut !== undefined) return;
@@ -74,6 +75,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     cut: (session, error, event) => cut(session, error, 'gateway', event),
     expired: (session) => cut(session, new FleetgateError('CERT_EXPIRED', `certificate ${session.identity.serial} expired during the session`), 'gateway'),
     refresh: (session) => plane.refreshScope(session),
+    event: (event) => plane.onStatusEvent(event),
     unavailable: (error) => log.error({ code: error.code, err: error.message }, 'registry unavailable: new connections are refused'),
   }, g.statusPollMs);
 

@@ -18,6 +18,12 @@ export function createMetrics() {
     liveCuts: new Counter({ name: 'fleetgate_live_cuts_total', help: 'Live sessions cut by a status change, by code', labelNames: ['code'] as const, registers: [registry] }),
     httpsHandshakes: new Counter({ name: 'fleetgate_https_handshakes_total', help: 'Full TLS handshakes on the HTTPS plane', registers: [registry] }),
     httpsRequests: new Counter({ name: 'fleetgate_https_requests_total', help: 'HTTPS plane requests by outcome code (OK: served)', labelNames: ['code'] as const, registers: [registry] }),
+    mqttDropped: new Counter({
+      name: 'fleetgate_mqtt_dropped_total', help: 'Messages not delivered: QoS 0 to a subscriber that does not read (slow_consumer), oldest queued QoS 1/2 past the queue bound (queue_full)',
+      labelNames: ['reason'] as const, registers: [registry],
+    }),
+    retainedRefused: new Counter({ name: 'fleetgate_mqtt_retained_refused_total', help: 'Retained messages delivered but not retained (over a quota)', registers: [registry] }),
+    slowConsumers: new Counter({ name: 'fleetgate_mqtt_slow_consumers_total', help: 'Connections closed because they did not read for the drain timeout', registers: [registry] }),
     unauthenticatedClosed: new Counter({
       name: 'fleetgate_unauthenticated_closed_total', help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
       labelNames: ['listener', 'reason'] as const, registers: [registry],

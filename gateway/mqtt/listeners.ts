@@ -1,7 +1,7 @@
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { createServer as createTlsServer, type Server as TlsServer, type TlsOptions } from 'node:tls';
 import type { Logger } from 'pino';
-import { createWebSocketStream, WebSocketServer } from 'ws';
+import { WebSocketServer } from 'ws';
 import type { GatewayConfig } from '../../config/config.ts';
 import type { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
@@ -27,7 +27,7 @@ export interface ListenerDeps {
 export async function startMqttListeners(plane: MqttPlane, tls: TlsOptions, config: GatewayConfig, deps: ListenerDeps): Promise<Listening> {
   const { guard, refusals, metrics } = deps;
   const failed = (transport: string) => onTlsClientError(refusals, (code) => metrics.handshakes.inc({ transport, outcome: 'tls_failed', code }), { transport });
-  const mqtts = createTlsServer({ ...tls, noDelay: true }, (socket) => plane.handle(socket, 'mqtts', socket));
+  const mqtts = createTlsServer({ ...tls, noDelay: true }, (socket) => plane.handleTls(socket));
   mqtts.on('tlsClientError', failed('mqtts'));
   guard.attach(mqtts, 'mqtts');
 
@@ -48,9 +48,7 @@ export async function startMqttListeners(plane: MqttPlane, tls: TlsOptions, conf
   ws.on('error', () => undefined);
   ws.on('connection', (socket, req) => {
     req.socket.setTimeout(0); // the idle timer above was for the upgrade request only
-    const stream = createWebSocketStream(socket);
-    stream.on('error', () => undefined); // surfaced through aedes and the close handler
-    plane.handle(req.socket as import('node:tls').TLSSocket, 'wss', stream, req);
+    plane.handleWs(socket, req);
   });
   const bound = await Promise.allSettled([listen(mqtts, config.mqttPort, config.host, 'gateway.mqttPort (FLEETGATE_MQTT_PORT)'), listen(wss, config.wssPort, config.host, 'gateway.wssPort (FLEETGATE_WSS_PORT)')]);
   const failure = bound.find((b) => b.status === 'rejected');

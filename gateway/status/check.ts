@@ -35,7 +35,7 @@ export class StatusChecker implements StatusSource {
     if (this.#reader === undefined || inode !== this.#inode) {
       this.#drop();
       this.#reader = new RegistryReader(this.#file); // throws REGISTRY_UNAVAILABLE itself
-      this.#reader.db.pragma('busy_timeout = 250'); // a locked registry refuses fast instead of stalling handshakes
+      this.#reader.db.pragma('busy_timeout = 100'); // a locked registry refuses fast (CONNACK 3) instead of stalling the event loop
       this.#inode = inode;
     }
     return this.#reader;

@@ -14,6 +14,8 @@ export interface WatchDeps {
   refresh(session: Session): void;
   /** The feed could not be read (the registry is unavailable); called once per outage. */
   unavailable(error: FleetgateError): void;
+  /** Every event, after the live sessions it touches were handled (the MQTT core purges what a revoked device left). */
+  event?(event: StatusEvent): void;
 }
 
 /**
@@ -28,6 +30,7 @@ export class StatusWatcher {
   readonly #sweep: NodeJS.Timeout;
   #last = 0;
   #down = false;
+  #retryAt = 0;
 
   constructor(deps: WatchDeps, pollMs: number) {
     this.#deps = deps;
@@ -50,17 +53,22 @@ export class StatusWatcher {
   }
 
   poll(): void {
+    // While the registry fails (locked, gone), ask it again once a second, not every poll: each
+    // attempt may wait out SQLite's busy timeout, and live sessions must keep being served.
+    if (this.#down && Date.now() < this.#retryAt) return;
     let events: StatusEvent[];
     try {
       events = this.#deps.checker.reader().listStatusEvents(this.#last);
       this.#down = false;
     } catch (err) {
+      this.#retryAt = Date.now() + 1_000;
       this.#outage(err);
       return;
     }
     for (const event of events) {
       this.#last = event.seq;
       this.#apply(event);
+      this.#deps.event?.(event);
     }
   }
 

@@ -1,0 +1,64 @@
+import type { Session, Transport } from '../sessions.ts';
+import type { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { Framer, type EncodedPublish, type Will } from './codec.ts';
+import type { MqttSession } from './session.ts';
+import type { MqttTransport } from './transport.ts';
+
+/**
+ * One MQTT network connection, from the TLS handshake to close: what the handshake decided
+ * (`session` or `refusal`), then after CONNECT its MQTT session, keepalive and will. Outgoing
+ * packets are collected during an event-loop turn and written in one batch by the plane.
+ */
+export class MqttConnection {
+  readonly transport: MqttTransport;
+  readonly kind: Transport;
+  readonly remoteAddress: string;
+  readonly framer: Framer;
+  /** The admitted device (identity + live status), when the handshake passed every check. */
+  readonly session: Session | undefined;
+  readonly refusal: FleetgateError | undefined;
+  readonly since = Date.now();
+  state: 'connecting' | 'connected' | 'closed' = 'connecting';
+  mqtt: MqttSession | undefined;
+  clientId: string | undefined;
+  keepaliveMs = 0;
+  lastReceived = Date.now();
+  will: Will | undefined;
+  /** Outgoing chunks of this turn. */
+  out: Buffer[] = [];
+  outBytes = 0;
+  /** Since when the socket has held more than the outbound bound (0: it does not). */
+  overSince = 0;
+  /** Why the gateway closed it (for the log and the will decision). */
+  closeReason: string | undefined;
+
+  constructor(init: { transport: MqttTransport; kind: Transport; remoteAddress: string; session?: Session; refusal?: FleetgateError; limit: () => number; onPacket: (first: number, body: Buffer) => void }) {
+    this.transport = init.transport;
+    this.kind = init.kind;
+    this.remoteAddress = init.remoteAddress;
+    this.session = init.session;
+    this.refusal = init.refusal;
+    this.framer = new Framer(init.limit, init.onPacket);
+  }
+
+  push(chunk: Buffer): void {
+    this.out.push(chunk);
+    this.outBytes += chunk.length;
+  }
+
+  pushPublish(p: EncodedPublish, packetId: Buffer | undefined): void {
+    this.out.push(p.head);
+    if (packetId !== undefined) this.out.push(packetId);
+    if (p.payload.length > 0) this.out.push(p.payload);
+    this.outBytes += p.head.length + (packetId?.length ?? 0) + p.payload.length;
+  }
+
+  /** Writes this turn's packets in one batch. */
+  flush(): void {
+    if (this.out.length === 0) return;
+    const chunks = this.out;
+    this.out = [];
+    this.outBytes = 0;
+    if (this.state !== 'closed') this.transport.write(chunks);
+  }
+}

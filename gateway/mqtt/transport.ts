@@ -1,0 +1,75 @@
+import type { TLSSocket } from 'node:tls';
+import type { WebSocket } from 'ws';
+
+/**
+ * What the MQTT core needs of a connection, over TLS or a WebSocket: bytes in, a batch of
+ * chunks out per event-loop turn (corked into as few TLS records / one WebSocket frame), how
+ * much is still unsent (for the slow-consumer bound), close.
+ */
+export interface MqttTransport {
+  write(chunks: Buffer[]): void;
+  /** Bytes written but not yet handed to the kernel. */
+  readonly buffered: number;
+  close(): void;
+  onData(fn: (chunk: Buffer) => void): void;
+  onClose(fn: () => void): void;
+  onDrain(fn: () => void): void;
+}
+
+export function tlsTransport(socket: TLSSocket): MqttTransport {
+  socket.on('error', () => undefined); // a reset peer: 'close' follows
+  return {
+    write(chunks) {
+      if (socket.destroyed) return;
+      if (chunks.length === 1) {
+        socket.write(chunks[0] as Buffer);
+        return;
+      }
+      socket.cork();
+      for (const c of chunks) socket.write(c);
+      socket.uncork();
+    },
+    get buffered() {
+      return socket.writableLength;
+    },
+    // Graceful: what was written (a CONNACK refusal) goes out first; a peer that does not read
+    // cannot hold the socket open past the timer.
+    close: () => {
+      socket.end();
+      setTimeout(() => socket.destroy(), 2_000).unref();
+    },
+    onData: (fn) => socket.on('data', fn),
+    onClose: (fn) => socket.once('close', fn),
+    onDrain: (fn) => socket.on('drain', fn),
+  };
+}
+
+/** MQTT over WebSocket: binary frames only [MQTT-6.0.0-1]; a packet may span frames and a frame hold several. */
+export function wsTransport(ws: WebSocket): MqttTransport {
+  ws.on('error', () => undefined);
+  const drainers: (() => void)[] = [];
+  return {
+    write(chunks) {
+      if (ws.readyState !== ws.OPEN) return;
+      ws.send(chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks), { binary: true }, () => {
+        if (ws.bufferedAmount === 0) for (const fn of drainers) fn();
+      });
+    },
+    get buffered() {
+      return ws.bufferedAmount;
+    },
+    close: () => {
+      ws.close();
+      setTimeout(() => ws.terminate(), 2_000).unref();
+    },
+    onData: (fn) => ws.on('message', (data, isBinary) => {
+      if (!isBinary) {
+        ws.terminate(); // text frames are not MQTT
+        return;
+      }
+      fn(Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer));
+    }),
+    onClose: (fn) => ws.once('close', fn),
+    onDrain: (fn) => drainers.push(fn),
+  };
+}
