@@ -123,10 +123,10 @@ export class MqttPlane {
     const { checker, sessions, metrics, config } = this.#deps;
     let session: Session | undefined;
     let refusal: FleetgateError | undefined;
-    try {
-      // Registry trouble never stalls the event loop for live sessions: while it is failing, new
-      // connections are refused at once (CONNACK 3) without asking it again.
-      if (Date.now() < this.#registryDownUntil) throw new FleetgateError('REGISTRY_UNAVAILABLE', 'registry unavailable (recent failure)');
+    // Registry trouble never stalls the event loop for live sessions: while it is failing, new
+    // connections are refused at once (CONNACK 3) without asking it again.
+    if (Date.now() < this.#registryDownUntil) refusal = new FleetgateError('REGISTRY_UNAVAILABLE', 'registry unavailable (recent failure; asked again shortly)');
+    else try {
       const stop = metrics.statusCheck.startTimer();
       const { device, identity } = admit(socket, checker);
       stop();
