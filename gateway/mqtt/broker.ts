@@ -360,6 +360,7 @@ export class MqttPlane {
   #sendQos0(conn: MqttConnection, message: Message, retain: boolean): void {
     if (conn.transport.buffered + conn.outBytes > this.#deps.mqtt.maxOutboundBytes) {
       this.#m.dropSlow.inc(); // a subscriber that does not read loses QoS 0, and slows nobody
+      if (conn.overSince === 0) conn.overSince = Date.now(); // its drain deadline starts
       return;
     }
     conn.pushPublish(message.encoded(0, retain), undefined);
@@ -383,6 +384,7 @@ export class MqttPlane {
     const conn = this.#live.get(mqtt);
     if (conn === undefined || conn.state !== 'connected') return;
     const { maxInflight, maxOutboundBytes } = this.#deps.mqtt;
+    if (mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes > maxOutboundBytes && conn.overSince === 0) conn.overSince = Date.now();
     while (mqtt.inflight.size < maxInflight && mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes <= maxOutboundBytes) {
       const d = mqtt.queue.shift() as Delivery;
       const id = d.packetId !== undefined && !mqtt.inflight.has(d.packetId) ? d.packetId : mqtt.nextPacketId();
@@ -557,15 +559,14 @@ export class MqttPlane {
       } else if (conn.state === 'connected' && conn.keepaliveMs > 0 && now - conn.lastReceived > conn.keepaliveMs * 1.5) {
         this.#deps.log.info({ code: 'KEEPALIVE_TIMEOUT', deviceId: conn.session?.device.id, transport: conn.kind }, 'keepalive expired: connection closed');
         this.#close(conn, 'keepalive');
-      } else if (conn.transport.buffered > maxOutboundBytes) {
-        if (conn.overSince === 0) conn.overSince = now;
+      } else if (conn.overSince !== 0) {
+        // It hit the outbound bound: it must drain (to half of it) within the drain timeout.
+        if (conn.transport.buffered <= maxOutboundBytes / 2) conn.overSince = 0;
         else if (now - conn.overSince > drainTimeoutMs) {
           this.#deps.metrics.slowConsumers.inc();
           this.#deps.log.warn({ code: 'SLOW_CONSUMER', deviceId: conn.session?.device.id, transport: conn.kind, buffered: conn.transport.buffered }, 'subscriber does not read: connection closed');
           this.#close(conn, 'slow_consumer');
         }
-      } else {
-        conn.overSince = 0;
       }
     }
     // Abandoned persistent sessions expire.

@@ -1,0 +1,74 @@
+// Issue #11: a third well-known client against the MQTT core — Eclipse Paho (Python, Debian's
+// python3-paho-mqtt) — over mqtts and wss, QoS 1 and 2, with the fleet's certificates.
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
+import { fileScope, run } from './helpers/run.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
+
+// Debian's interpreter, where python3-paho-mqtt installs (a pyenv python3 on PATH would not see it).
+const PYTHON = '/usr/bin/python3';
+
+const SCRIPT = `
+import json, ssl, sys, time
+import paho.mqtt.client as mqtt
+host, port, transport, ca, dev_cert, dev_key, svc_cert, svc_key = sys.argv[1:9]
+def client(cid, cert, key):
+    c = mqtt.Client(client_id=cid, transport=transport, protocol=mqtt.MQTTv311)
+    c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if transport == 'websockets':
+        c.ws_set_options(path='/mqtt')
+    return c
+got = []
+sub = client('svc-paho', svc_cert, svc_key)
+sub.on_message = lambda c, u, m: got.append({'topic': m.topic, 'payload': m.payload.decode(), 'qos': m.qos})
+rc = {}
+sub.on_connect = lambda c, u, f, r: rc.__setitem__('sub', r)
+sub.on_subscribe = lambda c, u, mid, granted: rc.__setitem__('granted', list(granted))
+sub.connect(host, int(port), keepalive=30)
+sub.loop_start()
+while 'sub' not in rc: time.sleep(0.02)
+sub.subscribe([('devices/+/paho', 2), ('other/#', 1)])
+while 'granted' not in rc: time.sleep(0.02)
+pub = client('dev-paho', dev_cert, dev_key)
+pub.on_connect = lambda c, u, f, r: rc.__setitem__('pub', r)
+pub.connect(host, int(port), keepalive=30)
+pub.loop_start()
+while 'pub' not in rc: time.sleep(0.02)
+for qos in (1, 2):
+    info = pub.publish('devices/dev-paho/paho', 'q%d' % qos, qos=qos)
+    info.wait_for_publish()
+deadline = time.time() + 15
+while len(got) < 2 and time.time() < deadline: time.sleep(0.02)
+pub.disconnect(); sub.disconnect()
+print(json.dumps({'rc': rc, 'got': got}))
+`;
+
+let fleet: TestFleet;
+const c: Record<string, Credential> = {};
+const scope = fileScope(after);
+const available = existsSync(PYTHON) && (await run(PYTHON, ['-c', 'import paho.mqtt.client'])).code === 0;
+if (!available && process.env.CI !== undefined) throw new Error('python3-paho-mqtt is missing: .ci/run must install it');
+
+before(async () => {
+  if (!available) return;
+  fleet = await startTestFleet(scope);
+  c.dev = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'dev-paho' });
+  c.svc = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-paho', type: 'service' });
+});
+
+for (const transport of ['tcp', 'websockets'] as const) {
+  test(`paho/${transport === 'tcp' ? 'mqtts' : 'wss'}: QoS 1 and 2 delivered once at the granted QoS; a filter outside the service's scope gets 0x80`, { skip: available ? false : 'python3-paho-mqtt is not installed here (CI installs it)' }, async () => {
+    const port = transport === 'tcp' ? fleet.gateway.ports.mqtts : fleet.gateway.ports.wss;
+    const r = await run(PYTHON, ['-c', SCRIPT, 'localhost', String(port), transport, fleet.rootFile, c.dev!.certFile, c.dev!.keyFile, c.svc!.certFile, c.svc!.keyFile], { timeoutMs: 60_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { rc: { sub: number; pub: number; granted: number[] }; got: { topic: string; payload: string; qos: number }[] };
+    assert.deepEqual([out.rc.sub, out.rc.pub], [0, 0]);
+    assert.deepEqual(out.rc.granted, [2, 128]);
+    assert.deepEqual(out.got, [
+      { topic: 'devices/dev-paho/paho', payload: 'q1', qos: 1 },
+      { topic: 'devices/dev-paho/paho', payload: 'q2', qos: 2 },
+    ]);
+  });
+}
