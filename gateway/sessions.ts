@@ -14,6 +14,8 @@ export interface Session {
   readonly remoteAddress: string;
   readonly since: number;
   scope: TopicScope;
+  /** Topic → may publish, for the topics this session used lately (cleared when its scope changes). */
+  publishable?: Map<string, boolean>;
   /** Set once the session is cut: every later packet is refused with this code. */
   cut: ErrorCode | undefined;
   /** Closes the transport. */

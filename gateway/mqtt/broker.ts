@@ -32,6 +32,23 @@ export interface BrokerDeps {
   log: Logger;
 }
 
+/**
+ * The topic policy for a PUBLISH, remembered per session for the few topics a device uses (the
+ * scope only changes through `refreshScope`, which forgets). Status is checked on every packet
+ * regardless, before this.
+ */
+function publishable(session: Session, topic: string): boolean {
+  let cache = session.publishable;
+  if (cache === undefined) session.publishable = cache = new Map();
+  let ok = cache.get(topic);
+  if (ok === undefined) {
+    ok = mayPublish(session.scope, topic);
+    if (cache.size >= 64) cache.clear();
+    cache.set(topic, ok);
+  }
+  return ok;
+}
+
 /** After the registry failed a check, new connections are refused at once for this long (it is not asked again). */
 const REGISTRY_BACKOFF_MS = 1_000;
 
@@ -70,8 +87,7 @@ export class MqttPlane {
     const m = deps.metrics;
     // Label children resolved once: a label lookup per message costs more than the routing.
     this.#m = {
-      in: [m.messagesIn.labels({ qos: '0' }), m.messagesIn.labels({ qos: '1' }), m.messagesIn.labels({ qos: '2' })],
-      out: m.messagesOut,
+      hot: m.hot,
       dropSlow: m.mqttDropped.labels({ reason: 'slow_consumer' }),
       dropQueue: m.mqttDropped.labels({ reason: 'queue_full' }),
     };
@@ -174,6 +190,7 @@ export class MqttPlane {
   /** A gateway device's children changed. */
   refreshScope(session: Session): void {
     session.scope = scopeFor(this.#deps.config.topics[session.device.type], session.device, this.#children(session.device.id));
+    session.publishable = undefined;
   }
 
   // --- inbound packets ---
@@ -293,14 +310,14 @@ export class MqttPlane {
   }
 
   #publish(conn: MqttConnection, p: PublishPacket): void {
-    const code = this.#packetCheck(conn, (s) => mayPublish(s.scope, p.topic));
+    const code = this.#packetCheck(conn, (s) => publishable(s, p.topic));
     if (code !== undefined) {
       // MQTT 3.1.1 has no negative PUBACK: an unauthorized PUBLISH closes the connection.
       this.#denied('publish', conn, code, p.topic);
       return this.#close(conn, 'denied');
     }
     const mqtt = conn.mqtt as MqttSession;
-    this.#m.in[p.qos]!.inc();
+    (this.#m.hot.in[p.qos] as number)++;
     if (p.qos === 2 && mqtt.qos2In.has(p.packetId)) {
       // A resent QoS 2 PUBLISH we already have: acknowledge, do not deliver again [MQTT-4.3.3-2].
       return this.#ackAfterCommit(conn, 'pubrec', p.packetId);
@@ -364,7 +381,7 @@ export class MqttPlane {
       return;
     }
     conn.pushPublish(message.encoded(0, retain), undefined);
-    this.#m.out.inc();
+    this.#m.hot.out++;
     this.#markDirty(conn);
   }
 
@@ -399,7 +416,7 @@ export class MqttPlane {
       } else {
         const encoded = d.message.encoded(d.qos, d.retain);
         conn.pushPublish(d.dup ? withDup(encoded) : encoded, packetIdBytes(id));
-        this.#m.out.inc();
+        this.#m.hot.out++;
       }
     }
     this.#markDirty(conn);
