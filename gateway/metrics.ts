@@ -1,8 +1,10 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** The gateway's Prometheus metrics, one registry per gateway (tests run several in one process). */
 export function createMetrics() {
   const registry = new Registry();
+  // Process metrics (CPU, RSS, heap, event-loop lag, open fds) under the usual names.
+  collectDefaultMetrics({ register: registry });
   // Per-message counts are plain numbers on the hot path, read into the counters when scraped:
   // a prom-client label lookup per message costs more than routing the message.
   const hot = { in: [0, 0, 0], out: 0, reported: { in: [0, 0, 0], out: 0 } };
