@@ -112,9 +112,9 @@ const publishersCreds: Credential[] = [];
 for (let i = 0; i < Math.max(PUBLISHERS, CONNECT_CONCURRENCY, REVOCATIONS); i++) publishersCreds.push(await device(`bench-${i}`));
 const service = await device('bench-svc', 'service');
 
-interface Figures { connectMs: number; qos0Us: number; qos1Us: number; loss0: number; loss1: number; idleKiB: number; connectRate: number }
+interface Figures { connectMs: number; qos0Us: number; qos1Us: number; qos1PersistentUs: number; loss0: number; loss1: number; lossP: number; idleKiB: number; connectRate: number }
 
-async function measure(server: Server, idleCreds: Credential[]): Promise<Figures> {
+async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB'>> {
   // 1. Connects.
   let cpu0 = server.cpuSeconds();
   let next = 0;
@@ -129,13 +129,21 @@ async function measure(server: Server, idleCreds: Credential[]): Promise<Figures
   const connectSeconds = (performance.now() - t0) / 1000;
   const connectMs = ((server.cpuSeconds() - cpu0) / CONNECTS) * 1000;
 
-  // 2. Messages.
-  const sub = await open(server.url, service);
+  // 2. Messages: QoS 0, QoS 1 to a clean session, QoS 1 to a persistent session (the one the
+  //    durable mode writes to disk before each PUBACK).
+  let sub = await open(server.url, service);
   const publishers = await Promise.all(publishersCreds.slice(0, PUBLISHERS).map((c) => open(server.url, c)));
   const out: number[] = [];
   const loss: number[] = [];
-  for (const qos of [0, 1] as const) {
-    const topic = `q${qos}`;
+  for (const phase of ['q0', 'q1', 'q1p'] as const) {
+    const qos = phase === 'q0' ? 0 : 1;
+    const topic = phase;
+    if (phase === 'q1p') {
+      await sub.endAsync(true);
+      sub = await mqtt.connectAsync(server.url, {
+        secureContext: contextFor(service), clientId: service.deviceId, protocolVersion: 4, clean: false, reconnectPeriod: 0, keepalive: 600, connectTimeout: 20_000, servername: 'localhost',
+      } as mqtt.IClientOptions, false);
+    }
     await sub.subscribeAsync(`devices/+/${topic}`, { qos });
     let received = 0;
     const total = PUBLISHERS * MESSAGES;
@@ -165,7 +173,10 @@ async function measure(server: Server, idleCreds: Credential[]): Promise<Figures
     await sub.unsubscribeAsync(`devices/+/${topic}`);
   }
   await Promise.all([sub, ...publishers].map((c) => c.endAsync(true)));
+  return { connectMs, qos0Us: out[0]!, qos1Us: out[1]!, qos1PersistentUs: out[2]!, loss0: loss[0]!, loss1: loss[1]!, lossP: loss[2]!, connectRate: CONNECTS / connectSeconds };
+}
 
+async function measureIdle(server: Server, idleCreds: Credential[]): Promise<number> {
   // 3. Idle connections: raw TLS sockets with CONNECT, held open; RSS before and after.
   const rss0 = server.rssBytes();
   const sockets: TLSSocket[] = [];
@@ -190,7 +201,7 @@ async function measure(server: Server, idleCreds: Credential[]): Promise<Figures
   const idleKiB = opened === 0 ? Number.NaN : (server.rssBytes() - rss0) / opened / 1024;
   if (opened < idleCreds.length) log(`  (${server.name}: ${opened}/${idleCreds.length} idle connections opened)`);
   for (const s of sockets) s.destroy();
-  return { connectMs, qos0Us: out[0]!, qos1Us: out[1]!, loss0: loss[0]!, loss1: loss[1]!, idleKiB, connectRate: CONNECTS / connectSeconds };
+  return idleKiB;
 }
 
 function mqttConnect(clientId: string): Buffer {
@@ -204,15 +215,26 @@ const t = performance.now();
 for (let i = 0; i < IDLE; i++) idleCreds.push(await device(`idle-${i}`));
 log(`(${IDLE} idle-connection devices enrolled in ${fmt((performance.now() - t) / 1000, 1)} s)`);
 
+// The same client state for every server: all message phases first (interleaved), then the idle
+// phase (which grows the client's memory), so no server is measured against a slower client.
 const results = new Map<string, Figures>();
 for (const make of [() => startFleetgate('disk'), () => startMosquitto(), () => startFleetgate('memory')]) {
   const server = await make();
   try {
-    results.set(server.name, await measure(server, idleCreds));
+    results.set(server.name, { ...(await measureWork(server)), idleKiB: Number.NaN });
   } finally {
     await server.stop();
   }
 }
+for (const make of [() => startFleetgate('disk'), () => startMosquitto()]) {
+  const server = await make();
+  try {
+    results.get(server.name)!.idleKiB = await measureIdle(server, idleCreds);
+  } finally {
+    await server.stop();
+  }
+}
+results.get('fleetgate (memory)')!.idleKiB = results.get('fleetgate (disk)')!.idleKiB; // the same code path when idle
 
 const fg = results.get('fleetgate (disk)')!;
 const fm = results.get('fleetgate (memory)')!;
@@ -225,8 +247,9 @@ log(`| --- | --- | --- | --- | --- | --- | --- |`);
 log(`| mTLS connect → CONNACK | ${fmt(fg.connectMs, 2)} ms | ${fmt(fm.connectMs, 2)} ms | ${fmt(mo.connectMs, 2)} ms | ${ratio(fg.connectMs, mo.connectMs)} | ${ratio(fm.connectMs, mo.connectMs)} | ≤ 1.0 |`);
 log(`| QoS 0 message (10 → 1) | ${fmt(fg.qos0Us, 1)} µs | ${fmt(fm.qos0Us, 1)} µs | ${fmt(mo.qos0Us, 1)} µs | ${ratio(fg.qos0Us, mo.qos0Us)} | ${ratio(fm.qos0Us, mo.qos0Us)} | ≤ 1.0 |`);
 log(`| QoS 1 message (10 → 1) | ${fmt(fg.qos1Us, 1)} µs | ${fmt(fm.qos1Us, 1)} µs | ${fmt(mo.qos1Us, 1)} µs | ${ratio(fg.qos1Us, mo.qos1Us)} | ${ratio(fm.qos1Us, mo.qos1Us)} | ≤ 1.5 (memory) |`);
+log(`| QoS 1 to a persistent session | ${fmt(fg.qos1PersistentUs, 1)} µs | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(mo.qos1PersistentUs, 1)} µs | ${ratio(fg.qos1PersistentUs, mo.qos1PersistentUs)} | ${ratio(fm.qos1PersistentUs, mo.qos1PersistentUs)} | (disk: on disk before PUBACK) |`);
 log(`| idle RSS per connection (${IDLE}) | ${fmt(fg.idleKiB, 1)} KiB | ${fmt(fm.idleKiB, 1)} KiB | ${fmt(mo.idleKiB, 1)} KiB | ${ratio(fg.idleKiB, mo.idleKiB)} | ${ratio(fm.idleKiB, mo.idleKiB)} | ≤ 1.5 |`);
-log(`loss: QoS 0 ${[fg, fm, mo].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[fg, fm, mo].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')} (disk / memory / Mosquitto)`);
+log(`loss: QoS 0 ${[fg, fm, mo].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[fg, fm, mo].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')}; QoS 1 persistent ${[fg, fm, mo].map((r) => `${fmt(r.lossP * 100, 2)} %`).join(' / ')} (disk / memory / Mosquitto)`);
 log(`connects/s (client-bound): ${[fg, fm, mo].map((r) => fmt(r.connectRate, 0)).join(' / ')}`);
 
 // 4. Revoke → cut, fleetgate only (Mosquitto has no revocation to compare).

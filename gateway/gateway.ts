@@ -128,7 +128,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   };
   const edge = { guard, refusals, metrics, log };
   const listeners = await step(() => startMqttListeners(plane, tls, g, edge), async (l) => { l.mqtts.close(); l.wss.close(); l.wss.closeAllConnections(); });
-  const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { checker, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
+  const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { checker, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
     { checker, sessions, metrics, kick, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());

@@ -14,12 +14,15 @@ import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
 import type { StatusChecker } from '../status/check.ts';
+import type { Session, SessionTable } from '../sessions.ts';
 import type { AssertionMinter } from './assertion.ts';
 import { deviceResponseHeaders, originRequestHeaders } from './headers.ts';
 import { normalizeTarget, type NormalizedTarget } from './path.ts';
 
 export interface HttpsDeps {
   checker: StatusChecker;
+  /** Live sessions: each HTTPS connection is one, kept current (and cut) by the status watcher. */
+  sessions: SessionTable;
   minter: AssertionMinter;
   guard: ConnectionGuard;
   refusals: ThrottledLog;
@@ -198,9 +201,36 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     if (config.perRequestHandshake) void reply.header('connection', 'close');
     const socket = req.raw.socket as TLSSocket;
     perDevice.check(socket);
-    const admitted = admit(socket, checker); // throws the coded refusal → error handler
+    const admitted = admitRequest(socket); // throws the coded refusal → error handler
     req.fleetgate = { ...admitted, target: normalizeTarget(req.url) };
   });
+
+  /**
+   * Every request is checked. The first request of a connection asks the registry (identity,
+   * then status) and registers the connection as a live session; the following ones are checked
+   * against that session's in-memory state, which the status watcher keeps current from the
+   * registry's feed (as for MQTT packets): a revocation, suspension or denylisting cuts the
+   * connection within the feed interval (`gateway.statusPoll`, 20 ms) and every later request on
+   * it is refused. No registry read per keep-alive request.
+   */
+  const liveSessions = new WeakMap<TLSSocket, Session>();
+  function admitRequest(socket: TLSSocket): Admitted {
+    const live = liveSessions.get(socket);
+    if (live !== undefined) {
+      if (live.cut !== undefined) throw new FleetgateError(live.cut, `session cut: ${live.cut}`, { detail: { deviceId: live.device.id, serial: live.identity.serial } });
+      if (live.identity.notAfter <= Date.now()) throw new FleetgateError('CERT_EXPIRED', `certificate ${live.identity.serial} expired`, { detail: { deviceId: live.device.id } });
+      return { device: live.device, identity: live.identity };
+    }
+    const admitted = admit(socket, checker);
+    const session: Session = {
+      id: deps.sessions.nextId(), identity: admitted.identity, device: admitted.device, transport: 'https', remoteAddress: socket.remoteAddress ?? 'unknown',
+      since: Date.now(), scope: { publish: [], subscribe: [] }, cut: undefined, close: () => socket.destroy(),
+    };
+    liveSessions.set(socket, session);
+    deps.sessions.add(session);
+    socket.once('close', () => deps.sessions.remove(session));
+    return admitted;
+  }
 
   app.all('/*', async (req, reply) => {
     const state = req.fleetgate!;
