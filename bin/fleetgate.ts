@@ -2,7 +2,24 @@
 // fleetgate: the operator CLI. Runs on the project's pinned Node 24 (`npx fleetgate`, `npm start`).
 // --max-semi-space-size=2 (MB): V8 collects the young generation often enough that buffers a
 // proxied stream leaves behind are freed promptly (a 50 MB upload: +55 MB RSS at V8's default,
-// under 30 MB with this). Servers started another way should pass the same flag (SERVER_NODE_FLAGS).
-import { main } from '../cli/main.ts';
+// under 30 MB with this). Servers started another way should pass the same flags (SERVER_NODE_FLAGS).
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
 
-process.exitCode = await main(process.argv.slice(2));
+const SERVER_COMMANDS = new Set(['up', 'gateway', 'provision']);
+const OPENSSL_CONFIG = join(import.meta.dirname, '..', 'config', 'openssl.cnf');
+const args = process.argv.slice(2);
+
+// The servers need OpenSSL settings Node only reads at start-up (config/openssl.cnf: no TLS 1.3
+// session tickets at all). Started without them, a server command runs itself again with them,
+// passing signals through and exiting with the child's status.
+if (SERVER_COMMANDS.has(args[0] ?? '') && !process.execArgv.some((a) => a.startsWith('--openssl-config'))) {
+  const child = spawn(process.execPath, [...process.execArgv, `--openssl-config=${OPENSSL_CONFIG}`, process.argv[1]!, ...args], { stdio: 'inherit' });
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
+  child.on('exit', (code, signal) => {
+    process.exitCode = code ?? (signal === null ? 1 : 128);
+  });
+} else {
+  const { main } = await import('../cli/main.ts');
+  process.exitCode = await main(args);
+}

@@ -13,8 +13,8 @@ import { initDataDir } from '../provisioning/setup.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 
-/** The V8 flags `bin/fleetgate.ts` carries in its shebang: servers spawned by path get them too. */
-export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2'];
+/** The flags `bin/fleetgate.ts` runs servers with (V8 young generation, OpenSSL config): servers spawned by path get them too. */
+export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2', `--openssl-config=${join(resolve(import.meta.dirname, '..'), 'config', 'openssl.cnf')}`];
 
 /** A data dir with a CA and registry in a temp dir (benchmarks); `cleanup` removes it. */
 export async function benchFleet() {

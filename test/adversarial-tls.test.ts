@@ -130,3 +130,13 @@ test('state/the listeners still serve and nothing was written', async () => {
   await end(client);
   assert.equal(fleet.registry.listAudit().length, auditRows);
 });
+
+test('idle/an authenticated TLS connection to the WSS listener that never sends its upgrade request is closed', async () => {
+  const s = await new Promise<import('node:tls').TLSSocket>((resolve, reject) => {
+    const sock = tlsConnect({ host: '127.0.0.1', port: ports.wss!, servername: 'localhost', ca: fleet.ca.rootPem, cert: device.certPem, key: device.keyPem }, () => resolve(sock));
+    sock.once('error', reject);
+  });
+  s.on('error', () => undefined);
+  // The gateway allows the handshake timeout (1 s here) for the upgrade request; 20 s of room.
+  assert.equal(await closedWithin(s as unknown as Socket, 20_000), true);
+});
