@@ -1,9 +1,7 @@
-import { CLAIM_DEVICE_TYPES, deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
+import { deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
 import type { Authorized } from './method.ts';
-
-export { CLAIM_DEVICE_TYPES };
 
 /**
  * Enrollment by claim certificate (a factory-wide bootstrap identity, as in AWS IoT fleet
