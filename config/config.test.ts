@@ -42,3 +42,15 @@ test('config/routes accept timeoutMs or a timeout duration, with defaults', () =
   assert.deepEqual([a?.timeoutMs, a?.origin, a?.bodyLimit], [1500, 'http://127.0.0.1:1', 1024 * 1024]);
   assert.deepEqual([b?.timeoutMs, b?.allow?.types], [120_000, ['camera']]);
 });
+
+test('config/unknown keys are refused, with the likely intended key', () => {
+  const dir = withFile({ gateway: { mqtPort: 1883 }, htps: {}, https: { routes: [{ prefix: '/a', origin: 'http://127.0.0.1:1', audience: 'x', timout: '2s' }] } });
+  assert.throws(() => loadConfig({ dataDir: dir, env: {} }), (e: unknown) => {
+    assert.ok(e instanceof FleetgateError && e.code === 'CONFIG_INVALID');
+    const problems = (e.detail.problems as string[]).join('\n');
+    assert.match(problems, /unknown setting gateway\.mqtPort \(did you mean gateway\.mqttPort\?\)/);
+    assert.match(problems, /unknown setting htps \(did you mean https\?\)/);
+    assert.match(problems, /unknown setting https\.routes\[0\]\.timout \(did you mean https\.routes\[0\]\.timeout\?\)/);
+    return true;
+  });
+});

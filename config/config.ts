@@ -472,6 +472,70 @@ function mergePerType(kind: 'limits' | 'topics', value: unknown, where: string, 
   return out;
 }
 
+const ROUTE_KEYS = ['prefix', 'origin', 'audience', 'allow', 'timeoutMs', 'timeout', 'bodyLimit', 'stripPrefix'];
+
+/** The closest known name, when it is close enough to be a typo (edit distance ≤ 2, or a prefix). */
+function closest(name: string, known: readonly string[]): string | undefined {
+  const distance = (a: string, b: string) => {
+    const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+      let prev = row[0] as number;
+      row[0] = i;
+      for (let j = 1; j <= b.length; j++) {
+        const here = row[j] as number;
+        row[j] = Math.min(here + 1, (row[j - 1] as number) + 1, prev + (a[i - 1]?.toLowerCase() === b[j - 1]?.toLowerCase() ? 0 : 1));
+        prev = here;
+      }
+    }
+    return row[b.length] as number;
+  };
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const k of known) {
+    const d = distance(name, k);
+    if (d < bestDistance) { best = k; bestDistance = d; }
+  }
+  return best;
+}
+
+/**
+ * A key the configuration does not know is a mistake, not a no-op: `{"gateway":{"mqtPort":1883}}`
+ * would otherwise leave the port at its default without a word. Each is reported, with the
+ * likely intended key.
+ */
+function unknownKeys(fromFile: Record<string, unknown>, file: string, problems: string[]): void {
+  const sections = new Map<string, string[]>();
+  for (const s of SETTINGS) {
+    const list = sections.get(s.file[0]) ?? [];
+    list.push(s.file[1]);
+    sections.set(s.file[0], list);
+  }
+  const report = (path: string, name: string, known: readonly string[]) => {
+    const guess = closest(name, known);
+    problems.push(`${file}: unknown setting ${path}${guess === undefined ? '' : ` (did you mean ${path.slice(0, path.length - name.length)}${guess}?)`}`);
+  };
+  for (const [section, value] of Object.entries(fromFile)) {
+    const fields = sections.get(section);
+    if (fields === undefined) {
+      report(section, section, [...sections.keys()]);
+      continue;
+    }
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      problems.push(`${file}: ${section} must be an object`);
+      continue;
+    }
+    for (const [field, v] of Object.entries(value as Record<string, unknown>)) {
+      if (!fields.includes(field)) report(`${section}.${field}`, field, fields);
+      else if (section === 'https' && field === 'routes' && Array.isArray(v)) {
+        v.forEach((route: unknown, i) => {
+          if (route === null || typeof route !== 'object') return;
+          for (const k of Object.keys(route)) if (!ROUTE_KEYS.includes(k)) report(`https.routes[${i}].${k}`, k, ROUTE_KEYS);
+        });
+      }
+    }
+  }
+}
+
 function readFile(file: string, problems: string[]): Record<string, unknown> {
   try {
     const parsed: unknown = JSON.parse(readFileSync(file, 'utf8'));
@@ -500,6 +564,7 @@ export function loadConfig(options: LoadOptions = {}): FleetgateConfig {
   const file = explicitFile ?? join(dataDir, 'fleetgate.json');
   if (explicitFile !== undefined && !existsSync(explicitFile)) problems.push(`config file ${explicitFile} does not exist`);
   const fromFile = existsSync(file) ? readFile(file, problems) : {};
+  unknownKeys(fromFile, file, problems);
 
   for (const s of SETTINGS) {
     const sources: [unknown, string][] = [
