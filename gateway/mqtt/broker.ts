@@ -323,7 +323,10 @@ export class MqttPlane {
       return this.#ackAfterCommit(conn, 'pubrec', p.packetId);
     }
     const deviceId = (conn.session as Session).device.id;
-    const message = new Message(p.topic, p.payload, p.qos, p.retain, deviceId);
+    // A QoS 1/2 message may wait in session queues: give it its own bytes rather than keeping the
+    // whole socket read (up to 64 KiB) alive for a short payload.
+    const payload = p.qos > 0 && p.payload.buffer.byteLength > p.payload.length * 4 + 1024 ? Buffer.from(p.payload) : p.payload;
+    const message = new Message(p.topic, payload, p.qos, p.retain, deviceId);
     if (p.retain) this.#retain(conn, message);
     this.#route(message);
     if (p.qos === 1) this.#ackAfterCommit(conn, 'puback', p.packetId);
