@@ -1,3 +1,4 @@
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { readFile } from 'node:fs/promises';
 import { InvalidArgumentError } from 'commander';
 import { parseDuration } from '../config/duration.ts';
@@ -30,11 +31,16 @@ export function parseDurationOption(flag: string) {
 
 /**
  * A file's contents, or standard input's for `-`. Standard input is read as a stream: a pipe
- * from another process may be non-blocking, where a synchronous read fails with EAGAIN.
+ * from another process may be non-blocking, where a synchronous read fails with EAGAIN. A file
+ * that cannot be read is a usage error naming it.
  */
 export async function readInput(file: string): Promise<Buffer> {
-  if (file !== '-') return readFile(file);
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
+  try {
+    if (file !== '-') return await readFile(file);
+    const chunks: Buffer[] = [];
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  } catch (err) {
+    throw new FleetgateError('USAGE', `cannot read ${file === '-' ? 'standard input' : file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
 }

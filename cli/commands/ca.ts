@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { reissueIntermediate } from '../../provisioning/ca/authority.ts';
 import { readInput } from '../parse.ts';
 import { withContext, type CommonOptions } from '../context.ts';
@@ -28,12 +27,7 @@ export function registerCa(program: Command, common: CommonFlags): void {
     .requiredOption('--root-key <file>', 'the root CA private key (PEM); - for standard input')
     .action(async (opts: CommonOptions & { rootKey: string }) => {
       await withContext(opts, async (ctx) => {
-        let pem: string;
-        try {
-          pem = (await readInput(opts.rootKey)).toString('utf8');
-        } catch (err) {
-          throw new FleetgateError('USAGE', `cannot read ${opts.rootKey}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-        }
+        const pem = (await readInput(opts.rootKey)).toString('utf8');
         const result = await reissueIntermediate(ctx.paths, ctx.config.ca, pem);
         ctx.registry().appendAudit(ctx.actor, 'ca.reissue_intermediate', null, { subject: result.subject, retired: result.retired ?? null });
         emit(opts, { intermediate: ctx.paths.intermediateCert, subject: result.subject, retired: result.retired ?? null },

@@ -14,14 +14,6 @@ import type { CommonFlags } from '../main.ts';
 
 const DAY = 86_400_000;
 
-async function readCsrInput(file: string): Promise<Buffer> {
-  try {
-    return await readInput(file);
-  } catch (err) {
-    throw new FleetgateError('USAGE', `cannot read ${file === '-' ? 'standard input' : file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-}
-
 function certStatus(c: CertificateRecord): string {
   if (c.revocation !== null) return `revoked (${revocationReasonName(c.revocation.reason)})`;
   if (c.notAfter < Date.now()) return 'expired';
@@ -58,7 +50,7 @@ export function registerCert(program: Command, common: CommonFlags): void {
         if (id === undefined && opts.token === undefined) throw new FleetgateError('USAGE', 'give the device id, or --token');
         // Checked before signing: a certificate is never issued only to fail at delivery.
         if (opts.out !== undefined && existsSync(opts.out)) throw new FleetgateError('USAGE', `${opts.out} exists; fleetgate will not overwrite it`);
-        const csr = await readCsrInput(opts.csr);
+        const csr = await readInput(opts.csr);
         const auth: EnrollmentAuth = opts.token !== undefined
           ? { method: 'token', token: opts.token, ...(id !== undefined && { deviceId: id }) }
           : { method: 'operator', deviceId: id as string };

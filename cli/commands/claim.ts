@@ -43,12 +43,7 @@ export function registerClaim(program: Command, common: CommonFlags): void {
     .requiredOption('--serials <file>', 'file with one hardware serial per line; - for standard input')
     .action(async (name: string, opts: CommonOptions & { serials: string }) => {
       await withContext(opts, async (ctx) => {
-        let text: string;
-        try {
-          text = (await readInput(opts.serials)).toString('utf8');
-        } catch (err) {
-          throw new FleetgateError('USAGE', `cannot read ${opts.serials}: ${(err as NodeJS.ErrnoException).code ?? err}`);
-        }
+        const text = (await readInput(opts.serials)).toString('utf8');
         const serials = [...new Set(text.split(/\r?\n/).map((s) => s.trim()).filter((s) => s !== '' && !s.startsWith('#')))];
         const result = ctx.registry().allowSerials(name, serials, ctx.actor);
         emit(opts, { name, ...result }, () => `claim ${name}: ${result.added} serial(s) added, ${result.skipped} already allowed`);
