@@ -9,7 +9,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, test } from 'node:test';
 import { STRIPPED_REQUEST_HEADERS } from '../gateway/https/headers.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { https, type HttpResult } from './helpers/https.ts';
+import { errorCodeOf, https } from './helpers/https.ts';
 import { startOrigin } from './helpers/origin.ts';
 import { fileScope } from './helpers/run.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
@@ -41,7 +41,7 @@ before(async () => {
   auditRows = fleet.registry.listAudit().length;
 });
 
-const code = (r: HttpResult) => (r.json<{ error?: { code?: string } }>().error?.code);
+const code = errorCodeOf;
 const get = (path: string, cred: Credential = c.sensor!, headers: Record<string, string> = {}) => https(`${fleet.httpsUrl}${path}`, { ca, cred, headers });
 
 /** A raw TLS connection with a device certificate (for request lines and bodies no client library would send). */

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { oidDer, seq, set, tlv, toPem } from '../firmware-sdk/protocol/der.ts';
 import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.ts';
-import { https } from './helpers/https.ts';
+import { errorCodeOf, https } from './helpers/https.ts';
 import { openssl } from './helpers/pki.ts';
 import { fileScope } from './helpers/run.ts';
 import { csrPem, enrollDevice, newKeys, type Credential } from '../harness/pki.ts';
@@ -24,7 +24,7 @@ before(async () => {
   ca = readFileSync(p.rootFile);
 });
 
-const code = (r: { json<T>(): T }) => r.json<{ error?: { code?: string } }>().error?.code;
+const code = errorCodeOf;
 const post = (path: string, body: string, headers: Record<string, string> = {}, cred?: Credential) => https(`${p.url}${path}`, { ca, body, headers, ...(cred && { cred }) });
 const tokenFor = (id: string) => p.registry.addDevice({ id, type: 'sensor' }, 'test', { tokenTtlMs: 3_600_000 }).token!.token;
 function rows() {

@@ -9,7 +9,7 @@ import { connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { https } from './helpers/https.ts';
+import { errorCodeOf, https } from './helpers/https.ts';
 import { withTimeout } from './helpers/mqtt.ts';
 import { startOrigin, type Seen } from './helpers/origin.ts';
 import { fileScope, fleetgateOk, run } from './helpers/run.ts';
@@ -40,7 +40,7 @@ before(async () => {
   fleet.registry.revokeDevice('revoked-1', 1, 'test');
 });
 
-const errCode = (r: { json<T>(): T }) => r.json<{ error: { code: string } }>().error.code;
+const errCode = errorCodeOf;
 const lastSeen = (): Seen => origin.seen.at(-1)!;
 
 async function jwks() {

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.ts';
-import { https } from './helpers/https.ts';
+import { errorCodeOf, https } from './helpers/https.ts';
 import { fileScope, fleetgateOk } from './helpers/run.ts';
 import { csrPem, enrollDevice, forgeCert, newKeys, type Credential } from '../harness/pki.ts';
 
@@ -17,7 +17,7 @@ before(async () => {
   ca = readFileSync(p.rootFile);
 });
 
-const code = (r: { json<T>(): T }) => r.json<{ error?: { code?: string } }>().error?.code;
+const code = errorCodeOf;
 
 test('token/20 concurrent uses of one token produce exactly one certificate', async () => {
   const { token } = p.registry.addDevice({ id: 'race-1', type: 'sensor' }, 'test', { tokenTtlMs: 60_000 });

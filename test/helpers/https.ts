@@ -29,3 +29,8 @@ export function https(url: string, opts: { ca: string | Buffer; method?: string;
     req.end(opts.body);
   });
 }
+
+/** The catalogue code in a `{ "error": { "code" } }` answer (undefined when there is none). */
+export function errorCodeOf(r: { json<T>(): T }): string | undefined {
+  return r.json<{ error?: { code?: string } }>().error?.code;
+}
