@@ -46,6 +46,11 @@ export class SessionTable {
     return this.#next++;
   }
 
+  /** A new session (not yet added): numbered, started now, not cut. */
+  create(init: Pick<Session, 'identity' | 'device' | 'transport' | 'remoteAddress' | 'scope' | 'close'>): Session {
+    return { ...init, id: this.nextId(), since: Date.now(), cut: undefined };
+  }
+
   add(session: Session): void {
     this.#byId.set(session.id, session);
     let set = this.#byDevice.get(session.device.id);

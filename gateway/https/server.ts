@@ -222,10 +222,10 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
       return { device: live.device, identity: live.identity };
     }
     const admitted = admit(socket, checker);
-    const session: Session = {
-      id: deps.sessions.nextId(), identity: admitted.identity, device: admitted.device, transport: 'https', remoteAddress: socket.remoteAddress ?? 'unknown',
-      since: Date.now(), scope: { publish: [], subscribe: [] }, cut: undefined, close: () => socket.destroy(),
-    };
+    const session = deps.sessions.create({
+      identity: admitted.identity, device: admitted.device, transport: 'https', remoteAddress: socket.remoteAddress ?? 'unknown',
+      scope: { publish: [], subscribe: [] }, close: () => socket.destroy(),
+    });
     liveSessions.set(socket, session);
     deps.sessions.add(session);
     socket.once('close', () => deps.sessions.remove(session));

@@ -146,12 +146,11 @@ export class MqttPlane {
       const stop = metrics.statusCheck.startTimer();
       const { device, identity } = admit(socket, checker);
       stop();
-      const s: Session = {
-        id: sessions.nextId(), identity, device, transport: kind, remoteAddress: socket.remoteAddress ?? 'unknown', since: Date.now(), cut: undefined,
+      session = sessions.create({
+        identity, device, transport: kind, remoteAddress: socket.remoteAddress ?? 'unknown',
         scope: scopeFor(config.topics[device.type], device, device.type === 'gateway' ? this.#children(device.id) : []),
         close: () => this.#close(conn, 'cut'),
-      };
-      session = s;
+      });
     } catch (err) {
       refusal = toFleetgateError(err);
       if (refusal.code === 'REGISTRY_UNAVAILABLE') this.#registryDownUntil = Date.now() + REGISTRY_BACKOFF_MS;
