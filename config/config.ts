@@ -166,6 +166,10 @@ export interface GatewayConfig {
   adminRequestTimeoutMs: number;
   /** How often the gateway reads the registry's status-event feed (live revocation). */
   statusPollMs: number;
+  /** How long a connection waits for the registry to answer its status check before it is refused REGISTRY_UNAVAILABLE. */
+  registryTimeoutMs: number;
+  /** Admitted certificates whose status the gateway keeps in memory (kept current by the status feed). */
+  statusCacheSize: number;
   limits: Readonly<Record<DeviceTypeName, TypeLimits>>;
   /**
    * Topic templates per device type; `${device.id}`, `${device.fleet}`, `${device.type}` are
@@ -207,6 +211,8 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     connectTimeoutMs: 10_000, // 10 s
     adminRequestTimeoutMs: 10_000, // 10 s
     statusPollMs: 20, // 20 ms: bounds revoke → live cut
+    registryTimeoutMs: 500, // a new connection that cannot be checked is refused within this
+    statusCacheSize: 100_000,
     limits: {
       sensor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       gateway: { maxPacketBytes: 256 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
@@ -288,6 +294,8 @@ const SETTINGS = [
   { key: 'gateway.adminRequestTimeoutMs', file: ['gateway', 'adminRequestTimeout'], env: 'FLEETGATE_ADMIN_REQUEST_TIMEOUT', kind: 'duration' },
   { key: 'gateway.connectTimeoutMs', file: ['gateway', 'connectTimeout'], env: 'FLEETGATE_CONNECT_TIMEOUT', kind: 'duration' },
   { key: 'gateway.statusPollMs', file: ['gateway', 'statusPoll'], env: 'FLEETGATE_STATUS_POLL', kind: 'duration' },
+  { key: 'gateway.registryTimeoutMs', file: ['gateway', 'registryTimeout'], env: 'FLEETGATE_REGISTRY_TIMEOUT', kind: 'duration' },
+  { key: 'gateway.statusCacheSize', file: ['gateway', 'statusCacheSize'], env: 'FLEETGATE_STATUS_CACHE_SIZE', kind: 'count' },
   { key: 'provisioning.host', file: ['provisioning', 'host'], env: 'FLEETGATE_PROVISION_HOST', kind: 'host' },
   { key: 'provisioning.port', file: ['provisioning', 'port'], env: 'FLEETGATE_PROVISION_PORT', kind: 'port' },
   { key: 'provisioning.enrollRatePerSecond', file: ['provisioning', 'enrollRatePerSecond'], env: 'FLEETGATE_ENROLL_RATE', kind: 'count' },

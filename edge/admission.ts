@@ -28,6 +28,11 @@ export interface StatusSource {
   status(identity: PeerIdentity, now?: number): DeviceRecord;
 }
 
+/** The same question answered later (the gateway asks its registry thread). */
+export interface AsyncStatusSource {
+  status(identity: PeerIdentity, now?: number): Promise<DeviceRecord>;
+}
+
 const identities = new WeakMap<TLSSocket, PeerIdentity>();
 
 /**
@@ -62,11 +67,27 @@ export function socketIdentity(socket: TLSSocket): PeerIdentity {
  * Admits the device behind `socket` now: identity (cached per connection) and status (asked
  * every call). `types` narrows who may use this surface (the admin API: operators).
  */
-export function admit(socket: TLSSocket, source: StatusSource, options: { types?: readonly string[]; now?: number } = {}): Admitted {
+export function admit(socket: TLSSocket, source: StatusSource, options: AdmitOptions = {}): Admitted {
   const identity = socketIdentity(socket);
-  const device = source.status(identity, options.now);
+  return mayUse({ device: source.status(identity, options.now), identity }, options);
+}
+
+/** {@link admit} with a status source that answers asynchronously. */
+export async function admitAsync(socket: TLSSocket, source: AsyncStatusSource, options: AdmitOptions = {}): Promise<Admitted> {
+  const identity = socketIdentity(socket);
+  return mayUse({ device: await source.status(identity, options.now), identity }, options);
+}
+
+interface AdmitOptions {
+  /** Who may use this surface (the admin API: operators). */
+  types?: readonly string[];
+  now?: number;
+}
+
+function mayUse(admitted: Admitted, options: AdmitOptions): Admitted {
+  const { device } = admitted;
   if (options.types !== undefined && !options.types.includes(device.type)) {
     throw new FleetgateError('NOT_AUTHORIZED', `${device.id} is a ${device.type}; this needs ${options.types.join(' or ')}`, { detail: { deviceId: device.id } });
   }
-  return { device, identity };
+  return admitted;
 }

@@ -5,7 +5,6 @@ import { ConnectionGuard } from '../edge/guard.ts';
 import { ThrottledLog } from '../edge/throttled-log.ts';
 import { serverTlsOptions } from '../edge/tls.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
-import { AuditAppender } from '../provisioning/registry/audit-appender.ts';
 import type { StatusEvent } from '../provisioning/registry/records.ts';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,7 +16,7 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { MqttPlane } from './mqtt/broker.ts';
 import { startMqttListeners } from './mqtt/listeners.ts';
 import { SessionTable, type Session } from './sessions.ts';
-import { StatusChecker } from './status/check.ts';
+import { RegistryLink } from './status/registry-link.ts';
 import { StatusWatcher } from './status/watch.ts';
 
 export interface RunningGateway {
@@ -38,11 +37,19 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const paths = dataPaths(config.dataDir);
   const log = deps.log.child({ component: 'gateway' });
   const g = config.gateway;
-  const checker = new StatusChecker(paths.registry);
-  checker.reader(); // fail fast at start if the registry is missing
-  const audit = new AuditAppender(paths.registry);
   const sessions = new SessionTable();
   const metrics = createMetrics();
+  // The registry is read on its own thread; the watcher is wired once the plane exists.
+  let watcher: StatusWatcher | undefined;
+  const registry = await RegistryLink.open(paths.registry, { // fails fast if the registry cannot be read
+    pollMs: g.statusPollMs, timeoutMs: g.registryTimeoutMs, cacheMax: g.statusCacheSize,
+    onEvents: (events) => watcher?.apply(events),
+    onFeed: (state, error) => {
+      if (state === 'down') log.error({ code: error?.code, err: error?.message }, 'registry status feed unavailable: new connections are refused, live sessions continue');
+      else log.info('registry status feed available again');
+    },
+    onAuditError: (error) => log.error({ code: error.code, err: error.message }, 'audit append failed'),
+  });
   const tls = serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' });
   // Anonymous peers: counted, throttled in the log, bounded by one guard over every listener.
   const refusals = new ThrottledLog(log);
@@ -53,7 +60,13 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       refusals.warn(`unauthenticated:${reason}`, { decision: 'closed', listener, reason, remoteAddress }, 'unauthenticated connection closed');
     } },
   );
-  const plane = new MqttPlane({ config: g, mqtt: config.mqtt, storeFile: join(paths.dataDir, 'mqtt.db'), checker, sessions, metrics, log: log.child({ plane: 'mqtt' }) });
+  let plane: MqttPlane;
+  try {
+    plane = new MqttPlane({ config: g, mqtt: config.mqtt, storeFile: join(paths.dataDir, 'mqtt.db'), registry, sessions, metrics, log: log.child({ plane: 'mqtt' }) });
+  } catch (err) {
+    await registry.close();
+    throw err;
+  }
 
   const cut = (session: Session, error: FleetgateError, actor: string, event?: StatusEvent) => {
     if (session.cut !== undefined) return;
@@ -61,23 +74,19 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     session.close();
     metrics.liveCuts.inc({ code: error.code });
     log.warn({ decision: 'cut', code: error.code, deviceId: session.device.id, serial: session.identity.serial, transport: session.transport, event: event?.kind }, error.message);
-    try {
-      audit.append(actor, 'session.disconnect', session.device.id, {
-        reason: event !== undefined ? 'disconnected by revocation' : error.code === 'CERT_EXPIRED' ? 'certificate expired' : 'disconnected by operator',
-        code: error.code, transport: session.transport, serial: session.identity.serial, sessionId: session.id, ...(event && { event: event.kind, eventSeq: event.seq }),
-      });
-    } catch (err) {
-      log.error({ err }, 'audit append failed');
-    }
+    registry.audit(actor, 'session.disconnect', session.device.id, {
+      reason: event !== undefined ? 'disconnected by revocation' : error.code === 'CERT_EXPIRED' ? 'certificate expired' : 'disconnected by operator',
+      code: error.code, transport: session.transport, serial: session.identity.serial, sessionId: session.id, ...(event && { event: event.kind, eventSeq: event.seq }),
+    });
   };
-  const watcher = new StatusWatcher({
-    checker, sessions,
+  watcher = new StatusWatcher({
+    registry, sessions,
     cut: (session, error, event) => cut(session, error, 'gateway', event),
     expired: (session) => cut(session, new FleetgateError('CERT_EXPIRED', `certificate ${session.identity.serial} expired during the session`), 'gateway'),
     refresh: (session) => plane.refreshScope(session),
     event: (event) => plane.onStatusEvent(event),
-    unavailable: (error) => log.error({ code: error.code, err: error.message }, 'registry unavailable: new connections are refused'),
-  }, g.statusPollMs);
+    unavailable: (error) => log.error({ code: error.code, err: error.message }, 'registry unavailable while re-checking a live session: kept; new connections are refused'),
+  });
 
   // Assertion keys: created on first start, reloaded when `fleetgate jwt rotate` changes them.
   ensureKeyring(paths);
@@ -108,11 +117,10 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   // Listeners start one by one; if one cannot bind, everything already started is closed and the
   // coded error (PORT_IN_USE …) goes up: no half-started gateway keeps the process alive.
   const stopAll = async () => {
-    watcher.close();
+    watcher?.close();
     clearInterval(keyWatch);
     await plane.close();
-    checker.close();
-    audit.close();
+    await registry.close();
   };
   const started: (() => Promise<unknown>)[] = [];
   const step = async <T>(start: () => Promise<T>, stop: (v: T) => Promise<unknown>): Promise<T> => {
@@ -128,10 +136,10 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   };
   const edge = { guard, refusals, metrics, log };
   const listeners = await step(() => startMqttListeners(plane, tls, g, edge), async (l) => { l.mqtts.close(); l.wss.close(); l.wss.closeAllConnections(); });
-  const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { checker, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
+  const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { registry, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
-    { checker, sessions, metrics, kick, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
+    { registry, sessions, metrics, kick, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
   const host = urlHost(g.host);
   return {
     endpoints: {

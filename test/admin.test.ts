@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { test } from 'node:test';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
+import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect, end } from './helpers/mqtt.ts';
 import { errorCode, fleetgate, fleetgateOk } from './helpers/run.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
@@ -65,7 +65,7 @@ test('admin/fleetgate connections lists live sessions; fleetgate kick closes the
   const kicked = JSON.parse(await fleetgateOk(['kick', 'k-1', '--json', ...admin])) as { closed: number };
   assert.equal(kicked.closed, 1);
   await cut;
-  const audit = fleet.registry.listAudit().find((a) => a.action === 'session.disconnect' && a.subject === 'k-1');
+  const [audit] = await auditRows(fleet.registry, (a) => a.action === 'session.disconnect' && a.subject === 'k-1');
   assert.equal(audit?.detail.reason, 'disconnected by operator');
   const down = await fleetgate(['connections', '--json', '--admin', 'https://127.0.0.1:1', '--data', fleet.config.dataDir]);
   assert.equal(errorCode(down), 'ORIGIN_UNREACHABLE');

@@ -8,7 +8,7 @@ import { Agent, request } from 'node:https';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
+import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { errorCodeOf, https } from './helpers/https.ts';
 import { withTimeout } from './helpers/mqtt.ts';
 import { startOrigin, type Seen } from './helpers/origin.ts';
@@ -140,7 +140,7 @@ test('keep-alive/a revocation cuts the live connection (within the feed interval
   assert.equal(second.status, 403);
   assert.equal((JSON.parse(second.body) as { error: { code: string } }).error.code, 'CERT_REVOKED');
   assert.equal(await handshakes(), before + 2, 'the second request needed a new connection');
-  const audit = fleet.registry.listAudit().find((a) => a.action === 'session.disconnect' && a.subject === 'doomed-1');
+  const [audit] = await auditRows(fleet.registry, (a) => a.action === 'session.disconnect' && a.subject === 'doomed-1');
   assert.equal(audit?.detail.transport, 'https');
   agent.destroy();
 });

@@ -2,7 +2,7 @@
 // TLS and WSS sessions within 1 s; it cannot reconnect; other devices stay connected.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
+import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { connect, end } from './helpers/mqtt.ts';
 import { fileScope, fleetgateOk } from './helpers/run.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
@@ -39,7 +39,7 @@ async function cutCase(t: import('node:test').TestContext, ids: [string, string]
   await bystander.publishAsync('devices/bystander-1/alive', 'yes', { qos: 1 });
   for (const [i, id] of ids.entries()) {
     await assert.rejects(connect(fleet.mqttsUrl, c[id], { ca: fleet.rootFile }), (e: { code?: number }) => e.code === 5, `${id} cannot reconnect`);
-    const audit = fleet.registry.listAudit().filter((a) => a.action === 'session.disconnect' && a.subject === id);
+    const audit = await auditRows(fleet.registry, (a) => a.action === 'session.disconnect' && a.subject === id);
     assert.equal(audit.length, 1, `audit row for ${id}`);
     assert.equal(audit[0]!.detail.reason, 'disconnected by revocation');
     assert.equal(audit[0]!.detail.code, codes[i]);
@@ -64,6 +64,6 @@ test('live revocation/a session does not outlive its certificate', async (t) => 
   await new Promise<void>((resolve) => client.once('close', () => resolve()));
   const lived = Date.now() - started;
   assert.ok(lived >= 1_000 && lived < 5_000, `cut at expiry (after ${lived} ms)`);
-  const audit = fleet.registry.listAudit().find((a) => a.action === 'session.disconnect' && a.subject === 'short-1');
+  const [audit] = await auditRows(fleet.registry, (a) => a.action === 'session.disconnect' && a.subject === 'short-1');
   assert.equal(audit?.detail.code, 'CERT_EXPIRED');
 });

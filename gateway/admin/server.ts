@@ -2,7 +2,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/config.ts';
-import { admit } from '../../edge/admission.ts';
+import { admitAsync } from '../../edge/admission.ts';
 import type { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../edge/http-errors.ts';
@@ -11,10 +11,10 @@ import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { Metrics } from '../metrics.ts';
 import { SessionTable } from '../sessions.ts';
-import type { StatusChecker } from '../status/check.ts';
+import type { RegistryLink } from '../status/registry-link.ts';
 
 export interface AdminDeps {
-  checker: StatusChecker;
+  registry: RegistryLink;
   sessions: SessionTable;
   metrics: Metrics;
   guard: ConnectionGuard;
@@ -27,8 +27,8 @@ export interface AdminDeps {
 }
 
 /** Only an `operator` certificate, valid by the registry right now, may use /v1. */
-function requireOperator(req: FastifyRequest, checker: StatusChecker): string {
-  return admit(req.raw.socket as TLSSocket, checker, { types: ['operator'] }).device.id;
+async function requireOperator(req: FastifyRequest, registry: RegistryLink): Promise<string> {
+  return (await admitAsync(req.raw.socket as TLSSocket, registry, { types: ['operator'] })).device.id;
 }
 
 /**
@@ -57,7 +57,7 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
   app.setNotFoundHandler((req, reply) => void sendError(reply, new FleetgateError('ROUTE_NOT_FOUND', `no admin route ${req.method} ${req.url.split('?')[0]}`)));
   app.get('/healthz', async (_req, reply) => {
     try {
-      deps.checker.reader();
+      await deps.registry.ping();
       return { status: 'ok', sessions: deps.sessions.size };
     } catch (err) {
       return reply.status(503).send({ status: 'unavailable', error: { code: httpError(err).code } });
@@ -66,11 +66,11 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
   app.get('/.well-known/jwks.json', async (_req, reply) => reply.header('cache-control', 'max-age=300').send(deps.jwks()));
   app.get('/metrics', async (_req, reply) => reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()));
   app.get('/v1/connections', async (req) => {
-    requireOperator(req, deps.checker);
+    await requireOperator(req, deps.registry);
     return { connections: deps.sessions.all().map(SessionTable.info) };
   });
   app.delete<{ Params: { deviceId: string } }>('/v1/connections/:deviceId', async (req) => {
-    const operator = requireOperator(req, deps.checker);
+    const operator = await requireOperator(req, deps.registry);
     return { deviceId: req.params.deviceId, closed: deps.kick(req.params.deviceId, `operator:${operator}`) };
   });
   try {

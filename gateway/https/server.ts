@@ -4,7 +4,7 @@ import { Transform } from 'node:stream';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { HttpsConfig, RouteConfig } from '../../config/config.ts';
-import { admit, socketIdentity, type Admitted } from '../../edge/admission.ts';
+import { admitAsync, socketIdentity, type Admitted } from '../../edge/admission.ts';
 import type { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../edge/http-errors.ts';
@@ -13,14 +13,14 @@ import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
-import type { StatusChecker } from '../status/check.ts';
+import type { RegistryLink } from '../status/registry-link.ts';
 import type { Session, SessionTable } from '../sessions.ts';
 import type { AssertionMinter } from './assertion.ts';
 import { deviceResponseHeaders, originRequestHeaders } from './headers.ts';
 import { normalizeTarget, type NormalizedTarget } from './path.ts';
 
 export interface HttpsDeps {
-  checker: StatusChecker;
+  registry: RegistryLink;
   /** Live sessions: each HTTPS connection is one, kept current (and cut) by the status watcher. */
   sessions: SessionTable;
   minter: AssertionMinter;
@@ -152,7 +152,7 @@ function originError(err: Error & { code?: string }): FleetgateError {
  * a JWT minted for this one request and handed only to the origin, streaming both ways.
  */
 export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps: HttpsDeps): Promise<{ app: FastifyInstance; port: number }> {
-  const { checker, minter, metrics, log } = deps;
+  const { registry, minter, metrics, log } = deps;
   const longestRoute = Math.max(0, ...config.routes.map((r) => r.timeoutMs));
   const app = Fastify({
     https: { ...tls, maxHeaderSize: config.maxHeaderBytes, noDelay: true } as TlsOptions,
@@ -201,35 +201,46 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     if (config.perRequestHandshake) void reply.header('connection', 'close');
     const socket = req.raw.socket as TLSSocket;
     perDevice.check(socket);
-    const admitted = admitRequest(socket); // throws the coded refusal → error handler
+    const admitted = await admitRequest(socket); // throws the coded refusal → error handler
     req.fleetgate = { ...admitted, target: normalizeTarget(req.url) };
   });
 
   /**
    * Every request is checked. The first request of a connection asks the registry (identity,
-   * then status) and registers the connection as a live session; the following ones are checked
-   * against that session's in-memory state, which the status watcher keeps current from the
-   * registry's feed (as for MQTT packets): a revocation, suspension or denylisting cuts the
-   * connection within the feed interval (`gateway.statusPoll`, 20 ms) and every later request on
-   * it is refused. No registry read per keep-alive request.
+   * then status: from the gateway's in-memory view when this certificate was admitted before,
+   * else from the registry thread) and registers the connection as a live session; the following
+   * ones are checked against that session's in-memory state, which the status watcher keeps
+   * current from the registry's feed (as for MQTT packets): a revocation, suspension or
+   * denylisting cuts the connection within the feed interval (`gateway.statusPoll`, 20 ms) plus
+   * one status check, and every later request on it is refused. No registry read per keep-alive request.
    */
   const liveSessions = new WeakMap<TLSSocket, Session>();
-  function admitRequest(socket: TLSSocket): Admitted {
-    const live = liveSessions.get(socket);
+  const admitting = new WeakMap<TLSSocket, Promise<Session>>();
+  async function admitRequest(socket: TLSSocket): Promise<Admitted> {
+    const live = liveSessions.get(socket) ?? await admitting.get(socket);
     if (live !== undefined) {
       if (live.cut !== undefined) throw new FleetgateError(live.cut, `session cut: ${live.cut}`, { detail: { deviceId: live.device.id, serial: live.identity.serial } });
       if (live.identity.notAfter <= Date.now()) throw new FleetgateError('CERT_EXPIRED', `certificate ${live.identity.serial} expired`, { detail: { deviceId: live.device.id } });
       return { device: live.device, identity: live.identity };
     }
-    const admitted = admit(socket, checker);
-    const session = deps.sessions.create({
-      identity: admitted.identity, device: admitted.device, transport: 'https', remoteAddress: socket.remoteAddress ?? 'unknown',
-      scope: { publish: [], subscribe: [] }, close: () => socket.destroy(),
+    const pending = admitAsync(socket, registry).then((admitted) => {
+      const session = deps.sessions.create({
+        identity: admitted.identity, device: admitted.device, transport: 'https', remoteAddress: socket.remoteAddress ?? 'unknown',
+        scope: { publish: [], subscribe: [] }, close: () => socket.destroy(),
+      });
+      if (socket.destroyed) return session; // gone while the registry answered: nothing to watch
+      liveSessions.set(socket, session);
+      deps.sessions.add(session);
+      socket.once('close', () => deps.sessions.remove(session));
+      return session;
     });
-    liveSessions.set(socket, session);
-    deps.sessions.add(session);
-    socket.once('close', () => deps.sessions.remove(session));
-    return admitted;
+    admitting.set(socket, pending);
+    try {
+      const session = await pending;
+      return { device: session.device, identity: session.identity };
+    } finally {
+      admitting.delete(socket);
+    }
   }
 
   app.all('/*', async (req, reply) => {

@@ -3,13 +3,15 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import type { GatewayConfig, MqttConfig } from '../../config/config.ts';
-import { admit } from '../../edge/admission.ts';
+import { socketIdentity } from '../../edge/admission.ts';
+import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
+import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
 import type { StatusEvent } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
 import { mayPublish, maySubscribe, scopeFor } from '../policy/topics.ts';
 import type { Session, SessionTable, Transport } from '../sessions.ts';
-import type { StatusChecker } from '../status/check.ts';
+import type { RegistryLink } from '../status/registry-link.ts';
 import {
   decode, encodeAck, encodeConnack, encodeSuback, encodeUnsuback, MalformedPacket, packetIdBytes, PINGRESP, withDup,
   type AckPacket, type ConnectPacket, type PublishPacket, type SubscribePacket, type UnsubscribePacket,
@@ -26,7 +28,7 @@ export interface BrokerDeps {
   mqtt: MqttConfig;
   /** `data/mqtt.db` (disk durability). */
   storeFile: string;
-  checker: StatusChecker;
+  registry: RegistryLink;
   sessions: SessionTable;
   metrics: Metrics;
   log: Logger;
@@ -49,8 +51,8 @@ function publishable(session: Session, topic: string): boolean {
   return ok;
 }
 
-/** After the registry failed a check, new connections are refused at once for this long (it is not asked again). */
-const REGISTRY_BACKOFF_MS = 1_000;
+/** Packets a client may send before its admission is decided (CONNECT and what it pipelines after it). */
+const MAX_HELD_PACKETS = 32;
 
 /**
  * fleetgate's MQTT core (3.1.1 and 3.1). One connection flows through named steps:
@@ -76,7 +78,6 @@ export class MqttPlane {
   readonly #minPacketLimit: number;
   readonly #sweep: NodeJS.Timeout;
   #flushScheduled = false;
-  #registryDownUntil = 0;
   readonly #m;
 
   constructor(deps: BrokerDeps) {
@@ -134,35 +135,19 @@ export class MqttPlane {
     this.#accept(wsTransport(ws), 'wss', req.socket as TLSSocket);
   }
 
-  /** Steps 1–3, right after the TLS handshake: identity and status, before any MQTT byte. */
+  /**
+   * Steps 1–3, right after the TLS handshake: identity, then status — from memory when this
+   * certificate was admitted before (kept current by the status feed), else from the registry
+   * thread; packets that arrive meanwhile wait (bounded). The event loop never waits on the
+   * registry: a check it cannot answer in `gateway.registryTimeout` refuses (CONNACK 3).
+   */
   #accept(transport: MqttTransport, kind: Transport, socket: TLSSocket): void {
-    const { checker, sessions, metrics, config } = this.#deps;
-    let session: Session | undefined;
-    let refusal: FleetgateError | undefined;
-    // Registry trouble never stalls the event loop for live sessions: while it is failing, new
-    // connections are refused at once (CONNACK 3) without asking it again.
-    if (Date.now() < this.#registryDownUntil) refusal = new FleetgateError('REGISTRY_UNAVAILABLE', 'registry unavailable (recent failure; asked again shortly)');
-    else try {
-      const stop = metrics.statusCheck.startTimer();
-      const { device, identity } = admit(socket, checker);
-      stop();
-      session = sessions.create({
-        identity, device, transport: kind, remoteAddress: socket.remoteAddress ?? 'unknown',
-        scope: scopeFor(config.topics[device.type], device, device.type === 'gateway' ? this.#children(device.id) : []),
-        close: () => this.#close(conn, 'cut'),
-      });
-    } catch (err) {
-      refusal = toFleetgateError(err);
-      if (refusal.code === 'REGISTRY_UNAVAILABLE') this.#registryDownUntil = Date.now() + REGISTRY_BACKOFF_MS;
-    }
-    const limit = session === undefined ? this.#minPacketLimit : config.limits[session.device.type].maxPacketBytes;
     const conn: MqttConnection = new MqttConnection({
-      transport, kind, remoteAddress: socket.remoteAddress ?? 'unknown', ...(session && { session }), ...(refusal && { refusal }),
-      limit: () => limit, onPacket: (first, body) => this.#onPacket(conn, first, body),
+      transport, kind, remoteAddress: socket.remoteAddress ?? 'unknown',
+      limit: () => conn.session === undefined ? this.#minPacketLimit : this.#deps.config.limits[conn.session.device.type].maxPacketBytes,
+      onPacket: (first, body) => this.#onPacket(conn, first, body),
     });
     this.#connections.add(conn);
-    // Registered before CONNECT so a revocation landing in between still finds and cuts it.
-    if (session !== undefined) sessions.add(session);
     transport.onData((chunk) => {
       if (conn.state === 'closed') return;
       conn.lastReceived = Date.now();
@@ -176,26 +161,70 @@ export class MqttPlane {
     transport.onDrain(() => {
       if (conn.mqtt !== undefined) this.#pump(conn.mqtt);
     });
+    let identity: PeerIdentity;
+    try {
+      identity = socketIdentity(socket);
+    } catch (err) {
+      return this.#admitted(conn, toFleetgateError(err));
+    }
+    const remembered = this.#deps.registry.cached(identity);
+    if (remembered !== undefined && remembered.type !== 'gateway') {
+      return this.#admitted(conn, this.#newSession(conn, identity, remembered, []));
+    }
+    conn.admitting = true;
+    const stop = this.#deps.metrics.statusCheck.startTimer();
+    this.#deps.registry.status(identity)
+      .then(async (device) => this.#newSession(conn, identity, device, device.type === 'gateway' ? await this.#children(device.id) : []))
+      .then((session) => this.#admitted(conn, session), (err: unknown) => this.#admitted(conn, toFleetgateError(err)))
+      .finally(stop);
   }
 
-  #children(deviceId: string): string[] {
+  #newSession(conn: MqttConnection, identity: PeerIdentity, device: DeviceRecord, children: string[]): Session {
+    return this.#deps.sessions.create({
+      identity, device, transport: conn.kind, remoteAddress: conn.remoteAddress,
+      scope: scopeFor(this.#deps.config.topics[device.type], device, children),
+      close: () => this.#close(conn, 'cut'),
+    });
+  }
+
+  /** The admission is decided: a session (registered at once, so a revocation landing before CONNECT still finds and cuts it) or a refusal. */
+  #admitted(conn: MqttConnection, outcome: Session | FleetgateError): void {
+    conn.admitting = false;
+    if (outcome instanceof FleetgateError) conn.refusal = outcome;
+    else conn.session = outcome;
+    if (conn.state === 'closed') return;
+    if (conn.session !== undefined) this.#deps.sessions.add(conn.session);
+    const held = conn.held;
+    conn.held = [];
+    for (const [first, body] of held) this.#onPacket(conn, first, body);
+  }
+
+  /** The registered, unrevoked children of a gateway device; none when the registry cannot say (fail closed). */
+  async #children(deviceId: string): Promise<string[]> {
     try {
-      return this.#deps.checker.reader().listChildren(deviceId).filter((c) => c.status !== 'revoked').map((c) => c.id);
+      return await this.#deps.registry.children(deviceId);
     } catch {
-      return []; // fail closed: no child scope
+      return [];
     }
   }
 
   /** A gateway device's children changed. */
   refreshScope(session: Session): void {
-    session.scope = scopeFor(this.#deps.config.topics[session.device.type], session.device, this.#children(session.device.id));
-    session.publishable = undefined;
+    void this.#children(session.device.id).then((children) => {
+      session.scope = scopeFor(this.#deps.config.topics[session.device.type], session.device, children);
+      session.publishable = undefined;
+    });
   }
 
   // --- inbound packets ---
 
   #onPacket(conn: MqttConnection, first: number, body: Buffer): void {
     if (conn.state === 'closed') return;
+    if (conn.admitting) {
+      if (conn.held.length >= MAX_HELD_PACKETS) return this.#protocolError(conn, 'MQTT-3.1.0-1', `more than ${MAX_HELD_PACKETS} packets before the CONNACK`);
+      conn.held.push([first, body]);
+      return;
+    }
     let packet;
     try {
       packet = decode(first, body);

@@ -15,8 +15,11 @@ export class MqttConnection {
   readonly remoteAddress: string;
   readonly framer: Framer;
   /** The admitted device (identity + live status), when the handshake passed every check. */
-  readonly session: Session | undefined;
-  readonly refusal: FleetgateError | undefined;
+  session: Session | undefined;
+  refusal: FleetgateError | undefined;
+  /** The status check is still running; packets wait in `held`. */
+  admitting = false;
+  held: [number, Buffer][] = [];
   readonly since = Date.now();
   state: 'connecting' | 'connected' | 'closed' = 'connecting';
   mqtt: MqttSession | undefined;
@@ -32,12 +35,10 @@ export class MqttConnection {
   /** Why the gateway closed it (for the log and the will decision). */
   closeReason: string | undefined;
 
-  constructor(init: { transport: MqttTransport; kind: Transport; remoteAddress: string; session?: Session; refusal?: FleetgateError; limit: () => number; onPacket: (first: number, body: Buffer) => void }) {
+  constructor(init: { transport: MqttTransport; kind: Transport; remoteAddress: string; limit: () => number; onPacket: (first: number, body: Buffer) => void }) {
     this.transport = init.transport;
     this.kind = init.kind;
     this.remoteAddress = init.remoteAddress;
-    this.session = init.session;
-    this.refusal = init.refusal;
     this.framer = new Framer(init.limit, init.onPacket);
   }
 

@@ -8,6 +8,7 @@ import { dataPaths } from '../../config/paths.ts';
 import { startGateway, type RunningGateway } from '../../gateway/gateway.ts';
 import { startProvisioning } from '../../provisioning/api/server.ts';
 import { loadCa, type CertificateAuthority } from '../../provisioning/ca/authority.ts';
+import type { AuditRecord } from '../../provisioning/registry/records.ts';
 import { RegistryWriter } from '../../provisioning/registry/writer.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { tempDir } from './run.ts';
@@ -100,4 +101,17 @@ export async function startTestProvisioning(t: TestContext | { after(fn: () => u
     registry.close();
   });
   return { dir, config, registry, ca: await loadCa(paths), rootFile: paths.rootCert, url: service.endpoint, port: service.port, log };
+}
+
+/**
+ * The audit rows matching `match`, once there are at least `count` of them (the gateway appends
+ * its rows on its registry thread, just after the event it records). Gives up after `ms`.
+ */
+export async function auditRows(registry: RegistryWriter, match: (a: AuditRecord) => boolean, count = 1, ms = 15_000): Promise<AuditRecord[]> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const rows = registry.listAudit().filter(match);
+    if (rows.length >= count || Date.now() > deadline) return rows;
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
