@@ -63,8 +63,14 @@ export interface MqttConfig {
   retainedBytesPerDevice: number;
   retainedTotal: number;
   retainedBytesTotal: number;
-  /** A persistent session nobody has connected to for this long is deleted. */
+  /** A persistent session nobody has connected to for this long is deleted (MQTT 5: the most a client may ask for). */
   sessionExpiryMs: number;
+  /** MQTT 5 Receive Maximum announced to clients: QoS 1/2 PUBLISHes a client may have unacknowledged. */
+  receiveMaximum: number;
+  /** MQTT 5 Topic Alias Maximum announced to clients (0: no topic aliases). */
+  topicAliasMaximum: number;
+  /** MQTT 5 user properties on one PUBLISH or will, in bytes (names + values); past it the message is refused (PUBACK 0x97). */
+  maxUserPropertyBytes: number;
 }
 
 /** One HTTPS route: requests under `prefix` go to `origin` with an assertion for `audience`. */
@@ -259,6 +265,9 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     retainedTotal: 100_000,
     retainedBytesTotal: 256 * 1024 * 1024, // 256 MiB
     sessionExpiryMs: 7 * DAY, // 7 days
+    receiveMaximum: 256,
+    topicAliasMaximum: 32,
+    maxUserPropertyBytes: 4_096,
   },
   provisioning: {
     host: '127.0.0.1',
@@ -328,6 +337,9 @@ const SETTINGS = [
   { key: 'mqtt.retainedTotal', file: ['mqtt', 'retainedTotal'], env: 'FLEETGATE_MQTT_RETAINED_TOTAL', kind: 'count' },
   { key: 'mqtt.retainedBytesTotal', file: ['mqtt', 'retainedBytesTotal'], env: 'FLEETGATE_MQTT_RETAINED_BYTES_TOTAL', kind: 'count' },
   { key: 'mqtt.sessionExpiryMs', file: ['mqtt', 'sessionExpiry'], env: 'FLEETGATE_MQTT_SESSION_EXPIRY', kind: 'duration' },
+  { key: 'mqtt.receiveMaximum', file: ['mqtt', 'receiveMaximum'], env: 'FLEETGATE_MQTT_RECEIVE_MAXIMUM', kind: 'count' },
+  { key: 'mqtt.topicAliasMaximum', file: ['mqtt', 'topicAliasMaximum'], env: 'FLEETGATE_MQTT_TOPIC_ALIAS_MAXIMUM', kind: 'count' },
+  { key: 'mqtt.maxUserPropertyBytes', file: ['mqtt', 'maxUserPropertyBytes'], env: 'FLEETGATE_MQTT_MAX_USER_PROPERTY_BYTES', kind: 'count' },
   { key: 'log.level', file: ['log', 'level'], env: 'FLEETGATE_LOG_LEVEL', kind: 'loglevel' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },

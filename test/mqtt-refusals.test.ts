@@ -12,6 +12,7 @@ import { loadCa } from '../provisioning/ca/authority.ts';
 import { initDataDir } from '../provisioning/setup.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect, end, nextMessage } from './helpers/mqtt.ts';
+import { connectBytes, rawClient } from './helpers/raw-mqtt.ts';
 import { fileScope, tempDir } from './helpers/run.ts';
 import { enrollDevice, forgeCert, type Credential } from '../harness/pki.ts';
 
@@ -116,10 +117,15 @@ for (const transport of ['mqtts', 'wss'] as const) {
       await fleet.log.find((l) => l.code === 'KEEPALIVE_OUT_OF_RANGE' && l.transport === transport);
     });
 
-    test('an MQTT 5 CONNECT is refused clearly (unsupported protocol version)', async () => {
-      await assert.rejects(connect(url(), c.good, { ca: fleet.rootFile, protocolVersion: 5 }));
+    test('an unknown protocol level is refused clearly (CONNACK 1, unsupported protocol version)', async () => {
+      const raw = await rawClient(url(), c.good!, fleet.ca.rootPem);
+      const b = connectBytes('good-1');
+      b[8] = 6; // the protocol level byte (after the fixed header and "MQTT")
+      raw.send(b);
+      assert.equal((await raw.next('connack') as { returnCode: number }).returnCode, 1);
+      assert.ok(await raw.closed());
       await fleet.log.find((l) => l.code === 'PROTOCOL_UNSUPPORTED' && l.transport === transport);
-      await othersKeepWorking(`${transport}-mqtt5`);
+      await othersKeepWorking(`${transport}-level6`);
     });
 
     test('an oversized packet closes the connection before it is buffered', async () => {

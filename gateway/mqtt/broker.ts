@@ -12,16 +12,19 @@ import type { Metrics } from '../metrics.ts';
 import { mayPublish, maySubscribe, scopeFor } from '../policy/topics.ts';
 import type { Session, SessionTable, Transport } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
+import { REASON, reasonCodeFor, reasonString } from '../../firmware-sdk/protocol/mqtt5.ts';
 import {
-  decode, encodeAck, encodeConnack, encodeSuback, encodeUnsuback, MalformedPacket, packetIdBytes, PINGRESP, withDup,
-  type AckPacket, type ConnectPacket, type PublishPacket, type SubscribePacket, type UnsubscribePacket,
+  decode, encodeAck, encodeAck5, encodeConnack, encodeConnack5, encodeDisconnect5, encodeSuback, encodeSuback5, encodeUnsuback, encodeUnsuback5,
+  MalformedPacket, packetIdBytes, PINGRESP, publishSize, SUB, withDup,
+  type AckPacket, type ConnectPacket, type DisconnectPacket, type EncodedPublish, type ForwardedProperties, type Properties, type PublishPacket,
+  type SubscribePacket, type UnsubscribePacket,
 } from './codec.ts';
 import { MqttConnection } from './connection.ts';
 import { RetainedStore } from './retained.ts';
 import { Message, MqttSession, type Delivery } from './session.ts';
 import { DurableStore } from './store.ts';
 import { tlsTransport, wsTransport, type MqttTransport } from './transport.ts';
-import { SubscriptionTrie } from './trie.ts';
+import { filterMatches, OVERLAP, SubscriptionTrie } from './trie.ts';
 
 export interface BrokerDeps {
   config: GatewayConfig;
@@ -54,6 +57,38 @@ function publishable(session: Session, topic: string): boolean {
 /** Packets a client may send before its admission is decided (CONNECT and what it pipelines after it). */
 const MAX_HELD_PACKETS = 32;
 
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+function isUtf8(b: Buffer): boolean {
+  try {
+    UTF8.decode(b);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** MQTT 5 DISCONNECT reason for why the gateway closes a connection. */
+const CLOSE_REASONS: Record<string, number> = {
+  takeover: REASON.SESSION_TAKEN_OVER,
+  keepalive: REASON.KEEP_ALIVE_TIMEOUT,
+  slow_consumer: REASON.QUOTA_EXCEEDED,
+  shutdown: REASON.SERVER_SHUTTING_DOWN,
+  store_failed: REASON.UNSPECIFIED,
+  denied: REASON.NOT_AUTHORIZED,
+};
+
+/** The MQTT 5 properties a PUBLISH (or will) forwards to subscribers. */
+function forwarded(p: Properties | undefined): ForwardedProperties | undefined {
+  if (p === undefined) return undefined;
+  const f: ForwardedProperties = {};
+  if (p.payloadFormat !== undefined) f.payloadFormat = p.payloadFormat;
+  if (p.contentType !== undefined) f.contentType = p.contentType;
+  if (p.responseTopic !== undefined) f.responseTopic = p.responseTopic;
+  if (p.correlationData !== undefined) f.correlationData = p.correlationData;
+  if (p.userProperties !== undefined) f.userProperties = p.userProperties;
+  return Object.keys(f).length === 0 ? undefined : f;
+}
+
 /**
  * fleetgate's MQTT core (3.1.1 and 3.1). One connection flows through named steps:
  * verify peer (TLS) → resolve identity → check status → (CONNECT) bind client id → authorize
@@ -78,6 +113,8 @@ export class MqttPlane {
   readonly #minPacketLimit: number;
   readonly #sweep: NodeJS.Timeout;
   #flushScheduled = false;
+  /** MQTT 5 wills waiting out their Will Delay Interval, by client id [MQTT-3.1.3-9]. */
+  readonly #pendingWills = new Map<string, NodeJS.Timeout>();
   readonly #m;
 
   constructor(deps: BrokerDeps) {
@@ -90,6 +127,7 @@ export class MqttPlane {
     this.#m = {
       hot: m.hot,
       dropSlow: m.mqttDropped.labels({ reason: 'slow_consumer' }),
+      dropTooLarge: m.mqttDropped.labels({ reason: 'over_client_maximum_packet_size' }),
       dropQueue: m.mqttDropped.labels({ reason: 'queue_full' }),
     };
     if (q.durability === 'disk') {
@@ -106,8 +144,11 @@ export class MqttPlane {
     for (const s of sessions) {
       const session = new MqttSession(s.clientId, s.deviceId, true);
       session.lastSeen = s.lastSeen;
+      session.expiryMs = this.#deps.mqtt.sessionExpiryMs;
       for (const sub of s.subscriptions) {
-        session.subscriptions.set(sub.filter, sub.qos);
+        // The stored value is the subscription's options (+ 256 × its MQTT 5 identifier).
+        session.subscriptions.set(sub.filter, sub.qos % 256);
+        if (sub.qos >= 256) session.subscriptionIds.set(sub.filter, Math.floor(sub.qos / 256));
         this.#trie.add(sub.filter, session, sub.qos);
       }
       this.#mqttSessions.set(s.clientId, session);
@@ -227,7 +268,7 @@ export class MqttPlane {
     }
     let packet;
     try {
-      packet = decode(first, body);
+      packet = decode(first, body, conn.v5);
     } catch (err) {
       return this.#malformed(conn, err);
     }
@@ -249,8 +290,7 @@ export class MqttPlane {
         conn.push(PINGRESP);
         return this.#markDirty(conn);
       case 'disconnect':
-        conn.will = undefined; // [MQTT-3.1.2-10]
-        return this.#close(conn, 'disconnect');
+        return this.#disconnect(conn, packet);
     }
   }
 
@@ -259,39 +299,72 @@ export class MqttPlane {
     const code: ErrorCode = e.rule === 'MQTT-2.2.3' && /exceeds the limit/.test(e.message) ? 'PAYLOAD_TOO_LARGE' : 'BAD_REQUEST';
     if (conn.state === 'connecting' && code === 'PAYLOAD_TOO_LARGE') this.#decision('refused', conn, code, { reason: e.message });
     else this.#deps.log.warn({ decision: 'closed', code, rule: e.rule, reason: e.message, deviceId: conn.session?.device.id, transport: conn.kind, remoteAddress: conn.remoteAddress }, 'malformed mqtt packet: connection closed');
-    this.#close(conn, 'malformed');
+    // MQTT 5 says why before closing [MQTT-4.13]: 0x81 Malformed Packet, 0x82 Protocol Error, 0x95 Packet too large, …
+    this.#close(conn, 'malformed', code === 'PAYLOAD_TOO_LARGE' ? REASON.PACKET_TOO_LARGE : e.reasonCode, e.message);
   }
 
-  #protocolError(conn: MqttConnection, rule: string, what: string): void {
-    this.#malformed(conn, new MalformedPacket(rule, `protocol violation: ${what}`));
+  #protocolError(conn: MqttConnection, rule: string, what: string, reasonCode: number = REASON.PROTOCOL_ERROR): void {
+    this.#malformed(conn, new MalformedPacket(rule, `protocol violation: ${what}`, reasonCode));
   }
 
   /** Step 4 at CONNECT: the client id must be the certificate's device id [MQTT-3.1.3-8]. */
   #connect(conn: MqttConnection, p: ConnectPacket): void {
     conn.clientId = p.clientId;
-    const refuse = (err: FleetgateError, returnCode: number = err.connackCode) => {
-      this.#decision('refused', conn, err.code, { message: err.message });
-      conn.push(encodeConnack(false, returnCode)); // [MQTT-3.2.2-4]: session present 0 with a non-zero code
-      this.#close(conn, 'refused'); // [MQTT-3.2.2-5]
+    const v5 = p.protocolLevel === 5;
+    conn.v5 = v5;
+    const refuse = (err: FleetgateError, returnCode: number = err.connackCode, reasonCode: number = reasonCodeFor(err.code)) => {
+      this.#decision('refused', conn, err.code, { message: err.message, ...(v5 && { reasonCode }) });
+      // [MQTT-3.2.2-4] / [MQTT-3.2.2-6]: session present 0 with a refusal; MQTT 5 says why (reason code + string).
+      conn.push(v5 ? encodeConnack5(false, reasonCode, { reasonString: reasonString(err.code, err.publicMessage) }) : encodeConnack(false, returnCode));
+      this.#close(conn, 'refused'); // [MQTT-3.2.2-5], [MQTT-3.2.2-7]
     };
-    if (p.protocolLevel === 5) return refuse(new FleetgateError('PROTOCOL_UNSUPPORTED', 'MQTT 3.1.1 and 3.1 only (MQTT 5 is not supported yet)'), 1);
-    if (!((p.protocolName === 'MQTT' && p.protocolLevel === 4) || (p.protocolName === 'MQIsdp' && p.protocolLevel === 3))) {
+    if (!((p.protocolName === 'MQTT' && (p.protocolLevel === 4 || v5)) || (p.protocolName === 'MQIsdp' && p.protocolLevel === 3))) {
       return refuse(new FleetgateError('PROTOCOL_UNSUPPORTED', `protocol ${p.protocolName} level ${p.protocolLevel}`), 1); // [MQTT-3.1.2-2]
     }
+    const props = p.properties ?? {};
     if (conn.refusal !== undefined) return refuse(conn.refusal);
     const session = conn.session as Session;
     if (session.cut !== undefined) return refuse(new FleetgateError(session.cut));
+    // The identity is the certificate: no enhanced authentication, no assigned client ids.
+    if (props.authMethod !== undefined) {
+      return refuse(new FleetgateError('NOT_AUTHORIZED', `authentication method ${JSON.stringify(props.authMethod)} not supported: the identity is the client certificate`), 5, REASON.BAD_AUTHENTICATION_METHOD);
+    }
     if (p.clientId !== session.device.id) {
       return refuse(new FleetgateError('CLIENT_ID_MISMATCH', `client id ${JSON.stringify(p.clientId)} is not the device id ${session.device.id}`));
     }
     const limits = this.#deps.config.limits[session.device.type];
-    if (p.keepalive < limits.keepaliveMinS || p.keepalive > limits.keepaliveMaxS) {
+    let keepalive = p.keepalive;
+    let serverKeepAlive: number | undefined;
+    if (keepalive < limits.keepaliveMinS || keepalive > limits.keepaliveMaxS) {
       // MQTT 3.1.1 cannot tell a client which keepalive to use; like Mosquitto, identifier rejected.
-      return refuse(new FleetgateError('KEEPALIVE_OUT_OF_RANGE', `keepalive ${p.keepalive}s outside [${limits.keepaliveMinS}, ${limits.keepaliveMaxS}]`));
+      if (!v5) return refuse(new FleetgateError('KEEPALIVE_OUT_OF_RANGE', `keepalive ${p.keepalive}s outside [${limits.keepaliveMinS}, ${limits.keepaliveMaxS}]`));
+      // MQTT 5 can: the CONNACK's Server Keep Alive [MQTT-3.2.2-21].
+      keepalive = keepalive === 0 ? limits.keepaliveMaxS : Math.min(Math.max(keepalive, limits.keepaliveMinS), limits.keepaliveMaxS);
+      serverKeepAlive = keepalive;
     }
     // The will is a PUBLISH the device makes in advance: the same topic policy, checked now.
-    if (p.will !== undefined && !mayPublish(session.scope, p.will.topic)) {
-      return refuse(new FleetgateError('TOPIC_DENIED', `will topic ${p.will.topic} outside the device's topics`));
+    if (p.will !== undefined) {
+      const wp = p.will.properties;
+      if (!mayPublish(session.scope, p.will.topic) || (wp?.responseTopic !== undefined && !mayPublish(session.scope, wp.responseTopic))) {
+        return refuse(new FleetgateError('TOPIC_DENIED', `will topic ${p.will.topic} outside the device's topics`));
+      }
+      if (wp?.payloadFormat === 1 && !isUtf8(p.will.payload)) {
+        return refuse(new FleetgateError('BAD_REQUEST', 'will payload is not UTF-8 although its payload format says so'), 5, REASON.PAYLOAD_FORMAT_INVALID);
+      }
+      if ((wp?.userPropertyBytes ?? 0) > this.#deps.mqtt.maxUserPropertyBytes) {
+        return refuse(new FleetgateError('PAYLOAD_TOO_LARGE', `will user properties over ${this.#deps.mqtt.maxUserPropertyBytes} bytes`), 5, REASON.QUOTA_EXCEEDED);
+      }
+    }
+    // Session lifetime: 3.1.1 clean session 0 → the configured expiry; MQTT 5 → what the client asks, bounded.
+    const maxExpiryS = Math.floor(this.#deps.mqtt.sessionExpiryMs / 1000);
+    const requestedExpiry = v5 ? (props.sessionExpiry ?? 0) : (p.cleanSession ? 0 : maxExpiryS);
+    const expiryS = Math.min(requestedExpiry, maxExpiryS);
+    const persistent = expiryS > 0;
+    // A reconnection before the will delay has passed: that will is not sent [MQTT-3.1.3-9].
+    const pendingWill = this.#pendingWills.get(p.clientId);
+    if (pendingWill !== undefined) {
+      clearTimeout(pendingWill);
+      this.#pendingWills.delete(p.clientId);
     }
     // Takeover: the older connection of this client id is closed [MQTT-3.1.4-2].
     const existing = this.#mqttSessions.get(p.clientId);
@@ -301,26 +374,69 @@ export class MqttPlane {
       this.#close(older, 'takeover');
     }
     let mqtt = existing;
+    // 3.1.1: clean session 0 resumes; MQTT 5: clean start 0 resumes [MQTT-3.2.2-3].
     const sessionPresent = !p.cleanSession && existing !== undefined && existing.persistent;
     if (mqtt !== undefined && (p.cleanSession || !mqtt.persistent)) {
       this.#discard(mqtt); // [MQTT-3.1.2-6]
       mqtt = undefined;
     }
     if (mqtt === undefined) {
-      mqtt = new MqttSession(p.clientId, session.device.id, !p.cleanSession);
+      mqtt = new MqttSession(p.clientId, session.device.id, persistent);
       this.#mqttSessions.set(p.clientId, mqtt);
+    } else if (mqtt.persistent && !persistent) {
+      this.#store?.dropSession(mqtt.clientId); // resumed, but it now ends with this connection
+      mqtt.persistent = false;
+    } else if (!mqtt.persistent && persistent) {
+      mqtt.persistent = true;
     }
+    mqtt.expiryMs = expiryS * 1000;
     if (mqtt.persistent) this.#store?.saveSession(mqtt.clientId, mqtt.deviceId, Date.now());
     conn.mqtt = mqtt;
     conn.will = p.will;
-    conn.keepaliveMs = p.keepalive * 1000;
+    conn.keepaliveMs = keepalive * 1000;
     conn.state = 'connected';
+    if (v5) {
+      conn.receiveMax = props.receiveMaximum ?? 65_535;
+      if (props.maximumPacketSize !== undefined) conn.maxPacket = props.maximumPacketSize;
+      conn.problemInfo = props.requestProblemInfo !== 0;
+      conn.requestedExpiry = requestedExpiry;
+    }
     this.#live.set(mqtt, conn);
-    this.#decision('admitted', conn, undefined, { cleanSession: p.cleanSession, sessionPresent });
+    this.#decision('admitted', conn, undefined, { cleanSession: p.cleanSession, sessionPresent, ...(v5 && { protocol: 5, sessionExpiry: expiryS }) });
     this.#deps.metrics.connected.inc({ type: session.device.type, transport: conn.kind });
-    conn.push(encodeConnack(sessionPresent, 0));
+    if (v5) {
+      const q = this.#deps.mqtt;
+      conn.push(encodeConnack5(sessionPresent, 0, {
+        receiveMaximum: q.receiveMaximum,
+        maximumPacketSize: limits.maxPacketBytes,
+        topicAliasMaximum: q.topicAliasMaximum,
+        sharedSubscriptionAvailable: false,
+        ...(expiryS !== requestedExpiry && { sessionExpiryInterval: expiryS }),
+        ...(serverKeepAlive !== undefined && { serverKeepAlive }),
+      }));
+    } else {
+      conn.push(encodeConnack(sessionPresent, 0));
+    }
     this.#markDirty(conn);
     this.#pump(mqtt); // what a persistent session is owed [MQTT-4.4.0-1]
+  }
+
+  /** DISCONNECT from the client: no will (MQTT 5: unless reason 0x04) [MQTT-3.1.2-10], [MQTT-3.14.4-3]; MQTT 5 may change the session expiry. */
+  #disconnect(conn: MqttConnection, p: DisconnectPacket): void {
+    const expiry = p.properties?.sessionExpiry;
+    if (expiry !== undefined && conn.mqtt !== undefined) {
+      // Raising it from 0 is a protocol error (§3.14.2.2.2).
+      if (conn.requestedExpiry === 0 && expiry > 0) return this.#protocolError(conn, 'MQTT5-§3.14.2.2.2', 'DISCONNECT sets a session expiry on a session that had none');
+      const s = Math.min(expiry, Math.floor(this.#deps.mqtt.sessionExpiryMs / 1000));
+      conn.mqtt.expiryMs = s * 1000;
+      if (s === 0 && conn.mqtt.persistent) {
+        this.#store?.dropSession(conn.mqtt.clientId);
+        conn.mqtt.persistent = false;
+      }
+    }
+    if (p.reasonCode === REASON.DISCONNECT_WITH_WILL) return this.#close(conn, 'disconnect_with_will');
+    conn.will = undefined;
+    return this.#close(conn, 'disconnect');
   }
 
   #discard(mqtt: MqttSession): void {
@@ -338,11 +454,39 @@ export class MqttPlane {
   }
 
   #publish(conn: MqttConnection, p: PublishPacket): void {
-    const code = this.#packetCheck(conn, (s) => publishable(s, p.topic));
+    let topic = p.topic;
+    const props = p.properties;
+    if (conn.v5) {
+      // Topic aliases of this connection [MQTT-3.3.2-8 … 12].
+      const alias = props?.topicAlias;
+      if (alias !== undefined) {
+        if (alias === 0 || alias > this.#deps.mqtt.topicAliasMaximum) return this.#protocolError(conn, 'MQTT-3.3.2-12', `topic alias ${alias} outside 1–${this.#deps.mqtt.topicAliasMaximum}`, REASON.TOPIC_ALIAS_INVALID);
+        if (topic.length > 0) (conn.aliases ??= new Map()).set(alias, topic);
+        else {
+          const known = conn.aliases?.get(alias);
+          if (known === undefined) return this.#protocolError(conn, 'MQTT5-§3.3.2.3.4', `topic alias ${alias} not set on this connection`);
+          topic = known;
+        }
+      } else if (topic.length === 0) {
+        return this.#protocolError(conn, 'MQTT5-§3.3.2.1', 'empty topic name without a topic alias');
+      }
+      // Flow control: no more unacknowledged QoS 1/2 PUBLISHes than our Receive Maximum (§3.3.4).
+      if (p.qos > 0 && conn.inboundPending + (conn.mqtt as MqttSession).qos2In.size >= this.#deps.mqtt.receiveMaximum && !(p.qos === 2 && (conn.mqtt as MqttSession).qos2In.has(p.packetId))) {
+        return this.#protocolError(conn, 'MQTT-3.3.4-7', `more than ${this.#deps.mqtt.receiveMaximum} unacknowledged QoS 1/2 PUBLISHes`, REASON.RECEIVE_MAXIMUM_EXCEEDED);
+      }
+    }
+    const code = this.#packetCheck(conn, (s) => publishable(s, topic) && (props?.responseTopic === undefined || publishable(s, props.responseTopic)));
     if (code !== undefined) {
-      // MQTT 3.1.1 has no negative PUBACK: an unauthorized PUBLISH closes the connection.
-      this.#denied('publish', conn, code, p.topic);
-      return this.#close(conn, 'denied');
+      this.#denied('publish', conn, code, topic);
+      // MQTT 3.1.1 has no negative PUBACK: an unauthorized PUBLISH closes the connection. MQTT 5
+      // says no (PUBACK/PUBREC 0x87; QoS 0: dropped) and keeps the connection — unless the
+      // session itself was cut (revoked, suspended, denylisted): then DISCONNECT with the reason.
+      if (!conn.v5 || conn.session?.cut !== undefined || code !== 'TOPIC_DENIED') return this.#close(conn, 'denied');
+      return this.#refusePublish(conn, p, REASON.NOT_AUTHORIZED, code);
+    }
+    if (conn.v5 && props !== undefined) {
+      if (props.payloadFormat === 1 && !isUtf8(p.payload)) return this.#refusePublish(conn, p, REASON.PAYLOAD_FORMAT_INVALID, 'BAD_REQUEST');
+      if ((props.userPropertyBytes ?? 0) > this.#deps.mqtt.maxUserPropertyBytes) return this.#refusePublish(conn, p, REASON.QUOTA_EXCEEDED, 'PAYLOAD_TOO_LARGE');
     }
     const mqtt = conn.mqtt as MqttSession;
     (this.#m.hot.in[p.qos] as number)++;
@@ -354,7 +498,9 @@ export class MqttPlane {
     // A QoS 1/2 message may wait in session queues: give it its own bytes rather than keeping the
     // whole socket read (up to 64 KiB) alive for a short payload.
     const payload = p.qos > 0 && p.payload.buffer.byteLength > p.payload.length * 4 + 1024 ? Buffer.from(p.payload) : p.payload;
-    const message = new Message(p.topic, payload, p.qos, p.retain, deviceId);
+    const message = props === undefined
+      ? new Message(topic, payload, p.qos, p.retain, deviceId)
+      : new Message(topic, payload, p.qos, p.retain, deviceId, { fwd: forwarded(props), expiresAt: props.messageExpiry === undefined ? undefined : Date.now() + props.messageExpiry * 1000 });
     if (p.retain) this.#retain(conn, message);
     this.#route(message);
     if (p.qos === 1) this.#ackAfterCommit(conn, 'puback', p.packetId);
@@ -364,9 +510,19 @@ export class MqttPlane {
     }
   }
 
+  /** MQTT 5: a PUBLISH refused without closing — PUBACK/PUBREC with the reason (QoS 0 is dropped; both are logged). */
+  #refusePublish(conn: MqttConnection, p: PublishPacket, reasonCode: number, code: ErrorCode): void {
+    if (p.qos === 0) return;
+    const e = new FleetgateError(code);
+    conn.push(encodeAck5(p.qos === 1 ? 'puback' : 'pubrec', p.packetId, reasonCode, conn.problemInfo ? { reasonString: reasonString(code, e.publicMessage) } : undefined));
+    this.#markDirty(conn);
+  }
+
   /** PUBACK / PUBREC promise the message is stored for every persistent session owed it: sent after the commit. */
   #ackAfterCommit(conn: MqttConnection, type: 'puback' | 'pubrec', id: number): void {
+    if (type === 'puback') conn.inboundPending++;
     const send = (err: Error | undefined) => {
+      if (type === 'puback') conn.inboundPending--;
       if (err !== undefined) {
         this.#deps.log.error({ err: err.message, deviceId: conn.session?.device.id }, 'mqtt store commit failed: connection closed without acknowledgement');
         return this.#close(conn, 'store_failed');
@@ -379,7 +535,7 @@ export class MqttPlane {
   }
 
   #retain(conn: MqttConnection, message: Message): void {
-    const r = { topic: message.topic, payload: message.payload, qos: message.qos, deviceId: message.from };
+    const r = { topic: message.topic, payload: message.payload, qos: message.qos, deviceId: message.from, ...((message.fwd !== undefined || message.expiresAt !== undefined) && { message }) };
     if (!this.#retained.set(r)) {
       this.#deps.metrics.retainedRefused.inc();
       this.#deps.log.warn({ code: 'PAYLOAD_TOO_LARGE', deviceId: message.from, topic: message.topic, transport: conn.kind }, 'retained message over quota: delivered, not retained');
@@ -392,26 +548,58 @@ export class MqttPlane {
   /** Delivers a message to every matching session, each once at the highest QoS its subscriptions grant, never above the publish QoS. */
   #route(message: Message): void {
     const matches = this.#trie.match(message.topic);
-    for (const [mqtt, granted] of matches) {
-      const qos = Math.min(granted, message.qos) as 0 | 1 | 2; // [MQTT-3.8.4-6]
+    for (const [mqtt, sub] of matches) {
+      // No Local [MQTT-3.8.3-3]: client id = device id, so the publisher is `from`.
+      if ((sub & SUB.NO_LOCAL) !== 0 && mqtt.clientId === message.from) continue;
+      const qos = Math.min(sub & SUB.QOS, message.qos) as 0 | 1 | 2; // [MQTT-3.8.4-6]
       const conn = this.#live.get(mqtt);
       if (conn !== undefined && conn.session?.cut !== undefined) continue;
+      // Retain As Published [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1: always 0 on a live delivery.
+      const retain = (sub & SUB.RETAIN_AS_PUBLISHED) !== 0 && message.retain;
+      const ids = mqtt.subscriptionIds.size === 0 ? undefined : this.#subscriptionIds(mqtt, sub, message.topic);
       if (qos === 0) {
-        if (conn !== undefined) this.#sendQos0(conn, message, false);
+        if (conn !== undefined) this.#sendQos0(conn, message, retain, ids);
         continue;
       }
       if (conn === undefined && !mqtt.persistent) continue;
-      this.#enqueue(mqtt, { message, qos, retain: false, rowId: undefined, dup: false, released: false, packetId: undefined });
+      this.#enqueue(mqtt, { message, qos, retain, rowId: undefined, dup: false, released: false, packetId: undefined, ...(ids && { subscriptionIds: ids }) });
     }
   }
 
-  #sendQos0(conn: MqttConnection, message: Message, retain: boolean): void {
+  /** The MQTT 5 subscription identifiers of a session's subscriptions matching `topic` [MQTT-3.3.4-3], [MQTT-3.3.4-4]. */
+  #subscriptionIds(mqtt: MqttSession, sub: number, topic: string): number[] | undefined {
+    if ((sub & OVERLAP) === 0) {
+      const id = Math.floor(sub / 256);
+      return id === 0 ? undefined : [id];
+    }
+    const ids: number[] = [];
+    for (const [filter, id] of mqtt.subscriptionIds) if (filterMatches(filter, topic)) ids.push(id);
+    return ids.length === 0 ? undefined : ids;
+  }
+
+  /** The wire form of a message for this connection's protocol; undefined when it must not be sent (expired, or larger than the client accepts). */
+  #wire(conn: MqttConnection, message: Message, qos: 0 | 1 | 2, retain: boolean, ids: number[] | undefined, dup = false): EncodedPublish | undefined {
+    if (!conn.v5) return message.expired() && !dup ? undefined : message.encoded(qos, retain);
+    // Once sent, a QoS 2 message is not expired any more [MQTT-4.3.3-7]: a resend keeps going.
+    const now = dup && message.expiresAt !== undefined ? Math.min(Date.now(), message.expiresAt - 1000) : Date.now();
+    const e = message.encoded5(qos, retain, ids, now);
+    if (e === undefined) return undefined;
+    if (publishSize(e) > conn.maxPacket) {
+      this.#m.dropTooLarge.inc(); // discarded as if sent [MQTT-3.1.2-25]
+      return undefined;
+    }
+    return e;
+  }
+
+  #sendQos0(conn: MqttConnection, message: Message, retain: boolean, ids?: number[]): void {
     if (conn.transport.buffered + conn.outBytes > this.#deps.mqtt.maxOutboundBytes) {
       this.#m.dropSlow.inc(); // a subscriber that does not read loses QoS 0, and slows nobody
       if (conn.overSince === 0) conn.overSince = Date.now(); // its drain deadline starts
       return;
     }
-    conn.pushPublish(message.encoded(0, retain), undefined);
+    const e = conn.v5 || message.expiresAt !== undefined ? this.#wire(conn, message, 0, retain, ids) : message.encoded(0, retain);
+    if (e === undefined) return;
+    conn.pushPublish(e, undefined);
     this.#m.hot.out++;
     this.#markDirty(conn);
   }
@@ -427,14 +615,24 @@ export class MqttPlane {
     this.#pump(mqtt);
   }
 
-  /** Moves queued deliveries into flight, up to the window, while the client reads. */
+  /** Moves queued deliveries into flight, up to the window (and the client's Receive Maximum), while the client reads. */
   #pump(mqtt: MqttSession): void {
     const conn = this.#live.get(mqtt);
     if (conn === undefined || conn.state !== 'connected') return;
-    const { maxInflight, maxOutboundBytes } = this.#deps.mqtt;
+    const { maxOutboundBytes } = this.#deps.mqtt;
+    const window = Math.min(this.#deps.mqtt.maxInflight, conn.receiveMax); // [MQTT-3.3.4-9]
     if (mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes > maxOutboundBytes && conn.overSince === 0) conn.overSince = Date.now();
-    while (mqtt.inflight.size < maxInflight && mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes <= maxOutboundBytes) {
+    while (mqtt.inflight.size < window && mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes <= maxOutboundBytes) {
       const d = mqtt.queue.shift() as Delivery;
+      let wire: EncodedPublish | undefined;
+      if (!d.released) {
+        wire = this.#wire(conn, d.message, d.qos, d.retain, d.subscriptionIds, d.dup);
+        if (wire === undefined) {
+          // Expired before onward delivery started [MQTT-3.3.2-5], or too large for this client [MQTT-3.1.2-25].
+          if (d.rowId !== undefined) this.#store?.dequeue(d.rowId);
+          continue;
+        }
+      }
       const id = d.packetId !== undefined && !mqtt.inflight.has(d.packetId) ? d.packetId : mqtt.nextPacketId();
       if (id === undefined) {
         mqtt.queue.unshift([d]);
@@ -442,11 +640,10 @@ export class MqttPlane {
       }
       d.packetId = id;
       mqtt.inflight.set(id, d);
-      if (d.released) {
+      if (wire === undefined) {
         conn.push(encodeAck('pubrel', id)); // [MQTT-4.4.0-1]: resend PUBREL, not the PUBLISH
       } else {
-        const encoded = d.message.encoded(d.qos, d.retain);
-        conn.pushPublish(d.dup ? withDup(encoded) : encoded, packetIdBytes(id));
+        conn.pushPublish(d.dup ? withDup(wire) : wire, packetIdBytes(id));
         this.#m.hot.out++;
       }
     }
@@ -469,6 +666,8 @@ export class MqttPlane {
   #pubrec(conn: MqttConnection, p: AckPacket): void {
     const d = this.#settle(conn, p, 'publish');
     if (d === undefined || d.qos !== 2) return;
+    // MQTT 5: a PUBREC with a failure reason ends the exchange, no PUBREL [MQTT-4.3.3-4], [MQTT-4.4.0-2].
+    if (p.reasonCode >= 0x80) return this.#done(conn.mqtt as MqttSession, p.packetId, d);
     d.released = true;
     conn.push(encodeAck('pubrel', p.packetId));
     this.#markDirty(conn);
@@ -495,8 +694,14 @@ export class MqttPlane {
   #subscribe(conn: MqttConnection, p: SubscribePacket): void {
     const mqtt = conn.mqtt as MqttSession;
     const granted: number[] = [];
-    const retained: { qos: 0 | 1 | 2; filter: string }[] = [];
-    for (const { filter, qos } of p.subscriptions) {
+    const retained: { qos: 0 | 1 | 2; filter: string; ids: number[] | undefined }[] = [];
+    const subscriptionId = p.properties?.subscriptionId;
+    let refusal: ErrorCode | undefined;
+    for (const { filter, qos, options } of p.subscriptions) {
+      if (conn.v5 && filter.startsWith('$share/')) {
+        granted.push(REASON.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED); // shared subscriptions are not offered (CONNACK says so)
+        continue;
+      }
       const code = this.#packetCheck(conn, (s) => maySubscribe(s.scope, filter));
       if (code !== undefined && code !== 'TOPIC_DENIED') {
         this.#denied('subscribe', conn, code, filter);
@@ -504,23 +709,33 @@ export class MqttPlane {
       }
       if (code === 'TOPIC_DENIED') {
         this.#denied('subscribe', conn, code, filter);
-        granted.push(0x80); // [MQTT-3.9.3-2]
+        granted.push(conn.v5 ? REASON.NOT_AUTHORIZED : 0x80); // [MQTT-3.9.3-2]; MQTT 5: 0x87
+        refusal = code;
         continue;
       }
-      mqtt.subscriptions.set(filter, qos); // replaces an identical filter's QoS [MQTT-3.8.4-3]
-      this.#trie.add(filter, mqtt, qos);
-      if (mqtt.persistent) this.#store?.addSubscription(mqtt.clientId, filter, qos);
+      const existed = mqtt.subscriptions.has(filter);
+      const value = options + (subscriptionId ?? 0) * 256;
+      mqtt.subscriptions.set(filter, options); // replaces an identical filter's subscription [MQTT-3.8.4-3]
+      if (subscriptionId !== undefined) mqtt.subscriptionIds.set(filter, subscriptionId);
+      else mqtt.subscriptionIds.delete(filter);
+      this.#trie.add(filter, mqtt, value);
+      if (mqtt.persistent) this.#store?.addSubscription(mqtt.clientId, filter, value as 0 | 1 | 2);
       granted.push(qos);
-      retained.push({ filter, qos });
+      // Retain Handling [MQTT-3.3.1-9 … 11]: 0 always, 1 only for a new subscription, 2 never.
+      const handling = (options & SUB.RETAIN_HANDLING) >> 4;
+      if (handling === 0 || (handling === 1 && !existed)) retained.push({ filter, qos, ids: subscriptionId === undefined ? undefined : [subscriptionId] });
     }
-    conn.push(encodeSuback(p.packetId, granted));
+    conn.push(conn.v5
+      ? encodeSuback5(p.packetId, granted, refusal !== undefined && conn.problemInfo ? { reasonString: reasonString(refusal, new FleetgateError(refusal).publicMessage) } : undefined)
+      : encodeSuback(p.packetId, granted));
     // Retained messages matching a new subscription follow the SUBACK, with the retain flag [MQTT-3.3.1-6], [MQTT-3.3.1-8].
-    for (const { filter, qos } of retained) {
+    for (const { filter, qos, ids } of retained) {
       for (const r of this.#retained.match(filter)) {
-        const message = new Message(r.topic, r.payload, r.qos, true, r.deviceId);
+        const message = r.message instanceof Message ? r.message.asRetained() : new Message(r.topic, r.payload, r.qos, true, r.deviceId);
+        if (message.expired()) continue;
         const q = Math.min(qos, r.qos) as 0 | 1 | 2;
-        if (q === 0) this.#sendQos0(conn, message, true);
-        else this.#enqueue(mqtt, { message, qos: q, retain: true, rowId: undefined, dup: false, released: false, packetId: undefined });
+        if (q === 0) this.#sendQos0(conn, message, true, ids);
+        else this.#enqueue(mqtt, { message, qos: q, retain: true, rowId: undefined, dup: false, released: false, packetId: undefined, ...(ids && { subscriptionIds: ids }) });
       }
     }
     this.#markDirty(conn);
@@ -528,12 +743,18 @@ export class MqttPlane {
 
   #unsubscribe(conn: MqttConnection, p: UnsubscribePacket): void {
     const mqtt = conn.mqtt as MqttSession;
+    const codes: number[] = [];
     for (const filter of p.filters) {
-      if (!mqtt.subscriptions.delete(filter)) continue;
+      if (!mqtt.subscriptions.delete(filter)) {
+        codes.push(REASON.NO_SUBSCRIPTION_EXISTED);
+        continue;
+      }
+      mqtt.subscriptionIds.delete(filter);
       this.#trie.remove(filter, mqtt);
       if (mqtt.persistent) this.#store?.removeSubscription(mqtt.clientId, filter);
+      codes.push(REASON.SUCCESS);
     }
-    conn.push(encodeUnsuback(p.packetId)); // [MQTT-3.10.4-4]
+    conn.push(conn.v5 ? encodeUnsuback5(p.packetId, codes) : encodeUnsuback(p.packetId)); // [MQTT-3.10.4-4], [MQTT-3.11.3-1]
     this.#markDirty(conn);
   }
 
@@ -557,9 +778,24 @@ export class MqttPlane {
 
   // --- closing ---
 
-  #close(conn: MqttConnection, reason: string): void {
+  /**
+   * Closes a connection. An MQTT 5 client that had its CONNACK is told why first: a DISCONNECT
+   * with the reason code and, as reason string, the catalogue code [MQTT-3.14.0-1], [MQTT-4.13].
+   */
+  #close(conn: MqttConnection, reason: string, reasonCode?: number, detail?: string): void {
     if (conn.state === 'closed') return;
     conn.closeReason ??= reason;
+    if (conn.v5 && conn.state === 'connected' && reason !== 'disconnect' && reason !== 'disconnect_with_will') {
+      const cut = conn.session?.cut;
+      let code = reasonCode ?? CLOSE_REASONS[reason] ?? REASON.UNSPECIFIED;
+      let text = detail;
+      if ((reason === 'cut' || reason === 'denied') && cut !== undefined) {
+        // A kick is the operator's act; the rest are the registry's verdict on the certificate or device.
+        code = cut === 'NOT_AUTHORIZED' ? REASON.ADMINISTRATIVE_ACTION : reasonCodeFor(cut);
+        text = reasonString(cut, new FleetgateError(cut).publicMessage);
+      }
+      conn.push(encodeDisconnect5(code, text === undefined ? undefined : { reasonString: text.slice(0, 200) }));
+    }
     conn.flush();
     conn.transport.close();
     this.#closed(conn);
@@ -591,9 +827,25 @@ export class MqttPlane {
     if (wasConnected && conn.will !== undefined && !noWill && session?.cut === undefined) {
       const w = conn.will;
       conn.will = undefined;
-      const message = new Message(w.topic, w.payload, w.qos, w.retain, session?.device.id ?? '');
-      if (w.retain) this.#retain(conn, message);
-      this.#route(message);
+      const deviceId = session?.device.id ?? '';
+      const wp = w.properties;
+      const send = () => {
+        this.#pendingWills.delete(conn.clientId ?? '');
+        const message = wp === undefined
+          ? new Message(w.topic, w.payload, w.qos, w.retain, deviceId)
+          : new Message(w.topic, w.payload, w.qos, w.retain, deviceId, { fwd: forwarded(wp), expiresAt: wp.messageExpiry === undefined ? undefined : Date.now() + wp.messageExpiry * 1000 });
+        if (w.retain) this.#retain(conn, message);
+        this.#route(message);
+      };
+      // MQTT 5 Will Delay Interval: sent after the delay or when the session ends, whichever is first [MQTT-3.1.2-8].
+      const delayMs = Math.min((wp?.willDelay ?? 0) * 1000, mqtt?.persistent === true ? mqtt.expiryMs : 0);
+      if (delayMs > 0 && conn.clientId !== undefined) {
+        const timer = setTimeout(send, delayMs);
+        timer.unref();
+        this.#pendingWills.set(conn.clientId, timer);
+      } else {
+        send();
+      }
     }
   }
 
@@ -619,7 +871,7 @@ export class MqttPlane {
     }
     // Abandoned persistent sessions expire.
     for (const mqtt of this.#mqttSessions.values()) {
-      if (mqtt.persistent && !this.#live.has(mqtt) && now - mqtt.lastSeen > sessionExpiryMs) {
+      if (mqtt.persistent && !this.#live.has(mqtt) && now - mqtt.lastSeen > Math.min(mqtt.expiryMs, sessionExpiryMs)) {
         this.#deps.log.info({ clientId: mqtt.clientId }, 'persistent session expired');
         this.#discard(mqtt);
       }
@@ -658,6 +910,8 @@ export class MqttPlane {
 
   async close(): Promise<void> {
     clearInterval(this.#sweep);
+    for (const timer of this.#pendingWills.values()) clearTimeout(timer);
+    this.#pendingWills.clear();
     for (const conn of [...this.#connections]) this.#close(conn, 'shutdown');
     this.#store?.close();
   }

@@ -14,19 +14,77 @@ import mqttPacket from 'mqtt-packet';
 export class MalformedPacket extends Error {
   /** The normative statement broken, e.g. `MQTT-3.3.1-4`. */
   readonly rule: string;
-  constructor(rule: string, message: string) {
+  /** The MQTT 5 reason code to close with: 0x81 Malformed Packet, 0x82 Protocol Error, 0x95 Packet too large, … */
+  readonly reasonCode: number;
+  constructor(rule: string, message: string, reasonCode = 0x81) {
     super(`${message} [${rule}]`);
     this.rule = rule;
+    this.reasonCode = reasonCode;
   }
 }
 
-export const TYPE = { CONNECT: 1, CONNACK: 2, PUBLISH: 3, PUBACK: 4, PUBREC: 5, PUBREL: 6, PUBCOMP: 7, SUBSCRIBE: 8, SUBACK: 9, UNSUBSCRIBE: 10, UNSUBACK: 11, PINGREQ: 12, PINGRESP: 13, DISCONNECT: 14 } as const;
+const PROTOCOL_ERROR = 0x82;
+
+export const TYPE = { CONNECT: 1, CONNACK: 2, PUBLISH: 3, PUBACK: 4, PUBREC: 5, PUBREL: 6, PUBCOMP: 7, SUBSCRIBE: 8, SUBACK: 9, UNSUBSCRIBE: 10, UNSUBACK: 11, PINGREQ: 12, PINGRESP: 13, DISCONNECT: 14, AUTH: 15 } as const;
+
+/** MQTT 5 properties a client may send (§2.2.2.2), decoded and checked for their packet. */
+export interface Properties {
+  payloadFormat?: 0 | 1;
+  messageExpiry?: number;
+  contentType?: string;
+  responseTopic?: string;
+  correlationData?: Buffer;
+  subscriptionId?: number;
+  sessionExpiry?: number;
+  authMethod?: string;
+  authData?: Buffer;
+  requestProblemInfo?: 0 | 1;
+  willDelay?: number;
+  requestResponseInfo?: 0 | 1;
+  reasonString?: string;
+  receiveMaximum?: number;
+  topicAliasMaximum?: number;
+  topicAlias?: number;
+  maximumPacketSize?: number;
+  serverReference?: string;
+  userProperties?: [string, string][];
+  /** Bytes of user properties (names and values), for the pass-through limit. */
+  userPropertyBytes?: number;
+}
+
+type PropertyType = 'byte' | 'u16' | 'u32' | 'varint' | 'string' | 'binary' | 'pair';
+type PropertyContext = 'connect' | 'will' | 'publish' | 'ack' | 'subscribe' | 'unsubscribe' | 'disconnect' | 'auth';
+
+/** Identifier → name, type, and the client packets it may appear in. */
+const PROPERTIES: Record<number, [keyof Properties, PropertyType, readonly PropertyContext[]]> = {
+  0x01: ['payloadFormat', 'byte', ['publish', 'will']],
+  0x02: ['messageExpiry', 'u32', ['publish', 'will']],
+  0x03: ['contentType', 'string', ['publish', 'will']],
+  0x08: ['responseTopic', 'string', ['publish', 'will']],
+  0x09: ['correlationData', 'binary', ['publish', 'will']],
+  0x0b: ['subscriptionId', 'varint', ['subscribe']],
+  0x11: ['sessionExpiry', 'u32', ['connect', 'disconnect']],
+  0x15: ['authMethod', 'string', ['connect', 'auth']],
+  0x16: ['authData', 'binary', ['connect', 'auth']],
+  0x17: ['requestProblemInfo', 'byte', ['connect']],
+  0x18: ['willDelay', 'u32', ['will']],
+  0x19: ['requestResponseInfo', 'byte', ['connect']],
+  0x1c: ['serverReference', 'string', ['disconnect']],
+  0x1f: ['reasonString', 'string', ['ack', 'disconnect', 'auth']],
+  0x21: ['receiveMaximum', 'u16', ['connect']],
+  0x22: ['topicAliasMaximum', 'u16', ['connect']],
+  0x23: ['topicAlias', 'u16', ['publish']],
+  0x26: ['userProperties', 'pair', ['connect', 'will', 'publish', 'ack', 'subscribe', 'unsubscribe', 'disconnect', 'auth']],
+  0x27: ['maximumPacketSize', 'u32', ['connect']],
+};
 
 export interface Will {
   topic: string;
   payload: Buffer;
   qos: 0 | 1 | 2;
   retain: boolean;
+  /** MQTT 5 will properties (will delay, message expiry, content type, user properties, …). */
+  properties?: Properties;
 }
 
 export interface ConnectPacket {
@@ -39,6 +97,8 @@ export interface ConnectPacket {
   will: Will | undefined;
   username: string | undefined;
   password: Buffer | undefined;
+  /** MQTT 5 only. */
+  properties?: Properties;
 }
 
 export interface PublishPacket {
@@ -49,17 +109,29 @@ export interface PublishPacket {
   retain: boolean;
   dup: boolean;
   packetId: number;
+  /** MQTT 5 only (a topic alias may leave `topic` empty). */
+  properties?: Properties;
 }
 
 export interface AckPacket {
   type: 'puback' | 'pubrec' | 'pubrel' | 'pubcomp';
   packetId: number;
+  /** MQTT 5 reason code (0 in 3.1.1). */
+  reasonCode: number;
 }
+
+/**
+ * Subscription options as one number, the MQTT 5 options byte: bits 0–1 maximum QoS, bit 2 No
+ * Local, bit 3 Retain As Published, bits 4–5 Retain Handling (3.1.1: the QoS alone).
+ */
+export type SubscriptionOptions = number;
+export const SUB = { QOS: 0x03, NO_LOCAL: 0x04, RETAIN_AS_PUBLISHED: 0x08, RETAIN_HANDLING: 0x30 } as const;
 
 export interface SubscribePacket {
   type: 'subscribe';
   packetId: number;
-  subscriptions: { filter: string; qos: 0 | 1 | 2 }[];
+  subscriptions: { filter: string; qos: 0 | 1 | 2; options: SubscriptionOptions }[];
+  properties?: Properties;
 }
 
 export interface UnsubscribePacket {
@@ -68,7 +140,14 @@ export interface UnsubscribePacket {
   filters: string[];
 }
 
-export type InboundPacket = ConnectPacket | PublishPacket | AckPacket | SubscribePacket | UnsubscribePacket | { type: 'pingreq' } | { type: 'disconnect' };
+export interface DisconnectPacket {
+  type: 'disconnect';
+  /** MQTT 5 (0 in 3.1.1): 0x04 asks for the will to be sent. */
+  reasonCode: number;
+  properties?: Properties;
+}
+
+export type InboundPacket = ConnectPacket | PublishPacket | AckPacket | SubscribePacket | UnsubscribePacket | { type: 'pingreq' } | DisconnectPacket;
 
 /**
  * Incremental framing from the fixed header. `push` takes bytes as they arrive and calls
@@ -186,6 +265,80 @@ class Reader {
     return s;
   }
 
+  u32(what: string): number {
+    if (this.left < 4) throw new MalformedPacket('MQTT-2.2.3', `${what}: packet too short`);
+    const v = this.buf.readUInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+
+  /** A Variable Byte Integer, minimally encoded [MQTT-1.5.5-1]. */
+  varint(what: string): number {
+    let value = 0;
+    let multiplier = 1;
+    for (let i = 0; i < 4; i++) {
+      const b = this.u8(what);
+      value += (b & 0x7f) * multiplier;
+      if ((b & 0x80) === 0) {
+        if (i > 0 && b === 0) throw new MalformedPacket('MQTT-1.5.5-1', `${what}: variable byte integer not minimally encoded`);
+        return value;
+      }
+      multiplier *= 128;
+    }
+    throw new MalformedPacket('MQTT-1.5.5-1', `${what}: variable byte integer longer than 4 bytes`);
+  }
+
+  /**
+   * MQTT 5 properties for `context`: each known [MQTT-2.2.2-2 … ], allowed in this packet, at
+   * most once (but User Property), with a valid value; the property length must end exactly on
+   * a property.
+   */
+  properties(context: PropertyContext): Properties {
+    const length = this.varint('property length');
+    if (this.left < length) throw new MalformedPacket('MQTT5-§2.2.2.1', 'property length past the end of the packet');
+    const end = this.pos + length;
+    const out: Properties = {};
+    const seen = new Set<number>();
+    while (this.pos < end) {
+      const id = this.varint('property identifier');
+      const spec = PROPERTIES[id];
+      if (spec === undefined || !spec[2].includes(context)) {
+        throw new MalformedPacket('MQTT5-§2.2.2.2', `property 0x${id.toString(16)} is not valid in ${context === 'will' ? 'a will' : `a ${context.toUpperCase()}`}`);
+      }
+      const [name, type] = spec;
+      if (id !== 0x26 && seen.has(id)) throw new MalformedPacket('MQTT5-§2.2.2.2', `property ${name} more than once`, PROTOCOL_ERROR);
+      seen.add(id);
+      const what = `property ${name}`;
+      switch (type) {
+        case 'byte': {
+          const v = this.u8(what);
+          if (v > 1) throw new MalformedPacket('MQTT5-§2.2.2.2', `${what} is ${v} (0 or 1)`, PROTOCOL_ERROR);
+          (out as Record<string, unknown>)[name] = v;
+          break;
+        }
+        case 'u16': (out as Record<string, unknown>)[name] = this.u16(what); break;
+        case 'u32': (out as Record<string, unknown>)[name] = this.u32(what); break;
+        case 'varint': (out as Record<string, unknown>)[name] = this.varint(what); break;
+        case 'string': (out as Record<string, unknown>)[name] = this.string(what); break;
+        case 'binary': (out as Record<string, unknown>)[name] = Buffer.from(this.bytes(what)); break;
+        case 'pair': {
+          const k = this.string('user property name');
+          const v = this.string('user property value');
+          (out.userProperties ??= []).push([k, v]);
+          out.userPropertyBytes = (out.userPropertyBytes ?? 0) + Buffer.byteLength(k) + Buffer.byteLength(v);
+          break;
+        }
+      }
+      if (this.pos > end) throw new MalformedPacket('MQTT5-§2.2.2.1', `${what} runs past the property length`);
+    }
+    // Values the protocol forbids (Protocol Errors).
+    if (out.receiveMaximum === 0) throw new MalformedPacket('MQTT5-§3.1.2.11.3', 'receive maximum 0', PROTOCOL_ERROR);
+    if (out.maximumPacketSize === 0) throw new MalformedPacket('MQTT5-§3.1.2.11.4', 'maximum packet size 0', PROTOCOL_ERROR);
+    if (out.subscriptionId === 0) throw new MalformedPacket('MQTT5-§3.8.2.1.2', 'subscription identifier 0', PROTOCOL_ERROR);
+    if (out.authData !== undefined && out.authMethod === undefined) throw new MalformedPacket('MQTT5-§3.1.2.11.10', 'authentication data without a method', PROTOCOL_ERROR);
+    return out;
+  }
+
   end(what: string): void {
     if (this.left !== 0) throw new MalformedPacket('MQTT-2.2.3', `${what}: ${this.left} bytes after the end`);
   }
@@ -223,73 +376,108 @@ function decodeConnect(r: Reader): ConnectPacket {
   if ((flags & 0x01) !== 0) throw new MalformedPacket('MQTT-3.1.2-3', 'CONNECT reserved flag set');
   const keepalive = r.u16('keepalive');
   const base = { type: 'connect' as const, protocolName, protocolLevel, cleanSession: (flags & 0x02) !== 0, keepalive };
-  if (protocolLevel === 5) {
-    // MQTT 5 is answered with CONNACK 1 (unacceptable protocol version) before its properties are read.
-    return { ...base, clientId: '', will: undefined, username: undefined, password: undefined };
-  }
+  const v5 = protocolLevel === 5;
   const willFlag = (flags & 0x04) !== 0;
   const willQos = (flags >> 3) & 0x03;
   const willRetain = (flags & 0x20) !== 0;
   const hasPassword = (flags & 0x40) !== 0;
   const hasUsername = (flags & 0x80) !== 0;
-  if (willQos === 3) throw new MalformedPacket('MQTT-3.1.2-14', 'will QoS 3');
-  if (!willFlag && (willQos !== 0 || willRetain)) throw new MalformedPacket('MQTT-3.1.2-11', 'will QoS or retain set without the will flag');
+  if (willQos === 3) throw new MalformedPacket(v5 ? 'MQTT-3.1.2-12' : 'MQTT-3.1.2-14', 'will QoS 3');
+  if (!willFlag && (willQos !== 0 || willRetain)) throw new MalformedPacket(v5 ? 'MQTT-3.1.2-11' : 'MQTT-3.1.2-11', 'will QoS or retain set without the will flag');
   if (hasPassword && !hasUsername && protocolLevel === 4) throw new MalformedPacket('MQTT-3.1.2-22', 'password flag without the user name flag');
+  const properties = v5 ? r.properties('connect') : undefined;
   const clientId = r.string('client identifier');
   let will: Will | undefined;
   if (willFlag) {
+    const willProperties = v5 ? r.properties('will') : undefined;
     const topic = r.string('will topic');
-    if (topic.length === 0 || topic.includes('+') || topic.includes('#')) throw new MalformedPacket('MQTT-3.1.2-9', 'will topic empty or with wildcards');
-    will = { topic, payload: Buffer.from(r.bytes('will message')), qos: willQos as 0 | 1 | 2, retain: willRetain };
+    if (topic.length === 0 || topic.includes('+') || topic.includes('#')) throw new MalformedPacket(v5 ? 'MQTT-3.3.2-2' : 'MQTT-3.1.2-9', 'will topic empty or with wildcards');
+    will = { topic, payload: Buffer.from(r.bytes('will message')), qos: willQos as 0 | 1 | 2, retain: willRetain, ...(willProperties && { properties: willProperties }) };
   }
   const username = hasUsername ? r.string('user name') : undefined;
   const password = hasPassword ? Buffer.from(r.bytes('password')) : undefined;
   r.end('CONNECT');
-  return { ...base, clientId, will, username, password };
+  return { ...base, clientId, will, username, password, ...(properties && { properties }) };
 }
 
-function decodePublish(first: number, r: Reader): PublishPacket {
+function decodePublish(first: number, r: Reader, v5: boolean): PublishPacket {
   const qos = (first >> 1) & 0x03;
   const dup = (first & 0x08) !== 0;
   if (qos === 3) throw new MalformedPacket('MQTT-3.3.1-4', 'PUBLISH with QoS 3');
   if (dup && qos === 0) throw new MalformedPacket('MQTT-3.3.1-2', 'DUP set on a QoS 0 PUBLISH');
   const topic = r.string('topic name');
-  if (topic.length === 0) throw new MalformedPacket('MQTT-4.7.3-1', 'empty topic name');
+  // MQTT 5: an empty topic name is allowed with a topic alias (checked by the plane, which knows the aliases).
+  if (topic.length === 0 && !v5) throw new MalformedPacket('MQTT-4.7.3-1', 'empty topic name');
   if (topic.includes('+') || topic.includes('#')) throw new MalformedPacket('MQTT-3.3.2-2', 'wildcard in a topic name');
   const id = qos > 0 ? packetId(r, 'PUBLISH') : 0;
-  return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id };
+  if (!v5) return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id };
+  const properties = r.properties('publish');
+  if (properties.responseTopic !== undefined && (properties.responseTopic.length === 0 || /[+#]/.test(properties.responseTopic))) {
+    throw new MalformedPacket('MQTT-3.3.2-14', 'response topic empty or with wildcards', PROTOCOL_ERROR);
+  }
+  return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id, properties };
 }
 
-function decodeSubscribe(r: Reader): SubscribePacket {
+function decodeSubscribe(r: Reader, v5: boolean): SubscribePacket {
   const id = packetId(r, 'SUBSCRIBE');
+  const properties = v5 ? r.properties('subscribe') : undefined;
   const subscriptions: SubscribePacket['subscriptions'] = [];
   while (r.left > 0) {
     const filter = r.string('topic filter');
-    if (!validFilter(filter)) throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`);
-    const q = r.u8('requested QoS');
-    if ((q & 0xfc) !== 0 || q === 3) throw new MalformedPacket('MQTT-3-8.3-4', `requested QoS byte 0x${q.toString(16)}`);
-    subscriptions.push({ filter, qos: q as 0 | 1 | 2 });
+    if (!validFilter(filter)) throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`, 0x8f);
+    const q = r.u8(v5 ? 'subscription options' : 'requested QoS');
+    if (v5) {
+      if ((q & 0xc0) !== 0) throw new MalformedPacket('MQTT-3.8.3-5', `subscription options with reserved bits 0x${q.toString(16)}`);
+      if ((q & 0x03) === 3) throw new MalformedPacket('MQTT-3.8.3-5', 'subscription options with QoS 3');
+      if ((q & 0x30) === 0x30) throw new MalformedPacket('MQTT5-§3.8.3.1', 'retain handling 3', PROTOCOL_ERROR);
+    } else if ((q & 0xfc) !== 0 || q === 3) throw new MalformedPacket('MQTT-3-8.3-4', `requested QoS byte 0x${q.toString(16)}`);
+    subscriptions.push({ filter, qos: (q & 0x03) as 0 | 1 | 2, options: q });
   }
-  if (subscriptions.length === 0) throw new MalformedPacket('MQTT-3.8.3-3', 'SUBSCRIBE without a topic filter');
-  return { type: 'subscribe', packetId: id, subscriptions };
+  if (subscriptions.length === 0) throw new MalformedPacket(v5 ? 'MQTT-3.8.3-2' : 'MQTT-3.8.3-3', 'SUBSCRIBE without a topic filter', PROTOCOL_ERROR);
+  return { type: 'subscribe', packetId: id, subscriptions, ...(properties && { properties }) };
 }
 
-function decodeUnsubscribe(r: Reader): UnsubscribePacket {
+function decodeUnsubscribe(r: Reader, v5: boolean): UnsubscribePacket {
   const id = packetId(r, 'UNSUBSCRIBE');
+  if (v5) r.properties('unsubscribe');
   const filters: string[] = [];
   while (r.left > 0) {
     const filter = r.string('topic filter');
-    if (!validFilter(filter)) throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`);
+    if (!validFilter(filter)) throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`, 0x8f);
     filters.push(filter);
   }
-  if (filters.length === 0) throw new MalformedPacket('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter');
+  if (filters.length === 0) throw new MalformedPacket('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter', PROTOCOL_ERROR);
   return { type: 'unsubscribe', packetId: id, filters };
+}
+
+/** Reason codes a client may send, per packet (MQTT 5 §3.4.2.1, §3.5.2.1, §3.6.2.1, §3.7.2.1, §3.14.2.1). */
+const CLIENT_REASONS = {
+  puback: new Set([0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99]),
+  pubrec: new Set([0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99]),
+  pubrel: new Set([0x00, 0x92]),
+  pubcomp: new Set([0x00, 0x92]),
+  disconnect: new Set([0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99]),
+} as const;
+const REASON_RULE = { puback: 'MQTT-3.4.2-1', pubrec: 'MQTT-3.5.2-1', pubrel: 'MQTT-3.6.2-1', pubcomp: 'MQTT-3.7.2-1', disconnect: 'MQTT-3.14.2-1' } as const;
+
+/** A reason code and properties, both optional at the end of an MQTT 5 packet (absent: 0x00 Success). */
+function reasonAndProperties(r: Reader, kind: keyof typeof CLIENT_REASONS, context: 'ack' | 'disconnect'): { reasonCode: number; properties?: Properties } {
+  if (r.left === 0) return { reasonCode: 0 };
+  const reasonCode = r.u8('reason code');
+  if (!CLIENT_REASONS[kind].has(reasonCode)) throw new MalformedPacket(REASON_RULE[kind], `${kind.toUpperCase()} with reason code 0x${reasonCode.toString(16)}`);
+  if (r.left === 0) return { reasonCode };
+  const properties = r.properties(context);
+  r.end(kind.toUpperCase());
+  return { reasonCode, properties };
 }
 
 const ACKS = { 4: 'puback', 5: 'pubrec', 6: 'pubrel', 7: 'pubcomp' } as const;
 
-/** Decodes one framed packet strictly; throws {@link MalformedPacket}. */
-export function decode(first: number, body: Buffer): InboundPacket {
+/**
+ * Decodes one framed packet strictly; throws {@link MalformedPacket}. `v5`: the connection
+ * speaks MQTT 5 (known after its CONNECT, which says so itself).
+ */
+export function decode(first: number, body: Buffer, v5 = false): InboundPacket {
   const type = first >> 4;
   const r = new Reader(body);
   switch (type) {
@@ -297,7 +485,7 @@ export function decode(first: number, body: Buffer): InboundPacket {
       flagsMustBe(first, 0, 'MQTT-2.2.2-1', 'CONNECT');
       return decodeConnect(r);
     case TYPE.PUBLISH:
-      return decodePublish(first, r);
+      return decodePublish(first, r, v5);
     case TYPE.PUBACK:
     case TYPE.PUBREC:
     case TYPE.PUBREL:
@@ -305,25 +493,33 @@ export function decode(first: number, body: Buffer): InboundPacket {
       const name = ACKS[type];
       flagsMustBe(first, type === TYPE.PUBREL ? 0x02 : 0, type === TYPE.PUBREL ? 'MQTT-3.6.1-1' : 'MQTT-2.2.2-1', name.toUpperCase());
       const id = packetId(r, name.toUpperCase());
+      if (v5) return { type: name, packetId: id, reasonCode: reasonAndProperties(r, name, 'ack').reasonCode };
       r.end(name.toUpperCase());
-      return { type: name, packetId: id };
+      return { type: name, packetId: id, reasonCode: 0 };
     }
     case TYPE.SUBSCRIBE:
       flagsMustBe(first, 0x02, 'MQTT-3.8.1-1', 'SUBSCRIBE');
-      return decodeSubscribe(r);
+      return decodeSubscribe(r, v5);
     case TYPE.UNSUBSCRIBE:
       flagsMustBe(first, 0x02, 'MQTT-3.10.1-1', 'UNSUBSCRIBE');
-      return decodeUnsubscribe(r);
+      return decodeUnsubscribe(r, v5);
     case TYPE.PINGREQ:
       flagsMustBe(first, 0, 'MQTT-2.2.2-1', 'PINGREQ');
       r.end('PINGREQ');
       return { type: 'pingreq' };
-    case TYPE.DISCONNECT:
-      flagsMustBe(first, 0, 'MQTT-2.2.2-1', 'DISCONNECT');
+    case TYPE.DISCONNECT: {
+      flagsMustBe(first, 0, v5 ? 'MQTT-3.14.1-1' : 'MQTT-2.2.2-1', 'DISCONNECT');
+      if (v5) return { type: 'disconnect', ...reasonAndProperties(r, 'disconnect', 'disconnect') };
       r.end('DISCONNECT');
-      return { type: 'disconnect' };
-    default:
+      return { type: 'disconnect', reasonCode: 0 };
+    }
+    case TYPE.AUTH:
+      // Enhanced authentication is not offered (the identity is the certificate): a CONNECT asking
+      // for it is refused 0x8C, so an AUTH can only be a protocol error.
+      if (v5) throw new MalformedPacket('MQTT5-§4.12', 'AUTH without an authentication method in CONNECT', PROTOCOL_ERROR);
       throw new MalformedPacket('MQTT-2.2.1', `packet type ${type} may not be sent by a client`);
+    default:
+      throw new MalformedPacket(v5 ? 'MQTT5-§2.1.2' : 'MQTT-2.2.1', `packet type ${type} may not be sent by a client`);
   }
 }
 
@@ -347,20 +543,67 @@ function varint(n: number): number[] {
  */
 export interface EncodedPublish {
   head: Buffer;
+  /** MQTT 5: the properties (length + properties), between the packet identifier and the payload. */
+  props?: Buffer;
   payload: Buffer;
   qos: 0 | 1 | 2;
 }
 
-export function encodePublish(topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean, topicBytes?: Buffer): EncodedPublish {
+/** What an MQTT 5 PUBLISH carries from its publisher to every subscriber, unaltered [MQTT-3.3.2-4], [MQTT-3.3.2-15 … 20]. */
+export interface ForwardedProperties {
+  payloadFormat?: 0 | 1;
+  contentType?: string;
+  responseTopic?: string;
+  correlationData?: Buffer;
+  userProperties?: [string, string][];
+}
+
+/** The property block of an outgoing MQTT 5 PUBLISH: forwarded properties, the remaining message expiry, subscription identifiers. */
+export function publishProperties(fwd: ForwardedProperties | undefined, expirySeconds: number | undefined, subscriptionIds: readonly number[] | undefined): Buffer {
+  const parts: number[] = [];
+  const chunks: Buffer[] = [];
+  const flush = () => {
+    if (parts.length > 0) chunks.push(Buffer.from(parts.splice(0)));
+  };
+  const str = (id: number, v: string | Buffer) => {
+    const b = typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
+    parts.push(id, b.length >> 8, b.length & 0xff);
+    flush();
+    chunks.push(b);
+  };
+  if (fwd?.payloadFormat !== undefined) parts.push(0x01, fwd.payloadFormat);
+  if (expirySeconds !== undefined) parts.push(0x02, (expirySeconds >>> 24) & 0xff, (expirySeconds >>> 16) & 0xff, (expirySeconds >>> 8) & 0xff, expirySeconds & 0xff);
+  if (fwd?.contentType !== undefined) str(0x03, fwd.contentType);
+  if (fwd?.responseTopic !== undefined) str(0x08, fwd.responseTopic);
+  if (fwd?.correlationData !== undefined) str(0x09, fwd.correlationData);
+  for (const id of subscriptionIds ?? []) parts.push(0x0b, ...varint(id));
+  for (const [k, v] of fwd?.userProperties ?? []) {
+    str(0x26, k);
+    const b = Buffer.from(v, 'utf8');
+    parts.push(b.length >> 8, b.length & 0xff);
+    flush();
+    chunks.push(b);
+  }
+  flush();
+  const body = Buffer.concat(chunks);
+  return Buffer.concat([Buffer.from(varint(body.length)), body]);
+}
+
+export function encodePublish(topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean, topicBytes?: Buffer, props?: Buffer): EncodedPublish {
   const t = topicBytes ?? Buffer.from(topic, 'utf8');
-  const remaining = 2 + t.length + (qos > 0 ? 2 : 0) + payload.length;
+  const remaining = 2 + t.length + (qos > 0 ? 2 : 0) + (props?.length ?? 0) + payload.length;
   const len = varint(remaining);
   const head = Buffer.allocUnsafe(1 + len.length + 2 + t.length);
   head[0] = (TYPE.PUBLISH << 4) | (qos << 1) | (retain ? 1 : 0);
   for (let i = 0; i < len.length; i++) head[1 + i] = len[i] as number;
   head.writeUInt16BE(t.length, 1 + len.length);
   t.copy(head, 3 + len.length);
-  return { head, payload, qos };
+  return props === undefined ? { head, payload, qos } : { head, props, payload, qos };
+}
+
+/** The size of the whole packet on the wire (for the client's Maximum Packet Size). */
+export function publishSize(p: EncodedPublish): number {
+  return p.head.length + (p.qos > 0 ? 2 : 0) + (p.props?.length ?? 0) + p.payload.length;
 }
 
 /** The same PUBLISH with the DUP flag (a redelivery) [MQTT-3.3.1-1]. */
@@ -393,4 +636,31 @@ export function encodeSuback(packetId: number, granted: number[]): Buffer {
 
 export function encodeUnsuback(packetId: number): Buffer {
   return mqttPacket.generate({ cmd: 'unsuback', messageId: packetId, granted: [] });
+}
+
+// MQTT 5 control packets (not hot: mqtt-packet encodes them).
+const V5 = { protocolVersion: 5 } as const;
+type V5Props = Record<string, unknown>;
+const props = (p: V5Props | undefined) => (p === undefined || Object.keys(p).length === 0 ? {} : { properties: p });
+
+export function encodeConnack5(sessionPresent: boolean, reasonCode: number, properties?: V5Props): Buffer {
+  return mqttPacket.generate({ cmd: 'connack', sessionPresent, reasonCode, ...props(properties) } as mqttPacket.IConnackPacket, V5);
+}
+
+export function encodeSuback5(packetId: number, reasonCodes: number[], properties?: V5Props): Buffer {
+  return mqttPacket.generate({ cmd: 'suback', messageId: packetId, granted: reasonCodes, ...props(properties) } as mqttPacket.ISubackPacket, V5);
+}
+
+export function encodeUnsuback5(packetId: number, reasonCodes: number[]): Buffer {
+  return mqttPacket.generate({ cmd: 'unsuback', messageId: packetId, granted: reasonCodes } as unknown as mqttPacket.IUnsubackPacket, V5);
+}
+
+export function encodeDisconnect5(reasonCode: number, properties?: V5Props): Buffer {
+  return mqttPacket.generate({ cmd: 'disconnect', reasonCode, ...props(properties) } as mqttPacket.IDisconnectPacket, V5);
+}
+
+/** PUBACK / PUBREC / PUBREL / PUBCOMP with a reason code (MQTT 5); success without properties is the short 3.1.1 form [§3.4.2.1]. */
+export function encodeAck5(type: 'puback' | 'pubrec' | 'pubrel' | 'pubcomp', id: number, reasonCode: number, properties?: V5Props): Buffer {
+  if (reasonCode === 0 && properties === undefined) return encodeAck(type, id);
+  return mqttPacket.generate({ cmd: type, messageId: id, reasonCode, ...props(properties) } as mqttPacket.IPubackPacket, V5);
 }

@@ -34,6 +34,20 @@ export class MqttConnection {
   overSince = 0;
   /** Why the gateway closed it (for the log and the will decision). */
   closeReason: string | undefined;
+  // MQTT 5 (set at CONNECT)
+  v5 = false;
+  /** The client's Receive Maximum: QoS 1/2 PUBLISHes we may have unacknowledged to it. */
+  receiveMax = 65_535;
+  /** The client's Maximum Packet Size: larger PUBLISHes are not sent to it [MQTT-3.1.2-24]. */
+  maxPacket = Number.POSITIVE_INFINITY;
+  /** The client wants reason strings on acknowledgements (Request Problem Information). */
+  problemInfo = true;
+  /** Inbound topic aliases of this connection (never carried to another [MQTT-3.3.2-7]). */
+  aliases: Map<number, string> | undefined;
+  /** Inbound QoS 1 PUBLISHes not yet acknowledged (waiting for the store's commit). */
+  inboundPending = 0;
+  /** The Session Expiry Interval the CONNECT asked for, in seconds (a DISCONNECT may not raise it from 0). */
+  requestedExpiry = 0;
 
   constructor(init: { transport: MqttTransport; kind: Transport; remoteAddress: string; limit: () => number; onPacket: (first: number, body: Buffer) => void }) {
     this.transport = init.transport;

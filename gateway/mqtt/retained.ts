@@ -4,6 +4,8 @@ export interface Retained {
   payload: Buffer;
   qos: 0 | 1 | 2;
   deviceId: string;
+  /** The message as published, when it carries MQTT 5 properties (kept in memory; on disk only topic, payload and QoS). */
+  message?: { readonly expiresAt: number | undefined; expired(now?: number): boolean };
 }
 
 export interface RetainedLimits {

@@ -1,4 +1,4 @@
-import { encodePublish, type EncodedPublish } from './codec.ts';
+import { encodePublish, publishProperties, type EncodedPublish, type ForwardedProperties } from './codec.ts';
 
 /**
  * A message as it is routed: the payload is shared, and each wire form (QoS, retain flag) is
@@ -9,17 +9,24 @@ export class Message {
   readonly payload: Buffer;
   readonly qos: 0 | 1 | 2;
   readonly retain: boolean;
-  /** Who published it (device id), for retained quotas and logs. */
+  /** Who published it (device id = client id), for retained quotas, No Local and logs. */
   readonly from: string;
+  /** MQTT 5 properties forwarded to v5 subscribers (3.1.1 subscribers get the payload alone). */
+  readonly fwd: ForwardedProperties | undefined;
+  /** MQTT 5 Message Expiry: when it expires (ms since epoch). */
+  readonly expiresAt: number | undefined;
   #encoded: (EncodedPublish | undefined)[] = [];
+  #encoded5: (EncodedPublish | undefined)[] = [];
   #topicBytes: Buffer | undefined;
 
-  constructor(topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean, from: string) {
+  constructor(topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean, from: string, v5?: { fwd?: ForwardedProperties | undefined; expiresAt?: number | undefined }) {
     this.topic = topic;
     this.payload = payload;
     this.qos = qos;
     this.retain = retain;
     this.from = from;
+    this.fwd = v5?.fwd;
+    this.expiresAt = v5?.expiresAt;
   }
 
   /** The PUBLISH to send at `qos` with the retain flag `retain`, encoded on first use. */
@@ -32,6 +39,38 @@ export class Message {
       this.#encoded[k] = e;
     }
     return e;
+  }
+
+  /**
+   * The MQTT 5 PUBLISH: forwarded properties, the expiry left now [MQTT-3.3.2-6] and the
+   * subscriber's subscription identifiers. Encoded once for every v5 subscriber when neither
+   * applies; undefined when the message has expired [MQTT-3.3.2-5].
+   */
+  encoded5(qos: 0 | 1 | 2, retain: boolean, subscriptionIds: readonly number[] | undefined, now = Date.now()): EncodedPublish | undefined {
+    this.#topicBytes ??= Buffer.from(this.topic, 'utf8');
+    const shared = this.expiresAt === undefined && (subscriptionIds === undefined || subscriptionIds.length === 0);
+    const k = qos * 2 + (retain ? 1 : 0);
+    if (shared) {
+      const e = this.#encoded5[k];
+      if (e !== undefined) return e;
+    }
+    let expiry: number | undefined;
+    if (this.expiresAt !== undefined) {
+      expiry = Math.ceil((this.expiresAt - now) / 1000);
+      if (expiry <= 0) return undefined;
+    }
+    const e = encodePublish(this.topic, this.payload, qos, retain, this.#topicBytes, publishProperties(this.fwd, expiry, subscriptionIds));
+    if (shared) this.#encoded5[k] = e;
+    return e;
+  }
+
+  /** The same message as sent to a new subscriber from the retained store: retain flag set. */
+  asRetained(): Message {
+    return this.retain ? this : new Message(this.topic, this.payload, this.qos, true, this.from, { fwd: this.fwd, expiresAt: this.expiresAt });
+  }
+
+  expired(now = Date.now()): boolean {
+    return this.expiresAt !== undefined && this.expiresAt <= now;
   }
 }
 
@@ -48,6 +87,8 @@ export interface Delivery {
   released: boolean;
   /** The packet id it was sent with (kept across a reconnect for a released QoS 2 delivery). */
   packetId: number | undefined;
+  /** MQTT 5 subscription identifiers of the subscriptions it matched. */
+  subscriptionIds?: number[];
 }
 
 /** A FIFO without `Array.shift`'s O(n) cost on long queues. */
@@ -97,7 +138,12 @@ export class MqttSession {
   readonly clientId: string;
   deviceId: string;
   persistent: boolean;
-  readonly subscriptions = new Map<string, 0 | 1 | 2>();
+  /** Filter → subscription options (MQTT 5 options byte; 3.1.1: the QoS). */
+  readonly subscriptions = new Map<string, number>();
+  /** Filter → MQTT 5 subscription identifier, for the subscriptions that have one. */
+  readonly subscriptionIds = new Map<string, number>();
+  /** How long the session outlives its connection (3.1.1 persistent: the configured expiry; MQTT 5: what the client asked, bounded). */
+  expiryMs = 0;
   readonly queue = new Queue<Delivery>();
   readonly inflight = new Map<number, Delivery>();
   /** Inbound QoS 2 packet ids received and PUBREC'd, awaiting PUBREL [MQTT-4.3.3]. */

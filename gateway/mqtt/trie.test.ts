@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { SubscriptionTrie } from './trie.ts';
+import { filterMatches, OVERLAP, SubscriptionTrie } from './trie.ts';
 
 const match = (filters: [string, 0 | 1 | 2][], topic: string) => {
   const t = new SubscriptionTrie<string>();
@@ -24,7 +24,31 @@ test('trie/one entry per subscriber, at its highest matching QoS [MQTT-3.3.5-1]'
   t.add('a/#', 's', 0);
   t.add('a/b', 's', 2);
   t.add('+/b', 's', 1);
-  assert.deepEqual([...t.match('a/b')], [['s', 2]]);
+  const [[who, value]] = [...t.match('a/b')] as [[string, number]];
+  assert.equal(who, 's');
+  assert.equal(value & 3, 2);
+  assert.ok((value & OVERLAP) !== 0, 'marked as overlapping (identifiers looked up by the plane)');
+});
+
+test('trie/MQTT 5 options merge on overlap: No Local only if all, Retain As Published if any; alone, the identifier rides along', () => {
+  const t = new SubscriptionTrie<string>();
+  t.add('a/#', 's', 1 | 4);
+  t.add('a/b', 's', 0 | 8);
+  const v = t.match('a/b').get('s') as number;
+  assert.deepEqual([v & 3, v & 4, v & 8], [1, 0, 8]);
+  const u = new SubscriptionTrie<string>();
+  u.add('x/+', 's', 1 | 4 | 7 * 256);
+  const w = u.match('x/y').get('s') as number;
+  assert.deepEqual([w & 3, w & 4, Math.floor(w / 256)], [1, 4, 7]);
+});
+
+test('trie/filterMatches agrees with the trie', () => {
+  for (const [f, topic, expect] of [['a/+/c', 'a/b/c', true], ['a/#', 'a', true], ['a/+', 'a', false], ['#', '$SYS/x', false], ['$SYS/#', '$SYS/x', true], ['a/b', 'a/b/c', false], ['+/+', '/x', true]] as const) {
+    assert.equal(filterMatches(f, topic), expect, `${f} vs ${topic}`);
+    const t = new SubscriptionTrie<string>();
+    t.add(f, 's', 0);
+    assert.equal(t.match(topic).has('s'), expect, `trie: ${f} vs ${topic}`);
+  }
 });
 
 test('trie/removal prunes and stops matching', () => {

@@ -4,17 +4,30 @@
  * the number of matching filters, not with the number of subscriptions [MQTT-4.7].
  * `$`-topics are never matched by a filter starting with `+` or `#` [MQTT-4.7.2-1].
  */
+/**
+ * What a subscription holds in the trie: the MQTT 5 subscription options byte (bits 0–1 QoS, 2 No
+ * Local, 3 Retain As Published; 3.1.1: the QoS alone) plus 256 × its subscription identifier.
+ * When one subscriber's filters overlap for a topic, their values merge: the highest QoS, No
+ * Local only if all have it, Retain As Published if any has it, and {@link OVERLAP} set (the
+ * identifiers are then looked up by the caller).
+ */
+export const OVERLAP = 0x40;
+
+function merge(a: number, b: number): number {
+  return Math.max(a & 3, b & 3) | (a & b & 4) | ((a | b) & 8) | OVERLAP;
+}
+
 export class SubscriptionTrie<S> {
   readonly #root: Node<S> = newNode();
 
-  add(filter: string, subscriber: S, qos: 0 | 1 | 2): void {
+  add(filter: string, subscriber: S, value: number): void {
     let node = this.#root;
     for (const level of filter.split('/')) {
       let next = node.children.get(level);
       if (next === undefined) node.children.set(level, (next = newNode()));
       node = next;
     }
-    node.subscribers.set(subscriber, qos);
+    node.subscribers.set(subscriber, value);
   }
 
   remove(filter: string, subscriber: S): boolean {
@@ -38,16 +51,17 @@ export class SubscriptionTrie<S> {
   }
 
   /**
-   * Every subscriber whose filters match `topic`, with the **highest** QoS of its matching
-   * subscriptions: a client with overlapping subscriptions gets the message once [MQTT-3.3.5-1].
+   * Every subscriber whose filters match `topic`, with its subscription's value (merged when
+   * several of its filters match: the **highest** QoS — a client with overlapping subscriptions
+   * gets the message once [MQTT-3.3.5-1], [MQTT-3.3.4-2]).
    */
-  match(topic: string, into: Map<S, 0 | 1 | 2> = new Map()): Map<S, 0 | 1 | 2> {
+  match(topic: string, into: Map<S, number> = new Map()): Map<S, number> {
     const levels = topic.split('/');
     this.#walk(this.#root, levels, 0, (levels[0] ?? '').startsWith('$'), into);
     return into;
   }
 
-  #walk(node: Node<S>, levels: string[], i: number, dollar: boolean, into: Map<S, 0 | 1 | 2>): void {
+  #walk(node: Node<S>, levels: string[], i: number, dollar: boolean, into: Map<S, number>): void {
     const wildcardsAllowed = !(dollar && i === 0);
     if (wildcardsAllowed) {
       const hash = node.children.get('#');
@@ -68,16 +82,29 @@ export class SubscriptionTrie<S> {
 
 interface Node<S> {
   children: Map<string, Node<S>>;
-  subscribers: Map<S, 0 | 1 | 2>;
+  subscribers: Map<S, number>;
 }
 
 function newNode<S>(): Node<S> {
   return { children: new Map(), subscribers: new Map() };
 }
 
-function collect<S>(node: Node<S>, into: Map<S, 0 | 1 | 2>): void {
-  for (const [s, qos] of node.subscribers) {
+function collect<S>(node: Node<S>, into: Map<S, number>): void {
+  for (const [s, value] of node.subscribers) {
     const had = into.get(s);
-    if (had === undefined || qos > had) into.set(s, qos);
+    into.set(s, had === undefined ? value : merge(had, value));
   }
+}
+
+/** Whether a topic filter matches a topic name (the trie's rules, for one filter). */
+export function filterMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  if (topic.startsWith('$') && (f[0] === '+' || f[0] === '#')) return false;
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return true;
+    if (i >= t.length) return false;
+    if (f[i] !== '+' && f[i] !== t[i]) return false;
+  }
+  return f.length === t.length;
 }
