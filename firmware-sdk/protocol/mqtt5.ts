@@ -40,8 +40,27 @@ export const REASON = Object.freeze({
   SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: 0x9e,
 });
 
-/** The reason code a refusal with this catalogue code is sent with (CONNACK, PUBACK, SUBACK, DISCONNECT). */
-export function reasonCodeFor(code: ErrorCode): number {
+/** Reason codes each server packet may carry (MQTT 5 §3.2.2.2, §3.4.2.1, §3.9.3, §3.14.2.1). */
+const VALID = {
+  connack: new Set([0x00, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8a, 0x8c, 0x90, 0x95, 0x97, 0x99, 0x9a, 0x9b, 0x9c, 0x9d, 0x9f]),
+  disconnect: new Set([0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x87, 0x89, 0x8b, 0x8d, 0x8e, 0x8f, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99, 0x9a, 0x9b, 0x9c, 0x9d, 0x9e, 0x9f, 0xa0, 0xa1, 0xa2]),
+  puback: new Set([0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99]),
+  suback: new Set([0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8f, 0x91, 0x97, 0x9e, 0xa1, 0xa2]),
+} as const;
+
+/**
+ * The reason code a refusal with this catalogue code is sent with, in `packet` (each packet has
+ * its own list: Banned and Server unavailable exist only in CONNACK; a DISCONNECT says Not
+ * authorized or Server busy instead, and the reason string still names the exact code).
+ */
+export function reasonCodeFor(code: ErrorCode, packet: keyof typeof VALID = 'connack'): number {
+  const wanted = preferred(code);
+  if (VALID[packet].has(wanted)) return wanted;
+  if (wanted === REASON.SERVER_UNAVAILABLE && VALID[packet].has(REASON.SERVER_BUSY)) return REASON.SERVER_BUSY;
+  return VALID[packet].has(REASON.NOT_AUTHORIZED) ? REASON.NOT_AUTHORIZED : REASON.UNSPECIFIED;
+}
+
+function preferred(code: ErrorCode): number {
   switch (code) {
     case 'REGISTRY_UNAVAILABLE':
     case 'INTERNAL':

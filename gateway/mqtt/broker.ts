@@ -791,7 +791,7 @@ export class MqttPlane {
       let text = detail;
       if ((reason === 'cut' || reason === 'denied') && cut !== undefined) {
         // A kick is the operator's act; the rest are the registry's verdict on the certificate or device.
-        code = cut === 'NOT_AUTHORIZED' ? REASON.ADMINISTRATIVE_ACTION : reasonCodeFor(cut);
+        code = cut === 'NOT_AUTHORIZED' ? REASON.ADMINISTRATIVE_ACTION : reasonCodeFor(cut, 'disconnect');
         text = reasonString(cut, new FleetgateError(cut).publicMessage);
       }
       conn.push(encodeDisconnect5(code, text === undefined ? undefined : { reasonString: text.slice(0, 200) }));

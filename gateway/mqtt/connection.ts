@@ -64,8 +64,9 @@ export class MqttConnection {
   pushPublish(p: EncodedPublish, packetId: Buffer | undefined): void {
     this.out.push(p.head);
     if (packetId !== undefined) this.out.push(packetId);
+    if (p.props !== undefined) this.out.push(p.props);
     if (p.payload.length > 0) this.out.push(p.payload);
-    this.outBytes += p.head.length + (packetId?.length ?? 0) + p.payload.length;
+    this.outBytes += p.head.length + (packetId?.length ?? 0) + (p.props?.length ?? 0) + p.payload.length;
   }
 
   /** Writes this turn's packets in one batch. */

@@ -16,8 +16,8 @@ export interface RawClient {
   end(): void;
 }
 
-export async function rawClient(url: string, cred: Credential, ca: string | Buffer): Promise<RawClient> {
-  const parser = mqttPacket.parser({ protocolVersion: 4 });
+export async function rawClient(url: string, cred: Credential, ca: string | Buffer, options: { v5?: boolean } = {}): Promise<RawClient> {
+  const parser = mqttPacket.parser({ protocolVersion: options.v5 === true ? 5 : 4 });
   const packets: Packet[] = [];
   const waiters: (() => void)[] = [];
   let isClosed = false;
@@ -84,6 +84,16 @@ export async function rawClient(url: string, cred: Credential, ca: string | Buff
 /** Bytes of a packet from mqtt-packet (for well-formed packets and as a base to corrupt). */
 export function bytes(packet: Record<string, unknown>): Buffer {
   return mqttPacket.generate(packet as unknown as Packet);
+}
+
+/** Bytes of an MQTT 5 packet from mqtt-packet. */
+export function bytes5(packet: Record<string, unknown>): Buffer {
+  return mqttPacket.generate(packet as unknown as Packet, { protocolVersion: 5 });
+}
+
+/** An MQTT 5 CONNECT for this client id (clean start, keepalive 30). */
+export function connect5Bytes(clientId: string, extra: Record<string, unknown> = {}): Buffer {
+  return bytes5({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, keepalive: 30, clientId, ...extra });
 }
 
 /** A CONNECT for this client id (MQTT 3.1.1, clean session, keepalive 30). */
