@@ -72,3 +72,64 @@ for (const transport of ['tcp', 'websockets'] as const) {
     ]);
   });
 }
+
+// MQTT 5 with Paho (v5 mode): properties through, subscription identifier, a refused
+// subscription's reason code (0x87), CONNACK properties as Paho reads them.
+const SCRIPT_V5 = `
+import json, ssl, sys, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+host, port, transport, ca, dev_cert, dev_key, svc_cert, svc_key = sys.argv[1:9]
+def client(cid, cert, key):
+    c = mqtt.Client(client_id=cid, transport=transport, protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if transport == 'websockets':
+        c.ws_set_options(path='/mqtt')
+    return c
+out = {'got': []}
+sub = client('svc-paho', svc_cert, svc_key)
+def on_connect(c, u, flags, rc, props):
+    out['sub_rc'] = rc.value
+    out['connack'] = {'ReceiveMaximum': getattr(props, 'ReceiveMaximum', None), 'TopicAliasMaximum': getattr(props, 'TopicAliasMaximum', None), 'MaximumPacketSize': getattr(props, 'MaximumPacketSize', None)}
+sub.on_connect = on_connect
+sub.on_subscribe = lambda c, u, mid, rcs, props: out.__setitem__('granted', [r.value for r in rcs])
+def on_message(c, u, m):
+    p = m.properties
+    out['got'].append({'topic': m.topic, 'payload': m.payload.decode(), 'qos': m.qos,
+        'user': getattr(p, 'UserProperty', None), 'contentType': getattr(p, 'ContentType', None), 'subId': getattr(p, 'SubscriptionIdentifier', None)})
+sub.on_message = on_message
+sub.connect(host, int(port), keepalive=30, clean_start=True)
+sub.loop_start()
+while 'sub_rc' not in out: time.sleep(0.02)
+sp = Properties(PacketTypes.SUBSCRIBE)
+sp.SubscriptionIdentifier = 42
+sub.subscribe([('devices/+/paho5', mqtt.SubscribeOptions(qos=1)), ('other/#', mqtt.SubscribeOptions(qos=1))], properties=sp)
+while 'granted' not in out: time.sleep(0.02)
+pub = client('dev-paho', dev_cert, dev_key)
+pub.on_connect = lambda c, u, f, rc, props: out.__setitem__('pub_rc', rc.value)
+pub.connect(host, int(port), keepalive=30, clean_start=True)
+pub.loop_start()
+while 'pub_rc' not in out: time.sleep(0.02)
+pp = Properties(PacketTypes.PUBLISH)
+pp.UserProperty = [('a', '1'), ('b', '2')]
+pp.ContentType = 'text/plain'
+pub.publish('devices/dev-paho/paho5', 'v5', qos=1, properties=pp).wait_for_publish()
+deadline = time.time() + 15
+while len(out['got']) < 1 and time.time() < deadline: time.sleep(0.02)
+pub.disconnect(); sub.disconnect()
+print(json.dumps(out))
+`;
+
+for (const transport of ['tcp', 'websockets'] as const) {
+  test(`paho MQTT 5/${transport === 'tcp' ? 'mqtts' : 'wss'}: CONNACK properties, user properties and content type through, subscription identifier, SUBACK 0x87 for a filter outside the scope`, { skip: available ? false : 'python3-paho-mqtt is not installed here (CI installs it)' }, async () => {
+    const port = transport === 'tcp' ? fleet.gateway.ports.mqtts : fleet.gateway.ports.wss;
+    const r = await run(PYTHON, ['-c', SCRIPT_V5, 'localhost', String(port), transport, fleet.rootFile, c.dev!.certFile, c.dev!.keyFile, c.svc!.certFile, c.svc!.keyFile], { timeoutMs: 60_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { sub_rc: number; pub_rc: number; granted: number[]; connack: Record<string, number>; got: Record<string, unknown>[] };
+    assert.deepEqual([out.sub_rc, out.pub_rc], [0, 0]);
+    assert.deepEqual(out.granted, [1, 0x87]);
+    assert.deepEqual(out.connack, { ReceiveMaximum: fleet.config.mqtt.receiveMaximum, TopicAliasMaximum: fleet.config.mqtt.topicAliasMaximum, MaximumPacketSize: fleet.config.gateway.limits.service.maxPacketBytes });
+    assert.deepEqual(out.got, [{ topic: 'devices/dev-paho/paho5', payload: 'v5', qos: 1, user: [['a', '1'], ['b', '2']], contentType: 'text/plain', subId: [42] }]);
+  });
+}

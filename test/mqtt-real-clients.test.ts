@@ -45,6 +45,26 @@ test('mosquitto/sub and pub with their certificates exchange a message under the
   assert.equal(out.trim(), 'devices/sensor-1/telemetry {"t":21.5}');
 });
 
+test('mosquitto -V mqttv5/sub and pub exchange a message with a user property; a publish outside the device\'s topics is answered "not authorized" without a disconnect', async () => {
+  const sub = spawn('mosquitto_sub', ['-V', 'mqttv5', ...tlsArgs(c.svc), '-t', 'devices/+/v5', '-C', '1', '-F', '%t %p', '-W', '15'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  sub.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+  sub.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+  const exited = new Promise<number | null>((resolve) => sub.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 40 && sub.exitCode === null && out === ''; i++) {
+    const pub = await run('mosquitto_pub', ['-V', 'mqttv5', ...tlsArgs(c.dev), '-t', 'devices/sensor-1/v5', '-m', 'five', '-q', '1', '-D', 'publish', 'user-property', 'site', 'north']);
+    assert.equal(pub.code, 0, pub.stderr);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(await exited, 0, err);
+  assert.equal(out.trim(), 'devices/sensor-1/v5 five');
+  // MQTT 5 lets the gateway say no to one PUBLISH (PUBACK 0x87) instead of closing the connection.
+  const denied = await run('mosquitto_pub', ['-V', 'mqttv5', ...tlsArgs(c.dev), '-t', 'devices/other/v5', '-m', 'x', '-q', '1', '-d']);
+  assert.match(denied.stdout + denied.stderr, /PUBACK.*(rc=135|not authori[sz]ed)/is);
+  await fleet.log.find((l) => l.action === 'publish' && l.code === 'TOPIC_DENIED' && l.deviceId === 'sensor-1');
+});
+
 test('mosquitto/without a client certificate the TLS handshake fails', async () => {
   const before = fleet.log.lines.length;
   const pub = await run('mosquitto_pub', [...tlsArgs(), '-t', 'devices/sensor-1/telemetry', '-m', 'x']);
