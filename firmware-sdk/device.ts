@@ -5,6 +5,7 @@ import { renew } from './enroll.ts';
 import { errorFromResponse, httpsRequest, type HttpResponse } from './http.ts';
 import { loadIdentity, type DeviceIdentity } from './identity.ts';
 import { FleetgateError, isErrorCode, type ErrorCode } from './protocol/errors.ts';
+import { codeFromReason, REASON } from './protocol/mqtt5.ts';
 import { verifyServerCertificate } from './protocol/server-certificate.ts';
 
 export interface DeviceOptions {
@@ -18,6 +19,11 @@ export interface DeviceOptions {
   provisioningUrl?: string;
   /** MQTT keepalive, seconds. */
   keepalive?: number;
+  /**
+   * MQTT protocol: 5 (default) — the gateway says why it refuses a connection, a message or a
+   * session (reason codes, surfaced as fleetgate error codes) — or 3 for MQTT 3.1.1.
+   */
+  mqttVersion?: 3 | 5;
   /** Renew when this fraction of the certificate's lifetime has passed (default 2/3, ± 5 % jitter). */
   renewAt?: number;
   backoff?: { baseMs?: number; maxMs?: number };
@@ -120,35 +126,73 @@ export class Device extends EventEmitter {
     this.#connecting = true;
     this.attempts++;
     const id = this.#identity;
+    const v5 = (this.#opts.mqttVersion ?? 5) === 5;
+    let connack: { reasonCode?: number; properties?: { reasonString?: string } } | undefined;
     try {
-      const client = await mqtt.connectAsync(this.#opts.mqttUrl, {
+      const client = mqtt.connect(this.#opts.mqttUrl, {
         ca: id.caPem, cert: id.certPem + id.chainPem, key: id.keyPem, rejectUnauthorized: true,
         // The server's name is checked against the URL's host (mqtt.js sends it as SNI), and it must
         // be a server certificate: a device certificate of the same CA is not the gateway.
         checkServerIdentity: verifyServerCertificate, wsOptions: { checkServerIdentity: verifyServerCertificate },
-        clientId: id.info.deviceId, protocolVersion: 4, keepalive: this.#opts.keepalive ?? 30, clean: true,
+        clientId: id.info.deviceId, protocolVersion: v5 ? 5 : 4, keepalive: this.#opts.keepalive ?? 30, clean: true,
         reconnectPeriod: 0, connectTimeout: 10_000, queueQoSZero: false,
         ...(this.#opts.localAddress !== undefined && { localAddress: this.#opts.localAddress }),
-      } as mqtt.IClientOptions, false);
+      } as mqtt.IClientOptions);
+      // What the gateway says in MQTT 5: the CONNACK's reason, a server DISCONNECT's reason, a PUBACK's reason.
+      client.on('packetreceive', (packet) => {
+        if (packet.cmd === 'connack') connack = packet as typeof connack;
+        else if (packet.cmd === 'disconnect') this.#serverDisconnect = packet as { reasonCode?: number; properties?: { reasonString?: string } };
+        else if (packet.cmd === 'puback' && (packet as { reasonCode?: number }).reasonCode !== undefined && ((packet as { reasonCode: number }).reasonCode >= 0x80)) {
+          this.#pubackReasons.set(packet.messageId ?? 0, (packet as { properties?: { reasonString?: string } }).properties?.reasonString ?? '');
+        }
+      });
+      await new Promise<void>((resolve, reject) => {
+        const settle = (err?: Error) => {
+          client.off('connect', onConnect);
+          client.off('error', settle);
+          client.off('close', onClose);
+          if (err === undefined) resolve();
+          else {
+            client.end(true);
+            reject(err);
+          }
+        };
+        const onConnect = () => settle();
+        const onClose = () => settle(new Error('connection closed before CONNACK'));
+        client.once('connect', onConnect);
+        client.once('error', settle);
+        client.once('close', onClose);
+      });
       this.#connecting = false;
       if (this.#stopped) return void client.end(true);
       this.#client = client;
+      this.#serverDisconnect = undefined;
       this.#backoff.reset();
       client.on('message', (topic, payload) => this.emit('message', topic, payload));
+      client.on('error', (e) => this.#log('mqtt_error', { error: e.message })); // the close that follows reconnects
       client.once('close', () => this.#closed(client));
       for (const [topic, qos] of this.#subscriptions) await client.subscribeAsync(topic, { qos }).catch(() => undefined);
-      this.#log('connect', { serial: id.info.serial });
+      this.#log('connect', { serial: id.info.serial, mqtt: v5 ? 5 : 3 });
       this.emit('connect');
       this.#pump();
     } catch (err) {
       this.#connecting = false;
-      await this.#connectFailed(err as Error & { code?: number | string });
+      await this.#connectFailed(err as Error & { code?: number | string }, v5 ? connack : undefined);
     }
   }
 
-  async #connectFailed(err: Error & { code?: number | string }): Promise<void> {
-    // CONNACK 2/4/5: the gateway refused this identity. Ask the HTTPS plane why, if we can.
-    if (typeof err.code === 'number' && err.code !== 3) {
+  /** The last DISCONNECT the gateway sent on the current connection (MQTT 5). */
+  #serverDisconnect: { reasonCode?: number; properties?: { reasonString?: string } } | undefined;
+  /** Reason strings of refused PUBACKs, by packet id, until the publish callback reads them. */
+  readonly #pubackReasons = new Map<number, string>();
+
+  async #connectFailed(err: Error & { code?: number | string }, connack?: { reasonCode?: number; properties?: { reasonString?: string } }): Promise<void> {
+    // MQTT 5: the CONNACK says why (the reason string carries the fleetgate code); no second request.
+    if (connack?.reasonCode !== undefined && connack.reasonCode >= 0x80) {
+      const code = codeFromReason(connack.reasonCode, connack.properties?.reasonString);
+      if (FATAL.has(code)) return this.#refuse(new FleetgateError(code, `the gateway refused this device: ${connack.properties?.reasonString ?? `reason 0x${connack.reasonCode.toString(16)}`}`));
+    } else if (typeof err.code === 'number' && err.code !== 3 && err.code < 0x80) {
+      // MQTT 3.1.1 CONNACK 2/4/5: the gateway refused this identity. Ask the HTTPS plane why, if we can.
       return this.#refuse(await this.#why(err.code === 2 ? 'CLIENT_ID_MISMATCH' : 'NOT_AUTHORIZED'));
     }
     if (this.#identity.info.notAfter <= Date.now()) return this.#refuse(new FleetgateError('CERT_EXPIRED', 'the device certificate expired before it was renewed'));
@@ -184,8 +228,18 @@ export class Device extends EventEmitter {
     if (this.#client !== client) return; // a renewal replaced it
     this.#client = undefined;
     for (const m of this.#outbox) m.inFlight = false; // resent on the next connection
-    this.#log('disconnect', {});
-    this.emit('disconnect');
+    const said = this.#serverDisconnect;
+    this.#serverDisconnect = undefined;
+    this.#log('disconnect', said?.reasonCode === undefined ? {} : { reasonCode: said.reasonCode, reason: said.properties?.reasonString });
+    this.emit('disconnect', said);
+    // MQTT 5: the gateway said why. Revoked, suspended, denylisted: stop now, without asking again.
+    // A kick, a takeover, a restart or a timeout: reconnect as usual.
+    const transient: readonly number[] = [REASON.ADMINISTRATIVE_ACTION, REASON.SESSION_TAKEN_OVER, REASON.SERVER_SHUTTING_DOWN, REASON.KEEP_ALIVE_TIMEOUT, REASON.QUOTA_EXCEEDED, REASON.SERVER_BUSY];
+    const verdict: readonly number[] = [REASON.NOT_AUTHORIZED, REASON.BANNED];
+    if (said?.reasonCode !== undefined && verdict.includes(said.reasonCode) && !transient.includes(said.reasonCode)) {
+      const code = codeFromReason(said.reasonCode, said.properties?.reasonString);
+      if (FATAL.has(code)) return this.#refuse(new FleetgateError(code, `the gateway closed the connection: ${said.properties?.reasonString ?? `reason 0x${said.reasonCode.toString(16)}`}`));
+    }
     this.#retry();
   }
 
@@ -203,8 +257,19 @@ export class Device extends EventEmitter {
     for (const m of this.#outbox) {
       if (m.inFlight) continue;
       m.inFlight = true;
-      client.publish(m.topic, m.payload, { qos: m.qos }, (err) => {
+      client.publish(m.topic, m.payload, { qos: m.qos }, (err, packet) => {
         if (err !== undefined && err !== null) {
+          const reasonCode = (err as Error & { code?: unknown }).code;
+          if (typeof reasonCode === 'number' && reasonCode >= 0x80) {
+            // MQTT 5: the gateway refused this message (PUBACK 0x87, 0x97, 0x99): final, not resent.
+            const id = (packet as { messageId?: number } | undefined)?.messageId ?? 0;
+            const text = this.#pubackReasons.get(id);
+            this.#pubackReasons.delete(id);
+            const i = this.#outbox.indexOf(m);
+            if (i >= 0) this.#outbox.splice(i, 1);
+            m.reject(new FleetgateError(codeFromReason(reasonCode, text), `the gateway refused the message on ${m.topic}: ${text || `reason 0x${reasonCode.toString(16)}`}`));
+            return;
+          }
           m.inFlight = false; // stays queued for the next connection
           return;
         }

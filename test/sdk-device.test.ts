@@ -24,24 +24,52 @@ async function enrolledDevice(fleet: Awaited<ReturnType<typeof startTestFleet>>,
 
 const attemptsOn = (log: LogCapture, deviceId: string) => log.lines.filter((l) => l.deviceId === deviceId && (l.decision === 'admitted' || l.decision === 'refused')).length;
 
-test('sdk/revoked while connected: reports CERT_REVOKED, stops, no further attempts for 10 s', async (t) => {
+for (const mqttVersion of [5, 3] as const) {
+  test(`sdk/MQTT ${mqttVersion === 5 ? '5' : '3.1.1'}: revoked while connected: reports CERT_REVOKED, stops, no further attempts for 10 s`, async (t) => {
+    const fleet = await startTestFleet(t, { FLEETGATE_PROVISION_PORT: '0' });
+    const id = `victim-${mqttVersion}`;
+    const { identityDir } = await enrolledDevice(fleet, t, id);
+    // MQTT 5 learns the reason from the gateway's DISCONNECT (no HTTPS plane given); 3.1.1 has to ask /v1/whoami.
+    const device = new Device({ identityDir, mqttUrl: fleet.mqttsUrl, mqttVersion, ...(mqttVersion === 3 && { httpsUrl: fleet.httpsUrl }), backoff: { baseMs: 100, maxMs: 1_000 } });
+    t.after(() => device.stop());
+    await device.start();
+    assert.ok(device.connected);
+    const refused = new Promise<FleetgateError>((resolve) => device.once('refused', resolve));
+    fleet.registry.revokeDevice(id, 1, 'test');
+    const err = await refused;
+    assert.ok(['CERT_REVOKED', 'DEVICE_REVOKED'].includes(err.code), `the exact reason (${err.code}), ${mqttVersion === 5 ? 'said in the DISCONNECT' : 'learned from the HTTPS plane'}`);
+    if (mqttVersion === 3) assert.equal(err.code, 'CERT_REVOKED');
+    assert.equal(device.refusal?.code, err.code);
+    await assert.rejects(device.publish(`devices/${id}/x`, 'after'), (e: FleetgateError) => e.code === err.code);
+    const seen = attemptsOn(fleet.log, id);
+    const attempts = device.attempts;
+    await new Promise((r) => setTimeout(r, 10_000));
+    assert.equal(attemptsOn(fleet.log, id), seen, 'no connection attempt reached the gateway in 10 s');
+    assert.equal(device.attempts, attempts);
+  });
+}
+
+test('sdk/MQTT 5: a message outside its topics is refused (TOPIC_DENIED) without stopping the device; a kick reconnects; a revoked device is refused at CONNECT with the exact code', async (t) => {
   const fleet = await startTestFleet(t, { FLEETGATE_PROVISION_PORT: '0' });
-  const { identityDir } = await enrolledDevice(fleet, t, 'victim-1');
-  const device = new Device({ identityDir, mqttUrl: fleet.mqttsUrl, httpsUrl: fleet.httpsUrl, backoff: { baseMs: 100, maxMs: 1_000 } });
+  const { identityDir } = await enrolledDevice(fleet, t, 'polite-1');
+  const device = new Device({ identityDir, mqttUrl: fleet.wssUrl, backoff: { baseMs: 100, maxMs: 500 } });
   t.after(() => device.stop());
   await device.start();
-  assert.ok(device.connected);
-  const refused = new Promise<FleetgateError>((resolve) => device.once('refused', resolve));
-  fleet.registry.revokeDevice('victim-1', 1, 'test');
-  const err = await refused;
-  assert.equal(err.code, 'CERT_REVOKED', 'the exact reason, learned from the HTTPS plane');
-  assert.equal(device.refusal?.code, 'CERT_REVOKED');
-  await assert.rejects(device.publish('devices/victim-1/x', 'after'), (e: FleetgateError) => e.code === 'CERT_REVOKED');
-  const seen = attemptsOn(fleet.log, 'victim-1');
-  const attempts = device.attempts;
-  await new Promise((r) => setTimeout(r, 10_000));
-  assert.equal(attemptsOn(fleet.log, 'victim-1'), seen, 'no connection attempt reached the gateway in 10 s');
-  assert.equal(device.attempts, attempts);
+  await assert.rejects(device.publish('devices/someone-else/x', 'no', { qos: 1 }), (e: FleetgateError) => e.code === 'TOPIC_DENIED');
+  await device.publish('devices/polite-1/x', 'yes', { qos: 1 });
+  assert.ok(device.connected, 'still connected: MQTT 5 refuses the message, not the connection');
+  const back = new Promise<void>((resolve) => device.once('disconnect', () => device.once('connect', () => resolve())));
+  assert.equal(fleet.gateway.kick('polite-1', 'operator:test'), 1);
+  await back;
+  assert.equal(device.refusal, undefined, 'a kick is not a refusal');
+  device.stop();
+  // At CONNECT: the CONNACK's reason string names the code (no HTTPS plane here either).
+  const other = await enrolledDevice(fleet, t, 'polite-2');
+  fleet.registry.revokeDevice('polite-2', 1, 'test');
+  const again = new Device({ identityDir: other.identityDir, mqttUrl: fleet.mqttsUrl });
+  t.after(() => again.stop());
+  await again.start();
+  assert.equal(again.refusal?.code, 'CERT_REVOKED');
 });
 
 test('sdk/after a gateway restart the device reconnects by itself, with backoff; queued QoS 1 messages arrive', async (t) => {

@@ -789,6 +789,7 @@ export class MqttPlane {
       const cut = conn.session?.cut;
       let code = reasonCode ?? CLOSE_REASONS[reason] ?? REASON.UNSPECIFIED;
       let text = detail;
+      if (reason === 'cut' && cut === undefined) code = REASON.SERVER_SHUTTING_DOWN; // the gateway closes its sessions on shutdown
       if ((reason === 'cut' || reason === 'denied') && cut !== undefined) {
         // A kick is the operator's act; the rest are the registry's verdict on the certificate or device.
         code = cut === 'NOT_AUTHORIZED' ? REASON.ADMINISTRATIVE_ACTION : reasonCodeFor(cut, 'disconnect');

@@ -85,15 +85,15 @@ export class RegistryLink {
     });
     this.#worker = worker;
     return new Promise((resolve, reject) => {
-      let ready = false;
+      let started = false; // ready without an error: only a thread that was serving is restarted when it dies
       worker.on('message', (m: FromWorker) => {
         if ('ready' in m) {
-          ready = true;
           if (m.error !== undefined) {
             void worker.terminate();
             reject(toError(m.error));
             return;
           }
+          started = true;
           if (this.#lastSeq < 0) this.#lastSeq = m.ready;
           resolve();
           return;
@@ -101,17 +101,24 @@ export class RegistryLink {
         this.#receive(m);
       });
       worker.on('error', (err) => {
-        if (!ready) reject(new FleetgateError('REGISTRY_UNAVAILABLE', `registry thread failed: ${err.message}`));
+        if (!started) reject(new FleetgateError('REGISTRY_UNAVAILABLE', `registry thread failed: ${err.message}`));
       });
       worker.on('exit', () => {
         if (worker !== this.#worker) return;
         this.#failPending(new FleetgateError('REGISTRY_UNAVAILABLE', 'registry thread stopped'));
-        if (!this.#closing && ready) {
+        if (!started) reject(new FleetgateError('REGISTRY_UNAVAILABLE', 'registry thread stopped before it was ready'));
+        if (started && !this.#closing) {
           this.#feedChanged('down', new FleetgateError('REGISTRY_UNAVAILABLE', 'registry thread stopped; restarting it'));
-          this.#spawn().catch(() => setTimeout(() => { if (!this.#closing) void this.#spawn().catch(() => undefined); }, 1_000).unref());
+          this.#respawn();
         }
       });
     });
+  }
+
+  /** Starts a new registry thread; while that fails (the registry cannot be read), tries again once a second. */
+  #respawn(): void {
+    if (this.#closing) return;
+    this.#spawn().catch(() => setTimeout(() => this.#respawn(), 1_000).unref());
   }
 
   #receive(m: FromWorker): void {
