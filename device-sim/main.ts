@@ -30,6 +30,8 @@ export interface SimOptions {
   data: string;
   identities: string;
   mqtt: string;
+  /** MQTT 5 (default) or 3.1.1 for every simulated device and the checks. */
+  mqttVersion: 3 | 5;
   https: string;
   provision: string;
   prefix: string;
@@ -42,7 +44,7 @@ export interface SimOptions {
 const DEFAULTS: SimOptions = {
   sensors: 10, gateways: 0, children: 3, cameras: 0, duration: 30, ramp: 100, rate: 1, qos: 1, payloadBytes: 64,
   uploadBytes: 64 * 1024, uploadEvery: 5, uploadPath: '/upload', check: false, revokeDuring: 0, renewDuring: 0, cutBoundMs: 1_000, connectTimeout: 20,
-  data: './data', identities: './data/sim-identities', mqtt: 'mqtts://127.0.0.1:8883', https: 'https://127.0.0.1:8443',
+  data: './data', identities: './data/sim-identities', mqtt: 'mqtts://127.0.0.1:8883', mqttVersion: 5, https: 'https://127.0.0.1:8443',
   provision: 'https://127.0.0.1:9443', prefix: 'sim', sourceAddresses: 0, concurrency: 16,
 };
 
@@ -79,7 +81,8 @@ function parse(argv: string[]): SimOptions {
     .option('--connect-timeout <s>', 'give up when the service subscriber cannot connect in this time (default 20)', num('--connect-timeout'))
     .option('--data <dir>', 'fleetgate data directory (to register devices and issue tokens)')
     .option('--identities <dir>', 'where device identities are cached between runs')
-    .option('--mqtt <url>', 'gateway MQTT URL')
+    .option('--mqtt <3|5|url>', 'MQTT protocol: 5 (default) or 3 for 3.1.1; a URL here is read as --mqtt-url')
+    .option('--mqtt-url <url>', 'gateway MQTT URL')
     .option('--https <url>', 'gateway HTTPS URL')
     .option('--provision <url>', 'provisioning URL')
     .option('--prefix <id>', 'device id prefix')
@@ -88,7 +91,16 @@ function parse(argv: string[]): SimOptions {
     .option('--json <file>', 'write the whole report as JSON')
     .option('--concurrency <n>', 'parallel enrollments', int('--concurrency'));
   cmd.parse(argv, { from: 'user' });
-  const flags = cmd.opts() as Partial<SimOptions> & { scenario?: string };
+  const flags = cmd.opts() as Partial<SimOptions> & { scenario?: string; mqttUrl?: string };
+  // --mqtt 3|5 picks the protocol; --mqtt URL (the flag's older meaning) still sets the URL.
+  if (flags.mqtt === '3' || flags.mqtt === '5') {
+    flags.mqttVersion = Number(flags.mqtt) as 3 | 5;
+    delete flags.mqtt;
+  } else if (flags.mqtt !== undefined && !/^(mqtts|wss):\/\//.test(flags.mqtt)) {
+    throw new InvalidArgumentError(`--mqtt is 3, 5 or an mqtts:// / wss:// URL, not ${JSON.stringify(flags.mqtt)}`);
+  }
+  if (flags.mqttUrl !== undefined) flags.mqtt = flags.mqttUrl;
+  delete flags.mqttUrl;
   const scenario = flags.scenario === undefined ? {} : JSON.parse(readFileSync(flags.scenario, 'utf8')) as Partial<SimOptions>;
   const merged = { ...DEFAULTS, ...scenario, ...Object.fromEntries(Object.entries(flags).filter(([k, v]) => v !== undefined && k !== 'scenario')) } as SimOptions;
   if (flags.identities === undefined && scenario.identities === undefined) merged.identities = join(merged.data, 'sim-identities');
@@ -124,13 +136,13 @@ export async function run(o: SimOptions): Promise<Report> {
   await ensureIdentities(withProbe, { dataDir: o.data, identitiesDir: o.identities, provisioningUrl: o.provision, ca, concurrency: o.concurrency, report, progress });
   plan.devices = withProbe.devices.filter((d) => d.id !== probe.id);
   const model: ModelOptions = {
-    identitiesDir: o.identities, mqttUrl: o.mqtt, httpsUrl: o.https, provisioningUrl: o.provision, rate: o.rate, qos: o.qos,
+    identitiesDir: o.identities, mqttUrl: o.mqtt, mqttVersion: o.mqttVersion, httpsUrl: o.https, provisioningUrl: o.provision, rate: o.rate, qos: o.qos,
     payloadBytes: o.payloadBytes, uploadBytes: o.uploadBytes, uploadEveryMs: o.uploadEvery * 1000, uploadPath: o.uploadPath,
   };
 
   // The service subscriber: counts what arrives, per publishing device.
   const received = new Map<string, Set<number>>();
-  const service = new Device({ identityDir: join(o.identities, plan.service.id), mqttUrl: o.mqtt, keepalive: 60 });
+  const service = new Device({ identityDir: join(o.identities, plan.service.id), mqttUrl: o.mqtt, mqttVersion: o.mqttVersion, keepalive: 60 });
   service.on('message', (topic: string, payload: Buffer) => {
     const [, who, kind] = topic.split('/');
     if (kind !== 'telemetry' || who === undefined) return;
@@ -249,7 +261,7 @@ async function verify(x: {
     const disturbed = sims.filter((s) => !revoked.includes(s) && s.refusedCode !== undefined);
     report.check('the other devices continue untouched', disturbed.length === 0, disturbed.length === 0 ? `${sims.length - revoked.length} devices` : disturbed.map((s) => `${s.plan.id}: ${s.refusedCode}`).join(', '));
   }
-  const endpoints = { mqttUrl: o.mqtt, httpsUrl: o.https, provisioningUrl: o.provision, ca: x.ca, dataDir: o.data };
+  const endpoints = { mqttUrl: o.mqtt, httpsUrl: o.https, provisioningUrl: o.provision, ca: x.ca, dataDir: o.data, mqttVersion: o.mqttVersion };
   const victim = sims.find((s) => !revoked.includes(s))?.plan.id ?? `${o.prefix}-nobody`;
   await checkIsolation(endpoints, { identityDir: join(o.identities, x.probe.id), id: x.probe.id }, victim, report);
   await checkBadIdentities(endpoints, o.prefix, report);

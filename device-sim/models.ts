@@ -7,6 +7,7 @@ import type { Report } from './report.ts';
 export interface ModelOptions {
   identitiesDir: string;
   mqttUrl: string;
+  mqttVersion: 3 | 5;
   httpsUrl: string;
   provisioningUrl: string;
   /** Telemetry messages per second per sensor (and per child, for gateways). */
@@ -39,7 +40,7 @@ export class SimDevice {
     this.plan = plan;
     this.children = children;
     this.device = new Device({
-      identityDir: join(o.identitiesDir, plan.id), mqttUrl: o.mqttUrl, httpsUrl: o.httpsUrl, provisioningUrl: o.provisioningUrl,
+      identityDir: join(o.identitiesDir, plan.id), mqttUrl: o.mqttUrl, mqttVersion: o.mqttVersion, httpsUrl: o.httpsUrl, provisioningUrl: o.provisioningUrl,
       keepalive: 60, backoff: { baseMs: 500, maxMs: 10_000 }, ...(o.localAddress !== undefined && { localAddress: o.localAddress }),
     });
     this.device.on('disconnect', () => { this.disconnects++; this.cutAt ??= Date.now(); });

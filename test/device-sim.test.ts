@@ -12,7 +12,7 @@ import { startOrigin } from './helpers/origin.ts';
 
 const SIM = join(ROOT, 'bin', 'device-sim.ts');
 
-async function simulate(t: import('node:test').TestContext, config: Record<string, unknown>, extra: string[]) {
+async function simulate(t: import('node:test').TestContext, config: Record<string, unknown>, extra: string[], mqtt: '3' | '5' = '5') {
   const dir = tempDir(t);
   const data = join(dir, 'data');
   mkdirSync(data, { recursive: true, mode: 0o700 });
@@ -21,16 +21,17 @@ async function simulate(t: import('node:test').TestContext, config: Record<strin
   t.after(() => stack.stop());
   const e = stack.endpoints;
   const report = join(dir, 'report.json');
-  const r = await run(process.execPath, [SIM, '--data', data, '--mqtt', e['mqtt+tls']!, '--https', e.https!, '--provision', e.provision!,
+  const r = await run(process.execPath, [SIM, '--data', data, '--mqtt', mqtt, '--mqtt-url', e['mqtt+tls']!, '--https', e.https!, '--provision', e.provision!,
     '--gateway-pid', String(stack.child.pid), '--json', report, ...extra], { timeoutMs: 180_000 });
   return { r, report: r.code === 0 || r.code === 1 ? JSON.parse(readFileSync(report, 'utf8')) as { ok: boolean; checks: { name: string; ok: boolean }[]; devices: { connected: number } } : undefined };
 }
 
-test('device-sim/the correctness scenario passes against a healthy gateway', { timeout: 240_000 }, async (t) => {
+for (const mqtt of ['5', '3'] as const) {
+test(`device-sim/MQTT ${mqtt === '5' ? '5' : '3.1.1'}: the correctness scenario passes against a healthy gateway`, { timeout: 240_000 }, async (t) => {
   const origin = await startOrigin(t);
   const { r, report } = await simulate(t, { https: { routes: [{ prefix: '/upload', origin: origin.url, audience: 'urn:sim', allow: { types: ['camera'] } }] } },
     ['--sensors', '36', '--gateways', '3', '--children', '3', '--cameras', '4', '--duration', '20', '--rate', '2', '--upload-every', '2',
-      '--check', '--revoke-during', '3', '--renew-during', '2', '--cut-bound-ms', '15000']);
+      '--check', '--revoke-during', '3', '--renew-during', '2', '--cut-bound-ms', '15000'], mqtt);
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.ok(report?.ok);
   const names = report!.checks.map((c) => c.name).join('\n');
@@ -42,6 +43,7 @@ test('device-sim/the correctness scenario passes against a healthy gateway', { t
   assert.doesNotMatch(r.stdout, /\x1b\[|\r/, 'plain lines without a terminal');
   assert.match(r.stdout, /result\s+ok/);
 });
+}
 
 test('device-sim/the same checks fail when the gateway\'s topic check is broken', { timeout: 240_000 }, async (t) => {
   const permissive = { publish: ['#'], subscribe: ['#'] };

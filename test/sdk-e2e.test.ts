@@ -44,12 +44,19 @@ test('e2e/device add → fleetgate-device enroll → pub over mqtts and wss, req
   assert.equal(enrolled.code, 0, enrolled.stderr);
   assert.equal((JSON.parse(enrolled.stdout) as { deviceId: string }).deviceId, 'field-7');
 
+  // MQTT 5 by default, 3.1.1 on request, over both transports.
   for (const url of [e['mqtt+tls']!, e['mqtt+wss']!]) {
-    const got = nextMessage(sub, 'devices/field-7/telemetry', 10_000);
-    const pub = await device(['pub', '--url', url, '--identity', idDir, '--topic', 'devices/field-7/telemetry', '--message', `via ${url.split(':')[0]}`, '--qos', '1']);
-    assert.equal(pub.code, 0, pub.stderr);
-    assert.equal(await got, `via ${url.split(':')[0]}`);
+    for (const mqtt of ['5', '3']) {
+      const got = nextMessage(sub, 'devices/field-7/telemetry', 10_000);
+      const pub = await device(['pub', '--url', url, '--identity', idDir, '--topic', 'devices/field-7/telemetry', '--message', `via ${url.split(':')[0]} v${mqtt}`, '--qos', '1', '--mqtt', mqtt]);
+      assert.equal(pub.code, 0, pub.stderr);
+      assert.equal(await got, `via ${url.split(':')[0]} v${mqtt}`);
+    }
   }
+  // MQTT 5: a message outside the device's topics is refused with its code, and said so.
+  const denied = await device(['pub', '--url', e['mqtt+tls']!, '--identity', idDir, '--topic', 'devices/other/telemetry', '--message', 'x', '--qos', '1']);
+  assert.notEqual(denied.code, 0);
+  assert.match(denied.stderr, /TOPIC_DENIED/);
 
   const who = await device(['request', '--url', `${e.https}/v1/whoami`, '--identity', idDir]);
   assert.equal(who.code, 0, who.stderr);

@@ -26,9 +26,14 @@ function summary(dir: string) {
   };
 }
 
+function mqttVersion(v: string): 3 | 5 {
+  if (v !== '3' && v !== '5') throw new InvalidArgumentError('--mqtt is 3 (MQTT 3.1.1) or 5');
+  return Number(v) as 3 | 5;
+}
+
 /** Connects a one-shot device for pub/sub: refuses fast, says why, and gives up after 15 s of retries. */
-async function connected(url: string, identity: string, timeoutMs = 15_000): Promise<Device> {
-  const device = new Device({ identityDir: identity, mqttUrl: url, backoff: { baseMs: 200, maxMs: 2_000 } });
+async function connected(url: string, identity: string, timeoutMs = 15_000, mqttVersion: 3 | 5 = 5): Promise<Device> {
+  const device = new Device({ identityDir: identity, mqttUrl: url, mqttVersion, backoff: { baseMs: 200, maxMs: 2_000 } });
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([device.start(), new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs); })]);
   clearTimeout(timer);
@@ -87,9 +92,10 @@ export function buildProgram(): Command {
     .requiredOption('--message <text>', 'payload')
     .option('--qos <n>', '0 or 1', (v) => { if (v !== '0' && v !== '1') throw new InvalidArgumentError('--qos is 0 or 1'); return Number(v) as 0 | 1; }, 0)
     .option('--timeout <s>', 'give up connecting after this many seconds', (v) => Number(v), 15)
+    .option('--mqtt <version>', 'MQTT protocol: 5 (default) or 3 (3.1.1)', mqttVersion, 5)
     .option('--json', 'JSON output')
-    .action(async (o: Common & { url: string; identity: string; topic: string; message: string; qos: 0 | 1; timeout: number }) => {
-      const device = await connected(o.url, o.identity, o.timeout * 1000);
+    .action(async (o: Common & { url: string; identity: string; topic: string; message: string; qos: 0 | 1; timeout: number; mqtt: 3 | 5 }) => {
+      const device = await connected(o.url, o.identity, o.timeout * 1000, o.mqtt);
       try {
         await device.publish(o.topic, o.message, { qos: o.qos });
       } finally {
@@ -104,9 +110,10 @@ export function buildProgram(): Command {
     .requiredOption('--identity <dir>', 'identity directory')
     .requiredOption('--topic <filter>', 'topic filter')
     .option('--count <n>', 'exit after this many messages', (v) => Number(v))
+    .option('--mqtt <version>', 'MQTT protocol: 5 (default) or 3 (3.1.1)', mqttVersion, 5)
     .option('--json', 'one JSON object per message')
-    .action(async (o: Common & { url: string; identity: string; topic: string; count?: number }) => {
-      const device = await connected(o.url, o.identity);
+    .action(async (o: Common & { url: string; identity: string; topic: string; count?: number; mqtt: 3 | 5 }) => {
+      const device = await connected(o.url, o.identity, 15_000, o.mqtt);
       let seen = 0;
       await new Promise<void>((resolve) => {
         device.on('message', (topic: string, payload: Buffer) => {
