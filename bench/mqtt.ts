@@ -6,6 +6,8 @@
 //     (fleetgate in both durability modes: disk — PUBACK after the commit — and memory)
 //  3. idle RSS per connection with N connections open (default 10,000)
 //  4. fleetgate only: revoke → live cut latency
+//  5. MQTT 5 beside 3.1.1: the same message phases with v5 clients (fleetgate memory and
+//     Mosquitto), CPU per message v5 / 3.1.1 (BENCH_V5=0 skips it)
 // Servers are child processes on loopback ports, stopped by PID. Every loop is bounded.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -23,6 +25,7 @@ const PUBLISHERS = 10;
 const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 5_000); // per publisher per QoS (CPU ticks are 10 ms: enough work to measure)
 const IDLE = Number(process.env.BENCH_IDLE_CONNECTIONS ?? 10_000);
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 40);
+const V5 = process.env.BENCH_V5 !== '0';
 
 const log = (s: string) => process.stdout.write(`${s}\n`);
 const fleet = await benchFleet();
@@ -102,9 +105,12 @@ const contextFor = (cred: Credential) => {
   return c;
 };
 
-function open(url: string, cred: Credential): Promise<MqttClient> {
+/** The protocol the message phases speak: 4 (3.1.1) or 5. */
+let protocolVersion: 4 | 5 = 4;
+function open(url: string, cred: Credential, extra: mqtt.IClientOptions = {}): Promise<MqttClient> {
   return mqtt.connectAsync(url, {
-    secureContext: contextFor(cred), clientId: cred.deviceId, protocolVersion: 4, reconnectPeriod: 0, keepalive: 600, connectTimeout: 20_000, servername: 'localhost',
+    secureContext: contextFor(cred), clientId: cred.deviceId, protocolVersion, reconnectPeriod: 0, keepalive: 600, connectTimeout: 20_000, servername: 'localhost',
+    ...(protocolVersion === 5 && { properties: { sessionExpiryInterval: extra.clean === false ? 3_600 : 0 } }), ...extra,
   } as mqtt.IClientOptions, false);
 }
 
@@ -140,9 +146,7 @@ async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB'>> {
     const topic = phase;
     if (phase === 'q1p') {
       await sub.endAsync(true);
-      sub = await mqtt.connectAsync(server.url, {
-        secureContext: contextFor(service), clientId: service.deviceId, protocolVersion: 4, clean: false, reconnectPeriod: 0, keepalive: 600, connectTimeout: 20_000, servername: 'localhost',
-      } as mqtt.IClientOptions, false);
+      sub = await open(server.url, service, { clean: false });
     }
     await sub.subscribeAsync(`devices/+/${topic}`, { qos });
     let received = 0;
@@ -243,6 +247,22 @@ results.get('fleetgate (memory)')!.idleKiB = results.get('fleetgate (disk)')!.id
 const fg = results.get('fleetgate (disk)')!;
 const fm = results.get('fleetgate (memory)')!;
 const mo = results.get('mosquitto')!;
+// 5. MQTT 5 beside 3.1.1, on the same servers and clients (fleetgate in memory mode: the
+//    protocol cost, not the disk's).
+const v5 = new Map<string, Omit<Figures, 'idleKiB'>>();
+if (V5) {
+  protocolVersion = 5;
+  for (const make of [() => startFleetgate('memory'), () => startMosquitto()]) {
+    const server = await make();
+    try {
+      v5.set(server.name, await measureWork(server));
+    } finally {
+      await server.stop();
+    }
+  }
+  protocolVersion = 4;
+}
+
 const ratio = (a: number, b: number) => `${fmt(a / b, 2)}×`;
 log('');
 log('server CPU per unit of work (lower is better); ratio = fleetgate / Mosquitto');
@@ -255,6 +275,19 @@ log(`| QoS 1 to a persistent session | ${fmt(fg.qos1PersistentUs, 1)} µs | ${fm
 log(`| idle RSS per connection (${IDLE}) | ${fmt(fg.idleKiB, 1)} KiB | ${fmt(fm.idleKiB, 1)} KiB | ${fmt(mo.idleKiB, 1)} KiB | ${ratio(fg.idleKiB, mo.idleKiB)} | ${ratio(fm.idleKiB, mo.idleKiB)} | ≤ 1.5 |`);
 log(`loss: QoS 0 ${[fg, fm, mo].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[fg, fm, mo].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')}; QoS 1 persistent ${[fg, fm, mo].map((r) => `${fmt(r.lossP * 100, 2)} %`).join(' / ')} (disk / memory / Mosquitto)`);
 log(`connects/s (client-bound): ${[fg, fm, mo].map((r) => fmt(r.connectRate, 0)).join(' / ')}`);
+if (V5) {
+  const f5 = v5.get('fleetgate (memory)')!;
+  const m5 = v5.get('mosquitto')!;
+  log('');
+  log('MQTT 5 beside 3.1.1 (server CPU per unit of work; fleetgate memory mode)');
+  log(`| work | fleetgate 3.1.1 | fleetgate 5 | 5 / 3.1.1 (target ≤ 1.10) | Mosquitto 3.1.1 | Mosquitto 5 | fleetgate 5 / Mosquitto 5 |`);
+  log(`| --- | --- | --- | --- | --- | --- | --- |`);
+  log(`| mTLS connect → CONNACK | ${fmt(fm.connectMs, 2)} ms | ${fmt(f5.connectMs, 2)} ms | ${ratio(f5.connectMs, fm.connectMs)} | ${fmt(mo.connectMs, 2)} ms | ${fmt(m5.connectMs, 2)} ms | ${ratio(f5.connectMs, m5.connectMs)} |`);
+  log(`| QoS 0 message (10 → 1) | ${fmt(fm.qos0Us, 1)} µs | ${fmt(f5.qos0Us, 1)} µs | ${ratio(f5.qos0Us, fm.qos0Us)} | ${fmt(mo.qos0Us, 1)} µs | ${fmt(m5.qos0Us, 1)} µs | ${ratio(f5.qos0Us, m5.qos0Us)} |`);
+  log(`| QoS 1 message (10 → 1) | ${fmt(fm.qos1Us, 1)} µs | ${fmt(f5.qos1Us, 1)} µs | ${ratio(f5.qos1Us, fm.qos1Us)} | ${fmt(mo.qos1Us, 1)} µs | ${fmt(m5.qos1Us, 1)} µs | ${ratio(f5.qos1Us, m5.qos1Us)} |`);
+  log(`| QoS 1 to a persistent session | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(f5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, fm.qos1PersistentUs)} | ${fmt(mo.qos1PersistentUs, 1)} µs | ${fmt(m5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, m5.qos1PersistentUs)} |`);
+  log(`loss (v5): QoS 0 ${[f5, m5].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[f5, m5].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')} (fleetgate / Mosquitto)`);
+}
 
 // 4. Revoke → cut, fleetgate only (Mosquitto has no revocation to compare).
 const gw = await startFleetgate('disk');
