@@ -581,10 +581,9 @@ export class MqttPlane {
   #wire(conn: MqttConnection, message: Message, qos: 0 | 1 | 2, retain: boolean, ids: number[] | undefined, dup = false): EncodedPublish | undefined {
     if (!conn.v5) return message.expired() && !dup ? undefined : message.encoded(qos, retain);
     // Once sent, a QoS 2 message is not expired any more [MQTT-4.3.3-7]: a resend keeps going.
-    const now = dup && message.expiresAt !== undefined ? Math.min(Date.now(), message.expiresAt - 1000) : Date.now();
-    const e = message.encoded5(qos, retain, ids, now);
+    const e = message.encoded5(qos, retain, ids, dup && message.expiresAt !== undefined ? Math.min(Date.now(), message.expiresAt - 1000) : undefined);
     if (e === undefined) return undefined;
-    if (publishSize(e) > conn.maxPacket) {
+    if (conn.maxPacket !== Number.POSITIVE_INFINITY && publishSize(e) > conn.maxPacket) {
       this.#m.dropTooLarge.inc(); // discarded as if sent [MQTT-3.1.2-25]
       return undefined;
     }

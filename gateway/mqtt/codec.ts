@@ -52,6 +52,9 @@ export interface Properties {
   userPropertyBytes?: number;
 }
 
+/** A packet without properties (shared, never mutated). */
+export const NO_PROPERTIES: Properties = Object.freeze({});
+
 type PropertyType = 'byte' | 'u16' | 'u32' | 'varint' | 'string' | 'binary' | 'pair';
 type PropertyContext = 'connect' | 'will' | 'publish' | 'ack' | 'subscribe' | 'unsubscribe' | 'disconnect' | 'auth';
 
@@ -295,6 +298,7 @@ class Reader {
    */
   properties(context: PropertyContext): Properties {
     const length = this.varint('property length');
+    if (length === 0) return NO_PROPERTIES; // the common case on the hot path: nothing to allocate
     if (this.left < length) throw new MalformedPacket('MQTT5-§2.2.2.1', 'property length past the end of the packet');
     const end = this.pos + length;
     const out: Properties = {};
@@ -412,6 +416,7 @@ function decodePublish(first: number, r: Reader, v5: boolean): PublishPacket {
   const id = qos > 0 ? packetId(r, 'PUBLISH') : 0;
   if (!v5) return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id };
   const properties = r.properties('publish');
+  if (properties === NO_PROPERTIES) return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id };
   if (properties.responseTopic !== undefined && (properties.responseTopic.length === 0 || /[+#]/.test(properties.responseTopic))) {
     throw new MalformedPacket('MQTT-3.3.2-14', 'response topic empty or with wildcards', PROTOCOL_ERROR);
   }

@@ -46,7 +46,7 @@ export class Message {
    * subscriber's subscription identifiers. Encoded once for every v5 subscriber when neither
    * applies; undefined when the message has expired [MQTT-3.3.2-5].
    */
-  encoded5(qos: 0 | 1 | 2, retain: boolean, subscriptionIds: readonly number[] | undefined, now = Date.now()): EncodedPublish | undefined {
+  encoded5(qos: 0 | 1 | 2, retain: boolean, subscriptionIds: readonly number[] | undefined, now?: number): EncodedPublish | undefined {
     this.#topicBytes ??= Buffer.from(this.topic, 'utf8');
     const shared = this.expiresAt === undefined && (subscriptionIds === undefined || subscriptionIds.length === 0);
     const k = qos * 2 + (retain ? 1 : 0);
@@ -56,7 +56,7 @@ export class Message {
     }
     let expiry: number | undefined;
     if (this.expiresAt !== undefined) {
-      expiry = Math.ceil((this.expiresAt - now) / 1000);
+      expiry = Math.ceil((this.expiresAt - (now ?? Date.now())) / 1000);
       if (expiry <= 0) return undefined;
     }
     const e = encodePublish(this.topic, this.payload, qos, retain, this.#topicBytes, publishProperties(this.fwd, expiry, subscriptionIds));
