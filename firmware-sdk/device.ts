@@ -292,9 +292,16 @@ export class Device extends EventEmitter {
     });
   }
 
+  /** Subscribes (kept across reconnects); rejects with TOPIC_DENIED when the gateway refuses the filter. */
   async subscribe(topic: string, opts: { qos?: 0 | 1 } = {}): Promise<void> {
     this.#subscriptions.set(topic, opts.qos ?? 0);
-    if (this.#client?.connected) await this.#client.subscribeAsync(topic, { qos: opts.qos ?? 0 });
+    if (!this.#client?.connected) return;
+    const granted = await this.#client.subscribeAsync(topic, { qos: opts.qos ?? 0 }).catch((err: { code?: number; packet?: { granted?: number[] } }) => [{ qos: err.packet?.granted?.[0] ?? err.code ?? 0x80 }]);
+    const code = granted[0]?.qos ?? 0;
+    if (code >= 0x80) {
+      this.#subscriptions.delete(topic);
+      throw new FleetgateError(code === 0x80 || code === REASON.NOT_AUTHORIZED ? 'TOPIC_DENIED' : codeFromReason(code), `the gateway refused the subscription to ${topic} (0x${code.toString(16)})`);
+    }
   }
 
   /** An HTTPS request through the gateway with the device certificate. */

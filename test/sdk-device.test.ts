@@ -56,6 +56,7 @@ test('sdk/MQTT 5: a message outside its topics is refused (TOPIC_DENIED) without
   t.after(() => device.stop());
   await device.start();
   await assert.rejects(device.publish('devices/someone-else/x', 'no', { qos: 1 }), (e: FleetgateError) => e.code === 'TOPIC_DENIED');
+  await assert.rejects(device.subscribe('devices/someone-else/#', { qos: 1 }), (e: FleetgateError) => e.code === 'TOPIC_DENIED');
   await device.publish('devices/polite-1/x', 'yes', { qos: 1 });
   assert.ok(device.connected, 'still connected: MQTT 5 refuses the message, not the connection');
   const back = new Promise<void>((resolve) => device.once('disconnect', () => device.once('connect', () => resolve())));

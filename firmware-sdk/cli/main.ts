@@ -123,7 +123,11 @@ export function buildProgram(): Command {
         device.on('refused', () => resolve());
         process.once('SIGINT', () => resolve());
         process.once('SIGTERM', () => resolve());
-        void device.subscribe(o.topic, { qos: 1 });
+        // Say on stderr that the subscription is in place (stdout stays the messages alone).
+        device.subscribe(o.topic, { qos: 1 }).then(
+          () => process.stderr.write(`subscribed to ${o.topic} as ${device.id}; waiting for messages${o.count === undefined ? ' (Ctrl-C to stop)' : ''}\n`),
+          (err: Error) => process.stderr.write(`subscribe failed: ${err.message}\n`),
+        );
       });
       device.stop();
       if (device.refusal !== undefined) throw device.refusal;
@@ -141,10 +145,19 @@ export function buildProgram(): Command {
       const url = new URL(o.url);
       const device = new Device({ identityDir: o.identity, httpsUrl: url.origin });
       const headers = Object.fromEntries((o.header ?? []).map((h) => { const i = h.indexOf(':'); return [h.slice(0, i).trim(), h.slice(i + 1).trim()]; }));
-      const body = o.data === undefined ? undefined : o.data.startsWith('@') ? createReadStream(o.data.slice(1)) : o.data;
+      const fromFile = o.data?.startsWith('@') === true;
+      const body = o.data === undefined ? undefined : fromFile ? createReadStream(o.data.slice(1)) : o.data;
+      // Like curl: a body of our own says what it is unless -H does (a file: application/octet-stream).
+      if (body !== undefined && !Object.keys(headers).some((k) => k.toLowerCase() === 'content-type')) {
+        headers['content-type'] = fromFile ? 'application/octet-stream' : 'application/x-www-form-urlencoded';
+      }
       const res = await device.request(url.pathname + url.search, { ...(o.method && { method: o.method }), headers, ...(body !== undefined && { body }) });
       if (o.json === true) out(o, { status: res.status, headers: res.headers, body: res.body.toString() }, '');
-      else process.stdout.write(res.body);
+      else {
+        process.stdout.write(res.body);
+        // End with a newline on a terminal so the prompt does not glue to the body (piped output stays byte-exact).
+        if (process.stdout.isTTY && res.body.length > 0 && res.body[res.body.length - 1] !== 0x0a) process.stdout.write('\n');
+      }
       if (res.status >= 400) process.exitCode = res.status >= 500 ? ERRORS.ORIGIN_UNREACHABLE.exit : ERRORS.NOT_AUTHORIZED.exit;
     });
 
