@@ -35,6 +35,8 @@ export class RegistryReader {
       deny: p('SELECT * FROM denylist WHERE kind = ? AND value = ?'),
       denyAll: p('SELECT * FROM denylist ORDER BY created_at, kind, value'),
       audit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
+      auditNewest: p(`SELECT * FROM audit WHERE (@device IS NULL OR subject = @device OR subject = 'device:' || @device) AND at >= @after ORDER BY seq DESC LIMIT @limit`),
+      auditDevice: p(`SELECT * FROM audit WHERE seq > @since AND (subject = @device OR subject = 'device:' || @device) ORDER BY seq LIMIT @limit`),
       denied: p(`SELECT kind, value, reason FROM denylist
         WHERE ((kind = 'fingerprint' AND value = @fingerprint) OR (kind = 'spki' AND value = @spki) OR (kind = 'device' AND value = @deviceId))
           AND (expires_at IS NULL OR expires_at > @now) LIMIT 1`),
@@ -114,8 +116,19 @@ export class RegistryReader {
     return (this.stmt('denyAll').all() as Row[]).map(toDeny);
   }
 
-  listAudit(options: { since?: number; limit?: number } = {}): AuditRecord[] {
-    return (this.stmt('audit').all(options.since ?? 0, options.limit ?? -1) as Row[]).map((r) => ({
+  /**
+   * The audit log: oldest first after `since` (for reading on from where one stopped), or with
+   * `newest`, the latest entries first (from `after`, a time). `device` narrows to entries whose
+   * subject is that device (its own rows and its denylist entries). `limit` -1: all.
+   */
+  listAudit(options: { since?: number; limit?: number; device?: string; newest?: boolean; after?: number } = {}): AuditRecord[] {
+    const limit = options.limit ?? -1;
+    const rows = options.newest === true
+      ? this.stmt('auditNewest').all({ device: options.device ?? null, after: options.after ?? 0, limit })
+      : options.device !== undefined
+        ? this.stmt('auditDevice').all({ device: options.device, since: options.since ?? 0, limit })
+        : this.stmt('audit').all(options.since ?? 0, limit);
+    return (rows as Row[]).map((r) => ({
       seq: r.seq as number, at: r.at as number, actor: r.actor as string, action: r.action as string,
       subject: (r.subject as string | null) ?? null, detail: JSON.parse(r.detail as string) as Record<string, unknown>,
     }));
