@@ -70,7 +70,7 @@ export function registerUp(program: Command, common: CommonFlags): void {
     .description('initialize the data directory if needed, start every service, run until SIGINT/SIGTERM')
     .action((opts: CommonOptions) => serve(opts, 'up'));
   common(program.command('gateway'))
-    .description('run the gateway only (MQTT over TLS and WSS, admin listener) on an initialized data directory')
+    .description('run the gateway only (MQTT 5 and 3.1.1 over TLS and WSS, the HTTPS plane, the admin listener) on an initialized data directory')
     .action((opts: CommonOptions) => serve(opts, 'gateway'));
   common(program.command('provision'))
     .description('run the provisioning service only (enrollment JSON API and EST) on an initialized data directory')
