@@ -38,6 +38,8 @@ export interface FleetgateConfig {
   log: {
     /** pino level of the services' log: fatal, error, warn, info, debug, trace, silent. */
     level: string;
+    /** `auto`: readable lines on a terminal, JSON lines otherwise; `json` or `pretty` always. */
+    format: 'auto' | 'json' | 'pretty';
   };
   mqtt: MqttConfig;
 }
@@ -253,6 +255,7 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
   },
   log: {
     level: 'info',
+    format: 'auto' as const,
   },
   mqtt: {
     durability: 'disk' as const,
@@ -341,6 +344,7 @@ const SETTINGS = [
   { key: 'mqtt.topicAliasMaximum', file: ['mqtt', 'topicAliasMaximum'], env: 'FLEETGATE_MQTT_TOPIC_ALIAS_MAXIMUM', kind: 'count' },
   { key: 'mqtt.maxUserPropertyBytes', file: ['mqtt', 'maxUserPropertyBytes'], env: 'FLEETGATE_MQTT_MAX_USER_PROPERTY_BYTES', kind: 'count' },
   { key: 'log.level', file: ['log', 'level'], env: 'FLEETGATE_LOG_LEVEL', kind: 'loglevel' },
+  { key: 'log.format', file: ['log', 'format'], env: 'FLEETGATE_LOG_FORMAT', kind: 'logformat' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
@@ -384,6 +388,13 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
   if (kind === 'durability') {
     if (value !== 'disk' && value !== 'memory') {
       problems.push(`${where} must be "disk" or "memory"`);
+      return undefined;
+    }
+    return value;
+  }
+  if (kind === 'logformat') {
+    if (value !== 'auto' && value !== 'json' && value !== 'pretty') {
+      problems.push(`${where} must be "auto", "json" or "pretty"`);
       return undefined;
     }
     return value;

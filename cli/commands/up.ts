@@ -1,11 +1,13 @@
 import type { Command } from 'commander';
 import pino from 'pino';
+import pretty from 'pino-pretty';
 import { startGateway } from '../../gateway/gateway.ts';
 import { startProvisioning } from '../../provisioning/api/server.ts';
 import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { CommonFlags } from '../main.ts';
 
 /** A running service: what to print, and how to stop it. */
@@ -15,19 +17,25 @@ interface RunningService {
   close(): Promise<void>;
 }
 
-/** The root logger: JSON lines on stderr (stdout carries the banner / --json), level from the config (`log.level`, FLEETGATE_LOG_LEVEL). */
-function rootLogger(level: string) {
-  return pino({
-    level,
-    redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'],
-  }, pino.destination(2));
+/**
+ * The root logger on stderr (stdout carries the banner / --json), level from the config
+ * (`log.level`). Format (`log.format`, `--log-format`): on a terminal, readable lines for people;
+ * otherwise — or with `json` — one JSON object per line for machines.
+ */
+function rootLogger(level: string, format: 'auto' | 'json' | 'pretty') {
+  const options = { level, redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'] };
+  const readable = format === 'pretty' || (format === 'auto' && process.stderr.isTTY === true);
+  if (!readable) return pino(options, pino.destination(2));
+  return pino(options, pretty({ destination: 2, sync: true, colorize: process.stderr.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
 }
 
-async function serve(opts: CommonOptions, which: 'up' | 'gateway' | 'provision'): Promise<void> {
+async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' | 'gateway' | 'provision'): Promise<void> {
   const ctx = new CliContext(opts);
   const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
   const { created } = which === 'up' ? await initDataDir(ctx.config) : { created: [] };
-  const log = rootLogger(ctx.config.log.level);
+  const format = opts.logFormat ?? ctx.config.log.format;
+  if (format !== 'auto' && format !== 'json' && format !== 'pretty') throw new FleetgateError('USAGE', `--log-format is auto, json or pretty, not ${JSON.stringify(format)}`);
+  const log = rootLogger(ctx.config.log.level, format);
   const rootKey = rootKeyOnDisk(ctx.paths);
   if (rootKey !== undefined) log.warn({ file: rootKey }, 'the root CA key is still in the data directory: move it off this machine (the services never read it)');
   const services: RunningService[] = [];
@@ -68,13 +76,16 @@ async function serve(opts: CommonOptions, which: 'up' | 'gateway' | 'provision')
 export function registerUp(program: Command, common: CommonFlags): void {
   common(program.command('up'))
     .description('initialize the data directory if needed, start every service, run until SIGINT/SIGTERM')
-    .action((opts: CommonOptions) => serve(opts, 'up'));
+    .option('--log-format <format>', 'auto (readable on a terminal, else JSON lines), json or pretty (config log.format, FLEETGATE_LOG_FORMAT)')
+    .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'up'));
   common(program.command('gateway'))
     .description('run the gateway only (MQTT 5 and 3.1.1 over TLS and WSS, the HTTPS plane, the admin listener) on an initialized data directory')
-    .action((opts: CommonOptions) => serve(opts, 'gateway'));
+    .option('--log-format <format>', 'auto (readable on a terminal, else JSON lines), json or pretty (config log.format, FLEETGATE_LOG_FORMAT)')
+    .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'gateway'));
   common(program.command('provision'))
     .description('run the provisioning service only (enrollment JSON API and EST) on an initialized data directory')
-    .action((opts: CommonOptions) => serve(opts, 'provision'));
+    .option('--log-format <format>', 'auto (readable on a terminal, else JSON lines), json or pretty (config log.format, FLEETGATE_LOG_FORMAT)')
+    .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'provision'));
 }
 
 function waitForSignal(): { signal: Promise<NodeJS.Signals>; cancel(): void } {
