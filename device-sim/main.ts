@@ -204,14 +204,16 @@ export async function run(o: SimOptions): Promise<Report> {
     events.push(sleep((o.duration * 1000) / 2).then(async () => {
       for (const s of revoked) s.cutAt = undefined;
       await Promise.all(revoked.map(async (s) => {
-        await fleetgateCli(['device', 'revoke', s.plan.id, '--reason', 'keyCompromise', '--data', o.data]);
-        cutAt.set(s, Date.now()); // committed when the CLI returns
+        const out = await fleetgateCli(['device', 'revoke', s.plan.id, '--reason', 'keyCompromise', '--json', '--data', o.data]);
+        // The registry's commit time (not when the CLI process returned, which may be after the cut).
+        const committed = (JSON.parse(out) as { device?: { updatedAt?: number } }).device?.updatedAt;
+        cutAt.set(s, committed ?? Date.now());
       }));
     }));
   }
   while (Date.now() - runStart < o.duration * 1000) {
     await sleep(500);
-    const rate = ((report.published / Math.max(1, (Date.now() - report.started) / 1000))).toFixed(0);
+    const rate = ((report.published / Math.max(1, (Date.now() - (report.loadStarted ?? report.started)) / 1000))).toFixed(0); // from the first connection, not from enrollment
     progress.line(`t=${Math.round((Date.now() - runStart) / 1000)}s connected=${sims.filter((s) => s.device.connected).length}/${sims.length} published=${report.published} (${rate}/s) received=${report.received} https=${report.httpsOk} errors=${[...report.errors.values()].reduce((a, b) => a + b, 0)}`);
   }
   await Promise.all(events);
@@ -220,9 +222,25 @@ export async function run(o: SimOptions): Promise<Report> {
 
   for (const s of sims) s.stop();
   await sleep(Math.max(2_000, 1_000 / o.rate + 500)); // the last acknowledged messages reach the service
+  account(report, sims, received);
   if (o.check) await verify({ o, report, sims, revoked, cutAt, received, ca, probe });
   service.stop();
   return report;
+}
+
+/** What was delivered, always (with or without --check): acknowledged by the gateway vs received by the service. */
+function account(report: Report, sims: SimDevice[], received: Map<string, Set<number>>): void {
+  let acknowledged = 0;
+  let missing = 0;
+  for (const s of sims) {
+    for (const [who, acked] of s.acked) {
+      acknowledged += acked.size;
+      const got = received.get(who);
+      for (const n of acked) if (got === undefined || !got.has(n)) missing++;
+    }
+  }
+  report.acknowledged = acknowledged;
+  report.lostAcknowledged = missing;
 }
 
 async function verify(x: {

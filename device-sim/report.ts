@@ -22,6 +22,9 @@ export class Report {
   handshakes = 0;
   published = 0;
   received = 0;
+  /** Messages the gateway acknowledged (QoS 1), and of those, how many never reached the service. */
+  acknowledged = 0;
+  lostAcknowledged = 0;
   httpsOk = 0;
   uploadsSkipped = 0;
   readonly errors = new Map<string, number>();
@@ -54,9 +57,13 @@ export class Report {
       devices: { planned: this.planned, connected: this.connected },
       enrollment: this.enrollment,
       connect: { ...summary(this.connect), handshakesPerSecond: Math.round((this.connected / Math.max(this.rampSeconds, 0.001)) * 10) / 10, rampSeconds: this.rampSeconds },
-      mqtt: { published: this.published, received: this.received, publishedPerSecond: Math.round(this.published / load), receivedPerSecond: Math.round(this.received / load) },
+      mqtt: {
+        published: this.published, acknowledged: this.acknowledged, received: this.received, lostAcknowledged: this.lostAcknowledged,
+        notAcknowledged: Math.max(0, this.published - this.acknowledged),
+        publishedPerSecond: Math.round(this.published / load), receivedPerSecond: Math.round(this.received / load),
+      },
       https: { ok: this.httpsOk, perSecond: Math.round((this.httpsOk / load) * 10) / 10, latency: summary(this.https), uploadsSkipped: this.uploadsSkipped },
-      revocationCut: cuts.length === 0 ? undefined : { count: cuts.length, p50: cuts[Math.floor(cuts.length / 2)], max: cuts.at(-1) },
+      revocationCut: cuts.length === 0 ? undefined : { count: cuts.length, p50: cuts[Math.floor(cuts.length / 2)], max: cuts.at(-1), from: 'registry commit → device sees the disconnect' },
       gatewayRss: this.gatewayRss && {
         ...this.gatewayRss,
         perConnectionKiB: this.connected > 0 ? Math.round((this.gatewayRss.endBytes - this.gatewayRss.startBytes) / this.connected / 102.4) / 10 : undefined,
@@ -73,13 +80,14 @@ export class Report {
       `devices      ${r.devices.connected}/${r.devices.planned} connected${r.enrollment ? `; enrolled ${r.enrollment.enrolled} (${r.enrollment.cached} cached) in ${r.enrollment.seconds} s` : ''}`,
       `connect      p50 ${r.connect.p50} ms, p90 ${r.connect.p90} ms, p99 ${r.connect.p99} ms, max ${r.connect.max} ms; ${r.connect.handshakesPerSecond} full handshakes/s over the ${r.connect.rampSeconds} s ramp`,
       `mqtt         published ${r.mqtt.published} (${r.mqtt.publishedPerSecond}/s), received by the service ${r.mqtt.received} (${r.mqtt.receivedPerSecond}/s)`,
+      `delivery     ${r.mqtt.acknowledged} acknowledged by the gateway, ${r.mqtt.lostAcknowledged === 0 ? 'all received' : `${r.mqtt.lostAcknowledged} NOT RECEIVED (lost)`}; ${r.mqtt.notAcknowledged} published without an acknowledgement (QoS 0, or unacknowledged when the run ended or the connection dropped)`,
       `https        ${r.https.ok} ok (${r.https.perSecond}/s), p50 ${r.https.latency.p50} ms, p99 ${r.https.latency.p99} ms${r.https.uploadsSkipped > 0 ? `; ${r.https.uploadsSkipped} uploads skipped (no upload route on the gateway)` : ''}`,
     ];
-    if (r.revocationCut) lines.push(`revoke→cut   ${r.revocationCut.count} devices: p50 ${r.revocationCut.p50} ms, max ${r.revocationCut.max} ms`);
+    if (r.revocationCut) lines.push(`revoke→cut   ${r.revocationCut.count} devices: p50 ${r.revocationCut.p50} ms, max ${r.revocationCut.max} ms (registry commit → the device sees the disconnect)`);
     if (r.gatewayRss) lines.push(`gateway RSS  ${(r.gatewayRss.startBytes / 2 ** 20).toFixed(1)} → ${(r.gatewayRss.endBytes / 2 ** 20).toFixed(1)} MiB${r.gatewayRss.perConnectionKiB !== undefined ? ` (${r.gatewayRss.perConnectionKiB} KiB per connection)` : ''}`);
     lines.push(`errors       ${Object.keys(r.errors).length === 0 ? 'none' : Object.entries(r.errors).map(([k, v]) => `${k}×${v}`).join(', ')}`);
     for (const c of r.checks) lines.push(`check        ${c.ok ? 'PASS' : 'FAIL'} ${c.name}: ${c.detail}`);
-    lines.push(`result       ${r.ok ? 'ok' : 'FAILED'} after ${r.seconds} s`);
+    lines.push(`result       ${r.ok ? (r.mqtt.lostAcknowledged > 0 ? `completed — ${r.mqtt.lostAcknowledged} acknowledged messages LOST` : 'ok') : 'FAILED'} after ${r.seconds} s`);
     return lines.join('\n');
   }
 }

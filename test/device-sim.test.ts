@@ -23,7 +23,10 @@ async function simulate(t: import('node:test').TestContext, config: Record<strin
   const report = join(dir, 'report.json');
   const r = await run(process.execPath, [SIM, '--data', data, '--mqtt', mqtt, '--mqtt-url', e['mqtt+tls']!, '--https', e.https!, '--provision', e.provision!,
     '--gateway-pid', String(stack.child.pid), '--json', report, ...extra], { timeoutMs: 180_000 });
-  return { r, report: r.code === 0 || r.code === 1 ? JSON.parse(readFileSync(report, 'utf8')) as { ok: boolean; checks: { name: string; ok: boolean }[]; devices: { connected: number } } : undefined };
+  return { r, report: r.code === 0 || r.code === 1 ? JSON.parse(readFileSync(report, 'utf8')) as {
+    ok: boolean; checks: { name: string; ok: boolean }[]; devices: { connected: number };
+    mqtt: { acknowledged: number; lostAcknowledged: number }; revocationCut?: { count: number; p50: number };
+  } : undefined };
 }
 
 for (const mqtt of ['5', '3'] as const) {
@@ -39,6 +42,13 @@ test(`device-sim/MQTT ${mqtt === '5' ? '5' : '3.1.1'}: the correctness scenario 
     assert.match(names, new RegExp(expected), `check "${expected}" ran`);
   }
   assert.equal(report!.devices.connected, 43);
+  // The load report always says what was delivered (not only under --check), and the cut is
+  // measured from the registry's commit, not from when the CLI returned.
+  assert.ok(report!.mqtt.acknowledged > 0);
+  assert.equal(report!.mqtt.lostAcknowledged, 0);
+  assert.match(r.stdout, /delivery\s+\d+ acknowledged by the gateway, all received/);
+  assert.equal(report!.revocationCut?.count, 3);
+  assert.ok(report!.revocationCut!.p50 > 0, `revoke→cut p50 ${report!.revocationCut!.p50} ms (from the commit)`);
   assert.ok(origin.seen.length > 0, 'cameras uploaded through the HTTPS plane');
   assert.doesNotMatch(r.stdout, /\x1b\[|\r/, 'plain lines without a terminal');
   assert.match(r.stdout, /result\s+ok/);
