@@ -94,10 +94,15 @@ export async function ensureIdentities(
     else if (r.error) throw new Error(`registering the fleet: ${r.error.message}`);
     if (r.token !== undefined) tokens.set(r.id!, r.token);
   }
+  // Devices an earlier run revoked (--revoke-during) stay revoked, whatever import said of them:
+  // the registry's own list decides.
+  const listed = JSON.parse(await fleetgateCli(['device', 'list', '--fleet', 'sim', '--json', '--data', o.dataDir])) as { id: string; status: string }[];
+  for (const d of listed) if (d.status === 'revoked') retired.add(d.id);
   if (retired.size > 0) {
     plan.devices = plan.devices.filter((d) => !retired.has(d.id) && !retired.has(d.parent ?? ''));
     needed.splice(0, needed.length, ...needed.filter((d) => !retired.has(d.id)));
-    process.stdout.write(`note: ${retired.size} device(s) revoked by an earlier run are left out\n`);
+    const left = [...retired].filter((id) => withIdentity.some((d) => d.id === id)).length;
+    if (left > 0) process.stdout.write(`note: ${left} device(s) revoked by an earlier run are left out\n`);
   }
   mkdirSync(o.identitiesDir, { recursive: true, mode: 0o700 });
   if (needed.length > 0) o.progress.start('enrolling', needed.length);
