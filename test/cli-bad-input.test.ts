@@ -88,6 +88,13 @@ test('bad input/usage errors exit 2', async () => {
   assert.match(r.stderr, /USAGE.*--type/);
 });
 
+test('bad input/a data directory that cannot be written is STORAGE_READ_ONLY (exit 7), not INTERNAL', async () => {
+  // /sys: a place even root cannot create a directory in (EPERM, or EROFS where it is mounted read-only).
+  const r = await fleetgate(['init', '--json', '--data', '/sys/fleetgate-cannot-be-here']);
+  assert.equal(errorCode(r), 'STORAGE_READ_ONLY', r.stderr);
+  assert.equal(r.code, ERRORS.STORAGE_READ_ONLY.exit);
+});
+
 test('bad input/commands on an uninitialized data dir say how to fix it and create nothing', async () => {
   const empty = join(fleet.dir, 'never-initialized');
   const r = await fleetgate(['device', 'list', '--json', '--data', empty]);

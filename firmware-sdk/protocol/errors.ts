@@ -50,6 +50,7 @@ export const ERRORS = Object.freeze({
   CONNECTION_LIMIT: entry(429, 3, EXIT.unavailable, 'too many connections'),
   REQUEST_TIMEOUT: entry(408, 5, EXIT.unavailable, 'request timed out'),
   PATH_INVALID: entry(400, 5, EXIT.rejected, 'invalid request path'),
+  STORAGE_READ_ONLY: entry(500, 3, EXIT.unavailable, 'storage not writable'),
 
   // --- devices ---
   DEVICE_ID_INVALID: entry(400, 2, EXIT.usage, 'invalid device id'),
@@ -146,5 +147,13 @@ export class FleetgateError extends Error {
 export function toFleetgateError(err: unknown): FleetgateError {
   if (err instanceof FleetgateError) return err;
   const text = err instanceof Error ? err.message : String(err);
+  // A file or database that must be written cannot be (a read-only data or identity directory,
+  // a read-only file system, no permission): its own code, not INTERNAL — the operator can fix it.
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && (READ_ONLY_ERRNO.has(code) || code.startsWith('SQLITE_READONLY'))) {
+    return new FleetgateError('STORAGE_READ_ONLY', `cannot write: ${text}`, { cause: err, ...(typeof (err as { path?: unknown }).path === 'string' && { detail: { path: (err as { path: string }).path } }) });
+  }
   return new FleetgateError('INTERNAL', text, { cause: err });
 }
+
+const READ_ONLY_ERRNO = new Set(['EROFS', 'EACCES', 'EPERM']);

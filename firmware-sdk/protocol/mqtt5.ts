@@ -64,6 +64,7 @@ function preferred(code: ErrorCode): number {
   switch (code) {
     case 'REGISTRY_UNAVAILABLE':
     case 'INTERNAL':
+    case 'STORAGE_READ_ONLY':
       return REASON.SERVER_UNAVAILABLE;
     case 'RATE_LIMITED':
     case 'CONNECTION_LIMIT':

@@ -41,6 +41,10 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
   } catch (err) {
     db?.close();
     if (err instanceof FleetgateError) throw err;
+    // A registry that exists but cannot be written (read-only data directory or file system).
+    if (String((err as { code?: unknown }).code ?? '').startsWith('SQLITE_READONLY')) {
+      throw new FleetgateError('STORAGE_READ_ONLY', `registry ${file} is not writable: ${(err as Error).message}`, { cause: err, detail: { file } });
+    }
     throw new FleetgateError('REGISTRY_UNAVAILABLE', `cannot open registry ${file}: ${(err as Error).message}`, { cause: err, detail: { file } });
   }
 }

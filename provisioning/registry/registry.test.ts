@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
-import { FleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
+import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeSerial } from './hex.ts';
 import { parseRevocationReason } from './reasons.ts';
 import { RegistryReader } from './reader.ts';
@@ -51,6 +51,21 @@ test('registry/reader is read-only', (t) => {
   t.after(() => reader.close());
   assert.equal(reader.getDevice('d1')?.status, 'pending');
   assert.throws(() => reader.db.prepare("UPDATE devices SET status = 'active'").run(), /readonly/i);
+});
+
+test('registry/a write SQLite refuses as read-only is STORAGE_READ_ONLY, not INTERNAL', (t) => {
+  const { writer, file } = open(t);
+  writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
+  const reader = new RegistryReader(file); // a real read-only connection: the write fails in SQLite itself
+  t.after(() => reader.close());
+  let err: unknown;
+  try {
+    reader.db.prepare("UPDATE devices SET status = 'active'").run();
+  } catch (e) {
+    err = e;
+  }
+  assert.equal(toFleetgateError(err).code, 'STORAGE_READ_ONLY');
+  assert.equal(toFleetgateError(new Error('something else')).code, 'INTERNAL');
 });
 
 test('registry/reader refuses a missing file (fail closed)', () => {
