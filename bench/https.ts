@@ -1,11 +1,16 @@
-// npm run bench:https — the HTTPS plane, gateway in its own process:
+// npm run bench:https — the HTTPS plane, gateway in its own process, and nginx beside it in the
+// same run (Debian nginx-light; `ssl_verify_client on` with the same CA, server certificate and
+// client certificate; `proxy_pass` to the same origin with upstream keep-alive, and `return 200`):
 //  1. requests/s and p50/p99 with a new TLS connection per request, and with keep-alive
-//  2. gateway CPU per request (from /proc), proxied to a trivial origin
+//  2. server CPU per request (from /proc, every server process counted), proxied to a trivial
+//     origin, and fleetgate/nginx ratios (BENCH_NGINX=0 skips nginx)
 //  3. the gateway's own per-request overhead — status check + assertion mint — in µs, beside
 //     the raw P-256 signature (crypto.sign) and jose's SignJWT, all measured in this run.
 // Loopback only; bounded counts.
 import { generateKeyPairSync, sign } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect as tlsConnect } from 'node:tls';
 import { createServer } from 'node:http';
 import { Agent, request } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -33,32 +38,101 @@ writeFileSync(join(fleet.config.dataDir, 'fleetgate.json'), JSON.stringify({
 const dev = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-cam', type: 'camera' });
 fleet.registry.close();
 const gw = await spawnGateway(fleet.config.dataDir);
-const base = gw.endpoints.https!;
 const ca = readFileSync(fleet.paths.rootCert);
-log(`fleetgate bench:https — node ${process.version}; ${NEW_CONN} requests on new connections, ${KEEPALIVE} keep-alive (${CONCURRENCY} clients)`);
+const NGINX = process.env.BENCH_NGINX !== '0';
+log(`fleetgate bench:https — node ${process.version}; ${NEW_CONN} requests on new connections, ${KEEPALIVE} keep-alive (${CONCURRENCY} clients); peer: ${NGINX ? 'nginx' : 'none'}`);
 
-function get(path: string, agent: Agent | false): Promise<number> {
+/** A server under test: where it answers, and the CPU seconds all its processes used so far. */
+interface Server { name: string; base: string; cpuSeconds(): number; stop(): Promise<void> }
+
+function procCpu(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** nginx with the same CA, server certificate and origin, on a free port; master + 1 worker, both counted. */
+async function startNginx(): Promise<Server> {
+  const dir = join(fleet.dir, 'nginx');
+  mkdirSync(join(dir, 'logs'), { recursive: true });
+  const port = await new Promise<number>((resolve) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => resolve(p)); }); });
+  const clientCa = join(dir, 'client-ca.pem');
+  writeFileSync(clientCa, readFileSync(fleet.paths.rootCert, 'utf8') + readFileSync(join(fleet.config.dataDir, 'ca', 'intermediate.crt'), 'utf8'));
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, `worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream origin { server 127.0.0.1:${(origin.address() as AddressInfo).port}; keepalive 32; }
+  server {
+    listen 127.0.0.1:${port} ssl;
+    ssl_certificate ${fleet.paths.serverCert};
+    ssl_certificate_key ${fleet.paths.serverKey};
+    ssl_client_certificate ${clientCa};
+    ssl_verify_client on;
+    ssl_verify_depth 2;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    keepalive_requests 100000;
+    location /api/ { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location = /v1/whoami { return 200 "ok"; }
+  }
+}
+`);
+  const child: ChildProcess = spawn('nginx', ['-p', dir, '-c', conf, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
+  for (let i = 0; i < 200; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (up) break;
+    if (child.exitCode !== null) throw new Error(`nginx exited: ${err}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const pids = () => {
+    const f = `/proc/${child.pid}/task/${child.pid}/children`;
+    return [child.pid!, ...(existsSync(f) ? readFileSync(f, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number) : [])];
+  };
+  return {
+    name: 'nginx', base: `https://127.0.0.1:${port}`,
+    cpuSeconds: () => pids().reduce((n, pid) => n + procCpu(pid), 0),
+    stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGQUIT'); }),
+  };
+}
+
+const fleetgate: Server = { name: 'fleetgate', base: gw.endpoints.https!, cpuSeconds: () => gw.cpuSeconds(), stop: () => gw.stop() };
+const nginx = NGINX ? await startNginx() : undefined;
+
+function get(server: Server, path: string, agent: Agent | false): Promise<number> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    request(`${base}${path}`, { agent, ca, cert: dev.certPem, key: dev.keyPem, servername: 'localhost' }, (res) => {
+    request(`${server.base}${path}`, { agent, ca, cert: dev.certPem, key: dev.keyPem, servername: 'localhost' }, (res) => {
       res.resume();
-      res.on('end', () => (res.statusCode === 200 ? resolve(performance.now() - started) : reject(new Error(`status ${res.statusCode}`))));
+      res.on('end', () => (res.statusCode === 200 ? resolve(performance.now() - started) : reject(new Error(`${server.name}: status ${res.statusCode}`))));
     }).on('error', reject).end();
   });
 }
 
-async function phase(name: string, count: number, clients: number, path: string, agent: Agent | false): Promise<void> {
+/** One phase on one server: requests/s, latency, server CPU per request (µs). */
+async function phase(server: Server, name: string, count: number, clients: number, path: string, keepAlive: boolean): Promise<number> {
+  const agent = keepAlive ? new Agent({ keepAlive: true, maxSockets: clients }) : false;
+  if (agent !== false) await Promise.all(Array.from({ length: clients }, () => get(server, path, agent))); // connections opened before measuring
   const latencies: number[] = [];
-  const cpu0 = gw.cpuSeconds();
+  const cpu0 = server.cpuSeconds();
   const t0 = performance.now();
   let next = 0;
   await Promise.all(Array.from({ length: clients }, async () => {
-    while (next++ < count) latencies.push(await get(path, agent));
+    while (next++ < count) latencies.push(await get(server, path, agent));
   }));
   const seconds = (performance.now() - t0) / 1000;
-  const cpu = gw.cpuSeconds() - cpu0;
+  const cpuUs = ((server.cpuSeconds() - cpu0) / count) * 1e6;
+  if (agent !== false) agent.destroy();
   latencies.sort((a, b) => a - b);
-  log(`${name.padEnd(34)} ${fmt(count / seconds, 0).padStart(6)} req/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; gateway CPU ${fmt((cpu / count) * 1e6, 0)} µs/request`);
+  log(`${`${server.name}: ${name}`.padEnd(46)} ${fmt(count / seconds, 0).padStart(6)} req/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; server CPU ${fmt(cpuUs, 0)} µs/request`);
+  return cpuUs;
 }
 
 function median(fn: () => unknown, runs = 5_000): number {
@@ -69,12 +143,25 @@ function median(fn: () => unknown, runs = 5_000): number {
 }
 
 try {
-  await phase('new connection per request, proxied', NEW_CONN, 2, '/api/x', false);
-  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
-  await get('/api/x', agent);
-  await phase('keep-alive, proxied (check+JWT+proxy)', KEEPALIVE, CONCURRENCY, '/api/x', agent);
-  await phase('keep-alive, /v1/whoami (check only)', KEEPALIVE, CONCURRENCY, '/v1/whoami', agent);
-  agent.destroy();
+  // Interleaved per phase: fleetgate, then nginx, with the same client and certificate.
+  const rows: [string, number, number | undefined, string][] = [];
+  for (const [name, count, clients, path, keepAlive, target] of [
+    ['new connection per request, proxied', NEW_CONN, 2, '/api/x', false, '≤ 1.0'],
+    ['keep-alive, proxied', KEEPALIVE, CONCURRENCY, '/api/x', true, '≤ 4'],
+    ['keep-alive, answered locally', KEEPALIVE, CONCURRENCY, '/v1/whoami', true, '≤ 3'],
+  ] as const) {
+    const f = await phase(fleetgate, name, count, clients, path, keepAlive);
+    const n = nginx === undefined ? undefined : await phase(nginx, name, count, clients, path, keepAlive);
+    rows.push([name, f, n, target]);
+  }
+  if (nginx !== undefined) {
+    log('');
+    log('server CPU per request (lower is better); ratio = fleetgate / nginx (fleetgate: + status check + JWT; local: /v1/whoami vs `return 200`)');
+    log('| work | fleetgate | nginx | ratio | target |');
+    log('| --- | --- | --- | --- | --- |');
+    for (const [name, f, n, target] of rows) log(`| ${name} | ${fmt(f, 0)} µs | ${fmt(n!, 0)} µs | ${fmt(f / n!, 2)}× | ${target} |`);
+    log('');
+  }
 
   // The gateway's own per-request work, measured here on the same data and keys.
   const checker = new StatusChecker(fleet.paths.registry);
@@ -83,7 +170,9 @@ try {
   const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const minter = new AssertionMinter('fleetgate', { kid: 'bench', privateKey });
   const joseKey = await importPKCS8(privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, 'ES256');
-  const raw = median(() => sign('sha256', Buffer.from('x'.repeat(300)), { key: privateKey, dsaEncoding: 'ieee-p1363' }));
+  // The raw signature: a prepared KeyObject, DER output — the least any ES256 token can cost.
+  const signed = Buffer.from('x'.repeat(300));
+  const raw = median(() => sign('sha256', signed, privateKey));
   const mint = median(() => minter.mint(device, identity, 'urn:bench', 30_000));
   const check = median(() => checker.status(identity));
   const joseTimes: number[] = [];
@@ -95,11 +184,12 @@ try {
   const jose = percentile(joseTimes.slice(500).sort((a, b) => a - b), 50) * 1000;
   log(`raw P-256 signature (crypto.sign)    ${fmt(raw, 1)} µs median`);
   log(`assertion mint (ours, crypto.sign)    ${fmt(mint, 1)} µs median — ${fmt(mint / raw, 2)}× the raw signature (jose SignJWT: ${fmt(jose, 1)} µs)`);
-  log(`status check (registry, per request)  ${fmt(check, 1)} µs median`);
+  log(`registry status check (registry thread: a connection's first request, unless remembered)  ${fmt(check, 1)} µs median`);
   log(`per-request overhead (check + mint)   ${fmt(check + mint, 1)} µs`);
   checker.close();
 } finally {
   await gw.stop();
+  await nginx?.stop();
   origin.close();
   fleet.cleanup();
 }
