@@ -1,6 +1,7 @@
-import replyFrom from '@fastify/reply-from';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { Transform } from 'node:stream';
+import type { IncomingHttpHeaders } from 'node:http';
+import { Transform, type Readable } from 'node:stream';
+import { Pool, type Dispatcher } from 'undici';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import type { Logger } from 'pino';
 import type { HttpsConfig, RouteConfig } from '../../config/config.ts';
@@ -139,6 +140,9 @@ function watchBody(limit: number, pace: { idleMs: number; minBytesPerSecond: num
   return body;
 }
 
+/** Request headers that belong to one connection (RFC 9110 §7.6.1) or name the gateway as host: never forwarded. */
+const REQUEST_HOP_BY_HOP = ['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'expect'];
+
 function originError(err: Error & { code?: string }): FleetgateError {
   const code = err.code ?? '';
   if (/TIMEOUT/i.test(code) || /timeout/i.test(err.message)) return new FleetgateError('ORIGIN_TIMEOUT', `origin did not answer in time (${code || err.message})`);
@@ -175,7 +179,17 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     metrics.httpsHandshakes.inc();
     perDevice.opened(socket);
   });
-  await app.register(replyFrom, { disableRequestLogging: true, undici: { connections: 128, pipelining: 1 } });
+  // One undici Pool per origin (keep-alive, no pipelining): requests and responses stream
+  // through it with backpressure; nothing is buffered.
+  const pools = new Map<string, Pool>();
+  const poolFor = (origin: string): Pool => {
+    let pool = pools.get(origin);
+    if (pool === undefined) pools.set(origin, (pool = new Pool(origin, { connections: 128, pipelining: 1 })));
+    return pool;
+  };
+  app.addHook('onClose', async () => {
+    await Promise.all([...pools.values()].map((p) => p.destroy()));
+  });
 
   // Bodies are never parsed or buffered here: they stream to the origin.
   app.removeAllContentTypeParsers();
@@ -261,17 +275,33 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     }
     // The upstream URL is built from the normalised path, never from the raw request line.
     const upstreamPath = route.stripPrefix ? path.slice(route.prefix.replace(/\/$/, '').length) || '/' : path;
-    return reply.from(route.origin + upstreamPath + (query === '' ? '' : `?${query}`), {
-      timeout: route.timeoutMs,
-      rewriteRequestHeaders: (r, headers) => originRequestHeaders(headers, { assertionHeader: config.assertionHeader, token, clientIp: r.ip }),
-      rewriteHeaders: (headers) => deviceResponseHeaders(headers, { assertionHeader: config.assertionHeader, token }),
-      onResponse: (_r, rep, res) => {
-        metrics.httpsRequests.inc({ code: 'OK' });
-        log.info({ decision: 'proxied', route: route.prefix, status: res.statusCode, deviceId: state.device.id, serial: state.identity.serial }, 'https request proxied');
-        void rep.send(res.stream);
-      },
-      onError: (rep, { error }) => respond(req, rep as unknown as FastifyReply, state.bodyError ?? originError(error)),
+    const headers = originRequestHeaders(req.headers, { assertionHeader: config.assertionHeader, token, clientIp: req.ip });
+    // The origin's own Host (like a reverse proxy's default), and nothing connection-specific.
+    for (const h of REQUEST_HOP_BY_HOP) delete headers[h];
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await poolFor(route.origin).request({
+        path: upstreamPath + (query === '' ? '' : `?${query}`),
+        method: req.method as Dispatcher.HttpMethod,
+        headers: headers as Record<string, string | string[]>,
+        body: req.body === undefined ? null : (req.body as Readable),
+        headersTimeout: route.timeoutMs,
+        bodyTimeout: route.timeoutMs,
+      });
+    } catch (err) {
+      throw state.bodyError ?? originError(err as Error & { code?: string });
+    }
+    metrics.httpsRequests.inc({ code: 'OK' });
+    log.info({ decision: 'proxied', route: route.prefix, status: res.statusCode, deviceId: state.device.id, serial: state.identity.serial }, 'https request proxied');
+    void reply.code(res.statusCode);
+    for (const [name, value] of Object.entries(deviceResponseHeaders(res.headers as IncomingHttpHeaders, { assertionHeader: config.assertionHeader, token }))) {
+      if (value !== undefined) void reply.header(name, value);
+    }
+    // A device that goes away stops the origin's response too.
+    req.raw.once('close', () => {
+      if (!res.body.readableEnded) res.body.destroy();
     });
+    return reply.send(res.body);
   });
 
   function whoami(device: DeviceRecord, { identity }: Admitted) {
