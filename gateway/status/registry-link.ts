@@ -95,6 +95,7 @@ export class RegistryLink {
           }
           started = true;
           if (this.#lastSeq < 0) this.#lastSeq = m.ready;
+          this.#feedChanged('up'); // a restarted thread reads the feed again: refusing everything would never end otherwise
           resolve();
           return;
         }
@@ -249,10 +250,6 @@ export class RegistryLink {
       this.#cache.clear();
       this.#byDevice.clear();
     }
-  }
-
-  get cacheSize(): number {
-    return this.#cache.size;
   }
 
   async close(): Promise<void> {

@@ -91,8 +91,8 @@ port.on('message', (m: ToWorker) => {
 let timer: NodeJS.Timeout | undefined;
 try {
   // A restarted thread goes on from where the last one stopped: no event is skipped.
-  last = since >= 0 ? since : checker.reader().lastStatusSeq();
-  checker.reader();
+  const reader = checker.reader(); // throws if the registry cannot be read
+  last = since >= 0 ? since : reader.lastStatusSeq();
   post({ ready: last });
   timer = setInterval(poll, pollMs);
 } catch (err) {
