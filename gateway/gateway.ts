@@ -151,7 +151,8 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     ports: { ...listeners.ports, https: httpsPlane.port, admin: admin.port },
     sessions, metrics, kick,
     async close() {
-      for (const s of sessions.all()) s.close();
+      plane.disconnectAll(); // as a shutdown, not as a cut
+      for (const s of sessions.all()) s.close(); // the HTTPS connections left
       await Promise.all([
         new Promise((r) => listeners.mqtts.close(r)),
         new Promise((r) => listeners.wss.close(r)),

@@ -788,7 +788,6 @@ export class MqttPlane {
       const cut = conn.session?.cut;
       let code = reasonCode ?? CLOSE_REASONS[reason] ?? REASON.UNSPECIFIED;
       let text = detail;
-      if (reason === 'cut' && cut === undefined) code = REASON.SERVER_SHUTTING_DOWN; // the gateway closes its sessions on shutdown
       if ((reason === 'cut' || reason === 'denied') && cut !== undefined) {
         // A kick is the operator's act; the rest are the registry's verdict on the certificate or device.
         code = cut === 'NOT_AUTHORIZED' ? REASON.ADMINISTRATIVE_ACTION : reasonCodeFor(cut, 'disconnect');
@@ -908,11 +907,16 @@ export class MqttPlane {
     else this.#deps.log.warn(line, 'mqtt connection refused');
   }
 
+  /** The gateway is stopping: every connection is closed (MQTT 5: DISCONNECT 0x8B), no will is sent. */
+  disconnectAll(): void {
+    for (const conn of [...this.#connections]) this.#close(conn, 'shutdown');
+  }
+
   async close(): Promise<void> {
     clearInterval(this.#sweep);
     for (const timer of this.#pendingWills.values()) clearTimeout(timer);
     this.#pendingWills.clear();
-    for (const conn of [...this.#connections]) this.#close(conn, 'shutdown');
+    this.disconnectAll();
     this.#store?.close();
   }
 }
