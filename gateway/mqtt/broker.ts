@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
@@ -56,16 +57,6 @@ function publishable(session: Session, topic: string): boolean {
 
 /** Packets a client may send before its admission is decided (CONNECT and what it pipelines after it). */
 const MAX_HELD_PACKETS = 32;
-
-const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-function isUtf8(b: Buffer): boolean {
-  try {
-    UTF8.decode(b);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** MQTT 5 DISCONNECT reason for why the gateway closes a connection. */
 const CLOSE_REASONS: Record<string, number> = {
@@ -383,11 +374,10 @@ export class MqttPlane {
     if (mqtt === undefined) {
       mqtt = new MqttSession(p.clientId, session.device.id, persistent);
       this.#mqttSessions.set(p.clientId, mqtt);
-    } else if (mqtt.persistent && !persistent) {
-      this.#store?.dropSession(mqtt.clientId); // resumed, but it now ends with this connection
+    } else if (!persistent) {
+      // Resumed (only a persistent session is), but it now ends with this connection.
+      this.#store?.dropSession(mqtt.clientId);
       mqtt.persistent = false;
-    } else if (!mqtt.persistent && persistent) {
-      mqtt.persistent = true;
     }
     mqtt.expiryMs = expiryS * 1000;
     if (mqtt.persistent) this.#store?.saveSession(mqtt.clientId, mqtt.deviceId, Date.now());
