@@ -28,37 +28,36 @@ const tlsArgs = (cred?: Credential) => [
   ...(cred ? ['--cert', cred.certFile, '--key', cred.keyFile, '-i', cred.deviceId] : ['-i', 'sensor-1']),
 ];
 
-test('mosquitto/sub and pub with their certificates exchange a message under their own topics', async () => {
-  const sub = spawn('mosquitto_sub', [...tlsArgs(c.svc), '-t', 'devices/+/telemetry', '-C', '1', '-v', '-W', '15'], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * mosquitto_sub waiting for one message while mosquitto_pub publishes it: the subscriber's
+ * SUBSCRIBE may land after the first PUBLISH, so publish until it has one (bounded). Resolves
+ * with what the subscriber printed once it exited successfully.
+ */
+async function exchange(subArgs: string[], pubArgs: string[]): Promise<string> {
+  const sub = spawn('mosquitto_sub', [...subArgs, '-C', '1', '-W', '15'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   sub.stdout.on('data', (b: Buffer) => { out += b.toString(); });
   sub.stderr.on('data', (b: Buffer) => { err += b.toString(); });
   const exited = new Promise<number | null>((resolve) => sub.on('exit', (code) => resolve(code)));
-  // The subscriber's SUBSCRIBE may land after our first PUBLISH: publish until it has one (bounded).
   for (let i = 0; i < 40 && sub.exitCode === null && out === ''; i++) {
-    const pub = await run('mosquitto_pub', [...tlsArgs(c.dev), '-t', 'devices/sensor-1/telemetry', '-m', '{"t":21.5}', '-q', '1']);
+    const pub = await run('mosquitto_pub', pubArgs);
     assert.equal(pub.code, 0, pub.stderr);
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.equal(await exited, 0, err);
-  assert.equal(out.trim(), 'devices/sensor-1/telemetry {"t":21.5}');
+  return out.trim();
+}
+
+test('mosquitto/sub and pub with their certificates exchange a message under their own topics', async () => {
+  const out = await exchange([...tlsArgs(c.svc), '-t', 'devices/+/telemetry', '-v'], [...tlsArgs(c.dev), '-t', 'devices/sensor-1/telemetry', '-m', '{"t":21.5}', '-q', '1']);
+  assert.equal(out, 'devices/sensor-1/telemetry {"t":21.5}');
 });
 
 test('mosquitto -V mqttv5/sub and pub exchange a message with a user property; a publish outside the device\'s topics is answered "not authorized" without a disconnect', async () => {
-  const sub = spawn('mosquitto_sub', ['-V', 'mqttv5', ...tlsArgs(c.svc), '-t', 'devices/+/v5', '-C', '1', '-F', '%t %p', '-W', '15'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  sub.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-  sub.stderr.on('data', (b: Buffer) => { err += b.toString(); });
-  const exited = new Promise<number | null>((resolve) => sub.on('exit', (code) => resolve(code)));
-  for (let i = 0; i < 40 && sub.exitCode === null && out === ''; i++) {
-    const pub = await run('mosquitto_pub', ['-V', 'mqttv5', ...tlsArgs(c.dev), '-t', 'devices/sensor-1/v5', '-m', 'five', '-q', '1', '-D', 'publish', 'user-property', 'site', 'north']);
-    assert.equal(pub.code, 0, pub.stderr);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  assert.equal(await exited, 0, err);
-  assert.equal(out.trim(), 'devices/sensor-1/v5 five');
+  const out = await exchange(['-V', 'mqttv5', ...tlsArgs(c.svc), '-t', 'devices/+/v5', '-F', '%t %p'],
+    ['-V', 'mqttv5', ...tlsArgs(c.dev), '-t', 'devices/sensor-1/v5', '-m', 'five', '-q', '1', '-D', 'publish', 'user-property', 'site', 'north']);
+  assert.equal(out, 'devices/sensor-1/v5 five');
   // MQTT 5 lets the gateway say no to one PUBLISH (PUBACK 0x87) instead of closing the connection.
   const denied = await run('mosquitto_pub', ['-V', 'mqttv5', ...tlsArgs(c.dev), '-t', 'devices/other/v5', '-m', 'x', '-q', '1', '-d']);
   assert.match(denied.stdout + denied.stderr, /PUBACK \(Mid: ?\d+, RC: ?135\)|PUBACK.*not authori[sz]ed/is);
