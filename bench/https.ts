@@ -10,7 +10,6 @@
 import { generateKeyPairSync, sign } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect as tlsConnect } from 'node:tls';
 import { createServer } from 'node:http';
 import { Agent, request } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -21,7 +20,7 @@ import { StatusChecker } from '../gateway/status/check.ts';
 import { identityFromCertificate } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { enrollDevice } from '../harness/pki.ts';
 import { X509Certificate } from 'node:crypto';
-import { benchFleet, fmt, percentile, spawnGateway } from './lib.ts';
+import { benchFleet, fmt, freePort, percentile, spawnGateway, untilTlsListening } from './lib.ts';
 
 const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 300);
 const KEEPALIVE = Number(process.env.BENCH_KEEPALIVE ?? 4_000);
@@ -54,7 +53,7 @@ function procCpu(pid: number): number {
 async function startNginx(): Promise<Server> {
   const dir = join(fleet.dir, 'nginx');
   mkdirSync(join(dir, 'logs'), { recursive: true });
-  const port = await new Promise<number>((resolve) => { const s = createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as AddressInfo).port; s.close(() => resolve(p)); }); });
+  const port = await freePort();
   const clientCa = join(dir, 'client-ca.pem');
   writeFileSync(clientCa, readFileSync(fleet.paths.rootCert, 'utf8') + readFileSync(join(fleet.config.dataDir, 'ca', 'intermediate.crt'), 'utf8'));
   const conf = join(dir, 'nginx.conf');
@@ -83,15 +82,7 @@ http {
   const child: ChildProcess = spawn('nginx', ['-p', dir, '-c', conf, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
-  for (let i = 0; i < 200; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (up) break;
-    if (child.exitCode !== null) throw new Error(`nginx exited: ${err}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await untilTlsListening(port, child, 'nginx', () => err);
   const pids = () => {
     const f = `/proc/${child.pid}/task/${child.pid}/children`;
     return [child.pid!, ...(existsSync(f) ? readFileSync(f, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number) : [])];

@@ -1,6 +1,6 @@
 // Shared by the benchmark scripts: a gateway in its own process (so its CPU can be measured),
 // a fleet of enrolled devices, and small statistics helpers. Loopback only; bounded loops.
-export { benchFleet, spawnGateway, spawnService, type GatewayProcess } from '../harness/services.ts';
+export { benchFleet, freePort, spawnGateway, spawnService, untilTlsListening, type GatewayProcess } from '../harness/services.ts';
 
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;

@@ -11,13 +11,12 @@
 // Servers are child processes on loopback ports, stopped by PID. Every loop is bounded.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import mqtt, { type MqttClient } from 'mqtt';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import { csrPem, enrollDevice, newKeys, type Credential } from '../harness/pki.ts';
-import { benchFleet, fmt, percentile, spawnService, type GatewayProcess } from './lib.ts';
+import { benchFleet, fmt, freePort, percentile, spawnService, untilTlsListening, type GatewayProcess } from './lib.ts';
 
 const CONNECTS = Number(process.env.BENCH_CONNECTS ?? 300);
 const CONNECT_CONCURRENCY = 4;
@@ -45,14 +44,6 @@ function procStat(pid: number): { cpu: number; rss: number } {
   return { cpu: (Number(f[11]) + Number(f[12])) / 100, rss: Number(f[21]) * 4096 };
 }
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const { port } = s.address() as AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 async function startMosquitto(): Promise<Server> {
   const port = await freePort();
   const conf = join(fleet.dir, 'mosquitto.conf');
@@ -65,15 +56,7 @@ async function startMosquitto(): Promise<Server> {
   const child: ChildProcess = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (up) break;
-    if (child.exitCode !== null) throw new Error(`mosquitto exited: ${err}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await untilTlsListening(port, child, 'mosquitto', () => err);
   return {
     name: 'mosquitto', url: `mqtts://127.0.0.1:${port}`,
     cpuSeconds: () => procStat(child.pid!).cpu, rssBytes: () => procStat(child.pid!).rss,

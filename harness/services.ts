@@ -4,7 +4,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
+import { connect as tlsConnect } from 'node:tls';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
@@ -15,6 +17,32 @@ export const ROOT = resolve(import.meta.dirname, '..');
 
 /** The flags `bin/fleetgate.ts` runs servers with (V8 young generation, OpenSSL config): servers spawned by path get them too. */
 export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2', `--openssl-config=${join(resolve(import.meta.dirname, '..'), 'config', 'openssl.cnf')}`];
+
+/** A loopback port nothing listens on right now (for peers that need a fixed port in their config). */
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const { port } = s.address() as AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/**
+ * Resolves once something answers a TLS handshake on 127.0.0.1:`port` (a peer server started as
+ * `child`); rejects with what it printed if the child exits first, or after ~10 s.
+ */
+export async function untilTlsListening(port: number, child: ChildProcess, name: string, stderr: () => string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (up) return;
+    if (child.exitCode !== null) throw new Error(`${name} exited: ${stderr()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`${name} did not listen on ${port}: ${stderr()}`);
+}
 
 /** A data dir with a CA and registry in a temp dir (benchmarks); `cleanup` removes it. */
 export async function benchFleet() {

@@ -7,26 +7,16 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
-import { spawnService, type GatewayProcess } from '../harness/services.ts';
+import { freePort, spawnService, type GatewayProcess } from '../harness/services.ts';
 import { ROOT, tempDir } from './helpers/run.ts';
 
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
 const start = README.indexOf('<!-- first-hour:start -->');
 const end = README.indexOf('<!-- first-hour:end -->');
 const blocks = [...README.slice(start, end).matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** Runs one block in bash -e -o pipefail; resolves with its output once bash exits (background jobs it started keep running). */
 function runBlock(script: string, cwd: string, env: NodeJS.ProcessEnv, children: ChildProcess[]): Promise<{ code: number | null; out: string }> {
