@@ -232,11 +232,10 @@ export class Device extends EventEmitter {
     this.#serverDisconnect = undefined;
     this.#log('disconnect', said?.reasonCode === undefined ? {} : { reasonCode: said.reasonCode, reason: said.properties?.reasonString });
     this.emit('disconnect', said);
-    // MQTT 5: the gateway said why. Revoked, suspended, denylisted: stop now, without asking again.
-    // A kick, a takeover, a restart or a timeout: reconnect as usual.
-    const transient: readonly number[] = [REASON.ADMINISTRATIVE_ACTION, REASON.SESSION_TAKEN_OVER, REASON.SERVER_SHUTTING_DOWN, REASON.KEEP_ALIVE_TIMEOUT, REASON.QUOTA_EXCEEDED, REASON.SERVER_BUSY];
-    const verdict: readonly number[] = [REASON.NOT_AUTHORIZED, REASON.BANNED];
-    if (said?.reasonCode !== undefined && verdict.includes(said.reasonCode) && !transient.includes(said.reasonCode)) {
+    // MQTT 5: the gateway said why. A verdict on this device (Not authorized with a code such as
+    // CERT_REVOKED, DEVICE_SUSPENDED, DENYLISTED): stop now, without asking again. Anything else —
+    // a kick (0x98), a takeover (0x8E), a restart (0x8B), a timeout: reconnect as usual.
+    if (said?.reasonCode === REASON.NOT_AUTHORIZED || said?.reasonCode === REASON.BANNED) {
       const code = codeFromReason(said.reasonCode, said.properties?.reasonString);
       if (FATAL.has(code)) return this.#refuse(new FleetgateError(code, `the gateway closed the connection: ${said.properties?.reasonString ?? `reason 0x${said.reasonCode.toString(16)}`}`));
     }
