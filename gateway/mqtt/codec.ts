@@ -302,6 +302,7 @@ class Reader {
     if (this.left < length) throw new MalformedPacket('MQTT5-§2.2.2.1', 'property length past the end of the packet');
     const end = this.pos + length;
     const out: Properties = {};
+    const set = out as Record<string, unknown>;
     const seen = new Set<number>();
     while (this.pos < end) {
       const id = this.varint('property identifier');
@@ -317,14 +318,14 @@ class Reader {
         case 'byte': {
           const v = this.u8(what);
           if (v > 1) throw new MalformedPacket('MQTT5-§2.2.2.2', `${what} is ${v} (0 or 1)`, PROTOCOL_ERROR);
-          (out as Record<string, unknown>)[name] = v;
+          set[name] = v;
           break;
         }
-        case 'u16': (out as Record<string, unknown>)[name] = this.u16(what); break;
-        case 'u32': (out as Record<string, unknown>)[name] = this.u32(what); break;
-        case 'varint': (out as Record<string, unknown>)[name] = this.varint(what); break;
-        case 'string': (out as Record<string, unknown>)[name] = this.string(what); break;
-        case 'binary': (out as Record<string, unknown>)[name] = Buffer.from(this.bytes(what)); break;
+        case 'u16': set[name] = this.u16(what); break;
+        case 'u32': set[name] = this.u32(what); break;
+        case 'varint': set[name] = this.varint(what); break;
+        case 'string': set[name] = this.string(what); break;
+        case 'binary': set[name] = Buffer.from(this.bytes(what)); break;
         case 'pair': {
           const k = this.string('user property name');
           const v = this.string('user property value');
@@ -387,7 +388,7 @@ function decodeConnect(r: Reader): ConnectPacket {
   const hasPassword = (flags & 0x40) !== 0;
   const hasUsername = (flags & 0x80) !== 0;
   if (willQos === 3) throw new MalformedPacket(v5 ? 'MQTT-3.1.2-12' : 'MQTT-3.1.2-14', 'will QoS 3');
-  if (!willFlag && (willQos !== 0 || willRetain)) throw new MalformedPacket(v5 ? 'MQTT-3.1.2-11' : 'MQTT-3.1.2-11', 'will QoS or retain set without the will flag');
+  if (!willFlag && (willQos !== 0 || willRetain)) throw new MalformedPacket('MQTT-3.1.2-11', 'will QoS or retain set without the will flag');
   if (hasPassword && !hasUsername && protocolLevel === 4) throw new MalformedPacket('MQTT-3.1.2-22', 'password flag without the user name flag');
   const properties = v5 ? r.properties('connect') : undefined;
   const clientId = r.string('client identifier');
