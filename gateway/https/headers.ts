@@ -37,20 +37,28 @@ export function isSpoofable(name: string, assertionHeader: string): boolean {
   return n === canonicalHeaderName(assertionHeader) || STRIPPED.has(n) || STRIPPED_PREFIXES.some((p) => n.startsWith(p));
 }
 
-/** The request headers the origin receives. */
+/** RFC 9110 §7.6.1: connection-specific; the gateway's own connection with the device decides them. Trailers are not forwarded. */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
+
+/**
+ * The request headers the origin receives: not the spoofable ones, not the connection-specific
+ * ones ({@link HOP_BY_HOP}), not `Host` or `Expect` (the origin's own Host is used, like a
+ * reverse proxy's default; the gateway answers `Expect` itself).
+ */
 export function originRequestHeaders(
   headers: IncomingHttpHeaders, opts: { assertionHeader: string; token: string; clientIp: string },
 ): IncomingHttpHeaders {
   const out: IncomingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) if (!isSpoofable(name, opts.assertionHeader)) out[name] = value;
+  for (const [name, value] of Object.entries(headers)) {
+    const n = name.toLowerCase();
+    if (!isSpoofable(name, opts.assertionHeader) && !HOP_BY_HOP.has(n) && n !== 'host' && n !== 'expect') out[name] = value;
+  }
   out[opts.assertionHeader.toLowerCase()] = opts.token;
   out['x-forwarded-for'] = opts.clientIp;
   out['x-forwarded-proto'] = 'https';
   return out;
 }
 
-/** RFC 9110 §7.6.1: connection-specific; the gateway's own connection with the device decides them. Trailers are not forwarded. */
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
 
 /**
  * The response headers the device receives: never the assertion. The assertion header is

@@ -140,9 +140,6 @@ function watchBody(limit: number, pace: { idleMs: number; minBytesPerSecond: num
   return body;
 }
 
-/** Request headers that belong to one connection (RFC 9110 §7.6.1) or name the gateway as host: never forwarded. */
-const REQUEST_HOP_BY_HOP = ['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'te', 'trailer', 'expect'];
-
 function originError(err: Error & { code?: string }): FleetgateError {
   const code = err.code ?? '';
   if (/TIMEOUT/i.test(code) || /timeout/i.test(err.message)) return new FleetgateError('ORIGIN_TIMEOUT', `origin did not answer in time (${code || err.message})`);
@@ -276,8 +273,6 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     // The upstream URL is built from the normalised path, never from the raw request line.
     const upstreamPath = route.stripPrefix ? path.slice(route.prefix.replace(/\/$/, '').length) || '/' : path;
     const headers = originRequestHeaders(req.headers, { assertionHeader: config.assertionHeader, token, clientIp: req.ip });
-    // The origin's own Host (like a reverse proxy's default), and nothing connection-specific.
-    for (const h of REQUEST_HOP_BY_HOP) delete headers[h];
     let res: Dispatcher.ResponseData;
     try {
       res = await poolFor(route.origin).request({
