@@ -222,44 +222,43 @@ export async function run(o: SimOptions): Promise<Report> {
 
   for (const s of sims) s.stop();
   await sleep(Math.max(2_000, 1_000 / o.rate + 500)); // the last acknowledged messages reach the service
-  account(report, sims, received);
-  if (o.check) await verify({ o, report, sims, revoked, cutAt, received, ca, probe });
+  const lostWhere = account(report, sims, received);
+  if (o.check) await verify({ o, report, sims, revoked, cutAt, lostWhere, ca, probe });
   service.stop();
   return report;
 }
 
-/** What was delivered, always (with or without --check): acknowledged by the gateway vs received by the service. */
-function account(report: Report, sims: SimDevice[], received: Map<string, Set<number>>): void {
+/**
+ * What was delivered, always (with or without --check): acknowledged by the gateway vs received
+ * by the service; returns where acknowledged messages went missing (`device:count`).
+ */
+function account(report: Report, sims: SimDevice[], received: Map<string, Set<number>>): string[] {
   let acknowledged = 0;
   let missing = 0;
+  const where: string[] = [];
   for (const s of sims) {
     for (const [who, acked] of s.acked) {
       acknowledged += acked.size;
       const got = received.get(who);
-      for (const n of acked) if (got === undefined || !got.has(n)) missing++;
+      let lost = 0;
+      for (const n of acked) if (got === undefined || !got.has(n)) lost++;
+      if (lost > 0) where.push(`${who}:${lost}`);
+      missing += lost;
     }
   }
   report.acknowledged = acknowledged;
   report.lostAcknowledged = missing;
+  return where;
 }
 
 async function verify(x: {
   o: SimOptions; report: Report; sims: SimDevice[]; revoked: SimDevice[]; cutAt: Map<SimDevice, number>;
-  received: Map<string, Set<number>>; ca: string; probe: PlannedDevice;
+  lostWhere: string[]; ca: string; probe: PlannedDevice;
 }): Promise<void> {
-  const { o, report, sims, revoked, cutAt, received } = x;
+  const { o, report, sims, revoked, cutAt, lostWhere } = x;
   if (o.qos === 1) {
-    let missing = 0;
-    const where: string[] = [];
-    for (const s of sims) {
-      for (const [who, acked] of s.acked) {
-        const got = received.get(who) ?? new Set();
-        const lost = [...acked].filter((n) => !got.has(n));
-        if (lost.length > 0) { missing += lost.length; where.push(`${who}:${lost.length}`); }
-      }
-    }
-    const total = sims.reduce((n, s) => n + [...s.acked.values()].reduce((m, a) => m + a.size, 0), 0);
-    report.check('every acknowledged QoS 1 message reached the service', missing === 0, missing === 0 ? `${total} messages` : `${missing} missing (${where.slice(0, 5).join(', ')})`);
+    const missing = report.lostAcknowledged;
+    report.check('every acknowledged QoS 1 message reached the service', missing === 0, missing === 0 ? `${report.acknowledged} messages` : `${missing} missing (${lostWhere.slice(0, 5).join(', ')})`);
   }
   const foreign = sims.filter((s) => s.foreign.length > 0);
   report.check('no device received another device\'s commands', foreign.length === 0, foreign.length === 0 ? `${sims.length} devices` : foreign.slice(0, 3).map((s) => `${s.plan.id} saw ${s.foreign[0]}`).join('; '));
