@@ -39,7 +39,7 @@ export interface FleetgateConfig {
     /** pino level of the services' log: fatal, error, warn, info, debug, trace, silent. */
     level: string;
     /** `auto`: readable lines on a terminal, JSON lines otherwise; `json` or `pretty` always. */
-    format: 'auto' | 'json' | 'pretty';
+    format: LogFormat;
   };
   mqtt: MqttConfig;
 }
@@ -69,7 +69,7 @@ export interface MqttConfig {
   sessionExpiryMs: number;
   /** MQTT 5 Receive Maximum announced to clients: QoS 1/2 PUBLISHes a client may have unacknowledged. */
   receiveMaximum: number;
-  /** MQTT 5 Topic Alias Maximum announced to clients (0: no topic aliases). */
+  /** MQTT 5 Topic Alias Maximum announced to clients. */
   topicAliasMaximum: number;
   /** MQTT 5 user properties on one PUBLISH or will, in bytes (names + values); past it the message is refused (PUBACK 0x97). */
   maxUserPropertyBytes: number;
@@ -191,6 +191,13 @@ export interface GatewayConfig {
 type DeviceTypeName = DeviceType;
 
 const DAY = 86_400_000;
+
+/** How the services' log is written (`log.format`). */
+export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+export function isLogFormat(value: unknown): value is LogFormat {
+  return (LOG_FORMATS as readonly unknown[]).includes(value);
+}
 
 export const DEFAULTS: FleetgateConfig = Object.freeze({
   dataDir: './data',
@@ -393,8 +400,8 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return value;
   }
   if (kind === 'logformat') {
-    if (value !== 'auto' && value !== 'json' && value !== 'pretty') {
-      problems.push(`${where} must be "auto", "json" or "pretty"`);
+    if (!isLogFormat(value)) {
+      problems.push(`${where} must be one of ${LOG_FORMATS.join(', ')}`);
       return undefined;
     }
     return value;

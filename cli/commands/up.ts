@@ -1,13 +1,14 @@
 import type { Command } from 'commander';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import pino from 'pino';
 import pretty from 'pino-pretty';
+import { isLogFormat, LOG_FORMATS, type LogFormat } from '../../config/config.ts';
 import { startGateway } from '../../gateway/gateway.ts';
 import { startProvisioning } from '../../provisioning/api/server.ts';
 import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { CommonFlags } from '../main.ts';
 
 /** A running service: what to print, and how to stop it. */
@@ -22,7 +23,7 @@ interface RunningService {
  * (`log.level`). Format (`log.format`, `--log-format`): on a terminal, readable lines for people;
  * otherwise — or with `json` — one JSON object per line for machines.
  */
-function rootLogger(level: string, format: 'auto' | 'json' | 'pretty') {
+function rootLogger(level: string, format: LogFormat) {
   const options = { level, redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'] };
   const readable = format === 'pretty' || (format === 'auto' && process.stderr.isTTY === true);
   if (!readable) return pino(options, pino.destination(2));
@@ -34,7 +35,7 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
   const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
   const { created } = which === 'up' ? await initDataDir(ctx.config) : { created: [] };
   const format = opts.logFormat ?? ctx.config.log.format;
-  if (format !== 'auto' && format !== 'json' && format !== 'pretty') throw new FleetgateError('USAGE', `--log-format is auto, json or pretty, not ${JSON.stringify(format)}`);
+  if (!isLogFormat(format)) throw new FleetgateError('USAGE', `--log-format is auto, json or pretty, not ${JSON.stringify(format)}`);
   const log = rootLogger(ctx.config.log.level, format);
   const rootKey = rootKeyOnDisk(ctx.paths);
   if (rootKey !== undefined) log.warn({ file: rootKey }, 'the root CA key is still in the data directory: move it off this machine (the services never read it)');
@@ -73,18 +74,20 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
   process.stderr.write('fleetgate: stopped\n');
 }
 
+/** The services' commands: the common flags plus --log-format. */
+function serviceCommand(common: CommonFlags, command: Command): Command {
+  return common(command).option('--log-format <format>', `${LOG_FORMATS.join(', ')}: auto is readable lines on a terminal, else JSON lines (config log.format, FLEETGATE_LOG_FORMAT)`);
+}
+
 export function registerUp(program: Command, common: CommonFlags): void {
-  common(program.command('up'))
+  serviceCommand(common, program.command('up'))
     .description('initialize the data directory if needed, start every service, run until SIGINT/SIGTERM')
-    .option('--log-format <format>', 'auto (readable on a terminal, else JSON lines), json or pretty (config log.format, FLEETGATE_LOG_FORMAT)')
     .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'up'));
-  common(program.command('gateway'))
+  serviceCommand(common, program.command('gateway'))
     .description('run the gateway only (MQTT 5 and 3.1.1 over TLS and WSS, the HTTPS plane, the admin listener) on an initialized data directory')
-    .option('--log-format <format>', 'auto (readable on a terminal, else JSON lines), json or pretty (config log.format, FLEETGATE_LOG_FORMAT)')
     .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'gateway'));
-  common(program.command('provision'))
+  serviceCommand(common, program.command('provision'))
     .description('run the provisioning service only (enrollment JSON API and EST) on an initialized data directory')
-    .option('--log-format <format>', 'auto (readable on a terminal, else JSON lines), json or pretty (config log.format, FLEETGATE_LOG_FORMAT)')
     .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'provision'));
 }
 
