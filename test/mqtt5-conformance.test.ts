@@ -109,6 +109,28 @@ for (const transport of ['mqtts', 'wss'] as const) {
   });
 }
 
+test('MQTT-3.2.2-8 a CONNECT over the size limit: MQTT 5 gets CONNACK 0x95 Packet too large, 3.1.1 a plain close; both logged PAYLOAD_TOO_LARGE', async () => {
+  const oversize = (level: 4 | 5) => {
+    const body = Buffer.concat([str('MQTT'), Buffer.from([level, 0x02, 0, 30]), level === 5 ? Buffer.from([0]) : Buffer.alloc(0), str('v5-1'), Buffer.alloc(fleet.config.gateway.limits.sensor.maxPacketBytes + 10)]);
+    return frame(0x10, body);
+  };
+  for (const url of [fleet.mqttsUrl, fleet.wssUrl]) {
+    const v5 = await rawClient(url, c['v5-1']!, fleet.ca.rootPem, { v5: true });
+    const before = fleet.log.lines.length;
+    v5.send(oversize(5));
+    const ack = await next(v5, 'connack');
+    assert.deepEqual([ack.reasonCode, ack.sessionPresent], [0x95, false]);
+    assert.match(String(ack.properties?.reasonString), /^PAYLOAD_TOO_LARGE: /);
+    assert.equal(await v5.closed(), true);
+    await fleet.log.find((l) => fleet.log.lines.indexOf(l) >= before && l.code === 'PAYLOAD_TOO_LARGE' && l.decision === 'refused');
+    const v3 = await rawClient(url, c['v5-1']!, fleet.ca.rootPem);
+    v3.send(oversize(4));
+    assert.equal(await v3.closed(), true);
+    await assert.rejects(v3.next('connack', 1), 'no MQTT 5 CONNACK for a 3.1.1 client');
+  }
+  assert.ok(witness.connected);
+});
+
 describe('MQTT 5 CONNECT and CONNACK', () => {
   test('MQTT-3.2.2-3 CONNACK properties: receive maximum, maximum packet size (the type\'s), topic alias maximum, no shared subscriptions; session expiry lowered to the configured maximum', async () => {
     const { raw, connack } = await raw5('v5-3', fleet.mqttsUrl, { properties: { sessionExpiryInterval: 0xffffffff } });

@@ -16,7 +16,7 @@ import type { RegistryLink } from '../status/registry-link.ts';
 import { REASON, reasonCodeFor, reasonString } from '../../firmware-sdk/protocol/mqtt5.ts';
 import {
   decode, encodeAck, encodeAck5, encodeConnack, encodeConnack5, encodeDisconnect5, encodeSuback, encodeSuback5, encodeUnsuback, encodeUnsuback5,
-  MalformedPacket, packetIdBytes, PINGRESP, publishSize, SUB, withDup,
+  MalformedPacket, packetIdBytes, PINGRESP, publishSize, SUB, TooLarge, withDup,
   type AckPacket, type ConnectPacket, type DisconnectPacket, type EncodedPublish, type ForwardedProperties, type Properties, type PublishPacket,
   type SubscribePacket, type UnsubscribePacket,
 } from './codec.ts';
@@ -287,11 +287,14 @@ export class MqttPlane {
 
   #malformed(conn: MqttConnection, err: unknown): void {
     const e = err instanceof MalformedPacket ? err : new MalformedPacket('MQTT-2.2', (err as Error).message);
-    const code: ErrorCode = e.rule === 'MQTT-2.2.3' && /exceeds the limit/.test(e.message) ? 'PAYLOAD_TOO_LARGE' : 'BAD_REQUEST';
-    if (conn.state === 'connecting' && code === 'PAYLOAD_TOO_LARGE') this.#decision('refused', conn, code, { reason: e.message });
-    else this.#deps.log.warn({ decision: 'closed', code, rule: e.rule, reason: e.message, deviceId: conn.session?.device.id, transport: conn.kind, remoteAddress: conn.remoteAddress }, 'malformed mqtt packet: connection closed');
+    const code: ErrorCode = e instanceof TooLarge ? 'PAYLOAD_TOO_LARGE' : 'BAD_REQUEST';
+    if (conn.state === 'connecting' && e instanceof TooLarge) {
+      this.#decision('refused', conn, code, { reason: e.message });
+      // An MQTT 5 CONNECT over the limit is told so: CONNACK 0x95 Packet too large [MQTT-3.2.2-8].
+      if (e.isMqtt5Connect) conn.push(encodeConnack5(false, REASON.PACKET_TOO_LARGE, { reasonString: reasonString(code, new FleetgateError(code).publicMessage) }));
+    } else this.#deps.log.warn({ decision: 'closed', code, rule: e.rule, reason: e.message, deviceId: conn.session?.device.id, transport: conn.kind, remoteAddress: conn.remoteAddress }, 'malformed mqtt packet: connection closed');
     // MQTT 5 says why before closing [MQTT-4.13]: 0x81 Malformed Packet, 0x82 Protocol Error, 0x95 Packet too large, …
-    this.#close(conn, 'malformed', code === 'PAYLOAD_TOO_LARGE' ? REASON.PACKET_TOO_LARGE : e.reasonCode, e.message);
+    this.#close(conn, 'malformed', e.reasonCode, e.message);
   }
 
   #protocolError(conn: MqttConnection, rule: string, what: string, reasonCode: number = REASON.PROTOCOL_ERROR): void {

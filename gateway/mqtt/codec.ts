@@ -25,6 +25,25 @@ export class MalformedPacket extends Error {
 
 const PROTOCOL_ERROR = 0x82;
 
+/** A packet over the size limit, refused from its fixed header; `head` holds the bytes seen (up to a CONNECT's protocol level). */
+export class TooLarge extends MalformedPacket {
+  readonly head: Buffer;
+  constructor(message: string, head: Buffer) {
+    super('MQTT-2.2.3', message, 0x95);
+    this.head = Buffer.from(head);
+  }
+
+  /** It is a CONNECT that says MQTT 5 (fixed header, then "\0\4MQTT" and level 5): it may be answered CONNACK 0x95. */
+  get isMqtt5Connect(): boolean {
+    const h = this.head;
+    if (h.length < 2 || h[0] !== 0x10) return false;
+    let i = 1;
+    while (i < h.length && ((h[i] as number) & 0x80) !== 0) i++;
+    const v = h.subarray(i + 1);
+    return v.length >= 7 && v.subarray(0, 6).equals(Buffer.from([0, 4, 0x4d, 0x51, 0x54, 0x54])) && v[6] === 5;
+  }
+}
+
 export const TYPE = { CONNECT: 1, CONNACK: 2, PUBLISH: 3, PUBACK: 4, PUBREC: 5, PUBREL: 6, PUBCOMP: 7, SUBSCRIBE: 8, SUBACK: 9, UNSUBSCRIBE: 10, UNSUBACK: 11, PINGREQ: 12, PINGRESP: 13, DISCONNECT: 14, AUTH: 15 } as const;
 
 /** MQTT 5 properties a client may send (§2.2.2.2), decoded and checked for their packet. */
@@ -187,7 +206,7 @@ export class Framer {
       const header = readFixedHeader(buf, offset);
       if (header === undefined) break; // length bytes not all here yet
       if (header.remaining > this.#limit()) {
-        throw new MalformedPacket('MQTT-2.2.3', `packet of ${header.remaining} bytes exceeds the limit of ${this.#limit()}`);
+        throw new TooLarge(`packet of ${header.remaining} bytes exceeds the limit of ${this.#limit()}`, buf.subarray(offset, Math.min(buf.length, header.bodyStart + 7)));
       }
       const end = header.bodyStart + header.remaining;
       if (end > buf.length) {
