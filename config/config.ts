@@ -234,6 +234,7 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
       camera: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       service: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       operator: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      auditor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
     },
     topics: {
       sensor: { publish: ['devices/${device.id}/#'], subscribe: ['devices/${device.id}/#'] },
@@ -241,6 +242,7 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
       camera: { publish: ['devices/${device.id}/#'], subscribe: ['devices/${device.id}/#'] },
       service: { publish: ['devices/+/commands/#'], subscribe: ['devices/+/#'] },
       operator: { publish: [], subscribe: [] },
+      auditor: { publish: [], subscribe: [] },
     },
   },
   https: {

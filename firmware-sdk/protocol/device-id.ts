@@ -6,7 +6,11 @@ import { FleetgateError } from './errors.ts';
  */
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
-export const DEVICE_TYPES = Object.freeze(['sensor', 'gateway', 'camera', 'service', 'operator'] as const);
+/**
+ * `operator`: may look and act on the admin listener and the console; `auditor`: may look but
+ * not act. Neither has MQTT topics by default.
+ */
+export const DEVICE_TYPES = Object.freeze(['sensor', 'gateway', 'camera', 'service', 'operator', 'auditor'] as const);
 export type DeviceType = (typeof DEVICE_TYPES)[number];
 
 /** What a claim certificate may enroll: devices, never services or operators. */

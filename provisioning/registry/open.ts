@@ -54,13 +54,23 @@ function migrate(db: Db): void {
   if (current > MIGRATIONS.length) {
     throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry schema version ${current} is newer than this fleetgate (${MIGRATIONS.length})`);
   }
-  for (let version = current; version < MIGRATIONS.length; version++) {
-    const sql = MIGRATIONS[version] as string;
-    db.transaction(() => {
-      // Another process may have migrated while we waited for the write lock.
-      if ((db.pragma('user_version', { simple: true }) as number) !== version) return;
-      db.exec(sql);
-      db.pragma(`user_version = ${version + 1}`);
-    }).immediate();
+  if (current === MIGRATIONS.length) return;
+  // SQLite's procedure for changing a table: foreign keys off (it cannot change inside a
+  // transaction), rebuild, then check every reference before the migration commits.
+  db.pragma('foreign_keys = OFF');
+  try {
+    for (let version = current; version < MIGRATIONS.length; version++) {
+      const sql = MIGRATIONS[version] as string;
+      db.transaction(() => {
+        // Another process may have migrated while we waited for the write lock.
+        if ((db.pragma('user_version', { simple: true }) as number) !== version) return;
+        db.exec(sql);
+        const broken = db.pragma('foreign_key_check') as unknown[];
+        if (broken.length > 0) throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry migration ${version + 1} left ${broken.length} broken reference(s); nothing was changed`);
+        db.pragma(`user_version = ${version + 1}`);
+      }).immediate();
+    }
+  } finally {
+    db.pragma('foreign_keys = ON');
   }
 }

@@ -7,6 +7,8 @@ import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware
 import { normalizeSerial } from './hex.ts';
 import { parseRevocationReason } from './reasons.ts';
 import { RegistryReader } from './reader.ts';
+import { MIGRATIONS } from './schema.ts';
+import Database from 'better-sqlite3';
 import { hashToken, normalizeDenyTarget, RegistryWriter, type NewCertificate } from './writer.ts';
 
 function open(t: TestContext): { writer: RegistryWriter; file: string } {
@@ -181,4 +183,33 @@ test('registry/serial and reason parsing', () => {
   assert.equal(parseRevocationReason('9'), 9);
   assert.throws(() => parseRevocationReason('certificateHold'), code('USAGE'));
   assert.throws(() => parseRevocationReason('6'), code('USAGE'));
+});
+
+test('registry/migration 4 rebuilds devices (auditor type) and keeps every row and reference', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-registry-v3-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'registry.db');
+  // A registry as fleetgate with three migrations left it, with a gateway, its child and a certificate.
+  const old = new Database(file);
+  for (const [i, sql] of MIGRATIONS.slice(0, 3).entries()) {
+    old.exec(sql);
+    old.pragma(`user_version = ${i + 1}`);
+  }
+  old.exec(`INSERT INTO devices (id, type, created_at, updated_at) VALUES ('gw-1', 'gateway', 1, 1);
+    INSERT INTO devices (id, type, parent, status, created_at, updated_at) VALUES ('s-1', 'sensor', 'gw-1', 'active', 2, 2);
+    INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
+      VALUES ('01', 's-1', 'ff', 'ee', 0, 9, 'PEM', 3, 'operator', 't');`);
+  assert.throws(() => old.exec(`INSERT INTO devices (id, type, created_at, updated_at) VALUES ('a-0', 'auditor', 1, 1)`), /CHECK/);
+  old.close();
+
+  const writer = new RegistryWriter(file);
+  t.after(() => writer.close());
+  assert.equal(writer.db.pragma('user_version', { simple: true }), MIGRATIONS.length);
+  assert.equal(writer.db.pragma('foreign_keys', { simple: true }), 1, 'foreign keys are on again after the migration');
+  assert.deepEqual(writer.listDevices().map((d) => [d.id, d.type, d.parent, d.status]), [['gw-1', 'gateway', null, 'pending'], ['s-1', 'sensor', 'gw-1', 'active']]);
+  assert.equal(writer.getCertificate('01')?.deviceId, 's-1');
+  assert.equal(writer.addDevice({ id: 'alice', type: 'auditor', fleet: 'operators' }, 'test').device.type, 'auditor');
+  // The rebuilt table still enforces its references.
+  assert.throws(() => writer.db.exec(`INSERT INTO devices (id, type, parent, created_at, updated_at) VALUES ('s-2', 'sensor', 'nope', 1, 1)`), /FOREIGN KEY/);
+  assert.throws(() => writer.db.exec(`DELETE FROM devices WHERE id = 'gw-1'`), /FOREIGN KEY/);
 });

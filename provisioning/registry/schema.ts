@@ -123,4 +123,29 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE claims ADD COLUMN fleet TEXT NOT NULL DEFAULT 'default';
   ALTER TABLE claims ADD COLUMN types TEXT NOT NULL DEFAULT 'sensor';
   `,
+  // 4: the auditor type (may look at the console, not act), and the indexes the console pages by.
+  // SQLite cannot change a CHECK in place: the table is rebuilt (foreign keys are off while a
+  // migration runs and checked before it commits, see open.ts).
+  `
+  CREATE TABLE devices_v4 (
+    id          TEXT PRIMARY KEY,
+    fleet       TEXT NOT NULL DEFAULT 'default',
+    type        TEXT NOT NULL CHECK (type IN ('sensor','gateway','camera','service','operator','auditor')),
+    parent      TEXT REFERENCES devices(id),
+    status      TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','active','suspended','revoked')),
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    metadata    TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+  ) STRICT;
+  INSERT INTO devices_v4 (id, fleet, type, parent, status, created_at, updated_at, metadata)
+    SELECT id, fleet, type, parent, status, created_at, updated_at, metadata FROM devices;
+  DROP TABLE devices;
+  ALTER TABLE devices_v4 RENAME TO devices;
+  CREATE INDEX devices_parent ON devices(parent) WHERE parent IS NOT NULL;
+  CREATE INDEX devices_fleet ON devices(fleet, id);
+  CREATE INDEX devices_type ON devices(type, id);
+  CREATE INDEX devices_status ON devices(status, id);
+  CREATE INDEX certificates_not_after ON certificates(not_after);
+  CREATE INDEX audit_subject ON audit(subject, seq);
+  `,
 ];

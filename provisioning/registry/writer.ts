@@ -133,7 +133,7 @@ export class RegistryWriter extends RegistryReader {
     if (p === undefined) throw new FleetgateError('PARENT_INVALID', `parent device ${parent} not found`);
     if (p.type !== 'gateway') throw new FleetgateError('PARENT_INVALID', `parent device ${parent} is a ${p.type}, not a gateway`);
     if (p.status === 'revoked') throw new FleetgateError('PARENT_INVALID', `parent device ${parent} is revoked`);
-    if (childType === 'gateway' || childType === 'service' || childType === 'operator') {
+    if (childType === 'gateway' || childType === 'service' || childType === 'operator' || childType === 'auditor') {
       throw new FleetgateError('PARENT_INVALID', `a ${childType} cannot be the child of a gateway`);
     }
   }
