@@ -162,6 +162,10 @@ export interface GatewayConfig {
   /** Admin listener: /healthz, /metrics, live sessions (operator certificate). */
   adminHost: string;
   adminPort: number;
+  /** Operator console (web pages; a client certificate of type operator or auditor is required by TLS and checked per request). */
+  consoleEnabled: boolean;
+  consoleHost: string;
+  consolePort: number;
   /** TLS handshake deadline on every gateway listener; also bounds a WSS upgrade request. */
   handshakeTimeoutMs: number;
   /** Sockets still in their TLS handshake, over all gateway listeners (unauthenticated). */
@@ -220,6 +224,9 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     wssPath: '/mqtt',
     adminHost: '127.0.0.1',
     adminPort: 9444,
+    consoleEnabled: true,
+    consoleHost: '127.0.0.1',
+    consolePort: 9445,
     handshakeTimeoutMs: 10_000, // 10 s
     maxPendingHandshakes: 2_000,
     maxPendingHandshakesPerAddress: 200,
@@ -309,6 +316,9 @@ const SETTINGS = [
   { key: 'gateway.wssPort', file: ['gateway', 'wssPort'], env: 'FLEETGATE_WSS_PORT', kind: 'port' },
   { key: 'gateway.adminHost', file: ['gateway', 'adminHost'], env: 'FLEETGATE_ADMIN_HOST', kind: 'host' },
   { key: 'gateway.adminPort', file: ['gateway', 'adminPort'], env: 'FLEETGATE_ADMIN_PORT', kind: 'port' },
+  { key: 'gateway.consoleEnabled', file: ['gateway', 'console'], env: 'FLEETGATE_CONSOLE', kind: 'boolean' },
+  { key: 'gateway.consoleHost', file: ['gateway', 'consoleHost'], env: 'FLEETGATE_CONSOLE_HOST', kind: 'host' },
+  { key: 'gateway.consolePort', file: ['gateway', 'consolePort'], env: 'FLEETGATE_CONSOLE_PORT', kind: 'port' },
   { key: 'gateway.handshakeTimeoutMs', file: ['gateway', 'handshakeTimeout'], env: 'FLEETGATE_HANDSHAKE_TIMEOUT', kind: 'duration' },
   { key: 'gateway.maxPendingHandshakes', file: ['gateway', 'maxPendingHandshakes'], env: 'FLEETGATE_MAX_PENDING_HANDSHAKES', kind: 'count' },
   { key: 'gateway.maxPendingHandshakesPerAddress', file: ['gateway', 'maxPendingHandshakesPerAddress'], env: 'FLEETGATE_MAX_PENDING_HANDSHAKES_PER_ADDRESS', kind: 'count' },

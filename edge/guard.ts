@@ -13,11 +13,15 @@ export interface GuardLimits {
 export interface GuardEvents {
   /** A socket closed before it was authenticated: over a cap, or too slow. */
   refused(listener: string, reason: 'pending_limit' | 'address_limit' | 'handshake_timeout', remoteAddress: string): void;
+  /** A TLS handshake completed, `seconds` after the TCP accept. */
+  handshake?(listener: string, seconds: number): void;
 }
 
 interface Pending {
   address: string;
   timer: NodeJS.Timeout;
+  /** performance.now() at the TCP accept. */
+  since: number;
 }
 
 /**
@@ -50,7 +54,10 @@ export class ConnectionGuard {
     server.on('connection', (socket: Socket) => this.#accept(socket, listener));
     server.on('secureConnection', (tls: TLSSocket) => {
       const raw = this.#byPeer.get(peerKey(tls));
-      if (raw !== undefined) this.#release(raw);
+      if (raw === undefined) return;
+      const p = this.#pending.get(raw);
+      if (p !== undefined) this.#events.handshake?.(listener, (performance.now() - p.since) / 1000);
+      this.#release(raw);
     });
   }
 
@@ -68,7 +75,7 @@ export class ConnectionGuard {
       socket.destroy();
     }, this.#limits.handshakeTimeoutMs);
     timer.unref();
-    this.#pending.set(socket, { address, timer });
+    this.#pending.set(socket, { address, timer, since: performance.now() });
     this.#byAddress.set(address, fromAddress + 1);
     const key = peerKey(socket);
     this.#byPeer.set(key, socket);

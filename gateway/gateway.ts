@@ -9,6 +9,7 @@ import type { StatusEvent } from '../provisioning/registry/records.ts';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startAdmin } from './admin/server.ts';
+import { startConsole } from './console/server.ts';
 import { AssertionMinter } from './https/assertion.ts';
 import { deleteRetiredKeys, ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
 import { startHttpsPlane } from './https/server.ts';
@@ -20,8 +21,9 @@ import { RegistryLink } from './status/registry-link.ts';
 import { StatusWatcher } from './status/watch.ts';
 
 export interface RunningGateway {
-  endpoints: { mqtts: string; wss: string; https: string; admin: string };
-  ports: { mqtts: number; wss: number; https: number; admin: number };
+  /** `console` is absent when `gateway.console` is off. */
+  endpoints: { mqtts: string; wss: string; https: string; admin: string; console?: string };
+  ports: { mqtts: number; wss: number; https: number; admin: number; console?: number };
   sessions: SessionTable;
   metrics: Metrics;
   /** Closes every live session of a device (operator action); returns how many. */
@@ -58,7 +60,8 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     { refused: (listener, reason, remoteAddress) => {
       metrics.unauthenticatedClosed.inc({ listener, reason });
       refusals.warn(`unauthenticated:${reason}`, { decision: 'closed', listener, reason, remoteAddress }, 'unauthenticated connection closed');
-    } },
+    },
+    handshake: (listener, seconds) => metrics.tlsHandshake.observe({ listener }, seconds) },
   );
   let plane: MqttPlane;
   try {
@@ -140,6 +143,10 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
     { registry, sessions, metrics, kick, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
+  const consoleListener = g.consoleEnabled
+    ? await step(() => startConsole(config, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' }),
+      { registry, sessions, metrics, kick, guard, refusals, log: log.child({ surface: 'console' }), registryFile: paths.registry }), (c) => c.close())
+    : undefined;
   const host = urlHost(g.host);
   return {
     endpoints: {
@@ -147,8 +154,9 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       wss: `wss://${host}:${listeners.ports.wss}${g.wssPath}`,
       https: `https://${urlHost(config.https.host)}:${httpsPlane.port}`,
       admin: `https://${urlHost(g.adminHost)}:${admin.port}`,
+      ...(consoleListener !== undefined && { console: `https://${urlHost(g.consoleHost)}:${consoleListener.port}` }),
     },
-    ports: { ...listeners.ports, https: httpsPlane.port, admin: admin.port },
+    ports: { ...listeners.ports, https: httpsPlane.port, admin: admin.port, ...(consoleListener !== undefined && { console: consoleListener.port }) },
     sessions, metrics, kick,
     async close() {
       plane.disconnectAll(); // as a shutdown, not as a cut
@@ -157,6 +165,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
         new Promise((r) => listeners.mqtts.close(r)),
         new Promise((r) => listeners.wss.close(r)),
         admin.app.close(),
+        consoleListener?.close(),
         httpsPlane.app.close(),
       ]);
       listeners.wss.closeAllConnections();

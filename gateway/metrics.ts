@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { RefusedDevices } from './refused-devices.ts';
 
 /** The gateway's Prometheus metrics, one registry per gateway (tests run several in one process). */
 export function createMetrics() {
@@ -49,12 +50,18 @@ export function createMetrics() {
       name: 'fleetgate_unauthenticated_closed_total', help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
       labelNames: ['listener', 'reason'] as const, registers: [registry],
     }),
+    tlsHandshake: new Histogram({
+      name: 'fleetgate_tls_handshake_seconds', help: 'From TCP accept to a completed mutual-TLS handshake, by listener',
+      labelNames: ['listener'] as const, buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [registry],
+    }),
     statusCheck: new Histogram({
       name: 'fleetgate_status_check_seconds', help: 'Latency of the registry status check per connection',
       buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025], registers: [registry],
     }),
   };
-  return { registry, hot, ...make };
+  /** Devices refused with a certificate they may no longer use (the console's finding; not exported to Prometheus: unbounded labels). */
+  const refusedDevices = new RefusedDevices();
+  return { registry, hot, refusedDevices, ...make };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

@@ -71,7 +71,7 @@ export async function spawnService(command: 'up' | 'gateway' | 'provision', data
   const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir], {
     stdio: ['ignore', 'pipe', 'ignore'],
     env: {
-      ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
+      ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
       FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', ...env,
     },
   });

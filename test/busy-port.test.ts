@@ -19,7 +19,7 @@ test('busy port/every listener: PORT_IN_USE, which port, which setting; exits', 
     ['FLEETGATE_PROVISION_PORT', port('provision'), 'provisioning.port'],
   ] as const;
   for (const [variable, busy, setting] of cases) {
-    const env = { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', [variable]: busy };
+    const env = { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', [variable]: busy };
     const b = await fleetgate(['up', '--json', '--data', join(tempDir(t), 'data')], { env });
     assert.equal(b.signal, null, `${variable}: exited by itself (not killed by the 60 s run timeout)`);
     assert.notEqual(b.code, 0, variable);

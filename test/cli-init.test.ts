@@ -61,7 +61,7 @@ test('up/initializes the data dir, stays up, stops cleanly on SIGINT and SIGTERM
     const dir = join(tempDir(t), 'data');
     const child = spawn(process.execPath, [FLEETGATE, 'up', '--data', dir], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_PROVISION_PORT: '0' },
+      env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_PROVISION_PORT: '0' },
     });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     t.after(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { initFleet } from './helpers/fleet.ts';
 import { FLEETGATE, run } from './helpers/run.ts';
 
-const PORTS = { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_LOG_LEVEL: 'info' };
+const PORTS = { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_LOG_LEVEL: 'info' };
 
 /** The gateway's first log line that mentions `what`, then the process is stopped. */
 async function firstLine(data: string, args: string[], env: NodeJS.ProcessEnv, what: RegExp): Promise<string> {

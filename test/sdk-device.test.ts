@@ -88,7 +88,7 @@ test('sdk/after a gateway restart the device reconnects by itself, with backoff;
   const log = new LogCapture();
   const config = loadConfig({
     dataDir: fleet.config.dataDir,
-    env: { FLEETGATE_MQTT_PORT: String(fleet.gateway.ports.mqtts), FLEETGATE_WSS_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ADMIN_PORT: '0' },
+    env: { FLEETGATE_MQTT_PORT: String(fleet.gateway.ports.mqtts), FLEETGATE_WSS_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0' },
   });
   const again = await startGateway(config, { log: pino({ level: 'debug' }, log.stream) });
   t.after(() => again.close());

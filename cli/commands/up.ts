@@ -48,6 +48,7 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
         { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
         { name: 'https', endpoint: gateway.endpoints.https, close: async () => undefined },
         { name: 'admin', endpoint: gateway.endpoints.admin, close: async () => undefined },
+        ...(gateway.endpoints.console === undefined ? [] : [{ name: 'console', endpoint: `${gateway.endpoints.console} (operator certificate: fleetgate operator issue)`, close: async () => undefined }]),
       );
     }
     if (which !== 'gateway') {

@@ -200,6 +200,7 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
       decision: 'refused', method: req.method, path: state?.target.path ?? req.url.split('?')[0]?.slice(0, 200),
       deviceId: state?.device.id ?? e.detail.deviceId, serial: state?.identity.serial ?? e.detail.serial, ...logFields(e),
     };
+    metrics.refusedDevices.record(line.deviceId as string | undefined, line.serial as string | undefined, e.code);
     if (e.code === 'INTERNAL') log.error({ ...line, err }, 'https request failed'); else log.warn(line, 'https request refused');
     // After a cut body or a connection over the cap, the connection is not reused.
     if (e.code === 'CONNECTION_LIMIT' || e.code === 'REQUEST_TIMEOUT' || e.code === 'PAYLOAD_TOO_LARGE') void reply.header('connection', 'close');

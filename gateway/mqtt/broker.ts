@@ -892,6 +892,7 @@ export class MqttPlane {
   #decision(outcome: 'admitted' | 'refused', conn: MqttConnection, code: ErrorCode | undefined, extra: Record<string, unknown>): void {
     const identity = conn.session?.identity ?? (conn.refusal?.detail as { serial?: string; fingerprint?: string; deviceId?: string } | undefined);
     this.#deps.metrics.handshakes.inc({ transport: conn.kind, outcome, code: code ?? 'OK' });
+    if (outcome === 'refused' && code !== undefined) this.#deps.metrics.refusedDevices.record(identity?.deviceId, identity?.serial, code);
     const line = {
       decision: outcome, code, transport: conn.kind, remoteAddress: conn.remoteAddress, clientId: conn.clientId,
       deviceId: identity?.deviceId, serial: identity?.serial, fingerprint: identity?.fingerprint, ...extra,

@@ -128,10 +128,7 @@ export class RegistryReader {
       : options.device !== undefined
         ? this.stmt('auditDevice').all({ device: options.device, since: options.since ?? 0, limit })
         : this.stmt('audit').all(options.since ?? 0, limit);
-    return (rows as Row[]).map((r) => ({
-      seq: r.seq as number, at: r.at as number, actor: r.actor as string, action: r.action as string,
-      subject: (r.subject as string | null) ?? null, detail: JSON.parse(r.detail as string) as Record<string, unknown>,
-    }));
+    return (rows as Row[]).map(toAudit);
   }
 
   getToken(hash: string): TokenRecord | undefined {
@@ -190,7 +187,7 @@ export class RegistryReader {
   }
 }
 
-function toDevice(r: Row): DeviceRecord {
+export function toDevice(r: Row): DeviceRecord {
   return {
     id: r.id as string, fleet: r.fleet as string, type: r.type as DeviceRecord['type'], parent: (r.parent as string | null) ?? null,
     status: r.status as DeviceRecord['status'], createdAt: r.created_at as number, updatedAt: r.updated_at as number,
@@ -210,9 +207,16 @@ function toCertificate(r: Row): CertificateRecord {
   };
 }
 
-function toDeny(r: Row): DenyRecord {
+export function toDeny(r: Row): DenyRecord {
   return {
     kind: r.kind as DenyKind, value: r.value as string, reason: (r.reason as string | null) ?? null,
     createdAt: r.created_at as number, expiresAt: (r.expires_at as number | null) ?? null, actor: r.actor as string,
+  };
+}
+
+export function toAudit(r: Row): AuditRecord {
+  return {
+    seq: r.seq as number, at: r.at as number, actor: r.actor as string, action: r.action as string,
+    subject: (r.subject as string | null) ?? null, detail: JSON.parse(r.detail as string) as Record<string, unknown>,
   };
 }

@@ -56,7 +56,7 @@ export async function startTestFleet(t: TestContext | { after(fn: () => unknown)
   }
   const config = loadConfig({
     dataDir: join(dir, 'data'),
-    env: { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
+    env: { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
   });
   await initDataDir(config);
   const paths = dataPaths(config.dataDir);

@@ -1,0 +1,178 @@
+import type { Metrics } from '../metrics.ts';
+import type { SessionTable } from '../sessions.ts';
+
+/** What the overview shows, one sample: the same counters `/metrics` exports, as rates. */
+export interface Snapshot {
+  t: number;
+  intervalS: number;
+  connected: number;
+  connectedBy: { type: string; transport: string; count: number }[];
+  connectsPerSec: number;
+  messagesInPerSec: number;
+  messagesOutPerSec: number;
+  refusalsPerSec: number;
+  /** Refusals since the gateway started (MQTT connects, TLS handshakes, HTTPS requests), by code. */
+  refusalsByCode: { code: string; count: number }[];
+  /** Live sessions cut by a revocation, suspension or denylist entry since the gateway started. */
+  cutsByRevocation: number;
+  /** p99 of the mutual-TLS handshake over the last 30 s, in ms (null: none in that window). */
+  handshakeP99Ms: number | null;
+}
+
+interface Totals {
+  t: number;
+  connects: number;
+  messagesIn: number;
+  messagesOut: number;
+  refusals: Map<string, number>;
+  cuts: number;
+  /** Cumulative handshake histogram: [upper bound in s, count ≤ bound]. */
+  buckets: [number, number][];
+}
+
+const WINDOW_S = 30;
+/** Cuts that are a status change (not an operator's kick, not an expiry). */
+const REVOCATION_CUTS = new Set(['CERT_REVOKED', 'DEVICE_REVOKED', 'DEVICE_SUSPENDED', 'DENYLISTED', 'CERT_SUPERSEDED']);
+
+/**
+ * Samples the gateway's metrics every `intervalS` while someone watches (the overview's live
+ * stream), keeps the last few minutes for the charts, and hands each new sample to the watchers.
+ * Nothing runs while nobody watches.
+ */
+export class LiveSampler {
+  readonly #metrics: Metrics;
+  readonly #sessions: SessionTable;
+  readonly intervalS: number;
+  readonly #history: Snapshot[] = [];
+  readonly #totals: Totals[] = [];
+  readonly #watchers = new Set<(s: Snapshot) => void>();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(metrics: Metrics, sessions: SessionTable, intervalS = 2) {
+    this.#metrics = metrics;
+    this.#sessions = sessions;
+    this.intervalS = intervalS;
+  }
+
+  async #read(): Promise<Totals> {
+    const m = this.#metrics;
+    const [handshakes, https, httpsRequests, messagesIn, messagesOut, cuts, tls] = await Promise.all([
+      m.handshakes.get(), m.httpsHandshakes.get(), m.httpsRequests.get(), m.messagesIn.get(), m.messagesOut.get(), m.liveCuts.get(), m.tlsHandshake.get(),
+    ]);
+    const refusals = new Map<string, number>();
+    let connects = 0;
+    for (const v of handshakes.values) {
+      if (v.labels.outcome === 'admitted') connects += v.value;
+      else refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
+    }
+    for (const v of https.values) connects += v.value;
+    for (const v of httpsRequests.values) {
+      if (v.labels.code !== 'OK') refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
+    }
+    const buckets = new Map<number, number>();
+    for (const v of tls.values) {
+      if (!v.metricName?.endsWith('_bucket')) continue;
+      const bound = (v.labels as Record<string, string | number | undefined>).le;
+      const le = bound === '+Inf' ? Infinity : Number(bound);
+      buckets.set(le, (buckets.get(le) ?? 0) + v.value);
+    }
+    return {
+      t: Date.now(),
+      connects,
+      messagesIn: messagesIn.values.reduce((a, v) => a + v.value, 0),
+      messagesOut: messagesOut.values.reduce((a, v) => a + v.value, 0),
+      refusals,
+      cuts: cuts.values.filter((v) => REVOCATION_CUTS.has(String(v.labels.code))).reduce((a, v) => a + v.value, 0),
+      buckets: [...buckets].sort((a, b) => a[0] - b[0]),
+    };
+  }
+
+  /** A sample now; rates against the last sample taken (zero for the first). */
+  async sample(): Promise<Snapshot> {
+    return this.#compute(await this.#read());
+  }
+
+  #compute(now: Totals): Snapshot {
+    const prev = this.#totals.at(-1) ?? now;
+    const since = this.#totals.find((x) => now.t - x.t <= WINDOW_S * 1000) ?? prev;
+    const dt = Math.max((now.t - prev.t) / 1000, 0.001);
+    const rate = (a: number, b: number) => (now === prev ? 0 : Math.max(0, a - b) / dt);
+    const sum = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
+    const by = new Map<string, { type: string; transport: string; count: number }>();
+    for (const s of this.#sessions.all()) {
+      const key = `${s.device.type}|${s.transport}`;
+      const e = by.get(key);
+      if (e === undefined) by.set(key, { type: s.device.type, transport: s.transport, count: 1 });
+      else e.count++;
+    }
+    return {
+      t: now.t,
+      intervalS: this.intervalS,
+      connected: this.#sessions.size,
+      connectedBy: [...by.values()].sort((a, b) => b.count - a.count),
+      connectsPerSec: rate(now.connects, prev.connects),
+      messagesInPerSec: rate(now.messagesIn, prev.messagesIn),
+      messagesOutPerSec: rate(now.messagesOut, prev.messagesOut),
+      refusalsPerSec: rate(sum(now.refusals), sum(prev.refusals)),
+      refusalsByCode: [...now.refusals].map(([code, count]) => ({ code, count })).sort((a, b) => b.count - a.count),
+      cutsByRevocation: now.cuts,
+      handshakeP99Ms: p99(now.buckets, since === now ? [] : since.buckets),
+    };
+  }
+
+  /** Every sample kept (oldest first), for a chart that starts now. */
+  history(): Snapshot[] {
+    return [...this.#history];
+  }
+
+  /** Calls `fn` with each new sample until the returned function is called. */
+  watch(fn: (s: Snapshot) => void): () => void {
+    this.#watchers.add(fn);
+    this.#timer ??= setInterval(() => void this.#tick(), this.intervalS * 1000);
+    return () => {
+      this.#watchers.delete(fn);
+      if (this.#watchers.size === 0 && this.#timer !== undefined) {
+        clearInterval(this.#timer);
+        this.#timer = undefined;
+      }
+    };
+  }
+
+  async #tick(): Promise<void> {
+    const totals = await this.#read();
+    const snap = this.#compute(totals);
+    this.#totals.push(totals);
+    this.#history.push(snap);
+    const keep = Math.ceil(300 / this.intervalS); // five minutes
+    if (this.#history.length > keep) this.#history.shift();
+    while (this.#totals.length > 0 && totals.t - this.#totals[0]!.t > WINDOW_S * 1000 + this.intervalS * 1000) this.#totals.shift();
+    for (const w of this.#watchers) w(snap);
+  }
+
+  close(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#watchers.clear();
+  }
+}
+
+/** The 99th percentile of the handshakes between two cumulative histograms, in ms (linear within a bucket). */
+function p99(now: [number, number][], before: [number, number][]): number | null {
+  const prior = new Map(before);
+  const counts = now.map(([le, c]) => [le, c - (prior.get(le) ?? 0)] as [number, number]);
+  const total = counts.at(-1)?.[1] ?? 0;
+  if (total <= 0) return null;
+  const want = 0.99 * total;
+  let lower = 0;
+  let below = 0;
+  for (const [le, c] of counts) {
+    if (c >= want) {
+      if (!Number.isFinite(le)) return lower * 1000;
+      const within = c - below;
+      return (lower + (le - lower) * (within === 0 ? 1 : (want - below) / within)) * 1000;
+    }
+    lower = le;
+    below = c;
+  }
+  return null;
+}
