@@ -10,6 +10,7 @@ import { registerDeny } from './commands/deny.ts';
 import { registerDevice } from './commands/device.ts';
 import { registerInit } from './commands/init.ts';
 import { registerJwt } from './commands/jwt.ts';
+import { registerOperator } from './commands/operator.ts';
 import { registerUp } from './commands/up.ts';
 import { reportError } from './output.ts';
 
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   registerConnections(program, common);
   registerClaim(program, common);
   registerJwt(program, common);
+  registerOperator(program, common);
   // Commander prints its own usage errors; keep them to one line and exit 2.
   const quiet = (cmd: Command): void => {
     cmd.exitOverride().configureOutput({ outputError: () => undefined });

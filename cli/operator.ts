@@ -36,6 +36,21 @@ export async function operatorIdentity(ctx: CliContext): Promise<{ cert: string;
   }
   const id = operatorId();
   if (registry.getDevice(id) === undefined) registry.addDevice({ id, type: 'operator', fleet: 'operators' }, ctx.actor);
+  const { keyPem, issued } = await issueWithNewKey(ctx, id, OPERATOR_VALIDITY_MS);
+  // Key first, then certificate; each replaced atomically.
+  for (const [file, content, mode] of [[operatorKey, keyPem, 0o600], [operatorCert, issued.certificate + issued.chain, 0o644]] as const) {
+    const tmp = `${file}.${process.pid}.new`;
+    writeNewFile(tmp, content, mode);
+    renameSync(tmp, file);
+  }
+  return { cert: issued.certificate + issued.chain, key: keyPem, ca: issued.ca };
+}
+
+/**
+ * A new P-256 key made here and a certificate for it issued to `id` (an operator or auditor
+ * already in the registry), recorded like every certificate. The key is returned, never written.
+ */
+export async function issueWithNewKey(ctx: CliContext, id: string, validityMs: number): Promise<{ keyPem: string; issued: Awaited<ReturnType<typeof enroll>> }> {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
   const keys = {
@@ -44,16 +59,10 @@ export async function operatorIdentity(ctx: CliContext): Promise<{ cert: string;
   };
   const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: `CN=${id}`, keys, signingAlgorithm: ECDSA_SHA256 });
   const issued = await enroll(
-    { registry, ca: await ctx.ca(), defaultValidityMs: OPERATOR_VALIDITY_MS },
+    { registry: ctx.registry(), ca: await ctx.ca(), defaultValidityMs: validityMs },
     { csr: csr.toString('pem'), auth: { method: 'operator', deviceId: id }, actor: ctx.actor },
   );
-  // Key first, then certificate; each replaced atomically.
-  for (const [file, content, mode] of [[operatorKey, keyPem, 0o600], [operatorCert, issued.certificate + issued.chain, 0o644]] as const) {
-    const tmp = `${file}.${process.pid}.new`;
-    writeNewFile(tmp, content, mode);
-    renameSync(tmp, file);
-  }
-  return { cert: issued.certificate + issued.chain, key: keyPem, ca: issued.ca };
+  return { keyPem, issued };
 }
 
 /** One JSON request to the admin API over mTLS with the operator identity. */

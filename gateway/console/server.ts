@@ -64,7 +64,7 @@ const SECURITY_HEADERS: Record<string, string> = {
   'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
   'x-frame-options': 'DENY',
   'x-content-type-options': 'nosniff',
-  'referrer-policy': 'no-referrer',
+  'referrer-policy': 'same-origin', // not no-referrer: with it the browser sends `Origin: null` on the console's own form posts
   'cache-control': 'no-store',
   'cross-origin-opener-policy': 'same-origin',
   'cross-origin-resource-policy': 'same-origin',
@@ -246,18 +246,18 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
     const deviceBack = id === undefined ? '/devices' : `/devices/${encodeURIComponent(id)}`;
     const needId = () => assertDeviceId(id ?? '');
     const n = id === undefined ? 0 : live(id);
-    const sessionsText = `${n} live session${n === 1 ? '' : 's'} on this gateway`;
+    const sessionsText = n === 0 ? 'live sessions, if any, are' : n === 1 ? 'live session on this gateway is' : `${n} live sessions on this gateway are`;
     const ttlDefault = `${Math.round(config.enrollment.tokenTtlMs / 3_600_000)}h`;
     switch (action) {
       case 'suspend':
         return { back: deviceBack, spec: { action, title: `Suspend ${needId()}?`, danger: false, hidden: { id: needId() },
-          effect: `Its connections are refused until it is resumed, and its ${sessionsText} are cut.`,
+          effect: `Its connections are refused until it is resumed, and its ${sessionsText} cut.`,
           fields: html`<label>Reason (for the audit log) <input name="reason" maxlength="200"></label>` } };
       case 'resume':
         return { back: deviceBack, spec: { action, title: `Resume ${needId()}?`, danger: false, hidden: { id: needId() }, effect: 'It may connect again.', fields: html`` } };
       case 'revoke':
         return { back: deviceBack, spec: { action, title: `Revoke ${needId()}?`, danger: true, hidden: { id: needId() },
-          effect: `Every certificate of this device is revoked and its ${sessionsText} are cut. This cannot be undone: the device must be added and enrolled again.`,
+          effect: `Every certificate of this device is revoked and its ${sessionsText} cut. This cannot be undone: the device must be added and enrolled again.`,
           fields: reasonSelect() } };
       case 'revokeCertificate': {
         const serial = str(q, 'serial') ?? '';
@@ -266,7 +266,7 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
       }
       case 'kick':
         return { back: deviceBack, spec: { action, title: `Kick ${needId()}?`, danger: false, hidden: { id: needId() },
-          effect: `Its ${sessionsText} are closed. It is not revoked: it may connect again at once.`, fields: html`` } };
+          effect: `Its ${sessionsText} closed. It is not revoked: it may connect again at once.`, fields: html`` } };
       case 'deny': {
         const kind = str(q, 'kind') ?? 'fingerprint';
         const value = str(q, 'value') ?? '';

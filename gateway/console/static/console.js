@@ -19,10 +19,11 @@
     var body = document.createElement('tbody');
     items.forEach(function (item) {
       var tr = document.createElement('tr');
-      cells(item).forEach(function (c, i) {
+      var values = cells(item);
+      values.forEach(function (c, i) {
         var td = document.createElement('td');
         td.textContent = String(c);
-        if (i === cells(item).length - 1) td.className = 'num';
+        if (i === values.length - 1) td.className = 'num';
         tr.appendChild(td);
       });
       body.appendChild(tr);
@@ -38,6 +39,7 @@
     var opts = {
       width: Math.max(el.clientWidth, 300), height: 180,
       series: [{}].concat(series.map(function (s) { return { label: s[0], stroke: s[1], width: 2 }; })),
+      scales: { x: { time: true, range: function (u, min, max) { return [max - 300, max]; } } }, // the last five minutes
       axes: [{}, { size: 50 }],
       legend: { show: true },
     };
