@@ -69,16 +69,12 @@ function oneOf(value: string | undefined, allowed: readonly string[], what: stri
 export class ConsoleQueries {
   readonly #reader: RegistryReader;
   readonly #s: Record<string, Statement>;
+  readonly #byFilter = new Map<string, { after: Statement; before: Statement; count: Statement }>();
 
   constructor(reader: RegistryReader) {
     this.#reader = reader;
     const p = (sql: string) => reader.db.prepare(sql);
-    const deviceWhere = `(@q IS NULL OR (id >= @q AND id < @q || '~')) AND (@type IS NULL OR type = @type)
-      AND (@fleet IS NULL OR fleet = @fleet) AND (@status IS NULL OR status = @status)`;
     this.#s = {
-      devicesAfter: p(`SELECT * FROM devices WHERE ${deviceWhere} AND (@after IS NULL OR id > @after) ORDER BY id LIMIT @limit`),
-      devicesBefore: p(`SELECT * FROM devices WHERE ${deviceWhere} AND id < @before ORDER BY id DESC LIMIT @limit`),
-      devicesCount: p(`SELECT COUNT(*) AS n FROM devices WHERE ${deviceWhere}`),
       byStatus: p('SELECT status, COUNT(*) AS n FROM devices GROUP BY status'),
       byType: p('SELECT type, COUNT(*) AS n FROM devices GROUP BY type'),
       expiring: p(`SELECT c.serial, c.device_id, c.fingerprint, c.not_after, c.issued_at FROM certificates c
@@ -117,6 +113,30 @@ export class ConsoleQueries {
     };
   }
 
+  /**
+   * Statements for one combination of device filters, made once: only the conditions asked for
+   * are in the SQL, so SQLite picks the index that fits (id prefix: the primary key; fleet, type,
+   * status: their own indexes), where `(@x IS NULL OR …)` would scan.
+   */
+  #deviceStatements(where: Record<string, string | null>): { after: Statement; before: Statement; count: Statement } {
+    const parts: string[] = [];
+    if (where.q !== null) parts.push(`id >= @q AND id < @q || '~'`);
+    for (const c of ['type', 'fleet', 'status'] as const) if (where[c] !== null) parts.push(`${c} = @${c}`);
+    const key = parts.join(' AND ');
+    let s = this.#byFilter.get(key);
+    if (s === undefined) {
+      const cond = parts.length === 0 ? '1' : key;
+      const p = (sql: string) => this.#reader.db.prepare(sql);
+      s = {
+        after: p(`SELECT * FROM devices WHERE ${cond} AND (@after IS NULL OR id > @after) ORDER BY id LIMIT @limit`),
+        before: p(`SELECT * FROM devices WHERE ${cond} AND id < @before ORDER BY id DESC LIMIT @limit`),
+        count: p(`SELECT COUNT(*) AS n FROM devices WHERE ${cond}`),
+      };
+      this.#byFilter.set(key, s);
+    }
+    return s;
+  }
+
   devices(f: DeviceFilter): Page<DeviceRecord> {
     const limit = limitOf(f.limit);
     const where = {
@@ -125,20 +145,18 @@ export class ConsoleQueries {
       fleet: f.fleet === undefined || f.fleet === '' ? null : f.fleet,
       status: oneOf(f.status, STATUSES, 'status'),
     };
-    const total = (this.#s.devicesCount!.get(where) as { n: number }).n;
-    let rows: DeviceRecord[];
-    let more: boolean;
+    const s = this.#deviceStatements(where);
+    const bind = Object.fromEntries(Object.entries(where).filter(([, v]) => v !== null));
+    const total = (s.count.get(bind) as { n: number }).n;
     if (f.before !== undefined && f.before !== '') {
-      const got = (this.#s.devicesBefore!.all({ ...where, before: f.before, limit: limit + 1 }) as Row[]).map(toDevice);
-      more = got.length > limit;
-      rows = got.slice(0, limit).reverse();
-      return { rows, total, next: rows.at(-1)?.id ?? null, prev: more ? rows[0]!.id : null };
+      const got = (s.before.all({ ...bind, before: f.before, limit: limit + 1 }) as Row[]).map(toDevice);
+      const rows = got.slice(0, limit).reverse();
+      return { rows, total, next: rows.at(-1)?.id ?? null, prev: got.length > limit ? rows[0]!.id : null };
     }
     const after = f.after === undefined || f.after === '' ? null : f.after;
-    const got = (this.#s.devicesAfter!.all({ ...where, after, limit: limit + 1 }) as Row[]).map(toDevice);
-    more = got.length > limit;
-    rows = got.slice(0, limit);
-    return { rows, total, next: more ? rows.at(-1)!.id : null, prev: after === null || rows.length === 0 ? null : rows[0]!.id };
+    const got = (s.after.all({ ...bind, after, limit: limit + 1 }) as Row[]).map(toDevice);
+    const rows = got.slice(0, limit);
+    return { rows, total, next: got.length > limit ? rows.at(-1)!.id : null, prev: after === null || rows.length === 0 ? null : rows[0]!.id };
   }
 
   device(id: string): { device: DeviceRecord; certificates: Omit<CertificateRecord, 'pem'>[]; children: string[]; audit: AuditRecord[]; denied: DenyRecord[] } {
