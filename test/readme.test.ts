@@ -47,15 +47,15 @@ test('readme/the first-hour steps work verbatim on a fresh stack: a connected, a
   const origin = await freePort();
   const ports: Record<string, string> = { 8080: String(origin) };
   const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}:${process.env.PATH}`, FLEETGATE_ACTOR: 'readme' };
-  const swap = (s: string) => s.replace(/\b(8883|8884|8443|9443|9444|8080)\b/g, (p) => ports[p] ?? p);
+  const swap = (s: string) => s.replace(/\b(8883|8884|8443|9443|9444|9445|8080)\b/g, (p) => ports[p] ?? p);
   const outputs: string[] = [];
   for (const block of blocks) {
     const script = block.split('\n').filter((l) => l.trim() !== 'npm install').join('\n');
     if (script.trim() === 'npm start') {
       stack = await spawnService('up', join(dir, 'data'), { FLEETGATE_LOG_LEVEL: 'warn' });
       const port = (name: string) => new URL(stack!.endpoints[name]!.replace(/^(mqtts|wss)/, 'https')).port;
-      Object.assign(ports, { 8883: port('mqtt+tls'), 8884: port('mqtt+wss'), 8443: port('https'), 9443: port('provision'), 9444: port('admin') });
-      Object.assign(env, { FLEETGATE_MQTT_PORT: ports[8883], FLEETGATE_WSS_PORT: ports[8884], FLEETGATE_HTTPS_PORT: ports[8443], FLEETGATE_PROVISION_PORT: ports[9443], FLEETGATE_ADMIN_PORT: ports[9444] });
+      Object.assign(ports, { 8883: port('mqtt+tls'), 8884: port('mqtt+wss'), 8443: port('https'), 9443: port('provision'), 9444: port('admin'), 9445: port('console') });
+      Object.assign(env, { FLEETGATE_MQTT_PORT: ports[8883], FLEETGATE_WSS_PORT: ports[8884], FLEETGATE_HTTPS_PORT: ports[8443], FLEETGATE_PROVISION_PORT: ports[9443], FLEETGATE_ADMIN_PORT: ports[9444], FLEETGATE_CONSOLE_PORT: ports[9445] });
       outputs.push('');
       continue;
     }

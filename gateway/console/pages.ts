@@ -63,7 +63,7 @@ ${card('v-connects', 'connects / s', snap.connectsPerSec.toFixed(1))}
 ${card('v-messages', 'messages / s (in + out)', (snap.messagesInPerSec + snap.messagesOutPerSec).toFixed(1))}
 ${card('v-refusals', 'refusals / s', snap.refusalsPerSec.toFixed(1))}
 ${card('v-cuts', 'sessions cut by revocation', String(snap.cutsByRevocation))}
-${card('v-p99', 'p99 TLS handshake (ms)', snap.handshakeP99Ms === null ? '–' : snap.handshakeP99Ms.toFixed(1))}
+${card('v-p99', 'p99 mTLS handshake, last 30 s (ms)', snap.handshakeP99Ms === null ? '–' : snap.handshakeP99Ms.toFixed(1))}
 </section>
 <section class="charts">
 <figure><figcaption>Connected devices</figcaption><div id="chart-connected" class="chart"></div></figure>
