@@ -1,5 +1,5 @@
 // Dependency direction (STYLE.md): device-sim → firmware-sdk → firmware-sdk/protocol;
-// gateway → provisioning/registry (read side only); provisioning never imports gateway;
+// gateway → provisioning/registry (read side only, but for the console's actions); provisioning never imports gateway;
 // the SDK imports no server code.
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -35,17 +35,20 @@ const rules: { from: string; allow: (target: string) => boolean; why: string }[]
   { from: 'harness', allow: (t) => !t.startsWith('test/') && !t.startsWith('bench/'), why: 'harness/ is below tests and benchmarks' },
   {
     from: 'gateway',
-    allow: (t) => !t.startsWith('provisioning/') || /^provisioning\/registry\/(reader|records|hex|open|schema|status|audit-appender)\.ts$/.test(t),
+    allow: (t) => !t.startsWith('provisioning/') || /^provisioning\/registry\/(reader|records|hex|open|schema|status|audit-appender|reasons)\.ts$/.test(t),
     why: 'the gateway gets the read side of the registry only',
   },
 ];
+// One exception, by file: the console's actions are the CLI's registry operations (the same
+// writer, transaction, audit row and status event), run on the console's own registry thread.
+const EXCEPTIONS = new Set(['gateway/console/store-worker.ts imports provisioning/registry/writer.ts']);
 
 test('architecture/imports follow the dependency direction', () => {
   const violations: string[] = [];
   for (const rule of rules) {
     for (const file of sources(rule.from)) {
       for (const target of imports(file)) {
-        if (!rule.allow(target)) violations.push(`${file} imports ${target}: ${rule.why}`);
+        if (!rule.allow(target) && !EXCEPTIONS.has(`${file} imports ${target}`)) violations.push(`${file} imports ${target}: ${rule.why}`);
       }
     }
   }
