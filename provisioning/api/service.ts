@@ -3,6 +3,7 @@ import type { FleetgateConfig } from '../../config/config.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
 import { buildCrl } from '../ca/crl.ts';
+import { GroupCommit } from '../enroll/group-commit.ts';
 import { enroll, type EnrollmentAuth, type EnrollmentResult } from '../enroll/pipeline.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
 import { Counter, Registry } from 'prom-client';
@@ -31,7 +32,9 @@ export class ProvisioningService {
   readonly log: Logger;
   readonly metrics = createMetrics();
   readonly #refusals: ThrottledLog | undefined;
-  #crl: { der: Buffer; revocations: number; builtAt: number } | undefined;
+  #crl: { der: Buffer; lastRevocation: number; builtAt: number } | undefined;
+  /** Enrollments recorded together, one commit per event-loop turn. */
+  readonly commits: GroupCommit;
 
   constructor(deps: { registry: RegistryWriter; ca: CertificateAuthority; config: FleetgateConfig; log: Logger; refusals?: ThrottledLog }) {
     this.#refusals = deps.refusals;
@@ -39,6 +42,7 @@ export class ProvisioningService {
     this.ca = deps.ca;
     this.config = deps.config;
     this.log = deps.log;
+    this.commits = new GroupCommit(deps.registry);
   }
 
   /**
@@ -55,7 +59,9 @@ export class ProvisioningService {
     let auth: EnrollmentAuth | undefined;
     try {
       auth = resolveAuth(); // the requester's credentials: certificate, claim, token
-      const result = await enroll({ registry: this.registry, ca: this.ca, defaultValidityMs: this.config.ca.leafValidityMs }, { csr, auth, actor });
+      const result = await enroll({
+        registry: this.registry, ca: this.ca, defaultValidityMs: this.config.ca.leafValidityMs, commit: (change) => this.commits.run(change),
+      }, { csr, auth, actor });
       this.metrics.enrollments.inc({ method, code: 'OK' });
       this.log.info({ decision: 'issued', method: result.method, surface: meta.surface, deviceId: result.deviceId, serial: result.serial, remoteAddress: meta.remoteAddress }, 'certificate issued');
       return result;
@@ -80,15 +86,19 @@ export class ProvisioningService {
     }
   }
 
-  /** The current CRL (DER), rebuilt when a revocation was added or half its validity has passed. */
+  /**
+   * The current CRL (DER), rebuilt when a revocation was added or half its validity has passed.
+   * Whether one was added is one index look-up (revocations are never deleted, so their newest
+   * rowid only grows), not a read of every revocation per request.
+   */
   async crl(): Promise<Buffer> {
-    const revocations = this.registry.listRevocations();
-    const stale = this.#crl === undefined || this.#crl.revocations !== revocations.length
+    const lastRevocation = this.registry.lastRevocationRowid();
+    const stale = this.#crl === undefined || this.#crl.lastRevocation !== lastRevocation
       || Date.now() - this.#crl.builtAt > this.config.ca.crlValidityMs / 2;
     if (stale) {
       const number = this.registry.nextCrlNumber('provisioning');
-      const der = await buildCrl(this.ca, { number, entries: revocations, validityMs: this.config.ca.crlValidityMs });
-      this.#crl = { der, revocations: revocations.length, builtAt: Date.now() };
+      const der = await buildCrl(this.ca, { number, entries: this.registry.listRevocations(), validityMs: this.config.ca.crlValidityMs });
+      this.#crl = { der, lastRevocation, builtAt: Date.now() };
     }
     return (this.#crl as { der: Buffer }).der;
   }

@@ -28,6 +28,8 @@ export interface EnrollmentDeps {
   registry: RegistryWriter;
   ca: CertificateAuthority;
   defaultValidityMs: number;
+  /** Runs the record step; the provisioning service passes its group commit. Default: now, in its own transaction. */
+  commit?: <T>(change: () => T) => Promise<T>;
 }
 
 /** What an enrolled device receives. */
@@ -68,11 +70,13 @@ export async function enroll(deps: EnrollmentDeps, request: EnrollmentRequest): 
   const csr = parseCsr(request.csr); // parse + proof of possession
   const leaf = signLeaf(deps.ca, { deviceId: authorized.deviceId, spki: csr.spki, validityMs: request.validityMs ?? deps.defaultValidityMs });
   const ignored = ignoredRequests(csr, authorized.deviceId);
-  authorized.record(deps.registry, {
+  const record = () => authorized.record(deps.registry, {
     serial: leaf.serial, deviceId: authorized.deviceId, fingerprint: leaf.fingerprint, spkiSha256: leaf.spkiSha256,
     notBefore: leaf.notBefore, notAfter: leaf.notAfter, pem: leaf.pem, method: authorized.method,
     auditDetail: { key: csr.keyDescription, ...authorized.detail, ...(ignored.length > 0 && { ignored }) },
   }, request.actor);
+  // Answered only once recorded (durably committed): a certificate is never returned unrecorded.
+  if (deps.commit === undefined) record(); else await deps.commit(record);
   return {
     deviceId: authorized.deviceId, serial: leaf.serial, fingerprint: leaf.fingerprint, notBefore: leaf.notBefore, notAfter: leaf.notAfter,
     certificate: leaf.pem, chain: deps.ca.intermediatePem, ca: deps.ca.rootPem, ignored, method: authorized.method,

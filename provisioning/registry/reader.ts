@@ -43,6 +43,7 @@ export class RegistryReader {
       token: p('SELECT * FROM enrollment_tokens WHERE hash = ?'),
       statusEvents: p('SELECT * FROM status_events WHERE seq > ? ORDER BY seq LIMIT ?'),
       lastStatusSeq: p('SELECT COALESCE(MAX(seq), 0) AS seq FROM status_events'),
+      lastRevocation: p('SELECT COALESCE(MAX(rowid), 0) AS n FROM revocations'),
       claim: p(`SELECT c.*, (SELECT COUNT(*) FROM claim_serials s WHERE s.claim = c.name) AS allowed,
         (SELECT COUNT(*) FROM claim_serials s WHERE s.claim = c.name AND s.enrolled_at IS NOT NULL) AS enrolled FROM claims c WHERE c.name = ?`),
       claimByFingerprint: p('SELECT name FROM claims WHERE fingerprint = ?'),
@@ -144,6 +145,11 @@ export class RegistryReader {
       seq: r.seq as number, at: r.at as number, kind: r.kind as string,
       deviceId: (r.device_id as string | null) ?? null, serial: (r.serial as string | null) ?? null, value: (r.value as string | null) ?? null,
     }));
+  }
+
+  /** Grows with every revocation recorded (they are never deleted): a cheap "did anything change". */
+  lastRevocationRowid(): number {
+    return (this.stmt('lastRevocation').get() as { n: number }).n;
   }
 
   lastStatusSeq(): number {

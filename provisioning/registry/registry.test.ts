@@ -213,3 +213,27 @@ test('registry/migration 4 rebuilds devices (auditor type) and keeps every row a
   assert.throws(() => writer.db.exec(`INSERT INTO devices (id, type, parent, created_at, updated_at) VALUES ('s-2', 'sensor', 'nope', 1, 1)`), /FOREIGN KEY/);
   assert.throws(() => writer.db.exec(`DELETE FROM devices WHERE id = 'gw-1'`), /FOREIGN KEY/);
 });
+
+test('registry/group commit: one transaction, each change in its own savepoint; a failing change is rolled back alone', async (t) => {
+  const { writer } = open(t);
+  const { GroupCommit } = await import('../enroll/group-commit.ts');
+  const group = new GroupCommit(writer);
+  const token = writer.addDevice({ id: 'gc-1', type: 'sensor' }, 'test', { tokenTtlMs: 60_000 }).token!;
+  writer.addDevice({ id: 'gc-2', type: 'sensor' }, 'test');
+  const before = writer.counts();
+  // The same token twice in one turn: the first consumes it, the second fails alone; gc-2 is unaffected.
+  const first = fakeIssued('gc-1', { tokenHash: hashToken(token.token) });
+  const again = fakeIssued('gc-1', { tokenHash: hashToken(token.token) });
+  const other = fakeIssued('gc-2');
+  const results = await Promise.allSettled([first, again, other].map((c) => group.run(() => writer.recordCertificate(c, 'test'))));
+  assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
+  assert.ok(code('TOKEN_USED')((results[1] as PromiseRejectedResult).reason));
+  assert.equal(group.stats.commits, 1, 'one commit for the three');
+  assert.equal(writer.getCertificate(again.serial), undefined, 'nothing of the failed change is left');
+  const returned = (results[0] as PromiseFulfilledResult<ReturnType<RegistryWriter['recordCertificate']>>).value;
+  assert.deepEqual(returned, writer.getCertificate(first.serial), 'the returned record is the row as stored');
+  const after = writer.counts();
+  assert.equal(after.certificates - before.certificates, 2);
+  assert.equal(after.audit - before.audit, 2);
+  assert.equal(writer.getDevice('gc-2')?.status, 'active');
+});

@@ -97,6 +97,22 @@ export class RegistryWriter extends RegistryReader {
     this.#w.event!.run(Date.now(), kind, deviceId, serial, value);
   }
 
+  /**
+   * Group commit: runs several changes in one IMMEDIATE transaction, each in its own savepoint
+   * (a change that throws is rolled back alone and reports its error), with one commit — one
+   * fsync — for all. If the commit itself fails, every change fails with it.
+   */
+  batch<T>(changes: readonly (() => T)[]): ({ ok: true; value: T } | { ok: false; error: unknown })[] {
+    return this.db.transaction(() => changes.map((change) => {
+      try {
+        // Nested transaction: better-sqlite3 makes it a savepoint, released or rolled back here.
+        return { ok: true as const, value: this.db.transaction(change)() };
+      } catch (error) {
+        return { ok: false as const, error };
+      }
+    })).immediate();
+  }
+
   /** Appends an audit row on its own (for actions that change no other table). */
   appendAudit(actor: string, action: string, subject: string | null, detail: Record<string, unknown> = {}): void {
     this.#run(() => this.#audit(actor, action, subject, detail));
@@ -189,7 +205,8 @@ export class RegistryWriter extends RegistryReader {
       if (denied !== undefined) {
         throw new FleetgateError('DENYLISTED', `${denied.kind} ${denied.value} is denylisted${denied.reason ? `: ${denied.reason}` : ''}`, { detail: { deviceId: device.id, denied: denied.kind } });
       }
-      this.#w.insertCert!.run({ ...cert, now: Date.now(), actor });
+      const issuedAt = Date.now();
+      this.#w.insertCert!.run({ ...cert, now: issuedAt, actor });
       if (cert.supersedes !== undefined && this.#w.supersede!.run(cert.serial, cert.supersedes, device.id).changes !== 1) {
         throw new FleetgateError('CERT_SUPERSEDED', `certificate ${cert.supersedes} was renewed already`, { detail: { deviceId: device.id, serial: cert.supersedes } });
       }
@@ -198,7 +215,11 @@ export class RegistryWriter extends RegistryReader {
         serial: cert.serial, fingerprint: cert.fingerprint, method: cert.method, notAfter: cert.notAfter,
         ...(cert.supersedes !== undefined && { supersedes: cert.supersedes }), ...cert.auditDetail,
       });
-      return this.getCertificate(cert.serial)!;
+      // The row as written, without reading it back.
+      return {
+        serial: cert.serial, deviceId: cert.deviceId, fingerprint: cert.fingerprint, spkiSha256: cert.spkiSha256, notBefore: cert.notBefore,
+        notAfter: cert.notAfter, pem: cert.pem, issuedAt, method: cert.method, actor, supersededBy: null, revocation: null,
+      };
     });
   }
 
