@@ -23,6 +23,7 @@ const CONNECT_CONCURRENCY = 4;
 const PUBLISHERS = 10;
 const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 5_000); // per publisher per QoS (CPU ticks are 10 ms: enough work to measure)
 const IDLE = Number(process.env.BENCH_IDLE_CONNECTIONS ?? 10_000);
+const IDLE_CPU_SECONDS = Number(process.env.BENCH_IDLE_CPU_SECONDS ?? 20);
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 40);
 const V5 = process.env.BENCH_V5 !== '0';
 
@@ -101,9 +102,9 @@ const publishersCreds: Credential[] = [];
 for (let i = 0; i < Math.max(PUBLISHERS, CONNECT_CONCURRENCY, REVOCATIONS); i++) publishersCreds.push(await device(`bench-${i}`));
 const service = await device('bench-svc', 'service');
 
-interface Figures { connectMs: number; qos0Us: number; qos1Us: number; qos1PersistentUs: number; loss0: number; loss1: number; lossP: number; idleKiB: number; connectRate: number }
+interface Figures { connectMs: number; qos0Us: number; qos1Us: number; qos1PersistentUs: number; loss0: number; loss1: number; lossP: number; idleKiB: number; idleCpuPct: number; connectRate: number }
 
-async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB'>> {
+async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'idleCpuPct'>> {
   // 1. Connects.
   let cpu0 = server.cpuSeconds();
   let next = 0;
@@ -212,7 +213,7 @@ const results = new Map<string, Figures>();
 for (const make of [() => startFleetgate('disk'), () => startMosquitto(), () => startFleetgate('memory')]) {
   const server = await make();
   try {
-    results.set(server.name, { ...(await measureWork(server)), idleKiB: Number.NaN });
+    results.set(server.name, { ...(await measureWork(server)), idleKiB: Number.NaN, idleCpuPct: Number.NaN });
   } finally {
     await server.stop();
   }
@@ -220,19 +221,27 @@ for (const make of [() => startFleetgate('disk'), () => startMosquitto(), () => 
 for (const make of [() => startFleetgate('disk'), () => startMosquitto()]) {
   const server = await make();
   try {
+    // CPU of the server with no connection at all, after five settling seconds (start-up JIT and
+    // GC, the registry watch's first fast spell): timers, polls, monitors.
+    await new Promise((r) => setTimeout(r, 5_000));
+    const cpu0 = server.cpuSeconds();
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, IDLE_CPU_SECONDS * 1_000));
+    results.get(server.name)!.idleCpuPct = ((server.cpuSeconds() - cpu0) / ((performance.now() - t0) / 1_000)) * 100;
     results.get(server.name)!.idleKiB = await measureIdle(server, idleCreds);
   } finally {
     await server.stop();
   }
 }
 results.get('fleetgate (memory)')!.idleKiB = results.get('fleetgate (disk)')!.idleKiB; // the same code path when idle
+results.get('fleetgate (memory)')!.idleCpuPct = results.get('fleetgate (disk)')!.idleCpuPct;
 
 const fg = results.get('fleetgate (disk)')!;
 const fm = results.get('fleetgate (memory)')!;
 const mo = results.get('mosquitto')!;
 // 5. MQTT 5 beside 3.1.1, on the same servers and clients (fleetgate in memory mode: the
 //    protocol cost, not the disk's).
-const v5 = new Map<string, Omit<Figures, 'idleKiB'>>();
+const v5 = new Map<string, Omit<Figures, 'idleKiB' | 'idleCpuPct'>>();
 if (V5) {
   protocolVersion = 5;
   for (const make of [() => startFleetgate('memory'), () => startMosquitto()]) {
@@ -256,6 +265,7 @@ log(`| QoS 0 message (10 → 1) | ${fmt(fg.qos0Us, 1)} µs | ${fmt(fm.qos0Us, 1)
 log(`| QoS 1 message (10 → 1) | ${fmt(fg.qos1Us, 1)} µs | ${fmt(fm.qos1Us, 1)} µs | ${fmt(mo.qos1Us, 1)} µs | ${ratio(fg.qos1Us, mo.qos1Us)} | ${ratio(fm.qos1Us, mo.qos1Us)} | ≤ 1.5 (memory) |`);
 log(`| QoS 1 to a persistent session | ${fmt(fg.qos1PersistentUs, 1)} µs | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(mo.qos1PersistentUs, 1)} µs | ${ratio(fg.qos1PersistentUs, mo.qos1PersistentUs)} | ${ratio(fm.qos1PersistentUs, mo.qos1PersistentUs)} | (disk: on disk before PUBACK) |`);
 log(`| idle RSS per connection (${IDLE}) | ${fmt(fg.idleKiB, 1)} KiB | ${fmt(fm.idleKiB, 1)} KiB | ${fmt(mo.idleKiB, 1)} KiB | ${ratio(fg.idleKiB, mo.idleKiB)} | ${ratio(fm.idleKiB, mo.idleKiB)} | ≤ 1.5 |`);
+log(`| idle CPU, no connection (${IDLE_CPU_SECONDS} s) | ${fmt(fg.idleCpuPct, 2)} % | ${fmt(fm.idleCpuPct, 2)} % | ${fmt(mo.idleCpuPct, 2)} % | | | (CPU ticks are 10 ms: ±${fmt(1 / IDLE_CPU_SECONDS, 2)} %) |`);
 log(`loss: QoS 0 ${[fg, fm, mo].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[fg, fm, mo].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')}; QoS 1 persistent ${[fg, fm, mo].map((r) => `${fmt(r.lossP * 100, 2)} %`).join(' / ')} (disk / memory / Mosquitto)`);
 log(`connects/s (client-bound): ${[fg, fm, mo].map((r) => fmt(r.connectRate, 0)).join(' / ')}`);
 if (V5) {

@@ -176,8 +176,10 @@ export interface GatewayConfig {
   connectTimeoutMs: number;
   /** Admin listener request deadline (probes, operators). */
   adminRequestTimeoutMs: number;
-  /** How often the gateway reads the registry's status-event feed (live revocation). */
+  /** How often the gateway reads the registry's status-event feed while the registry is being written (live revocation). */
   statusPollMs: number;
+  /** How often it reads the feed while the registry file is quiet (inotify announces writes; this is the safety net). */
+  statusIdlePollMs: number;
   /** How long a connection waits for the registry to answer its status check before it is refused REGISTRY_UNAVAILABLE. */
   registryTimeoutMs: number;
   /** Admitted certificates whose status the gateway keeps in memory (kept current by the status feed). */
@@ -233,6 +235,7 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     connectTimeoutMs: 10_000, // 10 s
     adminRequestTimeoutMs: 10_000, // 10 s
     statusPollMs: 20, // 20 ms: bounds revoke → live cut
+    statusIdlePollMs: 250, // a quiet registry is read 4 times a second (writes are announced by the kernel)
     registryTimeoutMs: 500, // a new connection that cannot be checked is refused within this
     statusCacheSize: 100_000,
     limits: {
@@ -325,6 +328,7 @@ const SETTINGS = [
   { key: 'gateway.adminRequestTimeoutMs', file: ['gateway', 'adminRequestTimeout'], env: 'FLEETGATE_ADMIN_REQUEST_TIMEOUT', kind: 'duration' },
   { key: 'gateway.connectTimeoutMs', file: ['gateway', 'connectTimeout'], env: 'FLEETGATE_CONNECT_TIMEOUT', kind: 'duration' },
   { key: 'gateway.statusPollMs', file: ['gateway', 'statusPoll'], env: 'FLEETGATE_STATUS_POLL', kind: 'duration' },
+  { key: 'gateway.statusIdlePollMs', file: ['gateway', 'statusIdlePoll'], env: 'FLEETGATE_STATUS_IDLE_POLL', kind: 'duration' },
   { key: 'gateway.registryTimeoutMs', file: ['gateway', 'registryTimeout'], env: 'FLEETGATE_REGISTRY_TIMEOUT', kind: 'duration' },
   { key: 'gateway.statusCacheSize', file: ['gateway', 'statusCacheSize'], env: 'FLEETGATE_STATUS_CACHE_SIZE', kind: 'count' },
   { key: 'provisioning.host', file: ['provisioning', 'host'], env: 'FLEETGATE_PROVISION_HOST', kind: 'host' },

@@ -44,7 +44,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   // The registry is read on its own thread; the watcher is wired once the plane exists.
   let watcher: StatusWatcher | undefined;
   const registry = await RegistryLink.open(paths.registry, { // fails fast if the registry cannot be read
-    pollMs: g.statusPollMs, timeoutMs: g.registryTimeoutMs, cacheMax: g.statusCacheSize,
+    pollMs: g.statusPollMs, idlePollMs: g.statusIdlePollMs, timeoutMs: g.registryTimeoutMs, cacheMax: g.statusCacheSize,
     onEvents: (events) => watcher?.apply(events),
     onFeed: (state, error) => {
       if (state === 'down') log.error({ code: error?.code, err: error?.message }, 'registry status feed unavailable: new connections are refused, live sessions continue');

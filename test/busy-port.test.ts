@@ -1,6 +1,6 @@
 // Issue #16: a listener that cannot bind is a coded one-line error naming the port and the
 // setting that changes it; everything already started is closed and the process exits non-zero
-// (no hang, no swallowed signal, no stack trace). Tried for each of the five listeners.
+// (no hang, no swallowed signal, no stack trace). Tried for each of the six listeners.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -16,6 +16,7 @@ test('busy port/every listener: PORT_IN_USE, which port, which setting; exits', 
     ['FLEETGATE_WSS_PORT', port('mqtt+wss'), 'gateway.wssPort'],
     ['FLEETGATE_HTTPS_PORT', port('https'), 'https.port'],
     ['FLEETGATE_ADMIN_PORT', port('admin'), 'gateway.adminPort'],
+    ['FLEETGATE_CONSOLE_PORT', port('console'), 'gateway.consolePort'],
     ['FLEETGATE_PROVISION_PORT', port('provision'), 'provisioning.port'],
   ] as const;
   for (const [variable, busy, setting] of cases) {

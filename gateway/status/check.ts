@@ -41,6 +41,11 @@ export class StatusChecker implements StatusSource {
     return this.#reader;
   }
 
+  /** The reader now open, if any, without looking at the file (for the feed's frequent polls). */
+  current(): RegistryReader | undefined {
+    return this.#reader;
+  }
+
   #drop(): void {
     this.#reader?.close();
     this.#reader = undefined;

@@ -23,8 +23,10 @@ export type FromWorker =
   | { ready: number; error?: WireError };
 
 export interface RegistryLinkOptions {
-  /** How often the registry thread reads the status feed (bounds revoke → cut). */
+  /** How often the registry thread reads the status feed while the registry is being written (bounds revoke → cut). */
   pollMs: number;
+  /** How often it reads the feed while the registry file is quiet (the kernel announces writes; this is the safety net). */
+  idlePollMs: number;
   /** How long a status question may wait for the registry before the answer is REGISTRY_UNAVAILABLE. */
   timeoutMs: number;
   /** Admitted certificates remembered (their status kept current by the feed). */
@@ -81,7 +83,7 @@ export class RegistryLink {
 
   #spawn(): Promise<void> {
     const worker = new Worker(new URL('./registry-worker.ts', import.meta.url), {
-      workerData: { file: this.#file, pollMs: this.#options.pollMs, since: this.#lastSeq },
+      workerData: { file: this.#file, pollMs: this.#options.pollMs, idlePollMs: this.#options.idlePollMs, since: this.#lastSeq },
     });
     this.#worker = worker;
     return new Promise((resolve, reject) => {
