@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { userInfo } from 'node:os';
+import { hostname, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DEVICE_TYPES, type DeviceType } from '../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
@@ -42,6 +42,13 @@ export interface FleetgateConfig {
     format: LogFormat;
   };
   mqtt: MqttConfig;
+  /** Several gateway nodes: messages between them over NATS (off when `nats` is empty). */
+  cluster: {
+    /** NATS server URLs, comma-separated (`nats://10.0.0.5:4222,nats://10.0.0.6:4222`); empty: one node, no NATS. */
+    nats: string;
+    /** This node's name (logs, metrics, its own `mqtt-<node>.db`); default: the host name. */
+    node: string;
+  };
 }
 
 /** The MQTT core: durability and the bounds on what one client may make the gateway hold. */
@@ -276,6 +283,10 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     level: 'info',
     format: 'auto' as const,
   },
+  cluster: {
+    nats: '',
+    node: hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 63) || 'node',
+  },
   mqtt: {
     durability: 'disk' as const,
     maxInflight: 32,
@@ -368,6 +379,8 @@ const SETTINGS = [
   { key: 'mqtt.maxUserPropertyBytes', file: ['mqtt', 'maxUserPropertyBytes'], env: 'FLEETGATE_MQTT_MAX_USER_PROPERTY_BYTES', kind: 'count' },
   { key: 'log.level', file: ['log', 'level'], env: 'FLEETGATE_LOG_LEVEL', kind: 'loglevel' },
   { key: 'log.format', file: ['log', 'format'], env: 'FLEETGATE_LOG_FORMAT', kind: 'logformat' },
+  { key: 'cluster.nats', file: ['cluster', 'nats'], env: 'FLEETGATE_NATS', kind: 'natsurls' },
+  { key: 'cluster.node', file: ['cluster', 'node'], env: 'FLEETGATE_NODE', kind: 'nodename' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
@@ -408,6 +421,21 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return value;
   }
   if (kind === 'routes') return parseRoutes(value, where, problems);
+  if (kind === 'natsurls') {
+    const urls = typeof value === 'string' ? value.split(',').map((u) => u.trim()).filter(Boolean) : undefined;
+    if (urls === undefined || !urls.every((u) => /^nats:\/\/[A-Za-z0-9.:[\]-]+$/.test(u))) {
+      problems.push(`${where} must be nats://host:port URLs, comma-separated (empty: no cluster)`);
+      return undefined;
+    }
+    return urls.join(',');
+  }
+  if (kind === 'nodename') {
+    if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) {
+      problems.push(`${where} must be 1–63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
+      return undefined;
+    }
+    return value;
+  }
   if (kind === 'durability') {
     if (value !== 'disk' && value !== 'memory') {
       problems.push(`${where} must be "disk" or "memory"`);

@@ -14,6 +14,7 @@ import { AssertionMinter } from './https/assertion.ts';
 import { deleteRetiredKeys, ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
 import { startHttpsPlane } from './https/server.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
+import { NatsBus } from './cluster/bus.ts';
 import { MqttPlane } from './mqtt/broker.ts';
 import { startMqttListeners } from './mqtt/listeners.ts';
 import { SessionTable, type Session } from './sessions.ts';
@@ -63,10 +64,26 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     },
     handshake: (listener, seconds) => metrics.tlsHandshake.observe({ listener }, seconds) },
   );
-  let plane: MqttPlane;
+  let plane: MqttPlane | undefined;
+  // Several nodes: messages between them over NATS; each node keeps its own MQTT store.
+  let bus: NatsBus | undefined;
+  const node = config.cluster.node;
   try {
-    plane = new MqttPlane({ config: g, mqtt: config.mqtt, storeFile: join(paths.dataDir, 'mqtt.db'), registry, sessions, metrics, log: log.child({ plane: 'mqtt' }) });
+    if (config.cluster.nats !== '') {
+      bus = await NatsBus.connect(config.cluster.nats, node, log.child({ component: 'cluster', node }), {
+        message: (m) => plane?.routeRemote(m),
+        link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
+      });
+      metrics.cluster.counts = bus.counts;
+      metrics.clusterLink.set(1);
+      log.info({ node, nats: config.cluster.nats }, 'joined the cluster: messages between nodes over NATS');
+    }
+    plane = new MqttPlane({
+      config: g, mqtt: config.mqtt, storeFile: join(paths.dataDir, bus === undefined ? 'mqtt.db' : `mqtt-${node}.db`),
+      registry, sessions, metrics, log: log.child({ plane: 'mqtt' }), ...(bus !== undefined && { bus }),
+    });
   } catch (err) {
+    await bus?.close();
     await registry.close();
     throw err;
   }
@@ -123,6 +140,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     watcher?.close();
     clearInterval(keyWatch);
     await plane.close();
+    await bus?.close();
     await registry.close();
   };
   const started: (() => Promise<unknown>)[] = [];

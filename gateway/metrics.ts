@@ -10,6 +10,8 @@ export function createMetrics() {
   // Per-message counts are plain numbers on the hot path, read into the counters when scraped:
   // a prom-client label lookup per message costs more than routing the message.
   const hot = { in: [0, 0, 0], out: 0, reported: { in: [0, 0, 0], out: 0 } };
+  /** The cluster link's plain counters (set when the gateway joins a cluster), read into the counter when scraped. */
+  const cluster: { counts?: { sent: number; received: number; lostWhileDown: number }; reported: Record<string, number> } = { reported: {} };
   const make = {
     handshakes: new Counter({
       name: 'fleetgate_handshakes_total', help: 'Connection attempts by transport, outcome (admitted|refused|tls_failed) and error code',
@@ -51,6 +53,20 @@ export function createMetrics() {
       name: 'fleetgate_unauthenticated_closed_total', help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
       labelNames: ['listener', 'reason'] as const, registers: [registry],
     }),
+    clusterLink: new Gauge({ name: 'fleetgate_cluster_link_up', help: 'The NATS link to the other gateway nodes: 1 up, 0 down (absent: one node)', registers: [registry] }),
+    clusterMessages: new Counter({
+      name: 'fleetgate_cluster_messages_total', help: 'Messages between gateway nodes: sent, received, lost (published while the NATS link was down)',
+      labelNames: ['direction'] as const, registers: [registry],
+      collect() {
+        const c = cluster.counts;
+        if (c === undefined) return;
+        for (const [direction, value] of [['sent', c.sent], ['received', c.received], ['lost', c.lostWhileDown]] as const) {
+          const delta = value - (cluster.reported[direction] ?? 0);
+          if (delta > 0) this.inc({ direction }, delta);
+          cluster.reported[direction] = value;
+        }
+      },
+    }),
     tlsHandshake: new Histogram({
       name: 'fleetgate_tls_handshake_seconds', help: 'From TCP accept to a completed mutual-TLS handshake, by listener',
       labelNames: ['listener'] as const, buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [registry],
@@ -62,7 +78,7 @@ export function createMetrics() {
   };
   /** Devices refused with a certificate they may no longer use (the console's finding; not exported to Prometheus: unbounded labels). */
   const refusedDevices = new RefusedDevices();
-  return { registry, hot, refusedDevices, ...make };
+  return { registry, hot, cluster, refusedDevices, ...make };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

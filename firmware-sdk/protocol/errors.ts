@@ -43,6 +43,7 @@ export const ERRORS = Object.freeze({
   UNSUPPORTED_MEDIA_TYPE: entry(415, 5, EXIT.rejected, 'unsupported media type'),
   RATE_LIMITED: entry(429, 3, EXIT.unavailable, 'too many requests'),
   REGISTRY_UNAVAILABLE: entry(503, 3, EXIT.unavailable, 'service unavailable'),
+  CLUSTER_UNAVAILABLE: entry(503, 3, EXIT.unavailable, 'service unavailable'),
   CA_NOT_INITIALIZED: entry(503, 3, EXIT.unavailable, 'certificate authority not initialized'),
   CA_INVALID: entry(500, 3, EXIT.internal, 'certificate authority files are inconsistent'),
   PORT_IN_USE: entry(500, 3, EXIT.unavailable, 'port in use'),

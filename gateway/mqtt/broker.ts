@@ -36,6 +36,15 @@ export interface BrokerDeps {
   sessions: SessionTable;
   metrics: Metrics;
   log: Logger;
+  /** Other gateway nodes (NATS): every accepted message goes to them, theirs come back through {@link MqttPlane.routeRemote}. */
+  bus?: ClusterLink;
+}
+
+/** What the MQTT core needs of the cluster: the fan-out to other nodes and the filters it must hear. */
+export interface ClusterLink {
+  publish(message: Message): void;
+  filterAdded(filter: string): void;
+  filterRemoved(filter: string): void;
 }
 
 /**
@@ -129,6 +138,32 @@ export class MqttPlane {
     this.#sweep.unref();
   }
 
+  /** Sessions holding each filter, for the cluster link: it hears a filter while one session here holds it. */
+  readonly #filterHolders = new Map<string, number>();
+
+  #trieAdd(filter: string, session: MqttSession, value: number, isNew: boolean): void {
+    this.#trie.add(filter, session, value);
+    if (!isNew || this.#deps.bus === undefined) return;
+    const n = (this.#filterHolders.get(filter) ?? 0) + 1;
+    this.#filterHolders.set(filter, n);
+    if (n === 1) this.#deps.bus.filterAdded(filter);
+  }
+
+  #trieRemove(filter: string, session: MqttSession): void {
+    if (!this.#trie.remove(filter, session) || this.#deps.bus === undefined) return;
+    const n = (this.#filterHolders.get(filter) ?? 1) - 1;
+    if (n > 0) this.#filterHolders.set(filter, n);
+    else {
+      this.#filterHolders.delete(filter);
+      this.#deps.bus.filterRemoved(filter);
+    }
+  }
+
+  /** A message accepted by another node: delivered to this node's subscribers (not sent on again, not retained here). */
+  routeRemote(message: Message): void {
+    this.#route(message);
+  }
+
   /** Persistent sessions, their queues and retained messages, as the last run left them on disk. */
   #restore(store: DurableStore): void {
     const { sessions, queue, retained } = store.load();
@@ -140,7 +175,7 @@ export class MqttPlane {
         // The stored value is the subscription's options (+ 256 × its MQTT 5 identifier).
         session.subscriptions.set(sub.filter, sub.qos % 256);
         if (sub.qos >= 256) session.subscriptionIds.set(sub.filter, Math.floor(sub.qos / 256));
-        this.#trie.add(sub.filter, session, sub.qos);
+        this.#trieAdd(sub.filter, session, sub.qos, true);
       }
       this.#mqttSessions.set(s.clientId, session);
     }
@@ -433,7 +468,7 @@ export class MqttPlane {
   }
 
   #discard(mqtt: MqttSession): void {
-    for (const filter of mqtt.subscriptions.keys()) this.#trie.remove(filter, mqtt);
+    for (const filter of mqtt.subscriptions.keys()) this.#trieRemove(filter, mqtt);
     if (mqtt.persistent) this.#store?.dropSession(mqtt.clientId);
     this.#mqttSessions.delete(mqtt.clientId);
   }
@@ -496,6 +531,7 @@ export class MqttPlane {
       : new Message(topic, payload, p.qos, p.retain, deviceId, { fwd: forwarded(props), expiresAt: props.messageExpiry === undefined ? undefined : Date.now() + props.messageExpiry * 1000 });
     if (p.retain) this.#retain(conn, message);
     this.#route(message);
+    this.#deps.bus?.publish(message);
     if (p.qos === 1) this.#ackAfterCommit(conn, 'puback', p.packetId);
     else if (p.qos === 2) {
       mqtt.qos2In.add(p.packetId);
@@ -710,7 +746,7 @@ export class MqttPlane {
       mqtt.subscriptions.set(filter, options); // replaces an identical filter's subscription [MQTT-3.8.4-3]
       if (subscriptionId !== undefined) mqtt.subscriptionIds.set(filter, subscriptionId);
       else mqtt.subscriptionIds.delete(filter);
-      this.#trie.add(filter, mqtt, value);
+      this.#trieAdd(filter, mqtt, value, !existed);
       if (mqtt.persistent) this.#store?.addSubscription(mqtt.clientId, filter, value as 0 | 1 | 2);
       granted.push(qos);
       // Retain Handling [MQTT-3.3.1-9 … 11]: 0 always, 1 only for a new subscription, 2 never.
@@ -742,7 +778,7 @@ export class MqttPlane {
         continue;
       }
       mqtt.subscriptionIds.delete(filter);
-      this.#trie.remove(filter, mqtt);
+      this.#trieRemove(filter, mqtt);
       if (mqtt.persistent) this.#store?.removeSubscription(mqtt.clientId, filter);
       codes.push(REASON.SUCCESS);
     }
@@ -828,6 +864,7 @@ export class MqttPlane {
           : new Message(w.topic, w.payload, w.qos, w.retain, deviceId, { fwd: forwarded(wp), expiresAt: wp.messageExpiry === undefined ? undefined : Date.now() + wp.messageExpiry * 1000 });
         if (w.retain) this.#retain(conn, message);
         this.#route(message);
+        this.#deps.bus?.publish(message);
       };
       // MQTT 5 Will Delay Interval: sent after the delay or when the session ends, whichever is first [MQTT-3.1.2-8].
       const delayMs = Math.min((wp?.willDelay ?? 0) * 1000, mqtt?.persistent === true ? mqtt.expiryMs : 0);

@@ -1,0 +1,161 @@
+import { connect, headers, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
+import type { Logger } from 'pino';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import type { ForwardedProperties } from '../mqtt/codec.ts';
+import { Message } from '../mqtt/session.ts';
+import { filterToSubjects, subjectToTopic, topicToSubject } from './subjects.ts';
+
+export interface BusEvents {
+  /** A message published on another node, for this node's subscribers. */
+  message(message: Message): void;
+  /** The link to NATS went down (fan-out between nodes stops; local delivery goes on) or came back. */
+  link(state: 'down' | 'up'): void;
+}
+
+/** Counts for metrics: messages each way, and how many were published while the link was down. */
+export interface BusCounts { sent: number; received: number; lostWhileDown: number }
+
+/**
+ * Fan-out between gateway nodes over NATS (core pub/sub, at most once between nodes; each
+ * node's own QoS and durability rules apply to its own subscribers). A node publishes every
+ * message accepted from its devices to the message's subject (`subjects.ts`) and subscribes to
+ * the subjects of the filters its sessions hold (one NATS subscription per subject, counted, so a
+ * million devices subscribed to `devices/<id>/commands/#` are a million subjects, which NATS
+ * handles flat, and a filter held by many sessions is one subscription). `noEcho`: a node never
+ * receives its own messages back (its local subscribers were served before it published).
+ *
+ * While NATS is unreachable, local delivery goes on and messages for other nodes are counted as
+ * lost (metrics, one log line per outage); the client reconnects without end and subscribes again.
+ */
+export class NatsBus {
+  readonly #nc: NatsConnection;
+  readonly #log: Logger;
+  readonly #events: BusEvents;
+  readonly #subs = new Map<string, { sub: Subscription; count: number }>();
+  #up = true;
+  readonly counts: BusCounts = { sent: 0, received: 0, lostWhileDown: 0 };
+
+  private constructor(nc: NatsConnection, log: Logger, events: BusEvents) {
+    this.#nc = nc;
+    this.#log = log;
+    this.#events = events;
+    void this.#watch();
+  }
+
+  /** Connects to NATS (`servers`: comma-separated URLs); rejects CLUSTER_UNAVAILABLE if it cannot at start. */
+  static async connect(servers: string, node: string, log: Logger, events: BusEvents): Promise<NatsBus> {
+    try {
+      const nc = await connect({
+        servers: servers.split(',').map((s) => s.trim()).filter((s) => s !== ''),
+        name: `fleetgate-${node}`,
+        noEcho: true,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 250,
+        pingInterval: 5_000,
+        maxPingOut: 2,
+        timeout: 5_000,
+      });
+      return new NatsBus(nc, log, events);
+    } catch (err) {
+      throw new FleetgateError('CLUSTER_UNAVAILABLE', `cannot reach NATS at ${servers}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  get up(): boolean {
+    return this.#up;
+  }
+
+  async #watch(): Promise<void> {
+    for await (const s of this.#nc.status()) {
+      if (s.type === 'disconnect' && this.#up) {
+        this.#up = false;
+        this.#log.error({ code: 'CLUSTER_UNAVAILABLE', server: String(s.data) }, 'NATS link down: messages to subscribers on other nodes are not delivered until it is back');
+        this.#events.link('down');
+      } else if (s.type === 'reconnect' && !this.#up) {
+        this.#up = true;
+        this.#log.info({ server: String(s.data), lostWhileDown: this.counts.lostWhileDown }, 'NATS link back: fan-out between nodes resumed');
+        this.#events.link('up');
+      }
+    }
+  }
+
+  publish(message: Message): void {
+    if (!this.#up) {
+      this.counts.lostWhileDown++;
+      return;
+    }
+    const h = headers();
+    h.set('q', String(message.qos));
+    if (message.retain) h.set('r', '1');
+    h.set('f', message.from);
+    if (message.expiresAt !== undefined) h.set('e', String(message.expiresAt));
+    if (message.fwd !== undefined) h.set('p', encodeForwarded(message.fwd));
+    try {
+      this.#nc.publish(topicToSubject(message.topic), message.payload, { headers: h });
+      this.counts.sent++;
+    } catch {
+      this.counts.lostWhileDown++; // closed or draining: the link watcher says why
+    }
+  }
+
+  /** A filter got its first local subscriber. */
+  filterAdded(filter: string): void {
+    for (const subject of filterToSubjects(filter)) {
+      const held = this.#subs.get(subject);
+      if (held !== undefined) {
+        held.count++;
+        continue;
+      }
+      const sub = this.#nc.subscribe(subject, { callback: (err, msg) => {
+        if (err !== null) return;
+        const m = toMessage(msg.subject, msg.data, msg.headers);
+        if (m === undefined) return;
+        this.counts.received++;
+        this.#events.message(m);
+      } });
+      this.#subs.set(subject, { sub, count: 1 });
+    }
+  }
+
+  /** A filter lost its last local subscriber. */
+  filterRemoved(filter: string): void {
+    for (const subject of filterToSubjects(filter)) {
+      const held = this.#subs.get(subject);
+      if (held === undefined) continue;
+      if (--held.count > 0) continue;
+      held.sub.unsubscribe();
+      this.#subs.delete(subject);
+    }
+  }
+
+  get subjects(): number {
+    return this.#subs.size;
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.#nc.drain();
+    } catch {
+      await this.#nc.close().catch(() => undefined);
+    }
+  }
+}
+
+function encodeForwarded(f: ForwardedProperties): string {
+  return JSON.stringify({ ...f, ...(f.correlationData !== undefined && { correlationData: f.correlationData.toString('base64') }) });
+}
+
+function toMessage(subject: string, data: Uint8Array, h: MsgHdrs | undefined): Message | undefined {
+  if (h === undefined) return undefined;
+  const qos = Number(h.get('q'));
+  if (qos !== 0 && qos !== 1 && qos !== 2) return undefined;
+  const e = h.get('e');
+  const p = h.get('p');
+  let fwd: ForwardedProperties | undefined;
+  if (p !== '') {
+    const raw = JSON.parse(p) as ForwardedProperties & { correlationData?: string };
+    fwd = { ...raw, ...(raw.correlationData !== undefined && { correlationData: Buffer.from(raw.correlationData, 'base64') }) } as ForwardedProperties;
+  }
+  const payload = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  return new Message(subjectToTopic(subject), payload, qos, h.get('r') === '1', h.get('f'), { fwd, expiresAt: e === '' ? undefined : Number(e) });
+}

@@ -1,0 +1,113 @@
+// Issue #12, first step: gateway nodes exchange messages over NATS. Node A runs in this process,
+// node B in its own, on one data directory (the registry is the shared SQLite file here; the
+// PostgreSQL registry is the next step) and one nats-server of their own. A device's publish on A
+// reaches a service subscribed on B (QoS 0 and 1, nothing lost), B's command reaches the device on
+// A, and when NATS restarts the gap is in A's metrics and log and fan-out resumes.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import type { MqttClient } from 'mqtt';
+import { natsAvailable, startNats, type NatsServer } from '../harness/nats.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
+import { spawnService, type GatewayProcess } from '../harness/services.ts';
+import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
+import { connect, withTimeout } from './helpers/mqtt.ts';
+import { fileScope } from './helpers/run.ts';
+
+if (!natsAvailable() && process.env.CI === 'true') throw new Error('nats-server is missing: .ci/run installs Debian\'s nats-server for the cluster tests');
+const skip = natsAvailable() ? false : 'no nats-server (apt-get install nats-server)';
+
+const scope = fileScope(after);
+let nats: NatsServer;
+let a: TestFleet;
+let b: GatewayProcess;
+let sensor: Credential;
+let service: Credential;
+
+before(async () => {
+  if (skip !== false) return;
+  nats = await startNats();
+  scope.after(() => nats.stop());
+  a = await startTestFleet(scope, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'a' });
+  b = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'b' });
+  scope.after(() => b.stop());
+  sensor = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-sensor' });
+  service = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-svc', type: 'service' });
+});
+
+/** Collects the payloads `client` receives on topics starting with `prefix`. */
+function collect(client: MqttClient, prefix: string): string[] {
+  const got: string[] = [];
+  client.on('message', (topic, payload) => { if (topic.startsWith(prefix)) got.push(payload.toString()); });
+  return got;
+}
+
+async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
+  await withTimeout((async () => { while (!ok()) await new Promise((r) => setTimeout(r, 20)); })(), ms, what);
+}
+
+/** Publishes probes from `from` until `got` shows one: the subscription has reached the other node through NATS. */
+async function linked(from: MqttClient, topic: string, got: string[]): Promise<void> {
+  let n = 0;
+  await withTimeout((async () => {
+    while (!got.some((g) => g.startsWith('probe'))) {
+      from.publish(topic, `probe-${n++}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })(), 20_000, 'the first probe across nodes');
+}
+
+test('cluster/a publish on node A reaches a service on node B, QoS 0 and 1, nothing lost; and back', { skip }, async () => {
+  const svc = await connect(b.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
+  const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
+  try {
+    await svc.subscribeAsync('devices/+/telemetry', { qos: 1 });
+    const atService = collect(svc, 'devices/c-sensor/telemetry');
+    await linked(dev, 'devices/c-sensor/telemetry', atService);
+    atService.length = 0;
+    for (let i = 0; i < 200; i++) dev.publish('devices/c-sensor/telemetry', `q0-${i}`, { qos: 0 });
+    for (let i = 0; i < 200; i++) await dev.publishAsync('devices/c-sensor/telemetry', `q1-${i}`, { qos: 1 });
+    await until('all 400 messages at the service on node B', () => atService.length >= 400);
+    const q1 = atService.filter((m) => m.startsWith('q1-'));
+    assert.deepEqual(q1, Array.from({ length: 200 }, (_, i) => `q1-${i}`), 'QoS 1: every message, in order');
+    assert.equal(atService.filter((m) => m.startsWith('q0-')).length, 200);
+
+    // The other way: the service's command on B reaches the device on A.
+    await dev.subscribeAsync('devices/c-sensor/commands/#', { qos: 1 });
+    const atDevice = collect(dev, 'devices/c-sensor/commands/');
+    await linked(svc, 'devices/c-sensor/commands/reboot', atDevice);
+    await svc.publishAsync('devices/c-sensor/commands/reboot', 'now', { qos: 1 });
+    await until('the command at the device on node A', () => atDevice.includes('now'));
+  } finally {
+    await dev.endAsync();
+    await svc.endAsync();
+  }
+});
+
+test('cluster/NATS restarted: the gap is in metrics and the log, and fan-out resumes', { skip }, async () => {
+  const svc = await connect(b.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
+  const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
+  try {
+    await svc.subscribeAsync('devices/+/telemetry', { qos: 1 });
+    const got = collect(svc, 'devices/c-sensor/telemetry');
+    await linked(dev, 'devices/c-sensor/telemetry', got);
+
+    await nats.stop();
+    await a.log.find((l) => l.msg === 'NATS link down: messages to subscribers on other nodes are not delivered until it is back' && l.code === 'CLUSTER_UNAVAILABLE');
+    for (let i = 0; i < 5; i++) await dev.publishAsync('devices/c-sensor/telemetry', `gap-${i}`, { qos: 1 }); // acknowledged by A, delivered on A only
+    const metrics = await a.gateway.metrics.registry.metrics();
+    assert.match(metrics, /fleetgate_cluster_link_up 0/);
+    const lost = Number(/fleetgate_cluster_messages_total\{direction="lost"\} (\d+)/.exec(metrics)?.[1] ?? 0);
+    assert.ok(lost >= 5, `lost while down: ${lost}`);
+
+    await nats.start();
+    await a.log.find((l) => l.msg === 'NATS link back: fan-out between nodes resumed');
+    got.length = 0;
+    await linked(dev, 'devices/c-sensor/telemetry', got); // B subscribed again by itself
+    await dev.publishAsync('devices/c-sensor/telemetry', 'after', { qos: 1 });
+    await until('a message after the restart', () => got.includes('after'));
+    assert.match(await a.gateway.metrics.registry.metrics(), /fleetgate_cluster_link_up 1/);
+  } finally {
+    await dev.endAsync();
+    await svc.endAsync();
+  }
+});
