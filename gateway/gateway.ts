@@ -73,6 +73,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       bus = await NatsBus.connect(config.cluster.nats, node, log.child({ component: 'cluster', node }), {
         message: (m) => plane?.routeRemote(m),
         link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
+        session: (clientId, other) => plane?.takenOverElsewhere(clientId, other),
       });
       metrics.cluster.counts = bus.counts;
       metrics.clusterLink.set(1);

@@ -10,7 +10,7 @@ import { natsAvailable, startNats, type NatsServer } from '../harness/nats.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
 import { spawnService, type GatewayProcess } from '../harness/services.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { connect, withTimeout } from './helpers/mqtt.ts';
+import { closed, connect, withTimeout } from './helpers/mqtt.ts';
 import { fileScope } from './helpers/run.ts';
 
 if (!natsAvailable() && process.env.CI === 'true') throw new Error('nats-server is missing: .ci/run installs Debian\'s nats-server for the cluster tests');
@@ -109,5 +109,19 @@ test('cluster/NATS restarted: the gap is in metrics and the log, and fan-out res
   } finally {
     await dev.endAsync();
     await svc.endAsync();
+  }
+});
+
+test('cluster/the same device connecting to node B takes its session over from node A', { skip }, async () => {
+  const first = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
+  const closedOnA = closed(first, 20_000);
+  const second = await connect(b.endpoints['mqtt+tls']!, sensor, { ca: a.rootFile });
+  try {
+    await closedOnA;
+    await a.log.find((l) => l.msg === 'session taken over on another node' && l.clientId === 'c-sensor' && l.node === 'b');
+    assert.equal(a.gateway.sessions.ofDevice('c-sensor').length, 0, 'nothing of it left on A');
+    assert.ok(second.connected, 'the newer connection, on B, stays');
+  } finally {
+    await second.endAsync();
   }
 });

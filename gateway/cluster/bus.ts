@@ -3,13 +3,18 @@ import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ForwardedProperties } from '../mqtt/codec.ts';
 import { Message } from '../mqtt/session.ts';
-import { filterToSubjects, subjectToTopic, topicToSubject } from './subjects.ts';
+import { decodeLevel, encodeLevel, filterToSubjects, subjectToTopic, topicToSubject } from './subjects.ts';
+
+/** Session announcements: `fg.s.<client id>`, the announcing node's name as the payload. */
+const SESSION_PREFIX = 'fg.s';
 
 export interface BusEvents {
   /** A message published on another node, for this node's subscribers. */
   message(message: Message): void;
   /** The link to NATS went down (fan-out between nodes stops; local delivery goes on) or came back. */
   link(state: 'down' | 'up'): void;
+  /** A client id connected to another node (`node`). */
+  session(clientId: string, node: string): void;
 }
 
 /** Counts for metrics: messages each way, and how many were published while the link was down. */
@@ -35,11 +40,18 @@ export class NatsBus {
   #up = true;
   readonly counts: BusCounts = { sent: 0, received: 0, lostWhileDown: 0 };
 
-  private constructor(nc: NatsConnection, log: Logger, events: BusEvents) {
+  readonly #node: string;
+
+  private constructor(nc: NatsConnection, node: string, log: Logger, events: BusEvents) {
     this.#nc = nc;
+    this.#node = node;
     this.#log = log;
     this.#events = events;
     void this.#watch();
+    nc.subscribe(`${SESSION_PREFIX}.*`, { callback: (err, msg) => {
+      if (err !== null) return;
+      this.#events.session(decodeLevel(msg.subject.slice(SESSION_PREFIX.length + 1)), new TextDecoder().decode(msg.data));
+    } });
   }
 
   /** Connects to NATS (`servers`: comma-separated URLs); rejects CLUSTER_UNAVAILABLE if it cannot at start. */
@@ -55,7 +67,7 @@ export class NatsBus {
         maxPingOut: 2,
         timeout: 5_000,
       });
-      return new NatsBus(nc, log, events);
+      return new NatsBus(nc, node, log, events);
     } catch (err) {
       throw new FleetgateError('CLUSTER_UNAVAILABLE', `cannot reach NATS at ${servers}: ${(err as Error).message}`, { cause: err });
     }
@@ -95,6 +107,16 @@ export class NatsBus {
       this.counts.sent++;
     } catch {
       this.counts.lostWhileDown++; // closed or draining: the link watcher says why
+    }
+  }
+
+  /** A client id connected to this node (a takeover on every other node that has it). */
+  announceSession(clientId: string): void {
+    if (!this.#up) return;
+    try {
+      this.#nc.publish(`${SESSION_PREFIX}.${encodeLevel(clientId)}`, new TextEncoder().encode(this.#node));
+    } catch {
+      // closed or draining: the link watcher says why
     }
   }
 

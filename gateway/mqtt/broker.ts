@@ -45,6 +45,8 @@ export interface ClusterLink {
   publish(message: Message): void;
   filterAdded(filter: string): void;
   filterRemoved(filter: string): void;
+  /** This client id connected here: the other nodes close theirs (takeover across nodes). */
+  announceSession(clientId: string): void;
 }
 
 /**
@@ -157,6 +159,22 @@ export class MqttPlane {
       this.#filterHolders.delete(filter);
       this.#deps.bus.filterRemoved(filter);
     }
+  }
+
+  /**
+   * The same client id connected to another node: its connection here is closed as a takeover
+   * [MQTT-3.1.4-2], and its session here is forgotten (sessions are node-local: the device now
+   * lives on the other node, and this one stops queuing for it).
+   */
+  takenOverElsewhere(clientId: string, node: string): void {
+    const mqtt = this.#mqttSessions.get(clientId);
+    if (mqtt === undefined) return;
+    const conn = this.#live.get(mqtt);
+    if (conn !== undefined) {
+      this.#deps.log.info({ deviceId: conn.session?.device.id, clientId, node, transport: conn.kind }, 'session taken over on another node');
+      this.#close(conn, 'takeover');
+    }
+    if (this.#mqttSessions.get(clientId) === mqtt) this.#discard(mqtt);
   }
 
   /** A message accepted by another node: delivered to this node's subscribers (not sent on again, not retained here). */
@@ -402,6 +420,7 @@ export class MqttPlane {
       this.#deps.log.info({ deviceId: session.device.id, sessionId: session.id, transport: conn.kind }, 'new session takes over the previous one');
       this.#close(older, 'takeover');
     }
+    this.#deps.bus?.announceSession(p.clientId);
     let mqtt = existing;
     // 3.1.1: clean session 0 resumes; MQTT 5: clean start 0 resumes [MQTT-3.2.2-3].
     const sessionPresent = !p.cleanSession && existing !== undefined && existing.persistent;
