@@ -26,7 +26,7 @@ export async function newKeys(): Promise<CryptoKeyPair> {
   return subtle.generateKey(EC_P256, true, ['sign', 'verify']) as Promise<CryptoKeyPair>;
 }
 
-async function keyPem(keys: CryptoKeyPair): Promise<string> {
+export async function keyPem(keys: CryptoKeyPair): Promise<string> {
   return toPem(await subtle.exportKey('pkcs8', keys.privateKey), 'PRIVATE KEY');
 }
 

@@ -24,6 +24,11 @@ export interface AdminDeps {
   kick(deviceId: string, actor: string): number;
   /** The public keys origins verify assertions with. */
   jwks(): { keys: Record<string, unknown>[] };
+  /** The other gateway nodes, when this one is in a cluster: their sessions and kicks. */
+  cluster?: {
+    node: string;
+    ask<T>(question: 'connections' | 'kick', body?: unknown): Promise<T[]>;
+  };
 }
 
 /** Only an `operator` certificate, valid by the registry right now, may use /v1. */
@@ -65,13 +70,25 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
   });
   app.get('/.well-known/jwks.json', async (_req, reply) => reply.header('cache-control', 'max-age=300').send(deps.jwks()));
   app.get('/metrics', async (_req, reply) => reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()));
+  // In a cluster, both answer for every node that answers (each row and count names its node).
   app.get('/v1/connections', async (req) => {
     await requireOperator(req, deps.registry);
-    return { connections: deps.sessions.all().map(SessionTable.info) };
+    const local = deps.sessions.all().map(SessionTable.info);
+    if (deps.cluster === undefined) return { connections: local };
+    const remote = await deps.cluster.ask<{ node: string; connections: ReturnType<typeof SessionTable.info>[] }>('connections');
+    return {
+      connections: [...local.map((c) => ({ ...c, node: deps.cluster!.node })), ...remote.flatMap((r) => r.connections.map((c) => ({ ...c, node: r.node })))],
+      nodes: [deps.cluster.node, ...remote.map((r) => r.node)].sort(),
+    };
   });
   app.delete<{ Params: { deviceId: string } }>('/v1/connections/:deviceId', async (req) => {
     const operator = await requireOperator(req, deps.registry);
-    return { deviceId: req.params.deviceId, closed: deps.kick(req.params.deviceId, `operator:${operator}`) };
+    const actor = `operator:${operator}`;
+    const closed = deps.kick(req.params.deviceId, actor);
+    if (deps.cluster === undefined) return { deviceId: req.params.deviceId, closed };
+    const remote = await deps.cluster.ask<{ node: string; closed: number }>('kick', { deviceId: req.params.deviceId, actor });
+    const byNode = [{ node: deps.cluster.node, closed }, ...remote];
+    return { deviceId: req.params.deviceId, closed: byNode.reduce((n, r) => n + r.closed, 0), nodes: byNode };
   });
   try {
     await app.listen({ host: config.adminHost, port: config.adminPort });

@@ -1,4 +1,4 @@
-import { connect, headers, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
+import { connect, headers, RequestStrategy, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ForwardedProperties } from '../mqtt/codec.ts';
@@ -7,6 +7,8 @@ import { decodeLevel, encodeLevel, filterToSubjects, subjectToTopic, topicToSubj
 
 /** Session announcements: `fg.s.<client id>`, the announcing node's name as the payload. */
 const SESSION_PREFIX = 'fg.s';
+/** Operator questions to every node (request, many replies). */
+const ADMIN_PREFIX = 'fg.admin';
 
 export interface BusEvents {
   /** A message published on another node, for this node's subscribers. */
@@ -108,6 +110,51 @@ export class NatsBus {
     } catch {
       this.counts.lostWhileDown++; // closed or draining: the link watcher says why
     }
+  }
+
+  /**
+   * Answers the other nodes' operator questions — which sessions this node holds, and kick a
+   * device here — so that `fleetgate connections` and `kick` on any node see the whole cluster.
+   */
+  serve(handlers: { connections(): unknown[]; kick(deviceId: string, actor: string): number }): void {
+    const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
+    this.#nc.subscribe(`${ADMIN_PREFIX}.connections`, { callback: (err, msg) => {
+      if (err === null) msg.respond(json({ node: this.#node, connections: handlers.connections() }));
+    } });
+    this.#nc.subscribe(`${ADMIN_PREFIX}.kick`, { callback: (err, msg) => {
+      if (err !== null) return;
+      try {
+        const { deviceId, actor } = JSON.parse(new TextDecoder().decode(msg.data)) as { deviceId: string; actor: string };
+        msg.respond(json({ node: this.#node, closed: handlers.kick(String(deviceId), String(actor)) }));
+      } catch {
+        // a malformed question from a peer: no answer
+      }
+    } });
+  }
+
+  /**
+   * Asks every other node (`connections` or `kick`) and gathers the answers: all that arrive until
+   * none has for 150 ms (at most 2 s). A node that is down answers nothing; the caller shows who answered.
+   */
+  async ask<T>(question: 'connections' | 'kick', body: unknown = {}): Promise<T[]> {
+    if (!this.#up) throw new FleetgateError('CLUSTER_UNAVAILABLE', 'the NATS link is down: other nodes cannot be asked');
+    const answers: T[] = [];
+    try {
+      const replies = await this.#nc.requestMany(`${ADMIN_PREFIX}.${question}`, new TextEncoder().encode(JSON.stringify(body)), {
+        strategy: RequestStrategy.JitterTimer, jitter: 150, maxWait: 2_000,
+      });
+      for await (const msg of replies) {
+        if (msg.data.length === 0) continue; // a status message (no responders)
+        answers.push(JSON.parse(new TextDecoder().decode(msg.data)) as T);
+      }
+    } catch (err) {
+      if ((err as { code?: string }).code !== '503') throw new FleetgateError('CLUSTER_UNAVAILABLE', `asking the other nodes failed: ${(err as Error).message}`);
+    }
+    return answers;
+  }
+
+  get node(): string {
+    return this.#node;
   }
 
   /** A client id connected to this node (a takeover on every other node that has it). */
