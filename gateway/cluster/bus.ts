@@ -1,4 +1,4 @@
-import { connect, headers, RequestStrategy, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
+import { connect, RequestStrategy, type NatsConnection, type Subscription } from 'nats';
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ForwardedProperties } from '../mqtt/codec.ts';
@@ -98,14 +98,8 @@ export class NatsBus {
       this.counts.lostWhileDown++;
       return;
     }
-    const h = headers();
-    h.set('q', String(message.qos));
-    if (message.retain) h.set('r', '1');
-    h.set('f', message.from);
-    if (message.expiresAt !== undefined) h.set('e', String(message.expiresAt));
-    if (message.fwd !== undefined) h.set('p', encodeForwarded(message.fwd));
     try {
-      this.#nc.publish(topicToSubject(message.topic), message.payload, { headers: h });
+      this.#nc.publish(topicToSubject(message.topic), encodeEnvelope(message));
       this.counts.sent++;
     } catch {
       this.counts.lostWhileDown++; // closed or draining: the link watcher says why
@@ -177,7 +171,7 @@ export class NatsBus {
       }
       const sub = this.#nc.subscribe(subject, { callback: (err, msg) => {
         if (err !== null) return;
-        const m = toMessage(msg.subject, msg.data, msg.headers);
+        const m = decodeEnvelope(msg.subject, msg.data);
         if (m === undefined) return;
         this.counts.received++;
         this.#events.message(m);
@@ -210,21 +204,57 @@ export class NatsBus {
   }
 }
 
-function encodeForwarded(f: ForwardedProperties): string {
-  return JSON.stringify({ ...f, ...(f.correlationData !== undefined && { correlationData: f.correlationData.toString('base64') }) });
+/**
+ * A message between nodes: a few bytes of envelope before the payload (NATS headers cost more
+ * CPU per message than the routing):
+ *   version (1) · flags (bits 0–1 QoS, 2 retain, 3 expiry, 4 forwarded MQTT 5 properties) ·
+ *   publisher id length · publisher id · [expiry: 8 bytes, ms since epoch] ·
+ *   [properties: 4-byte length + JSON] · payload
+ */
+const ENVELOPE_VERSION = 1;
+
+export function encodeEnvelope(m: Message): Buffer {
+  const from = Buffer.from(m.from, 'utf8');
+  const fwd = m.fwd === undefined ? undefined : Buffer.from(JSON.stringify({
+    ...m.fwd, ...(m.fwd.correlationData !== undefined && { correlationData: m.fwd.correlationData.toString('base64') }),
+  }), 'utf8');
+  const size = 3 + from.length + (m.expiresAt === undefined ? 0 : 8) + (fwd === undefined ? 0 : 4 + fwd.length) + m.payload.length;
+  const out = Buffer.allocUnsafe(size);
+  out[0] = ENVELOPE_VERSION;
+  out[1] = m.qos | (m.retain ? 4 : 0) | (m.expiresAt === undefined ? 0 : 8) | (fwd === undefined ? 0 : 16);
+  out[2] = from.length;
+  let at = 3 + from.copy(out, 3);
+  if (m.expiresAt !== undefined) at = out.writeDoubleBE(m.expiresAt, at);
+  if (fwd !== undefined) {
+    at = out.writeUInt32BE(fwd.length, at);
+    at += fwd.copy(out, at);
+  }
+  m.payload.copy(out, at);
+  return out;
 }
 
-function toMessage(subject: string, data: Uint8Array, h: MsgHdrs | undefined): Message | undefined {
-  if (h === undefined) return undefined;
-  const qos = Number(h.get('q'));
-  if (qos !== 0 && qos !== 1 && qos !== 2) return undefined;
-  const e = h.get('e');
-  const p = h.get('p');
+/** The message in an envelope from another node; undefined for anything that is not one. */
+export function decodeEnvelope(subject: string, data: Uint8Array): Message | undefined {
+  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (b.length < 3 || b[0] !== ENVELOPE_VERSION) return undefined;
+  const flags = b[1]!;
+  if ((flags & 3) === 3) return undefined;
+  const qos = (flags & 3) as 0 | 1 | 2;
+  let at = 3 + b[2]!;
+  if (at > b.length) return undefined;
+  const from = b.toString('utf8', 3, at);
+  let expiresAt: number | undefined;
+  if ((flags & 8) !== 0) {
+    expiresAt = b.readDoubleBE(at);
+    at += 8;
+  }
   let fwd: ForwardedProperties | undefined;
-  if (p !== '') {
-    const raw = JSON.parse(p) as ForwardedProperties & { correlationData?: string };
+  if ((flags & 16) !== 0) {
+    const n = b.readUInt32BE(at);
+    at += 4;
+    const raw = JSON.parse(b.toString('utf8', at, at + n)) as ForwardedProperties & { correlationData?: string };
+    at += n;
     fwd = { ...raw, ...(raw.correlationData !== undefined && { correlationData: Buffer.from(raw.correlationData, 'base64') }) } as ForwardedProperties;
   }
-  const payload = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  return new Message(subjectToTopic(subject), payload, qos, h.get('r') === '1', h.get('f'), { fwd, expiresAt: e === '' ? undefined : Number(e) });
+  return new Message(subjectToTopic(subject), b.subarray(at), qos, (flags & 4) !== 0, from, { fwd, expiresAt });
 }

@@ -40,3 +40,19 @@ test('cluster subjects/a filter\'s subjects carry every topic the filter matches
   assert.deepEqual(filterToSubjects('a/#'), ['fg.m.a', 'fg.m.a.>']);
   assert.deepEqual(filterToSubjects('devices/+/telemetry'), ['fg.m.devices.*.telemetry']);
 });
+
+test('cluster envelope/a message crosses nodes whole: QoS, retain, publisher, expiry, MQTT 5 properties, payload', async () => {
+  const { encodeEnvelope, decodeEnvelope } = await import('./bus.ts');
+  const { Message } = await import('../mqtt/session.ts');
+  const plain = new Message('devices/s-1/t', Buffer.from('hello'), 1, false, 's-1');
+  const p = decodeEnvelope(topicToSubject(plain.topic), encodeEnvelope(plain))!;
+  assert.deepEqual([p.topic, p.payload.toString(), p.qos, p.retain, p.from, p.fwd, p.expiresAt], ['devices/s-1/t', 'hello', 1, false, 's-1', undefined, undefined]);
+  const rich = new Message('a b/ü', Buffer.alloc(0), 2, true, 'gw.1', {
+    expiresAt: 1_800_000_000_123, fwd: { contentType: 'application/json', correlationData: Buffer.from([0, 1, 255]), userProperties: [['k', 'v']], payloadFormat: 1, responseTopic: 'r/1' },
+  });
+  const r = decodeEnvelope(topicToSubject(rich.topic), encodeEnvelope(rich))!;
+  assert.deepEqual([r.topic, r.payload.length, r.qos, r.retain, r.from, r.expiresAt], ['a b/ü', 0, 2, true, 'gw.1', 1_800_000_000_123]);
+  assert.deepEqual(r.fwd, rich.fwd);
+  assert.equal(decodeEnvelope('fg.m.x', Buffer.from('not an envelope')), undefined);
+  assert.equal(decodeEnvelope('fg.m.x', Buffer.from([1, 3, 0])), undefined, 'QoS 3');
+});

@@ -25,12 +25,23 @@ export function decodeLevel(token: string): string {
   return token.startsWith('~') ? Buffer.from(token.slice(1), 'base64url').toString('utf8') : token;
 }
 
+/** Devices publish to the same few topics over and over: the mapping is remembered (bounded). */
+const CACHE_MAX = 10_000;
+const toSubject = new Map<string, string>();
+const toTopic = new Map<string, string>();
+
+function remember(cache: Map<string, string>, key: string, value: string): string {
+  if (cache.size >= CACHE_MAX) cache.clear();
+  cache.set(key, value);
+  return value;
+}
+
 export function topicToSubject(topic: string): string {
-  return `${MESSAGE_PREFIX}.${topic.split('/').map(encodeLevel).join('.')}`;
+  return toSubject.get(topic) ?? remember(toSubject, topic, `${MESSAGE_PREFIX}.${topic.split('/').map(encodeLevel).join('.')}`);
 }
 
 export function subjectToTopic(subject: string): string {
-  return subject.slice(MESSAGE_PREFIX.length + 1).split('.').map(decodeLevel).join('/');
+  return toTopic.get(subject) ?? remember(toTopic, subject, subject.slice(MESSAGE_PREFIX.length + 1).split('.').map(decodeLevel).join('/'));
 }
 
 /** The subjects that carry every topic `filter` matches (one, or two for a trailing `#`). */

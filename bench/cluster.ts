@@ -1,0 +1,135 @@
+// npm run bench:cluster — gateway nodes on NATS beside one node, in the same run (nats-server
+// from Debian, started here on a loopback port; every node a process of its own):
+//  1. messages/s and gateway CPU per message, QoS 0 and QoS 1, 10 publishers → 1 service:
+//     one node; then two nodes with the publishers on node 1 and the service on node 2 (CPU of
+//     both nodes counted, NATS's own beside it); ratio cluster / one node
+//  2. revocation → live cut with three nodes, the devices spread over them (p50 / p99)
+// Registry: the shared SQLite file (nodes on one host) until the PostgreSQL registry lands.
+// Loopback only; bounded counts.
+import { readFileSync } from 'node:fs';
+import mqtt, { type MqttClient } from 'mqtt';
+import { natsAvailable, startNats } from '../harness/nats.ts';
+import { enrollDevice, type Credential } from '../harness/pki.ts';
+import { benchFleet, fmt, percentile, spawnService, type GatewayProcess } from './lib.ts';
+
+const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 3_000); // per publisher per QoS
+const PUBLISHERS = 10;
+const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 60);
+const log = (s: string) => process.stdout.write(`${s}\n`);
+
+if (!natsAvailable()) {
+  log('bench:cluster needs nats-server (Debian: apt-get install nats-server)');
+  process.exit(2);
+}
+const nats = await startNats();
+const fleet = await benchFleet();
+const ca = readFileSync(fleet.paths.rootCert);
+const publishers: Credential[] = [];
+for (let i = 0; i < PUBLISHERS; i++) publishers.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `bench-${i}` }));
+const service = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-svc', type: 'service' });
+const victims: Credential[] = [];
+for (let i = 0; i < REVOCATIONS; i++) victims.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `victim-${i}` }));
+log(`fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes`);
+
+const procCpu = (pid: number) => {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+};
+const open = (node: GatewayProcess, cred: Credential) => mqtt.connectAsync(node.endpoints['mqtt+tls']!, {
+  ca, cert: cred.certPem, key: cred.keyPem, clientId: cred.deviceId, protocolVersion: 4, reconnectPeriod: 0, keepalive: 600, servername: 'localhost',
+}, false);
+
+async function run(pubNode: GatewayProcess, subNode: GatewayProcess, counted: GatewayProcess[]): Promise<{ qos: number; rate: number; cpuUs: number; natsUs: number; loss: number }[]> {
+  const sub = await open(subNode, service);
+  const pubs = await Promise.all(publishers.map((c) => open(pubNode, c)));
+  const results = [];
+  for (const qos of [0, 1] as const) {
+    const topic = `q${qos}`;
+    await sub.subscribeAsync(`devices/+/${topic}`, { qos });
+    // The subscription reaches the publishers' node through NATS: wait for a probe to come back.
+    await new Promise<void>((resolve) => {
+      const probe = setInterval(() => pubs[0]!.publish(`devices/bench-0/${topic}`, 'probe'), 50);
+      sub.once('message', () => { clearInterval(probe); resolve(); });
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    sub.removeAllListeners('message');
+    const total = PUBLISHERS * MESSAGES;
+    let received = 0;
+    let last = performance.now();
+    const done = new Promise<void>((resolve) => {
+      const quiet = setInterval(() => { if (performance.now() - last > 3_000) { clearInterval(quiet); resolve(); } }, 250);
+      sub.on('message', (_t, payload) => {
+        if (payload.toString() === 'probe') return;
+        last = performance.now();
+        if (++received === total) { clearInterval(quiet); resolve(); }
+      });
+    });
+    const cpu0 = counted.reduce((a, n) => a + n.cpuSeconds(), 0);
+    const nats0 = procCpu(nats.pid()!);
+    const t0 = performance.now();
+    await Promise.all(pubs.map(async (p, i) => {
+      for (let n = 0; n < MESSAGES; n++) {
+        if (qos === 1) await p.publishAsync(`devices/bench-${i}/${topic}`, String(n), { qos });
+        else {
+          p.publish(`devices/bench-${i}/${topic}`, String(n), { qos });
+          if (n % 200 === 199) await new Promise((r) => setImmediate(r));
+        }
+      }
+    }));
+    await done;
+    const seconds = (performance.now() - t0) / 1000;
+    results.push({
+      qos, rate: received / seconds,
+      cpuUs: ((counted.reduce((a, n) => a + n.cpuSeconds(), 0) - cpu0) / total) * 1e6,
+      natsUs: ((procCpu(nats.pid()!) - nats0) / total) * 1e6,
+      loss: 1 - received / total,
+    });
+    sub.removeAllListeners('message');
+    await sub.unsubscribeAsync(`devices/+/${topic}`);
+  }
+  await Promise.all([sub, ...pubs].map((c: MqttClient) => c.endAsync(true)));
+  return results;
+}
+
+const env = (node: string) => ({ FLEETGATE_NATS: nats.url, FLEETGATE_NODE: node, FLEETGATE_MQTT_DURABILITY: 'memory' });
+fleet.registry.close();
+try {
+  const single = await spawnService('gateway', fleet.config.dataDir, { FLEETGATE_MQTT_DURABILITY: 'memory' });
+  const one = await run(single, single, [single]);
+  await single.stop();
+
+  const n1 = await spawnService('gateway', fleet.config.dataDir, env('n1'));
+  const n2 = await spawnService('gateway', fleet.config.dataDir, env('n2'));
+  const two = await run(n1, n2, [n1, n2]);
+
+  log('');
+  log('| work | one node: msgs/s | one node: CPU/msg | 2 nodes (pub on 1, sub on 2): msgs/s | CPU/msg, both nodes | NATS CPU/msg | cluster / one node (CPU) |');
+  log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (let i = 0; i < 2; i++) {
+    const a = one[i]!;
+    const b = two[i]!;
+    log(`| QoS ${a.qos}, ${PUBLISHERS} → 1 | ${fmt(a.rate, 0)} | ${fmt(a.cpuUs, 1)} µs | ${fmt(b.rate, 0)} | ${fmt(b.cpuUs, 1)} µs | ${fmt(b.natsUs, 1)} µs | ${fmt(b.cpuUs / a.cpuUs, 2)}× |`);
+  }
+  log(`loss: one node ${one.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')}; two nodes ${two.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')} (QoS 0 / QoS 1)`);
+
+  // 2. Revocation with three nodes: each victim connected to node i % 3, revoked by this process.
+  const n3 = await spawnService('gateway', fleet.config.dataDir, env('n3'));
+  const three = [n1, n2, n3];
+  const { RegistryWriter } = await import('../provisioning/registry/writer.ts');
+  const registry = new RegistryWriter(fleet.paths.registry);
+  const cuts: number[] = [];
+  for (const [i, v] of victims.entries()) {
+    const c = await open(three[i % 3]!, v);
+    const closedAt = new Promise<number>((r) => c.once('close', () => r(performance.now())));
+    const t0 = performance.now();
+    registry.revokeDevice(v.deviceId, 1, 'bench');
+    cuts.push((await closedAt) - t0);
+  }
+  registry.close();
+  cuts.sort((a, b) => a - b);
+  log(`\nrevoke → live cut, ${REVOCATIONS} revocations over 3 nodes: p50 ${fmt(percentile(cuts, 50), 1)} ms, p99 ${fmt(percentile(cuts, 99), 1)} ms`);
+  await Promise.all(three.map((n) => n.stop()));
+} finally {
+  await nats.stop();
+  fleet.cleanup();
+}
