@@ -195,6 +195,7 @@ export class MqttPlane {
         if (sub.qos >= 256) session.subscriptionIds.set(sub.filter, Math.floor(sub.qos / 256));
         this.#trieAdd(sub.filter, session, sub.qos, true);
       }
+      for (const id of s.qos2In) session.qos2In.add(id);
       this.#mqttSessions.set(s.clientId, session);
     }
     for (const row of queue) {
@@ -554,6 +555,7 @@ export class MqttPlane {
     if (p.qos === 1) this.#ackAfterCommit(conn, 'puback', p.packetId);
     else if (p.qos === 2) {
       mqtt.qos2In.add(p.packetId);
+      if (mqtt.persistent) this.#store?.receivedQos2(mqtt.clientId, p.packetId);
       this.#ackAfterCommit(conn, 'pubrec', p.packetId);
     }
   }
@@ -566,8 +568,8 @@ export class MqttPlane {
     this.#markDirty(conn);
   }
 
-  /** PUBACK / PUBREC promise the message is stored for every persistent session owed it: sent after the commit. */
-  #ackAfterCommit(conn: MqttConnection, type: 'puback' | 'pubrec', id: number): void {
+  /** PUBACK / PUBREC promise the message is stored for every persistent session owed it (PUBCOMP: that its id is released): sent after the commit. */
+  #ackAfterCommit(conn: MqttConnection, type: 'puback' | 'pubrec' | 'pubcomp', id: number): void {
     if (type === 'puback') conn.inboundPending++;
     const send = (err: Error | undefined) => {
       if (type === 'puback') conn.inboundPending--;
@@ -733,7 +735,12 @@ export class MqttPlane {
   }
 
   #pubrel(conn: MqttConnection, p: AckPacket): void {
-    (conn.mqtt as MqttSession).qos2In.delete(p.packetId);
+    const mqtt = conn.mqtt as MqttSession;
+    // A persistent session's stored id is forgotten on disk before the PUBCOMP lets the client use it again.
+    if (mqtt.qos2In.delete(p.packetId) && mqtt.persistent && this.#store !== undefined) {
+      this.#store.releasedQos2(mqtt.clientId, p.packetId);
+      return this.#ackAfterCommit(conn, 'pubcomp', p.packetId);
+    }
     conn.push(encodeAck('pubcomp', p.packetId)); // also for an id we no longer know [MQTT-4.3.3-2]
     this.#markDirty(conn);
   }

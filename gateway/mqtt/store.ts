@@ -14,6 +14,8 @@ export interface StoredSession {
   deviceId: string;
   lastSeen: number;
   subscriptions: { filter: string; qos: 0 | 1 | 2 }[];
+  /** QoS 2 packet ids received (PUBREC sent) and not yet released by the client's PUBREL. */
+  qos2In: number[];
 }
 
 export interface StoredRetained {
@@ -29,6 +31,9 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY, client_id TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL) STRICT;
   CREATE INDEX IF NOT EXISTS queue_client ON queue(client_id, id);
   CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL, device_id TEXT NOT NULL) STRICT;
+  -- Exactly once across a crash: a QoS 2 PUBLISH acknowledged with PUBREC and sent again after a
+  -- restart (the client never saw the PUBREC) is recognised, not delivered twice [MQTT-4.3.3-2].
+  CREATE TABLE IF NOT EXISTS qos2_in (client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id)) STRICT;
 `;
 
 type Op = { stmt: Statement; args: unknown[] };
@@ -65,6 +70,9 @@ export class DurableStore {
       deleteSession: p('DELETE FROM sessions WHERE client_id = ?'),
       deleteSubs: p('DELETE FROM subscriptions WHERE client_id = ?'),
       deleteQueue: p('DELETE FROM queue WHERE client_id = ?'),
+      deleteQos2In: p('DELETE FROM qos2_in WHERE client_id = ?'),
+      addQos2In: p('INSERT OR IGNORE INTO qos2_in (client_id, packet_id) VALUES (?, ?)'),
+      releaseQos2In: p('DELETE FROM qos2_in WHERE client_id = ? AND packet_id = ?'),
       addSub: p('INSERT INTO subscriptions (client_id, filter, qos) VALUES (?, ?, ?) ON CONFLICT (client_id, filter) DO UPDATE SET qos = excluded.qos'),
       removeSub: p('DELETE FROM subscriptions WHERE client_id = ? AND filter = ?'),
       enqueue: p('INSERT INTO queue (id, client_id, topic, payload, qos) VALUES (?, ?, ?, ?, ?)'),
@@ -84,8 +92,14 @@ export class DurableStore {
       if (list === undefined) byClient.set(s.client_id, (list = []));
       list.push({ filter: s.filter, qos: s.qos as 0 | 1 | 2 });
     }
+    const qos2 = new Map<string, number[]>();
+    for (const r of this.#db.prepare('SELECT client_id, packet_id FROM qos2_in').all() as { client_id: string; packet_id: number }[]) {
+      let ids = qos2.get(r.client_id);
+      if (ids === undefined) qos2.set(r.client_id, (ids = []));
+      ids.push(r.packet_id);
+    }
     const sessions = (this.#db.prepare('SELECT client_id, device_id, last_seen FROM sessions').all() as { client_id: string; device_id: string; last_seen: number }[])
-      .map((r) => ({ clientId: r.client_id, deviceId: r.device_id, lastSeen: r.last_seen, subscriptions: byClient.get(r.client_id) ?? [] }));
+      .map((r) => ({ clientId: r.client_id, deviceId: r.device_id, lastSeen: r.last_seen, subscriptions: byClient.get(r.client_id) ?? [], qos2In: qos2.get(r.client_id) ?? [] }));
     const queue = (this.#db.prepare('SELECT id, client_id, topic, payload, qos FROM queue ORDER BY id').all() as { id: number; client_id: string; topic: string; payload: Buffer; qos: number }[])
       .map((r) => ({ id: r.id, clientId: r.client_id, topic: r.topic, payload: r.payload, qos: r.qos as 1 | 2 }));
     const retained = (this.#db.prepare('SELECT topic, payload, qos, device_id FROM retained').all() as { topic: string; payload: Buffer; qos: number; device_id: string }[])
@@ -108,6 +122,7 @@ export class DurableStore {
   dropSession(clientId: string): void {
     this.#op('deleteSubs', clientId);
     this.#op('deleteQueue', clientId);
+    this.#op('deleteQos2In', clientId);
     this.#op('deleteSession', clientId);
   }
   addSubscription(clientId: string, filter: string, qos: number): void { this.#op('addSub', clientId, filter, qos); }
@@ -121,6 +136,10 @@ export class DurableStore {
   }
 
   dequeue(id: number): void { this.#op('dequeue', id); }
+  /** A QoS 2 PUBLISH from a persistent session's client, before its PUBREC (same batch). */
+  receivedQos2(clientId: string, packetId: number): void { this.#op('addQos2In', clientId, packetId); }
+  /** Its PUBREL came: the id may be used again. */
+  releasedQos2(clientId: string, packetId: number): void { this.#op('releaseQos2In', clientId, packetId); }
   putRetained(topic: string, payload: Buffer, qos: number, deviceId: string): void { this.#op('putRetained', topic, payload, qos, deviceId); }
   deleteRetained(topic: string): void { this.#op('deleteRetained', topic); }
 
