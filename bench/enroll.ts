@@ -4,7 +4,7 @@
 // Loopback only; bounded counts.
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
-import { csrPem, newKeys } from '../harness/pki.ts';
+import { csrPem, enrollDevice, newKeys } from '../harness/pki.ts';
 import { benchFleet, fmt, percentile, spawnService } from './lib.ts';
 
 const SEQUENTIAL = Number(process.env.BENCH_SEQUENTIAL ?? 300);
@@ -19,6 +19,7 @@ const tokens: string[] = [];
 for (let i = 0; i < total; i++) tokens.push(fleet.registry.addDevice({ id: `e-${i}`, type: 'sensor' }, 'bench', { tokenTtlMs: 3_600_000 }).token!.token);
 const csrs: string[] = [];
 for (let i = 0; i < total; i++) csrs.push(await csrPem(await newKeys(), `e-${i}`));
+const operator = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-operator', type: 'operator' });
 fleet.registry.close();
 
 const service = await spawnService('provision', fleet.config.dataDir, { FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn' });
@@ -38,8 +39,25 @@ function enrollOne(i: number): Promise<number> {
   });
 }
 
+/** The service's group-commit counters, from its /metrics (operator certificate). */
+function groupCommits(): Promise<{ commits: number; changes: number }> {
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/metrics`, { servername: 'localhost', ca: readFileSync(fleet.paths.rootCert), cert: operator.certPem, key: operator.keyPem, agent: false }, (res) => {
+      let text = '';
+      res.on('data', (b: Buffer) => { text += b.toString(); });
+      res.on('end', () => resolve({
+        commits: Number(/^fleetgate_enroll_commits_total (\d+)/m.exec(text)?.[1] ?? 0),
+        changes: Number(/^fleetgate_enroll_committed_total (\d+)/m.exec(text)?.[1] ?? 0),
+      }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 try {
   await enrollOne(0); // warm-up (JIT, TLS session)
+  const seen = await groupCommits();
   for (const [name, from, count, clients] of [['sequential', 1, SEQUENTIAL - 1, 1], [`${CLIENTS} clients`, SEQUENTIAL, CONCURRENT, CLIENTS]] as const) {
     const latencies: number[] = [];
     const cpu0 = cpu();
@@ -51,7 +69,9 @@ try {
     const seconds = (performance.now() - t0) / 1000;
     const used = cpu() - cpu0;
     latencies.sort((a, b) => a - b);
-    log(`${name.padEnd(12)} ${fmt(count / seconds, 0)} enrollments/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; service CPU ${fmt((used / count) * 1000, 2)} ms per enrollment`);
+    const commits = await groupCommits();
+    log(`${name.padEnd(12)} ${fmt(count / seconds, 0)} enrollments/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; service CPU ${fmt((used / count) * 1000, 2)} ms per enrollment; ${fmt((commits.changes - seen.changes) / Math.max(1, commits.commits - seen.commits), 1)} enrollments per commit (fsync)`);
+    Object.assign(seen, commits);
   }
 } finally {
   agent.destroy();

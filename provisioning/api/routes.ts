@@ -1,4 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { TLSSocket } from 'node:tls';
+import { admit } from '../../edge/admission.ts';
+import { checkCertificateStatus } from '../registry/status.ts';
 import { devicePeer, claimPeer } from './peer.ts';
 import type { ProvisioningService } from './service.ts';
 import type { EnrollmentResult } from '../enroll/pipeline.ts';
@@ -50,6 +53,11 @@ export function jsonRoutes(app: FastifyInstance, service: ProvisioningService, r
 
   app.get('/v1/ca', async (_req, reply) => reply.type('application/pem-certificate-chain').send(service.ca.chainPem));
   app.get('/v1/crl', async (_req, reply) => reply.type('application/pkix-crl').send(await service.crl()));
+  // Prometheus, for operator (or auditor) certificates: enrollments by method and code, group commits.
+  app.get('/metrics', async (req, reply) => {
+    admit(req.raw.socket as TLSSocket, { status: (identity, now) => checkCertificateStatus(service.registry, identity, now) }, { types: ['operator', 'auditor'] });
+    return reply.type(service.metrics.registry.contentType).send(await service.metrics.registry.metrics());
+  });
   app.get('/healthz', async () => {
     service.registry.lastStatusSeq(); // throws if the registry cannot be read
     return { status: 'ok' };

@@ -11,10 +11,27 @@ import { httpError, logFields } from '../../edge/http-errors.ts';
 import type { ThrottledLog } from '../../edge/throttled-log.ts';
 
 /** Provisioning's Prometheus metrics (served at /metrics to operator certificates). */
-function createMetrics() {
+function createMetrics(commits: () => { commits: number; changes: number }) {
   const registry = new Registry();
+  const reported = { commits: 0, changes: 0 };
   return {
     registry,
+    groupCommits: new Counter({
+      name: 'fleetgate_enroll_commits_total', help: 'Enrollment group commits (one transaction, one fsync each)', registers: [registry],
+      collect() {
+        const now = commits().commits;
+        if (now > reported.commits) this.inc(now - reported.commits);
+        reported.commits = now;
+      },
+    }),
+    groupCommitted: new Counter({
+      name: 'fleetgate_enroll_committed_total', help: 'Enrollments recorded by those commits (this / commits = enrollments per fsync)', registers: [registry],
+      collect() {
+        const now = commits().changes;
+        if (now > reported.changes) this.inc(now - reported.changes);
+        reported.changes = now;
+      },
+    }),
     enrollments: new Counter({ name: 'fleetgate_enrollments_total', help: 'Enrollment requests by method and outcome code (OK: issued)', labelNames: ['method', 'code'] as const, registers: [registry] }),
     anonymousRefusals: new Counter({
       name: 'fleetgate_enroll_anonymous_refusals_total', help: 'Refused enrollments whose requester was never identified (not audited), by code',
@@ -30,7 +47,7 @@ export class ProvisioningService {
   readonly ca: CertificateAuthority;
   readonly config: FleetgateConfig;
   readonly log: Logger;
-  readonly metrics = createMetrics();
+  readonly metrics = createMetrics(() => this.commits.stats);
   readonly #refusals: ThrottledLog | undefined;
   #crl: { der: Buffer; lastRevocation: number; builtAt: number } | undefined;
   /** Enrollments recorded together, one commit per event-loop turn. */
