@@ -74,6 +74,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
         message: (m) => plane?.routeRemote(m),
         link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
         session: (clientId, other) => plane?.takenOverElsewhere(clientId, other),
+        retained: (m) => plane?.retainRemote(m),
       });
       metrics.cluster.counts = bus.counts;
       metrics.clusterLink.set(1);

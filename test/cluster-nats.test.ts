@@ -125,3 +125,33 @@ test('cluster/the same device connecting to node B takes its session over from n
     await second.endAsync();
   }
 });
+
+test('cluster/a retained message kept on node A is given to a later subscriber on node B, and its clearing too', { skip }, async () => {
+  const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
+  const svc = await connect(b.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
+  /** Subscribes on B until a retained message with `marker` arrives (replication is asynchronous); returns what arrived in that subscription. */
+  const retainedAtB = async (marker: string): Promise<string[]> => {
+    for (let i = 0; i < 40; i++) {
+      const got: string[] = [];
+      const on = (_t: string, payload: Buffer, packet: { retain?: boolean }) => { if (packet.retain === true) got.push(payload.toString()); };
+      svc.on('message', on);
+      await svc.subscribeAsync('devices/c-sensor/#', { qos: 1 });
+      await new Promise((r) => setTimeout(r, 250));
+      await svc.unsubscribeAsync('devices/c-sensor/#');
+      svc.off('message', on);
+      if (got.includes(marker)) return got;
+    }
+    throw new Error(`no retained ${marker} at node B`);
+  };
+  try {
+    await dev.publishAsync('devices/c-sensor/state', 'r1', { qos: 1, retain: true });
+    assert.deepEqual(await retainedAtB('r1'), ['r1']);
+    // Cleared on A (empty payload), then a marker: once B has the marker it has applied the clearing.
+    await dev.publishAsync('devices/c-sensor/state', '', { qos: 1, retain: true });
+    await dev.publishAsync('devices/c-sensor/marker', 'm1', { qos: 1, retain: true });
+    assert.deepEqual(await retainedAtB('m1'), ['m1']);
+  } finally {
+    await dev.endAsync();
+    await svc.endAsync();
+  }
+});

@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ForwardedProperties } from '../mqtt/codec.ts';
 import { Message } from '../mqtt/session.ts';
-import { decodeLevel, encodeLevel, filterToSubjects, subjectToTopic, topicToSubject } from './subjects.ts';
+import { decodeLevel, encodeLevel, filterToSubjects, RETAINED_PREFIX, retainedSubject, subjectToTopic, topicToSubject } from './subjects.ts';
 
 /** Session announcements: `fg.s.<client id>`, the announcing node's name as the payload. */
 const SESSION_PREFIX = 'fg.s';
@@ -17,6 +17,8 @@ export interface BusEvents {
   link(state: 'down' | 'up'): void;
   /** A client id connected to another node (`node`). */
   session(clientId: string, node: string): void;
+  /** A retained message kept (or cleared) by another node. */
+  retained(message: Message): void;
 }
 
 /** Counts for metrics: messages each way, and how many were published while the link was down. */
@@ -50,6 +52,12 @@ export class NatsBus {
     this.#log = log;
     this.#events = events;
     void this.#watch();
+    // Every node keeps every retained message (within its quotas): a subscriber on any node gets it.
+    nc.subscribe(`${RETAINED_PREFIX}.>`, { callback: (err, msg) => {
+      if (err !== null) return;
+      const m = decodeEnvelope(msg.subject, msg.data);
+      if (m !== undefined) this.#events.retained(m);
+    } });
     nc.subscribe(`${SESSION_PREFIX}.*`, { callback: (err, msg) => {
       if (err !== null) return;
       this.#events.session(decodeLevel(msg.subject.slice(SESSION_PREFIX.length + 1)), new TextDecoder().decode(msg.data));
@@ -149,6 +157,16 @@ export class NatsBus {
 
   get node(): string {
     return this.#node;
+  }
+
+  /** A retained message kept (or cleared, empty) here: replicated to every other node. */
+  publishRetained(message: Message): void {
+    if (!this.#up) return; // documented: retained messages set while NATS is down stay on this node
+    try {
+      this.#nc.publish(retainedSubject(message.topic), encodeEnvelope(message));
+    } catch {
+      // closed or draining: the link watcher says why
+    }
   }
 
   /** A client id connected to this node (a takeover on every other node that has it). */

@@ -14,6 +14,8 @@
  * subscription trie), never a subset.
  */
 export const MESSAGE_PREFIX = 'fg.m';
+/** Retained messages, replicated to every node: `fg.r.` + the same tokens. */
+export const RETAINED_PREFIX = 'fg.r';
 
 const PLAIN = /^[A-Za-z0-9_-]+$/;
 
@@ -40,6 +42,12 @@ export function topicToSubject(topic: string): string {
   return toSubject.get(topic) ?? remember(toSubject, topic, `${MESSAGE_PREFIX}.${topic.split('/').map(encodeLevel).join('.')}`);
 }
 
+/** The subject a retained message is replicated on. */
+export function retainedSubject(topic: string): string {
+  return `${RETAINED_PREFIX}${topicToSubject(topic).slice(MESSAGE_PREFIX.length)}`;
+}
+
+/** The topic of a message or retained subject (both prefixes have the same length). */
 export function subjectToTopic(subject: string): string {
   return toTopic.get(subject) ?? remember(toTopic, subject, subject.slice(MESSAGE_PREFIX.length + 1).split('.').map(decodeLevel).join('/'));
 }

@@ -47,6 +47,8 @@ export interface ClusterLink {
   filterRemoved(filter: string): void;
   /** This client id connected here: the other nodes close theirs (takeover across nodes). */
   announceSession(clientId: string): void;
+  /** A retained message kept here (or cleared): every other node keeps it too. */
+  publishRetained(message: Message): void;
 }
 
 /**
@@ -585,14 +587,25 @@ export class MqttPlane {
   }
 
   #retain(conn: MqttConnection, message: Message): void {
+    if (this.#keepRetained(message, conn.kind)) this.#deps.bus?.publishRetained(message);
+  }
+
+  /** Keeps (or, empty, clears) a retained message within the quotas, on disk too; false when over a quota. */
+  #keepRetained(message: Message, transport: string): boolean {
     const r = { topic: message.topic, payload: message.payload, qos: message.qos, deviceId: message.from, ...((message.fwd !== undefined || message.expiresAt !== undefined) && { message }) };
     if (!this.#retained.set(r)) {
       this.#deps.metrics.retainedRefused.inc();
-      this.#deps.log.warn({ code: 'PAYLOAD_TOO_LARGE', deviceId: message.from, topic: message.topic, transport: conn.kind }, 'retained message over quota: delivered, not retained');
-      return;
+      this.#deps.log.warn({ code: 'PAYLOAD_TOO_LARGE', deviceId: message.from, topic: message.topic, transport }, 'retained message over quota: delivered, not retained');
+      return false;
     }
     if (message.payload.length === 0) this.#store?.deleteRetained(message.topic);
     else this.#store?.putRetained(message.topic, message.payload, message.qos, message.from);
+    return true;
+  }
+
+  /** A retained message (or its clearing) kept by another node: kept here too, for subscribers that come later. */
+  retainRemote(message: Message): void {
+    this.#keepRetained(message, 'cluster');
   }
 
   /** Delivers a message to every matching session, each once at the highest QoS its subscriptions grant, never above the publish QoS. */
