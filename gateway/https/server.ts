@@ -45,6 +45,9 @@ declare module 'fastify' {
   }
 }
 
+
+/** Origin responses up to this size (with a Content-Length) are sent to the device in one write. */
+const SMALL_RESPONSE_BYTES = 16 * 1024;
 /**
  * Open connections per device on the HTTPS plane. A connection past the device's cap is marked
  * at its handshake and each of its requests is refused (429 CONNECTION_LIMIT, then closed): one
@@ -292,6 +295,13 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     void reply.code(res.statusCode);
     for (const [name, value] of Object.entries(deviceResponseHeaders(res.headers as IncomingHttpHeaders, { assertionHeader: config.assertionHeader, token }))) {
       if (value !== undefined) void reply.header(name, value);
+    }
+    // A short response with a declared length is read whole and sent in one write with its
+    // headers (one TLS record, one syscall, instead of headers and body apart); anything longer,
+    // or of unknown length, streams with backpressure.
+    const length = Number(res.headers['content-length']);
+    if (Number.isInteger(length) && length >= 0 && length <= SMALL_RESPONSE_BYTES) {
+      return reply.send(Buffer.from(await res.body.arrayBuffer()));
     }
     // A device that goes away stops the origin's response too.
     req.raw.once('close', () => {
