@@ -1,4 +1,4 @@
-import { randomBytes, sign } from 'node:crypto';
+import { randomFillSync, sign } from 'node:crypto';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import type { SigningKey } from './keyring.ts';
@@ -39,6 +39,26 @@ export function derToJose(der: Buffer, size = 32): Buffer {
 }
 
 /**
+ * Random bytes for `jti`s, drawn from the CSPRNG 4 KiB at a time and each handed out once (as
+ * `crypto.randomUUID` caches its entropy): one `randomFillSync` per 256 assertions instead of one
+ * per request.
+ */
+class RandomPool {
+  readonly #buf = Buffer.allocUnsafe(4096);
+  #at = this.#buf.length;
+
+  take16(): Buffer {
+    if (this.#at + 16 > this.#buf.length) {
+      randomFillSync(this.#buf);
+      this.#at = 0;
+    }
+    const out = this.#buf.subarray(this.#at, this.#at + 16);
+    this.#at += 16;
+    return out;
+  }
+}
+
+/**
  * Mints the per-request assertion: a compact JWS (RFC 7515), ES256, `kid` in the header.
  * Signed with `crypto.sign` on the prepared KeyObject itself — not `{ key, dsaEncoding }`, which
  * makes Node prepare the key again on every call (~2× the signature) — and the DER signature
@@ -48,6 +68,7 @@ export function derToJose(der: Buffer, size = 32): Buffer {
  */
 export class AssertionMinter {
   readonly #issuer: string;
+  readonly #random = new RandomPool();
   #key: SigningKey;
   #header: string;
 
@@ -72,7 +93,7 @@ export class AssertionMinter {
     const iat = Math.floor(now / 1000);
     const claims: AssertionClaims = {
       iss: this.#issuer, sub: device.id, aud: audience, iat, nbf: iat, exp: iat + Math.max(1, Math.floor(lifetimeMs / 1000)),
-      jti: randomBytes(16).toString('base64url'), cnf: { 'x5t#S256': identity.x5tS256 },
+      jti: this.#random.take16().toString('base64url'), cnf: { 'x5t#S256': identity.x5tS256 },
       device_type: device.type, fleet: device.fleet, serial: identity.serial,
     };
     const input = `${this.#header}.${b64url(JSON.stringify(claims))}`;
