@@ -166,7 +166,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     { registry, sessions, metrics, kick, guard, refusals, log, jwks: () => loadKeyring(paths).jwks, ...(bus !== undefined && { cluster: bus }) }), (a) => a.app.close());
   const consoleListener = g.consoleEnabled
     ? await step(() => startConsole(config, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' }),
-      { registry, sessions, metrics, kick, guard, refusals, log: log.child({ surface: 'console' }), registryFile: paths.registry }), (c) => c.close())
+      { registry, sessions, metrics, kick, guard, refusals, log: log.child({ surface: 'console' }), registryFile: paths.registry, ...(bus !== undefined && { cluster: bus }) }), (c) => c.close())
     : undefined;
   const host = urlHost(g.host);
   return {

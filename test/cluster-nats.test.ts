@@ -155,3 +155,30 @@ test('cluster/a retained message kept on node A is given to a later subscriber o
     await svc.endAsync();
   }
 });
+
+test('cluster/the console on node A shows a device\'s session on node B and kicks it there', { skip }, async () => {
+  const { https } = await import('./helpers/https.ts');
+  const { readFileSync } = await import('node:fs');
+  const operator = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-ops', type: 'operator' });
+  const ca = readFileSync(a.rootFile);
+  const origin = `https://127.0.0.1:${a.gateway.ports.console}`;
+  const dev = await connect(b.endpoints['mqtt+tls']!, sensor, { ca: a.rootFile });
+  const cut = closed(dev, 20_000);
+  try {
+    const page = await https(`${origin}/devices/c-sensor`, { ca, cred: operator });
+    assert.equal(page.status, 200);
+    assert.match(page.body, /<td>b<\/td><td>mqtts<\/td>/, 'the session, on node b');
+    const confirm = await https(`${origin}/confirm?action=kick&id=c-sensor`, { ca, cred: operator });
+    const csrf = /name="csrf" value="([^"]+)"/.exec(confirm.body)?.[1];
+    assert.ok(csrf !== undefined);
+    const r = await https(`${origin}/act`, {
+      ca, cred: operator, method: 'POST', body: new URLSearchParams({ action: 'kick', id: 'c-sensor', csrf }).toString(),
+      headers: { 'content-type': 'application/x-www-form-urlencoded', origin },
+    });
+    assert.equal(r.status, 200, r.body);
+    assert.match(r.body, /1 live session of c-sensor closed \(every node that answered\)/);
+    await cut;
+  } finally {
+    await dev.endAsync(true).catch(() => undefined);
+  }
+});

@@ -119,7 +119,7 @@ export interface DeviceView {
   denied: DenyRecord[];
 }
 
-export function devicePage(viewer: Viewer, view: DeviceView, sessions: SessionInfo[]): Html {
+export function devicePage(viewer: Viewer, view: DeviceView, sessions: (SessionInfo & { node?: string })[]): Html {
   const d = view.device;
   const now = Date.now();
   const act = viewer.role === 'operator';
@@ -140,7 +140,7 @@ ${action('deny', 'Deny device…', { kind: 'device', value: d.id }, true)}
 ${d.status !== 'revoked' ? action('token', 'Issue enrollment token…') : ''}
 </section>` : html`<p class="hint">Read-only: an auditor sees this device but cannot act on it.</p>`}
 <h2>Live sessions</h2>
-${table(['session', 'transport', 'from', 'since', 'certificate'], sessions.map((s) => html`<tr><td>${s.id}</td><td>${s.transport}</td><td>${s.remoteAddress}</td><td>${s.since}</td><td><code>${short(s.serial)}</code></td></tr>`), 'not connected to this gateway')}
+${table(['session', ...(sessions.some((s) => s.node !== undefined) ? ['node'] : []), 'transport', 'from', 'since', 'certificate'], sessions.map((s) => html`<tr><td>${s.id}</td>${s.node === undefined ? '' : html`<td>${s.node}</td>`}<td>${s.transport}</td><td>${s.remoteAddress}</td><td>${s.since}</td><td><code>${short(s.serial)}</code></td></tr>`), 'not connected')}
 <h2>Certificates</h2>
 ${table(['serial', 'fingerprint (SHA-256)', 'issued', 'not after', 'method', 'status', ...(act ? [''] : [])], view.certificates.map((c) => html`<tr>
 <td><code>${c.serial}</code></td><td><code title="${c.fingerprint}">${short(c.fingerprint)}</code></td><td>${iso(c.issuedAt)}</td><td>${iso(c.notAfter)}</td><td>${c.method}</td><td>${certStatus(c)}</td>

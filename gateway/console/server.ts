@@ -40,6 +40,11 @@ export interface ConsoleDeps {
   registryFile: string;
   /** Closes every live session of a device; returns how many. */
   kick(deviceId: string, actor: string): number;
+  /** The other gateway nodes, in a cluster: a device's sessions and kicks reach them too. */
+  cluster?: {
+    node: string;
+    ask<T>(question: 'connections' | 'kick', body?: unknown): Promise<T[]>;
+  };
 }
 
 declare module 'fastify' {
@@ -135,6 +140,14 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
     return typeof v === 'string' && v !== '' ? v.slice(0, 512) : undefined;
   };
   const live = (id: string) => deps.sessions.ofDevice(id).length;
+  /** A device's live sessions: this node's, and in a cluster every node's that answers (each row names its node). */
+  const sessionsOf = async (id: string): Promise<(ReturnType<typeof SessionTable.info> & { node?: string })[]> => {
+    const local = deps.sessions.ofDevice(id).map(SessionTable.info);
+    const cluster = deps.cluster;
+    if (cluster === undefined) return local;
+    const remote = await cluster.ask<{ node: string; connections: ReturnType<typeof SessionTable.info>[] }>('connections').catch(() => []);
+    return [...local.map((c) => ({ ...c, node: cluster.node })), ...remote.flatMap((r) => r.connections.filter((c) => c.deviceId === id).map((c) => ({ ...c, node: r.node })))];
+  };
 
   app.get<{ Params: { file: string } }>('/static/:file', async (req, reply) => {
     const f = STATIC[req.params.file];
@@ -176,7 +189,7 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
   app.get<{ Params: { id: string } }>('/devices/:id', async (req, reply) => {
     const id = assertDeviceId(req.params.id);
     const view = await store.query<DeviceView>({ name: 'device', id });
-    return send(reply, devicePage(viewer(req), view, deps.sessions.ofDevice(id).map(SessionTable.info)));
+    return send(reply, devicePage(viewer(req), view, await sessionsOf(id)));
   });
 
   app.get('/certificates', async (req, reply) => {
@@ -245,8 +258,9 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
     const id = str(q, 'id');
     const deviceBack = id === undefined ? '/devices' : `/devices/${encodeURIComponent(id)}`;
     const needId = () => assertDeviceId(id ?? '');
-    const n = id === undefined ? 0 : live(id);
-    const sessionsText = n === 0 ? 'live sessions, if any, are' : n === 1 ? 'live session on this gateway is' : `${n} live sessions on this gateway are`;
+    const n = id === undefined ? 0 : (await sessionsOf(id)).length;
+    const where = deps.cluster === undefined ? 'on this gateway' : 'in the cluster';
+    const sessionsText = n === 0 ? 'live sessions, if any, are' : n === 1 ? `live session ${where} is` : `${n} live sessions ${where} are`;
     const ttlDefault = `${Math.round(config.enrollment.tokenTtlMs / 3_600_000)}h`;
     switch (action) {
       case 'suspend':
@@ -345,8 +359,12 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
       }
       case 'kick': {
         const deviceId = assertDeviceId(id ?? '');
-        const closed = deps.kick(deviceId, who);
-        return done(`Kicked ${deviceId}`, `${closed} live session${closed === 1 ? '' : 's'} of ${deviceId} closed.`, html`<p>Live sessions now: ${live(deviceId)}</p>`);
+        let closed = deps.kick(deviceId, who);
+        if (deps.cluster !== undefined) {
+          for (const r of await deps.cluster.ask<{ node: string; closed: number }>('kick', { deviceId, actor: who })) closed += r.closed;
+        }
+        return done(`Kicked ${deviceId}`, `${closed} live session${closed === 1 ? '' : 's'} of ${deviceId} closed${deps.cluster === undefined ? '' : ' (every node that answered)'}.`,
+          html`<p>Live sessions now: ${(await sessionsOf(deviceId)).length}</p>`);
       }
       case 'deny': {
         const expires = str(body, 'expires');
