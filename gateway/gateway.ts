@@ -15,6 +15,7 @@ import { deleteRetiredKeys, ensureKeyring, keyringFile, loadKeyring } from './ht
 import { startHttpsPlane } from './https/server.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { NatsBus } from './cluster/bus.ts';
+import { FleetSessions } from './cluster/fleet-sessions.ts';
 import { MqttPlane } from './mqtt/broker.ts';
 import { startMqttListeners } from './mqtt/listeners.ts';
 import { SessionTable, type Session } from './sessions.ts';
@@ -162,11 +163,12 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { registry, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   bus?.serve({ connections: () => sessions.all().map(SessionTable.info), kick });
+  const fleet = new FleetSessions(sessions, kick, bus);
   const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
-    { registry, sessions, metrics, kick, guard, refusals, log, jwks: () => loadKeyring(paths).jwks, ...(bus !== undefined && { cluster: bus }) }), (a) => a.app.close());
+    { registry, sessions, metrics, fleet, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
   const consoleListener = g.consoleEnabled
     ? await step(() => startConsole(config, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' }),
-      { registry, sessions, metrics, kick, guard, refusals, log: log.child({ surface: 'console' }), registryFile: paths.registry, ...(bus !== undefined && { cluster: bus }) }), (c) => c.close())
+      { registry, sessions, metrics, fleet, guard, refusals, log: log.child({ surface: 'console' }), registryFile: paths.registry }), (c) => c.close())
     : undefined;
   const host = urlHost(g.host);
   return {

@@ -10,7 +10,8 @@ import { bindError } from '../../edge/listen.ts';
 import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { Metrics } from '../metrics.ts';
-import { SessionTable } from '../sessions.ts';
+import type { SessionTable } from '../sessions.ts';
+import type { FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 
 export interface AdminDeps {
@@ -20,15 +21,10 @@ export interface AdminDeps {
   guard: ConnectionGuard;
   refusals: ThrottledLog;
   log: Logger;
-  /** Closes every live session of a device; returns how many. */
-  kick(deviceId: string, actor: string): number;
+  /** Live sessions and kicks, this node's or (in a cluster) every node's. */
+  fleet: FleetSessions;
   /** The public keys origins verify assertions with. */
   jwks(): { keys: Record<string, unknown>[] };
-  /** The other gateway nodes, when this one is in a cluster: their sessions and kicks. */
-  cluster?: {
-    node: string;
-    ask<T>(question: 'connections' | 'kick', body?: unknown): Promise<T[]>;
-  };
 }
 
 /** Only an `operator` certificate, valid by the registry right now, may use /v1. */
@@ -73,22 +69,11 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
   // In a cluster, both answer for every node that answers (each row and count names its node).
   app.get('/v1/connections', async (req) => {
     await requireOperator(req, deps.registry);
-    const local = deps.sessions.all().map(SessionTable.info);
-    if (deps.cluster === undefined) return { connections: local };
-    const remote = await deps.cluster.ask<{ node: string; connections: ReturnType<typeof SessionTable.info>[] }>('connections');
-    return {
-      connections: [...local.map((c) => ({ ...c, node: deps.cluster!.node })), ...remote.flatMap((r) => r.connections.map((c) => ({ ...c, node: r.node })))],
-      nodes: [deps.cluster.node, ...remote.map((r) => r.node)].sort(),
-    };
+    return deps.fleet.list();
   });
   app.delete<{ Params: { deviceId: string } }>('/v1/connections/:deviceId', async (req) => {
     const operator = await requireOperator(req, deps.registry);
-    const actor = `operator:${operator}`;
-    const closed = deps.kick(req.params.deviceId, actor);
-    if (deps.cluster === undefined) return { deviceId: req.params.deviceId, closed };
-    const remote = await deps.cluster.ask<{ node: string; closed: number }>('kick', { deviceId: req.params.deviceId, actor });
-    const byNode = [{ node: deps.cluster.node, closed }, ...remote];
-    return { deviceId: req.params.deviceId, closed: byNode.reduce((n, r) => n + r.closed, 0), nodes: byNode };
+    return { deviceId: req.params.deviceId, ...await deps.fleet.kick(req.params.deviceId, `operator:${operator}`) };
   });
   try {
     await app.listen({ host: config.adminHost, port: config.adminPort });

@@ -17,7 +17,8 @@ import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { DenyRecord, DeviceRecord } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
-import { SessionTable } from '../sessions.ts';
+import type { SessionTable } from '../sessions.ts';
+import type { FleetSession, FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 import { html, type Html } from './html.ts';
 import { LiveSampler } from './live.ts';
@@ -38,13 +39,8 @@ export interface ConsoleDeps {
   log: Logger;
   /** The registry file (the console reads and acts on its own thread). */
   registryFile: string;
-  /** Closes every live session of a device; returns how many. */
-  kick(deviceId: string, actor: string): number;
-  /** The other gateway nodes, in a cluster: a device's sessions and kicks reach them too. */
-  cluster?: {
-    node: string;
-    ask<T>(question: 'connections' | 'kick', body?: unknown): Promise<T[]>;
-  };
+  /** Live sessions and kicks, this node's or (in a cluster) every node's. */
+  fleet: FleetSessions;
 }
 
 declare module 'fastify' {
@@ -140,14 +136,9 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
     return typeof v === 'string' && v !== '' ? v.slice(0, 512) : undefined;
   };
   const live = (id: string) => deps.sessions.ofDevice(id).length;
-  /** A device's live sessions: this node's, and in a cluster every node's that answers (each row names its node). */
-  const sessionsOf = async (id: string): Promise<(ReturnType<typeof SessionTable.info> & { node?: string })[]> => {
-    const local = deps.sessions.ofDevice(id).map(SessionTable.info);
-    const cluster = deps.cluster;
-    if (cluster === undefined) return local;
-    const remote = await cluster.ask<{ node: string; connections: ReturnType<typeof SessionTable.info>[] }>('connections').catch(() => []);
-    return [...local.map((c) => ({ ...c, node: cluster.node })), ...remote.flatMap((r) => r.connections.filter((c) => c.deviceId === id).map((c) => ({ ...c, node: r.node })))];
-  };
+  /** A device's live sessions on every node that answers (this node's alone while the NATS link is down). */
+  const sessionsOf = async (id: string): Promise<FleetSession[]> =>
+    (await deps.fleet.list({ localOnFailure: true })).connections.filter((c) => c.deviceId === id);
 
   app.get<{ Params: { file: string } }>('/static/:file', async (req, reply) => {
     const f = STATIC[req.params.file];
@@ -259,7 +250,7 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
     const deviceBack = id === undefined ? '/devices' : `/devices/${encodeURIComponent(id)}`;
     const needId = () => assertDeviceId(id ?? '');
     const n = id === undefined ? 0 : (await sessionsOf(id)).length;
-    const where = deps.cluster === undefined ? 'on this gateway' : 'in the cluster';
+    const where = deps.fleet.clustered ? 'in the cluster' : 'on this gateway';
     const sessionsText = n === 0 ? 'live sessions, if any, are' : n === 1 ? `live session ${where} is` : `${n} live sessions ${where} are`;
     const ttlDefault = `${Math.round(config.enrollment.tokenTtlMs / 3_600_000)}h`;
     switch (action) {
@@ -359,11 +350,8 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
       }
       case 'kick': {
         const deviceId = assertDeviceId(id ?? '');
-        let closed = deps.kick(deviceId, who);
-        if (deps.cluster !== undefined) {
-          for (const r of await deps.cluster.ask<{ node: string; closed: number }>('kick', { deviceId, actor: who })) closed += r.closed;
-        }
-        return done(`Kicked ${deviceId}`, `${closed} live session${closed === 1 ? '' : 's'} of ${deviceId} closed${deps.cluster === undefined ? '' : ' (every node that answered)'}.`,
+        const { closed } = await deps.fleet.kick(deviceId, who);
+        return done(`Kicked ${deviceId}`, `${closed} live session${closed === 1 ? '' : 's'} of ${deviceId} closed${deps.fleet.clustered ? ' (every node that answered)' : ''}.`,
           html`<p>Live sessions now: ${(await sessionsOf(deviceId)).length}</p>`);
       }
       case 'deny': {

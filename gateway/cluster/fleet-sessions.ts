@@ -1,0 +1,59 @@
+import { SessionTable, type SessionInfo } from '../sessions.ts';
+
+/** What a node asks the others (implemented by {@link NatsBus}). */
+export interface NodeQuestions {
+  readonly node: string;
+  ask<T>(question: 'connections' | 'kick', body?: unknown): Promise<T[]>;
+}
+
+export type FleetSession = SessionInfo & { node?: string };
+
+/**
+ * Live sessions as operators see and act on them, for the admin API and the console alike: this
+ * node's, and in a cluster every node's that answers (each row and count then names its node).
+ */
+export class FleetSessions {
+  readonly #sessions: SessionTable;
+  readonly #kick: (deviceId: string, actor: string) => number;
+  readonly #cluster: NodeQuestions | undefined;
+
+  constructor(sessions: SessionTable, kick: (deviceId: string, actor: string) => number, cluster?: NodeQuestions) {
+    this.#sessions = sessions;
+    this.#kick = kick;
+    this.#cluster = cluster;
+  }
+
+  get clustered(): boolean {
+    return this.#cluster !== undefined;
+  }
+
+  /** This node's sessions only (no question to other nodes). */
+  local(deviceId?: string): SessionInfo[] {
+    return (deviceId === undefined ? this.#sessions.all() : this.#sessions.ofDevice(deviceId)).map(SessionTable.info);
+  }
+
+  /**
+   * Every node's sessions, and (in a cluster) the nodes that answered. While the NATS link is down
+   * it rejects CLUSTER_UNAVAILABLE, or with `localOnFailure` answers for this node alone.
+   */
+  async list(options: { localOnFailure?: boolean } = {}): Promise<{ connections: FleetSession[]; nodes?: string[] }> {
+    const local = this.local();
+    const cluster = this.#cluster;
+    if (cluster === undefined) return { connections: local };
+    const asked = cluster.ask<{ node: string; connections: SessionInfo[] }>('connections');
+    const remote = options.localOnFailure === true ? await asked.catch(() => []) : await asked;
+    return {
+      connections: [...local.map((c) => ({ ...c, node: cluster.node })), ...remote.flatMap((r) => r.connections.map((c) => ({ ...c, node: r.node })))],
+      nodes: [cluster.node, ...remote.map((r) => r.node)].sort(),
+    };
+  }
+
+  /** Closes a device's sessions here, then (in a cluster) on every node that answers. */
+  async kick(deviceId: string, actor: string): Promise<{ closed: number; nodes?: { node: string; closed: number }[] }> {
+    const closed = this.#kick(deviceId, actor);
+    const cluster = this.#cluster;
+    if (cluster === undefined) return { closed };
+    const nodes = [{ node: cluster.node, closed }, ...await cluster.ask<{ node: string; closed: number }>('kick', { deviceId, actor })];
+    return { closed: nodes.reduce((n, r) => n + r.closed, 0), nodes };
+  }
+}
