@@ -13,25 +13,22 @@ import type { ThrottledLog } from '../../edge/throttled-log.ts';
 /** Provisioning's Prometheus metrics (served at /metrics to operator certificates). */
 function createMetrics(commits: () => { commits: number; changes: number }) {
   const registry = new Registry();
-  const reported = { commits: 0, changes: 0 };
+  /** A counter that follows a plain number kept elsewhere, read in when scraped. */
+  const following = (name: string, help: string, read: () => number) => {
+    let reported = 0;
+    return new Counter({
+      name, help, registers: [registry],
+      collect() {
+        const now = read();
+        if (now > reported) this.inc(now - reported);
+        reported = now;
+      },
+    });
+  };
   return {
     registry,
-    groupCommits: new Counter({
-      name: 'fleetgate_enroll_commits_total', help: 'Enrollment group commits (one transaction, one fsync each)', registers: [registry],
-      collect() {
-        const now = commits().commits;
-        if (now > reported.commits) this.inc(now - reported.commits);
-        reported.commits = now;
-      },
-    }),
-    groupCommitted: new Counter({
-      name: 'fleetgate_enroll_committed_total', help: 'Enrollments recorded by those commits (this / commits = enrollments per fsync)', registers: [registry],
-      collect() {
-        const now = commits().changes;
-        if (now > reported.changes) this.inc(now - reported.changes);
-        reported.changes = now;
-      },
-    }),
+    groupCommits: following('fleetgate_enroll_commits_total', 'Enrollment group commits (one transaction, one fsync each)', () => commits().commits),
+    groupCommitted: following('fleetgate_enroll_committed_total', 'Enrollments recorded by those commits (this / commits = enrollments per fsync)', () => commits().changes),
     enrollments: new Counter({ name: 'fleetgate_enrollments_total', help: 'Enrollment requests by method and outcome code (OK: issued)', labelNames: ['method', 'code'] as const, registers: [registry] }),
     anonymousRefusals: new Counter({
       name: 'fleetgate_enroll_anonymous_refusals_total', help: 'Refused enrollments whose requester was never identified (not audited), by code',
