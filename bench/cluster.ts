@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
 import { natsAvailable, startNats } from '../harness/nats.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
-import { benchFleet, fmt, percentile, spawnService, type GatewayProcess } from './lib.ts';
+import { benchFleet, countArrivals, fmt, percentile, procStat, publishFromEach, spawnService, type GatewayProcess } from './lib.ts';
 
 const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 3_000); // per publisher per QoS
 const PUBLISHERS = 10;
@@ -31,10 +31,6 @@ const victims: Credential[] = [];
 for (let i = 0; i < REVOCATIONS; i++) victims.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `victim-${i}` }));
 log(`fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes`);
 
-const procCpu = (pid: number) => {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
-};
 const open = (node: GatewayProcess, cred: Credential) => mqtt.connectAsync(node.endpoints['mqtt+tls']!, {
   ca, cert: cred.certPem, key: cred.keyPem, clientId: cred.deviceId, protocolVersion: 4, reconnectPeriod: 0, keepalive: 600, servername: 'localhost',
 }, false);
@@ -54,35 +50,18 @@ async function run(pubNode: GatewayProcess, subNode: GatewayProcess, counted: Ga
     await new Promise((r) => setTimeout(r, 200));
     sub.removeAllListeners('message');
     const total = PUBLISHERS * MESSAGES;
-    let received = 0;
-    let last = performance.now();
-    const done = new Promise<void>((resolve) => {
-      const quiet = setInterval(() => { if (performance.now() - last > 3_000) { clearInterval(quiet); resolve(); } }, 250);
-      sub.on('message', (_t, payload) => {
-        if (payload.toString() === 'probe') return;
-        last = performance.now();
-        if (++received === total) { clearInterval(quiet); resolve(); }
-      });
-    });
+    const arrivals = countArrivals(sub, total, (_t, payload) => payload.toString() !== 'probe');
     const cpu0 = counted.reduce((a, n) => a + n.cpuSeconds(), 0);
-    const nats0 = procCpu(nats.pid()!);
+    const nats0 = procStat(nats.pid()!).cpu;
     const t0 = performance.now();
-    await Promise.all(pubs.map(async (p, i) => {
-      for (let n = 0; n < MESSAGES; n++) {
-        if (qos === 1) await p.publishAsync(`devices/bench-${i}/${topic}`, String(n), { qos });
-        else {
-          p.publish(`devices/bench-${i}/${topic}`, String(n), { qos });
-          if (n % 200 === 199) await new Promise((r) => setImmediate(r));
-        }
-      }
-    }));
-    await done;
+    await publishFromEach(pubs, topic, MESSAGES, qos);
+    await arrivals.done;
     const seconds = (performance.now() - t0) / 1000;
     results.push({
-      qos, rate: received / seconds,
+      qos, rate: arrivals.received() / seconds,
       cpuUs: ((counted.reduce((a, n) => a + n.cpuSeconds(), 0) - cpu0) / total) * 1e6,
-      natsUs: ((procCpu(nats.pid()!) - nats0) / total) * 1e6,
-      loss: 1 - received / total,
+      natsUs: ((procStat(nats.pid()!).cpu - nats0) / total) * 1e6,
+      loss: 1 - arrivals.received() / total,
     });
     sub.removeAllListeners('message');
     await sub.unsubscribeAsync(`devices/+/${topic}`);

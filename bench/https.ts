@@ -20,7 +20,7 @@ import { StatusChecker } from '../gateway/status/check.ts';
 import { identityFromCertificate } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { enrollDevice } from '../harness/pki.ts';
 import { X509Certificate } from 'node:crypto';
-import { benchFleet, fmt, freePort, percentile, spawnGateway, untilTlsListening } from './lib.ts';
+import { benchFleet, fmt, freePort, percentile, procStat, spawnGateway, untilTlsListening } from './lib.ts';
 
 const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 300);
 const KEEPALIVE = Number(process.env.BENCH_KEEPALIVE ?? 4_000);
@@ -43,11 +43,6 @@ log(`fleetgate bench:https — node ${process.version}; ${NEW_CONN} requests on 
 
 /** A server under test: where it answers, and the CPU seconds all its processes used so far. */
 interface Server { name: string; base: string; cpuSeconds(): number; stop(): Promise<void> }
-
-function procCpu(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
 
 /** nginx with the same CA, server certificate and origin, on a free port; master + 1 worker, both counted. */
 async function startNginx(): Promise<Server> {
@@ -89,7 +84,7 @@ http {
   };
   return {
     name: 'nginx', base: `https://127.0.0.1:${port}`,
-    cpuSeconds: () => pids().reduce((n, pid) => n + procCpu(pid), 0),
+    cpuSeconds: () => pids().reduce((n, pid) => n + procStat(pid).cpu, 0),
     stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGQUIT'); }),
   };
 }

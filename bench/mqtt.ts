@@ -16,7 +16,7 @@ import { connect as tlsConnect, createSecureContext, type SecureContext, type TL
 import mqtt, { type MqttClient } from 'mqtt';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import { csrPem, enrollDevice, newKeys, type Credential } from '../harness/pki.ts';
-import { benchFleet, fmt, freePort, percentile, spawnService, untilTlsListening, type GatewayProcess } from './lib.ts';
+import { benchFleet, countArrivals, fmt, freePort, percentile, procStat, publishFromEach, spawnService, untilTlsListening, type GatewayProcess } from './lib.ts';
 
 const CONNECTS = Number(process.env.BENCH_CONNECTS ?? 300);
 const CONNECT_CONCURRENCY = 4;
@@ -38,11 +38,6 @@ interface Server {
   cpuSeconds(): number;
   rssBytes(): number;
   stop(): Promise<void>;
-}
-
-function procStat(pid: number): { cpu: number; rss: number } {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return { cpu: (Number(f[11]) + Number(f[12])) / 100, rss: Number(f[21]) * 4096 };
 }
 
 async function startMosquitto(): Promise<Server> {
@@ -133,34 +128,15 @@ async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'i
       sub = await open(server.url, service, { clean: false });
     }
     await sub.subscribeAsync(`devices/+/${topic}`, { qos });
-    let received = 0;
     const total = PUBLISHERS * MESSAGES;
-    // Done when every message arrived, or when none has arrived for 3 s (QoS 0 may be dropped
-    // for a subscriber that cannot keep up; waiting longer would only add idle CPU).
-    let last = performance.now();
-    const done = new Promise<void>((resolve) => {
-      const quiet = setInterval(() => { if (performance.now() - last > 3_000) { clearInterval(quiet); resolve(); } }, 250);
-      sub.on('message', (t) => {
-        if (!t.endsWith(`/${topic}`)) return;
-        last = performance.now();
-        if (++received === total) { clearInterval(quiet); resolve(); }
-      });
-    });
+    const arrivals = countArrivals(sub, total, (t) => t.endsWith(`/${topic}`));
     cpu0 = server.cpuSeconds();
     t0 = performance.now();
-    await Promise.all(publishers.map(async (p, i) => {
-      for (let n = 0; n < MESSAGES; n++) {
-        if (qos === 1) await p.publishAsync(`devices/bench-${i}/${topic}`, String(n), { qos });
-        else {
-          p.publish(`devices/bench-${i}/${topic}`, String(n), { qos });
-          if (n % 200 === 199) await new Promise((r) => setImmediate(r));
-        }
-      }
-    }));
-    await done;
+    await publishFromEach(publishers, topic, MESSAGES, qos);
+    await arrivals.done;
     // Wait until the server has nothing left to do for this phase (its CPU stops moving).
     out.push(((server.cpuSeconds() - cpu0) / total) * 1e6);
-    loss.push(1 - received / total);
+    loss.push(1 - arrivals.received() / total);
     sub.removeAllListeners('message');
     await sub.unsubscribeAsync(`devices/+/${topic}`);
   }

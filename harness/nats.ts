@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { connect } from 'node:net';
-import { freePort } from './services.ts';
+import { freePort, untilListening } from './services.ts';
 
 export const NATS_SERVER = process.env.FLEETGATE_NATS_SERVER ?? '/usr/sbin/nats-server';
 
@@ -20,19 +19,6 @@ export interface NatsServer {
   start(): Promise<void>;
 }
 
-async function untilListening(port: number, child: ChildProcess, out: () => string): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (child.exitCode !== null) throw new Error(`nats-server exited: ${out()}`);
-    const ok = await new Promise<boolean>((r) => {
-      const s = connect(port, '127.0.0.1', () => { s.destroy(); r(true); });
-      s.on('error', () => r(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`nats-server did not listen on ${port}: ${out()}`);
-}
-
 /** A nats-server of its own on a loopback port (no JetStream, no persistence), stopped by PID. */
 export async function startNats(): Promise<NatsServer> {
   const port = await freePort();
@@ -47,7 +33,7 @@ export async function startNats(): Promise<NatsServer> {
       child = spawn(NATS_SERVER, ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
       child.stdout!.on('data', (b: Buffer) => { output += b.toString(); });
       child.stderr!.on('data', (b: Buffer) => { output += b.toString(); });
-      await untilListening(port, child, () => output);
+      await untilListening(port, child, 'nats-server', () => output);
     },
     async stop() {
       const c = child;

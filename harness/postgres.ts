@@ -1,9 +1,8 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from './services.ts';
+import { freePort, untilListening } from './services.ts';
 
 /** Debian's PostgreSQL server binaries (the newest installed major version), if any. */
 export function postgresBin(): string | undefined {
@@ -58,15 +57,7 @@ export async function startPostgres(): Promise<PostgresServer> {
       });
       child.stdout!.on('data', (b: Buffer) => { output += b.toString(); });
       child.stderr!.on('data', (b: Buffer) => { output += b.toString(); });
-      for (let i = 0; i < 300; i++) {
-        if (child.exitCode !== null) throw new Error(`postgres exited: ${output}`);
-        if (/ready to accept connections/.test(output) && await new Promise<boolean>((r) => {
-          const s = connect(port, '127.0.0.1', () => { s.destroy(); r(true); });
-          s.on('error', () => r(false));
-        })) return;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      throw new Error(`postgres did not start: ${output}`);
+      await untilListening(port, child, 'postgres', () => output, { ready: () => /ready to accept connections/.test(output), attempts: 300 });
     },
     async stop() {
       const c = child;

@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createServer, type AddressInfo } from 'node:net';
+import { connect as netConnect, createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { connect as tlsConnect } from 'node:tls';
 import { loadConfig } from '../config/config.ts';
@@ -28,20 +28,29 @@ export async function freePort(): Promise<number> {
 }
 
 /**
- * Resolves once something answers a TLS handshake on 127.0.0.1:`port` (a peer server started as
- * `child`); rejects with what it printed if the child exits first, or after ~10 s.
+ * Resolves once something answers on 127.0.0.1:`port` (a peer server started as `child`): a TCP
+ * connection, or with `tls` a TLS handshake, and `ready()` (e.g. a line the server printed);
+ * rejects with what it printed if the child exits first, or after `attempts` × 50 ms.
  */
-export async function untilTlsListening(port: number, child: ChildProcess, name: string, stderr: () => string): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => { s.destroy(); resolve(true); });
+export async function untilListening(port: number, child: ChildProcess, name: string, output: () => string,
+  options: { tls?: boolean; ready?: () => boolean; attempts?: number } = {}): Promise<void> {
+  for (let i = 0; i < (options.attempts ?? 200); i++) {
+    const up = (options.ready?.() ?? true) && await new Promise<boolean>((resolve) => {
+      const s = options.tls === true
+        ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => { s.destroy(); resolve(true); })
+        : netConnect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
       s.on('error', () => resolve(false));
     });
     if (up) return;
-    if (child.exitCode !== null) throw new Error(`${name} exited: ${stderr()}`);
+    if (child.exitCode !== null) throw new Error(`${name} exited: ${output()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new Error(`${name} did not listen on ${port}: ${stderr()}`);
+  throw new Error(`${name} did not listen on ${port}: ${output()}`);
+}
+
+/** {@link untilListening} for a TLS server (~10 s). */
+export function untilTlsListening(port: number, child: ChildProcess, name: string, stderr: () => string): Promise<void> {
+  return untilListening(port, child, name, stderr, { tls: true });
 }
 
 /** A data dir with a CA and registry in a temp dir (benchmarks); `cleanup` removes it. */
@@ -51,6 +60,12 @@ export async function benchFleet() {
   await initDataDir(config);
   const paths = dataPaths(config.dataDir);
   return { dir, config, paths, registry: new RegistryWriter(paths.registry), ca: await loadCa(paths), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** User + system CPU seconds and RSS bytes of a process so far, from /proc (Linux; clock ticks at 100 Hz). */
+export function procStat(pid: number): { cpu: number; rss: number } {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return { cpu: (Number(f[11]) + Number(f[12])) / 100, rss: Number(f[21]) * 4096 };
 }
 
 export interface GatewayProcess {
@@ -81,11 +96,10 @@ export async function spawnService(command: 'up' | 'gateway' | 'provision', data
     try {
       const banner = JSON.parse(text) as { services: { name: string; endpoint: string }[] };
       const endpoints = Object.fromEntries(banner.services.map((s) => [s.name, s.endpoint.split(' ')[0]!]));
-      const stat = () => readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
       return {
         child, endpoints,
-        cpuSeconds: () => { const f = stat(); return (Number(f[11]) + Number(f[12])) / 100; }, // utime, stime in clock ticks (100 Hz)
-        rssBytes: () => Number(stat()[21]) * 4096,
+        cpuSeconds: () => procStat(child.pid!).cpu,
+        rssBytes: () => procStat(child.pid!).rss,
         stop: () => new Promise((r) => {
           if (child.exitCode !== null || child.signalCode !== null) return r();
           child.once('exit', () => r());

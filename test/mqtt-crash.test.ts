@@ -3,29 +3,21 @@
 // random moment, ten times; after each restart every PUBACKed message still reaches the
 // subscriber, in order per publisher (redeliveries may repeat a message, never skip or reorder one).
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
-import { loadConfig } from '../config/config.ts';
-import { dataPaths } from '../config/paths.ts';
-import { loadCa } from '../provisioning/ca/authority.ts';
-import { RegistryWriter } from '../provisioning/registry/writer.ts';
-import { initDataDir } from '../provisioning/setup.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
-import { spawnService, type GatewayProcess } from '../harness/services.ts';
+import { benchFleet, spawnService, type GatewayProcess } from '../harness/services.ts';
 import { end, withTimeout } from './helpers/mqtt.ts';
-import { tempDir } from './helpers/run.ts';
 
 const ROUNDS = 10;
 
 test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 message to a persistent session', { timeout: 300_000 }, async (t) => {
-  const dir = tempDir(t);
-  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'test' } });
-  await initDataDir(config);
-  const paths = dataPaths(config.dataDir);
-  const registry = new RegistryWriter(paths.registry);
-  t.after(() => registry.close());
-  const ca = await loadCa(paths);
+  const fleet = await benchFleet(); // a data dir with a CA and registry, removed after the test
+  t.after(() => {
+    fleet.registry.close();
+    fleet.cleanup();
+  });
+  const { dir, config, registry, ca } = fleet;
   const pubs: Credential[] = [await enrollDevice(registry, ca, dir, { id: 'pub-1' }), await enrollDevice(registry, ca, dir, { id: 'pub-2' })];
   const svc = await enrollDevice(registry, ca, dir, { id: 'svc-1', type: 'service' });
 

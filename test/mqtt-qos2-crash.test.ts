@@ -4,29 +4,21 @@
 // restart: it is acknowledged and not delivered a second time [MQTT-4.3.3-2]; PUBREL → PUBCOMP
 // releases the id, and a new message may then use it.
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import mqtt from 'mqtt';
 import type { IConnackPacket, IPubcompPacket, IPubrecPacket } from 'mqtt-packet';
-import { loadConfig } from '../config/config.ts';
-import { dataPaths } from '../config/paths.ts';
 import { enrollDevice } from '../harness/pki.ts';
-import { spawnService, type GatewayProcess } from '../harness/services.ts';
-import { loadCa } from '../provisioning/ca/authority.ts';
-import { RegistryWriter } from '../provisioning/registry/writer.ts';
-import { initDataDir } from '../provisioning/setup.ts';
+import { benchFleet, spawnService, type GatewayProcess } from '../harness/services.ts';
 import { end, withTimeout } from './helpers/mqtt.ts';
 import { bytes, connectBytes, rawClient } from './helpers/raw-mqtt.ts';
-import { tempDir } from './helpers/run.ts';
 
 test('qos2 crash/a QoS 2 PUBLISH sent again after a SIGKILL of the gateway is acknowledged, not delivered twice', { timeout: 120_000 }, async (t) => {
-  const dir = tempDir(t);
-  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'test' } });
-  await initDataDir(config);
-  const paths = dataPaths(config.dataDir);
-  const registry = new RegistryWriter(paths.registry);
-  t.after(() => registry.close());
-  const ca = await loadCa(paths);
+  const fleet = await benchFleet(); // a data dir with a CA and registry, removed after the test
+  t.after(() => {
+    fleet.registry.close();
+    fleet.cleanup();
+  });
+  const { dir, config, registry, ca } = fleet;
   const pub = await enrollDevice(registry, ca, dir, { id: 'q2-pub' });
   const svc = await enrollDevice(registry, ca, dir, { id: 'q2-svc', type: 'service' });
 
