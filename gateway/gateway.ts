@@ -162,8 +162,8 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const listeners = await step(() => startMqttListeners(plane, tls, g, edge), async (l) => { l.mqtts.close(); l.wss.close(); l.wss.closeAllConnections(); });
   const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { registry, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
-  bus?.serve({ connections: () => sessions.all().map(SessionTable.info), kick });
   const fleet = new FleetSessions(sessions, kick, bus);
+  bus?.serve({ connections: (deviceId) => fleet.local(deviceId), kick });
   const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
     { registry, sessions, metrics, fleet, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
   const consoleListener = g.consoleEnabled

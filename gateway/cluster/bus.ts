@@ -118,10 +118,17 @@ export class NatsBus {
    * Answers the other nodes' operator questions — which sessions this node holds, and kick a
    * device here — so that `fleetgate connections` and `kick` on any node see the whole cluster.
    */
-  serve(handlers: { connections(): unknown[]; kick(deviceId: string, actor: string): number }): void {
+  serve(handlers: { connections(deviceId?: string): unknown[]; kick(deviceId: string, actor: string): number }): void {
     const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
     this.#nc.subscribe(`${ADMIN_PREFIX}.connections`, { callback: (err, msg) => {
-      if (err === null) msg.respond(json({ node: this.#node, connections: handlers.connections() }));
+      if (err !== null) return;
+      try {
+        // `{ deviceId }` asks for one device's sessions only (the console's device page).
+        const { deviceId } = JSON.parse(new TextDecoder().decode(msg.data)) as { deviceId?: unknown };
+        msg.respond(json({ node: this.#node, connections: handlers.connections(typeof deviceId === 'string' ? deviceId : undefined) }));
+      } catch {
+        // a malformed question from a peer: no answer
+      }
     } });
     this.#nc.subscribe(`${ADMIN_PREFIX}.kick`, { callback: (err, msg) => {
       if (err !== null) return;

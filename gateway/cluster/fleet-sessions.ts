@@ -33,14 +33,15 @@ export class FleetSessions {
   }
 
   /**
-   * Every node's sessions, and (in a cluster) the nodes that answered. While the NATS link is down
+   * Every node's sessions (or `deviceId`'s), and (in a cluster) the nodes that answered. While the NATS link is down
    * it rejects CLUSTER_UNAVAILABLE, or with `localOnFailure` answers for this node alone.
    */
-  async list(options: { localOnFailure?: boolean } = {}): Promise<{ connections: FleetSession[]; nodes?: string[] }> {
-    const local = this.local();
+  async list(options: { deviceId?: string; localOnFailure?: boolean } = {}): Promise<{ connections: FleetSession[]; nodes?: string[] }> {
+    const local = this.local(options.deviceId);
     const cluster = this.#cluster;
     if (cluster === undefined) return { connections: local };
-    const asked = cluster.ask<{ node: string; connections: SessionInfo[] }>('connections');
+    // One device's sessions are asked for by id: every node answers for that device alone.
+    const asked = cluster.ask<{ node: string; connections: SessionInfo[] }>('connections', options.deviceId === undefined ? {} : { deviceId: options.deviceId });
     const remote = options.localOnFailure === true ? await asked.catch(() => []) : await asked;
     return {
       connections: [...local.map((c) => ({ ...c, node: cluster.node })), ...remote.flatMap((r) => r.connections.map((c) => ({ ...c, node: r.node })))],

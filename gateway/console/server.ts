@@ -137,8 +137,7 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
   };
   const live = (id: string) => deps.sessions.ofDevice(id).length;
   /** A device's live sessions on every node that answers (this node's alone while the NATS link is down). */
-  const sessionsOf = async (id: string): Promise<FleetSession[]> =>
-    (await deps.fleet.list({ localOnFailure: true })).connections.filter((c) => c.deviceId === id);
+  const sessionsOf = async (id: string): Promise<FleetSession[]> => (await deps.fleet.list({ deviceId: id, localOnFailure: true })).connections;
 
   app.get<{ Params: { file: string } }>('/static/:file', async (req, reply) => {
     const f = STATIC[req.params.file];
