@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { freePort, untilListening } from './services.ts';
+import { stablePort, untilListening } from './services.ts';
 
 export const NATS_SERVER = process.env.FLEETGATE_NATS_SERVER ?? '/usr/sbin/nats-server';
 
@@ -21,7 +21,7 @@ export interface NatsServer {
 
 /** A nats-server of its own on a loopback port (no JetStream, no persistence), stopped by PID. */
 export async function startNats(): Promise<NatsServer> {
-  const port = await freePort();
+  const port = await stablePort(); // restarted on the same port
   let child: ChildProcess | undefined;
   let output = '';
   const server: NatsServer = {

@@ -2,7 +2,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, untilListening } from './services.ts';
+import { stablePort, untilListening } from './services.ts';
 
 /** Debian's PostgreSQL server binaries (the newest installed major version), if any. */
 export function postgresBin(): string | undefined {
@@ -43,7 +43,7 @@ export async function startPostgres(): Promise<PostgresServer> {
   const as = uid !== undefined && gid !== undefined ? { uid, gid } : {};
   const init = spawnSync(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8'], { encoding: 'utf8', cwd: dir, ...as });
   if (init.status !== 0) throw new Error(`initdb failed: ${init.stderr}`);
-  const port = await freePort();
+  const port = await stablePort(); // restarted on the same port
   let child: ChildProcess | undefined;
   let output = '';
   const server: PostgresServer = {

@@ -28,6 +28,34 @@ export async function freePort(): Promise<number> {
 }
 
 /**
+ * A free loopback port below the kernel's ephemeral range, for a server that is stopped and
+ * started again on the same port (a crash test, a NATS or PostgreSQL restart): a port from
+ * `freePort` can be taken, while the server is down, by anything else on the machine binding
+ * port 0 — another test run beside this one, for one.
+ */
+export async function stablePort(): Promise<number> {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch {
+    // not Linux: the usual default
+  }
+  for (let i = 0; i < 100; i++) {
+    const port = 10_000 + Math.floor(Math.random() * Math.max(1, low - 10_000));
+    const s = createServer();
+    const ok = await new Promise<boolean>((r) => {
+      s.once('error', () => r(false));
+      s.listen(port, '127.0.0.1', () => r(true));
+    });
+    if (ok) {
+      await new Promise((r) => s.close(r));
+      return port;
+    }
+  }
+  throw new Error('no free port below the ephemeral range');
+}
+
+/**
  * Resolves once something answers on 127.0.0.1:`port` (a peer server started as `child`): a TCP
  * connection, or with `tls` a TLS handshake, and `ready()` (e.g. a line the server printed);
  * rejects with what it printed if the child exits first, or after `attempts` × 50 ms.
@@ -84,13 +112,15 @@ export interface GatewayProcess {
  */
 export async function spawnService(command: 'up' | 'gateway' | 'provision', dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
   const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir], {
-    stdio: ['ignore', 'pipe', 'ignore'],
+    stdio: ['ignore', 'pipe', 'pipe'],
     env: {
       ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
       FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', ...env,
     },
   });
   let text = '';
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-2_000); }); // kept short: why it exited, if it does
   for await (const line of createInterface({ input: child.stdout! })) {
     text += line;
     try {
@@ -110,7 +140,7 @@ export async function spawnService(command: 'up' | 'gateway' | 'provision', data
       // banner not complete yet
     }
   }
-  throw new Error(`fleetgate ${command} exited before printing its endpoints`);
+  throw new Error(`fleetgate ${command} exited before printing its endpoints: ${stderr.trim()}`);
 }
 
 export function spawnGateway(dataDir: string): Promise<GatewayProcess> {

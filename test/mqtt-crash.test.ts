@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
-import { benchFleet, spawnService, type GatewayProcess } from '../harness/services.ts';
+import { benchFleet, spawnService, stablePort, type GatewayProcess } from '../harness/services.ts';
 import { end, withTimeout } from './helpers/mqtt.ts';
 
 const ROUNDS = 10;
@@ -22,11 +22,10 @@ test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 mes
   const svc = await enrollDevice(registry, ca, dir, { id: 'svc-1', type: 'service' });
 
   let gateway: GatewayProcess | undefined;
-  let env: NodeJS.ProcessEnv = {};
+  // The same port after every restart, from outside the ephemeral range (nothing else takes it meanwhile).
+  const port = String(await stablePort());
   const start = async () => {
-    gateway = await spawnService('gateway', config.dataDir, env);
-    const port = new URL(gateway.endpoints['mqtt+tls']!).port;
-    env = { FLEETGATE_MQTT_PORT: port }; // the same port after every restart
+    gateway = await spawnService('gateway', config.dataDir, { FLEETGATE_MQTT_PORT: port });
     return `mqtts://127.0.0.1:${port}`;
   };
   t.after(() => gateway?.stop());

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import mqtt from 'mqtt';
 import type { IConnackPacket, IPubcompPacket, IPubrecPacket } from 'mqtt-packet';
 import { enrollDevice } from '../harness/pki.ts';
-import { benchFleet, spawnService, type GatewayProcess } from '../harness/services.ts';
+import { benchFleet, spawnService, stablePort, type GatewayProcess } from '../harness/services.ts';
 import { end, withTimeout } from './helpers/mqtt.ts';
 import { bytes, connectBytes, rawClient } from './helpers/raw-mqtt.ts';
 
@@ -22,8 +22,9 @@ test('qos2 crash/a QoS 2 PUBLISH sent again after a SIGKILL of the gateway is ac
   const pub = await enrollDevice(registry, ca, dir, { id: 'q2-pub' });
   const svc = await enrollDevice(registry, ca, dir, { id: 'q2-svc', type: 'service' });
 
-  let gateway: GatewayProcess = await spawnService('gateway', config.dataDir);
-  const port = new URL(gateway.endpoints['mqtt+tls']!).port;
+  // Restarted on the same port, from outside the ephemeral range (nothing else takes it meanwhile).
+  const port = String(await stablePort());
+  let gateway: GatewayProcess = await spawnService('gateway', config.dataDir, { FLEETGATE_MQTT_PORT: port });
   t.after(() => gateway.stop());
   const url = `mqtts://127.0.0.1:${port}`;
 
