@@ -3,12 +3,14 @@ import { loadConfig, type FleetgateConfig } from '../config/config.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { loadCa, type CertificateAuthority } from '../provisioning/ca/authority.ts';
 import { dataPaths, type DataPaths } from '../config/paths.ts';
+import { isPostgresUrl } from '../provisioning/registry/sql.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 
 /** Options every command takes. */
 export interface CommonOptions {
   data?: string;
   config?: string;
+  registry?: string;
   json?: boolean;
 }
 
@@ -26,9 +28,9 @@ export class CliContext {
     this.config = loadConfig({
       ...(options.data !== undefined && { dataDir: options.data }),
       ...(options.config !== undefined && { configFile: options.config }),
-      flags,
+      flags: { ...flags, ...(options.registry !== undefined && { registry: options.registry }) },
     });
-    this.paths = dataPaths(this.config.dataDir);
+    this.paths = dataPaths(this.config.dataDir, this.config.registry);
   }
 
   get actor(): string {
@@ -37,7 +39,7 @@ export class CliContext {
 
   registry(): RegistryWriter {
     if (this.#registry === undefined) {
-      if (!existsSync(this.paths.registry)) {
+      if (!isPostgresUrl(this.paths.registry) && !existsSync(this.paths.registry)) {
         throw new FleetgateError('CA_NOT_INITIALIZED', `no registry in ${this.paths.dataDir}: run \`fleetgate init --data ${this.paths.dataDir}\``);
       }
       this.#registry = new RegistryWriter(this.paths.registry);

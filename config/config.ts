@@ -15,6 +15,13 @@ import { parseDuration } from './duration.ts';
  */
 export interface FleetgateConfig {
   dataDir: string;
+  /**
+   * Where the fleet registry lives: a SQLite file (the embedded default, `<dataDir>/registry.db`;
+   * `sqlite:PATH` or a path) or a PostgreSQL database (`postgres://user@host:5432/db`) shared by
+   * several gateway nodes and provisioning instances (docs/scale-out.md). `registry` in the
+   * file, `FLEETGATE_REGISTRY`, `--registry`.
+   */
+  registry: string;
   /** Who the audit log says acted (CLI: `cli:<user>`). */
   actor: string;
   ca: {
@@ -214,6 +221,7 @@ export function isLogFormat(value: unknown): value is LogFormat {
 
 export const DEFAULTS: FleetgateConfig = Object.freeze({
   dataDir: './data',
+  registry: '',
   actor: 'cli',
   ca: {
     hostnames: [],
@@ -597,6 +605,7 @@ function unknownKeys(fromFile: Record<string, unknown>, file: string, problems: 
     problems.push(`${file}: unknown setting ${path}${guess === undefined ? '' : ` (did you mean ${path.slice(0, path.length - name.length)}${guess}?)`}`);
   };
   for (const [section, value] of Object.entries(fromFile)) {
+    if (section === 'registry') continue; // a top-level string, read in loadConfig
     const fields = sections.get(section);
     if (fields === undefined) {
       report(section, section, [...sections.keys()]);
@@ -661,10 +670,45 @@ export function loadConfig(options: LoadOptions = {}): FleetgateConfig {
       if (value !== undefined) setPath(config, s.key, value);
     }
   }
+  config.registry = registryLocation(dataDir, [
+    [fromFile.registry, `${file}: registry`], [env.FLEETGATE_REGISTRY, 'FLEETGATE_REGISTRY'], [options.flags?.registry, 'flag --registry'],
+  ], problems);
   if (problems.length > 0) {
     throw new FleetgateError('CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { detail: { problems } });
   }
   return deepFreeze(config);
+}
+
+/**
+ * The registry's location from the last source that sets it: a `postgres://` URL as it is, a
+ * SQLite path (`sqlite:` optional) made absolute; none: `<dataDir>/registry.db`.
+ */
+function registryLocation(dataDir: string, sources: [unknown, string][], problems: string[]): string {
+  let location = join(dataDir, 'registry.db');
+  for (const [raw, where] of sources) {
+    if (raw === undefined || raw === '') continue;
+    if (typeof raw !== 'string') {
+      problems.push(`${where} must be a string: a SQLite file (sqlite:PATH) or a postgres:// URL`);
+      continue;
+    }
+    if (/^postgres(ql)?:\/\//i.test(raw)) {
+      try {
+        const url = new URL(raw);
+        if (url.hostname === '' && !url.searchParams.has('host')) throw new Error('no host');
+        location = raw;
+      } catch {
+        problems.push(`${where} is not a valid PostgreSQL URL (postgres://user@host:5432/database)`);
+      }
+      continue;
+    }
+    const path = raw.startsWith('sqlite:') ? raw.slice('sqlite:'.length) : raw;
+    if (path === '' || /^[a-z][a-z0-9+.-]*:\/\//i.test(path)) {
+      problems.push(`${where} must be a SQLite file (sqlite:PATH) or a postgres:// URL`);
+      continue;
+    }
+    location = resolve(path);
+  }
+  return location;
 }
 
 /**

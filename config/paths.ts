@@ -1,10 +1,13 @@
 import { join } from 'node:path';
 
-/** Where everything lives inside the data directory. */
-export function dataPaths(dataDir: string) {
+/**
+ * Where everything lives inside the data directory. `registry`: the configured registry location
+ * (`config.registry`: a SQLite file or a `postgres://` URL); default the data directory's file.
+ */
+export function dataPaths(dataDir: string, registry?: string) {
   return {
     dataDir,
-    registry: join(dataDir, 'registry.db'),
+    registry: registry === undefined || registry === '' ? join(dataDir, 'registry.db') : registry,
     config: join(dataDir, 'fleetgate.json'),
     rootCert: join(dataDir, 'ca', 'root.crt'),
     /**

@@ -38,7 +38,7 @@ export interface RunningGateway {
  * live-revocation watcher, all reading the registry in `config.dataDir` (read side only, plus audit appends).
  */
 export async function startGateway(config: FleetgateConfig, deps: { log: Logger }): Promise<RunningGateway> {
-  const paths = dataPaths(config.dataDir);
+  const paths = dataPaths(config.dataDir, config.registry);
   const log = deps.log.child({ component: 'gateway' });
   const g = config.gateway;
   const sessions = new SessionTable();

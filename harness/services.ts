@@ -86,7 +86,7 @@ export async function benchFleet() {
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
   const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'bench' } });
   await initDataDir(config);
-  const paths = dataPaths(config.dataDir);
+  const paths = dataPaths(config.dataDir, config.registry);
   return { dir, config, paths, registry: new RegistryWriter(paths.registry), ca: await loadCa(paths), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 

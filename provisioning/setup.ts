@@ -10,7 +10,7 @@ import { RegistryWriter } from './registry/writer.ts';
  * registry at the current schema. Idempotent: creates what is missing, overwrites nothing.
  */
 export async function initDataDir(config: FleetgateConfig): Promise<{ created: string[] }> {
-  const paths = dataPaths(config.dataDir);
+  const paths = dataPaths(config.dataDir, config.registry);
   ensureDir(paths.dataDir);
   chmodSync(paths.dataDir, 0o700);
   const created = await initCa(paths, config.ca);

@@ -1,4 +1,4 @@
-import type { Statement } from 'better-sqlite3';
+import type { SqlStatement } from '../../provisioning/registry/sql.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { DEVICE_TYPES } from '../../firmware-sdk/protocol/device-id.ts';
 import { DENY_KINDS, type AuditRecord, type CertificateRecord, type DenyRecord, type DeviceRecord } from '../../provisioning/registry/records.ts';
@@ -68,26 +68,28 @@ function oneOf(value: string | undefined, allowed: readonly string[], what: stri
  */
 export class ConsoleQueries {
   readonly #reader: RegistryReader;
-  readonly #s: Record<string, Statement>;
-  readonly #byFilter = new Map<string, { after: Statement; before: Statement; count: Statement }>();
+  readonly #s: Record<string, SqlStatement>;
+  readonly #byFilter = new Map<string, { after: SqlStatement; before: SqlStatement; count: SqlStatement }>();
 
   constructor(reader: RegistryReader) {
     this.#reader = reader;
-    const p = (sql: string) => reader.db.prepare(sql);
+    const p = (sql: string) => reader.sql.prepare(sql);
     this.#s = {
       byStatus: p('SELECT status, COUNT(*) AS n FROM devices GROUP BY status'),
       byType: p('SELECT type, COUNT(*) AS n FROM devices GROUP BY type'),
       expiring: p(`SELECT c.serial, c.device_id, c.fingerprint, c.not_after, c.issued_at FROM certificates c
         WHERE c.not_after >= @now AND c.not_after < @until AND c.superseded_by IS NULL
           AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial)
-          AND (@after IS NULL OR c.not_after > @afterAt OR (c.not_after = @afterAt AND c.serial > @after))
+          AND (CAST(@after AS TEXT) IS NULL OR c.not_after > @afterAt OR (c.not_after = @afterAt AND c.serial > @after))
         ORDER BY c.not_after, c.serial LIMIT @limit`),
       revoked: p(`SELECT c.serial, c.device_id, c.fingerprint, c.not_after, r.reason, r.revoked_at, r.actor FROM revocations r
         JOIN certificates c ON c.serial = r.serial
-        WHERE (@before IS NULL OR r.revoked_at < @beforeAt OR (r.revoked_at = @beforeAt AND r.serial < @before))
+        WHERE (CAST(@before AS TEXT) IS NULL OR r.revoked_at < @beforeAt OR (r.revoked_at = @beforeAt AND r.serial < @before))
         ORDER BY r.revoked_at DESC, r.serial DESC LIMIT @limit`),
-      sharedKeys: p(`SELECT spki_sha256 AS spki, COUNT(*) AS certificates, group_concat(DISTINCT device_id) AS devices FROM certificates
-        GROUP BY spki_sha256 HAVING COUNT(DISTINCT device_id) > 1 ORDER BY COUNT(DISTINCT device_id) DESC LIMIT 100`),
+      sharedKeys: p(`SELECT g.spki, g.certificates, (SELECT string_agg(u.d, ',') FROM (SELECT DISTINCT x.device_id AS d FROM certificates x
+          WHERE x.spki_sha256 = g.spki ORDER BY x.device_id) u) AS devices
+        FROM (SELECT spki_sha256 AS spki, COUNT(*) AS certificates, COUNT(DISTINCT device_id) AS n FROM certificates
+          GROUP BY spki_sha256 HAVING COUNT(DISTINCT device_id) > 1) g ORDER BY g.n DESC LIMIT 100`),
       neverRenewed: p(`SELECT c.device_id, c.serial, c.issued_at, c.not_after FROM devices d
         JOIN certificates c ON c.device_id = d.id
         WHERE d.status = 'active' AND d.type NOT IN ('operator', 'auditor')
@@ -100,35 +102,35 @@ export class ConsoleQueries {
           AND NOT EXISTS (SELECT 1 FROM certificates o WHERE o.device_id = d.id AND o.serial <> c.serial)
           AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial)
           AND c.not_after > @now AND @now > c.not_before + (c.not_after - c.not_before) / 2`),
-      deny: p(`SELECT * FROM denylist WHERE (@kind IS NULL OR kind = @kind) AND (@after IS NULL OR kind || ':' || value > @after)
+      deny: p(`SELECT * FROM denylist WHERE (CAST(@kind AS TEXT) IS NULL OR kind = @kind) AND (CAST(@after AS TEXT) IS NULL OR kind || ':' || value > @after)
         ORDER BY kind || ':' || value LIMIT @limit`),
-      denyCount: p('SELECT COUNT(*) AS n FROM denylist WHERE (@kind IS NULL OR kind = @kind)'),
+      denyCount: p('SELECT COUNT(*) AS n FROM denylist WHERE (CAST(@kind AS TEXT) IS NULL OR kind = @kind)'),
       denyForDevice: p(`SELECT * FROM denylist WHERE (kind = 'device' AND value = @id)
         OR (kind = 'fingerprint' AND value IN (SELECT fingerprint FROM certificates WHERE device_id = @id))
         OR (kind = 'spki' AND value IN (SELECT spki_sha256 FROM certificates WHERE device_id = @id))`),
-      audit: p(`SELECT * FROM audit WHERE (@before IS NULL OR seq < @before)
-        AND (@device IS NULL OR subject = @device OR subject = 'device:' || @device)
-        AND (@actor IS NULL OR actor = @actor) AND (@action IS NULL OR action = @action)
+      audit: p(`SELECT * FROM audit WHERE (CAST(@before AS BIGINT) IS NULL OR seq < @before)
+        AND (CAST(@device AS TEXT) IS NULL OR subject = @device OR subject = 'device:' || @device)
+        AND (CAST(@actor AS TEXT) IS NULL OR actor = @actor) AND (CAST(@action AS TEXT) IS NULL OR action = @action)
         ORDER BY seq DESC LIMIT @limit`),
     };
   }
 
   /**
-   * Statements for one combination of device filters, made once: only the conditions asked for
+   * SqlStatements for one combination of device filters, made once: only the conditions asked for
    * are in the SQL, so SQLite picks the index that fits (id prefix: the primary key; fleet, type,
    * status: their own indexes), where `(@x IS NULL OR …)` would scan.
    */
-  #deviceStatements(where: Record<string, string | null>): { after: Statement; before: Statement; count: Statement } {
+  #deviceSqlStatements(where: Record<string, string | null>): { after: SqlStatement; before: SqlStatement; count: SqlStatement } {
     const parts: string[] = [];
     if (where.q !== null) parts.push(`id >= @q AND id < @q || '~'`);
     for (const c of ['type', 'fleet', 'status'] as const) if (where[c] !== null) parts.push(`${c} = @${c}`);
     const key = parts.join(' AND ');
     let s = this.#byFilter.get(key);
     if (s === undefined) {
-      const cond = parts.length === 0 ? '1' : key;
-      const p = (sql: string) => this.#reader.db.prepare(sql);
+      const cond = parts.length === 0 ? 'TRUE' : key;
+      const p = (sql: string) => this.#reader.sql.prepare(sql);
       s = {
-        after: p(`SELECT * FROM devices WHERE ${cond} AND (@after IS NULL OR id > @after) ORDER BY id LIMIT @limit`),
+        after: p(`SELECT * FROM devices WHERE ${cond} AND (CAST(@after AS TEXT) IS NULL OR id > @after) ORDER BY id LIMIT @limit`),
         before: p(`SELECT * FROM devices WHERE ${cond} AND id < @before ORDER BY id DESC LIMIT @limit`),
         count: p(`SELECT COUNT(*) AS n FROM devices WHERE ${cond}`),
       };
@@ -145,7 +147,7 @@ export class ConsoleQueries {
       fleet: f.fleet === undefined || f.fleet === '' ? null : f.fleet,
       status: oneOf(f.status, STATUSES, 'status'),
     };
-    const s = this.#deviceStatements(where);
+    const s = this.#deviceSqlStatements(where);
     const bind = Object.fromEntries(Object.entries(where).filter(([, v]) => v !== null));
     const total = (s.count.get(bind) as { n: number }).n;
     if (f.before !== undefined && f.before !== '') {

@@ -5,6 +5,10 @@ import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { checkCertificateStatus } from '../../provisioning/registry/status.ts';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import type { StatusSource } from '../../edge/admission.ts';
+import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
+
+/** How long the gateway's registry thread waits for PostgreSQL (connect, statement) before it refuses. */
+const PG_TIMEOUT_MS = 1_000;
 
 
 /**
@@ -25,6 +29,11 @@ export class StatusChecker implements StatusSource {
 
   /** The read side, reopened if the file was replaced; throws REGISTRY_UNAVAILABLE. */
   reader(): RegistryReader {
+    if (isPostgresUrl(this.#file)) {
+      // One connection, made again by its thread when it fails; no file to be replaced.
+      this.#reader ??= new RegistryReader(this.#file, { readonly: true, timeoutMs: PG_TIMEOUT_MS });
+      return this.#reader;
+    }
     let inode: number;
     try {
       inode = statSync(this.#file).ino;
@@ -57,7 +66,7 @@ export class StatusChecker implements StatusSource {
     } catch (err) {
       if (err instanceof FleetgateError) throw err;
       this.#drop();
-      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${this.#file} cannot be read: ${(err as Error).message}`, { cause: err });
+      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${redactLocation(this.#file)} cannot be read: ${(err as Error).message}`, { cause: err });
     }
   }
 

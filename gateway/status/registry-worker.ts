@@ -12,14 +12,17 @@
 import type { Statement } from 'better-sqlite3';
 import { statSync, watch, type FSWatcher } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import pg from 'pg';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { AuditAppender } from '../../provisioning/registry/audit-appender.ts';
 import type { RegistryReader } from '../../provisioning/registry/reader.ts';
+import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import { StatusChecker } from './check.ts';
 import type { ToWorker, FromWorker } from './registry-link.ts';
 
 const { file, pollMs, idlePollMs, since } = workerData as { file: string; pollMs: number; idlePollMs: number; since: number };
 const port = parentPort!;
+const postgres = isPostgresUrl(file);
 const checker = new StatusChecker(file);
 let audit: AuditAppender | undefined;
 let last = -1;
@@ -32,7 +35,7 @@ let dataVersion: Statement | undefined;
 
 const post = (m: FromWorker) => port.postMessage(m);
 const coded = (err: unknown) => {
-  const e = err instanceof FleetgateError ? err : new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${file} cannot be read: ${(err as Error).message}`);
+  const e = err instanceof FleetgateError ? err : new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${redactLocation(file)} cannot be read: ${(err as Error).message}`);
   return { code: e.code, message: e.message, detail: e.detail };
 };
 
@@ -42,6 +45,10 @@ function poll(): void {
   try {
     // Whether the file was replaced (a stat) is asked once a second, not on every poll.
     const now = Date.now();
+    if (postgres) {
+      readFeed(checker.reader());
+      return;
+    }
     const current = checker.current();
     const reader = current !== undefined && now < statAt ? current : checker.reader();
     if (reader !== lastReader || now >= statAt) statAt = now + 1_000;
@@ -52,16 +59,7 @@ function poll(): void {
     if (!down && reader === lastReader && version === lastVersion) return;
     lastReader = reader;
     lastVersion = version;
-    for (;;) {
-      const events = reader.listStatusEvents(last);
-      if (down) {
-        down = false;
-        post({ feed: 'up' });
-      }
-      if (events.length === 0) break;
-      last = events[events.length - 1]!.seq;
-      post({ events });
-    }
+    readFeed(reader);
   } catch (err) {
     retryAt = Date.now() + 1_000;
     statAt = 0;
@@ -72,11 +70,27 @@ function poll(): void {
   }
 }
 
+/** Every event after the last one read, in `seq` order; the feed is up again once this succeeds. */
+function readFeed(reader: RegistryReader): void {
+  for (;;) {
+    const events = reader.listStatusEvents(last);
+    if (down) {
+      down = false;
+      post({ feed: 'up' });
+    }
+    if (events.length === 0) break;
+    last = events[events.length - 1]!.seq;
+    post({ events });
+  }
+}
+
 port.on('message', (m: ToWorker) => {
   if (m.op === 'close') {
     clearInterval(timer);
     clearInterval(rewatch);
     watcher?.close();
+    closing = true;
+    void listener?.end().catch(() => {});
     checker.close();
     audit?.close();
     port.close();
@@ -134,7 +148,7 @@ function schedule(fastNow: boolean): void {
 
 function tick(): void {
   poll();
-  if (fast && watcher !== undefined && Date.now() > hotUntil) schedule(false);
+  if (!postgres && fast && watcher !== undefined && Date.now() > hotUntil) schedule(false);
 }
 
 function walWritten(): void {
@@ -173,14 +187,56 @@ function watchWal(): void {
   schedule(true); // fast until the watch has seen a quiet spell
 }
 
+/**
+ * PostgreSQL: every status event rings `pg_notify('fleetgate_status')` in the transaction that
+ * writes it (a trigger, see schema.ts). This thread keeps one connection of its own that LISTENs
+ * and reads the feed by `seq` when rung — a doorbell only: what was written while it was not
+ * listening is read on the next poll by `seq`, nothing is lost. The feed is also read every
+ * `idlePollMs` (the safety net), and every `pollMs` while the LISTEN connection is down.
+ */
+let listener: pg.Client | undefined;
+let closing = false;
+
+function listen(): void {
+  if (closing) return;
+  const client = new pg.Client({ connectionString: file, connectionTimeoutMillis: 2_000, application_name: 'fleetgate-feed', keepAlive: true });
+  let lost = false;
+  const onLost = () => {
+    if (lost) return;
+    lost = true;
+    if (listener === client) listener = undefined;
+    client.end().catch(() => {});
+    if (closing) return;
+    schedule(true); // poll fast while nobody rings
+    setTimeout(listen, 1_000).unref();
+  };
+  client.on('error', onLost);
+  client.on('end', onLost);
+  client.on('notification', () => poll());
+  client.connect()
+    .then(() => client.query('LISTEN fleetgate_status'))
+    .then(() => {
+      if (lost) return;
+      listener = client;
+      schedule(false);
+      poll(); // what was written while nobody listened
+    })
+    .catch(onLost);
+}
+
 try {
   // A restarted thread goes on from where the last one stopped: no event is skipped.
   const reader = checker.reader(); // throws if the registry cannot be read
   last = since >= 0 ? since : reader.lastStatusSeq();
   post({ ready: last });
-  watchWal();
-  // The WAL file is replaced with the registry (a restore): watch the new one.
-  rewatch = setInterval(watchWal, 1_000);
+  if (postgres) {
+    schedule(true);
+    listen();
+  } else {
+    watchWal();
+    // The WAL file is replaced with the registry (a restore): watch the new one.
+    rewatch = setInterval(watchWal, 1_000);
+  }
 } catch (err) {
   post({ ready: -1, error: coded(err) }); // the gateway does not start on a registry it cannot read
 }

@@ -29,7 +29,7 @@ export interface RunningProvisioning {
  * renewal need theirs, and each route checks. No TLS resumption here either.
  */
 export async function buildProvisioning(config: FleetgateConfig, deps: { log: Logger }) {
-  const paths = dataPaths(config.dataDir);
+  const paths = dataPaths(config.dataDir, config.registry);
   const p = config.provisioning;
   const registry = new RegistryWriter(paths.registry);
   const ca = await loadCa(paths);

@@ -1,5 +1,5 @@
-import type { Statement } from 'better-sqlite3';
-import { openDatabase, type Db } from './open.ts';
+import { openRegistryDb } from './open.ts';
+import type { SqlDb, SqlStatement } from './sql.ts';
 
 /**
  * The one write the gateway may make: appending to the audit log (e.g. "disconnected by
@@ -7,19 +7,20 @@ import { openDatabase, type Db } from './open.ts';
  * side stays read-only and nothing else can be written by accident.
  */
 export class AuditAppender {
-  readonly #db: Db;
-  readonly #insert: Statement;
+  readonly #db: SqlDb;
+  readonly #insert: SqlStatement;
 
-  constructor(file: string) {
-    this.#db = openDatabase(file);
+  constructor(location: string) {
+    this.#db = openRegistryDb(location);
     this.#insert = this.#db.prepare('INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)');
   }
 
   append(actor: string, action: string, subject: string | null, detail: Record<string, unknown> = {}): void {
-    this.#insert.run(Date.now(), actor, action, subject, JSON.stringify(detail));
+    // In a write transaction like every other audit row: PostgreSQL's `seq` then commits in order.
+    this.#db.transaction(() => this.#insert.run(Date.now(), actor, action, subject, JSON.stringify(detail))).immediate();
   }
 
   close(): void {
-    if (this.#db.open) this.#db.close();
+    this.#db.close();
   }
 }

@@ -1,7 +1,9 @@
 import Database from 'better-sqlite3';
 import { existsSync } from 'node:fs';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { PgDatabase } from './postgres.ts';
 import { MIGRATIONS } from './schema.ts';
+import { isPostgresUrl, redactLocation, sqliteDb, type SqlDb } from './sql.ts';
 
 export type Db = Database.Database;
 
@@ -10,6 +12,37 @@ export interface OpenOptions {
   readonly?: boolean;
   /** How long a writer waits for another process's write lock, in ms. */
   busyTimeoutMs?: number;
+}
+
+/**
+ * Opens the registry wherever it is: a SQLite file (a path, or `sqlite:` and a path) or a
+ * PostgreSQL database (`postgres://…`). Writers bring it to the current schema; readers refuse
+ * one that is not at the schema they understand (fail closed).
+ */
+export function openRegistryDb(location: string, options: OpenOptions = {}): SqlDb {
+  if (!isPostgresUrl(location)) {
+    const file = sqliteFile(location);
+    return sqliteDb(openDatabase(file, options), file);
+  }
+  let db: PgDatabase | undefined;
+  try {
+    db = new PgDatabase(location, { readonly: options.readonly === true, ...(options.busyTimeoutMs !== undefined && { timeoutMs: options.busyTimeoutMs }) });
+    if (options.readonly !== true) db.migrate();
+    const version = db.version();
+    if (version !== MIGRATIONS.length) {
+      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${db.where} has schema version ${version}, expected ${MIGRATIONS.length}${version === 0 ? ' (not initialized: run `fleetgate init`)' : ''}`);
+    }
+    return db;
+  } catch (err) {
+    db?.close();
+    if (err instanceof FleetgateError) throw err;
+    throw new FleetgateError('REGISTRY_UNAVAILABLE', `cannot open registry ${redactLocation(location)}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** The file of a SQLite registry location (`sqlite:` prefix optional). */
+export function sqliteFile(location: string): string {
+  return location.startsWith('sqlite:') ? location.slice('sqlite:'.length) : location;
 }
 
 /**

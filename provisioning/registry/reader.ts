@@ -1,5 +1,6 @@
-import type { Statement } from 'better-sqlite3';
-import { openDatabase, type Db } from './open.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { openRegistryDb, type Db } from './open.ts';
+import { NO_LIMIT, type SqlDb, type SqlStatement } from './sql.ts';
 import type {
   AuditRecord, ClaimRecord, ClaimSerialRecord, CertificateRecord, DenyKind, DenyRecord, DeviceRecord, RevocationRecord, StatusEvent, TokenRecord,
 } from './records.ts';
@@ -16,12 +17,14 @@ const CERT_FROM = 'certificates c LEFT JOIN revocations r ON r.serial = c.serial
  * which extends this.
  */
 export class RegistryReader {
-  readonly db: Db;
-  readonly #stmts: Record<string, Statement>;
+  /** The registry's engine: SQLite or PostgreSQL, one shape (see sql.ts). */
+  readonly sql: SqlDb;
+  readonly #stmts: Record<string, SqlStatement>;
 
-  constructor(file: string, options: { readonly?: boolean } = { readonly: true }) {
-    this.db = openDatabase(file, { readonly: options.readonly ?? true });
-    const p = (sql: string) => this.db.prepare(sql);
+  /** `location`: a SQLite file (optionally `sqlite:` and a path) or a `postgres://` URL. */
+  constructor(location: string, options: { readonly?: boolean; timeoutMs?: number } = { readonly: true }) {
+    this.sql = openRegistryDb(location, { readonly: options.readonly ?? true, ...(options.timeoutMs !== undefined && { busyTimeoutMs: options.timeoutMs }) });
+    const p = (sql: string) => this.sql.prepare(sql);
     this.#stmts = {
       device: p('SELECT * FROM devices WHERE id = ?'),
       devices: p('SELECT * FROM devices ORDER BY id LIMIT ? OFFSET ?'),
@@ -35,7 +38,7 @@ export class RegistryReader {
       deny: p('SELECT * FROM denylist WHERE kind = ? AND value = ?'),
       denyAll: p('SELECT * FROM denylist ORDER BY created_at, kind, value'),
       audit: p('SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?'),
-      auditNewest: p(`SELECT * FROM audit WHERE (@device IS NULL OR subject = @device OR subject = 'device:' || @device) AND at >= @after ORDER BY seq DESC LIMIT @limit`),
+      auditNewest: p(`SELECT * FROM audit WHERE (CAST(@device AS TEXT) IS NULL OR subject = @device OR subject = 'device:' || @device) AND at >= @after ORDER BY seq DESC LIMIT @limit`),
       auditDevice: p(`SELECT * FROM audit WHERE seq > @since AND (subject = @device OR subject = 'device:' || @device) ORDER BY seq LIMIT @limit`),
       denied: p(`SELECT kind, value, reason FROM denylist
         WHERE ((kind = 'fingerprint' AND value = @fingerprint) OR (kind = 'spki' AND value = @spki) OR (kind = 'device' AND value = @deviceId))
@@ -55,7 +58,14 @@ export class RegistryReader {
     };
   }
 
-  protected stmt(name: string): Statement {
+  /** The SQLite database itself, for what only SQLite has (pragmas, the console's queries, tests). */
+  get db(): Db {
+    const db = (this.sql as { sqlite?: Db }).sqlite;
+    if (db === undefined) throw new FleetgateError('USAGE', `this needs a SQLite registry; ${this.sql.where} is PostgreSQL`);
+    return db;
+  }
+
+  protected stmt(name: string): SqlStatement {
     const s = this.#stmts[name];
     if (s === undefined) throw new TypeError(`no statement ${name}`);
     return s;
@@ -67,7 +77,7 @@ export class RegistryReader {
   }
 
   listDevices(options: { fleet?: string; limit?: number; offset?: number } = {}): DeviceRecord[] {
-    const limit = options.limit ?? -1;
+    const limit = noLimit(options.limit);
     const offset = options.offset ?? 0;
     const rows = options.fleet === undefined
       ? this.stmt('devices').all(limit, offset)
@@ -91,7 +101,7 @@ export class RegistryReader {
 
   listCertificates(options: { deviceId?: string; limit?: number; offset?: number } = {}): CertificateRecord[] {
     const rows = options.deviceId === undefined
-      ? this.stmt('certs').all(options.limit ?? -1, options.offset ?? 0)
+      ? this.stmt('certs').all(noLimit(options.limit), options.offset ?? 0)
       : this.stmt('certsByDevice').all(options.deviceId);
     return (rows as Row[]).map(toCertificate);
   }
@@ -123,7 +133,7 @@ export class RegistryReader {
    * subject is that device (its own rows and its denylist entries). `limit` -1: all.
    */
   listAudit(options: { since?: number; limit?: number; device?: string; newest?: boolean; after?: number } = {}): AuditRecord[] {
-    const limit = options.limit ?? -1;
+    const limit = noLimit(options.limit);
     const rows = options.newest === true
       ? this.stmt('auditNewest').all({ device: options.device ?? null, after: options.after ?? 0, limit })
       : options.device !== undefined
@@ -189,8 +199,13 @@ export class RegistryReader {
   }
 
   close(): void {
-    if (this.db.open) this.db.close();
+    this.sql.close();
   }
+}
+
+/** A caller's limit (absent or negative: all) as both engines take it. */
+function noLimit(limit: number | undefined): number {
+  return limit === undefined || limit < 0 ? NO_LIMIT : limit;
 }
 
 export function toDevice(r: Row): DeviceRecord {

@@ -1,9 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
-import type { Statement } from 'better-sqlite3';
 import { assertDeviceId, assertDeviceType, CLAIM_DEVICE_TYPES, deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
 import { RegistryReader } from './reader.ts';
+import type { SqlStatement } from './sql.ts';
 import { DENY_KINDS, type CertificateRecord, type ClaimRecord, type DenyKind, type DenyRecord, type DeviceRecord } from './records.ts';
 
 export interface NewDevice {
@@ -51,18 +51,19 @@ export function hashToken(token: string): string {
  * live gateway must act on): a change is recorded whole or not at all.
  */
 export class RegistryWriter extends RegistryReader {
-  readonly #w: Record<string, Statement>;
+  readonly #w: Record<string, SqlStatement>;
 
-  constructor(file: string) {
-    super(file, { readonly: false });
-    const p = (sql: string) => this.db.prepare(sql);
+  constructor(location: string, options: { timeoutMs?: number } = {}) {
+    super(location, { readonly: false, ...options });
+    const p = (sql: string) => this.sql.prepare(sql);
     this.#w = {
       insertDevice: p(`INSERT INTO devices (id, fleet, type, parent, status, created_at, updated_at, metadata)
         VALUES (@id, @fleet, @type, @parent, 'pending', @now, @now, @metadata)`),
       setStatus: p('UPDATE devices SET status = ?, updated_at = ? WHERE id = ?'),
       insertToken: p(`INSERT INTO enrollment_tokens (hash, device_id, created_at, expires_at, actor) VALUES (?, ?, ?, ?, ?)`),
       useToken: p('UPDATE enrollment_tokens SET used_at = ?, used_serial = ? WHERE hash = ? AND used_at IS NULL'),
-      expireTokens: p('UPDATE enrollment_tokens SET expires_at = MIN(expires_at, ?) WHERE device_id = ? AND used_at IS NULL'),
+      expireTokens: p(`UPDATE enrollment_tokens SET expires_at = CASE WHEN expires_at < @now THEN expires_at ELSE @now END
+        WHERE device_id = @deviceId AND used_at IS NULL`),
       insertCert: p(`INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
         VALUES (@serial, @deviceId, @fingerprint, @spkiSha256, @notBefore, @notAfter, @pem, @now, @method, @actor)`),
       supersede: p('UPDATE certificates SET superseded_by = ? WHERE serial = ? AND device_id = ? AND superseded_by IS NULL'),
@@ -86,7 +87,7 @@ export class RegistryWriter extends RegistryReader {
   }
 
   #run<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    return this.sql.transaction(fn).immediate();
   }
 
   #audit(actor: string, action: string, subject: string | null, detail: Record<string, unknown> = {}): void {
@@ -103,10 +104,10 @@ export class RegistryWriter extends RegistryReader {
    * fsync — for all. If the commit itself fails, every change fails with it.
    */
   batch<T>(changes: readonly (() => T)[]): ({ ok: true; value: T } | { ok: false; error: unknown })[] {
-    return this.db.transaction(() => changes.map((change) => {
+    return this.sql.transaction(() => changes.map((change) => {
       try {
-        // Nested transaction: better-sqlite3 makes it a savepoint, released or rolled back here.
-        return { ok: true as const, value: this.db.transaction(change)() };
+        // Nested transaction: a savepoint, released or rolled back here.
+        return { ok: true as const, value: this.sql.transaction(change)() };
       } catch (error) {
         return { ok: false as const, error };
       }
@@ -278,7 +279,7 @@ export class RegistryWriter extends RegistryReader {
       const serials = (this.#w.unrevokedCerts!.all(device.id) as { serial: string }[]).map((r) => r.serial);
       for (const serial of serials) this.#w.insertRevocation!.run(serial, reason, now, actor);
       this.#w.setStatus!.run('revoked', now, device.id);
-      this.#w.expireTokens!.run(now, device.id);
+      this.#w.expireTokens!.run({ now, deviceId: device.id });
       this.#event('device.revoke', device.id);
       this.#audit(actor, 'device.revoke', device.id, { reason, serials, previous: device.status });
       return { device: this.getDevice(device.id)!, revokedSerials: serials, changed: true };

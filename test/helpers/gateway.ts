@@ -59,7 +59,7 @@ export async function startTestFleet(t: TestContext | { after(fn: () => unknown)
     env: { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
   });
   await initDataDir(config);
-  const paths = dataPaths(config.dataDir);
+  const paths = dataPaths(config.dataDir, config.registry);
   const registry = new RegistryWriter(paths.registry);
   const ca = await loadCa(paths);
   const log = new LogCapture();
@@ -92,7 +92,7 @@ export async function startTestProvisioning(t: TestContext | { after(fn: () => u
   const dir = tempDir(t as TestContext);
   const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ACTOR: 'test', ...env } });
   await initDataDir(config);
-  const paths = dataPaths(config.dataDir);
+  const paths = dataPaths(config.dataDir, config.registry);
   const registry = new RegistryWriter(paths.registry);
   const log = new LogCapture();
   const service = await startProvisioning(config, { log: pino({ level: 'debug' }, log.stream) });
