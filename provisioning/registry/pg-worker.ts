@@ -71,11 +71,13 @@ async function handle(m: PgRequest | { reset: true }): Promise<void> {
     const last = (Array.isArray(result) ? result[result.length - 1] : result) as pg.QueryResult;
     reply = { id: m.id, rows: last?.rows ?? [], rowCount: last?.rowCount ?? 0 };
   } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    // No SQLSTATE (a socket error, a timeout of ours), class 08 (connection) or 57P (shutdown): a new connection next time.
-    const connectionLost = typeof code !== 'string' || /^(08|57P)/.test(code);
+    const raw = (err as { code?: unknown }).code;
+    const sqlstate = typeof raw === 'string' && /^[0-9A-Z]{5}$/.test(raw) ? raw : undefined;
+    // No SQLSTATE (a socket error such as ECONNREFUSED, a timeout), class 08 (connection) or 57P
+    // (the server shutting down): the registry cannot be reached; a new connection next time.
+    const connectionLost = sqlstate === undefined || /^(08|57P)/.test(sqlstate);
     if (connectionLost) drop();
-    reply = { id: m.id, error: { message: (err as Error).message, ...(typeof code === 'string' && { code }), connection: connectionLost } };
+    reply = { id: m.id, error: { message: (err as Error).message, ...(sqlstate !== undefined && { code: sqlstate }), connection: connectionLost } };
   }
   port.postMessage(reply);
   Atomics.add(signal, 0, 1);

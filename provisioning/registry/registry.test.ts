@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test, type TestContext } from 'node:test';
+import { after, test, type TestContext } from 'node:test';
 import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeSerial } from './hex.ts';
 import { parseRevocationReason } from './reasons.ts';
@@ -10,16 +10,23 @@ import { RegistryReader } from './reader.ts';
 import { MIGRATIONS } from './schema.ts';
 import Database from 'better-sqlite3';
 import { hashToken, normalizeDenyTarget, RegistryWriter, type NewCertificate } from './writer.ts';
+import { ENGINES, registryLocation, stopSharedPostgres, type Engine } from '../../test/helpers/engines.ts';
 
-function open(t: TestContext): { writer: RegistryWriter; file: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-registry-'));
-  const file = join(dir, 'registry.db');
+// The tests of the registry's operations run on both engines (SQLite, and PostgreSQL where it is
+// installed — always in CI); the ones about SQLite itself (pragmas, its files, its migrations) on SQLite.
+
+after(stopSharedPostgres);
+
+async function open(t: TestContext, engine: Engine = 'sqlite'): Promise<{ writer: RegistryWriter; file: string }> {
+  const file = await registryLocation(t, engine);
   const writer = new RegistryWriter(file);
-  t.after(() => {
-    writer.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  t.after(() => writer.close());
   return { writer, file };
+}
+
+/** A test on every engine, named `registry[engine]/…`. */
+function both(name: string, fn: (t: TestContext, engine: Engine) => Promise<void> | void): void {
+  for (const engine of ENGINES) test(`registry[${engine}]/${name}`, (t) => fn(t, engine));
 }
 
 const code = (c: ErrorCode) => (e: unknown) => e instanceof FleetgateError && e.code === c;
@@ -31,32 +38,32 @@ function fakeIssued(deviceId: string, extra: Partial<NewCertificate> = {}): NewC
   return { serial: hex, deviceId, fingerprint: hex.padEnd(64, 'f'), spkiSha256: hex.padEnd(64, 'e'), notBefore: 0, notAfter: Date.now() + 86_400_000, pem: 'PEM', method: 'operator', ...extra };
 }
 
-test('registry/pragmas: WAL, synchronous FULL, schema version set', (t) => {
-  const { writer } = open(t);
+test('registry/pragmas: WAL, synchronous FULL, schema version set', async (t) => {
+  const { writer } = await open(t);
   assert.equal(writer.db.pragma('journal_mode', { simple: true }), 'wal');
   assert.equal(writer.db.pragma('synchronous', { simple: true }), 2); // FULL
   assert.ok((writer.db.pragma('user_version', { simple: true }) as number) >= 1);
 });
 
-test('registry/reopening migrates nothing twice and keeps rows', (t) => {
-  const { writer, file } = open(t);
+both('reopening migrates nothing twice and keeps rows', async (t, engine) => {
+  const { writer, file } = await open(t, engine);
   writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
   const again = new RegistryWriter(file);
   assert.equal(again.getDevice('d1')?.type, 'sensor');
   again.close();
 });
 
-test('registry/reader is read-only', (t) => {
-  const { writer, file } = open(t);
+both('reader is read-only', async (t, engine) => {
+  const { writer, file } = await open(t, engine);
   writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
   const reader = new RegistryReader(file);
   t.after(() => reader.close());
   assert.equal(reader.getDevice('d1')?.status, 'pending');
-  assert.throws(() => reader.db.prepare("UPDATE devices SET status = 'active'").run(), /readonly/i);
+  assert.throws(() => reader.sql.prepare("UPDATE devices SET status = 'active'").run(), /readonly|read-only/i);
 });
 
-test('registry/a write SQLite refuses as read-only is STORAGE_READ_ONLY, not INTERNAL', (t) => {
-  const { writer, file } = open(t);
+test('registry/a write SQLite refuses as read-only is STORAGE_READ_ONLY, not INTERNAL', async (t) => {
+  const { writer, file } = await open(t);
   writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
   const reader = new RegistryReader(file); // a real read-only connection: the write fails in SQLite itself
   t.after(() => reader.close());
@@ -74,8 +81,8 @@ test('registry/reader refuses a missing file (fail closed)', () => {
   assert.throws(() => new RegistryReader(join(tmpdir(), 'no-such-dir-fleetgate', 'registry.db')), code('REGISTRY_UNAVAILABLE'));
 });
 
-test('registry/add device validates id, type, fleet and parent; nothing written on error', (t) => {
-  const { writer } = open(t);
+both('add device validates id, type, fleet and parent; nothing written on error', async (t, engine) => {
+  const { writer } = await open(t, engine);
   writer.addDevice({ id: 'gw-1', type: 'gateway' }, 'op');
   writer.addDevice({ id: 's-1', type: 'sensor', parent: 'gw-1' }, 'op');
   const before = writer.counts();
@@ -90,11 +97,11 @@ test('registry/add device validates id, type, fleet and parent; nothing written 
   assert.deepEqual(writer.listChildren('gw-1').map((d) => d.id), ['s-1']);
 });
 
-test('registry/token: stored hashed, single use, expiry, bound to its device', (t) => {
-  const { writer } = open(t);
+both('token: stored hashed, single use, expiry, bound to its device', async (t, engine) => {
+  const { writer } = await open(t, engine);
   const { token } = writer.addDevice({ id: 'd1', type: 'sensor' }, 'op', { tokenTtlMs: 60_000 });
   assert.ok(token?.token.startsWith('fgt_'));
-  const raw = writer.db.prepare('SELECT hash FROM enrollment_tokens').all() as { hash: string }[];
+  const raw = writer.sql.prepare('SELECT hash FROM enrollment_tokens').all() as { hash: string }[];
   assert.deepEqual(raw, [{ hash: hashToken(token!.token) }]);
   assert.equal(writer.checkToken(hashToken(token!.token)).deviceId, 'd1');
   writer.recordCertificate(fakeIssued('d1', { tokenHash: hashToken(token!.token) }), 'enroll');
@@ -109,8 +116,8 @@ test('registry/token: stored hashed, single use, expiry, bound to its device', (
   assert.equal(writer.listCertificates({ deviceId: 'd1' }).length, 1);
 });
 
-test('registry/issuance activates a pending device; refused for suspended and revoked devices', (t) => {
-  const { writer } = open(t);
+both('issuance activates a pending device; refused for suspended and revoked devices', async (t, engine) => {
+  const { writer } = await open(t, engine);
   writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
   writer.recordCertificate(fakeIssued('d1'), 'op');
   assert.equal(writer.getDevice('d1')?.status, 'active');
@@ -124,8 +131,8 @@ test('registry/issuance activates a pending device; refused for suspended and re
   assert.throws(() => writer.suspendDevice('d1', 'op'), code('DEVICE_STATE_CONFLICT'));
 });
 
-test('registry/device revoke revokes every certificate, expires tokens, emits a status event', (t) => {
-  const { writer } = open(t);
+both('device revoke revokes every certificate, expires tokens, emits a status event', async (t, engine) => {
+  const { writer } = await open(t, engine);
   writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
   const a = writer.recordCertificate(fakeIssued('d1'), 'op');
   const b = writer.recordCertificate(fakeIssued('d1'), 'op');
@@ -141,21 +148,21 @@ test('registry/device revoke revokes every certificate, expires tokens, emits a 
   assert.equal(writer.revokeDevice('d1', 5, 'op').changed, false);
 });
 
-test('registry/audit is append-only with strictly increasing sequence', (t) => {
-  const { writer } = open(t);
+both('audit is append-only with strictly increasing sequence', async (t, engine) => {
+  const { writer } = await open(t, engine);
   writer.addDevice({ id: 'd1', type: 'sensor' }, 'op');
   writer.suspendDevice('d1', 'op');
   writer.resumeDevice('d1', 'op');
   const rows = writer.listAudit();
   assert.deepEqual(rows.map((r) => r.action), ['device.add', 'device.suspend', 'device.resume']);
   assert.ok(rows.every((r, i) => i === 0 || r.seq > rows[i - 1]!.seq));
-  assert.throws(() => writer.db.prepare("UPDATE audit SET actor = 'x'").run(), /append-only/);
-  assert.throws(() => writer.db.prepare('DELETE FROM audit').run(), /append-only/);
+  assert.throws(() => writer.sql.prepare("UPDATE audit SET actor = 'x'").run(), /append-only/);
+  assert.throws(() => writer.sql.prepare('DELETE FROM audit').run(), /append-only/);
   assert.deepEqual(writer.listAudit({ since: rows[1]!.seq }).map((r) => r.action), ['device.resume']);
 });
 
-test('registry/denylist normalizes fingerprints and refuses malformed ones', (t) => {
-  const { writer } = open(t);
+both('denylist normalizes fingerprints and refuses malformed ones', async (t, engine) => {
+  const { writer } = await open(t, engine);
   const fp = 'AB:'.repeat(31) + 'AB';
   const entry = writer.addDeny({ kind: 'fingerprint', value: fp, reason: 'lost' }, 'op');
   assert.equal(entry.value, 'ab'.repeat(32));
@@ -168,8 +175,8 @@ test('registry/denylist normalizes fingerprints and refuses malformed ones', (t)
   assert.throws(() => writer.removeDeny('fingerprint', fp, 'op'), code('DENY_NOT_FOUND'));
 });
 
-test('registry/CRL numbers increase monotonically', (t) => {
-  const { writer } = open(t);
+both('CRL numbers increase monotonically', async (t, engine) => {
+  const { writer } = await open(t, engine);
   assert.deepEqual([writer.nextCrlNumber('op'), writer.nextCrlNumber('op'), writer.nextCrlNumber('op')], [1, 2, 3]);
 });
 
@@ -214,8 +221,8 @@ test('registry/migration 4 rebuilds devices (auditor type) and keeps every row a
   assert.throws(() => writer.db.exec(`DELETE FROM devices WHERE id = 'gw-1'`), /FOREIGN KEY/);
 });
 
-test('registry/group commit: one transaction, each change in its own savepoint; a failing change is rolled back alone', async (t) => {
-  const { writer } = open(t);
+both('group commit: one transaction, each change in its own savepoint; a failing change is rolled back alone', async (t, engine) => {
+  const { writer } = await open(t, engine);
   const { GroupCommit } = await import('../enroll/group-commit.ts');
   const group = new GroupCommit(writer);
   const token = writer.addDevice({ id: 'gc-1', type: 'sensor' }, 'test', { tokenTtlMs: 60_000 }).token!;
