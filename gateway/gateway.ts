@@ -50,7 +50,10 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     onEvents: (events) => watcher?.apply(events),
     onFeed: (state, error) => {
       if (state === 'down') log.error({ code: error?.code, err: error?.message }, 'registry status feed unavailable: new connections are refused, live sessions continue');
-      else log.info('registry status feed available again');
+      else {
+        log.info('registry status feed available again');
+        watcher?.recheckUnanswered(); // live sessions whose re-check the outage left unanswered
+      }
     },
     onAuditError: (error) => log.error({ code: error.code, err: error.message }, 'audit append failed'),
   });

@@ -81,10 +81,13 @@ export function untilTlsListening(port: number, child: ChildProcess, name: strin
   return untilListening(port, child, name, stderr, { tls: true });
 }
 
-/** A data dir with a CA and registry in a temp dir (benchmarks); `cleanup` removes it. */
-export async function benchFleet() {
+/**
+ * A data dir with a CA and registry in a temp dir (benchmarks); `cleanup` removes it.
+ * `registry`: a `postgres://` URL to keep the registry there instead of the data dir's file.
+ */
+export async function benchFleet(registry?: string) {
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
-  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'bench' } });
+  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'bench', ...(registry !== undefined && { FLEETGATE_REGISTRY: registry }) } });
   await initDataDir(config);
   const paths = dataPaths(config.dataDir, config.registry);
   return { dir, config, paths, registry: new RegistryWriter(paths.registry), ca: await loadCa(paths), cleanup: () => rmSync(dir, { recursive: true, force: true }) };

@@ -1,6 +1,6 @@
 // Issue #12, first step: gateway nodes exchange messages over NATS. Node A runs in this process,
-// node B in its own, on one data directory (the registry is the shared SQLite file here; the
-// PostgreSQL registry is the next step) and one nats-server of their own. A device's publish on A
+// node B in its own, on one data directory (the registry is the shared SQLite file here;
+// test/cluster.test.ts runs three nodes on PostgreSQL) and one nats-server of their own. A device's publish on A
 // reaches a service subscribed on B (QoS 0 and 1, nothing lost), B's command reaches the device on
 // A, and when NATS restarts the gap is in A's metrics and log and fan-out resumes.
 import assert from 'node:assert/strict';

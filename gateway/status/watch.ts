@@ -28,12 +28,30 @@ export interface WatchDeps {
 export class StatusWatcher {
   readonly #deps: WatchDeps;
   readonly #sweep: NodeJS.Timeout;
+  /**
+   * Sessions an event touched whose re-check the registry could not answer (it was down or
+   * locked): asked again every second and when the feed comes back, until answered. The event was
+   * read from the feed and will not come again — forgetting the session here would miss the
+   * revocation for as long as the device stays connected.
+   */
+  readonly #unanswered = new Map<Session, StatusEvent>();
 
   constructor(deps: WatchDeps) {
     this.#deps = deps;
     // No session outlives its certificate: a device must reconnect with a current one.
-    this.#sweep = setInterval(() => this.sweepExpired(), 1_000);
+    this.#sweep = setInterval(() => {
+      this.sweepExpired();
+      this.recheckUnanswered();
+    }, 1_000);
     this.#sweep.unref();
+  }
+
+  /** Asks again about the sessions whose re-check went unanswered (the feed is back, or a second passed). */
+  recheckUnanswered(): void {
+    for (const [session, event] of this.#unanswered) {
+      this.#unanswered.delete(session);
+      if (this.#deps.sessions.ofDevice(session.identity.deviceId).includes(session)) this.#recheck(session, event);
+    }
   }
 
   sweepExpired(now = Date.now()): void {
@@ -69,9 +87,12 @@ export class StatusWatcher {
     }, (err: unknown) => {
       if (session.cut !== undefined) return;
       const e = err instanceof FleetgateError ? err : new FleetgateError('INTERNAL', String(err));
-      // Existing sessions are not cut because the registry hiccuped; new ones are refused.
-      if (e.code === 'REGISTRY_UNAVAILABLE') this.#deps.unavailable(e);
-      else this.#deps.cut(session, e, event);
+      // Existing sessions are not cut because the registry hiccuped (new ones are refused); the
+      // question is asked again until the registry answers it.
+      if (e.code === 'REGISTRY_UNAVAILABLE') {
+        if (!this.#unanswered.has(session)) this.#deps.unavailable(e);
+        this.#unanswered.set(session, event);
+      } else this.#deps.cut(session, e, event);
     });
   }
 
