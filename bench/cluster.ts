@@ -4,11 +4,14 @@
 //     one node; then two nodes with the publishers on node 1 and the service on node 2 (CPU of
 //     both nodes counted, NATS's own beside it); ratio cluster / one node
 //  2. revocation → live cut with three nodes, the devices spread over them (p50 / p99)
-// Registry: the shared SQLite file (nodes on one host) until the PostgreSQL registry lands.
+// Registry: a PostgreSQL started here (initdb in a temp dir, fsync and synchronous commit ON, as
+// in production), every node and this process on it; without PostgreSQL installed, the shared
+// SQLite file (nodes on one host), and the output says which.
 // Loopback only; bounded counts.
 import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
 import { natsAvailable, startNats } from '../harness/nats.ts';
+import { postgresBin, startPostgres } from '../harness/postgres.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
 import { benchFleet, countArrivals, fmt, percentile, procStat, publishFromEach, spawnService, type GatewayProcess } from './lib.ts';
 
@@ -22,14 +25,16 @@ if (!natsAvailable()) {
   process.exit(2);
 }
 const nats = await startNats();
-const fleet = await benchFleet();
+const postgres = postgresBin() === undefined ? undefined : await startPostgres({ durable: true });
+const fleet = await benchFleet(postgres?.url);
+const registryNote = postgres === undefined ? 'the shared SQLite file (PostgreSQL is not installed)' : 'PostgreSQL (fsync on), LISTEN/NOTIFY feed';
 const ca = readFileSync(fleet.paths.rootCert);
 const publishers: Credential[] = [];
 for (let i = 0; i < PUBLISHERS; i++) publishers.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `bench-${i}` }));
 const service = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-svc', type: 'service' });
 const victims: Credential[] = [];
 for (let i = 0; i < REVOCATIONS; i++) victims.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `victim-${i}` }));
-log(`fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes`);
+log(`fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes; registry: ${registryNote}`);
 
 const open = (node: GatewayProcess, cred: Credential) => mqtt.connectAsync(node.endpoints['mqtt+tls']!, {
   ca, cert: cred.certPem, key: cred.keyPem, clientId: cred.deviceId, protocolVersion: 4, reconnectPeriod: 0, keepalive: 600, servername: 'localhost',
@@ -70,10 +75,11 @@ async function run(pubNode: GatewayProcess, subNode: GatewayProcess, counted: Ga
   return results;
 }
 
-const env = (node: string) => ({ FLEETGATE_NATS: nats.url, FLEETGATE_NODE: node, FLEETGATE_MQTT_DURABILITY: 'memory' });
+const registryEnv = postgres === undefined ? {} : { FLEETGATE_REGISTRY: postgres.url };
+const env = (node: string) => ({ FLEETGATE_NATS: nats.url, FLEETGATE_NODE: node, FLEETGATE_MQTT_DURABILITY: 'memory', ...registryEnv });
 fleet.registry.close();
 try {
-  const single = await spawnService('gateway', fleet.config.dataDir, { FLEETGATE_MQTT_DURABILITY: 'memory' });
+  const single = await spawnService('gateway', fleet.config.dataDir, { FLEETGATE_MQTT_DURABILITY: 'memory', ...registryEnv });
   const one = await run(single, single, [single]);
   await single.stop();
 
@@ -106,9 +112,10 @@ try {
   }
   registry.close();
   cuts.sort((a, b) => a - b);
-  log(`\nrevoke → live cut, ${REVOCATIONS} revocations over 3 nodes: p50 ${fmt(percentile(cuts, 50), 1)} ms, p99 ${fmt(percentile(cuts, 99), 1)} ms`);
+  log(`\nrevoke → live cut, ${REVOCATIONS} revocations over 3 nodes (registry: ${registryNote}): p50 ${fmt(percentile(cuts, 50), 1)} ms, p99 ${fmt(percentile(cuts, 99), 1)} ms`);
   await Promise.all(three.map((n) => n.stop()));
 } finally {
   await nats.stop();
+  await postgres?.destroy();
   fleet.cleanup();
 }

@@ -1,20 +1,25 @@
 // npm run bench:enroll — durable CSR enrollments per second over HTTPS (JSON API, one-time
 // tokens), sequential and with 16 concurrent clients. Keys and CSRs are made in advance so the
 // figure is the server's; the service runs in its own process and its CPU is read from /proc.
+// BENCH_REGISTRY=postgres: the registry on a PostgreSQL started here (fsync on), and
+// BENCH_INSTANCES=N provisioning instances on it, the clients spread over them.
 // Loopback only; bounded counts.
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { csrPem, enrollDevice, newKeys } from '../harness/pki.ts';
+import { startPostgres } from '../harness/postgres.ts';
 import { benchFleet, fmt, percentile, spawnService } from './lib.ts';
 
 const SEQUENTIAL = Number(process.env.BENCH_SEQUENTIAL ?? 300);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 2_000);
 const CLIENTS = 16;
 
-const fleet = await benchFleet();
+const postgres = process.env.BENCH_REGISTRY === 'postgres' ? await startPostgres({ durable: true }) : undefined;
+const INSTANCES = postgres === undefined ? 1 : Number(process.env.BENCH_INSTANCES ?? 1);
+const fleet = await benchFleet(postgres?.url);
 const log = (s: string) => process.stdout.write(`${s}\n`);
 const total = SEQUENTIAL + CONCURRENT;
-log(`fleetgate bench:enroll — node ${process.version}; ${SEQUENTIAL} sequential + ${CONCURRENT} with ${CLIENTS} clients; preparing ${total} devices, keys and CSRs…`);
+log(`fleetgate bench:enroll — node ${process.version}; registry ${postgres === undefined ? 'SQLite (synchronous=FULL)' : `PostgreSQL (fsync on), ${INSTANCES} provisioning instance(s)`}; ${SEQUENTIAL} sequential + ${CONCURRENT} with ${CLIENTS} clients; preparing ${total} devices, keys and CSRs…`);
 const tokens: string[] = [];
 for (let i = 0; i < total; i++) tokens.push(fleet.registry.addDevice({ id: `e-${i}`, type: 'sensor' }, 'bench', { tokenTtlMs: 3_600_000 }).token!.token);
 const csrs: string[] = [];
@@ -22,15 +27,19 @@ for (let i = 0; i < total; i++) csrs.push(await csrPem(await newKeys(), `e-${i}`
 const operator = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-operator', type: 'operator' });
 fleet.registry.close();
 
-const service = await spawnService('provision', fleet.config.dataDir, { FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn' });
+const services = await Promise.all(Array.from({ length: INSTANCES }, () => spawnService('provision', fleet.config.dataDir, {
+  FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn', ...(postgres !== undefined && { FLEETGATE_REGISTRY: postgres.url }),
+})));
+const service = services[0]!;
 const url = service.endpoints.provision!;
-const cpu = () => service.cpuSeconds();
+const urls = services.map((s) => s.endpoints.provision!);
+const cpu = () => services.reduce((a, s) => a + s.cpuSeconds(), 0);
 const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS, ca: readFileSync(fleet.paths.rootCert) });
 
 function enrollOne(i: number): Promise<number> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const req = request(`${url}/v1/enroll`, { method: 'POST', agent, servername: 'localhost', headers: { 'content-type': 'application/json' } }, (res) => {
+    const req = request(`${urls[i % urls.length]}/v1/enroll`, { method: 'POST', agent, servername: 'localhost', headers: { 'content-type': 'application/json' } }, (res) => {
       res.resume();
       res.on('end', () => (res.statusCode === 201 ? resolve(performance.now() - started) : reject(new Error(`status ${res.statusCode}`))));
     });
@@ -75,6 +84,7 @@ try {
   }
 } finally {
   agent.destroy();
-  await service.stop();
+  await Promise.all(services.map((s) => s.stop()));
+  await postgres?.destroy();
   fleet.cleanup();
 }

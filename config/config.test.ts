@@ -54,3 +54,17 @@ test('config/unknown keys are refused, with the likely intended key', () => {
     return true;
   });
 });
+
+test('config/registry: the data dir\'s file by default; a sqlite: path or a postgres:// URL from file, environment or flag; nonsense refused', () => {
+  const dir = withFile({ registry: 'sqlite:/var/lib/fleetgate/r.db' });
+  assert.equal(loadConfig({ dataDir: mkdtempSync(join(tmpdir(), 'fleetgate-config-')), env: {} }).registry.endsWith('/registry.db'), true);
+  assert.equal(loadConfig({ dataDir: dir, env: {} }).registry, '/var/lib/fleetgate/r.db');
+  const url = 'postgres://fleetgate:secret@db.internal:5432/fleetgate';
+  assert.equal(loadConfig({ dataDir: dir, env: { FLEETGATE_REGISTRY: url } }).registry, url);
+  assert.equal(loadConfig({ dataDir: dir, env: { FLEETGATE_REGISTRY: url }, flags: { registry: 'sqlite:/tmp/x.db' } }).registry, '/tmp/x.db');
+  for (const bad of ['mysql://x/y', 'postgres://', 'sqlite:']) {
+    assert.throws(() => loadConfig({ dataDir: dir, env: { FLEETGATE_REGISTRY: bad } }),
+      (e: unknown) => e instanceof FleetgateError && e.code === 'CONFIG_INVALID' && /FLEETGATE_REGISTRY/.test(e.message), bad);
+  }
+  assert.throws(() => loadConfig({ dataDir: withFile({ registry: 5 }), env: {} }), (e: unknown) => e instanceof FleetgateError && /registry must be a string/.test(e.message));
+});

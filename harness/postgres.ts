@@ -24,11 +24,12 @@ export interface PostgresServer {
 
 /**
  * A PostgreSQL server of its own for tests and benchmarks: `initdb` into a temp dir, its own
- * loopback port, `fsync=off` (tests only: nothing here must survive a power cut), stopped by PID.
+ * loopback port, `fsync=off` (tests only: nothing here must survive a power cut; `durable` keeps
+ * PostgreSQL's defaults, for benchmarks), stopped by PID.
  * PostgreSQL refuses to run as root; as root (CI) its processes run as the `postgres` user
  * Debian's package creates (spawn's uid/gid: no wrapper between us and the server's PID).
  */
-export async function startPostgres(): Promise<PostgresServer> {
+export async function startPostgres(options: { durable?: boolean } = {}): Promise<PostgresServer> {
   const bin = postgresBin();
   if (bin === undefined) throw new Error('PostgreSQL is not installed (Debian: apt-get install postgresql)');
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-pg-'));
@@ -52,7 +53,9 @@ export async function startPostgres(): Promise<PostgresServer> {
     pid: () => child?.pid,
     async start() {
       output = '';
-      child = spawn(join(bin, 'postgres'), ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'], {
+      // durable: PostgreSQL's defaults (fsync, synchronous commit), for benchmarks that measure a commit.
+      const speed = options.durable === true ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'];
+      child = spawn(join(bin, 'postgres'), ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', ...speed], {
         stdio: ['ignore', 'pipe', 'pipe'], cwd: dir, ...as,
       });
       child.stdout!.on('data', (b: Buffer) => { output += b.toString(); });

@@ -110,3 +110,12 @@ test('registry engines/PostgreSQL down: a write is refused REGISTRY_UNAVAILABLE 
   writer.addDevice({ id: 'pg-down-3', type: 'sensor' }, 'test');
   assert.deepEqual(writer.listDevices().map((d) => d.id), ['pg-down-1', 'pg-down-3'], 'nothing half-written by the refused change');
 });
+
+test('registry engines/a PostgreSQL URL is shown without its password; an unreachable one is REGISTRY_UNAVAILABLE without it', async () => {
+  const { redactLocation } = await import('../provisioning/registry/sql.ts');
+  assert.equal(redactLocation('postgres://fleetgate:s3cret@db:5432/fleet'), 'postgres://fleetgate:***@db:5432/fleet');
+  assert.equal(redactLocation('/var/lib/fleetgate/registry.db'), '/var/lib/fleetgate/registry.db');
+  // Port 1 on loopback: nothing listens there.
+  assert.throws(() => new RegistryReader('postgres://fleetgate:s3cret@127.0.0.1:1/fleet', { timeoutMs: 2_000 }), (e: unknown) =>
+    e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE' && !e.message.includes('s3cret') && e.message.includes('***'));
+});

@@ -1,3 +1,4 @@
+import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import type { Command } from 'commander';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import pino from 'pino';
@@ -62,8 +63,10 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
     ctx.close();
     throw err;
   }
-  emit(opts, { dataDir: ctx.paths.dataDir, created, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
+  const registry = redactLocation(ctx.paths.registry);
+  emit(opts, { dataDir: ctx.paths.dataDir, registry, created, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
     `fleetgate ${which}: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
+    ...(isPostgresUrl(ctx.paths.registry) ? [`registry: ${registry}`] : []),
     `root CA (what devices trust): ${ctx.paths.rootCert}`,
     ...services.map((s) => `  ${s.name.padEnd(10)} ${s.endpoint}`),
     'press Ctrl-C to stop',
