@@ -68,3 +68,16 @@ test('config/registry: the data dir\'s file by default; a sqlite: path or a post
   }
   assert.throws(() => loadConfig({ dataDir: withFile({ registry: 5 }), env: {} }), (e: unknown) => e instanceof FleetgateError && /registry must be a string/.test(e.message));
 });
+
+test('config/per-type outbound bounds: services absorb bursts by default, others follow mqtt.*; a file may set them per type', () => {
+  const cfg = loadConfig({ dataDir: mkdtempSync(join(tmpdir(), 'fleetgate-config-')), env: {} });
+  assert.equal(cfg.gateway.limits.service.maxOutboundBytes, 16 * 1024 * 1024);
+  assert.equal(cfg.gateway.limits.service.maxQueuedMessages, 100_000);
+  assert.equal(cfg.gateway.limits.sensor.maxOutboundBytes, undefined, 'a sensor uses mqtt.maxOutboundBytes');
+  const dir = withFile({ gateway: { limits: { sensor: { maxOutboundBytes: 4096 }, service: { maxQueuedMessages: 50 } } } });
+  const set = loadConfig({ dataDir: dir, env: {} });
+  assert.equal(set.gateway.limits.sensor.maxOutboundBytes, 4096);
+  assert.equal(set.gateway.limits.service.maxQueuedMessages, 50);
+  assert.equal(set.gateway.limits.service.maxOutboundBytes, 16 * 1024 * 1024, 'the other field keeps its default');
+  assert.throws(() => loadConfig({ dataDir: withFile({ gateway: { limits: { camera: { maxOutboundBytes: 0 } } } }), env: {} }), /maxOutboundBytes is invalid/);
+});

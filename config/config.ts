@@ -159,6 +159,10 @@ export interface TypeLimits {
   /** Keepalive the client asks for in CONNECT must be within [min, max] seconds. */
   keepaliveMinS: number;
   keepaliveMaxS: number;
+  /** Unsent bytes to one connection of this type before its QoS 0 is dropped; absent: `mqtt.maxOutboundBytes`. */
+  maxOutboundBytes?: number;
+  /** QoS 1/2 messages queued for one session of this type; absent: `mqtt.maxQueuedMessages`. */
+  maxQueuedMessages?: number;
 }
 
 export interface TopicRules {
@@ -257,7 +261,8 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
       sensor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       gateway: { maxPacketBytes: 256 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       camera: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
-      service: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      // A backend service subscribes to the fleet: it absorbs bursts from many devices at once.
+      service: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxOutboundBytes: 16 * 1024 * 1024, maxQueuedMessages: 100_000 },
       operator: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       auditor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
     },
@@ -553,7 +558,8 @@ function mergePerType(kind: 'limits' | 'topics', value: unknown, where: string, 
     }
     for (const [field, fv] of Object.entries(v as Record<string, unknown>)) {
       const ok = kind === 'limits'
-        ? ['maxPacketBytes', 'keepaliveMinS', 'keepaliveMaxS'].includes(field) && Number.isInteger(fv) && (fv as number) >= 0
+        ? (['maxPacketBytes', 'keepaliveMinS', 'keepaliveMaxS'].includes(field) && Number.isInteger(fv) && (fv as number) >= 0)
+          || (['maxOutboundBytes', 'maxQueuedMessages'].includes(field) && Number.isSafeInteger(fv) && (fv as number) >= 1)
         : ['publish', 'subscribe'].includes(field) && Array.isArray(fv) && fv.every((t) => typeof t === 'string' && t.length > 0);
       if (!ok) problems.push(`${where}.${type}.${field} is invalid`);
       else (out[type] as Record<string, unknown>)[field] = fv;

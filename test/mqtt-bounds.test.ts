@@ -11,7 +11,8 @@ import { bytes, connectBytes } from './helpers/raw-mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
 
 test('slow consumer/one subscriber stops reading: the others get every message at their pace; it is dropped after the drain timeout', { timeout: 120_000 }, async (t) => {
-  const fleet = await startTestFleet(t, { FLEETGATE_MQTT_MAX_OUTBOUND_BYTES: '65536', FLEETGATE_MQTT_DRAIN_TIMEOUT: '2s' });
+  // The subscribers are services, whose own bound (16 MiB by default: they absorb the fleet's bursts) is set small here.
+  const fleet = await startTestFleet(t, { FLEETGATE_MQTT_DRAIN_TIMEOUT: '2s' }, { gateway: { limits: { service: { maxOutboundBytes: 65536 } } } });
   const dev = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'dev-1' });
   const fastCred = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-fast', type: 'service' });
   const slowCred = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-slow', type: 'service' });

@@ -440,6 +440,8 @@ export class MqttPlane {
       mqtt.persistent = false;
     }
     mqtt.expiryMs = expiryS * 1000;
+    mqtt.maxQueued = limits.maxQueuedMessages ?? this.#deps.mqtt.maxQueuedMessages;
+    conn.maxOutbound = limits.maxOutboundBytes ?? this.#deps.mqtt.maxOutboundBytes;
     if (mqtt.persistent) this.#store?.saveSession(mqtt.clientId, mqtt.deviceId, Date.now());
     conn.mqtt = mqtt;
     conn.will = p.will;
@@ -654,7 +656,7 @@ export class MqttPlane {
   }
 
   #sendQos0(conn: MqttConnection, message: Message, retain: boolean, ids?: number[]): void {
-    if (conn.transport.buffered + conn.outBytes > this.#deps.mqtt.maxOutboundBytes) {
+    if (conn.transport.buffered + conn.outBytes > conn.maxOutbound) {
       this.#m.dropSlow.inc(); // a subscriber that does not read loses QoS 0, and slows nobody
       if (conn.overSince === 0) conn.overSince = Date.now(); // its drain deadline starts
       return;
@@ -667,7 +669,7 @@ export class MqttPlane {
   }
 
   #enqueue(mqtt: MqttSession, d: Delivery): void {
-    if (mqtt.queue.length >= this.#deps.mqtt.maxQueuedMessages) {
+    if (mqtt.queue.length >= (Number.isFinite(mqtt.maxQueued) ? mqtt.maxQueued : this.#deps.mqtt.maxQueuedMessages)) {
       const dropped = mqtt.queue.shift();
       if (dropped?.rowId !== undefined) this.#store?.dequeue(dropped.rowId);
       this.#m.dropQueue.inc();
@@ -681,7 +683,7 @@ export class MqttPlane {
   #pump(mqtt: MqttSession): void {
     const conn = this.#live.get(mqtt);
     if (conn === undefined || conn.state !== 'connected') return;
-    const { maxOutboundBytes } = this.#deps.mqtt;
+    const maxOutboundBytes = conn.maxOutbound;
     const window = Math.min(this.#deps.mqtt.maxInflight, conn.receiveMax); // [MQTT-3.3.4-9]
     if (mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes > maxOutboundBytes && conn.overSince === 0) conn.overSince = Date.now();
     while (mqtt.inflight.size < window && mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes <= maxOutboundBytes) {
@@ -920,7 +922,7 @@ export class MqttPlane {
   /** Keepalive (1.5×) [MQTT-3.1.2-24], CONNECT deadline, and subscribers that stopped reading. */
   #sweepConnections(now = Date.now()): void {
     const { connectTimeoutMs } = this.#deps.config;
-    const { maxOutboundBytes, drainTimeoutMs, sessionExpiryMs } = this.#deps.mqtt;
+    const { drainTimeoutMs, sessionExpiryMs } = this.#deps.mqtt;
     for (const conn of this.#connections) {
       if (conn.state === 'connecting' && now - conn.since > connectTimeoutMs) {
         this.#close(conn, 'connect_timeout');
@@ -929,7 +931,7 @@ export class MqttPlane {
         this.#close(conn, 'keepalive');
       } else if (conn.overSince !== 0) {
         // It hit the outbound bound: it must drain (to half of it) within the drain timeout.
-        if (conn.transport.buffered <= maxOutboundBytes / 2) conn.overSince = 0;
+        if (conn.transport.buffered <= conn.maxOutbound / 2) conn.overSince = 0;
         else if (now - conn.overSince > drainTimeoutMs) {
           this.#deps.metrics.slowConsumers.inc();
           this.#deps.log.warn({ code: 'SLOW_CONSUMER', deviceId: conn.session?.device.id, transport: conn.kind, buffered: conn.transport.buffered }, 'subscriber does not read: connection closed');

@@ -32,6 +32,8 @@ export class MqttConnection {
   outBytes = 0;
   /** Since when the socket has held more than the outbound bound (0: it does not). */
   overSince = 0;
+  /** This connection's outbound bound in bytes (its device type's, set at CONNECT). */
+  maxOutbound = 1024 * 1024;
   /** Why the gateway closed it (for the log and the will decision). */
   closeReason: string | undefined;
   // MQTT 5 (set at CONNECT)

@@ -150,6 +150,8 @@ export class MqttSession {
   readonly qos2In = new Set<number>();
   /** When the last connection of a persistent session closed (for expiry). */
   lastSeen = Date.now();
+  /** Queued messages kept at most (its device type's bound, set at each CONNECT; until then the global one). */
+  maxQueued = Number.POSITIVE_INFINITY;
   #nextPacketId = 1;
 
   constructor(clientId: string, deviceId: string, persistent: boolean) {
