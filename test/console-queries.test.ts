@@ -3,40 +3,44 @@
 // shared by two devices and a device that never renewed. Timings are printed, not asserted
 // (`npm run bench:console` measures them against the gateway's admission latency).
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { after, before, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { performance } from 'node:perf_hooks';
 import { ConsoleQueries } from '../gateway/console/queries.ts';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { seedRegistry } from '../harness/seed.ts';
+import { ENGINES, registryLocation, stopSharedPostgres } from './helpers/engines.ts';
 
 const DEVICES = 100_000;
+const now = Date.now();
+after(stopSharedPostgres);
+
+// The same queries on both engines (PostgreSQL where installed — always in CI).
+for (const engine of ENGINES) describe(`console queries[${engine}]`, () => {
 let q: ConsoleQueries;
 let writer: RegistryWriter;
-const now = Date.now();
+let reader: RegistryReader;
 
-const dir = mkdtempSync(join(tmpdir(), 'fleetgate-console-queries-'));
+const cleanups: (() => void)[] = [];
 after(() => {
-  writer.close();
-  rmSync(dir, { recursive: true, force: true });
+  reader?.close();
+  writer?.close();
+  for (const c of cleanups) c();
 });
 
-before(() => {
-  const file = join(dir, 'registry.db');
+before(async () => {
+  const file = await registryLocation({ after: (fn: () => void) => cleanups.push(fn) }, engine);
   writer = new RegistryWriter(file);
   seedRegistry(writer, { devices: DEVICES, now });
   // Two devices whose certificates carry one key (a cloned key) and a device that never renewed.
   writer.addDevice({ id: 'lonely-1', type: 'sensor', fleet: 'f-0' }, 'test');
-  writer.db.exec(`UPDATE devices SET status = 'active' WHERE id = 'lonely-1';
-    INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
+  writer.sql.prepare(`UPDATE devices SET status = 'active' WHERE id = 'lonely-1'`).run();
+  writer.sql.prepare(`INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
       VALUES ('aa01', 'dev-000001', '${'a'.repeat(63)}1', '${'c'.repeat(64)}', ${now - 1000}, ${now + 86_400_000}, 'PEM', ${now - 1000}, 'operator', 'test'),
              ('aa02', 'dev-000002', '${'a'.repeat(63)}2', '${'c'.repeat(64)}', ${now - 1000}, ${now + 86_400_000}, 'PEM', ${now - 1000}, 'operator', 'test'),
-             ('aa03', 'lonely-1', '${'a'.repeat(63)}3', '${'d'.repeat(64)}', ${now - 80 * 86_400_000}, ${now + 3_600_000}, 'PEM', ${now - 80 * 86_400_000}, 'operator', 'test');
-  `);
-  q = new ConsoleQueries(new RegistryReader(file));
+             ('aa03', 'lonely-1', '${'a'.repeat(63)}3', '${'d'.repeat(64)}', ${now - 80 * 86_400_000}, ${now + 3_600_000}, 'PEM', ${now - 80 * 86_400_000}, 'operator', 'test')`).run();
+  reader = new RegistryReader(file);
+  q = new ConsoleQueries(reader);
 });
 
 function timed<T>(what: string, fn: () => T): T {
@@ -46,7 +50,7 @@ function timed<T>(what: string, fn: () => T): T {
   return v;
 }
 
-test('console queries/devices: keyset pages walk a filtered 100k registry forward and back, no gap, no repeat', () => {
+test('devices: keyset pages walk a filtered 100k registry forward and back, no gap, no repeat', () => {
   const first = timed('devices page 1 (100k)', () => q.devices({ limit: 100 }));
   assert.equal(first.total, DEVICES + 1); // and lonely-1
   assert.equal(first.rows.length, 100);
@@ -56,7 +60,7 @@ test('console queries/devices: keyset pages walk a filtered 100k registry forwar
 
   // Every active camera of fleet f-3, page by page.
   const filter = { type: 'camera', fleet: 'f-3', status: 'active' };
-  const expected = writer.db.prepare(`SELECT id FROM devices WHERE type = 'camera' AND fleet = 'f-3' AND status = 'active' ORDER BY id`).all().map((r) => (r as { id: string }).id);
+  const expected = writer.sql.prepare(`SELECT id FROM devices WHERE type = 'camera' AND fleet = 'f-3' AND status = 'active' ORDER BY id`).all().map((r) => (r as { id: string }).id);
   assert.ok(expected.length > 500, `${expected.length} matching devices`);
   const seen: string[] = [];
   const pages: { first: string; last: string }[] = [];
@@ -83,7 +87,7 @@ test('console queries/devices: keyset pages walk a filtered 100k registry forwar
   assert.throws(() => q.devices({ status: 'gone' }), /status must be one of/);
 });
 
-test('console queries/findings: a key in two devices, a device that never renewed; certificates expiring and revoked page', () => {
+test('findings: a key in two devices, a device that never renewed; certificates expiring and revoked page', () => {
   const f = timed('findings (100k)', () => q.findings(now));
   assert.deepEqual(f.sharedKeys.map((k) => [k.spki, [...k.devices].sort()]), [['c'.repeat(64), ['dev-000001', 'dev-000002']]]);
   assert.ok(f.neverRenewed.some((n) => n.deviceId === 'lonely-1' && n.serial === 'aa03'));
@@ -103,7 +107,7 @@ test('console queries/findings: a key in two devices, a device that never renewe
   assert.equal(q.revoked({}).rows[0]?.serial, 'aa01');
 });
 
-test('console queries/audit and denylist page newest first without a repeat', () => {
+test('audit and denylist page newest first without a repeat', () => {
   for (let i = 0; i < 30; i++) writer.addDeny({ kind: 'device', value: `dev-0000${String(i).padStart(2, '0')}`, reason: 'test' }, 'test');
   const values: string[] = [];
   let after: string | null = null;
@@ -121,4 +125,5 @@ test('console queries/audit and denylist page newest first without a repeat', ()
   assert.equal(audit2.rows.length, 20);
   assert.ok(audit2.rows[0]!.seq < audit1.rows.at(-1)!.seq);
   assert.deepEqual(q.audit({ device: 'dev-000005', limit: 5 }).rows.map((r) => r.action), ['deny.add']);
+});
 });

@@ -95,9 +95,11 @@ export class PgDatabase implements SqlDb {
   }
 
   prepare(sql: string): SqlStatement {
-    const { text, names } = toPostgres(sql);
+    const { text, names, count } = toPostgres(sql);
     const name = `fg${++statementNames}`;
     const values = (params: unknown[]): unknown[] => {
+      // A statement without parameters may be run with an (unused) object of named values, as SQLite allows.
+      if (count === 0) return [];
       const raw = names === undefined ? params : names.map((n) => (params[0] as Record<string, unknown>)[n]);
       return raw.map((v) => (v === undefined ? null : v));
     };
@@ -136,7 +138,11 @@ export class PgDatabase implements SqlDb {
         this.query(`RELEASE SAVEPOINT ${savepoint}`);
         return value;
       } catch (err) {
-        this.query(`ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}`);
+        try {
+          this.query(`ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}`);
+        } catch {
+          // the connection is gone: the outer transaction fails at its next statement or COMMIT
+        }
         throw err;
       } finally {
         this.#depth--;
@@ -196,7 +202,7 @@ export class PgDatabase implements SqlDb {
  * values from the object a named statement is run with). The registry's SQL holds no `?` or `@`
  * inside string literals.
  */
-export function toPostgres(sql: string): { text: string; names?: string[] } {
+export function toPostgres(sql: string): { text: string; names?: string[]; count: number } {
   let positional = 0;
   const names: string[] = [];
   const text = sql.replace(/\?|@([A-Za-z_][A-Za-z0-9_]*)/g, (match, name: string | undefined) => {
@@ -206,5 +212,5 @@ export function toPostgres(sql: string): { text: string; names?: string[] } {
     return `$${i + 1}`;
   });
   if (positional > 0 && names.length > 0) throw new TypeError(`a statement mixes ? and @name parameters: ${sql}`);
-  return names.length > 0 ? { text, names } : { text };
+  return names.length > 0 ? { text, names, count: names.length } : { text, count: positional };
 }

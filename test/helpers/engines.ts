@@ -49,7 +49,7 @@ export async function createDatabase(pgServer: PostgresServer): Promise<string> 
 }
 
 /** A fresh registry location on `engine`: a file in a temp dir, or a new PostgreSQL database. */
-export async function registryLocation(t: TestContext, engine: Engine): Promise<string> {
+export async function registryLocation(t: Pick<TestContext, 'after'> | { after(fn: () => void): unknown }, engine: Engine): Promise<string> {
   if (engine === 'postgres') return createDatabase(await sharedPostgres());
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-registry-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
