@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
+import pg from 'pg';
 import { natsAvailable, startNats, type NatsServer } from '../harness/nats.ts';
 import { csrPem, enrollDevice, keyPem, newKeys, type Credential } from '../harness/pki.ts';
 import type { PostgresServer } from '../harness/postgres.ts';
@@ -324,5 +325,25 @@ test('cluster/NATS restarted mid-run: the gap is in every node\'s metrics, and f
   } finally {
     await svc.endAsync(true).catch(() => undefined);
     await pub.endAsync(true).catch(() => undefined);
+  }
+});
+
+test('cluster/a node\'s LISTEN connection killed: revocations still reach it, and it listens again by itself', { skip }, async () => {
+  const admin = new pg.Client({ connectionString: registryUrl });
+  await admin.connect();
+  const listeners = async () => Number((await admin.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'fleetgate-feed' AND query ILIKE 'LISTEN%'`)).rows[0].n);
+  try {
+    const living = nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null).length;
+    await withTimeout((async () => { while (await listeners() < living) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening');
+    await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleetgate-feed'`);
+    // Revoked while nobody listens: the nodes poll the feed until they listen again.
+    const cred = await enrollThroughProvisioning('ls-1');
+    const client = await viaProxy(cred);
+    const cut = closed(client, 30_000);
+    fleet.registry.revokeDevice(cred.deviceId, 1, 'test');
+    await cut;
+    await withTimeout((async () => { while (await listeners() < living) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening again');
+  } finally {
+    await admin.end();
   }
 });
