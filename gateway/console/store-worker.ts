@@ -8,6 +8,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { RegistryReader } from '../../provisioning/registry/reader.ts';
+import { redactLocation } from '../../provisioning/registry/sql.ts';
 import { RegistryWriter } from '../../provisioning/registry/writer.ts';
 import { ConsoleQueries } from './queries.ts';
 import type { ConsoleAction, ConsoleQuery, FromConsoleWorker, ToConsoleWorker } from './store.ts';
@@ -71,7 +72,7 @@ port.on('message', (m: ToConsoleWorker) => {
       reader?.close();
       writer?.close();
       reader = queries = writer = undefined;
-      e = new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${file}: ${(err as Error).message}`);
+      e = new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${redactLocation(file)}: ${(err as Error).message}`);
     }
     port.postMessage({ id: m.id, ok: false, error: { code: e.code, message: e.message } } satisfies FromConsoleWorker);
   }
