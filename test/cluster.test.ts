@@ -6,7 +6,8 @@
 // figures belong to `npm run bench:cluster`); kill -9 of a node: its devices reconnect through
 // the proxy to the others; PostgreSQL restarted: nothing revoked around it is missed, new
 // connections are refused with the registry's code while it is down, live sessions go on; NATS
-// restarted: the gap is in every node's metrics and fan-out resumes.
+// restarted: the gap is in every node's metrics and fan-out resumes; a second provisioning
+// instance: the same token sent to both at once issues one certificate.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
@@ -19,7 +20,7 @@ import type { PostgresServer } from '../harness/postgres.ts';
 import { startRoundRobinProxy, type RoundRobinProxy } from '../harness/proxy.ts';
 import { benchFleet, spawnService, type GatewayProcess } from '../harness/services.ts';
 import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from './helpers/engines.ts';
-import { https } from './helpers/https.ts';
+import { errorCodeOf, https } from './helpers/https.ts';
 import { closed, connect, withTimeout } from './helpers/mqtt.ts';
 import { fileScope, fleetgate } from './helpers/run.ts';
 
@@ -345,5 +346,25 @@ test('cluster/a node\'s LISTEN connection killed: revocations still reach it, an
     await withTimeout((async () => { while (await listeners() < living) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening again');
   } finally {
     await admin.end();
+  }
+});
+
+test('cluster/two provisioning instances on one PostgreSQL: the same token sent to both at once issues one certificate', { skip }, async () => {
+  const second = await spawnService('provision', fleet.config.dataDir, { FLEETGATE_REGISTRY: registryUrl });
+  try {
+    const keys = await newKeys();
+    const outcomes: number[][] = [];
+    for (let i = 0; i < 10; i++) {
+      const id = `twice-${i}`;
+      const token = fleet.registry.addDevice({ id, type: 'sensor' }, 'test', { tokenTtlMs: 600_000 }).token!.token;
+      const body = JSON.stringify({ token, csr: await csrPem(keys, id) });
+      const answers = await Promise.all([provisioning, second].map((p) => https(`${p.endpoints.provision}/v1/enroll`, { ca, body })));
+      outcomes.push(answers.map((a) => a.status).sort());
+      for (const a of answers) if (a.status !== 201) assert.equal(errorCodeOf(a), 'TOKEN_USED', a.body);
+      assert.equal(fleet.registry.listCertificates({ deviceId: id }).length, 1, `${id}: one certificate recorded`);
+    }
+    assert.ok(outcomes.every((o) => o.filter((s) => s === 201).length === 1), `one 201 per token: ${JSON.stringify(outcomes)}`);
+  } finally {
+    await second.stop();
   }
 });
