@@ -119,3 +119,13 @@ test('registry engines/a PostgreSQL URL is shown without its password; an unreac
   assert.throws(() => new RegistryReader('postgres://fleetgate:s3cret@127.0.0.1:1/fleet', { timeoutMs: 2_000 }), (e: unknown) =>
     e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE' && !e.message.includes('s3cret') && e.message.includes('***'));
 });
+
+test('registry engines/a PostgreSQL database without the schema: a reader (the gateway) refuses and says to run init; a writer creates it', { skip }, async () => {
+  const url = await createDatabase(await sharedPostgres());
+  assert.throws(() => new RegistryReader(url), (e: unknown) => e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE' && /fleetgate init/.test(e.message));
+  const writer = new RegistryWriter(url);
+  writer.close();
+  const reader = new RegistryReader(url);
+  assert.deepEqual(reader.listDevices(), []);
+  reader.close();
+});
