@@ -72,13 +72,18 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   // Several nodes: messages between them over NATS; each node keeps its own MQTT store.
   let bus: NatsBus | undefined;
   const node = config.cluster.node;
+  // Topics whose retained message changed live while this node fetched the cluster's snapshot: the live change wins.
+  let changedWhileSyncing: Set<string> | undefined = new Set();
   try {
     if (config.cluster.nats !== '') {
       bus = await NatsBus.connect(config.cluster.nats, node, log.child({ component: 'cluster', node }), {
         message: (m) => plane?.routeRemote(m),
         link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
         session: (clientId, other) => plane?.takenOverElsewhere(clientId, other),
-        retained: (m) => plane?.retainRemote(m),
+        retained: (m) => {
+          changedWhileSyncing?.add(m.topic);
+          plane?.retainRemote(m);
+        },
       });
       metrics.cluster.counts = bus.counts;
       metrics.clusterLink.set(1);
@@ -88,6 +93,20 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       config: g, mqtt: config.mqtt, storeFile: join(paths.dataDir, bus === undefined ? 'mqtt.db' : `mqtt-${node}.db`),
       registry, sessions, metrics, log: log.child({ plane: 'mqtt' }), ...(bus !== undefined && { bus }),
     });
+    if (bus !== undefined) {
+      // Joining: the retained messages the other nodes hold (set before this node started, or while
+      // it was away), before any device can subscribe here; then this node serves them in turn.
+      const mqtt = plane;
+      const synced = await bus.fetchRetained((m) => {
+        if (!changedWhileSyncing!.has(m.topic)) mqtt.retainRemote(m);
+      });
+      changedWhileSyncing = undefined;
+      if (synced.count > 0 || !synced.complete) {
+        (synced.complete ? log.info.bind(log) : log.warn.bind(log))({ from: synced.node, retained: synced.count, complete: synced.complete },
+          synced.complete ? 'retained messages taken from another node' : 'retained snapshot from another node incomplete (timed out): the rest arrives as it changes');
+      }
+      bus.serveRetained(() => mqtt.retainedMessages());
+    }
   } catch (err) {
     await bus?.close();
     await registry.close();

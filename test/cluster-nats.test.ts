@@ -156,6 +156,35 @@ test('cluster/a retained message kept on node A is given to a later subscriber o
   }
 });
 
+test('cluster/a node that joins later is given the retained messages the others hold before it serves anyone', { skip }, async () => {
+  const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
+  try {
+    await dev.publishAsync('devices/c-sensor/late', 'before-c', { qos: 1, retain: true });
+  } finally {
+    await dev.endAsync();
+  }
+  // C starts after: by the time it listens, it holds what A (or B) held.
+  const c = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'c' });
+  try {
+    const svc = await connect(c.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
+    try {
+      const got: string[] = [];
+      const all = new Promise<void>((resolve) => svc.on('message', (topic, payload, packet) => {
+        if (packet.retain) got.push(`${topic}=${payload.toString()}`);
+        if (got.length === 2) resolve();
+      }));
+      await svc.subscribeAsync('devices/c-sensor/#', { qos: 1 }); // once: no waiting for replication
+      await withTimeout(all, 10_000, `the retained messages at node C (got ${JSON.stringify(got)})`);
+      // The earlier test left these two retained (and cleared devices/c-sensor/state).
+      assert.deepEqual(got.sort(), ['devices/c-sensor/late=before-c', 'devices/c-sensor/marker=m1']);
+    } finally {
+      await svc.endAsync();
+    }
+  } finally {
+    await c.stop();
+  }
+});
+
 test('cluster/the console on node A shows a device\'s session on node B and kicks it there', { skip }, async () => {
   const { https } = await import('./helpers/https.ts');
   const { readFileSync } = await import('node:fs');
@@ -180,5 +209,29 @@ test('cluster/the console on node A shows a device\'s session on node B and kick
     await cut;
   } finally {
     await dev.endAsync(true).catch(() => undefined);
+  }
+});
+
+test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB arrive whole, from one node only', { skip }, async () => {
+  const pino = (await import('pino')).default;
+  const { NatsBus } = await import('../gateway/cluster/bus.ts');
+  const { Message } = await import('../gateway/mqtt/session.ts');
+  const quiet = pino({ level: 'silent' });
+  const events = { message: () => undefined, link: () => undefined, session: () => undefined, retained: () => undefined };
+  const own = await startNats(); // a NATS of its own: nodes A and B (holding retained messages too) must not answer
+  const holders = await Promise.all(['snap-1', 'snap-2'].map((n) => NatsBus.connect(own.url, n, quiet, events)));
+  const joiner = await NatsBus.connect(own.url, 'snap-joiner', quiet, events);
+  try {
+    const held = Array.from({ length: 1_000 }, (_, i) => new Message(`devices/s-${i % 50}/state/${i}`, Buffer.alloc(1024, i % 251), 1, true, `s-${i % 50}`));
+    for (const h of holders) h.serveRetained(() => held);
+    const got = new Map<string, Buffer>();
+    const result = await joiner.fetchRetained((m) => { got.set(m.topic, m.payload); });
+    assert.equal(result.complete, true);
+    assert.equal(result.count, 1_000, 'each message once: one node streamed');
+    assert.ok(result.node === 'snap-1' || result.node === 'snap-2');
+    for (const m of held) assert.ok(got.get(m.topic)?.equals(m.payload), m.topic);
+  } finally {
+    await Promise.all([...holders, joiner].map((b) => b.close()));
+    await own.stop();
   }
 });

@@ -1,4 +1,4 @@
-import { connect, RequestStrategy, type NatsConnection, type Subscription } from 'nats';
+import { connect, createInbox, RequestStrategy, type NatsConnection, type Subscription } from 'nats';
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ForwardedProperties } from '../mqtt/codec.ts';
@@ -9,6 +9,12 @@ import { decodeLevel, encodeLevel, filterToSubjects, RETAINED_PREFIX, retainedSu
 const SESSION_PREFIX = 'fg.s';
 /** Operator questions to every node (request, many replies). */
 const ADMIN_PREFIX = 'fg.admin';
+/** A joining node asks who can send it the retained messages (the first node that has any answers)… */
+const RETAINED_OFFER = 'fg.sync.retained.offer';
+/** …then asks that node alone to stream them to its inbox. */
+const retainedSend = (node: string) => `fg.sync.retained.send.${encodeLevel(node)}`;
+/** Retained messages per snapshot chunk, in bytes (NATS's default max payload is 1 MiB). */
+const SNAPSHOT_CHUNK_BYTES = 256 * 1024;
 
 export interface BusEvents {
   /** A message published on another node, for this node's subscribers. */
@@ -139,6 +145,103 @@ export class NatsBus {
         // a malformed question from a peer: no answer
       }
     } });
+  }
+
+  /**
+   * Serves the retained-message snapshot a joining node asks for (see {@link fetchRetained}):
+   * offers it when this node holds any, and streams it to the asker's inbox in chunks of records
+   * `subject length (2) · subject · envelope length (4) · envelope`, then an empty end marker,
+   * flushing every few chunks so a large set does not outrun the asker.
+   */
+  serveRetained(all: () => Message[]): void {
+    this.#nc.subscribe(RETAINED_OFFER, { callback: (err, msg) => {
+      if (err !== null) return;
+      const count = all().length;
+      if (count > 0) msg.respond(new TextEncoder().encode(JSON.stringify({ node: this.#node, count })));
+    } });
+    this.#nc.subscribe(retainedSend(this.#node), { callback: (err, msg) => {
+      if (err !== null) return;
+      let inbox: unknown;
+      try {
+        inbox = (JSON.parse(new TextDecoder().decode(msg.data)) as { inbox?: unknown }).inbox;
+      } catch {
+        return; // a malformed question from a peer: no answer
+      }
+      if (typeof inbox !== 'string' || !inbox.startsWith('_INBOX.')) return;
+      void this.#streamRetained(inbox, all()).catch((e: unknown) => this.#log.warn({ err: (e as Error).message }, 'retained snapshot for a joining node failed'));
+    } });
+  }
+
+  async #streamRetained(inbox: string, messages: Message[]): Promise<void> {
+    let parts: Buffer[] = [];
+    let bytes = 0;
+    let chunks = 0;
+    const send = async () => {
+      this.#nc.publish(inbox, Buffer.concat(parts, bytes));
+      parts = [];
+      bytes = 0;
+      if (++chunks % 8 === 0) await this.#nc.flush();
+    };
+    for (const m of messages) {
+      const subject = Buffer.from(retainedSubject(m.topic), 'utf8');
+      const envelope = encodeEnvelope(m);
+      const head = Buffer.allocUnsafe(6);
+      head.writeUInt16BE(subject.length, 0);
+      head.writeUInt32BE(envelope.length, 2);
+      parts.push(head.subarray(0, 2), subject, head.subarray(2), envelope);
+      bytes += 6 + subject.length + envelope.length;
+      if (bytes >= SNAPSHOT_CHUNK_BYTES) await send();
+    }
+    if (bytes > 0) await send();
+    this.#nc.publish(inbox, new Uint8Array(0)); // the end
+    await this.#nc.flush();
+  }
+
+  /**
+   * On joining: the retained messages the cluster holds, from one node that has any, each given
+   * to `apply` (which keeps it within this node's quotas). Resolves with how many arrived and from
+   * which node — `{ count: 0 }` when no other node holds any — or, past `timeoutMs`, with what
+   * arrived and `complete: false`.
+   */
+  async fetchRetained(apply: (m: Message) => void, timeoutMs = 10_000): Promise<{ node?: string; count: number; complete: boolean }> {
+    let node: string;
+    try {
+      const offer = await this.#nc.request(RETAINED_OFFER, new Uint8Array(0), { timeout: Math.min(2_000, timeoutMs) });
+      node = String((JSON.parse(new TextDecoder().decode(offer.data)) as { node?: unknown }).node);
+    } catch {
+      return { count: 0, complete: true }; // no responder (no other node holds any) or none in time
+    }
+    const inbox = createInbox();
+    const sub = this.#nc.subscribe(inbox);
+    const timer = setTimeout(() => sub.unsubscribe(), timeoutMs);
+    this.#nc.publish(retainedSend(node), new TextEncoder().encode(JSON.stringify({ inbox })));
+    let count = 0;
+    let complete = false;
+    try {
+      for await (const msg of sub) {
+        const b = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+        if (b.length === 0) {
+          complete = true;
+          break;
+        }
+        for (let at = 0; at + 6 <= b.length;) {
+          const subjectLength = b.readUInt16BE(at);
+          const subject = b.toString('utf8', at + 2, at + 2 + subjectLength);
+          const envelopeLength = b.readUInt32BE(at + 2 + subjectLength);
+          const start = at + 6 + subjectLength;
+          // Copied: the chunk's buffer is not kept alive by every retained message in it.
+          const m = decodeEnvelope(subject, Buffer.from(b.subarray(start, start + envelopeLength)));
+          at = start + envelopeLength;
+          if (m === undefined || !subject.startsWith(`${RETAINED_PREFIX}.`)) continue;
+          apply(m);
+          count++;
+        }
+      }
+    } finally {
+      clearTimeout(timer);
+      sub.unsubscribe();
+    }
+    return { node, count, complete };
   }
 
   /**

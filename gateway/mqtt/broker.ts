@@ -610,6 +610,16 @@ export class MqttPlane {
     this.#keepRetained(message, 'cluster');
   }
 
+  /** Every retained message this node holds and that has not expired (the snapshot a joining node asks for). */
+  retainedMessages(now = Date.now()): Message[] {
+    const out: Message[] = [];
+    for (const r of this.#retained.all()) {
+      if (r.message?.expired(now) === true) continue;
+      out.push(r.message instanceof Message ? r.message : new Message(r.topic, r.payload, r.qos, true, r.deviceId));
+    }
+    return out;
+  }
+
   /** Delivers a message to every matching session, each once at the highest QoS its subscriptions grant, never above the publish QoS. */
   #route(message: Message): void {
     const matches = this.#trie.match(message.topic);
