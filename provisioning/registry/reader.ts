@@ -44,6 +44,19 @@ export class RegistryReader {
         WHERE ((kind = 'fingerprint' AND value = @fingerprint) OR (kind = 'spki' AND value = @spki) OR (kind = 'device' AND value = @deviceId))
           AND (expires_at IS NULL OR expires_at > @now) LIMIT 1`),
       token: p('SELECT * FROM enrollment_tokens WHERE hash = ?'),
+      // Everything a status check needs in one query (one round trip on PostgreSQL): the
+      // certificate, its revocation, its device, and the first active denylist entry that matches.
+      status: p(`SELECT c.device_id AS c_device, c.fingerprint AS c_fingerprint, c.not_before AS c_not_before, c.not_after AS c_not_after,
+          r.reason AS r_reason, d.id, d.fleet, d.type, d.parent, d.status, d.created_at, d.updated_at, d.metadata,
+          x.kind AS x_kind, x.value AS x_value, x.reason AS x_reason
+        FROM certificates c
+        LEFT JOIN revocations r ON r.serial = c.serial
+        LEFT JOIN devices d ON d.id = c.device_id
+        LEFT JOIN denylist x ON ((x.kind = 'fingerprint' AND x.value = @fingerprint) OR (x.kind = 'spki' AND x.value = @spki)
+            OR (x.kind = 'device' AND x.value = c.device_id))
+          AND (x.expires_at IS NULL OR x.expires_at > @now)
+        WHERE c.serial = @serial
+        LIMIT 1`),
       statusEvents: p('SELECT * FROM status_events WHERE seq > ? ORDER BY seq LIMIT ?'),
       lastStatusSeq: p('SELECT COALESCE(MAX(seq), 0) AS seq FROM status_events'),
       lastRevocation: p('SELECT COALESCE(MAX(rowid), 0) AS n FROM revocations'),
@@ -147,6 +160,27 @@ export class RegistryReader {
     return r && {
       hash: r.hash as string, deviceId: r.device_id as string, createdAt: r.created_at as number,
       expiresAt: r.expires_at as number, usedAt: (r.used_at as number | null) ?? null, usedSerial: (r.used_serial as string | null) ?? null,
+    };
+  }
+
+  /**
+   * What a status check needs of the registry, in one query: the recorded certificate with this
+   * serial (its device, fingerprint, validity, revocation reason), its device's record, and the
+   * first active denylist entry for the fingerprint, the key or the device. Undefined: no such serial.
+   */
+  statusFacts(q: { serial: string; fingerprint: string; spki: string; now: number }): {
+    certDeviceId: string; certFingerprint: string; notBefore: number; notAfter: number; revocationReason: number | null;
+    device: DeviceRecord | undefined; denied: { kind: string; value: string; reason: string | null } | undefined;
+  } | undefined {
+    const r = this.stmt('status').get(q) as Row | undefined;
+    if (r === undefined) return undefined;
+    return {
+      certDeviceId: r.c_device as string, certFingerprint: r.c_fingerprint as string,
+      notBefore: r.c_not_before as number, notAfter: r.c_not_after as number,
+      revocationReason: (r.r_reason as number | null | undefined) ?? null,
+      device: r.id === null || r.id === undefined ? undefined : toDevice(r),
+      denied: r.x_kind === null || r.x_kind === undefined ? undefined
+        : { kind: r.x_kind as string, value: r.x_value as string, reason: (r.x_reason as string | null) ?? null },
     };
   }
 

@@ -244,3 +244,27 @@ both('group commit: one transaction, each change in its own savepoint; a failing
   assert.equal(after.audit - before.audit, 2);
   assert.equal(writer.getDevice('gc-2')?.status, 'active');
 });
+
+both('status check in one query: unknown, another certificate, expired, denylisted (device, fingerprint; an expired entry ignored), suspended before denylisted, revoked before all', async (t, engine) => {
+  const { writer } = await open(t, engine);
+  const { checkCertificateStatus } = await import('./status.ts');
+  writer.addDevice({ id: 'st-1', type: 'sensor' }, 'op');
+  const c = writer.recordCertificate(fakeIssued('st-1'), 'op');
+  const identity = { serial: c.serial, fingerprint: c.fingerprint, spkiSha256: c.spkiSha256, deviceId: 'st-1', notBefore: 0, notAfter: c.notAfter } as Parameters<typeof checkCertificateStatus>[1];
+  assert.equal(checkCertificateStatus(writer, identity).id, 'st-1');
+  assert.throws(() => checkCertificateStatus(writer, { ...identity, serial: 'ffff' }), code('CERT_UNKNOWN'));
+  assert.throws(() => checkCertificateStatus(writer, { ...identity, fingerprint: 'f'.repeat(64) }), code('CERT_UNKNOWN'));
+  assert.throws(() => checkCertificateStatus(writer, { ...identity, deviceId: 'st-2' }), code('CERT_UNKNOWN'));
+  assert.throws(() => checkCertificateStatus(writer, identity, c.notAfter), code('CERT_EXPIRED'));
+  writer.addDeny({ kind: 'spki', value: c.spkiSha256, expiresAt: Date.now() - 1 }, 'op'); // expired: no effect
+  assert.equal(checkCertificateStatus(writer, identity).id, 'st-1');
+  writer.addDeny({ kind: 'device', value: 'st-1', reason: 'lost' }, 'op');
+  assert.throws(() => checkCertificateStatus(writer, identity), (e: unknown) => code('DENYLISTED')(e) && /lost/.test((e as Error).message));
+  writer.removeDeny('device', 'st-1', 'op');
+  writer.addDeny({ kind: 'fingerprint', value: c.fingerprint }, 'op');
+  assert.throws(() => checkCertificateStatus(writer, identity), code('DENYLISTED'));
+  writer.suspendDevice('st-1', 'op'); // suspended is said before denylisted
+  assert.throws(() => checkCertificateStatus(writer, identity), code('DEVICE_SUSPENDED'));
+  writer.revokeCertificate(c.serial, 1, 'op'); // revoked before anything about the device
+  assert.throws(() => checkCertificateStatus(writer, identity), code('CERT_REVOKED'));
+});
