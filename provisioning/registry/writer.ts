@@ -2,9 +2,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { assertDeviceId, assertDeviceType, CLAIM_DEVICE_TYPES, deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
-import { RegistryReader } from './reader.ts';
+import { RegistryReader, toDevice } from './reader.ts';
 import type { SqlStatement } from './sql.ts';
-import { DENY_KINDS, type CertificateRecord, type ClaimRecord, type DenyKind, type DenyRecord, type DeviceRecord } from './records.ts';
+import { DENY_KINDS, type CertificateRecord, type ClaimRecord, type DenyKind, type DenyRecord, type DeviceRecord, type TokenRecord } from './records.ts';
 
 export interface NewDevice {
   id: string;
@@ -83,6 +83,22 @@ export class RegistryWriter extends RegistryReader {
       revokeClaim: p('UPDATE claims SET revoked_at = ? WHERE name = ?'),
       enrollClaimSerial: p('UPDATE claim_serials SET enrolled_at = ?, device_id = ? WHERE hardware_serial = ? AND enrolled_at IS NULL'),
       crlNumber: p('UPDATE crl_state SET number = number + 1 WHERE id = 1 RETURNING number'),
+      // What recording a certificate checks, in one query (one round trip on PostgreSQL): the
+      // device, the token it consumes (if any), and the first active denylist entry that matches.
+      recordFacts: p(`SELECT d.id, d.fleet, d.type, d.parent, d.status, d.created_at, d.updated_at, d.metadata,
+          t.hash AS t_hash, t.device_id AS t_device, t.created_at AS t_created, t.expires_at AS t_expires, t.used_at AS t_used, t.used_serial AS t_serial,
+          x.kind AS x_kind, x.value AS x_value, x.reason AS x_reason
+        FROM devices d
+        LEFT JOIN enrollment_tokens t ON t.hash = @tokenHash
+        LEFT JOIN denylist x ON ((x.kind = 'fingerprint' AND x.value = @fingerprint) OR (x.kind = 'spki' AND x.value = @spki)
+            OR (x.kind = 'device' AND x.value = d.id))
+          AND (x.expires_at IS NULL OR x.expires_at > @now)
+        WHERE d.id = @deviceId
+        LIMIT 1`),
+      // The token and its device, for the check before signing (one round trip).
+      tokenWithDevice: p(`SELECT t.hash AS t_hash, t.device_id AS t_device, t.created_at AS t_created, t.expires_at AS t_expires, t.used_at AS t_used,
+          t.used_serial AS t_serial, d.id, d.fleet, d.type, d.parent, d.status, d.created_at, d.updated_at, d.metadata
+        FROM enrollment_tokens t LEFT JOIN devices d ON d.id = t.device_id WHERE t.hash = ?`),
     };
   }
 
@@ -180,11 +196,42 @@ export class RegistryWriter extends RegistryReader {
    * again inside the recording transaction (the authoritative check).
    */
   checkToken(tokenHash: string, now = Date.now()): { deviceId: string } {
-    const token = this.getToken(tokenHash);
-    if (token === undefined) throw new FleetgateError('TOKEN_INVALID', 'unknown enrollment token');
-    if (token.usedAt !== null) throw new FleetgateError('TOKEN_USED', `enrollment token for ${token.deviceId} was already used`, { detail: { deviceId: token.deviceId } });
-    if (token.expiresAt <= now) throw new FleetgateError('TOKEN_EXPIRED', `enrollment token for ${token.deviceId} expired`, { detail: { deviceId: token.deviceId } });
-    return { deviceId: token.deviceId };
+    return checkTokenRecord(this.getToken(tokenHash), now);
+  }
+
+  /**
+   * The check before signing for a token enrollment, in one query and in this order: the token
+   * may be used now ({@link checkToken}), it is the expected device's (when one is expected), and
+   * its device may receive a certificate ({@link assertDeviceMayEnroll}).
+   */
+  checkTokenEnrollment(tokenHash: string, expectedDeviceId?: string, now = Date.now()): DeviceRecord {
+    // SQLite: separate look-ups cost less than a join; PostgreSQL: one round trip instead of two.
+    const r = this.sql.dialect === 'postgres' ? this.#w.tokenWithDevice!.get(tokenHash) as Record<string, unknown> | undefined : undefined;
+    const { deviceId } = checkTokenRecord(this.sql.dialect === 'postgres' ? (r === undefined ? undefined : tokenOf(r)) : this.getToken(tokenHash), now);
+    if (expectedDeviceId !== undefined && expectedDeviceId !== deviceId) {
+      throw new FleetgateError('TOKEN_INVALID', 'enrollment token is bound to another device');
+    }
+    const device = this.sql.dialect === 'postgres' ? (r?.id === null || r?.id === undefined ? undefined : toDevice(r)) : this.getDevice(deviceId);
+    return deviceMayEnroll(device, deviceId);
+  }
+
+  /** What recording a certificate checks: the device, the token it consumes, the first active denylist entry that matches. */
+  #recordFacts(cert: NewCertificate, now: number): { device: DeviceRecord | undefined; token: TokenRecord | undefined; denied: { kind: string; value: string; reason: string | null } | undefined } {
+    const deviceId = assertDeviceId(cert.deviceId);
+    if (this.sql.dialect === 'sqlite') {
+      // SQLite: separate look-ups cost less than the join (measured: 10 vs 41 µs).
+      return {
+        device: this.getDevice(deviceId), token: cert.tokenHash === undefined ? undefined : this.getToken(cert.tokenHash),
+        denied: this.findDenied({ fingerprint: cert.fingerprint, spki: cert.spkiSha256, deviceId, now }),
+      };
+    }
+    // PostgreSQL: one round trip instead of three.
+    const f = this.#w.recordFacts!.get({ deviceId, tokenHash: cert.tokenHash ?? null, fingerprint: cert.fingerprint, spki: cert.spkiSha256, now }) as Record<string, unknown> | undefined;
+    return {
+      device: f === undefined ? undefined : toDevice(f),
+      token: f?.t_hash === null || f?.t_hash === undefined ? undefined : tokenOf(f),
+      denied: f?.x_kind === null || f?.x_kind === undefined ? undefined : { kind: f.x_kind as string, value: f.x_value as string, reason: (f.x_reason as string | null) ?? null },
+    };
   }
 
   /**
@@ -194,15 +241,17 @@ export class RegistryWriter extends RegistryReader {
    */
   recordCertificate(cert: NewCertificate, actor: string): CertificateRecord {
     return this.#run(() => {
-      const device = this.assertDeviceMayEnroll(cert.deviceId);
+      // The device, the token and the denylist gathered at once; checked in this order.
+      const facts = this.#recordFacts(cert, Date.now());
+      const device = deviceMayEnroll(facts.device, cert.deviceId);
       if (cert.tokenHash !== undefined) {
-        const { deviceId } = this.checkToken(cert.tokenHash);
+        const { deviceId } = checkTokenRecord(facts.token, Date.now());
         if (deviceId !== device.id) throw new FleetgateError('TOKEN_INVALID', `enrollment token is bound to another device`);
         if (this.#w.useToken!.run(Date.now(), cert.serial, cert.tokenHash).changes !== 1) throw new FleetgateError('TOKEN_USED', 'enrollment token already used');
       }
       if (cert.supersedes !== undefined) this.assertMayRenew(cert.supersedes, device.id);
       // Nothing denylisted gets a certificate: not the device, not the key it asks to certify.
-      const denied = this.findDenied({ fingerprint: cert.fingerprint, spki: cert.spkiSha256, deviceId: device.id, now: Date.now() });
+      const denied = facts.denied;
       if (denied !== undefined) {
         throw new FleetgateError('DENYLISTED', `${denied.kind} ${denied.value} is denylisted${denied.reason ? `: ${denied.reason}` : ''}`, { detail: { deviceId: device.id, denied: denied.kind } });
       }
@@ -239,10 +288,7 @@ export class RegistryWriter extends RegistryReader {
 
   /** Throws DEVICE_NOT_FOUND / DEVICE_REVOKED / DEVICE_SUSPENDED unless the device may receive a certificate. */
   assertDeviceMayEnroll(id: string): DeviceRecord {
-    const device = this.#requireDevice(id);
-    if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${device.id} is revoked`, { detail: { deviceId: device.id } });
-    if (device.status === 'suspended') throw new FleetgateError('DEVICE_SUSPENDED', `device ${device.id} is suspended`, { detail: { deviceId: device.id } });
-    return device;
+    return deviceMayEnroll(this.getDevice(assertDeviceId(id)), id);
   }
 
   suspendDevice(id: string, actor: string, reason?: string): { device: DeviceRecord; changed: boolean } {
@@ -402,6 +448,30 @@ export class RegistryWriter extends RegistryReader {
       return number;
     });
   }
+}
+
+/** Throws DEVICE_NOT_FOUND / DEVICE_REVOKED / DEVICE_SUSPENDED unless `device` (looked up as `id`) may receive a certificate. */
+function deviceMayEnroll(device: DeviceRecord | undefined, id: string): DeviceRecord {
+  if (device === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`, { detail: { deviceId: id } });
+  if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${device.id} is revoked`, { detail: { deviceId: device.id } });
+  if (device.status === 'suspended') throw new FleetgateError('DEVICE_SUSPENDED', `device ${device.id} is suspended`, { detail: { deviceId: device.id } });
+  return device;
+}
+
+/** Throws TOKEN_INVALID / TOKEN_USED / TOKEN_EXPIRED unless the token may be used now. */
+function checkTokenRecord(token: TokenRecord | undefined, now: number): { deviceId: string } {
+  if (token === undefined) throw new FleetgateError('TOKEN_INVALID', 'unknown enrollment token');
+  if (token.usedAt !== null) throw new FleetgateError('TOKEN_USED', `enrollment token for ${token.deviceId} was already used`, { detail: { deviceId: token.deviceId } });
+  if (token.expiresAt <= now) throw new FleetgateError('TOKEN_EXPIRED', `enrollment token for ${token.deviceId} expired`, { detail: { deviceId: token.deviceId } });
+  return { deviceId: token.deviceId };
+}
+
+/** A token from a row whose token columns are prefixed `t_`. */
+function tokenOf(r: Record<string, unknown>): TokenRecord {
+  return {
+    hash: r.t_hash as string, deviceId: r.t_device as string, createdAt: r.t_created as number, expiresAt: r.t_expires as number,
+    usedAt: (r.t_used as number | null) ?? null, usedSerial: (r.t_serial as string | null) ?? null,
+  };
 }
 
 /** Validates and normalizes a denylist target: SHA-256 hex for fingerprint/spki, a device id for device. */
