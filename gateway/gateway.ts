@@ -1,3 +1,4 @@
+import { nodeTotals } from './console/live.ts';
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../config/config.ts';
 import { dataPaths, urlHost } from '../config/paths.ts';
@@ -185,7 +186,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { registry, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const fleet = new FleetSessions(sessions, kick, bus);
-  bus?.serve({ connections: (deviceId) => fleet.local(deviceId), kick });
+  bus?.serve({ connections: (deviceId) => fleet.local(deviceId), kick, overview: () => nodeTotals(metrics, sessions) });
   const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
     { registry, sessions, metrics, fleet, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
   const consoleListener = g.consoleEnabled

@@ -185,7 +185,7 @@ test('cluster/a node that joins later is given the retained messages the others 
   }
 });
 
-test('cluster/the console on node A shows a device\'s session on node B and kicks it there', { skip }, async () => {
+test('cluster/the console on node A counts node B\'s sessions in its overview, shows a device\'s session on B and kicks it there', { skip }, async () => {
   const { https } = await import('./helpers/https.ts');
   const { readFileSync } = await import('node:fs');
   const operator = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-ops', type: 'operator' });
@@ -197,6 +197,11 @@ test('cluster/the console on node A shows a device\'s session on node B and kick
     const page = await https(`${origin}/devices/c-sensor`, { ca, cred: operator });
     assert.equal(page.status, 200);
     assert.match(page.body, /<td>b<\/td><td>mqtts<\/td>/, 'the session, on node b');
+    // The overview on A counts the sensor connected to B: the figures of both nodes, summed.
+    const overview = await https(`${origin}/`, { ca, cred: operator });
+    assert.equal(overview.status, 200);
+    assert.match(overview.body, /Cluster: the figures of 2 nodes \(a, b\), summed/);
+    assert.match(overview.body, /<td>sensor<\/td><td>mqtts<\/td><td class="num">1<\/td>/, 'the sensor on node b, in node a\'s overview');
     const confirm = await https(`${origin}/confirm?action=kick&id=c-sensor`, { ca, cred: operator });
     const csrf = /name="csrf" value="([^"]+)"/.exec(confirm.body)?.[1];
     assert.ok(csrf !== undefined);

@@ -124,7 +124,7 @@ export class NatsBus {
    * Answers the other nodes' operator questions — which sessions this node holds, and kick a
    * device here — so that `fleetgate connections` and `kick` on any node see the whole cluster.
    */
-  serve(handlers: { connections(deviceId?: string): unknown[]; kick(deviceId: string, actor: string): number }): void {
+  serve(handlers: { connections(deviceId?: string): unknown[]; kick(deviceId: string, actor: string): number; overview?(): Promise<unknown> }): void {
     const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
     this.#nc.subscribe(`${ADMIN_PREFIX}.connections`, { callback: (err, msg) => {
       if (err !== null) return;
@@ -145,6 +145,14 @@ export class NatsBus {
         // a malformed question from a peer: no answer
       }
     } });
+    const overview = handlers.overview;
+    if (overview !== undefined) {
+      // The console's overview on any node sums every node's counters and sessions.
+      this.#nc.subscribe(`${ADMIN_PREFIX}.overview`, { callback: (err, msg) => {
+        if (err !== null) return;
+        overview().then((totals) => msg.respond(json({ node: this.#node, totals })), () => undefined);
+      } });
+    }
   }
 
   /**
@@ -248,7 +256,7 @@ export class NatsBus {
    * Asks every other node (`connections` or `kick`) and gathers the answers: all that arrive until
    * none has for 150 ms (at most 2 s). A node that is down answers nothing; the caller shows who answered.
    */
-  async ask<T>(question: 'connections' | 'kick', body: unknown = {}): Promise<T[]> {
+  async ask<T>(question: 'connections' | 'kick' | 'overview', body: unknown = {}): Promise<T[]> {
     if (!this.#up) throw new FleetgateError('CLUSTER_UNAVAILABLE', 'the NATS link is down: other nodes cannot be asked');
     const answers: T[] = [];
     try {

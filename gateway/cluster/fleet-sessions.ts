@@ -1,9 +1,10 @@
+import type { NodeTotals, OtherNodes } from '../console/live.ts';
 import { SessionTable, type SessionInfo } from '../sessions.ts';
 
 /** What a node asks the others (implemented by {@link NatsBus}). */
 export interface NodeQuestions {
   readonly node: string;
-  ask<T>(question: 'connections' | 'kick', body?: unknown): Promise<T[]>;
+  ask<T>(question: 'connections' | 'kick' | 'overview', body?: unknown): Promise<T[]>;
 }
 
 export type FleetSession = SessionInfo & { node?: string };
@@ -47,6 +48,13 @@ export class FleetSessions {
       connections: [...local.map((c) => ({ ...c, node: cluster.node })), ...remote.flatMap((r) => r.connections.map((c) => ({ ...c, node: r.node })))],
       nodes: [cluster.node, ...remote.map((r) => r.node)].sort(),
     };
+  }
+
+  /** In a cluster: this node's name and the other nodes' overview figures (the console sums them); undefined on one node. */
+  get others(): OtherNodes | undefined {
+    const cluster = this.#cluster;
+    if (cluster === undefined) return undefined;
+    return { node: cluster.node, totals: () => cluster.ask<{ node: string; totals: NodeTotals }>('overview') };
   }
 
   /** Closes a device's sessions here, then (in a cluster) on every node that answers. */

@@ -17,6 +17,68 @@ export interface Snapshot {
   cutsByRevocation: number;
   /** p99 of the mutual-TLS handshake over the last 30 s, in ms (null: none in that window). */
   handshakeP99Ms: number | null;
+  /** In a cluster: the nodes whose figures are in this sample (this one and every one that answered). */
+  nodes?: string[];
+}
+
+/**
+ * One node's counters as they stand (cumulative since it started) and its live sessions by type
+ * and transport: what the overview sums over the nodes of a cluster. JSON-safe (`le: null` is +Inf).
+ */
+export interface NodeTotals {
+  connects: number;
+  messagesIn: number;
+  messagesOut: number;
+  refusals: [string, number][];
+  cuts: number;
+  buckets: [number | null, number][];
+  connectedBy: { type: string; transport: string; count: number }[];
+}
+
+/** This node's {@link NodeTotals}, from its metrics and session table. */
+export async function nodeTotals(m: Metrics, sessions: SessionTable): Promise<NodeTotals> {
+  const [handshakes, https, httpsRequests, messagesIn, messagesOut, cuts, tls] = await Promise.all([
+    m.handshakes.get(), m.httpsHandshakes.get(), m.httpsRequests.get(), m.messagesIn.get(), m.messagesOut.get(), m.liveCuts.get(), m.tlsHandshake.get(),
+  ]);
+  const refusals = new Map<string, number>();
+  let connects = 0;
+  for (const v of handshakes.values) {
+    if (v.labels.outcome === 'admitted') connects += v.value;
+    else refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
+  }
+  for (const v of https.values) connects += v.value;
+  for (const v of httpsRequests.values) {
+    if (v.labels.code !== 'OK') refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
+  }
+  const buckets = new Map<number, number>();
+  for (const v of tls.values) {
+    if (!v.metricName?.endsWith('_bucket')) continue;
+    const bound = (v.labels as Record<string, string | number | undefined>).le;
+    const le = bound === '+Inf' ? Infinity : Number(bound);
+    buckets.set(le, (buckets.get(le) ?? 0) + v.value);
+  }
+  const by = new Map<string, { type: string; transport: string; count: number }>();
+  for (const s of sessions.all()) {
+    const key = `${s.device.type}|${s.transport}`;
+    const e = by.get(key);
+    if (e === undefined) by.set(key, { type: s.device.type, transport: s.transport, count: 1 });
+    else e.count++;
+  }
+  return {
+    connects,
+    messagesIn: messagesIn.values.reduce((a, v) => a + v.value, 0),
+    messagesOut: messagesOut.values.reduce((a, v) => a + v.value, 0),
+    refusals: [...refusals],
+    cuts: cuts.values.filter((v) => REVOCATION_CUTS.has(String(v.labels.code))).reduce((a, v) => a + v.value, 0),
+    buckets: [...buckets].sort((a, b) => a[0] - b[0]).map(([le, n]) => [Number.isFinite(le) ? le : null, n]),
+    connectedBy: [...by.values()],
+  };
+}
+
+/** Where the other nodes' totals come from, in a cluster. */
+export interface OtherNodes {
+  node: string;
+  totals(): Promise<{ node: string; totals: NodeTotals }[]>;
 }
 
 interface Totals {
@@ -28,6 +90,8 @@ interface Totals {
   cuts: number;
   /** Cumulative handshake histogram: [upper bound in s, count ≤ bound]. */
   buckets: [number, number][];
+  connectedBy: { type: string; transport: string; count: number }[];
+  nodes?: string[];
 }
 
 const WINDOW_S = 30;
@@ -42,48 +106,50 @@ const REVOCATION_CUTS = new Set(['CERT_REVOKED', 'DEVICE_REVOKED', 'DEVICE_SUSPE
 export class LiveSampler {
   readonly #metrics: Metrics;
   readonly #sessions: SessionTable;
+  readonly #others: OtherNodes | undefined;
   readonly intervalS: number;
   readonly #history: Snapshot[] = [];
   readonly #totals: Totals[] = [];
   readonly #watchers = new Set<(s: Snapshot) => void>();
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(metrics: Metrics, sessions: SessionTable, intervalS = 2) {
+  /** `others`: in a cluster, every sample sums this node's figures with those of the nodes that answer. */
+  constructor(metrics: Metrics, sessions: SessionTable, intervalS = 2, others?: OtherNodes) {
     this.#metrics = metrics;
     this.#sessions = sessions;
     this.intervalS = intervalS;
+    this.#others = others;
   }
 
   async #read(): Promise<Totals> {
-    const m = this.#metrics;
-    const [handshakes, https, httpsRequests, messagesIn, messagesOut, cuts, tls] = await Promise.all([
-      m.handshakes.get(), m.httpsHandshakes.get(), m.httpsRequests.get(), m.messagesIn.get(), m.messagesOut.get(), m.liveCuts.get(), m.tlsHandshake.get(),
-    ]);
+    const own = nodeTotals(this.#metrics, this.#sessions);
+    // A node that does not answer (or NATS down) leaves its figures out of this sample; the sample names who is in.
+    const remote = this.#others === undefined ? [] : await this.#others.totals().catch(() => []);
+    const all = [await own, ...remote.map((r) => r.totals)];
     const refusals = new Map<string, number>();
-    let connects = 0;
-    for (const v of handshakes.values) {
-      if (v.labels.outcome === 'admitted') connects += v.value;
-      else refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
-    }
-    for (const v of https.values) connects += v.value;
-    for (const v of httpsRequests.values) {
-      if (v.labels.code !== 'OK') refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
-    }
     const buckets = new Map<number, number>();
-    for (const v of tls.values) {
-      if (!v.metricName?.endsWith('_bucket')) continue;
-      const bound = (v.labels as Record<string, string | number | undefined>).le;
-      const le = bound === '+Inf' ? Infinity : Number(bound);
-      buckets.set(le, (buckets.get(le) ?? 0) + v.value);
+    const by = new Map<string, { type: string; transport: string; count: number }>();
+    for (const n of all) {
+      for (const [code, count] of n.refusals) refusals.set(code, (refusals.get(code) ?? 0) + count);
+      for (const [le, count] of n.buckets) buckets.set(le ?? Infinity, (buckets.get(le ?? Infinity) ?? 0) + count);
+      for (const c of n.connectedBy) {
+        const key = `${c.type}|${c.transport}`;
+        const e = by.get(key);
+        if (e === undefined) by.set(key, { ...c });
+        else e.count += c.count;
+      }
     }
+    const sum = (f: (n: NodeTotals) => number) => all.reduce((a, n) => a + f(n), 0);
     return {
       t: Date.now(),
-      connects,
-      messagesIn: messagesIn.values.reduce((a, v) => a + v.value, 0),
-      messagesOut: messagesOut.values.reduce((a, v) => a + v.value, 0),
+      connects: sum((n) => n.connects),
+      messagesIn: sum((n) => n.messagesIn),
+      messagesOut: sum((n) => n.messagesOut),
       refusals,
-      cuts: cuts.values.filter((v) => REVOCATION_CUTS.has(String(v.labels.code))).reduce((a, v) => a + v.value, 0),
+      cuts: sum((n) => n.cuts),
       buckets: [...buckets].sort((a, b) => a[0] - b[0]),
+      connectedBy: [...by.values()].sort((a, b) => b.count - a.count),
+      ...(this.#others !== undefined && { nodes: [this.#others.node, ...remote.map((r) => r.node)].sort() }),
     };
   }
 
@@ -98,18 +164,11 @@ export class LiveSampler {
     const dt = Math.max((now.t - prev.t) / 1000, 0.001);
     const rate = (a: number, b: number) => (now === prev ? 0 : Math.max(0, a - b) / dt);
     const sum = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
-    const by = new Map<string, { type: string; transport: string; count: number }>();
-    for (const s of this.#sessions.all()) {
-      const key = `${s.device.type}|${s.transport}`;
-      const e = by.get(key);
-      if (e === undefined) by.set(key, { type: s.device.type, transport: s.transport, count: 1 });
-      else e.count++;
-    }
     return {
       t: now.t,
       intervalS: this.intervalS,
-      connected: this.#sessions.size,
-      connectedBy: [...by.values()].sort((a, b) => b.count - a.count),
+      connected: now.connectedBy.reduce((a, c) => a + c.count, 0),
+      connectedBy: now.connectedBy,
       connectsPerSec: rate(now.connects, prev.connects),
       messagesInPerSec: rate(now.messagesIn, prev.messagesIn),
       messagesOutPerSec: rate(now.messagesOut, prev.messagesOut),
@@ -117,6 +176,7 @@ export class LiveSampler {
       refusalsByCode: [...now.refusals].map(([code, count]) => ({ code, count })).sort((a, b) => b.count - a.count),
       cutsByRevocation: now.cuts,
       handshakeP99Ms: p99(now.buckets, since === now ? [] : since.buckets),
+      ...(now.nodes !== undefined && { nodes: now.nodes }),
     };
   }
 

@@ -76,7 +76,8 @@ ${card('v-p99', 'p99 mTLS handshake, last 30 s (ms)', snap.handshakeP99Ms === nu
 <div><h2>Registry</h2>${table(['status', 'devices'], Object.entries(counts.byStatus).map(([s, n]) => html`<tr><td>${badge(s)}</td><td class="num">${n}</td></tr>`), 'no devices')}
 ${table(['type', 'devices'], Object.entries(counts.byType).map(([t, n]) => html`<tr><td>${t}</td><td class="num">${n}</td></tr>`), '')}</div>
 </section>
-<p class="hint" id="live-state">Live: updated every ${snap.intervalS} s from the gateway's own metrics (the numbers <code>/metrics</code> exports).</p>`, { live: true });
+<p class="hint" id="v-nodes">${snap.nodes === undefined ? '' : `Cluster: the figures of ${snap.nodes.length} node${snap.nodes.length === 1 ? '' : 's'} (${snap.nodes.join(', ')}), summed; a node that does not answer is left out of a sample.`}</p>
+<p class="hint" id="live-state">Live: updated every ${snap.intervalS} s from the gateway's own metrics (the numbers <code>/metrics</code> exports)${snap.nodes === undefined ? '' : ', on every node that answers'}.</p>`, { live: true });
 }
 
 export function connectedTable(snap: Snapshot): Html {

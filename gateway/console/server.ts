@@ -89,7 +89,7 @@ const EXPORT_MAX_ROWS = 1_000_000;
 export async function startConsole(config: FleetgateConfig, tls: TlsOptions, deps: ConsoleDeps) {
   const g = config.gateway;
   const store = new ConsoleStore(deps.registryFile, 10_000);
-  const sampler = new LiveSampler(deps.metrics, deps.sessions);
+  const sampler = new LiveSampler(deps.metrics, deps.sessions, 2, deps.fleet.others);
   const csrfKey = randomBytes(32);
   const app = Fastify({
     https: tls,

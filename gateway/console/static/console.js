@@ -71,6 +71,7 @@
     text('v-p99', s.handshakeP99Ms === null ? '–' : s.handshakeP99Ms.toFixed(1));
     rows('t-connected', s.connectedBy, function (c) { return [c.type, c.transport, c.count]; });
     rows('t-refusals', s.refusalsByCode, function (r) { return [r.code, r.count]; });
+    if (s.nodes) text('v-nodes', 'Cluster: the figures of ' + s.nodes.length + ' node' + (s.nodes.length === 1 ? '' : 's') + ' (' + s.nodes.join(', ') + '), summed; a node that does not answer is left out of a sample.');
   }
 
   function start() {
