@@ -9,9 +9,9 @@ import { decodeLevel, encodeLevel, filterToSubjects, RETAINED_PREFIX, retainedSu
 const SESSION_PREFIX = 'fg.s';
 /** Operator questions to every node (request, many replies). */
 const ADMIN_PREFIX = 'fg.admin';
-/** A joining node asks who can send it the retained messages (the first node that has any answers)… */
+/** A joining node asks every node how many retained messages it holds… */
 const RETAINED_OFFER = 'fg.sync.retained.offer';
-/** …then asks that node alone to stream them to its inbox. */
+/** …then asks the one holding most to stream them to its inbox. */
 const retainedSend = (node: string) => `fg.sync.retained.send.${encodeLevel(node)}`;
 /** Retained messages per snapshot chunk, in bytes (NATS's default max payload is 1 MiB). */
 const SNAPSHOT_CHUNK_BYTES = 256 * 1024;
@@ -150,22 +150,31 @@ export class NatsBus {
       // The console's overview on any node sums every node's counters and sessions.
       this.#nc.subscribe(`${ADMIN_PREFIX}.overview`, { callback: (err, msg) => {
         if (err !== null) return;
-        overview().then((totals) => msg.respond(json({ node: this.#node, totals })), () => undefined);
+        overview().then((totals) => {
+          try {
+            msg.respond(json({ node: this.#node, totals }));
+          } catch {
+            // closed or draining: the asker sums the nodes that answered
+          }
+        }, () => undefined);
       } });
     }
   }
 
   /**
    * Serves the retained-message snapshot a joining node asks for (see {@link fetchRetained}):
-   * offers it when this node holds any, and streams it to the asker's inbox in chunks of records
+   * says how many it holds, and when chosen streams them to the asker's inbox in chunks of records
    * `subject length (2) · subject · envelope length (4) · envelope`, then an empty end marker,
    * flushing every few chunks so a large set does not outrun the asker.
    */
   serveRetained(all: () => Message[]): void {
     this.#nc.subscribe(RETAINED_OFFER, { callback: (err, msg) => {
       if (err !== null) return;
-      const count = all().length;
-      if (count > 0) msg.respond(new TextEncoder().encode(JSON.stringify({ node: this.#node, count })));
+      try {
+        msg.respond(new TextEncoder().encode(JSON.stringify({ node: this.#node, count: all().length })));
+      } catch {
+        // closed or draining: the asker hears from another node or starts without
+      }
     } });
     this.#nc.subscribe(retainedSend(this.#node), { callback: (err, msg) => {
       if (err !== null) return;
@@ -206,19 +215,26 @@ export class NatsBus {
   }
 
   /**
-   * On joining: the retained messages the cluster holds, from one node that has any, each given
-   * to `apply` (which keeps it within this node's quotas). Resolves with how many arrived and from
+   * On joining: the retained messages the cluster holds, from the node that holds most, each
+   * given to `apply` (which keeps it within this node's quotas). Resolves with how many arrived and from
    * which node — `{ count: 0 }` when no other node holds any — or, past `timeoutMs`, with what
    * arrived and `complete: false`.
    */
   async fetchRetained(apply: (m: Message) => void, timeoutMs = 10_000): Promise<{ node?: string; count: number; complete: boolean }> {
-    let node: string;
+    // Every node says how many it holds (until none has answered for 150 ms); the one holding most sends them.
+    let best: { node: string; count: number } | undefined;
     try {
-      const offer = await this.#nc.request(RETAINED_OFFER, new Uint8Array(0), { timeout: Math.min(2_000, timeoutMs) });
-      node = String((JSON.parse(new TextDecoder().decode(offer.data)) as { node?: unknown }).node);
+      const offers = await this.#nc.requestMany(RETAINED_OFFER, new Uint8Array(0), { strategy: RequestStrategy.JitterTimer, jitter: 150, maxWait: Math.min(2_000, timeoutMs) });
+      for await (const offer of offers) {
+        if (offer.data.length === 0) continue; // a status message (no responders)
+        const o = JSON.parse(new TextDecoder().decode(offer.data)) as { node?: unknown; count?: unknown };
+        if (typeof o.node === 'string' && typeof o.count === 'number' && o.count > (best?.count ?? 0)) best = { node: o.node, count: o.count };
+      }
     } catch {
-      return { count: 0, complete: true }; // no responder (no other node holds any) or none in time
+      // no other node (no responders), or the link went down: start with this node's own
     }
+    if (best === undefined) return { count: 0, complete: true };
+    const node = best.node;
     const inbox = createInbox();
     const sub = this.#nc.subscribe(inbox);
     const timer = setTimeout(() => sub.unsubscribe(), timeoutMs);
