@@ -38,6 +38,8 @@ let proxy: RoundRobinProxy;
 let ca: Buffer;
 let operator: Credential;
 
+/** The nodes not killed by the kill -9 test. */
+const living = () => nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null);
 const mqttPort = (n: GatewayProcess) => Number(new URL(n.endpoints['mqtt+tls']!.replace('mqtts', 'https')).port);
 
 before(async () => {
@@ -251,7 +253,7 @@ test('cluster/fleetgate connections --json lists the sessions of every node', { 
   }
 });
 
-test('cluster/PostgreSQL restarted: no revocation around it is missed; while down, new connections are refused with the registry code and live sessions go on', { skip }, async () => {
+test('cluster/PostgreSQL restarted: no revocation around it is missed; while down, new connections are refused with the registry code, /healthz says so, and live sessions go on', { skip }, async () => {
   const [before1, live, during, after1, newcomer] = await Promise.all(['pg-a', 'pg-b', 'pg-c', 'pg-d', 'pg-e'].map(enrollThroughProvisioning));
   const clients = await Promise.all([before1!, live!, during!, after1!].map(viaProxy));
   const [cBefore, cLive, cDuring, cAfter] = clients as [MqttClient, MqttClient, MqttClient, MqttClient];
@@ -269,6 +271,12 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
       // Live sessions go on: a QoS 1 publish is acknowledged.
       await withTimeout(cLive.publishAsync(`devices/${live!.deviceId}/telemetry/t`, 'still here', { qos: 1 }), 10_000, 'PUBACK while PostgreSQL is down');
       assert.ok(cDuring.connected && cAfter.connected);
+      // Every living node says so in /healthz (a probe takes it out of the balancer's rotation for new connections).
+      for (const n of living()) {
+        const h = await https(`${n.endpoints.admin}/healthz`, { ca });
+        assert.equal(h.status, 503, h.body);
+        assert.equal(errorCodeOf(h), 'REGISTRY_UNAVAILABLE');
+      }
       await postgres.start();
       restarted = true;
     } finally {
@@ -280,6 +288,9 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
     fleet.registry.revokeDevice(after1!.deviceId, 1, 'test');
     await cutAfter;
     assert.ok(cLive.connected && cDuring.connected, 'the others stayed connected throughout');
+    for (const n of living()) {
+      await withTimeout((async () => { while ((await https(`${n.endpoints.admin}/healthz`, { ca })).status !== 200) await new Promise((r) => setTimeout(r, 200)); })(), 30_000, '/healthz back to 200');
+    }
     // And new connections are admitted again once every node reads the registry.
     const deadline = Date.now() + 30_000;
     let admitted: MqttClient | undefined;
@@ -339,8 +350,7 @@ test('cluster/a node\'s LISTEN connection killed: revocations still reach it, an
   await admin.connect();
   const listeners = async () => Number((await admin.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'fleetgate-feed' AND query ILIKE 'LISTEN%'`)).rows[0].n);
   try {
-    const living = nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null).length;
-    await withTimeout((async () => { while (await listeners() < living) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening');
+    await withTimeout((async () => { while (await listeners() < living().length) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening');
     await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleetgate-feed'`);
     // Revoked while nobody listens: the nodes poll the feed until they listen again.
     const cred = await enrollThroughProvisioning('ls-1');
@@ -348,7 +358,7 @@ test('cluster/a node\'s LISTEN connection killed: revocations still reach it, an
     const cut = closed(client, 30_000);
     fleet.registry.revokeDevice(cred.deviceId, 1, 'test');
     await cut;
-    await withTimeout((async () => { while (await listeners() < living) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening again');
+    await withTimeout((async () => { while (await listeners() < living().length) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening again');
   } finally {
     await admin.end();
   }
