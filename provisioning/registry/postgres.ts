@@ -112,43 +112,35 @@ export class PgDatabase implements SqlDb {
 
   transaction<T>(fn: () => T): SqlTransaction<T> {
     const run = (): T => {
-      if (this.#depth === 0) {
-        this.query(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK})`);
-        this.#depth = 1;
-        try {
-          const value = fn();
-          this.query('COMMIT');
-          return value;
-        } catch (err) {
-          try {
-            this.query('ROLLBACK');
-          } catch {
-            // the connection is gone: PostgreSQL rolled the transaction back with it
-          }
-          throw err;
-        } finally {
-          this.#depth = 0;
-        }
-      }
+      // Outermost: a transaction holding the write lock; inside one: a savepoint.
       const savepoint = `fg_sp${this.#depth}`;
-      this.query(`SAVEPOINT ${savepoint}`);
+      const [open, keep, undo] = this.#depth === 0
+        ? [`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK})`, 'COMMIT', 'ROLLBACK']
+        : [`SAVEPOINT ${savepoint}`, `RELEASE SAVEPOINT ${savepoint}`, `ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}`];
+      this.query(open);
       this.#depth++;
       try {
         const value = fn();
-        this.query(`RELEASE SAVEPOINT ${savepoint}`);
+        this.query(keep);
         return value;
       } catch (err) {
-        try {
-          this.query(`ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}`);
-        } catch {
-          // the connection is gone: the outer transaction fails at its next statement or COMMIT
-        }
+        // The connection gone: PostgreSQL rolled the transaction back with it (an outer one fails at its next statement).
+        this.#quietly(undo);
         throw err;
       } finally {
         this.#depth--;
       }
     };
     return Object.assign(run, { immediate: run });
+  }
+
+  /** A statement whose failure changes nothing for the caller (a rollback or unlock on a connection that may be gone). */
+  #quietly(sql: string): void {
+    try {
+      this.query(sql);
+    } catch {
+      // the session ended: PostgreSQL undid its transaction and released its locks with it
+    }
   }
 
   /** Brings the database to the current schema; several processes may call it at once. */
@@ -167,18 +159,10 @@ export class PgDatabase implements SqlDb {
           ON CONFLICT (id) DO UPDATE SET version = excluded.version; COMMIT`);
       }
     } catch (err) {
-      try {
-        this.query('ROLLBACK');
-      } catch {
-        // nothing open, or the connection is gone
-      }
+      this.#quietly('ROLLBACK'); // nothing open, or the connection is gone
       throw err;
     } finally {
-      try {
-        this.query(`SELECT pg_advisory_unlock(${MIGRATE_LOCK})`);
-      } catch {
-        // the session ended: PostgreSQL released its locks with it
-      }
+      this.#quietly(`SELECT pg_advisory_unlock(${MIGRATE_LOCK})`);
     }
   }
 
