@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import mqtt from 'mqtt';
 import { createSecureContext } from 'node:tls';
-import { csrPem, newKeys } from '../harness/pki.ts';
+import { csrPem, keyPem, newKeys } from '../harness/pki.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import { postgresBin, startPostgres } from '../harness/postgres.ts';
 import { benchFleet, spawnService } from './lib.ts';
@@ -20,7 +20,7 @@ for (const reg of [undefined, pgs.url]) {
   const fleet = await benchFleet(reg);
   const keys = await newKeys();
   const csr = await csrPem(keys, 'x');
-  const keyPem = (await import('node:crypto')).createPrivateKey({ key: Buffer.from(await crypto.subtle.exportKey('pkcs8', keys.privateKey)), format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;
+  const sharedKeyPem = await keyPem(keys);
   const ca = readFileSync(fleet.paths.rootCert);
   const ctx: ReturnType<typeof createSecureContext>[] = [];
   fleet.registry.sql.transaction(() => { for (let i = 0; i < N; i++) fleet.registry.addDevice({ id: `s-${i}`, type: 'sensor' }, 'bench'); }).immediate();
@@ -29,7 +29,7 @@ for (const reg of [undefined, pgs.url]) {
     const r = await enroll({ registry: fleet.registry, ca: fleet.ca, defaultValidityMs: 86_400_000 }, { csr, auth: { method: 'operator', deviceId: `s-${i}` }, actor: 'bench' });
     certs.push(r.certificate + r.chain);
   }
-  for (let i = 0; i < N; i++) ctx.push(createSecureContext({ ca, cert: certs[i], key: keyPem }));
+  for (let i = 0; i < N; i++) ctx.push(createSecureContext({ ca, cert: certs[i], key: sharedKeyPem }));
   const gw = await spawnService('gateway', fleet.config.dataDir, { ...(reg && { FLEETGATE_REGISTRY: reg }), FLEETGATE_MQTT_DURABILITY: 'memory' });
   let next = 0, ok = 0, refused = 0;
   const clients: mqtt.MqttClient[] = [];

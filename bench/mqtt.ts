@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 import mqtt, { type MqttClient } from 'mqtt';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
-import { csrPem, enrollDevice, newKeys, type Credential } from '../harness/pki.ts';
+import { csrPem, enrollDevice, keyPem, newKeys, type Credential } from '../harness/pki.ts';
 import { benchFleet, countArrivals, fmt, freePort, percentile, procStat, publishFromEach, spawnService, untilTlsListening, type GatewayProcess } from './lib.ts';
 
 const CONNECTS = Number(process.env.BENCH_CONNECTS ?? 300);
@@ -77,10 +77,10 @@ async function device(id: string, type = 'sensor'): Promise<Credential> {
   const r = await enroll({ registry: fleet.registry, ca: fleet.ca, defaultValidityMs: 86_400_000 }, { csr, auth: { method: 'operator', deviceId: id }, actor: 'bench' });
   return { deviceId: id, certPem: r.certificate + r.chain, keyPem: '', certFile: '', keyFile: '', serial: r.serial, fingerprint: r.fingerprint, spki: '', keys };
 }
-const keyPem = (await import('node:crypto')).createPrivateKey({ key: Buffer.from(await crypto.subtle.exportKey('pkcs8', keys.privateKey)), format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }) as string;
+const sharedKeyPem = await keyPem(keys);
 const contextFor = (cred: Credential) => {
   let c = contexts.get(cred.deviceId);
-  if (c === undefined) contexts.set(cred.deviceId, (c = createSecureContext({ ca, cert: cred.certPem, key: cred.keyPem || keyPem })));
+  if (c === undefined) contexts.set(cred.deviceId, (c = createSecureContext({ ca, cert: cred.certPem, key: cred.keyPem || sharedKeyPem })));
   return c;
 };
 
