@@ -10,7 +10,7 @@ import { natsAvailable, startNats, type NatsServer } from '../harness/nats.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
 import { spawnService, type GatewayProcess } from '../harness/services.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { closed, connect, withTimeout } from './helpers/mqtt.ts';
+import { closed, connect, until, withTimeout } from './helpers/mqtt.ts';
 import { fileScope } from './helpers/run.ts';
 
 if (!natsAvailable() && process.env.CI === 'true') throw new Error('nats-server is missing: .ci/run installs Debian\'s nats-server for the cluster tests');
@@ -39,10 +39,6 @@ function collect(client: MqttClient, prefix: string): string[] {
   const got: string[] = [];
   client.on('message', (topic, payload) => { if (topic.startsWith(prefix)) got.push(payload.toString()); });
   return got;
-}
-
-async function until(what: string, ok: () => boolean, ms = 20_000): Promise<void> {
-  await withTimeout((async () => { while (!ok()) await new Promise((r) => setTimeout(r, 20)); })(), ms, what);
 }
 
 /** Publishes probes from `from` until `got` shows one: the subscription has reached the other node through NATS. */

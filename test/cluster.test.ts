@@ -21,7 +21,7 @@ import { startRoundRobinProxy, type RoundRobinProxy } from '../harness/proxy.ts'
 import { benchFleet, spawnService, type GatewayProcess } from '../harness/services.ts';
 import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from './helpers/engines.ts';
 import { errorCodeOf, https } from './helpers/https.ts';
-import { closed, connect, withTimeout } from './helpers/mqtt.ts';
+import { closed, connect, until, withTimeout } from './helpers/mqtt.ts';
 import { fileScope, fleetgate } from './helpers/run.ts';
 
 if (!natsAvailable() && process.env.CI === 'true') throw new Error('nats-server is missing: .ci/run installs Debian\'s nats-server for the cluster tests');
@@ -83,6 +83,8 @@ async function enrollThroughProvisioning(id: string): Promise<Credential> {
 }
 
 const viaProxy = (cred: Credential) => connect(`mqtts://127.0.0.1:${proxy.port}`, cred, { ca: fleet.paths.rootCert });
+/** Straight to one node, past the proxy. */
+const direct = (n: GatewayProcess, cred: Credential) => connect(`mqtts://127.0.0.1:${mqttPort(n)}`, cred, { ca: fleet.paths.rootCert });
 
 /** The cluster's view of live sessions, asked of one node's admin API. */
 async function connections(node: GatewayProcess): Promise<{ connections: { deviceId: string; node: string }[]; nodes: string[] }> {
@@ -120,7 +122,6 @@ test('cluster/a publish on any node reaches a service on another: QoS 0 and 1, n
   const service = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'x-svc', type: 'service' });
   const sensors = await Promise.all(['x-1', 'x-2', 'x-3'].map(enrollThroughProvisioning));
   // Straight to a node each, so the service is on n1 and the publishers on n1, n2 and n3.
-  const direct = (n: GatewayProcess, c: Credential) => connect(`mqtts://127.0.0.1:${mqttPort(n)}`, c, { ca: fleet.paths.rootCert });
   const sub = await direct(nodes[0]!, service);
   const pubs = await Promise.all(sensors.map((c, i) => direct(nodes[i]!, c)));
   try {
@@ -194,13 +195,10 @@ test('cluster/a revocation cuts the device on whichever node holds it, and every
       await Promise.all(httpsCuts.map((h) => h.closed));
       for (const a of agents) a.destroy();
       // Cut by the revocation, not closed idle: each node wrote its own audit row for its HTTPS connection.
-      await withTimeout((async () => {
-        for (;;) {
-          const rows = fleet.registry.listAudit({ device: cred.deviceId }).filter((a) => a.action === 'session.disconnect' && a.detail.reason === 'disconnected by revocation');
-          if (rows.filter((a) => a.detail.transport === 'https').length === 3 && rows.some((a) => a.detail.transport !== 'https')) return;
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      })(), 30_000, 'the three nodes\' audit rows for the HTTPS cuts and the MQTT one');
+      await until('the three nodes\' audit rows for the HTTPS cuts and the MQTT one', () => {
+        const rows = fleet.registry.listAudit({ device: cred.deviceId }).filter((a) => a.action === 'session.disconnect' && a.detail.reason === 'disconnected by revocation');
+        return rows.filter((a) => a.detail.transport === 'https').length === 3 && rows.some((a) => a.detail.transport !== 'https');
+      }, 30_000, 100);
       console.log(`the device revoked through the CLI: MQTT and three HTTPS connections cut, each audited by its node, ${Date.now() - started} ms from the start (three requests and the CLI process included)`);
       // Refused by every node: three attempts through the round robin land on three different nodes.
       for (let k = 0; k < 3; k++) await assert.rejects(viaProxy(cred), (e: { code?: number }) => e.code === 5, 'CONNACK 5: not authorized');
@@ -289,7 +287,7 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
     await cutAfter;
     assert.ok(cLive.connected && cDuring.connected, 'the others stayed connected throughout');
     for (const n of living()) {
-      await withTimeout((async () => { while ((await https(`${n.endpoints.admin}/healthz`, { ca })).status !== 200) await new Promise((r) => setTimeout(r, 200)); })(), 30_000, '/healthz back to 200');
+      await until('/healthz back to 200', async () => (await https(`${n.endpoints.admin}/healthz`, { ca })).status === 200, 30_000, 200);
     }
     // And new connections are admitted again once every node reads the registry.
     const deadline = Date.now() + 30_000;
@@ -311,7 +309,6 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
 test('cluster/NATS restarted mid-run: the gap is in every node\'s metrics, and fan-out between nodes resumes', { skip }, async () => {
   // n3 was killed above: the service on n1, the publisher on n2.
   const [svcCred, pubCred] = await Promise.all([enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'nr-svc', type: 'service' }), enrollThroughProvisioning('nr-1')]);
-  const direct = (n: GatewayProcess, c: Credential) => connect(`mqtts://127.0.0.1:${mqttPort(n)}`, c, { ca: fleet.paths.rootCert });
   const svc = await direct(nodes[0]!, svcCred!);
   const pub = await direct(nodes[1]!, pubCred!);
   const metrics = async (n: GatewayProcess) => (await https(`${n.endpoints.admin}/metrics`, { ca })).body;
@@ -331,7 +328,7 @@ test('cluster/NATS restarted mid-run: the gap is in every node\'s metrics, and f
     await nats.stop();
     // Every living node sees the link down.
     for (const n of nodes.slice(0, 2)) {
-      await withTimeout((async () => { while (!/fleetgate_cluster_link_up 0/.test(await metrics(n))) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'link_up 0');
+      await until('link_up 0', async () => /fleetgate_cluster_link_up 0/.test(await metrics(n)), 30_000, 100);
     }
     for (let i = 0; i < 5; i++) await pub.publishAsync('devices/nr-1/telemetry/t', `gap-${i}`, { qos: 1 }); // acknowledged by n2, not delivered across
     const lost = Number(/fleetgate_cluster_messages_total\{direction="lost"\} (\d+)/.exec(await metrics(nodes[1]!))?.[1] ?? 0);
@@ -350,7 +347,7 @@ test('cluster/a node\'s LISTEN connection killed: revocations still reach it, an
   await admin.connect();
   const listeners = async () => Number((await admin.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'fleetgate-feed' AND query ILIKE 'LISTEN%'`)).rows[0].n);
   try {
-    await withTimeout((async () => { while (await listeners() < living().length) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening');
+    await until('every living node listening', async () => await listeners() >= living().length, 30_000, 100);
     await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleetgate-feed'`);
     // Revoked while nobody listens: the nodes poll the feed until they listen again.
     const cred = await enrollThroughProvisioning('ls-1');
@@ -358,7 +355,7 @@ test('cluster/a node\'s LISTEN connection killed: revocations still reach it, an
     const cut = closed(client, 30_000);
     fleet.registry.revokeDevice(cred.deviceId, 1, 'test');
     await cut;
-    await withTimeout((async () => { while (await listeners() < living().length) await new Promise((r) => setTimeout(r, 100)); })(), 30_000, 'every living node listening again');
+    await until('every living node listening again', async () => await listeners() >= living().length, 30_000, 100);
   } finally {
     await admin.end();
   }

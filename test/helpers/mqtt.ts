@@ -38,6 +38,11 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
   ]);
 }
 
+/** Resolves once `ok` holds, asked every `everyMs` (rejects after `ms`): a wait for a state, never for a duration. */
+export async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 20_000, everyMs = 20): Promise<void> {
+  await withTimeout((async () => { while (!(await ok())) await new Promise((r) => setTimeout(r, everyMs)); })(), ms, what);
+}
+
 /**
  * Resolves when the client's connection closes (rejects if it stays open for `ms`). The bound is
  * generous on purpose: it is a safety net for a busy machine, not a latency assertion (the
