@@ -205,14 +205,22 @@ export class RegistryWriter extends RegistryReader {
    * its device may receive a certificate ({@link assertDeviceMayEnroll}).
    */
   checkTokenEnrollment(tokenHash: string, expectedDeviceId?: string, now = Date.now()): DeviceRecord {
-    // SQLite: separate look-ups cost less than a join; PostgreSQL: one round trip instead of two.
-    const r = this.sql.dialect === 'postgres' ? this.#w.tokenWithDevice!.get(tokenHash) as Record<string, unknown> | undefined : undefined;
-    const { deviceId } = checkTokenRecord(this.sql.dialect === 'postgres' ? (r === undefined ? undefined : tokenOf(r)) : this.getToken(tokenHash), now);
+    const { token, device } = this.#tokenAndDevice(tokenHash);
+    const { deviceId } = checkTokenRecord(token, now);
     if (expectedDeviceId !== undefined && expectedDeviceId !== deviceId) {
       throw new FleetgateError('TOKEN_INVALID', 'enrollment token is bound to another device');
     }
-    const device = this.sql.dialect === 'postgres' ? (r?.id === null || r?.id === undefined ? undefined : toDevice(r)) : this.getDevice(deviceId);
     return deviceMayEnroll(device, deviceId);
+  }
+
+  /** A token and its device: SQLite, two look-ups (cheaper there than a join); PostgreSQL, one round trip instead of two. */
+  #tokenAndDevice(tokenHash: string): { token: TokenRecord | undefined; device: DeviceRecord | undefined } {
+    if (this.sql.dialect === 'sqlite') {
+      const token = this.getToken(tokenHash);
+      return { token, device: token === undefined ? undefined : this.getDevice(token.deviceId) };
+    }
+    const r = this.#w.tokenWithDevice!.get(tokenHash) as Record<string, unknown> | undefined;
+    return { token: r === undefined ? undefined : tokenOf(r), device: r?.id === null || r?.id === undefined ? undefined : toDevice(r) };
   }
 
   /** What recording a certificate checks: the device, the token it consumes, the first active denylist entry that matches. */

@@ -4,7 +4,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TestContext } from 'node:test';
 import pg from 'pg';
 import { postgresBin, startPostgres, type PostgresServer } from '../../harness/postgres.ts';
 
@@ -49,7 +48,7 @@ export async function createDatabase(pgServer: PostgresServer): Promise<string> 
 }
 
 /** A fresh registry location on `engine`: a file in a temp dir, or a new PostgreSQL database. */
-export async function registryLocation(t: Pick<TestContext, 'after'> | { after(fn: () => void): unknown }, engine: Engine): Promise<string> {
+export async function registryLocation(t: { after(fn: () => void): unknown }, engine: Engine): Promise<string> {
   if (engine === 'postgres') return createDatabase(await sharedPostgres());
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-registry-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
