@@ -3,7 +3,8 @@
 // client certificate; `proxy_pass` to the same origin with upstream keep-alive, and `return 200`):
 //  1. requests/s and p50/p99 with a new TLS connection per request, and with keep-alive
 //  2. server CPU per request (from /proc, every server process counted), proxied to a trivial
-//     origin, and fleetgate/nginx ratios (BENCH_NGINX=0 skips nginx)
+//     origin, and fleetgate/nginx ratios (BENCH_NGINX=0 skips nginx; BENCH_PHASES=keepalive,local
+//     runs only those of new, keepalive, local)
 //  3. the gateway's own per-request overhead — status check + assertion mint — in µs, beside
 //     the raw P-256 signature (crypto.sign) and jose's SignJWT, all measured in this run.
 // Loopback only; bounded counts.
@@ -25,6 +26,8 @@ import { benchFleet, fmt, freePort, percentile, procStat, spawnGateway, untilTls
 const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 300);
 const KEEPALIVE = Number(process.env.BENCH_KEEPALIVE ?? 4_000);
 const CONCURRENCY = 8;
+/** Which phases to run (comma-separated: new, keepalive, local); all by default. */
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'new,keepalive,local').split(',').map((p) => p.trim()));
 const log = (s: string) => process.stdout.write(`${s}\n`);
 
 const origin = createServer((req, res) => { req.resume(); req.on('end', () => res.end('ok')); });
@@ -131,11 +134,12 @@ function median(fn: () => unknown, runs = 5_000): number {
 try {
   // Interleaved per phase: fleetgate, then nginx, with the same client and certificate.
   const rows: [string, number, number | undefined, string][] = [];
-  for (const [name, count, clients, path, keepAlive, target] of [
-    ['new connection per request, proxied', NEW_CONN, 2, '/api/x', false, '≤ 1.0'],
-    ['keep-alive, proxied', KEEPALIVE, CONCURRENCY, '/api/x', true, '≤ 4'],
-    ['keep-alive, answered locally', KEEPALIVE, CONCURRENCY, '/v1/whoami', true, '≤ 3'],
+  for (const [phaseId, name, count, clients, path, keepAlive, target] of [
+    ['new', 'new connection per request, proxied', NEW_CONN, 2, '/api/x', false, '≤ 1.0'],
+    ['keepalive', 'keep-alive, proxied', KEEPALIVE, CONCURRENCY, '/api/x', true, '≤ 4'],
+    ['local', 'keep-alive, answered locally', KEEPALIVE, CONCURRENCY, '/v1/whoami', true, '≤ 3'],
   ] as const) {
+    if (!PHASES.has(phaseId)) continue;
     const f = await phase(fleetgate, name, count, clients, path, keepAlive);
     const n = nginx === undefined ? undefined : await phase(nginx, name, count, clients, path, keepAlive);
     rows.push([name, f, n, target]);

@@ -1,4 +1,5 @@
 import { createHash, type X509Certificate } from 'node:crypto';
+import { certificateSpki } from './der.ts';
 import { DEVICE_URI_PREFIX, isDeviceId } from './device-id.ts';
 import { FleetgateError } from './errors.ts';
 
@@ -52,7 +53,8 @@ function deviceIdFromSan(san: string | undefined): string {
 export function identityFromCertificate(cert: X509Certificate): PeerIdentity {
   const der = cert.raw;
   const serial = serialHex(cert.serialNumber);
-  const fingerprint = createHash('sha256').update(der).digest('hex');
+  const digest = createHash('sha256').update(der).digest();
+  const fingerprint = digest.toString('hex');
   const seen = { serial, fingerprint }; // for the log line of a refusal
   const eku = cert.keyUsage; // Node: the *extended* key usage OIDs, undefined when absent
   if (eku === undefined || !eku.includes(CLIENT_AUTH)) throw invalid('certificate lacks the clientAuth extended key usage', seen);
@@ -63,14 +65,19 @@ export function identityFromCertificate(cert: X509Certificate): PeerIdentity {
   } catch (err) {
     throw invalid((err as Error).message, seen);
   }
-  const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
+  let spki: Uint8Array;
+  try {
+    spki = certificateSpki(der);
+  } catch (err) {
+    throw invalid(`certificate does not parse: ${(err as Error).message}`, seen);
+  }
   return {
     deviceId,
     serial,
     fingerprint,
     spkiSha256: createHash('sha256').update(spki).digest('hex'),
-    notBefore: Date.parse(cert.validFrom),
-    notAfter: Date.parse(cert.validTo),
-    x5tS256: createHash('sha256').update(der).digest('base64url'),
+    notBefore: cert.validFromDate.getTime(),
+    notAfter: cert.validToDate.getTime(),
+    x5tS256: digest.toString('base64url'),
   };
 }

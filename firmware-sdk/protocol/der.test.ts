@@ -1,6 +1,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { children, DerError, MAX_CHILDREN, oid, readTlv, tlv } from './der.ts';
+import { execFileSync } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { certificateSpki, children, DerError, MAX_CHILDREN, oid, readTlv, tlv } from './der.ts';
 
 const bad: [string, number[]][] = [
   ['indefinite length', [0x30, 0x80, 0x00, 0x00]],
@@ -33,4 +38,26 @@ test('error/more elements than the cap', () => {
   const many = tlv(0x30, ...Array.from({ length: MAX_CHILDREN + 1 }, () => Buffer.from([0x05, 0x00])));
   assert.throws(() => children(many, readTlv(many, 0)), DerError);
   assert.equal(children(many, readTlv(many, 0), MAX_CHILDREN + 1).length, MAX_CHILDREN + 1);
+});
+
+test('ok/certificateSpki is the key OpenSSL reads from the certificate (EC, RSA, Ed25519; v3 and v1)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-der-'));
+  try {
+    for (const [alg, extra] of [['ec', ['-pkeyopt', 'ec_paramgen_curve:P-256']], ['rsa', ['-pkeyopt', 'rsa_keygen_bits:2048']], ['ed25519', []]] as const) {
+      execFileSync('openssl', ['genpkey', '-algorithm', alg, ...extra, '-out', join(dir, `${alg}.key`)], { stdio: 'ignore' });
+      // v3 (with extensions) from `req -x509`; v1 (no version field at all) from `x509 -req` without extensions.
+      execFileSync('openssl', ['req', '-x509', '-new', '-key', join(dir, `${alg}.key`), '-subj', '/CN=spki', '-days', '1', '-out', join(dir, `${alg}.v3.crt`)], { stdio: 'ignore' });
+      execFileSync('openssl', ['req', '-new', '-key', join(dir, `${alg}.key`), '-subj', '/CN=spki', '-out', join(dir, `${alg}.csr`)], { stdio: 'ignore' });
+      execFileSync('openssl', ['x509', '-req', '-in', join(dir, `${alg}.csr`), '-key', join(dir, `${alg}.key`), '-days', '1', '-out', join(dir, `${alg}.v1.crt`)], { stdio: 'ignore' });
+      for (const v of ['v3', 'v1']) {
+        const cert = new X509Certificate(readFileSync(join(dir, `${alg}.${v}.crt`)));
+        const tbs = readTlv(cert.raw, readTlv(cert.raw, 0).contentStart);
+        assert.equal(readTlv(cert.raw, tbs.contentStart).tag === 0xa0, v === 'v3', `${alg} ${v}: version field present in v3 only`);
+        assert.deepEqual(Buffer.from(certificateSpki(cert.raw)), cert.publicKey.export({ type: 'spki', format: 'der' }), `${alg} ${v}`);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  assert.throws(() => certificateSpki(Buffer.from([0x30, 0x03, 0x30, 0x01, 0x02])), DerError);
 });
