@@ -7,6 +7,8 @@
 //     runs only those of new, keepalive, local)
 //  3. the gateway's own per-request overhead — status check + assertion mint — in µs, beside
 //     the raw P-256 signature (crypto.sign) and jose's SignJWT, all measured in this run.
+// Each phase is measured after an unmeasured warm-up on each server (BENCH_WARMUP, 500 requests),
+// in BENCH_ROUNDS interleaved rounds (3); the median round of each server is its figure.
 // Loopback only; bounded counts.
 import { generateKeyPairSync, sign } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -24,8 +26,10 @@ import { X509Certificate } from 'node:crypto';
 import { benchFleet, fmt, freePort, percentile, procStat, spawnGateway, untilTlsListening } from './lib.ts';
 
 const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 300);
-const KEEPALIVE = Number(process.env.BENCH_KEEPALIVE ?? 4_000);
+const KEEPALIVE = Number(process.env.BENCH_KEEPALIVE ?? 8_000);
 const CONCURRENCY = 8;
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 500);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 /** Which phases to run (comma-separated: new, keepalive, local); all by default. */
 const PHASES = new Set((process.env.BENCH_PHASES ?? 'new,keepalive,local').split(',').map((p) => p.trim()));
 const log = (s: string) => process.stdout.write(`${s}\n`);
@@ -108,7 +112,14 @@ function get(server: Server, path: string, agent: Agent | false): Promise<number
 /** One phase on one server: requests/s, latency, server CPU per request (µs). */
 async function phase(server: Server, name: string, count: number, clients: number, path: string, keepAlive: boolean): Promise<number> {
   const agent = keepAlive ? new Agent({ keepAlive: true, maxSockets: clients }) : false;
-  if (agent !== false) await Promise.all(Array.from({ length: clients }, () => get(server, path, agent))); // connections opened before measuring
+  // Unmeasured warm-up, the same for every server (a quarter of the phase, at most WARMUP): the
+  // steady state of a long-running gateway, not V8 compiling its hot path. With keep-alive the
+  // measured phase then starts on open connections.
+  let warm = 0;
+  const warmup = Math.min(WARMUP, Math.ceil(count / 4));
+  await Promise.all(Array.from({ length: clients }, async () => {
+    while (warm++ < warmup) await get(server, path, agent);
+  }));
   const latencies: number[] = [];
   const cpu0 = server.cpuSeconds();
   const t0 = performance.now();
@@ -140,13 +151,20 @@ try {
     ['local', 'keep-alive, answered locally', KEEPALIVE, CONCURRENCY, '/v1/whoami', true, '≤ 3'],
   ] as const) {
     if (!PHASES.has(phaseId)) continue;
-    const f = await phase(fleetgate, name, count, clients, path, keepAlive);
-    const n = nginx === undefined ? undefined : await phase(nginx, name, count, clients, path, keepAlive);
-    rows.push([name, f, n, target]);
+    // ROUNDS interleaved rounds (fleetgate, nginx, fleetgate, nginx, …); each server's median
+    // round is its figure, so one burst of load from a neighbour moves one round, not the result.
+    const fs: number[] = [];
+    const ns: number[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      fs.push(await phase(fleetgate, name, count, clients, path, keepAlive));
+      if (nginx !== undefined) ns.push(await phase(nginx, name, count, clients, path, keepAlive));
+    }
+    const mid = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+    rows.push([name, mid(fs), nginx === undefined ? undefined : mid(ns), target]);
   }
   if (nginx !== undefined) {
     log('');
-    log('server CPU per request (lower is better); ratio = fleetgate / nginx (fleetgate: + status check + JWT; local: /v1/whoami vs `return 200`)');
+    log(`server CPU per request, median of ${ROUNDS} interleaved rounds (lower is better); ratio = fleetgate / nginx (fleetgate: + status check + JWT; local: /v1/whoami vs \`return 200\`)`);
     log('| work | fleetgate | nginx | ratio | target |');
     log('| --- | --- | --- | --- | --- |');
     for (const [name, f, n, target] of rows) log(`| ${name} | ${fmt(f, 0)} µs | ${fmt(n!, 0)} µs | ${fmt(f / n!, 2)}× | ${target} |`);
