@@ -302,14 +302,19 @@ const gw = await startFleetgate('disk');
 try {
   const victims = await Promise.all(publishersCreds.slice(0, REVOCATIONS).map((c) => open(gw.url, c)));
   const cuts: number[] = [];
+  const commits: number[] = [];
   for (const [i, client] of victims.entries()) {
     const closed = new Promise<number>((resolve) => client.once('close', () => resolve(performance.now())));
-    const committed = performance.now();
+    // From the moment the revocation is committed (revokeDevice returns after its fsync: a slow
+    // disk on this shared machine is not the gateway's latency), to the client seeing its close.
+    const asked = performance.now();
     fleet.registry.revokeDevice(publishersCreds[i]!.deviceId, 1, 'bench');
+    const committed = performance.now();
+    commits.push(committed - asked);
     cuts.push((await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(Number.NaN), 5_000))])) - committed);
   }
   const sorted = cuts.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  log(`revoke→cut: p50 ${fmt(percentile(sorted, 50), 1)} ms, p99 ${fmt(percentile(sorted, 99), 1)} ms over ${cuts.length} revocations${sorted.length < cuts.length ? `; ${cuts.length - sorted.length} NOT CUT within 5 s` : ''}`);
+  log(`revoke→cut: p50 ${fmt(percentile(sorted, 50), 1)} ms, p99 ${fmt(percentile(sorted, 99), 1)} ms, max ${fmt(sorted.at(-1) ?? Number.NaN, 1)} ms over ${cuts.length} revocations (from each commit; the commit itself p50 ${fmt(percentile([...commits].sort((a, b) => a - b), 50), 1)} ms, max ${fmt(Math.max(...commits), 1)} ms)${sorted.length < cuts.length ? `; ${cuts.length - sorted.length} NOT CUT within 5 s` : ''}`);
 } finally {
   await gw.stop();
   fleet.registry.close();
