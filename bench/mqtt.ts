@@ -4,7 +4,8 @@
 //  1. mTLS connect → CONNACK: server CPU per connect
 //  2. QoS 0 and QoS 1 messages, 10 publishers → 1 subscriber: server CPU per message, loss
 //     (fleetgate in both durability modes: disk — PUBACK after the commit — and memory)
-//  3. idle RSS per connection with N connections open (default 10,000)
+//  3. idle RSS per connection with N connections open (default 10,000), and the RSS 15 s after
+//     they closed
 //  4. fleetgate only: revoke → live cut latency
 //  5. MQTT 5 beside 3.1.1: the same message phases with v5 clients (fleetgate memory and
 //     Mosquitto), CPU per message v5 / 3.1.1 (BENCH_V5=0 skips it)
@@ -39,6 +40,7 @@ const WARMUP_CONNECTS = Number(process.env.BENCH_WARMUP_CONNECTS ?? 40);
 const WARMUP_MESSAGES = Number(process.env.BENCH_WARMUP_MESSAGES ?? 1_000); // per publisher per QoS
 const IDLE = Number(process.env.BENCH_IDLE_CONNECTIONS ?? 10_000);
 const IDLE_CPU_SECONDS = Number(process.env.BENCH_IDLE_CPU_SECONDS ?? 20);
+const AFTER_CLOSE_SECONDS = Number(process.env.BENCH_AFTER_CLOSE_SECONDS ?? 15);
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 40);
 const V5 = process.env.BENCH_V5 !== '0';
 
@@ -194,7 +196,13 @@ async function measureIdle(server: Server, idleCreds: Credential[]): Promise<num
   await new Promise((r) => setTimeout(r, 2_000)); // let the servers settle
   const idleKiB = opened === 0 ? Number.NaN : (server.rssBytes() - rss0) / opened / 1024;
   if (opened < idleCreds.length) log(`  (${server.name}: ${opened}/${idleCreds.length} idle connections opened)`);
+  const loaded = server.rssBytes();
   for (const s of sockets) s.destroy();
+  // Does the memory go back when the connections close? (glibc's malloc kept it; on jemalloc a
+  // background thread returns freed pages after ~10 s.)
+  await new Promise((r) => setTimeout(r, AFTER_CLOSE_SECONDS * 1_000));
+  const mib = (b: number) => fmt(b / 2 ** 20, 0);
+  log(`${server.name}: RSS ${mib(rss0)} MiB idle → ${mib(loaded)} MiB with ${opened} connections → ${mib(server.rssBytes())} MiB ${AFTER_CLOSE_SECONDS} s after they closed`);
   return idleKiB;
 }
 

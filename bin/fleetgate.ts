@@ -5,16 +5,21 @@
 // under 30 MB with this). Servers started another way should pass the same flags (SERVER_NODE_FLAGS).
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { allocatorEnv } from '../config/allocator.ts';
 
 const SERVER_COMMANDS = new Set(['up', 'gateway', 'provision']);
 const OPENSSL_CONFIG = join(import.meta.dirname, '..', 'config', 'openssl.cnf');
 const args = process.argv.slice(2);
 
-// The servers need OpenSSL settings Node only reads at start-up (config/openssl.cnf: no TLS 1.3
-// session tickets at all). Started without them, a server command runs itself again with them,
-// passing signals through and exiting with the child's status.
-if (SERVER_COMMANDS.has(args[0] ?? '') && !process.execArgv.some((a) => a.startsWith('--openssl-config'))) {
-  const child = spawn(process.execPath, [...process.execArgv, `--openssl-config=${OPENSSL_CONFIG}`, process.argv[1]!, ...args], { stdio: 'inherit' });
+// The servers need settings a process only reads at start-up: OpenSSL's (config/openssl.cnf: no
+// TLS 1.3 session tickets at all) and the allocator (jemalloc when installed, config/allocator.ts:
+// memory goes back to the system after connections close). Started without them, a server
+// command runs itself again with them, passing signals through and exiting with the child's status.
+const needsOpenssl = !process.execArgv.some((a) => a.startsWith('--openssl-config'));
+const allocator = allocatorEnv();
+if (SERVER_COMMANDS.has(args[0] ?? '') && (needsOpenssl || Object.keys(allocator).length > 0)) {
+  const flags = needsOpenssl ? [...process.execArgv, `--openssl-config=${OPENSSL_CONFIG}`] : process.execArgv;
+  const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], { stdio: 'inherit', env: { ...process.env, ...allocator } });
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
   child.on('exit', (code, signal) => {
     process.exitCode = code ?? (signal === null ? 1 : 128);

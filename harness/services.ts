@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import { connect as netConnect, createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { connect as tlsConnect } from 'node:tls';
+import { allocatorEnv } from '../config/allocator.ts';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
@@ -116,8 +117,10 @@ export interface GatewayProcess {
 export async function spawnService(command: 'up' | 'gateway' | 'provision', dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
   const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    // The allocator bin/fleetgate.ts would re-execute with, set here so the child is the server
+    // itself (its PID is what tests signal and benchmarks measure).
     env: {
-      ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
+      ...process.env, ...allocatorEnv({ ...process.env, ...env }), FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
       FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', ...env,
     },
   });

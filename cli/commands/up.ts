@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import pino from 'pino';
 import pretty from 'pino-pretty';
+import { allocatorInUse } from '../../config/allocator.ts';
 import { isLogFormat, LOG_FORMATS, type LogFormat } from '../../config/config.ts';
 import { startGateway } from '../../gateway/gateway.ts';
 import { startProvisioning } from '../../provisioning/api/server.ts';
@@ -64,10 +65,14 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
     throw err;
   }
   const registry = redactLocation(ctx.paths.registry);
-  emit(opts, { dataDir: ctx.paths.dataDir, registry, created, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
+  const allocator = allocatorInUse();
+  emit(opts, { dataDir: ctx.paths.dataDir, registry, created, allocator, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
     `fleetgate ${which}: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
     ...(isPostgresUrl(ctx.paths.registry) ? [`registry: ${registry}`] : []),
     `root CA (what devices trust): ${ctx.paths.rootCert}`,
+    ...(allocator === 'jemalloc' ? [] : [process.env.FLEETGATE_ALLOCATOR === 'system'
+      ? 'memory allocator: glibc malloc (FLEETGATE_ALLOCATOR=system)'
+      : 'memory allocator: glibc malloc — install jemalloc (Debian: libjemalloc2) so memory goes back to the system after connections close']),
     ...services.map((s) => `  ${s.name.padEnd(10)} ${s.endpoint}`),
     'press Ctrl-C to stop',
   ].join('\n'));

@@ -1,0 +1,42 @@
+import { existsSync } from 'node:fs';
+
+/**
+ * The memory allocator of fleetgate's servers. With glibc's malloc a gateway that held 10,000
+ * mTLS connections keeps their memory after they close (814 MiB loaded → 828 MiB 30 s after
+ * closing, measured; `malloc_trim` would give ~300 MiB back but Node cannot call it): the
+ * per-connection buffers of OpenSSL and Node are freed into a fragmented heap that glibc does not
+ * return. jemalloc with a background thread returns freed pages within ~10 s (736 → 411 MiB) and
+ * holds ~15 % less per idle connection (57 vs 67 KiB), at the same CPU per connect and message.
+ * So the server commands run on jemalloc when the system has it (Debian: `libjemalloc2`): it must
+ * be preloaded before the process starts, which `bin/fleetgate.ts` does when it re-executes a
+ * server command. `FLEETGATE_ALLOCATOR=system` keeps glibc's malloc.
+ */
+const JEMALLOC = [
+  '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2',
+  '/usr/lib/aarch64-linux-gnu/libjemalloc.so.2',
+  '/usr/lib64/libjemalloc.so.2',
+  '/usr/lib/libjemalloc.so.2',
+  '/usr/local/lib/libjemalloc.so.2',
+];
+
+/** jemalloc's settings for a server: a background thread purges freed pages (default decay: 10 s) even while the process is idle. */
+const MALLOC_CONF = 'background_thread:true';
+
+/** Whether this process runs on jemalloc (preloaded). */
+export function allocatorInUse(env: NodeJS.ProcessEnv = process.env): 'jemalloc' | 'system' {
+  return (env.LD_PRELOAD ?? '').includes('libjemalloc') ? 'jemalloc' : 'system';
+}
+
+/**
+ * What a server process's environment needs to run on jemalloc: nothing when it already does,
+ * when `FLEETGATE_ALLOCATOR=system`, or when the library is not installed (glibc's malloc then).
+ */
+export function allocatorEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  if (env.FLEETGATE_ALLOCATOR === 'system' || allocatorInUse(env) === 'jemalloc') return {};
+  const lib = JEMALLOC.find((path) => existsSync(path));
+  if (lib === undefined) return {};
+  return {
+    LD_PRELOAD: [lib, env.LD_PRELOAD].filter((s) => s !== undefined && s !== '').join(' '),
+    MALLOC_CONF: [MALLOC_CONF, env.MALLOC_CONF].filter((s) => s !== undefined && s !== '').join(','),
+  };
+}
