@@ -199,7 +199,7 @@ async function measureIdle(server: Server, idleCreds: Credential[]): Promise<num
   const loaded = server.rssBytes();
   for (const s of sockets) s.destroy();
   // Does the memory go back when the connections close? (glibc's malloc kept it; on jemalloc a
-  // background thread returns freed pages after ~10 s.)
+  // background thread returns freed pages.)
   await new Promise((r) => setTimeout(r, AFTER_CLOSE_SECONDS * 1_000));
   const mib = (b: number) => fmt(b / 2 ** 20, 0);
   log(`${server.name}: RSS ${mib(rss0)} MiB idle → ${mib(loaded)} MiB with ${opened} connections → ${mib(server.rssBytes())} MiB ${AFTER_CLOSE_SECONDS} s after they closed`);

@@ -16,10 +16,10 @@ const runsOnJemalloc = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8'
 test('allocator/the environment a server needs for jemalloc, and when it needs none', () => {
   const env = allocatorEnv({});
   assert.ok(env.LD_PRELOAD?.endsWith('libjemalloc.so.2') && existsSync(env.LD_PRELOAD), `jemalloc found (install libjemalloc2; .ci/run does): ${JSON.stringify(env)}`);
-  assert.equal(env.MALLOC_CONF, 'background_thread:true');
+  assert.equal(env.MALLOC_CONF, 'background_thread:true,dirty_decay_ms:0');
   const kept = allocatorEnv({ LD_PRELOAD: '/opt/other.so', MALLOC_CONF: 'narenas:2' });
   assert.equal(kept.LD_PRELOAD, `${env.LD_PRELOAD} /opt/other.so`, 'an existing preload is kept, after jemalloc');
-  assert.equal(kept.MALLOC_CONF, 'background_thread:true,narenas:2', 'existing jemalloc settings are kept (later ones win)');
+  assert.equal(kept.MALLOC_CONF, 'background_thread:true,dirty_decay_ms:0,narenas:2', 'existing jemalloc settings are kept (later ones win)');
   assert.deepEqual(allocatorEnv({ FLEETGATE_ALLOCATOR: 'system' }), {});
   assert.deepEqual(allocatorEnv({ LD_PRELOAD: env.LD_PRELOAD }), {}, 'already preloaded: nothing to add');
   assert.equal(allocatorInUse({ LD_PRELOAD: env.LD_PRELOAD }), 'jemalloc');
