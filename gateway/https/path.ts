@@ -30,18 +30,27 @@ function encodeSegment(segment: string): string {
  * `/upload/a` and is matched (and authorized) as such.
  */
 export function normalizeTarget(rawUrl: string): NormalizedTarget {
-  const q = rawUrl.indexOf('?');
-  const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
+  const { rawPath, query } = splitTarget(rawUrl);
   // The common case — every segment already canonical (only literal pchar, no '%', no '.' or
   // '..' segment, no empty segment) — is its own normal form: one regular expression instead of
   // decoding and re-encoding each segment (path.test.ts checks both ways agree on random paths).
   if (CANONICAL.test(rawPath)) {
-    const query = q === -1 ? '' : rawUrl.slice(q + 1);
-    // eslint-disable-next-line no-control-regex
-    if (/[\x00-\x1f\x7f]/.test(query)) throw refuse('control character in the query', rawUrl);
+    checkQuery(query, rawUrl);
     return { path: rawPath, query };
   }
   return normalizeTargetFully(rawUrl);
+}
+
+/** The raw path and the query (without its `?`; '' when absent) of a request target. */
+function splitTarget(rawUrl: string): { rawPath: string; query: string } {
+  const q = rawUrl.indexOf('?');
+  return q === -1 ? { rawPath: rawUrl, query: '' } : { rawPath: rawUrl.slice(0, q), query: rawUrl.slice(q + 1) };
+}
+
+/** A query is passed on as sent, but never with a control character in it. */
+function checkQuery(query: string, rawUrl: string): void {
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(query)) throw refuse('control character in the query', rawUrl);
 }
 
 /** Absolute path of canonical segments: RFC 3986 pchar without percent-encoding, none of them empty, `.` or `..`; optionally a trailing `/`. */
@@ -49,16 +58,13 @@ const CANONICAL = /^(?:(?:\/(?!\.\.?(?:\/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+\/?
 
 /** {@link normalizeTarget} without its shortcut for already canonical paths (exported for the test that they agree). */
 export function normalizeTargetFully(rawUrl: string): NormalizedTarget {
-  const q = rawUrl.indexOf('?');
-  const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
-  const query = q === -1 ? '' : rawUrl.slice(q + 1);
+  const { rawPath, query } = splitTarget(rawUrl);
   if (!rawPath.startsWith('/')) throw refuse('not an absolute path', rawUrl);
   if (rawPath.includes('\\')) throw refuse('backslash', rawUrl);
   // eslint-disable-next-line no-control-regex
   if (/[\x00-\x20\x7f]/.test(rawPath)) throw refuse('control character or space', rawUrl);
   if (/%(2f|5c|00|[01][0-9a-f]|7f)/i.test(rawPath)) throw refuse('encoded slash, backslash or control character', rawUrl);
-  // eslint-disable-next-line no-control-regex
-  if (/[\x00-\x1f\x7f]/.test(query)) throw refuse('control character in the query', rawUrl);
+  checkQuery(query, rawUrl);
   const out: string[] = [];
   for (const raw of rawPath.split('/').slice(1)) {
     let segment: string;
