@@ -98,12 +98,19 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       // Joining: the retained messages the other nodes hold (set before this node started, or while
       // it was away), before any device can subscribe here; then this node serves them in turn.
       const mqtt = plane;
+      const inSnapshot = new Set<string>();
       const synced = await bus.fetchRetained((m) => {
+        inSnapshot.add(m.topic);
         if (!changedWhileSyncing!.has(m.topic)) mqtt.retainRemote(m);
       });
+      // A whole snapshot from another node is the cluster's set: what this node kept on disk from
+      // before and is not in it was cleared (or its device revoked) while this node was away.
+      // Alone, or with a snapshot cut short, it keeps its own.
+      const changed = changedWhileSyncing!;
+      const forgotten = synced.node !== undefined && synced.complete ? mqtt.keepRetainedOnly((topic) => inSnapshot.has(topic) || changed.has(topic)) : 0;
       changedWhileSyncing = undefined;
-      if (synced.count > 0 || !synced.complete) {
-        (synced.complete ? log.info.bind(log) : log.warn.bind(log))({ from: synced.node, retained: synced.count, complete: synced.complete },
+      if (synced.count > 0 || forgotten > 0 || !synced.complete) {
+        (synced.complete ? log.info.bind(log) : log.warn.bind(log))({ from: synced.node, retained: synced.count, forgotten, complete: synced.complete },
           synced.complete ? 'retained messages taken from another node' : 'retained snapshot from another node incomplete (timed out): the rest arrives as it changes');
       }
       bus.serveRetained(() => mqtt.retainedMessages());

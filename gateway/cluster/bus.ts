@@ -217,8 +217,10 @@ export class NatsBus {
   /**
    * On joining: the retained messages the cluster holds, from the node that holds most, each
    * given to `apply` (which keeps it within this node's quotas). Resolves with how many arrived and from
-   * which node — `{ count: 0 }` when no other node holds any — or, past `timeoutMs`, with what
-   * arrived and `complete: false`.
+   * which node (`{ node, count: 0 }` when the other nodes hold none), `{ count: 0 }` without a node
+   * when no other node answered, or, past `timeoutMs`, with what arrived and `complete: false`.
+   * A complete answer from a node is the cluster's set: the joiner drops what it kept from before
+   * that is not in it (cleared while it was away).
    */
   async fetchRetained(apply: (m: Message) => void, timeoutMs = 10_000): Promise<{ node?: string; count: number; complete: boolean }> {
     // Every node says how many it holds (until none has answered for 150 ms); the one holding most sends them.
@@ -228,13 +230,14 @@ export class NatsBus {
       for await (const offer of offers) {
         if (offer.data.length === 0) continue; // a status message (no responders)
         const o = JSON.parse(new TextDecoder().decode(offer.data)) as { node?: unknown; count?: unknown };
-        if (typeof o.node === 'string' && typeof o.count === 'number' && o.count > (best?.count ?? 0)) best = { node: o.node, count: o.count };
+        if (typeof o.node === 'string' && typeof o.count === 'number' && (best === undefined || o.count > best.count)) best = { node: o.node, count: o.count };
       }
     } catch {
       // no other node (no responders), or the link went down: start with this node's own
     }
     if (best === undefined) return { count: 0, complete: true };
     const node = best.node;
+    if (best.count === 0) return { node, count: 0, complete: true };
     const inbox = createInbox();
     const sub = this.#nc.subscribe(inbox);
     const timer = setTimeout(() => sub.unsubscribe(), timeoutMs);

@@ -610,6 +610,18 @@ export class MqttPlane {
     this.#keepRetained(message, 'cluster');
   }
 
+  /** Drops every retained message whose topic `keep` refuses, here and on disk; how many went. */
+  keepRetainedOnly(keep: (topic: string) => boolean): number {
+    let n = 0;
+    for (const r of this.#retained.all()) {
+      if (keep(r.topic)) continue;
+      this.#retained.delete(r.topic);
+      this.#store?.deleteRetained(r.topic);
+      n++;
+    }
+    return n;
+  }
+
   /** Every retained message this node holds and that has not expired (the snapshot a joining node asks for). */
   retainedMessages(now = Date.now()): Message[] {
     const out: Message[] = [];
