@@ -113,7 +113,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
         (synced.complete ? log.info.bind(log) : log.warn.bind(log))({ from: synced.node, retained: synced.count, forgotten, complete: synced.complete },
           synced.complete ? 'retained messages taken from another node' : 'retained snapshot from another node incomplete (timed out): the rest arrives as it changes');
       }
-      bus.serveRetained(() => mqtt.retainedMessages());
+      await bus.serveRetained(() => mqtt.retainedMessages());
     }
   } catch (err) {
     await bus?.close();
@@ -193,7 +193,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { registry, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const fleet = new FleetSessions(sessions, kick, bus);
-  bus?.serve({ connections: (deviceId) => fleet.local(deviceId), kick, overview: () => nodeTotals(metrics, sessions) });
+  bus?.serve({ connections: (deviceId) => fleet.local(deviceId), kick, overview: () => nodeTotals(metrics, sessions), refused: (limit) => metrics.refusedDevices.list(limit) });
   const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
     { registry, sessions, metrics, fleet, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
   const consoleListener = g.consoleEnabled

@@ -16,7 +16,8 @@ export interface RefusedDevice {
 /**
  * Which devices keep connecting with a revoked, superseded or expired certificate (or while
  * revoked, suspended or denylisted), since this gateway started: the console's "still seen
- * connecting" finding. Bounded: past `max` devices the one refused longest ago is forgotten.
+ * connecting" finding (in a cluster, every node's book merged: {@link mergeRefused}). Bounded:
+ * past `max` devices the one refused longest ago is forgotten.
  */
 export class RefusedDevices {
   readonly #max: number;
@@ -49,4 +50,36 @@ export class RefusedDevices {
   get size(): number {
     return this.#byDevice.size;
   }
+}
+
+/** Whether a peer's answer is a list of {@link RefusedDevice} (another node's book, over NATS). */
+function isRefusedDevice(x: unknown): x is RefusedDevice {
+  const r = x as RefusedDevice;
+  return typeof r === 'object' && r !== null && typeof r.deviceId === 'string' && typeof r.lastAt === 'number'
+    && (r.lastSerial === null || typeof r.lastSerial === 'string') && typeof r.codes === 'object' && r.codes !== null
+    && Object.values(r.codes).every((n) => typeof n === 'number');
+}
+
+/**
+ * Several nodes' books as one: per device the refusals summed by code, and the latest refusal's
+ * time and certificate; the most recently refused first. Entries that are not well-formed are left out.
+ */
+export function mergeRefused(books: readonly unknown[][], limit = 100): RefusedDevice[] {
+  const merged = new Map<string, RefusedDevice>();
+  for (const book of books) {
+    for (const r of book) {
+      if (!isRefusedDevice(r)) continue;
+      const m = merged.get(r.deviceId);
+      if (m === undefined) {
+        merged.set(r.deviceId, { ...r, codes: { ...r.codes } });
+        continue;
+      }
+      for (const [code, n] of Object.entries(r.codes)) m.codes[code] = (m.codes[code] ?? 0) + n;
+      if (r.lastAt > m.lastAt) {
+        m.lastAt = r.lastAt;
+        m.lastSerial = r.lastSerial;
+      }
+    }
+  }
+  return [...merged.values()].sort((a, b) => b.lastAt - a.lastAt).slice(0, limit);
 }

@@ -267,6 +267,38 @@ test('cluster/the console on node A counts node B\'s sessions in its overview, s
   }
 });
 
+test('cluster/the console on node A lists a revoked device still connecting to node B, refusals of both nodes summed', { skip }, async () => {
+  const { https } = await import('./helpers/https.ts');
+  const { readFileSync } = await import('node:fs');
+  const operator = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-ops2', type: 'operator' });
+  const gone = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-gone' });
+  a.registry.revokeDevice(gone.deviceId, 1, 'test');
+  /** Connects until the node refuses with the revocation (the status feed reaches each node on its own). */
+  const refusedBy = async (url: string) => {
+    for (let i = 0; i < 100; i++) {
+      const e = await connect(url, gone, { ca: a.rootFile }).then(async (c) => { await c.endAsync(true); return undefined; }, (err: Error) => err);
+      if (e !== undefined) return e;
+    }
+    throw new Error(`${url} never refused the revoked device`);
+  };
+  await refusedBy(b.endpoints['mqtt+tls']!);
+  const ca = readFileSync(a.rootFile);
+  const origin = `https://127.0.0.1:${a.gateway.ports.console}`;
+  const findings = async () => {
+    const page = await https(`${origin}/certificates?view=findings`, { ca, cred: operator });
+    assert.equal(page.status, 200, page.body);
+    return page.body;
+  };
+  // Refused only by B: A's console shows it, from B's book.
+  let body = await findings();
+  assert.match(body, /every node that answered \(a, b\)/);
+  assert.match(body, /<a href="\/devices\/c-gone">c-gone<\/a><\/td>\s*<td><code>CERT_REVOKED<\/code> × 1/, 'B\'s refusal, on A\'s page');
+  // Refused by A too: the two books summed.
+  await refusedBy(a.mqttsUrl);
+  body = await findings();
+  assert.match(body, /<a href="\/devices\/c-gone">c-gone<\/a><\/td>\s*<td><code>CERT_REVOKED<\/code> × 2/, 'A\'s and B\'s refusals, summed');
+});
+
 test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB arrive whole, from one node only', { skip }, async () => {
   const pino = (await import('pino')).default;
   const { NatsBus } = await import('../gateway/cluster/bus.ts');
@@ -278,11 +310,11 @@ test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB a
   const joiner = await NatsBus.connect(own.url, 'snap-joiner', quiet, events);
   try {
     const held = Array.from({ length: 1_000 }, (_, i) => new Message(`devices/s-${i % 50}/state/${i}`, Buffer.alloc(1024, i % 251), 1, true, `s-${i % 50}`));
-    for (const h of holders) h.serveRetained(() => held);
+    await Promise.all(holders.map((h) => h.serveRetained(() => held)));
     const got = new Map<string, Buffer>();
     const result = await joiner.fetchRetained((m) => { got.set(m.topic, m.payload); });
     assert.equal(result.complete, true);
-    assert.equal(result.count, 1_000, 'each message once: one node streamed');
+    assert.equal(result.count, 1_000, `each message once: one node streamed (${JSON.stringify(result)})`);
     assert.ok(result.node === 'snap-1' || result.node === 'snap-2');
     for (const m of held) assert.ok(got.get(m.topic)?.equals(m.payload), m.topic);
   } finally {

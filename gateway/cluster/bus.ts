@@ -124,7 +124,7 @@ export class NatsBus {
    * Answers the other nodes' operator questions — which sessions this node holds, and kick a
    * device here — so that `fleetgate connections` and `kick` on any node see the whole cluster.
    */
-  serve(handlers: { connections(deviceId?: string): unknown[]; kick(deviceId: string, actor: string): number; overview?(): Promise<unknown> }): void {
+  serve(handlers: { connections(deviceId?: string): unknown[]; kick(deviceId: string, actor: string): number; overview?(): Promise<unknown>; refused?(limit: number): unknown[] }): void {
     const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
     this.#nc.subscribe(`${ADMIN_PREFIX}.connections`, { callback: (err, msg) => {
       if (err !== null) return;
@@ -145,6 +145,19 @@ export class NatsBus {
         // a malformed question from a peer: no answer
       }
     } });
+    const refused = handlers.refused;
+    if (refused !== undefined) {
+      // The console's "still seen connecting" on any node merges every node's book.
+      this.#nc.subscribe(`${ADMIN_PREFIX}.refused`, { callback: (err, msg) => {
+        if (err !== null) return;
+        try {
+          const { limit } = JSON.parse(new TextDecoder().decode(msg.data)) as { limit?: unknown };
+          msg.respond(json({ node: this.#node, refused: refused(typeof limit === 'number' && limit > 0 ? Math.min(limit, 1_000) : 100) }));
+        } catch {
+          // a malformed question from a peer, or closed: no answer
+        }
+      } });
+    }
     const overview = handlers.overview;
     if (overview !== undefined) {
       // The console's overview on any node sums every node's counters and sessions.
@@ -165,9 +178,10 @@ export class NatsBus {
    * Serves the retained-message snapshot a joining node asks for (see {@link fetchRetained}):
    * says how many it holds, and when chosen streams them to the asker's inbox in chunks of records
    * `subject length (2) · subject · envelope length (4) · envelope`, then an empty end marker,
-   * flushing every few chunks so a large set does not outrun the asker.
+   * flushing every few chunks so a large set does not outrun the asker. Resolves once NATS has the
+   * subscriptions: from then on a joining node's question reaches this one.
    */
-  serveRetained(all: () => Message[]): void {
+  async serveRetained(all: () => Message[]): Promise<void> {
     this.#nc.subscribe(RETAINED_OFFER, { callback: (err, msg) => {
       if (err !== null) return;
       try {
@@ -187,6 +201,7 @@ export class NatsBus {
       if (typeof inbox !== 'string' || !inbox.startsWith('_INBOX.')) return;
       void this.#streamRetained(inbox, all()).catch((e: unknown) => this.#log.warn({ err: (e as Error).message }, 'retained snapshot for a joining node failed'));
     } });
+    await this.#nc.flush();
   }
 
   async #streamRetained(inbox: string, messages: Message[]): Promise<void> {
@@ -275,7 +290,7 @@ export class NatsBus {
    * Asks every other node (`connections` or `kick`) and gathers the answers: all that arrive until
    * none has for 150 ms (at most 2 s). A node that is down answers nothing; the caller shows who answered.
    */
-  async ask<T>(question: 'connections' | 'kick' | 'overview', body: unknown = {}): Promise<T[]> {
+  async ask<T>(question: 'connections' | 'kick' | 'overview' | 'refused', body: unknown = {}): Promise<T[]> {
     if (!this.#up) throw new FleetgateError('CLUSTER_UNAVAILABLE', 'the NATS link is down: other nodes cannot be asked');
     const answers: T[] = [];
     try {

@@ -1,10 +1,11 @@
 import type { NodeTotals, OtherNodes } from '../console/live.ts';
+import { mergeRefused, type RefusedDevice } from '../refused-devices.ts';
 import { SessionTable, type SessionInfo } from '../sessions.ts';
 
 /** What a node asks the others (implemented by {@link NatsBus}). */
 export interface NodeQuestions {
   readonly node: string;
-  ask<T>(question: 'connections' | 'kick' | 'overview', body?: unknown): Promise<T[]>;
+  ask<T>(question: 'connections' | 'kick' | 'overview' | 'refused', body?: unknown): Promise<T[]>;
 }
 
 export type FleetSession = SessionInfo & { node?: string };
@@ -55,6 +56,22 @@ export class FleetSessions {
     const cluster = this.#cluster;
     if (cluster === undefined) return undefined;
     return { node: cluster.node, totals: () => cluster.ask<{ node: string; totals: NodeTotals }>('overview') };
+  }
+
+  /**
+   * Devices still seen connecting with a certificate they may not use: this node's book (`local`),
+   * merged in a cluster with every node's that answers (and which nodes those were); this node's
+   * alone while the NATS link is down.
+   */
+  async refused(local: RefusedDevice[], limit = 100): Promise<{ refused: RefusedDevice[]; nodes?: string[] }> {
+    const cluster = this.#cluster;
+    if (cluster === undefined) return { refused: local.slice(0, limit) };
+    const remote = await cluster.ask<{ node: string; refused: unknown }>('refused', { limit }).catch(() => []);
+    const books = remote.filter((r) => Array.isArray(r.refused));
+    return {
+      refused: mergeRefused([local, ...books.map((r) => r.refused as unknown[])], limit),
+      nodes: [cluster.node, ...books.map((r) => r.node)].sort(),
+    };
   }
 
   /** Closes a device's sessions here, then (in a cluster) on every node that answers. */

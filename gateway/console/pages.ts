@@ -197,7 +197,7 @@ export function deviceState(d: DeviceRecord, extra: Html | string = ''): Html {
 export function certificatesPage(viewer: Viewer, view: string, data: {
   expiring?: { rows: Record<string, unknown>[]; next: string | null; withinDays: number };
   revoked?: { rows: Record<string, unknown>[]; next: string | null };
-  findings?: Findings & { refused: RefusedDevice[] };
+  findings?: Findings & { refused: RefusedDevice[]; refusedNodes?: string[] };
 }): Html {
   const tabs = [['expiring', 'Expiring soon'], ['revoked', 'Revoked'], ['findings', 'Findings']] as const;
   const link = (id: unknown) => html`<a href="/devices/${encodeURIComponent(String(id))}">${String(id)}</a>`;
@@ -220,7 +220,7 @@ ${pager(null, r.next === null ? null : href('/certificates', { view: 'revoked', 
 ${table(['key (SPKI SHA-256)', 'devices', 'certificates'], f.sharedKeys.map((k) => html`<tr><td><code title="${k.spki}">${short(k.spki)}</code></td>
 <td>${k.devices.map((d, i) => html`${i > 0 ? ', ' : ''}${link(d)}`)}</td><td class="num">${k.certificates}</td></tr>`), 'no shared key')}
 <h2 id="still-connecting">Still seen connecting with a certificate it may not use</h2>
-<p class="hint">Refusals by code per device since this gateway started (revoked, superseded or expired certificates; revoked, suspended or denylisted devices).</p>
+<p class="hint">Refusals by code per device since this gateway started (revoked, superseded or expired certificates; revoked, suspended or denylisted devices)${f.refusedNodes === undefined ? '.' : `: every node that answered (${f.refusedNodes.join(', ')}), each since it started, summed.`}</p>
 ${table(['device', 'refusals by code', 'last', 'last certificate'], f.refused.map((r) => html`<tr><td>${link(r.deviceId)}</td>
 <td>${Object.entries(r.codes).map(([c, n]) => html`<code>${c}</code> × ${n} `)}</td><td>${iso(r.lastAt)}</td><td><code>${r.lastSerial ?? '–'}</code></td></tr>`), 'none seen')}
 <h2 id="never-renewed">Never renewed</h2>

@@ -190,7 +190,8 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
     }
     if (view === 'findings') {
       const findings = await store.query<Parameters<typeof certificatesPage>[2]['findings']>({ name: 'findings' });
-      return send(reply, certificatesPage(v, view, { findings: { ...findings!, refused: deps.metrics.refusedDevices.list(100) } }));
+      const { refused, nodes } = await deps.fleet.refused(deps.metrics.refusedDevices.list(100));
+      return send(reply, certificatesPage(v, view, { findings: { ...findings!, refused, ...(nodes !== undefined && { refusedNodes: nodes }) } }));
     }
     const withinDays = Math.min(Math.max(Number(str(req.query, 'within') ?? 30) || 30, 1), 3650);
     const page = await store.query<{ rows: Record<string, unknown>[]; next: string | null }>({ name: 'expiring', withinMs: withinDays * 86_400_000, after: str(req.query, 'after') });
