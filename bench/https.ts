@@ -4,7 +4,9 @@
 //  1. requests/s and p50/p99 with a new TLS connection per request, and with keep-alive
 //  2. server CPU per request (from /proc, every server process counted), proxied to a trivial
 //     origin, and fleetgate/nginx ratios (BENCH_NGINX=0 skips nginx; BENCH_PHASES=keepalive,local
-//     runs only those of new, keepalive, local)
+//     runs only those of new, newlocal, keepalive, local); with a new connection answered
+//     locally, also a bare node:https server with fleetgate's TLS options (bench/node-floor.ts):
+//     what any Node server pays per connection before doing its own work
 //  3. the gateway's own per-request overhead — status check + assertion mint — in µs, beside
 //     the raw P-256 signature (crypto.sign) and jose's SignJWT, all measured in this run.
 // Each phase is measured after an unmeasured warm-up on each server (BENCH_WARMUP, 500 requests),
@@ -23,15 +25,18 @@ import { StatusChecker } from '../gateway/status/check.ts';
 import { identityFromCertificate } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { enrollDevice } from '../harness/pki.ts';
 import { X509Certificate } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { allocatorEnv } from '../config/allocator.ts';
+import { SERVER_NODE_FLAGS } from '../harness/services.ts';
 import { benchFleet, fmt, freePort, percentile, procStat, spawnGateway, untilTlsListening } from './lib.ts';
 
-const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 300);
+const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 600);
 const KEEPALIVE = Number(process.env.BENCH_KEEPALIVE ?? 8_000);
 const CONCURRENCY = 8;
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 500);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
-/** Which phases to run (comma-separated: new, keepalive, local); all by default. */
-const PHASES = new Set((process.env.BENCH_PHASES ?? 'new,keepalive,local').split(',').map((p) => p.trim()));
+/** Which phases to run (comma-separated: new, newlocal, keepalive, local); all by default. */
+const PHASES = new Set((process.env.BENCH_PHASES ?? 'new,newlocal,keepalive,local').split(',').map((p) => p.trim()));
 const log = (s: string) => process.stdout.write(`${s}\n`);
 
 const origin = createServer((req, res) => { req.resume(); req.on('end', () => res.end('ok')); });
@@ -96,8 +101,26 @@ http {
   };
 }
 
+/** bench/node-floor.ts: node:https with fleetgate's TLS options, allocator and flags, answering `200 ok`. */
+async function startNodeFloor(): Promise<Server> {
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(import.meta.dirname, 'node-floor.ts'), fleet.config.dataDir], {
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...allocatorEnv(process.env) },
+  });
+  let port: number | undefined;
+  for await (const line of createInterface({ input: child.stdout! })) {
+    port = (JSON.parse(line) as { port: number }).port;
+    break;
+  }
+  if (port === undefined) throw new Error('bench/node-floor.ts exited before listening');
+  return {
+    name: 'bare node', base: `https://127.0.0.1:${port}`, cpuSeconds: () => procStat(child.pid!).cpu,
+    stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); }),
+  };
+}
+
 const fleetgate: Server = { name: 'fleetgate', base: gw.endpoints.https!, cpuSeconds: () => gw.cpuSeconds(), stop: () => gw.stop() };
 const nginx = NGINX ? await startNginx() : undefined;
+const nodeFloor = PHASES.has('newlocal') ? await startNodeFloor() : undefined;
 
 function get(server: Server, path: string, agent: Agent | false): Promise<number> {
   const started = performance.now();
@@ -112,11 +135,13 @@ function get(server: Server, path: string, agent: Agent | false): Promise<number
 /** One phase on one server: requests/s, latency, server CPU per request (µs). */
 async function phase(server: Server, name: string, count: number, clients: number, path: string, keepAlive: boolean): Promise<number> {
   const agent = keepAlive ? new Agent({ keepAlive: true, maxSockets: clients }) : false;
-  // Unmeasured warm-up, the same for every server (a quarter of the phase, at most WARMUP): the
-  // steady state of a long-running gateway, not V8 compiling its hot path. With keep-alive the
-  // measured phase then starts on open connections.
+  // Unmeasured warm-up, the same for every server and phase (WARMUP requests): the steady state
+  // of a long-running gateway, not V8 compiling its hot path. (A quarter of the phase, as
+  // before, was 75 requests with new connections: fleetgate's first rounds then still paid for
+  // compiling the connection path, ~2.4–2.8 vs ~1.6 ms.) With keep-alive the measured phase
+  // then starts on open connections.
   let warm = 0;
-  const warmup = Math.min(WARMUP, Math.ceil(count / 4));
+  const warmup = WARMUP;
   await Promise.all(Array.from({ length: clients }, async () => {
     while (warm++ < warmup) await get(server, path, agent);
   }));
@@ -135,6 +160,9 @@ async function phase(server: Server, name: string, count: number, clients: numbe
   return cpuUs;
 }
 
+/** The median of `xs` (a copy is sorted). */
+const mid = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+
 function median(fn: () => unknown, runs = 5_000): number {
   for (let i = 0; i < 500; i++) fn();
   const t: number[] = [];
@@ -145,8 +173,10 @@ function median(fn: () => unknown, runs = 5_000): number {
 try {
   // Interleaved per phase: fleetgate, then nginx, with the same client and certificate.
   const rows: [string, number, number | undefined, string][] = [];
+  let floor: number | undefined;
   for (const [phaseId, name, count, clients, path, keepAlive, target] of [
     ['new', 'new connection per request, proxied', NEW_CONN, 2, '/api/x', false, '≤ 1.0'],
+    ['newlocal', 'new connection per request, answered locally', NEW_CONN, 2, '/v1/whoami', false, '—'],
     ['keepalive', 'keep-alive, proxied', KEEPALIVE, CONCURRENCY, '/api/x', true, '≤ 4'],
     ['local', 'keep-alive, answered locally', KEEPALIVE, CONCURRENCY, '/v1/whoami', true, '≤ 3'],
   ] as const) {
@@ -155,12 +185,15 @@ try {
     // round is its figure, so one burst of load from a neighbour moves one round, not the result.
     const fs: number[] = [];
     const ns: number[] = [];
+    const bs: number[] = [];
+    const floorServer = phaseId === 'newlocal' ? nodeFloor : undefined;
     for (let round = 0; round < ROUNDS; round++) {
       fs.push(await phase(fleetgate, name, count, clients, path, keepAlive));
       if (nginx !== undefined) ns.push(await phase(nginx, name, count, clients, path, keepAlive));
+      if (floorServer !== undefined) bs.push(await phase(floorServer, name, count, clients, path, keepAlive));
     }
-    const mid = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
     rows.push([name, mid(fs), nginx === undefined ? undefined : mid(ns), target]);
+    if (floorServer !== undefined) floor = mid(bs);
   }
   if (nginx !== undefined) {
     log('');
@@ -168,6 +201,12 @@ try {
     log('| work | fleetgate | nginx | ratio | target |');
     log('| --- | --- | --- | --- | --- |');
     for (const [name, f, n, target] of rows) log(`| ${name} | ${fmt(f, 0)} µs | ${fmt(n!, 0)} µs | ${fmt(f / n!, 2)}× | ${target} |`);
+    log('');
+  }
+  const local = rows.find(([name]) => name.startsWith('new connection per request, answered'));
+  if (floor !== undefined && local !== undefined) {
+    log(`Node's floor, a new connection answered locally by a bare node:https server with fleetgate's TLS options: ${fmt(floor, 0)} µs`
+      + `${local[2] === undefined ? '' : ` = ${fmt(floor / local[2], 2)}× nginx`}; fleetgate's own work on top: ${fmt(local[1] - floor, 0)} µs per connection`);
     log('');
   }
 
@@ -198,6 +237,7 @@ try {
 } finally {
   await gw.stop();
   await nginx?.stop();
+  await nodeFloor?.stop();
   origin.close();
   fleet.cleanup();
 }
