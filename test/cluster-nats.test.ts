@@ -52,6 +52,40 @@ async function linked(from: MqttClient, topic: string, got: string[]): Promise<v
   })(), 20_000, 'the first probe across nodes');
 }
 
+/**
+ * Subscribes to `devices/c-sensor/#` on the node at `url`; returns the retained messages
+ * (`topic=payload`, sorted) that arrive before a fresh message the sensor publishes on that node.
+ */
+async function retainedOn(url: string): Promise<string[]> {
+  const svc = await connect(url, service, { ca: a.rootFile });
+  const pub = await connect(url, sensor, { ca: a.rootFile });
+  try {
+    const got: string[] = [];
+    const sentinel = new Promise<void>((resolve) => svc.on('message', (topic, payload, packet) => {
+      if (packet.retain) got.push(`${topic}=${payload.toString()}`);
+      else if (topic === 'devices/c-sensor/sentinel') resolve();
+    }));
+    await svc.subscribeAsync('devices/c-sensor/#', { qos: 1 });
+    // Retained messages are sent with the SUBACK; a message published after it arrives after them.
+    await pub.publishAsync('devices/c-sensor/sentinel', 'now', { qos: 1 });
+    await withTimeout(sentinel, 10_000, 'the sentinel message');
+    return got.sort();
+  } finally {
+    await pub.endAsync();
+    await svc.endAsync();
+  }
+}
+
+/** The sensor, connected to node A, keeps (or, with '', clears) these retained messages. */
+async function retainOnA(messages: [topic: string, payload: string][]): Promise<void> {
+  const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
+  try {
+    for (const [topic, payload] of messages) await dev.publishAsync(topic, payload, { qos: 1, retain: true });
+  } finally {
+    await dev.endAsync();
+  }
+}
+
 test('cluster/a publish on node A reaches a service on node B, QoS 0 and 1, nothing lost; and back', { skip }, async () => {
   const svc = await connect(b.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
   const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
@@ -153,29 +187,12 @@ test('cluster/a retained message kept on node A is given to a later subscriber o
 });
 
 test('cluster/a node that joins later is given the retained messages the others hold before it serves anyone', { skip }, async () => {
-  const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
-  try {
-    await dev.publishAsync('devices/c-sensor/late', 'before-c', { qos: 1, retain: true });
-  } finally {
-    await dev.endAsync();
-  }
-  // C starts after: by the time it listens, it holds what A (or B) held.
+  await retainOnA([['devices/c-sensor/late', 'before-c']]);
+  // C starts after: by the time it listens, it holds what A (or B) held — one subscription, no
+  // waiting for replication. The earlier test left these two retained (and cleared devices/c-sensor/state).
   const c = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'c' });
   try {
-    const svc = await connect(c.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
-    try {
-      const got: string[] = [];
-      const all = new Promise<void>((resolve) => svc.on('message', (topic, payload, packet) => {
-        if (packet.retain) got.push(`${topic}=${payload.toString()}`);
-        if (got.length === 2) resolve();
-      }));
-      await svc.subscribeAsync('devices/c-sensor/#', { qos: 1 }); // once: no waiting for replication
-      await withTimeout(all, 10_000, `the retained messages at node C (got ${JSON.stringify(got)})`);
-      // The earlier test left these two retained (and cleared devices/c-sensor/state).
-      assert.deepEqual(got.sort(), ['devices/c-sensor/late=before-c', 'devices/c-sensor/marker=m1']);
-    } finally {
-      await svc.endAsync();
-    }
+    assert.deepEqual(await retainedOn(c.endpoints['mqtt+tls']!), ['devices/c-sensor/late=before-c', 'devices/c-sensor/marker=m1']);
   } finally {
     await c.stop();
   }
@@ -184,49 +201,18 @@ test('cluster/a node that joins later is given the retained messages the others 
 test('cluster/a node that was away forgets the retained messages cleared while it was gone', { skip }, async () => {
   // D holds a retained message, stops; while it is away A clears that one and keeps a new one.
   // When D comes back, its own store still has the old one: the cluster's set replaces it.
-  const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
-  try {
-    await dev.publishAsync('devices/c-sensor/away', 'stale', { qos: 1, retain: true });
-  } finally {
-    await dev.endAsync();
-  }
-  /** Subscribes on `node`; returns the retained messages that arrive before a fresh message published on that node. */
-  const retainedOn = async (node: GatewayProcess): Promise<string[]> => {
-    const svc = await connect(node.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
-    const pub = await connect(node.endpoints['mqtt+tls']!, sensor, { ca: a.rootFile });
-    try {
-      const got: string[] = [];
-      const sentinel = new Promise<void>((resolve) => svc.on('message', (topic, payload, packet) => {
-        if (packet.retain) got.push(`${topic}=${payload.toString()}`);
-        else if (topic === 'devices/c-sensor/sentinel') resolve();
-      }));
-      await svc.subscribeAsync('devices/c-sensor/#', { qos: 1 });
-      // Retained messages are sent with the SUBACK; a message published after it arrives after them.
-      await pub.publishAsync('devices/c-sensor/sentinel', 'now', { qos: 1 });
-      await withTimeout(sentinel, 10_000, 'the sentinel message');
-      return got.sort();
-    } finally {
-      await pub.endAsync();
-      await svc.endAsync();
-    }
-  };
+  await retainOnA([['devices/c-sensor/away', 'stale']]);
   let d = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'd' });
   try {
-    assert.ok((await retainedOn(d)).includes('devices/c-sensor/away=stale'), 'D was given the retained message when it joined');
+    assert.ok((await retainedOn(d.endpoints['mqtt+tls']!)).includes('devices/c-sensor/away=stale'), 'D was given the retained message when it joined');
   } finally {
     await d.stop();
   }
-  const dev2 = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
-  try {
-    await dev2.publishAsync('devices/c-sensor/away', '', { qos: 1, retain: true });
-    await dev2.publishAsync('devices/c-sensor/while-away', 'new', { qos: 1, retain: true });
-  } finally {
-    await dev2.endAsync();
-  }
-  const atA = await retainedOn({ endpoints: { 'mqtt+tls': a.mqttsUrl } } as unknown as GatewayProcess);
+  await retainOnA([['devices/c-sensor/away', ''], ['devices/c-sensor/while-away', 'new']]);
+  const atA = await retainedOn(a.mqttsUrl);
   d = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'd' });
   try {
-    const atD = await retainedOn(d);
+    const atD = await retainedOn(d.endpoints['mqtt+tls']!);
     assert.ok(!atD.includes('devices/c-sensor/away=stale'), `D still serves the cleared message: ${JSON.stringify(atD)}`);
     assert.deepEqual(atD, atA, 'D holds what the cluster holds');
     assert.ok(atD.includes('devices/c-sensor/while-away=new'));
