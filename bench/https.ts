@@ -9,7 +9,8 @@
 //     what any Node server pays per connection before doing its own work
 //  3. the gateway's own per-request overhead — status check + assertion mint — in µs, beside
 //     the raw P-256 signature (crypto.sign) and jose's SignJWT, all measured in this run.
-// Each phase is measured after an unmeasured warm-up on each server (BENCH_WARMUP, 500 requests),
+// Each phase is measured after an unmeasured warm-up on each server (BENCH_WARMUP, 500 requests
+// on new connections; BENCH_WARMUP_KEEPALIVE, 8,000, with keep-alive),
 // in BENCH_ROUNDS interleaved rounds (3); the median round of each server is its figure.
 // Loopback only; bounded counts.
 import { generateKeyPairSync, sign } from 'node:crypto';
@@ -34,6 +35,12 @@ const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 600);
 const KEEPALIVE = Number(process.env.BENCH_KEEPALIVE ?? 8_000);
 const CONCURRENCY = 8;
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 500);
+/**
+ * Keep-alive requests are ~10× cheaper than new connections, and a gateway's cost per keep-alive
+ * request keeps falling for its first ~12,000 (measured alone, rounds of 4,000: 332, 260, 235,
+ * then ~200 µs; JIT tiers and heap sizing), so their warm-up is one round's worth.
+ */
+const WARMUP_KEEPALIVE = Number(process.env.BENCH_WARMUP_KEEPALIVE ?? 8_000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 /** Which phases to run (comma-separated: new, newlocal, keepalive, local); all by default. */
 const PHASES = new Set((process.env.BENCH_PHASES ?? 'new,newlocal,keepalive,local').split(',').map((p) => p.trim()));
@@ -135,13 +142,13 @@ function get(server: Server, path: string, agent: Agent | false): Promise<number
 /** One phase on one server: requests/s, latency, server CPU per request (µs). */
 async function phase(server: Server, name: string, count: number, clients: number, path: string, keepAlive: boolean): Promise<number> {
   const agent = keepAlive ? new Agent({ keepAlive: true, maxSockets: clients }) : false;
-  // Unmeasured warm-up, the same for every server and phase (WARMUP requests): the steady state
+  // Unmeasured warm-up, the same for every server (WARMUP or WARMUP_KEEPALIVE requests): the steady state
   // of a long-running gateway, not V8 compiling its hot path. (A quarter of the phase, as
   // before, was 75 requests with new connections: fleetgate's first rounds then still paid for
   // compiling the connection path, ~2.4–2.8 vs ~1.6 ms.) With keep-alive the measured phase
   // then starts on open connections.
   let warm = 0;
-  const warmup = WARMUP;
+  const warmup = keepAlive ? WARMUP_KEEPALIVE : WARMUP;
   await Promise.all(Array.from({ length: clients }, async () => {
     while (warm++ < warmup) await get(server, path, agent);
   }));
