@@ -111,7 +111,7 @@ http {
 /** bench/node-floor.ts: node:https with fleetgate's TLS options, allocator and flags, answering `200 ok`. */
 async function startNodeFloor(): Promise<Server> {
   const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(import.meta.dirname, 'node-floor.ts'), fleet.config.dataDir], {
-    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...allocatorEnv(process.env) },
+    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...allocatorEnv('gateway', process.env) },
   });
   let port: number | undefined;
   for await (const line of createInterface({ input: child.stdout! })) {

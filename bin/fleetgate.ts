@@ -5,9 +5,9 @@
 // under 30 MB with this). Servers started another way should pass the same flags (SERVER_NODE_FLAGS).
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { allocatorEnv } from '../config/allocator.ts';
+import { allocatorEnv, type ServerCommand } from '../config/allocator.ts';
 
-const SERVER_COMMANDS = new Set(['up', 'gateway', 'provision']);
+const SERVER_COMMANDS = new Set<string>(['up', 'gateway', 'provision'] satisfies ServerCommand[]);
 const OPENSSL_CONFIG = join(import.meta.dirname, '..', 'config', 'openssl.cnf');
 const args = process.argv.slice(2);
 
@@ -16,8 +16,9 @@ const args = process.argv.slice(2);
 // memory goes back to the system after connections close). Started without them, a server
 // command runs itself again with them, passing signals through and exiting with the child's status.
 const needsOpenssl = !process.execArgv.some((a) => a.startsWith('--openssl-config'));
-const allocator = allocatorEnv();
-if (SERVER_COMMANDS.has(args[0] ?? '') && (needsOpenssl || Object.keys(allocator).length > 0)) {
+const command = args[0] ?? '';
+const allocator = SERVER_COMMANDS.has(command) ? allocatorEnv(command as ServerCommand) : {};
+if (SERVER_COMMANDS.has(command) && (needsOpenssl || Object.keys(allocator).length > 0)) {
   const flags = needsOpenssl ? [...process.execArgv, `--openssl-config=${OPENSSL_CONFIG}`] : process.execArgv;
   const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], { stdio: 'inherit', env: { ...process.env, ...allocator } });
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));

@@ -20,13 +20,22 @@ const JEMALLOC = [
 ];
 
 /**
- * jemalloc's settings for a server: freed pages are given back at once (`dirty_decay_ms:0`) and a
- * background thread does the purging even while the process is idle. With jemalloc's default
- * decay (10 s) a 50 MB upload streamed through the gateway left 40–44 MB of freed buffers resident
- * (test/https-upload.test.ts bounds the growth to 30 MB), with 1 s still 34–40 MB in some runs;
- * with 0 it stays within the bound, and no CPU difference was measurable per connect or message.
+ * jemalloc's settings per server command; a background thread does the purging even while the
+ * process is idle. The gateway (and `up`, which runs it) gives freed pages back at once
+ * (`dirty_decay_ms:0`): with jemalloc's default decay (10 s) a 50 MB upload streamed through it
+ * left 40–44 MB of freed buffers resident (test/https-upload.test.ts bounds the growth to 30 MB),
+ * with 1 s still 34–40 MB in some runs; with 0 it stays within the bound, and no CPU difference was
+ * measurable per connect or message. The provisioning service streams nothing large, and there an
+ * immediate purge cost ~28 % more CPU per enrollment (1.15 vs 0.90 ms with 16 clients, A/B in
+ * one session; 1 s decay as cheap as glibc's malloc), so it purges after 1 s.
  */
-const MALLOC_CONF = 'background_thread:true,dirty_decay_ms:0';
+const MALLOC_CONF = {
+  gateway: 'background_thread:true,dirty_decay_ms:0',
+  up: 'background_thread:true,dirty_decay_ms:0',
+  provision: 'background_thread:true,dirty_decay_ms:1000',
+} as const;
+
+export type ServerCommand = keyof typeof MALLOC_CONF;
 
 /** Whether this process runs on jemalloc (preloaded). */
 export function allocatorInUse(env: NodeJS.ProcessEnv = process.env): 'jemalloc' | 'system' {
@@ -34,15 +43,15 @@ export function allocatorInUse(env: NodeJS.ProcessEnv = process.env): 'jemalloc'
 }
 
 /**
- * What a server process's environment needs to run on jemalloc: nothing when it already does,
- * when `FLEETGATE_ALLOCATOR=system`, or when the library is not installed (glibc's malloc then).
+ * What a server process's environment needs to run `command` on jemalloc: nothing when it already
+ * does, when `FLEETGATE_ALLOCATOR=system`, or when the library is not installed (glibc's malloc then).
  */
-export function allocatorEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+export function allocatorEnv(command: ServerCommand, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   if (env.FLEETGATE_ALLOCATOR === 'system' || allocatorInUse(env) === 'jemalloc') return {};
   const lib = JEMALLOC.find((path) => existsSync(path));
   if (lib === undefined) return {};
   return {
     LD_PRELOAD: [lib, env.LD_PRELOAD].filter((s) => s !== undefined && s !== '').join(' '),
-    MALLOC_CONF: [MALLOC_CONF, env.MALLOC_CONF].filter((s) => s !== undefined && s !== '').join(','),
+    MALLOC_CONF: [MALLOC_CONF[command], env.MALLOC_CONF].filter((s) => s !== undefined && s !== '').join(','),
   };
 }

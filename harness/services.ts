@@ -120,7 +120,7 @@ export async function spawnService(command: 'up' | 'gateway' | 'provision', data
     // The allocator bin/fleetgate.ts would re-execute with, set here so the child is the server
     // itself (its PID is what tests signal and benchmarks measure).
     env: {
-      ...process.env, ...allocatorEnv({ ...process.env, ...env }), FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
+      ...process.env, ...allocatorEnv(command, { ...process.env, ...env }), FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
       FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', ...env,
     },
   });

@@ -14,14 +14,16 @@ const FLEETGATE = join(import.meta.dirname, '..', 'bin', 'fleetgate.ts');
 const runsOnJemalloc = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8').includes('libjemalloc');
 
 test('allocator/the environment a server needs for jemalloc, and when it needs none', () => {
-  const env = allocatorEnv({});
+  const env = allocatorEnv('gateway', {});
   assert.ok(env.LD_PRELOAD?.endsWith('libjemalloc.so.2') && existsSync(env.LD_PRELOAD), `jemalloc found (install libjemalloc2; .ci/run does): ${JSON.stringify(env)}`);
-  assert.equal(env.MALLOC_CONF, 'background_thread:true,dirty_decay_ms:0');
-  const kept = allocatorEnv({ LD_PRELOAD: '/opt/other.so', MALLOC_CONF: 'narenas:2' });
+  assert.equal(env.MALLOC_CONF, 'background_thread:true,dirty_decay_ms:0', 'the gateway gives freed pages back at once (streamed uploads)');
+  assert.equal(allocatorEnv('up', {}).MALLOC_CONF, 'background_thread:true,dirty_decay_ms:0', '`up` runs the gateway');
+  assert.equal(allocatorEnv('provision', {}).MALLOC_CONF, 'background_thread:true,dirty_decay_ms:1000', 'provisioning purges after 1 s (cheaper per enrollment)');
+  const kept = allocatorEnv('gateway', { LD_PRELOAD: '/opt/other.so', MALLOC_CONF: 'narenas:2' });
   assert.equal(kept.LD_PRELOAD, `${env.LD_PRELOAD} /opt/other.so`, 'an existing preload is kept, after jemalloc');
   assert.equal(kept.MALLOC_CONF, 'background_thread:true,dirty_decay_ms:0,narenas:2', 'existing jemalloc settings are kept (later ones win)');
-  assert.deepEqual(allocatorEnv({ FLEETGATE_ALLOCATOR: 'system' }), {});
-  assert.deepEqual(allocatorEnv({ LD_PRELOAD: env.LD_PRELOAD }), {}, 'already preloaded: nothing to add');
+  assert.deepEqual(allocatorEnv('gateway', { FLEETGATE_ALLOCATOR: 'system' }), {});
+  assert.deepEqual(allocatorEnv('provision', { LD_PRELOAD: env.LD_PRELOAD }), {}, 'already preloaded: nothing to add');
   assert.equal(allocatorInUse({ LD_PRELOAD: env.LD_PRELOAD }), 'jemalloc');
   assert.equal(allocatorInUse({}), 'system');
 });
