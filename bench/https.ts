@@ -180,7 +180,8 @@ function median(fn: () => unknown, runs = 5_000): number {
 try {
   // Interleaved per phase: fleetgate, then nginx, with the same client and certificate.
   const rows: [string, number, number | undefined, string][] = [];
-  let floor: number | undefined;
+  /** The new connection answered locally: fleetgate, nginx and the bare node:https server. */
+  let floor: { fleetgate: number; nginx: number | undefined; node: number } | undefined;
   for (const [phaseId, name, count, clients, path, keepAlive, target] of [
     ['new', 'new connection per request, proxied', NEW_CONN, 2, '/api/x', false, '≤ 1.0'],
     ['newlocal', 'new connection per request, answered locally', NEW_CONN, 2, '/v1/whoami', false, '—'],
@@ -200,7 +201,7 @@ try {
       if (floorServer !== undefined) bs.push(await phase(floorServer, name, count, clients, path, keepAlive));
     }
     rows.push([name, mid(fs), nginx === undefined ? undefined : mid(ns), target]);
-    if (floorServer !== undefined) floor = mid(bs);
+    if (floorServer !== undefined) floor = { fleetgate: mid(fs), nginx: nginx === undefined ? undefined : mid(ns), node: mid(bs) };
   }
   if (nginx !== undefined) {
     log('');
@@ -210,10 +211,9 @@ try {
     for (const [name, f, n, target] of rows) log(`| ${name} | ${fmt(f, 0)} µs | ${fmt(n!, 0)} µs | ${fmt(f / n!, 2)}× | ${target} |`);
     log('');
   }
-  const local = rows.find(([name]) => name.startsWith('new connection per request, answered'));
-  if (floor !== undefined && local !== undefined) {
-    log(`Node's floor, a new connection answered locally by a bare node:https server with fleetgate's TLS options: ${fmt(floor, 0)} µs`
-      + `${local[2] === undefined ? '' : ` = ${fmt(floor / local[2], 2)}× nginx`}; fleetgate's own work on top: ${fmt(local[1] - floor, 0)} µs per connection`);
+  if (floor !== undefined) {
+    log(`Node's floor, a new connection answered locally by a bare node:https server with fleetgate's TLS options: ${fmt(floor.node, 0)} µs`
+      + `${floor.nginx === undefined ? '' : ` = ${fmt(floor.node / floor.nginx, 2)}× nginx`}; fleetgate's own work on top: ${fmt(floor.fleetgate - floor.node, 0)} µs per connection`);
     log('');
   }
 

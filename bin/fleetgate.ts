@@ -16,9 +16,9 @@ const args = process.argv.slice(2);
 // memory goes back to the system after connections close). Started without them, a server
 // command runs itself again with them, passing signals through and exiting with the child's status.
 const needsOpenssl = !process.execArgv.some((a) => a.startsWith('--openssl-config'));
-const command = args[0] ?? '';
-const allocator = SERVER_COMMANDS.has(command) ? allocatorEnv(command as ServerCommand) : {};
-if (SERVER_COMMANDS.has(command) && (needsOpenssl || Object.keys(allocator).length > 0)) {
+const server = SERVER_COMMANDS.has(args[0] ?? '') ? args[0] as ServerCommand : undefined;
+const allocator = server === undefined ? {} : allocatorEnv(server);
+if (server !== undefined && (needsOpenssl || Object.keys(allocator).length > 0)) {
   const flags = needsOpenssl ? [...process.execArgv, `--openssl-config=${OPENSSL_CONFIG}`] : process.execArgv;
   const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], { stdio: 'inherit', env: { ...process.env, ...allocator } });
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));

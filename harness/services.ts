@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { connect as netConnect, createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { connect as tlsConnect } from 'node:tls';
-import { allocatorEnv } from '../config/allocator.ts';
+import { allocatorEnv, type ServerCommand } from '../config/allocator.ts';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
@@ -114,7 +114,7 @@ export interface GatewayProcess {
  * (unless `env` names them), with the servers' V8 flags; resolves once its banner lists the
  * endpoints (by service name: mqtt+tls, mqtt+wss, https, admin, provision).
  */
-export async function spawnService(command: 'up' | 'gateway' | 'provision', dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
+export async function spawnService(command: ServerCommand, dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
   const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir], {
     stdio: ['ignore', 'pipe', 'pipe'],
     // The allocator bin/fleetgate.ts would re-execute with, set here so the child is the server
