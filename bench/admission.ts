@@ -23,32 +23,59 @@ for (const reg of [undefined, pgs.url]) {
   const sharedKeyPem = await keyPem(keys);
   const ca = readFileSync(fleet.paths.rootCert);
   const ctx: ReturnType<typeof createSecureContext>[] = [];
-  fleet.registry.sql.transaction(() => { for (let i = 0; i < N; i++) fleet.registry.addDevice({ id: `s-${i}`, type: 'sensor' }, 'bench'); }).immediate();
+  fleet.registry.sql
+    .transaction(() => {
+      for (let i = 0; i < N; i++) fleet.registry.addDevice({ id: `s-${i}`, type: 'sensor' }, 'bench');
+    })
+    .immediate();
   const certs: string[] = [];
   for (let i = 0; i < N; i++) {
-    const r = await enroll({ registry: fleet.registry, ca: fleet.ca, defaultValidityMs: 86_400_000 }, { csr, auth: { method: 'operator', deviceId: `s-${i}` }, actor: 'bench' });
+    const r = await enroll(
+      { registry: fleet.registry, ca: fleet.ca, defaultValidityMs: 86_400_000 },
+      { csr, auth: { method: 'operator', deviceId: `s-${i}` }, actor: 'bench' },
+    );
     certs.push(r.certificate + r.chain);
   }
   for (let i = 0; i < N; i++) ctx.push(createSecureContext({ ca, cert: certs[i], key: sharedKeyPem }));
-  const gw = await spawnService('gateway', fleet.config.dataDir, { ...(reg && { FLEETGATE_REGISTRY: reg }), FLEETGATE_MQTT_DURABILITY: 'memory' });
-  let next = 0, ok = 0, refused = 0;
+  const gw = await spawnService('gateway', fleet.config.dataDir, {
+    ...(reg && { FLEETGATE_REGISTRY: reg }),
+    FLEETGATE_MQTT_DURABILITY: 'memory',
+  });
+  let next = 0,
+    ok = 0,
+    refused = 0;
   const clients: mqtt.MqttClient[] = [];
-  const c0 = gw.cpuSeconds(); const t0 = performance.now();
-  await Promise.all(Array.from({ length: LANES }, async () => {
-    while (next < N) {
-      const i = next++;
-      const options = { secureContext: ctx[i], clientId: `s-${i}`, protocolVersion: 4, reconnectPeriod: 0, keepalive: 600, servername: 'localhost', connectTimeout: 30_000 } as mqtt.IClientOptions;
-      try {
-        clients.push(await mqtt.connectAsync(gw.endpoints['mqtt+tls']!, options, false));
-        ok++;
-      } catch {
-        refused++;
+  const c0 = gw.cpuSeconds();
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: LANES }, async () => {
+      while (next < N) {
+        const i = next++;
+        const options = {
+          secureContext: ctx[i],
+          clientId: `s-${i}`,
+          protocolVersion: 4,
+          reconnectPeriod: 0,
+          keepalive: 600,
+          servername: 'localhost',
+          connectTimeout: 30_000,
+        } as mqtt.IClientOptions;
+        try {
+          clients.push(await mqtt.connectAsync(gw.endpoints['mqtt+tls']!, options, false));
+          ok++;
+        } catch {
+          refused++;
+        }
       }
-    }
-  }));
+    }),
+  );
   const s = (performance.now() - t0) / 1000;
-  process.stdout.write(`${reg ? 'PostgreSQL' : 'SQLite'}: ${N} first connects (${LANES} at once): ${(ok / s).toFixed(0)}/s admitted, ${refused} refused; gateway CPU ${((gw.cpuSeconds() - c0) / N * 1000).toFixed(2)} ms per connect\n`);
+  process.stdout.write(
+    `${reg ? 'PostgreSQL' : 'SQLite'}: ${N} first connects (${LANES} at once): ${(ok / s).toFixed(0)}/s admitted, ${refused} refused; gateway CPU ${(((gw.cpuSeconds() - c0) / N) * 1000).toFixed(2)} ms per connect\n`,
+  );
   await Promise.all(clients.map((c) => c.endAsync(true)));
-  await gw.stop(); fleet.registry.close(); fleet.cleanup();
+  await gw.stop();
+  fleet.registry.close();
+  fleet.cleanup();
 }
 await pgs.destroy();

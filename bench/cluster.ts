@@ -13,7 +13,16 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { natsAvailable, startNats } from '../harness/nats.ts';
 import { postgresBin, startPostgres } from '../harness/postgres.ts';
 import { enrollDevice, type Credential } from '../harness/pki.ts';
-import { benchFleet, countArrivals, fmt, percentile, procStat, publishFromEach, spawnService, type GatewayProcess } from './lib.ts';
+import {
+  benchFleet,
+  countArrivals,
+  fmt,
+  percentile,
+  procStat,
+  publishFromEach,
+  spawnService,
+  type GatewayProcess,
+} from './lib.ts';
 
 const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 3_000); // per publisher per QoS
 const PUBLISHERS = 10;
@@ -27,20 +36,43 @@ if (!natsAvailable()) {
 const nats = await startNats();
 const postgres = postgresBin() === undefined ? undefined : await startPostgres({ durable: true });
 const fleet = await benchFleet(postgres?.url);
-const registryNote = postgres === undefined ? 'the shared SQLite file (PostgreSQL is not installed)' : 'PostgreSQL (fsync on), LISTEN/NOTIFY feed';
+const registryNote =
+  postgres === undefined
+    ? 'the shared SQLite file (PostgreSQL is not installed)'
+    : 'PostgreSQL (fsync on), LISTEN/NOTIFY feed';
 const ca = readFileSync(fleet.paths.rootCert);
 const publishers: Credential[] = [];
-for (let i = 0; i < PUBLISHERS; i++) publishers.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `bench-${i}` }));
+for (let i = 0; i < PUBLISHERS; i++)
+  publishers.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `bench-${i}` }));
 const service = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-svc', type: 'service' });
 const victims: Credential[] = [];
-for (let i = 0; i < REVOCATIONS; i++) victims.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `victim-${i}` }));
-log(`fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes; registry: ${registryNote}`);
+for (let i = 0; i < REVOCATIONS; i++)
+  victims.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `victim-${i}` }));
+log(
+  `fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes; registry: ${registryNote}`,
+);
 
-const open = (node: GatewayProcess, cred: Credential) => mqtt.connectAsync(node.endpoints['mqtt+tls']!, {
-  ca, cert: cred.certPem, key: cred.keyPem, clientId: cred.deviceId, protocolVersion: 4, reconnectPeriod: 0, keepalive: 600, servername: 'localhost',
-}, false);
+const open = (node: GatewayProcess, cred: Credential) =>
+  mqtt.connectAsync(
+    node.endpoints['mqtt+tls']!,
+    {
+      ca,
+      cert: cred.certPem,
+      key: cred.keyPem,
+      clientId: cred.deviceId,
+      protocolVersion: 4,
+      reconnectPeriod: 0,
+      keepalive: 600,
+      servername: 'localhost',
+    },
+    false,
+  );
 
-async function run(pubNode: GatewayProcess, subNode: GatewayProcess, counted: GatewayProcess[]): Promise<{ qos: number; rate: number; cpuUs: number; natsUs: number; loss: number }[]> {
+async function run(
+  pubNode: GatewayProcess,
+  subNode: GatewayProcess,
+  counted: GatewayProcess[],
+): Promise<{ qos: number; rate: number; cpuUs: number; natsUs: number; loss: number }[]> {
   const sub = await open(subNode, service);
   const pubs = await Promise.all(publishers.map((c) => open(pubNode, c)));
   const results = [];
@@ -50,7 +82,10 @@ async function run(pubNode: GatewayProcess, subNode: GatewayProcess, counted: Ga
     // The subscription reaches the publishers' node through NATS: wait for a probe to come back.
     await new Promise<void>((resolve) => {
       const probe = setInterval(() => pubs[0]!.publish(`devices/bench-0/${topic}`, 'probe'), 50);
-      sub.once('message', () => { clearInterval(probe); resolve(); });
+      sub.once('message', () => {
+        clearInterval(probe);
+        resolve();
+      });
     });
     await new Promise((r) => setTimeout(r, 200));
     sub.removeAllListeners('message');
@@ -63,7 +98,8 @@ async function run(pubNode: GatewayProcess, subNode: GatewayProcess, counted: Ga
     await arrivals.done;
     const seconds = (performance.now() - t0) / 1000;
     results.push({
-      qos, rate: arrivals.received() / seconds,
+      qos,
+      rate: arrivals.received() / seconds,
       cpuUs: ((counted.reduce((a, n) => a + n.cpuSeconds(), 0) - cpu0) / total) * 1e6,
       natsUs: ((procStat(nats.pid()!).cpu - nats0) / total) * 1e6,
       loss: 1 - arrivals.received() / total,
@@ -76,10 +112,18 @@ async function run(pubNode: GatewayProcess, subNode: GatewayProcess, counted: Ga
 }
 
 const registryEnv = postgres === undefined ? {} : { FLEETGATE_REGISTRY: postgres.url };
-const env = (node: string) => ({ FLEETGATE_NATS: nats.url, FLEETGATE_NODE: node, FLEETGATE_MQTT_DURABILITY: 'memory', ...registryEnv });
+const env = (node: string) => ({
+  FLEETGATE_NATS: nats.url,
+  FLEETGATE_NODE: node,
+  FLEETGATE_MQTT_DURABILITY: 'memory',
+  ...registryEnv,
+});
 fleet.registry.close();
 try {
-  const single = await spawnService('gateway', fleet.config.dataDir, { FLEETGATE_MQTT_DURABILITY: 'memory', ...registryEnv });
+  const single = await spawnService('gateway', fleet.config.dataDir, {
+    FLEETGATE_MQTT_DURABILITY: 'memory',
+    ...registryEnv,
+  });
   const one = await run(single, single, [single]);
   await single.stop();
 
@@ -88,14 +132,20 @@ try {
   const two = await run(n1, n2, [n1, n2]);
 
   log('');
-  log('| work | one node: msgs/s | one node: CPU/msg | 2 nodes (pub on 1, sub on 2): msgs/s | CPU/msg, both nodes | NATS CPU/msg | cluster / one node (CPU) |');
+  log(
+    '| work | one node: msgs/s | one node: CPU/msg | 2 nodes (pub on 1, sub on 2): msgs/s | CPU/msg, both nodes | NATS CPU/msg | cluster / one node (CPU) |',
+  );
   log('| --- | --- | --- | --- | --- | --- | --- |');
   for (let i = 0; i < 2; i++) {
     const a = one[i]!;
     const b = two[i]!;
-    log(`| QoS ${a.qos}, ${PUBLISHERS} → 1 | ${fmt(a.rate, 0)} | ${fmt(a.cpuUs, 1)} µs | ${fmt(b.rate, 0)} | ${fmt(b.cpuUs, 1)} µs | ${fmt(b.natsUs, 1)} µs | ${fmt(b.cpuUs / a.cpuUs, 2)}× |`);
+    log(
+      `| QoS ${a.qos}, ${PUBLISHERS} → 1 | ${fmt(a.rate, 0)} | ${fmt(a.cpuUs, 1)} µs | ${fmt(b.rate, 0)} | ${fmt(b.cpuUs, 1)} µs | ${fmt(b.natsUs, 1)} µs | ${fmt(b.cpuUs / a.cpuUs, 2)}× |`,
+    );
   }
-  log(`loss: one node ${one.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')}; two nodes ${two.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')} (QoS 0 / QoS 1)`);
+  log(
+    `loss: one node ${one.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')}; two nodes ${two.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')} (QoS 0 / QoS 1)`,
+  );
 
   // 2. Revocation with three nodes: each victim connected to node i % 3, revoked by this process.
   const n3 = await spawnService('gateway', fleet.config.dataDir, env('n3'));
@@ -112,7 +162,9 @@ try {
   }
   registry.close();
   cuts.sort((a, b) => a - b);
-  log(`\nrevoke → live cut, ${REVOCATIONS} revocations over 3 nodes (registry: ${registryNote}): p50 ${fmt(percentile(cuts, 50), 1)} ms, p99 ${fmt(percentile(cuts, 99), 1)} ms`);
+  log(
+    `\nrevoke → live cut, ${REVOCATIONS} revocations over 3 nodes (registry: ${registryNote}): p50 ${fmt(percentile(cuts, 50), 1)} ms, p99 ${fmt(percentile(cuts, 99), 1)} ms`,
+  );
   await Promise.all(three.map((n) => n.stop()));
 } finally {
   await nats.stop();

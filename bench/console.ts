@@ -21,10 +21,13 @@ const log = (s: string) => process.stdout.write(`${s}\n`);
 const fleet = await benchFleet();
 const t0 = Date.now();
 seedRegistry(fleet.registry, { devices: DEVICES });
-log(`fleetgate bench:console — node ${process.version}; registry seeded with ${DEVICES} devices in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+log(
+  `fleetgate bench:console — node ${process.version}; registry seeded with ${DEVICES} devices in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+);
 const operator = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-operator', type: 'operator' });
 const devices: Credential[] = [];
-for (let i = 0; i < CONNECTS * 2; i++) devices.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `bench-s-${i}` }));
+for (let i = 0; i < CONNECTS * 2; i++)
+  devices.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `bench-s-${i}` }));
 fleet.registry.close();
 const gw = await spawnGateway(fleet.config.dataDir);
 const ca = readFileSync(fleet.paths.rootCert);
@@ -36,7 +39,9 @@ function get(path: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const req = request(new URL(path, consoleBase), { agent, servername: 'localhost' }, (res) => {
       res.resume();
-      res.on('end', () => (res.statusCode === 200 ? resolve(performance.now() - started) : reject(new Error(`${path}: ${res.statusCode}`))));
+      res.on('end', () =>
+        res.statusCode === 200 ? resolve(performance.now() - started) : reject(new Error(`${path}: ${res.statusCode}`)),
+      );
     });
     req.on('error', reject);
     req.end();
@@ -67,15 +72,28 @@ for (const [name, path] of PAGES) {
   ms.sort((a, b) => a - b);
   log(`${name.padEnd(38)} ${fmt(percentile(ms, 50), 2).padStart(7)}  ${fmt(percentile(ms, 99), 2).padStart(7)}`);
 }
-log(`gateway CPU per console page (mean over all pages above): ${fmt(((gw.cpuSeconds() - cpuBefore) / requests) * 1000, 2)} ms`);
+log(
+  `gateway CPU per console page (mean over all pages above): ${fmt(((gw.cpuSeconds() - cpuBefore) / requests) * 1000, 2)} ms`,
+);
 
 async function connectTimes(creds: Credential[]): Promise<number[]> {
   const times: number[] = [];
   for (const c of creds) {
     const started = performance.now();
-    const client = await mqtt.connectAsync(gw.endpoints['mqtt+tls']!, {
-      ca, cert: c.certPem, key: c.keyPem, clientId: c.deviceId, protocolVersion: 5, reconnectPeriod: 0, connectTimeout: 15_000, servername: 'localhost',
-    }, false);
+    const client = await mqtt.connectAsync(
+      gw.endpoints['mqtt+tls']!,
+      {
+        ca,
+        cert: c.certPem,
+        key: c.keyPem,
+        clientId: c.deviceId,
+        protocolVersion: 5,
+        reconnectPeriod: 0,
+        connectTimeout: 15_000,
+        servername: 'localhost',
+      },
+      false,
+    );
     times.push(performance.now() - started);
     await client.endAsync();
   }
@@ -98,9 +116,15 @@ loading = false;
 await Promise.all(loaders);
 log('console            p50 ms   p99 ms');
 log(`idle              ${fmt(percentile(idle, 50), 2).padStart(7)}  ${fmt(percentile(idle, 99), 2).padStart(7)}`);
-log(`4 clients loading ${fmt(percentile(loaded, 50), 2).padStart(7)}  ${fmt(percentile(loaded, 99), 2).padStart(7)}   (${loadRequests} console pages served meanwhile)`);
-log(`loaded / idle: p50 ${fmt(percentile(loaded, 50) / percentile(idle, 50), 2)}×, p99 ${fmt(percentile(loaded, 99) / percentile(idle, 99), 2)}×`);
-log('(the console queries run on their own registry thread; what remains is the shared 2-core machine and the TLS work of the console requests)');
+log(
+  `4 clients loading ${fmt(percentile(loaded, 50), 2).padStart(7)}  ${fmt(percentile(loaded, 99), 2).padStart(7)}   (${loadRequests} console pages served meanwhile)`,
+);
+log(
+  `loaded / idle: p50 ${fmt(percentile(loaded, 50) / percentile(idle, 50), 2)}×, p99 ${fmt(percentile(loaded, 99) / percentile(idle, 99), 2)}×`,
+);
+log(
+  '(the console queries run on their own registry thread; what remains is the shared 2-core machine and the TLS work of the console requests)',
+);
 
 agent.destroy();
 await gw.stop();

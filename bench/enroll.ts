@@ -19,17 +19,28 @@ const INSTANCES = postgres === undefined ? 1 : Number(process.env.BENCH_INSTANCE
 const fleet = await benchFleet(postgres?.url);
 const log = (s: string) => process.stdout.write(`${s}\n`);
 const total = SEQUENTIAL + CONCURRENT;
-log(`fleetgate bench:enroll — node ${process.version}; registry ${postgres === undefined ? 'SQLite (synchronous=FULL)' : `PostgreSQL (fsync on), ${INSTANCES} provisioning instance(s)`}; ${SEQUENTIAL} sequential + ${CONCURRENT} with ${CLIENTS} clients; preparing ${total} devices, keys and CSRs…`);
+log(
+  `fleetgate bench:enroll — node ${process.version}; registry ${postgres === undefined ? 'SQLite (synchronous=FULL)' : `PostgreSQL (fsync on), ${INSTANCES} provisioning instance(s)`}; ${SEQUENTIAL} sequential + ${CONCURRENT} with ${CLIENTS} clients; preparing ${total} devices, keys and CSRs…`,
+);
 const tokens: string[] = [];
-for (let i = 0; i < total; i++) tokens.push(fleet.registry.addDevice({ id: `e-${i}`, type: 'sensor' }, 'bench', { tokenTtlMs: 3_600_000 }).token!.token);
+for (let i = 0; i < total; i++)
+  tokens.push(
+    fleet.registry.addDevice({ id: `e-${i}`, type: 'sensor' }, 'bench', { tokenTtlMs: 3_600_000 }).token!.token,
+  );
 const csrs: string[] = [];
 for (let i = 0; i < total; i++) csrs.push(await csrPem(await newKeys(), `e-${i}`));
 const operator = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-operator', type: 'operator' });
 fleet.registry.close();
 
-const services = await Promise.all(Array.from({ length: INSTANCES }, () => spawnService('provision', fleet.config.dataDir, {
-  FLEETGATE_ENROLL_RATE: '1000000', FLEETGATE_LOG_LEVEL: 'warn', ...(postgres !== undefined && { FLEETGATE_REGISTRY: postgres.url }),
-})));
+const services = await Promise.all(
+  Array.from({ length: INSTANCES }, () =>
+    spawnService('provision', fleet.config.dataDir, {
+      FLEETGATE_ENROLL_RATE: '1000000',
+      FLEETGATE_LOG_LEVEL: 'warn',
+      ...(postgres !== undefined && { FLEETGATE_REGISTRY: postgres.url }),
+    }),
+  ),
+);
 const service = services[0]!;
 const url = service.endpoints.provision!;
 const urls = services.map((s) => s.endpoints.provision!);
@@ -39,10 +50,16 @@ const agent = new Agent({ keepAlive: true, maxSockets: CLIENTS, ca: readFileSync
 function enrollOne(i: number): Promise<number> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const req = request(`${urls[i % urls.length]}/v1/enroll`, { method: 'POST', agent, servername: 'localhost', headers: { 'content-type': 'application/json' } }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode === 201 ? resolve(performance.now() - started) : reject(new Error(`status ${res.statusCode}`))));
-    });
+    const req = request(
+      `${urls[i % urls.length]}/v1/enroll`,
+      { method: 'POST', agent, servername: 'localhost', headers: { 'content-type': 'application/json' } },
+      (res) => {
+        res.resume();
+        res.on('end', () =>
+          res.statusCode === 201 ? resolve(performance.now() - started) : reject(new Error(`status ${res.statusCode}`)),
+        );
+      },
+    );
     req.on('error', reject);
     req.end(JSON.stringify({ token: tokens[i], csr: csrs[i] }));
   });
@@ -51,14 +68,28 @@ function enrollOne(i: number): Promise<number> {
 /** The service's group-commit counters, from its /metrics (operator certificate). */
 function groupCommits(): Promise<{ commits: number; changes: number }> {
   return new Promise((resolve, reject) => {
-    const req = request(`${url}/metrics`, { servername: 'localhost', ca: readFileSync(fleet.paths.rootCert), cert: operator.certPem, key: operator.keyPem, agent: false }, (res) => {
-      let text = '';
-      res.on('data', (b: Buffer) => { text += b.toString(); });
-      res.on('end', () => resolve({
-        commits: Number(/^fleetgate_enroll_commits_total (\d+)/m.exec(text)?.[1] ?? 0),
-        changes: Number(/^fleetgate_enroll_committed_total (\d+)/m.exec(text)?.[1] ?? 0),
-      }));
-    });
+    const req = request(
+      `${url}/metrics`,
+      {
+        servername: 'localhost',
+        ca: readFileSync(fleet.paths.rootCert),
+        cert: operator.certPem,
+        key: operator.keyPem,
+        agent: false,
+      },
+      (res) => {
+        let text = '';
+        res.on('data', (b: Buffer) => {
+          text += b.toString();
+        });
+        res.on('end', () =>
+          resolve({
+            commits: Number(/^fleetgate_enroll_commits_total (\d+)/m.exec(text)?.[1] ?? 0),
+            changes: Number(/^fleetgate_enroll_committed_total (\d+)/m.exec(text)?.[1] ?? 0),
+          }),
+        );
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -67,19 +98,26 @@ function groupCommits(): Promise<{ commits: number; changes: number }> {
 try {
   await enrollOne(0); // warm-up (JIT, TLS session)
   const seen = await groupCommits();
-  for (const [name, from, count, clients] of [['sequential', 1, SEQUENTIAL - 1, 1], [`${CLIENTS} clients`, SEQUENTIAL, CONCURRENT, CLIENTS]] as const) {
+  for (const [name, from, count, clients] of [
+    ['sequential', 1, SEQUENTIAL - 1, 1],
+    [`${CLIENTS} clients`, SEQUENTIAL, CONCURRENT, CLIENTS],
+  ] as const) {
     const latencies: number[] = [];
     const cpu0 = cpu();
     const t0 = performance.now();
     let next = from;
-    await Promise.all(Array.from({ length: clients }, async () => {
-      while (next < from + count) latencies.push(await enrollOne(next++));
-    }));
+    await Promise.all(
+      Array.from({ length: clients }, async () => {
+        while (next < from + count) latencies.push(await enrollOne(next++));
+      }),
+    );
     const seconds = (performance.now() - t0) / 1000;
     const used = cpu() - cpu0;
     latencies.sort((a, b) => a - b);
     const commits = await groupCommits();
-    log(`${name.padEnd(12)} ${fmt(count / seconds, 0)} enrollments/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; service CPU ${fmt((used / count) * 1000, 2)} ms per enrollment; ${fmt((commits.changes - seen.changes) / Math.max(1, commits.commits - seen.commits), 1)} enrollments per commit (fsync)`);
+    log(
+      `${name.padEnd(12)} ${fmt(count / seconds, 0)} enrollments/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; service CPU ${fmt((used / count) * 1000, 2)} ms per enrollment; ${fmt((commits.changes - seen.changes) / Math.max(1, commits.commits - seen.commits), 1)} enrollments per commit (fsync)`,
+    );
     Object.assign(seen, commits);
   }
 } finally {

@@ -46,22 +46,39 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const PHASES = new Set((process.env.BENCH_PHASES ?? 'new,newlocal,keepalive,local').split(',').map((p) => p.trim()));
 const log = (s: string) => process.stdout.write(`${s}\n`);
 
-const origin = createServer((req, res) => { req.resume(); req.on('end', () => res.end('ok')); });
+const origin = createServer((req, res) => {
+  req.resume();
+  req.on('end', () => res.end('ok'));
+});
 await new Promise<void>((r) => origin.listen(0, '127.0.0.1', r));
 const fleet = await benchFleet();
 mkdirSync(fleet.config.dataDir, { recursive: true });
-writeFileSync(join(fleet.config.dataDir, 'fleetgate.json'), JSON.stringify({
-  https: { routes: [{ prefix: '/api', origin: `http://127.0.0.1:${(origin.address() as AddressInfo).port}`, audience: 'urn:bench' }] },
-}));
+writeFileSync(
+  join(fleet.config.dataDir, 'fleetgate.json'),
+  JSON.stringify({
+    https: {
+      routes: [
+        { prefix: '/api', origin: `http://127.0.0.1:${(origin.address() as AddressInfo).port}`, audience: 'urn:bench' },
+      ],
+    },
+  }),
+);
 const dev = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'bench-cam', type: 'camera' });
 fleet.registry.close();
 const gw = await spawnGateway(fleet.config.dataDir);
 const ca = readFileSync(fleet.paths.rootCert);
 const NGINX = process.env.BENCH_NGINX !== '0';
-log(`fleetgate bench:https — node ${process.version}; ${NEW_CONN} requests on new connections, ${KEEPALIVE} keep-alive (${CONCURRENCY} clients); peer: ${NGINX ? 'nginx' : 'none'}`);
+log(
+  `fleetgate bench:https — node ${process.version}; ${NEW_CONN} requests on new connections, ${KEEPALIVE} keep-alive (${CONCURRENCY} clients); peer: ${NGINX ? 'nginx' : 'none'}`,
+);
 
 /** A server under test: where it answers, and the CPU seconds all its processes used so far. */
-interface Server { name: string; base: string; cpuSeconds(): number; stop(): Promise<void> }
+interface Server {
+  name: string;
+  base: string;
+  cpuSeconds(): number;
+  stop(): Promise<void>;
+}
 
 /** nginx with the same CA, server certificate and origin, on a free port; master + 1 worker, both counted. */
 async function startNginx(): Promise<Server> {
@@ -69,9 +86,15 @@ async function startNginx(): Promise<Server> {
   mkdirSync(join(dir, 'logs'), { recursive: true });
   const port = await freePort();
   const clientCa = join(dir, 'client-ca.pem');
-  writeFileSync(clientCa, readFileSync(fleet.paths.rootCert, 'utf8') + readFileSync(join(fleet.config.dataDir, 'ca', 'intermediate.crt'), 'utf8'));
+  writeFileSync(
+    clientCa,
+    readFileSync(fleet.paths.rootCert, 'utf8') +
+      readFileSync(join(fleet.config.dataDir, 'ca', 'intermediate.crt'), 'utf8'),
+  );
   const conf = join(dir, 'nginx.conf');
-  writeFileSync(conf, `worker_processes 1;
+  writeFileSync(
+    conf,
+    `worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/logs/error.log warn;
 events { worker_connections 4096; }
@@ -92,27 +115,45 @@ http {
     location = /v1/whoami { return 200 "ok"; }
   }
 }
-`);
-  const child: ChildProcess = spawn('nginx', ['-p', dir, '-c', conf, '-g', 'daemon off;'], { stdio: ['ignore', 'ignore', 'pipe'] });
+`,
+  );
+  const child: ChildProcess = spawn('nginx', ['-p', dir, '-c', conf, '-g', 'daemon off;'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let err = '';
-  child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
+  child.stderr!.on('data', (b: Buffer) => {
+    err += b.toString();
+  });
   await untilTlsListening(port, child, 'nginx', () => err);
   const pids = () => {
     const f = `/proc/${child.pid}/task/${child.pid}/children`;
-    return [child.pid!, ...(existsSync(f) ? readFileSync(f, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number) : [])];
+    return [
+      child.pid!,
+      ...(existsSync(f) ? readFileSync(f, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number) : []),
+    ];
   };
   return {
-    name: 'nginx', base: `https://127.0.0.1:${port}`,
+    name: 'nginx',
+    base: `https://127.0.0.1:${port}`,
     cpuSeconds: () => pids().reduce((n, pid) => n + procStat(pid).cpu, 0),
-    stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGQUIT'); }),
+    stop: () =>
+      new Promise((r) => {
+        child.once('exit', () => r());
+        child.kill('SIGQUIT');
+      }),
   };
 }
 
 /** bench/node-floor.ts: node:https with fleetgate's TLS options, allocator and flags, answering `200 ok`. */
 async function startNodeFloor(): Promise<Server> {
-  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(import.meta.dirname, 'node-floor.ts'), fleet.config.dataDir], {
-    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...allocatorEnv('gateway', process.env) },
-  });
+  const child = spawn(
+    process.execPath,
+    [...SERVER_NODE_FLAGS, join(import.meta.dirname, 'node-floor.ts'), fleet.config.dataDir],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, ...allocatorEnv('gateway', process.env) },
+    },
+  );
   let port: number | undefined;
   for await (const line of createInterface({ input: child.stdout! })) {
     port = (JSON.parse(line) as { port: number }).port;
@@ -120,27 +161,55 @@ async function startNodeFloor(): Promise<Server> {
   }
   if (port === undefined) throw new Error('bench/node-floor.ts exited before listening');
   return {
-    name: 'bare node', base: `https://127.0.0.1:${port}`, cpuSeconds: () => procStat(child.pid!).cpu,
-    stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); }),
+    name: 'bare node',
+    base: `https://127.0.0.1:${port}`,
+    cpuSeconds: () => procStat(child.pid!).cpu,
+    stop: () =>
+      new Promise((r) => {
+        child.once('exit', () => r());
+        child.kill('SIGTERM');
+      }),
   };
 }
 
-const fleetgate: Server = { name: 'fleetgate', base: gw.endpoints.https!, cpuSeconds: () => gw.cpuSeconds(), stop: () => gw.stop() };
+const fleetgate: Server = {
+  name: 'fleetgate',
+  base: gw.endpoints.https!,
+  cpuSeconds: () => gw.cpuSeconds(),
+  stop: () => gw.stop(),
+};
 const nginx = NGINX ? await startNginx() : undefined;
 const nodeFloor = PHASES.has('newlocal') ? await startNodeFloor() : undefined;
 
 function get(server: Server, path: string, agent: Agent | false): Promise<number> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    request(`${server.base}${path}`, { agent, ca, cert: dev.certPem, key: dev.keyPem, servername: 'localhost' }, (res) => {
-      res.resume();
-      res.on('end', () => (res.statusCode === 200 ? resolve(performance.now() - started) : reject(new Error(`${server.name}: status ${res.statusCode}`))));
-    }).on('error', reject).end();
+    request(
+      `${server.base}${path}`,
+      { agent, ca, cert: dev.certPem, key: dev.keyPem, servername: 'localhost' },
+      (res) => {
+        res.resume();
+        res.on('end', () =>
+          res.statusCode === 200
+            ? resolve(performance.now() - started)
+            : reject(new Error(`${server.name}: status ${res.statusCode}`)),
+        );
+      },
+    )
+      .on('error', reject)
+      .end();
   });
 }
 
 /** One phase on one server: requests/s, latency, server CPU per request (µs). */
-async function phase(server: Server, name: string, count: number, clients: number, path: string, keepAlive: boolean): Promise<number> {
+async function phase(
+  server: Server,
+  name: string,
+  count: number,
+  clients: number,
+  path: string,
+  keepAlive: boolean,
+): Promise<number> {
   const agent = keepAlive ? new Agent({ keepAlive: true, maxSockets: clients }) : false;
   // Unmeasured warm-up, the same for every server (WARMUP or WARMUP_KEEPALIVE requests): the steady state
   // of a long-running gateway, not V8 compiling its hot path. (A quarter of the phase, as
@@ -149,32 +218,51 @@ async function phase(server: Server, name: string, count: number, clients: numbe
   // then starts on open connections.
   let warm = 0;
   const warmup = keepAlive ? WARMUP_KEEPALIVE : WARMUP;
-  await Promise.all(Array.from({ length: clients }, async () => {
-    while (warm++ < warmup) await get(server, path, agent);
-  }));
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      while (warm++ < warmup) await get(server, path, agent);
+    }),
+  );
   const latencies: number[] = [];
   const cpu0 = server.cpuSeconds();
   const t0 = performance.now();
   let next = 0;
-  await Promise.all(Array.from({ length: clients }, async () => {
-    while (next++ < count) latencies.push(await get(server, path, agent));
-  }));
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      while (next++ < count) latencies.push(await get(server, path, agent));
+    }),
+  );
   const seconds = (performance.now() - t0) / 1000;
   const cpuUs = ((server.cpuSeconds() - cpu0) / count) * 1e6;
   if (agent !== false) agent.destroy();
   latencies.sort((a, b) => a - b);
-  log(`${`${server.name}: ${name}`.padEnd(46)} ${fmt(count / seconds, 0).padStart(6)} req/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; server CPU ${fmt(cpuUs, 0)} µs/request`);
+  log(
+    `${`${server.name}: ${name}`.padEnd(46)} ${fmt(count / seconds, 0).padStart(6)} req/s; p50 ${fmt(percentile(latencies, 50), 2)} ms, p99 ${fmt(percentile(latencies, 99), 2)} ms; server CPU ${fmt(cpuUs, 0)} µs/request`,
+  );
   return cpuUs;
 }
 
 /** The median of `xs` (a copy is sorted). */
-const mid = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+const mid = (xs: number[]) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
 
 function median(fn: () => unknown, runs = 5_000): number {
   for (let i = 0; i < 500; i++) fn();
   const t: number[] = [];
-  for (let i = 0; i < runs; i++) { const s = performance.now(); fn(); t.push(performance.now() - s); }
-  return percentile(t.sort((a, b) => a - b), 50) * 1000;
+  for (let i = 0; i < runs; i++) {
+    const s = performance.now();
+    fn();
+    t.push(performance.now() - s);
+  }
+  return (
+    percentile(
+      t.sort((a, b) => a - b),
+      50,
+    ) * 1000
+  );
 }
 
 try {
@@ -201,19 +289,25 @@ try {
       if (floorServer !== undefined) bs.push(await phase(floorServer, name, count, clients, path, keepAlive));
     }
     rows.push([name, mid(fs), nginx === undefined ? undefined : mid(ns), target]);
-    if (floorServer !== undefined) floor = { fleetgate: mid(fs), nginx: nginx === undefined ? undefined : mid(ns), node: mid(bs) };
+    if (floorServer !== undefined)
+      floor = { fleetgate: mid(fs), nginx: nginx === undefined ? undefined : mid(ns), node: mid(bs) };
   }
   if (nginx !== undefined) {
     log('');
-    log(`server CPU per request, median of ${ROUNDS} interleaved rounds (lower is better); ratio = fleetgate / nginx (fleetgate: + status check + JWT; local: /v1/whoami vs \`return 200\`)`);
+    log(
+      `server CPU per request, median of ${ROUNDS} interleaved rounds (lower is better); ratio = fleetgate / nginx (fleetgate: + status check + JWT; local: /v1/whoami vs \`return 200\`)`,
+    );
     log('| work | fleetgate | nginx | ratio | target |');
     log('| --- | --- | --- | --- | --- |');
-    for (const [name, f, n, target] of rows) log(`| ${name} | ${fmt(f, 0)} µs | ${fmt(n!, 0)} µs | ${fmt(f / n!, 2)}× | ${target} |`);
+    for (const [name, f, n, target] of rows)
+      log(`| ${name} | ${fmt(f, 0)} µs | ${fmt(n!, 0)} µs | ${fmt(f / n!, 2)}× | ${target} |`);
     log('');
   }
   if (floor !== undefined) {
-    log(`Node's floor, a new connection answered locally by a bare node:https server with fleetgate's TLS options: ${fmt(floor.node, 0)} µs`
-      + `${floor.nginx === undefined ? '' : ` = ${fmt(floor.node / floor.nginx, 2)}× nginx`}; fleetgate's own work on top: ${fmt(floor.fleetgate - floor.node, 0)} µs per connection`);
+    log(
+      `Node's floor, a new connection answered locally by a bare node:https server with fleetgate's TLS options: ${fmt(floor.node, 0)} µs` +
+        `${floor.nginx === undefined ? '' : ` = ${fmt(floor.node / floor.nginx, 2)}× nginx`}; fleetgate's own work on top: ${fmt(floor.fleetgate - floor.node, 0)} µs per connection`,
+    );
     log('');
   }
 
@@ -232,13 +326,25 @@ try {
   const joseTimes: number[] = [];
   for (let i = 0; i < 3_000; i++) {
     const s = performance.now();
-    await new SignJWT({ sub: device.id }).setProtectedHeader({ alg: 'ES256', kid: 'bench' }).setIssuedAt().setExpirationTime('30s').sign(joseKey);
+    await new SignJWT({ sub: device.id })
+      .setProtectedHeader({ alg: 'ES256', kid: 'bench' })
+      .setIssuedAt()
+      .setExpirationTime('30s')
+      .sign(joseKey);
     joseTimes.push(performance.now() - s);
   }
-  const jose = percentile(joseTimes.slice(500).sort((a, b) => a - b), 50) * 1000;
+  const jose =
+    percentile(
+      joseTimes.slice(500).sort((a, b) => a - b),
+      50,
+    ) * 1000;
   log(`raw P-256 signature (crypto.sign)    ${fmt(raw, 1)} µs median`);
-  log(`assertion mint (ours, crypto.sign)    ${fmt(mint, 1)} µs median — ${fmt(mint / raw, 2)}× the raw signature (jose SignJWT: ${fmt(jose, 1)} µs)`);
-  log(`registry status check (registry thread: a connection's first request, unless remembered)  ${fmt(check, 1)} µs median`);
+  log(
+    `assertion mint (ours, crypto.sign)    ${fmt(mint, 1)} µs median — ${fmt(mint / raw, 2)}× the raw signature (jose SignJWT: ${fmt(jose, 1)} µs)`,
+  );
+  log(
+    `registry status check (registry thread: a connection's first request, unless remembered)  ${fmt(check, 1)} µs median`,
+  );
   log(`per-request overhead (check + mint)   ${fmt(check + mint, 1)} µs`);
   checker.close();
 } finally {

@@ -1,7 +1,15 @@
 // Shared by the benchmark scripts: a gateway in its own process (so its CPU can be measured),
 // a fleet of enrolled devices, message counting, and small statistics helpers. Loopback only; bounded loops.
 import type { MqttClient } from 'mqtt';
-export { benchFleet, freePort, procStat, spawnGateway, spawnService, untilTlsListening, type GatewayProcess } from '../harness/services.ts';
+export {
+  benchFleet,
+  freePort,
+  procStat,
+  spawnGateway,
+  spawnService,
+  untilTlsListening,
+  type GatewayProcess,
+} from '../harness/services.ts';
 
 export function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
@@ -17,29 +25,48 @@ export function fmt(n: number, digits = 1): string {
  * arrived, or when none has for 3 s (QoS 0 may be dropped for a subscriber that cannot keep up;
  * waiting longer would only add idle CPU).
  */
-export function countArrivals(client: MqttClient, total: number, counts: (topic: string, payload: Buffer) => boolean): { done: Promise<void>; received(): number } {
+export function countArrivals(
+  client: MqttClient,
+  total: number,
+  counts: (topic: string, payload: Buffer) => boolean,
+): { done: Promise<void>; received(): number } {
   let received = 0;
   let last = performance.now();
   const done = new Promise<void>((resolve) => {
-    const quiet = setInterval(() => { if (performance.now() - last > 3_000) { clearInterval(quiet); resolve(); } }, 250);
+    const quiet = setInterval(() => {
+      if (performance.now() - last > 3_000) {
+        clearInterval(quiet);
+        resolve();
+      }
+    }, 250);
     client.on('message', (topic, payload) => {
       if (!counts(topic, payload)) return;
       last = performance.now();
-      if (++received === total) { clearInterval(quiet); resolve(); }
+      if (++received === total) {
+        clearInterval(quiet);
+        resolve();
+      }
     });
   });
   return { done, received: () => received };
 }
 
 /** Each publisher `i` sends `messages` to `devices/bench-<i>/<topic>` (QoS 1: one at a time; QoS 0: yielding every 200). */
-export async function publishFromEach(publishers: MqttClient[], topic: string, messages: number, qos: 0 | 1): Promise<void> {
-  await Promise.all(publishers.map(async (p, i) => {
-    for (let n = 0; n < messages; n++) {
-      if (qos === 1) await p.publishAsync(`devices/bench-${i}/${topic}`, String(n), { qos });
-      else {
-        p.publish(`devices/bench-${i}/${topic}`, String(n), { qos });
-        if (n % 200 === 199) await new Promise((r) => setImmediate(r));
+export async function publishFromEach(
+  publishers: MqttClient[],
+  topic: string,
+  messages: number,
+  qos: 0 | 1,
+): Promise<void> {
+  await Promise.all(
+    publishers.map(async (p, i) => {
+      for (let n = 0; n < messages; n++) {
+        if (qos === 1) await p.publishAsync(`devices/bench-${i}/${topic}`, String(n), { qos });
+        else {
+          p.publish(`devices/bench-${i}/${topic}`, String(n), { qos });
+          if (n % 200 === 199) await new Promise((r) => setImmediate(r));
+        }
       }
-    }
-  }));
+    }),
+  );
 }

@@ -19,7 +19,18 @@ import { connect as tlsConnect, createSecureContext, type SecureContext, type TL
 import mqtt, { type MqttClient } from 'mqtt';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import { csrPem, enrollDevice, keyPem, newKeys, type Credential } from '../harness/pki.ts';
-import { benchFleet, countArrivals, fmt, freePort, percentile, procStat, publishFromEach, spawnService, untilTlsListening, type GatewayProcess } from './lib.ts';
+import {
+  benchFleet,
+  countArrivals,
+  fmt,
+  freePort,
+  percentile,
+  procStat,
+  publishFromEach,
+  spawnService,
+  untilTlsListening,
+  type GatewayProcess,
+} from './lib.ts';
 
 const CONNECTS = Number(process.env.BENCH_CONNECTS ?? 300);
 const CONNECT_CONCURRENCY = 4;
@@ -46,7 +57,9 @@ const V5 = process.env.BENCH_V5 !== '0';
 
 const log = (s: string) => process.stdout.write(`${s}\n`);
 const fleet = await benchFleet();
-log(`fleetgate bench:mqtt — node ${process.version}; ${ROUNDS} rounds of ${CONNECTS} connects and ${PUBLISHERS}×${MESSAGES} QoS 0, ${PUBLISHERS}×${QOS1_MESSAGES} QoS 1 messages; ${IDLE} idle connections; peer: Mosquitto`);
+log(
+  `fleetgate bench:mqtt — node ${process.version}; ${ROUNDS} rounds of ${CONNECTS} connects and ${PUBLISHERS}×${MESSAGES} QoS 0, ${PUBLISHERS}×${QOS1_MESSAGES} QoS 1 messages; ${IDLE} idle connections; peer: Mosquitto`,
+);
 
 /** A server under test: its URL and how to read its CPU and RSS. */
 interface Server {
@@ -61,25 +74,56 @@ async function startMosquitto(): Promise<Server> {
   const port = await freePort();
   const conf = join(fleet.dir, 'mosquitto.conf');
   // The same server certificate and trust as fleetgate; every connection presents a client certificate.
-  writeFileSync(conf, [
-    'user root', 'persistence false', 'log_dest none', 'set_tcp_nodelay true', 'per_listener_settings false',
-    `listener ${port} 127.0.0.1`, `cafile ${fleet.paths.rootCert}`, `certfile ${fleet.paths.serverCert}`, `keyfile ${fleet.paths.serverKey}`,
-    'require_certificate true', 'use_identity_as_username true', 'allow_anonymous false', '',
-  ].join('\n'));
+  writeFileSync(
+    conf,
+    [
+      'user root',
+      'persistence false',
+      'log_dest none',
+      'set_tcp_nodelay true',
+      'per_listener_settings false',
+      `listener ${port} 127.0.0.1`,
+      `cafile ${fleet.paths.rootCert}`,
+      `certfile ${fleet.paths.serverCert}`,
+      `keyfile ${fleet.paths.serverKey}`,
+      'require_certificate true',
+      'use_identity_as_username true',
+      'allow_anonymous false',
+      '',
+    ].join('\n'),
+  );
   const child: ChildProcess = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
-  child.stderr!.on('data', (b: Buffer) => { err += b.toString(); });
+  child.stderr!.on('data', (b: Buffer) => {
+    err += b.toString();
+  });
   await untilTlsListening(port, child, 'mosquitto', () => err);
   return {
-    name: 'mosquitto', url: `mqtts://127.0.0.1:${port}`,
-    cpuSeconds: () => procStat(child.pid!).cpu, rssBytes: () => procStat(child.pid!).rss,
-    stop: () => new Promise((r) => { child.once('exit', () => r()); child.kill('SIGTERM'); }),
+    name: 'mosquitto',
+    url: `mqtts://127.0.0.1:${port}`,
+    cpuSeconds: () => procStat(child.pid!).cpu,
+    rssBytes: () => procStat(child.pid!).rss,
+    stop: () =>
+      new Promise((r) => {
+        child.once('exit', () => r());
+        child.kill('SIGTERM');
+      }),
   };
 }
 
 async function startFleetgate(durability: 'disk' | 'memory'): Promise<Server & { gw: GatewayProcess }> {
-  const gw = await spawnService('gateway', fleet.config.dataDir, { FLEETGATE_MQTT_DURABILITY: durability, FLEETGATE_MQTT_MAX_QUEUED: '100000' });
-  return { name: `fleetgate (${durability})`, url: gw.endpoints['mqtt+tls']!, cpuSeconds: () => gw.cpuSeconds(), rssBytes: () => gw.rssBytes(), stop: () => gw.stop(), gw };
+  const gw = await spawnService('gateway', fleet.config.dataDir, {
+    FLEETGATE_MQTT_DURABILITY: durability,
+    FLEETGATE_MQTT_MAX_QUEUED: '100000',
+  });
+  return {
+    name: `fleetgate (${durability})`,
+    url: gw.endpoints['mqtt+tls']!,
+    cpuSeconds: () => gw.cpuSeconds(),
+    rssBytes: () => gw.rssBytes(),
+    stop: () => gw.stop(),
+    gw,
+  };
 }
 
 // One key for every benchmark device (the registry allows it; the key is not what is measured),
@@ -91,42 +135,84 @@ const contexts = new Map<string, SecureContext>();
 async function device(id: string, type = 'sensor'): Promise<Credential> {
   if (type !== 'sensor') return enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id, type });
   fleet.registry.addDevice({ id, type }, 'bench');
-  const r = await enroll({ registry: fleet.registry, ca: fleet.ca, defaultValidityMs: 86_400_000 }, { csr, auth: { method: 'operator', deviceId: id }, actor: 'bench' });
-  return { deviceId: id, certPem: r.certificate + r.chain, keyPem: '', certFile: '', keyFile: '', serial: r.serial, fingerprint: r.fingerprint, spki: '', keys };
+  const r = await enroll(
+    { registry: fleet.registry, ca: fleet.ca, defaultValidityMs: 86_400_000 },
+    { csr, auth: { method: 'operator', deviceId: id }, actor: 'bench' },
+  );
+  return {
+    deviceId: id,
+    certPem: r.certificate + r.chain,
+    keyPem: '',
+    certFile: '',
+    keyFile: '',
+    serial: r.serial,
+    fingerprint: r.fingerprint,
+    spki: '',
+    keys,
+  };
 }
 const sharedKeyPem = await keyPem(keys);
 const contextFor = (cred: Credential) => {
   let c = contexts.get(cred.deviceId);
-  if (c === undefined) contexts.set(cred.deviceId, (c = createSecureContext({ ca, cert: cred.certPem, key: cred.keyPem || sharedKeyPem })));
+  if (c === undefined)
+    contexts.set(
+      cred.deviceId,
+      (c = createSecureContext({ ca, cert: cred.certPem, key: cred.keyPem || sharedKeyPem })),
+    );
   return c;
 };
 
 /** The protocol the message phases speak: 4 (3.1.1) or 5. */
 let protocolVersion: 4 | 5 = 4;
 function open(url: string, cred: Credential, extra: mqtt.IClientOptions = {}): Promise<MqttClient> {
-  return mqtt.connectAsync(url, {
-    secureContext: contextFor(cred), clientId: cred.deviceId, protocolVersion, reconnectPeriod: 0, keepalive: 600, connectTimeout: 20_000, servername: 'localhost',
-    ...(protocolVersion === 5 && { properties: { sessionExpiryInterval: extra.clean === false ? 3_600 : 0 } }), ...extra,
-  } as mqtt.IClientOptions, false);
+  return mqtt.connectAsync(
+    url,
+    {
+      secureContext: contextFor(cred),
+      clientId: cred.deviceId,
+      protocolVersion,
+      reconnectPeriod: 0,
+      keepalive: 600,
+      connectTimeout: 20_000,
+      servername: 'localhost',
+      ...(protocolVersion === 5 && { properties: { sessionExpiryInterval: extra.clean === false ? 3_600 : 0 } }),
+      ...extra,
+    } as mqtt.IClientOptions,
+    false,
+  );
 }
 
 const publishersCreds: Credential[] = [];
-for (let i = 0; i < Math.max(PUBLISHERS, CONNECT_CONCURRENCY, REVOCATIONS); i++) publishersCreds.push(await device(`bench-${i}`));
+for (let i = 0; i < Math.max(PUBLISHERS, CONNECT_CONCURRENCY, REVOCATIONS); i++)
+  publishersCreds.push(await device(`bench-${i}`));
 const service = await device('bench-svc', 'service');
 
-interface Figures { connectMs: number; qos0Us: number; qos1Us: number; qos1PersistentUs: number; loss0: number; loss1: number; lossP: number; idleKiB: number; idleCpuPct: number; connectRate: number }
+interface Figures {
+  connectMs: number;
+  qos0Us: number;
+  qos1Us: number;
+  qos1PersistentUs: number;
+  loss0: number;
+  loss1: number;
+  lossP: number;
+  idleKiB: number;
+  idleCpuPct: number;
+  connectRate: number;
+}
 
 async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'idleCpuPct'>> {
   // 1. Connects (after WARMUP_CONNECTS unmeasured ones).
   const connects = async (count: number) => {
     let next = 0;
-    await Promise.all(Array.from({ length: CONNECT_CONCURRENCY }, async (_, lane) => {
-      while (next < count) {
-        next++;
-        const c = await open(server.url, publishersCreds[lane]!);
-        await c.endAsync(true);
-      }
-    }));
+    await Promise.all(
+      Array.from({ length: CONNECT_CONCURRENCY }, async (_, lane) => {
+        while (next < count) {
+          next++;
+          const c = await open(server.url, publishersCreds[lane]!);
+          await c.endAsync(true);
+        }
+      }),
+    );
   };
   await connects(WARMUP_CONNECTS);
   let cpu0 = server.cpuSeconds();
@@ -169,7 +255,16 @@ async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'i
     await sub.unsubscribeAsync(`devices/+/${topic}`);
   }
   await Promise.all([sub, ...publishers].map((c) => c.endAsync(true)));
-  return { connectMs, qos0Us: out[0]!, qos1Us: out[1]!, qos1PersistentUs: out[2]!, loss0: loss[0]!, loss1: loss[1]!, lossP: loss[2]!, connectRate: CONNECTS / connectSeconds };
+  return {
+    connectMs,
+    qos0Us: out[0]!,
+    qos1Us: out[1]!,
+    qos1PersistentUs: out[2]!,
+    loss0: loss[0]!,
+    loss1: loss[1]!,
+    lossP: loss[2]!,
+    connectRate: CONNECTS / connectSeconds,
+  };
 }
 
 async function measureIdle(server: Server, idleCreds: Credential[]): Promise<number> {
@@ -179,20 +274,28 @@ async function measureIdle(server: Server, idleCreds: Credential[]): Promise<num
   const port = Number(new URL(server.url).port);
   let opened = 0;
   let lane = 0;
-  await Promise.all(Array.from({ length: 8 }, async () => {
-    while (lane < idleCreds.length) {
-      const cred = idleCreds[lane++]!;
-      const s = await new Promise<TLSSocket | undefined>((resolve) => {
-        const sock = tlsConnect({ host: '127.0.0.1', port, secureContext: contextFor(cred), servername: 'localhost' }, () => {
-          sock.write(mqttConnect(cred.deviceId));
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      while (lane < idleCreds.length) {
+        const cred = idleCreds[lane++]!;
+        const s = await new Promise<TLSSocket | undefined>((resolve) => {
+          const sock = tlsConnect(
+            { host: '127.0.0.1', port, secureContext: contextFor(cred), servername: 'localhost' },
+            () => {
+              sock.write(mqttConnect(cred.deviceId));
+            },
+          );
+          sock.once('data', (b: Buffer) => resolve(b[0] === 0x20 && b[3] === 0 ? sock : undefined));
+          sock.once('error', () => resolve(undefined));
+          sock.once('close', () => resolve(undefined));
         });
-        sock.once('data', (b: Buffer) => resolve(b[0] === 0x20 && b[3] === 0 ? sock : undefined));
-        sock.once('error', () => resolve(undefined));
-        sock.once('close', () => resolve(undefined));
-      });
-      if (s !== undefined) { sockets.push(s); opened++; }
-    }
-  }));
+        if (s !== undefined) {
+          sockets.push(s);
+          opened++;
+        }
+      }
+    }),
+  );
   await new Promise((r) => setTimeout(r, 2_000)); // let the servers settle
   const idleKiB = opened === 0 ? Number.NaN : (server.rssBytes() - rss0) / opened / 1024;
   if (opened < idleCreds.length) log(`  (${server.name}: ${opened}/${idleCreds.length} idle connections opened)`);
@@ -202,13 +305,21 @@ async function measureIdle(server: Server, idleCreds: Credential[]): Promise<num
   // background thread returns freed pages.)
   await new Promise((r) => setTimeout(r, AFTER_CLOSE_SECONDS * 1_000));
   const mib = (b: number) => fmt(b / 2 ** 20, 0);
-  log(`${server.name}: RSS ${mib(rss0)} MiB idle → ${mib(loaded)} MiB with ${opened} connections → ${mib(server.rssBytes())} MiB ${AFTER_CLOSE_SECONDS} s after they closed`);
+  log(
+    `${server.name}: RSS ${mib(rss0)} MiB idle → ${mib(loaded)} MiB with ${opened} connections → ${mib(server.rssBytes())} MiB ${AFTER_CLOSE_SECONDS} s after they closed`,
+  );
   return idleKiB;
 }
 
 function mqttConnect(clientId: string): Buffer {
   const id = Buffer.from(clientId);
-  const body = Buffer.concat([Buffer.from([0, 4]), Buffer.from('MQTT'), Buffer.from([4, 0x02, 0x02, 0x58]), Buffer.from([id.length >> 8, id.length & 0xff]), id]);
+  const body = Buffer.concat([
+    Buffer.from([0, 4]),
+    Buffer.from('MQTT'),
+    Buffer.from([4, 0x02, 0x02, 0x58]),
+    Buffer.from([id.length >> 8, id.length & 0xff]),
+    id,
+  ]);
   return Buffer.concat([Buffer.from([0x10, body.length]), body]);
 }
 
@@ -234,15 +345,22 @@ async function workRounds(makers: (() => Promise<Server>)[]): Promise<Map<string
       }
     }
   }
-  const summary = (rs: Work[]): Work => Object.fromEntries((Object.keys(rs[0]!) as (keyof Work)[]).map((k) => {
-    const values = rs.map((r) => r[k]).sort((a, b) => a - b);
-    return [k, k.startsWith('loss') ? values.at(-1)! : percentile(values, 50)];
-  })) as Work;
+  const summary = (rs: Work[]): Work =>
+    Object.fromEntries(
+      (Object.keys(rs[0]!) as (keyof Work)[]).map((k) => {
+        const values = rs.map((r) => r[k]).sort((a, b) => a - b);
+        return [k, k.startsWith('loss') ? values.at(-1)! : percentile(values, 50)];
+      }),
+    ) as Work;
   return new Map([...rounds].map(([name, rs]) => [name, summary(rs)]));
 }
 
 const results = new Map<string, Figures>();
-for (const [name, work] of await workRounds([() => startFleetgate('disk'), () => startMosquitto(), () => startFleetgate('memory')])) {
+for (const [name, work] of await workRounds([
+  () => startFleetgate('disk'),
+  () => startMosquitto(),
+  () => startFleetgate('memory'),
+])) {
   results.set(name, { ...work, idleKiB: Number.NaN, idleCpuPct: Number.NaN });
 }
 // 5. MQTT 5 beside 3.1.1, on the same servers and clients (fleetgate in memory mode: the
@@ -280,29 +398,57 @@ const mo = results.get('mosquitto')!;
 
 const ratio = (a: number, b: number) => `${fmt(a / b, 2)}×`;
 log('');
-log(`server CPU per unit of work, median of ${ROUNDS} interleaved rounds (lower is better); ratio = fleetgate / Mosquitto`);
+log(
+  `server CPU per unit of work, median of ${ROUNDS} interleaved rounds (lower is better); ratio = fleetgate / Mosquitto`,
+);
 log(`| work | fleetgate disk | fleetgate memory | Mosquitto | ratio (disk) | ratio (memory) | target |`);
 log(`| --- | --- | --- | --- | --- | --- | --- |`);
-log(`| mTLS connect → CONNACK | ${fmt(fg.connectMs, 2)} ms | ${fmt(fm.connectMs, 2)} ms | ${fmt(mo.connectMs, 2)} ms | ${ratio(fg.connectMs, mo.connectMs)} | ${ratio(fm.connectMs, mo.connectMs)} | ≤ 1.0 |`);
-log(`| QoS 0 message (10 → 1) | ${fmt(fg.qos0Us, 1)} µs | ${fmt(fm.qos0Us, 1)} µs | ${fmt(mo.qos0Us, 1)} µs | ${ratio(fg.qos0Us, mo.qos0Us)} | ${ratio(fm.qos0Us, mo.qos0Us)} | ≤ 1.0 |`);
-log(`| QoS 1 message (10 → 1) | ${fmt(fg.qos1Us, 1)} µs | ${fmt(fm.qos1Us, 1)} µs | ${fmt(mo.qos1Us, 1)} µs | ${ratio(fg.qos1Us, mo.qos1Us)} | ${ratio(fm.qos1Us, mo.qos1Us)} | ≤ 1.5 (memory) |`);
-log(`| QoS 1 to a persistent session | ${fmt(fg.qos1PersistentUs, 1)} µs | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(mo.qos1PersistentUs, 1)} µs | ${ratio(fg.qos1PersistentUs, mo.qos1PersistentUs)} | ${ratio(fm.qos1PersistentUs, mo.qos1PersistentUs)} | (disk: on disk before PUBACK) |`);
-log(`| idle RSS per connection (${IDLE}) | ${fmt(fg.idleKiB, 1)} KiB | ${fmt(fm.idleKiB, 1)} KiB | ${fmt(mo.idleKiB, 1)} KiB | ${ratio(fg.idleKiB, mo.idleKiB)} | ${ratio(fm.idleKiB, mo.idleKiB)} | ≤ 1.5 |`);
-log(`| idle CPU, no connection (${IDLE_CPU_SECONDS} s) | ${fmt(fg.idleCpuPct, 2)} % | ${fmt(fm.idleCpuPct, 2)} % | ${fmt(mo.idleCpuPct, 2)} % | | | (CPU ticks are 10 ms: ±${fmt(1 / IDLE_CPU_SECONDS, 2)} %) |`);
-log(`loss: QoS 0 ${[fg, fm, mo].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[fg, fm, mo].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')}; QoS 1 persistent ${[fg, fm, mo].map((r) => `${fmt(r.lossP * 100, 2)} %`).join(' / ')} (disk / memory / Mosquitto)`);
+log(
+  `| mTLS connect → CONNACK | ${fmt(fg.connectMs, 2)} ms | ${fmt(fm.connectMs, 2)} ms | ${fmt(mo.connectMs, 2)} ms | ${ratio(fg.connectMs, mo.connectMs)} | ${ratio(fm.connectMs, mo.connectMs)} | ≤ 1.0 |`,
+);
+log(
+  `| QoS 0 message (10 → 1) | ${fmt(fg.qos0Us, 1)} µs | ${fmt(fm.qos0Us, 1)} µs | ${fmt(mo.qos0Us, 1)} µs | ${ratio(fg.qos0Us, mo.qos0Us)} | ${ratio(fm.qos0Us, mo.qos0Us)} | ≤ 1.0 |`,
+);
+log(
+  `| QoS 1 message (10 → 1) | ${fmt(fg.qos1Us, 1)} µs | ${fmt(fm.qos1Us, 1)} µs | ${fmt(mo.qos1Us, 1)} µs | ${ratio(fg.qos1Us, mo.qos1Us)} | ${ratio(fm.qos1Us, mo.qos1Us)} | ≤ 1.5 (memory) |`,
+);
+log(
+  `| QoS 1 to a persistent session | ${fmt(fg.qos1PersistentUs, 1)} µs | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(mo.qos1PersistentUs, 1)} µs | ${ratio(fg.qos1PersistentUs, mo.qos1PersistentUs)} | ${ratio(fm.qos1PersistentUs, mo.qos1PersistentUs)} | (disk: on disk before PUBACK) |`,
+);
+log(
+  `| idle RSS per connection (${IDLE}) | ${fmt(fg.idleKiB, 1)} KiB | ${fmt(fm.idleKiB, 1)} KiB | ${fmt(mo.idleKiB, 1)} KiB | ${ratio(fg.idleKiB, mo.idleKiB)} | ${ratio(fm.idleKiB, mo.idleKiB)} | ≤ 1.5 |`,
+);
+log(
+  `| idle CPU, no connection (${IDLE_CPU_SECONDS} s) | ${fmt(fg.idleCpuPct, 2)} % | ${fmt(fm.idleCpuPct, 2)} % | ${fmt(mo.idleCpuPct, 2)} % | | | (CPU ticks are 10 ms: ±${fmt(1 / IDLE_CPU_SECONDS, 2)} %) |`,
+);
+log(
+  `loss: QoS 0 ${[fg, fm, mo].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[fg, fm, mo].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')}; QoS 1 persistent ${[fg, fm, mo].map((r) => `${fmt(r.lossP * 100, 2)} %`).join(' / ')} (disk / memory / Mosquitto)`,
+);
 log(`connects/s (client-bound): ${[fg, fm, mo].map((r) => fmt(r.connectRate, 0)).join(' / ')}`);
 if (V5) {
   const f5 = v5.get('fleetgate (memory)')!;
   const m5 = v5.get('mosquitto')!;
   log('');
   log(`MQTT 5 beside 3.1.1 (server CPU per unit of work, median of ${ROUNDS} rounds; fleetgate memory mode)`);
-  log(`| work | fleetgate 3.1.1 | fleetgate 5 | 5 / 3.1.1 (target ≤ 1.10) | Mosquitto 3.1.1 | Mosquitto 5 | fleetgate 5 / Mosquitto 5 |`);
+  log(
+    `| work | fleetgate 3.1.1 | fleetgate 5 | 5 / 3.1.1 (target ≤ 1.10) | Mosquitto 3.1.1 | Mosquitto 5 | fleetgate 5 / Mosquitto 5 |`,
+  );
   log(`| --- | --- | --- | --- | --- | --- | --- |`);
-  log(`| mTLS connect → CONNACK | ${fmt(fm.connectMs, 2)} ms | ${fmt(f5.connectMs, 2)} ms | ${ratio(f5.connectMs, fm.connectMs)} | ${fmt(mo.connectMs, 2)} ms | ${fmt(m5.connectMs, 2)} ms | ${ratio(f5.connectMs, m5.connectMs)} |`);
-  log(`| QoS 0 message (10 → 1) | ${fmt(fm.qos0Us, 1)} µs | ${fmt(f5.qos0Us, 1)} µs | ${ratio(f5.qos0Us, fm.qos0Us)} | ${fmt(mo.qos0Us, 1)} µs | ${fmt(m5.qos0Us, 1)} µs | ${ratio(f5.qos0Us, m5.qos0Us)} |`);
-  log(`| QoS 1 message (10 → 1) | ${fmt(fm.qos1Us, 1)} µs | ${fmt(f5.qos1Us, 1)} µs | ${ratio(f5.qos1Us, fm.qos1Us)} | ${fmt(mo.qos1Us, 1)} µs | ${fmt(m5.qos1Us, 1)} µs | ${ratio(f5.qos1Us, m5.qos1Us)} |`);
-  log(`| QoS 1 to a persistent session | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(f5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, fm.qos1PersistentUs)} | ${fmt(mo.qos1PersistentUs, 1)} µs | ${fmt(m5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, m5.qos1PersistentUs)} |`);
-  log(`loss (v5): QoS 0 ${[f5, m5].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[f5, m5].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')} (fleetgate / Mosquitto)`);
+  log(
+    `| mTLS connect → CONNACK | ${fmt(fm.connectMs, 2)} ms | ${fmt(f5.connectMs, 2)} ms | ${ratio(f5.connectMs, fm.connectMs)} | ${fmt(mo.connectMs, 2)} ms | ${fmt(m5.connectMs, 2)} ms | ${ratio(f5.connectMs, m5.connectMs)} |`,
+  );
+  log(
+    `| QoS 0 message (10 → 1) | ${fmt(fm.qos0Us, 1)} µs | ${fmt(f5.qos0Us, 1)} µs | ${ratio(f5.qos0Us, fm.qos0Us)} | ${fmt(mo.qos0Us, 1)} µs | ${fmt(m5.qos0Us, 1)} µs | ${ratio(f5.qos0Us, m5.qos0Us)} |`,
+  );
+  log(
+    `| QoS 1 message (10 → 1) | ${fmt(fm.qos1Us, 1)} µs | ${fmt(f5.qos1Us, 1)} µs | ${ratio(f5.qos1Us, fm.qos1Us)} | ${fmt(mo.qos1Us, 1)} µs | ${fmt(m5.qos1Us, 1)} µs | ${ratio(f5.qos1Us, m5.qos1Us)} |`,
+  );
+  log(
+    `| QoS 1 to a persistent session | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(f5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, fm.qos1PersistentUs)} | ${fmt(mo.qos1PersistentUs, 1)} µs | ${fmt(m5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, m5.qos1PersistentUs)} |`,
+  );
+  log(
+    `loss (v5): QoS 0 ${[f5, m5].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[f5, m5].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')} (fleetgate / Mosquitto)`,
+  );
 }
 
 // 4. Revoke → cut, fleetgate only (Mosquitto has no revocation to compare).
@@ -319,11 +465,21 @@ try {
     fleet.registry.revokeDevice(publishersCreds[i]!.deviceId, 1, 'bench');
     const committed = performance.now();
     commits.push(committed - asked);
-    cuts.push((await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(Number.NaN), 5_000))])) - committed);
+    cuts.push(
+      (await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(Number.NaN), 5_000))])) - committed,
+    );
   }
   const sorted = cuts.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
   const slowest = cuts.indexOf(sorted.at(-1) ?? Number.NaN);
-  log(`revoke→cut: p50 ${fmt(percentile(sorted, 50), 1)} ms, p99 ${fmt(percentile(sorted, 99), 1)} ms, max ${fmt(sorted.at(-1) ?? Number.NaN, 1)} ms (revocation ${slowest + 1}) over ${cuts.length} revocations (from each commit; the commit itself p50 ${fmt(percentile([...commits].sort((a, b) => a - b), 50), 1)} ms, max ${fmt(Math.max(...commits), 1)} ms)${sorted.length < cuts.length ? `; ${cuts.length - sorted.length} NOT CUT within 5 s` : ''}`);
+  log(
+    `revoke→cut: p50 ${fmt(percentile(sorted, 50), 1)} ms, p99 ${fmt(percentile(sorted, 99), 1)} ms, max ${fmt(sorted.at(-1) ?? Number.NaN, 1)} ms (revocation ${slowest + 1}) over ${cuts.length} revocations (from each commit; the commit itself p50 ${fmt(
+      percentile(
+        [...commits].sort((a, b) => a - b),
+        50,
+      ),
+      1,
+    )} ms, max ${fmt(Math.max(...commits), 1)} ms)${sorted.length < cuts.length ? `; ${cuts.length - sorted.length} NOT CUT within 5 s` : ''}`,
+  );
 } finally {
   await gw.stop();
   fleet.registry.close();

@@ -7,9 +7,14 @@ import type { AddressInfo } from 'node:net';
 import { dataPaths } from '../config/paths.ts';
 import { serverTlsOptions } from '../edge/tls.ts';
 
-const server = createServer(serverTlsOptions(dataPaths(process.argv[2]!), { handshakeTimeoutMs: 10_000, clientCert: 'required' }), (req, res) => {
-  req.resume();
-  res.end('ok');
-});
-server.listen(0, '127.0.0.1', () => process.stdout.write(`${JSON.stringify({ port: (server.address() as AddressInfo).port })}\n`));
+const server = createServer(
+  serverTlsOptions(dataPaths(process.argv[2]!), { handshakeTimeoutMs: 10_000, clientCert: 'required' }),
+  (req, res) => {
+    req.resume();
+    res.end('ok');
+  },
+);
+server.listen(0, '127.0.0.1', () =>
+  process.stdout.write(`${JSON.stringify({ port: (server.address() as AddressInfo).port })}\n`),
+);
 process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -48,7 +48,11 @@ class SyncPg {
   constructor(url: string) {
     const { port1, port2 } = new MessageChannel();
     this.#port = port1;
-    this.#worker = new Worker(WORKER, { eval: true, workerData: { port: port2, signal: this.#signal, url, pgPath: import.meta.resolve('pg').replace('file://', '') }, transferList: [port2] });
+    this.#worker = new Worker(WORKER, {
+      eval: true,
+      workerData: { port: port2, signal: this.#signal, url, pgPath: import.meta.resolve('pg').replace('file://', '') },
+      transferList: [port2],
+    });
   }
 
   query(sql: string, params: unknown[] = []): Record<string, unknown>[] {
@@ -65,17 +69,26 @@ class SyncPg {
   }
 }
 
-const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+const cpu = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
 function report(name: string, seconds: number, cpuSeconds: number): void {
-  log(`${name.padEnd(44)} ${fmt(N / seconds, 0).padStart(7)} transactions/s; caller CPU ${fmt((cpuSeconds / N) * 1e6, 1)} µs per transaction`);
+  log(
+    `${name.padEnd(44)} ${fmt(N / seconds, 0).padStart(7)} transactions/s; caller CPU ${fmt((cpuSeconds / N) * 1e6, 1)} µs per transaction`,
+  );
 }
 
 const server = await startPostgres();
 try {
   const setup = new pg.Client({ connectionString: server.url });
   await setup.connect();
-  await setup.query('CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); CREATE TABLE c (id INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO c VALUES (1, 0)');
-  log(`fleetgate bench:pg-sync — node ${process.version}; ${N} transactions each (BEGIN · INSERT · UPDATE · COMMIT), one at a time`);
+  await setup.query(
+    'CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); CREATE TABLE c (id INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO c VALUES (1, 0)',
+  );
+  log(
+    `fleetgate bench:pg-sync — node ${process.version}; ${N} transactions each (BEGIN · INSERT · UPDATE · COMMIT), one at a time`,
+  );
 
   let c0 = cpu();
   let t0 = performance.now();
@@ -106,16 +119,24 @@ try {
   const db = new Database(join(dir, 'r.db'));
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
-  db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); CREATE TABLE c (id INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO c VALUES (1, 0)');
+  db.exec(
+    'CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER NOT NULL); CREATE TABLE c (id INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO c VALUES (1, 0)',
+  );
   const ins = db.prepare('INSERT INTO t (id, n) VALUES (?, ?)');
   const upd = db.prepare('UPDATE c SET v = v + 1 WHERE id = 1');
   c0 = cpu();
   t0 = performance.now();
-  for (let i = 0; i < N; i++) db.transaction(() => { ins.run(i, i); upd.run(); }).immediate();
+  for (let i = 0; i < N; i++)
+    db.transaction(() => {
+      ins.run(i, i);
+      upd.run();
+    }).immediate();
   report('better-sqlite3 (synchronous=FULL: an fsync each)', (performance.now() - t0) / 1000, cpu() - c0);
   db.close();
   rmSync(dir, { recursive: true, force: true });
-  log('(PostgreSQL here runs with fsync off, SQLite with an fsync per commit: compare the two pg rows with each other)');
+  log(
+    '(PostgreSQL here runs with fsync off, SQLite with an fsync per commit: compare the two pg rows with each other)',
+  );
 } finally {
   await server.destroy();
 }

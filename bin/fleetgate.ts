@@ -16,11 +16,14 @@ const args = process.argv.slice(2);
 // memory goes back to the system after connections close). Started without them, a server
 // command runs itself again with them, passing signals through and exiting with the child's status.
 const needsOpenssl = !process.execArgv.some((a) => a.startsWith('--openssl-config'));
-const server = SERVER_COMMANDS.has(args[0] ?? '') ? args[0] as ServerCommand : undefined;
+const server = SERVER_COMMANDS.has(args[0] ?? '') ? (args[0] as ServerCommand) : undefined;
 const allocator = server === undefined ? {} : allocatorEnv(server);
 if (server !== undefined && (needsOpenssl || Object.keys(allocator).length > 0)) {
   const flags = needsOpenssl ? [...process.execArgv, `--openssl-config=${OPENSSL_CONFIG}`] : process.execArgv;
-  const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], { stdio: 'inherit', env: { ...process.env, ...allocator } });
+  const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], {
+    stdio: 'inherit',
+    env: { ...process.env, ...allocator },
+  });
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => child.kill(signal));
   child.on('exit', (code, signal) => {
     process.exitCode = code ?? (signal === null ? 1 : 128);

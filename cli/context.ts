@@ -40,7 +40,10 @@ export class CliContext {
   registry(): RegistryWriter {
     if (this.#registry === undefined) {
       if (!isPostgresUrl(this.paths.registry) && !existsSync(this.paths.registry)) {
-        throw new FleetgateError('CA_NOT_INITIALIZED', `no registry in ${this.paths.dataDir}: run \`fleetgate init --data ${this.paths.dataDir}\``);
+        throw new FleetgateError(
+          'CA_NOT_INITIALIZED',
+          `no registry in ${this.paths.dataDir}: run \`fleetgate init --data ${this.paths.dataDir}\``,
+        );
       }
       this.#registry = new RegistryWriter(this.paths.registry);
     }
@@ -58,7 +61,11 @@ export class CliContext {
 }
 
 /** Runs `fn` with a context and always closes it. */
-export async function withContext<T>(options: CommonOptions, fn: (ctx: CliContext) => Promise<T> | T, flags?: Record<string, string | undefined>): Promise<T> {
+export async function withContext<T>(
+  options: CommonOptions,
+  fn: (ctx: CliContext) => Promise<T> | T,
+  flags?: Record<string, string | undefined>,
+): Promise<T> {
   const ctx = new CliContext(options, flags);
   try {
     return await fn(ctx);

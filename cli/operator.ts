@@ -31,14 +31,21 @@ export async function operatorIdentity(ctx: CliContext): Promise<{ cert: string;
     const cert = new X509Certificate(readFileSync(operatorCert));
     const record = registry.getCertificate(serialHex(cert.serialNumber));
     if (record !== undefined && record.revocation === null && record.notAfter - Date.now() > RENEW_BEFORE_MS) {
-      return { cert: readFileSync(operatorCert, 'utf8'), key: readFileSync(operatorKey, 'utf8'), ca: readFileSync(rootCert, 'utf8') };
+      return {
+        cert: readFileSync(operatorCert, 'utf8'),
+        key: readFileSync(operatorKey, 'utf8'),
+        ca: readFileSync(rootCert, 'utf8'),
+      };
     }
   }
   const id = operatorId();
   if (registry.getDevice(id) === undefined) registry.addDevice({ id, type: 'operator', fleet: 'operators' }, ctx.actor);
   const { keyPem, issued } = await issueWithNewKey(ctx, id, OPERATOR_VALIDITY_MS);
   // Key first, then certificate; each replaced atomically.
-  for (const [file, content, mode] of [[operatorKey, keyPem, 0o600], [operatorCert, issued.certificate + issued.chain, 0o644]] as const) {
+  for (const [file, content, mode] of [
+    [operatorKey, keyPem, 0o600],
+    [operatorCert, issued.certificate + issued.chain, 0o644],
+  ] as const) {
     const tmp = `${file}.${process.pid}.new`;
     writeNewFile(tmp, content, mode);
     renameSync(tmp, file);
@@ -50,14 +57,26 @@ export async function operatorIdentity(ctx: CliContext): Promise<{ cert: string;
  * A new P-256 key made here and a certificate for it issued to `id` (an operator or auditor
  * already in the registry), recorded like every certificate. The key is returned, never written.
  */
-export async function issueWithNewKey(ctx: CliContext, id: string, validityMs: number): Promise<{ keyPem: string; issued: Awaited<ReturnType<typeof enroll>> }> {
+export async function issueWithNewKey(
+  ctx: CliContext,
+  id: string,
+  validityMs: number,
+): Promise<{ keyPem: string; issued: Awaited<ReturnType<typeof enroll>> }> {
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const keyPem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
   const keys = {
-    privateKey: await subtle.importKey('pkcs8', privateKey.export({ type: 'pkcs8', format: 'der' }), EC_P256, false, ['sign']),
-    publicKey: await subtle.importKey('spki', publicKey.export({ type: 'spki', format: 'der' }), EC_P256, true, ['verify']),
+    privateKey: await subtle.importKey('pkcs8', privateKey.export({ type: 'pkcs8', format: 'der' }), EC_P256, false, [
+      'sign',
+    ]),
+    publicKey: await subtle.importKey('spki', publicKey.export({ type: 'spki', format: 'der' }), EC_P256, true, [
+      'verify',
+    ]),
   };
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: `CN=${id}`, keys, signingAlgorithm: ECDSA_SHA256 });
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: `CN=${id}`,
+    keys,
+    signingAlgorithm: ECDSA_SHA256,
+  });
   const issued = await enroll(
     { registry: ctx.registry(), ca: await ctx.ca(), defaultValidityMs: validityMs },
     { csr: csr.toString('pem'), auth: { method: 'operator', deviceId: id }, actor: ctx.actor },
@@ -66,31 +85,55 @@ export async function issueWithNewKey(ctx: CliContext, id: string, validityMs: n
 }
 
 /** One JSON request to the admin API over mTLS with the operator identity. */
-export async function adminRequest(ctx: CliContext, method: 'GET' | 'DELETE', path: string, adminUrl?: string): Promise<unknown> {
+export async function adminRequest(
+  ctx: CliContext,
+  method: 'GET' | 'DELETE',
+  path: string,
+  adminUrl?: string,
+): Promise<unknown> {
   const identity = await operatorIdentity(ctx);
   const g = ctx.config.gateway;
   const base = new URL(adminUrl ?? `https://${urlHost(g.adminHost)}:${g.adminPort}`);
   return new Promise((resolve, reject) => {
-    const req = request(new URL(path, base), { method, cert: identity.cert, key: identity.key, ca: identity.ca, checkServerIdentity: verifyServerCertificate, timeout: 10_000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (b: Buffer) => chunks.push(b));
-      res.on('end', () => {
-        let body: { error?: { code?: string; message?: string } } & Record<string, unknown>;
-        try {
-          body = JSON.parse(Buffer.concat(chunks).toString()) as typeof body;
-        } catch {
-          return reject(new FleetgateError('INTERNAL', `admin API answered ${res.statusCode} with a non-JSON body`));
-        }
-        if ((res.statusCode ?? 500) >= 400) {
-          const code = isErrorCode(body.error?.code) ? body.error.code : 'INTERNAL';
-          return reject(new FleetgateError(code, `admin API (${res.statusCode}): ${body.error?.message ?? 'no message'}`));
-        }
-        resolve(body);
-      });
-    });
+    const req = request(
+      new URL(path, base),
+      {
+        method,
+        cert: identity.cert,
+        key: identity.key,
+        ca: identity.ca,
+        checkServerIdentity: verifyServerCertificate,
+        timeout: 10_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (b: Buffer) => chunks.push(b));
+        res.on('end', () => {
+          let body: { error?: { code?: string; message?: string } } & Record<string, unknown>;
+          try {
+            body = JSON.parse(Buffer.concat(chunks).toString()) as typeof body;
+          } catch {
+            return reject(new FleetgateError('INTERNAL', `admin API answered ${res.statusCode} with a non-JSON body`));
+          }
+          if ((res.statusCode ?? 500) >= 400) {
+            const code = isErrorCode(body.error?.code) ? body.error.code : 'INTERNAL';
+            return reject(
+              new FleetgateError(code, `admin API (${res.statusCode}): ${body.error?.message ?? 'no message'}`),
+            );
+          }
+          resolve(body);
+        });
+      },
+    );
     req.on('timeout', () => req.destroy(new Error('timed out')));
-    req.on('error', (err: NodeJS.ErrnoException) => reject(new FleetgateError('ORIGIN_UNREACHABLE',
-      `cannot reach the gateway's admin API at ${base.origin} (${err.code ?? err.message}); is \`fleetgate up\` running? (--admin URL)`)));
+    req.on('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        new FleetgateError(
+          'ORIGIN_UNREACHABLE',
+          `cannot reach the gateway's admin API at ${base.origin} (${err.code ?? err.message}); is \`fleetgate up\` running? (--admin URL)`,
+        ),
+      ),
+    );
     req.end();
   });
 }

@@ -6,7 +6,8 @@ import { parseDuration } from '../config/duration.ts';
 /** Commander argument parsers: a bad value is a usage error (exit 2) naming the option. */
 export function parseNonNegativeInt(flag: string) {
   return (value: string): number => {
-    if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) throw new InvalidArgumentError(`${flag} must be a non-negative integer`);
+    if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value)))
+      throw new InvalidArgumentError(`${flag} must be a non-negative integer`);
     return Number(value);
   };
 }
@@ -41,6 +42,9 @@ export async function readInput(file: string): Promise<Buffer> {
     for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
     return Buffer.concat(chunks);
   } catch (err) {
-    throw new FleetgateError('USAGE', `cannot read ${file === '-' ? 'standard input' : file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new FleetgateError(
+      'USAGE',
+      `cannot read ${file === '-' ? 'standard input' : file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+    );
   }
 }

@@ -262,7 +262,13 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
       gateway: { maxPacketBytes: 256 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       camera: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       // A backend service subscribes to the fleet: it absorbs bursts from many devices at once.
-      service: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxOutboundBytes: 16 * 1024 * 1024, maxQueuedMessages: 100_000 },
+      service: {
+        maxPacketBytes: 8 * 1024 * 1024,
+        keepaliveMinS: 5,
+        keepaliveMaxS: 1200,
+        maxOutboundBytes: 16 * 1024 * 1024,
+        maxQueuedMessages: 100_000,
+      },
       operator: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
       auditor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
     },
@@ -298,7 +304,11 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
   },
   cluster: {
     nats: '',
-    node: hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 63) || 'node',
+    node:
+      hostname()
+        .replace(/[^A-Za-z0-9._-]/g, '-')
+        .replace(/^[^A-Za-z0-9]+/, '')
+        .slice(0, 63) || 'node',
   },
   mqtt: {
     durability: 'disk' as const,
@@ -333,7 +343,12 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
 const SETTINGS = [
   { key: 'ca.hostnames', file: ['ca', 'hostnames'], env: 'FLEETGATE_HOSTNAMES', kind: 'list' },
   { key: 'ca.rootValidityMs', file: ['ca', 'rootValidity'], env: 'FLEETGATE_ROOT_VALIDITY', kind: 'duration' },
-  { key: 'ca.intermediateValidityMs', file: ['ca', 'intermediateValidity'], env: 'FLEETGATE_INTERMEDIATE_VALIDITY', kind: 'duration' },
+  {
+    key: 'ca.intermediateValidityMs',
+    file: ['ca', 'intermediateValidity'],
+    env: 'FLEETGATE_INTERMEDIATE_VALIDITY',
+    kind: 'duration',
+  },
   { key: 'ca.serverValidityMs', file: ['ca', 'serverValidity'], env: 'FLEETGATE_SERVER_VALIDITY', kind: 'duration' },
   { key: 'ca.leafValidityMs', file: ['ca', 'leafValidity'], env: 'FLEETGATE_LEAF_VALIDITY', kind: 'duration' },
   { key: 'ca.crlValidityMs', file: ['ca', 'crlValidity'], env: 'FLEETGATE_CRL_VALIDITY', kind: 'duration' },
@@ -346,50 +361,210 @@ const SETTINGS = [
   { key: 'gateway.consoleEnabled', file: ['gateway', 'console'], env: 'FLEETGATE_CONSOLE', kind: 'boolean' },
   { key: 'gateway.consoleHost', file: ['gateway', 'consoleHost'], env: 'FLEETGATE_CONSOLE_HOST', kind: 'host' },
   { key: 'gateway.consolePort', file: ['gateway', 'consolePort'], env: 'FLEETGATE_CONSOLE_PORT', kind: 'port' },
-  { key: 'gateway.handshakeTimeoutMs', file: ['gateway', 'handshakeTimeout'], env: 'FLEETGATE_HANDSHAKE_TIMEOUT', kind: 'duration' },
-  { key: 'gateway.maxPendingHandshakes', file: ['gateway', 'maxPendingHandshakes'], env: 'FLEETGATE_MAX_PENDING_HANDSHAKES', kind: 'count' },
-  { key: 'gateway.maxPendingHandshakesPerAddress', file: ['gateway', 'maxPendingHandshakesPerAddress'], env: 'FLEETGATE_MAX_PENDING_HANDSHAKES_PER_ADDRESS', kind: 'count' },
-  { key: 'gateway.adminRequestTimeoutMs', file: ['gateway', 'adminRequestTimeout'], env: 'FLEETGATE_ADMIN_REQUEST_TIMEOUT', kind: 'duration' },
-  { key: 'gateway.connectTimeoutMs', file: ['gateway', 'connectTimeout'], env: 'FLEETGATE_CONNECT_TIMEOUT', kind: 'duration' },
+  {
+    key: 'gateway.handshakeTimeoutMs',
+    file: ['gateway', 'handshakeTimeout'],
+    env: 'FLEETGATE_HANDSHAKE_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'gateway.maxPendingHandshakes',
+    file: ['gateway', 'maxPendingHandshakes'],
+    env: 'FLEETGATE_MAX_PENDING_HANDSHAKES',
+    kind: 'count',
+  },
+  {
+    key: 'gateway.maxPendingHandshakesPerAddress',
+    file: ['gateway', 'maxPendingHandshakesPerAddress'],
+    env: 'FLEETGATE_MAX_PENDING_HANDSHAKES_PER_ADDRESS',
+    kind: 'count',
+  },
+  {
+    key: 'gateway.adminRequestTimeoutMs',
+    file: ['gateway', 'adminRequestTimeout'],
+    env: 'FLEETGATE_ADMIN_REQUEST_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'gateway.connectTimeoutMs',
+    file: ['gateway', 'connectTimeout'],
+    env: 'FLEETGATE_CONNECT_TIMEOUT',
+    kind: 'duration',
+  },
   { key: 'gateway.statusPollMs', file: ['gateway', 'statusPoll'], env: 'FLEETGATE_STATUS_POLL', kind: 'duration' },
-  { key: 'gateway.statusIdlePollMs', file: ['gateway', 'statusIdlePoll'], env: 'FLEETGATE_STATUS_IDLE_POLL', kind: 'duration' },
-  { key: 'gateway.registryTimeoutMs', file: ['gateway', 'registryTimeout'], env: 'FLEETGATE_REGISTRY_TIMEOUT', kind: 'duration' },
-  { key: 'gateway.statusCacheSize', file: ['gateway', 'statusCacheSize'], env: 'FLEETGATE_STATUS_CACHE_SIZE', kind: 'count' },
+  {
+    key: 'gateway.statusIdlePollMs',
+    file: ['gateway', 'statusIdlePoll'],
+    env: 'FLEETGATE_STATUS_IDLE_POLL',
+    kind: 'duration',
+  },
+  {
+    key: 'gateway.registryTimeoutMs',
+    file: ['gateway', 'registryTimeout'],
+    env: 'FLEETGATE_REGISTRY_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'gateway.statusCacheSize',
+    file: ['gateway', 'statusCacheSize'],
+    env: 'FLEETGATE_STATUS_CACHE_SIZE',
+    kind: 'count',
+  },
   { key: 'provisioning.host', file: ['provisioning', 'host'], env: 'FLEETGATE_PROVISION_HOST', kind: 'host' },
   { key: 'provisioning.port', file: ['provisioning', 'port'], env: 'FLEETGATE_PROVISION_PORT', kind: 'port' },
-  { key: 'provisioning.enrollRatePerSecond', file: ['provisioning', 'enrollRatePerSecond'], env: 'FLEETGATE_ENROLL_RATE', kind: 'count' },
-  { key: 'provisioning.requestTimeoutMs', file: ['provisioning', 'requestTimeout'], env: 'FLEETGATE_PROVISION_REQUEST_TIMEOUT', kind: 'duration' },
-  { key: 'provisioning.headersTimeoutMs', file: ['provisioning', 'headersTimeout'], env: 'FLEETGATE_PROVISION_HEADERS_TIMEOUT', kind: 'duration' },
-  { key: 'provisioning.keepAliveTimeoutMs', file: ['provisioning', 'keepAliveTimeout'], env: 'FLEETGATE_PROVISION_KEEPALIVE_TIMEOUT', kind: 'duration' },
-  { key: 'provisioning.handshakeTimeoutMs', file: ['provisioning', 'handshakeTimeout'], env: 'FLEETGATE_PROVISION_HANDSHAKE_TIMEOUT', kind: 'duration' },
-  { key: 'provisioning.maxPendingHandshakes', file: ['provisioning', 'maxPendingHandshakes'], env: 'FLEETGATE_PROVISION_MAX_PENDING_HANDSHAKES', kind: 'count' },
-  { key: 'provisioning.maxPendingHandshakesPerAddress', file: ['provisioning', 'maxPendingHandshakesPerAddress'], env: 'FLEETGATE_PROVISION_MAX_PENDING_HANDSHAKES_PER_ADDRESS', kind: 'count' },
+  {
+    key: 'provisioning.enrollRatePerSecond',
+    file: ['provisioning', 'enrollRatePerSecond'],
+    env: 'FLEETGATE_ENROLL_RATE',
+    kind: 'count',
+  },
+  {
+    key: 'provisioning.requestTimeoutMs',
+    file: ['provisioning', 'requestTimeout'],
+    env: 'FLEETGATE_PROVISION_REQUEST_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'provisioning.headersTimeoutMs',
+    file: ['provisioning', 'headersTimeout'],
+    env: 'FLEETGATE_PROVISION_HEADERS_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'provisioning.keepAliveTimeoutMs',
+    file: ['provisioning', 'keepAliveTimeout'],
+    env: 'FLEETGATE_PROVISION_KEEPALIVE_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'provisioning.handshakeTimeoutMs',
+    file: ['provisioning', 'handshakeTimeout'],
+    env: 'FLEETGATE_PROVISION_HANDSHAKE_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'provisioning.maxPendingHandshakes',
+    file: ['provisioning', 'maxPendingHandshakes'],
+    env: 'FLEETGATE_PROVISION_MAX_PENDING_HANDSHAKES',
+    kind: 'count',
+  },
+  {
+    key: 'provisioning.maxPendingHandshakesPerAddress',
+    file: ['provisioning', 'maxPendingHandshakesPerAddress'],
+    env: 'FLEETGATE_PROVISION_MAX_PENDING_HANDSHAKES_PER_ADDRESS',
+    kind: 'count',
+  },
   { key: 'https.host', file: ['https', 'host'], env: 'FLEETGATE_HTTPS_HOST', kind: 'host' },
   { key: 'https.port', file: ['https', 'port'], env: 'FLEETGATE_HTTPS_PORT', kind: 'port' },
-  { key: 'https.perRequestHandshake', file: ['https', 'perRequestHandshake'], env: 'FLEETGATE_PER_REQUEST_HANDSHAKE', kind: 'boolean' },
-  { key: 'https.assertionHeader', file: ['https', 'assertionHeader'], env: 'FLEETGATE_ASSERTION_HEADER', kind: 'header' },
+  {
+    key: 'https.perRequestHandshake',
+    file: ['https', 'perRequestHandshake'],
+    env: 'FLEETGATE_PER_REQUEST_HANDSHAKE',
+    kind: 'boolean',
+  },
+  {
+    key: 'https.assertionHeader',
+    file: ['https', 'assertionHeader'],
+    env: 'FLEETGATE_ASSERTION_HEADER',
+    kind: 'header',
+  },
   { key: 'https.issuer', file: ['https', 'issuer'], env: 'FLEETGATE_ISSUER', kind: 'header' },
   { key: 'https.jwtOverlapMs', file: ['https', 'jwtOverlap'], env: 'FLEETGATE_JWT_OVERLAP', kind: 'duration' },
-  { key: 'https.keepAliveTimeoutMs', file: ['https', 'keepAliveTimeout'], env: 'FLEETGATE_HTTPS_KEEPALIVE_TIMEOUT', kind: 'duration' },
-  { key: 'https.headersTimeoutMs', file: ['https', 'headersTimeout'], env: 'FLEETGATE_HTTPS_HEADERS_TIMEOUT', kind: 'duration' },
+  {
+    key: 'https.keepAliveTimeoutMs',
+    file: ['https', 'keepAliveTimeout'],
+    env: 'FLEETGATE_HTTPS_KEEPALIVE_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'https.headersTimeoutMs',
+    file: ['https', 'headersTimeout'],
+    env: 'FLEETGATE_HTTPS_HEADERS_TIMEOUT',
+    kind: 'duration',
+  },
   { key: 'https.idleTimeoutMs', file: ['https', 'idleTimeout'], env: 'FLEETGATE_HTTPS_IDLE_TIMEOUT', kind: 'duration' },
-  { key: 'https.bodyIdleTimeoutMs', file: ['https', 'bodyIdleTimeout'], env: 'FLEETGATE_HTTPS_BODY_IDLE_TIMEOUT', kind: 'duration' },
-  { key: 'https.minBodyBytesPerSecond', file: ['https', 'minBodyBytesPerSecond'], env: 'FLEETGATE_HTTPS_MIN_BODY_RATE', kind: 'count' },
-  { key: 'https.maxConnections', file: ['https', 'maxConnections'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS', kind: 'count' },
-  { key: 'https.maxConnectionsPerDevice', file: ['https', 'maxConnectionsPerDevice'], env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS_PER_DEVICE', kind: 'count' },
+  {
+    key: 'https.bodyIdleTimeoutMs',
+    file: ['https', 'bodyIdleTimeout'],
+    env: 'FLEETGATE_HTTPS_BODY_IDLE_TIMEOUT',
+    kind: 'duration',
+  },
+  {
+    key: 'https.minBodyBytesPerSecond',
+    file: ['https', 'minBodyBytesPerSecond'],
+    env: 'FLEETGATE_HTTPS_MIN_BODY_RATE',
+    kind: 'count',
+  },
+  {
+    key: 'https.maxConnections',
+    file: ['https', 'maxConnections'],
+    env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS',
+    kind: 'count',
+  },
+  {
+    key: 'https.maxConnectionsPerDevice',
+    file: ['https', 'maxConnectionsPerDevice'],
+    env: 'FLEETGATE_HTTPS_MAX_CONNECTIONS_PER_DEVICE',
+    kind: 'count',
+  },
   { key: 'mqtt.durability', file: ['mqtt', 'durability'], env: 'FLEETGATE_MQTT_DURABILITY', kind: 'durability' },
   { key: 'mqtt.maxInflight', file: ['mqtt', 'maxInflight'], env: 'FLEETGATE_MQTT_MAX_INFLIGHT', kind: 'count' },
-  { key: 'mqtt.maxQueuedMessages', file: ['mqtt', 'maxQueuedMessages'], env: 'FLEETGATE_MQTT_MAX_QUEUED', kind: 'count' },
-  { key: 'mqtt.maxOutboundBytes', file: ['mqtt', 'maxOutboundBytes'], env: 'FLEETGATE_MQTT_MAX_OUTBOUND_BYTES', kind: 'count' },
+  {
+    key: 'mqtt.maxQueuedMessages',
+    file: ['mqtt', 'maxQueuedMessages'],
+    env: 'FLEETGATE_MQTT_MAX_QUEUED',
+    kind: 'count',
+  },
+  {
+    key: 'mqtt.maxOutboundBytes',
+    file: ['mqtt', 'maxOutboundBytes'],
+    env: 'FLEETGATE_MQTT_MAX_OUTBOUND_BYTES',
+    kind: 'count',
+  },
   { key: 'mqtt.drainTimeoutMs', file: ['mqtt', 'drainTimeout'], env: 'FLEETGATE_MQTT_DRAIN_TIMEOUT', kind: 'duration' },
-  { key: 'mqtt.retainedPerDevice', file: ['mqtt', 'retainedPerDevice'], env: 'FLEETGATE_MQTT_RETAINED_PER_DEVICE', kind: 'count' },
-  { key: 'mqtt.retainedBytesPerDevice', file: ['mqtt', 'retainedBytesPerDevice'], env: 'FLEETGATE_MQTT_RETAINED_BYTES_PER_DEVICE', kind: 'count' },
+  {
+    key: 'mqtt.retainedPerDevice',
+    file: ['mqtt', 'retainedPerDevice'],
+    env: 'FLEETGATE_MQTT_RETAINED_PER_DEVICE',
+    kind: 'count',
+  },
+  {
+    key: 'mqtt.retainedBytesPerDevice',
+    file: ['mqtt', 'retainedBytesPerDevice'],
+    env: 'FLEETGATE_MQTT_RETAINED_BYTES_PER_DEVICE',
+    kind: 'count',
+  },
   { key: 'mqtt.retainedTotal', file: ['mqtt', 'retainedTotal'], env: 'FLEETGATE_MQTT_RETAINED_TOTAL', kind: 'count' },
-  { key: 'mqtt.retainedBytesTotal', file: ['mqtt', 'retainedBytesTotal'], env: 'FLEETGATE_MQTT_RETAINED_BYTES_TOTAL', kind: 'count' },
-  { key: 'mqtt.sessionExpiryMs', file: ['mqtt', 'sessionExpiry'], env: 'FLEETGATE_MQTT_SESSION_EXPIRY', kind: 'duration' },
-  { key: 'mqtt.receiveMaximum', file: ['mqtt', 'receiveMaximum'], env: 'FLEETGATE_MQTT_RECEIVE_MAXIMUM', kind: 'count' },
-  { key: 'mqtt.topicAliasMaximum', file: ['mqtt', 'topicAliasMaximum'], env: 'FLEETGATE_MQTT_TOPIC_ALIAS_MAXIMUM', kind: 'count' },
-  { key: 'mqtt.maxUserPropertyBytes', file: ['mqtt', 'maxUserPropertyBytes'], env: 'FLEETGATE_MQTT_MAX_USER_PROPERTY_BYTES', kind: 'count' },
+  {
+    key: 'mqtt.retainedBytesTotal',
+    file: ['mqtt', 'retainedBytesTotal'],
+    env: 'FLEETGATE_MQTT_RETAINED_BYTES_TOTAL',
+    kind: 'count',
+  },
+  {
+    key: 'mqtt.sessionExpiryMs',
+    file: ['mqtt', 'sessionExpiry'],
+    env: 'FLEETGATE_MQTT_SESSION_EXPIRY',
+    kind: 'duration',
+  },
+  {
+    key: 'mqtt.receiveMaximum',
+    file: ['mqtt', 'receiveMaximum'],
+    env: 'FLEETGATE_MQTT_RECEIVE_MAXIMUM',
+    kind: 'count',
+  },
+  {
+    key: 'mqtt.topicAliasMaximum',
+    file: ['mqtt', 'topicAliasMaximum'],
+    env: 'FLEETGATE_MQTT_TOPIC_ALIAS_MAXIMUM',
+    kind: 'count',
+  },
+  {
+    key: 'mqtt.maxUserPropertyBytes',
+    file: ['mqtt', 'maxUserPropertyBytes'],
+    env: 'FLEETGATE_MQTT_MAX_USER_PROPERTY_BYTES',
+    kind: 'count',
+  },
   { key: 'log.level', file: ['log', 'level'], env: 'FLEETGATE_LOG_LEVEL', kind: 'loglevel' },
   { key: 'log.format', file: ['log', 'format'], env: 'FLEETGATE_LOG_FORMAT', kind: 'logformat' },
   { key: 'cluster.nats', file: ['cluster', 'nats'], env: 'FLEETGATE_NATS', kind: 'natsurls' },
@@ -435,7 +610,13 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
   }
   if (kind === 'routes') return parseRoutes(value, where, problems);
   if (kind === 'natsurls') {
-    const urls = typeof value === 'string' ? value.split(',').map((u) => u.trim()).filter(Boolean) : undefined;
+    const urls =
+      typeof value === 'string'
+        ? value
+            .split(',')
+            .map((u) => u.trim())
+            .filter(Boolean)
+        : undefined;
     if (urls === undefined || !urls.every((u) => /^nats:\/\/[A-Za-z0-9.:[\]-]+$/.test(u))) {
       problems.push(`${where} must be nats://host:port URLs, comma-separated (empty: no cluster)`);
       return undefined;
@@ -485,7 +666,8 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     }
     return value;
   }
-  if (kind === 'limits' || kind === 'topics') return mergePerType(kind, value, where, problems, current as Record<string, Record<string, unknown>>);
+  if (kind === 'limits' || kind === 'topics')
+    return mergePerType(kind, value, where, problems, current as Record<string, Record<string, unknown>>);
   if (kind === 'duration') {
     try {
       return parseDuration(String(value), where);
@@ -494,7 +676,13 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
       return undefined;
     }
   }
-  const list = typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;
+  const list =
+    typeof value === 'string'
+      ? value
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : value;
   if (!Array.isArray(list) || !list.every((v) => typeof v === 'string' && /^[A-Za-z0-9.:*-]+$/.test(v))) {
     problems.push(`${where} must be a list of host names or IP addresses`);
     return undefined;
@@ -511,7 +699,8 @@ function parseRoutes(value: unknown, where: string, problems: string[]): RouteCo
   value.forEach((r: Record<string, unknown>, i) => {
     const at = `${where}[${i}]`;
     const before = problems.length;
-    if (typeof r?.prefix !== 'string' || !/^\/[A-Za-z0-9._~\/-]*$/.test(r.prefix)) problems.push(`${at}.prefix must be a path starting with /`);
+    if (typeof r?.prefix !== 'string' || !/^\/[A-Za-z0-9._~\/-]*$/.test(r.prefix))
+      problems.push(`${at}.prefix must be a path starting with /`);
     let origin: URL | undefined;
     try {
       origin = new URL(String(r?.origin));
@@ -519,25 +708,42 @@ function parseRoutes(value: unknown, where: string, problems: string[]): RouteCo
     } catch {
       problems.push(`${at}.origin must be an http(s) URL`);
     }
-    if (typeof r?.audience !== 'string' || r.audience === '') problems.push(`${at}.audience must be a non-empty string`);
+    if (typeof r?.audience !== 'string' || r.audience === '')
+      problems.push(`${at}.audience must be a non-empty string`);
     const allow = (r?.allow ?? {}) as { types?: unknown; fleets?: unknown };
     for (const k of ['types', 'fleets'] as const) {
-      if (allow[k] !== undefined && !(Array.isArray(allow[k]) && (allow[k] as unknown[]).every((x) => typeof x === 'string'))) problems.push(`${at}.allow.${k} must be a list of strings`);
+      if (
+        allow[k] !== undefined &&
+        !(Array.isArray(allow[k]) && (allow[k] as unknown[]).every((x) => typeof x === 'string'))
+      )
+        problems.push(`${at}.allow.${k} must be a list of strings`);
     }
     let timeoutMs = 30_000;
     if (r?.timeoutMs !== undefined) {
       timeoutMs = Number(r.timeoutMs);
-      if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) problems.push(`${at}.timeoutMs must be a positive number of milliseconds`);
+      if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0)
+        problems.push(`${at}.timeoutMs must be a positive number of milliseconds`);
     } else if (r?.timeout !== undefined) {
-      try { timeoutMs = parseDuration(String(r.timeout), `${at}.timeout`); } catch (err) { problems.push((err as Error).message); }
+      try {
+        timeoutMs = parseDuration(String(r.timeout), `${at}.timeout`);
+      } catch (err) {
+        problems.push((err as Error).message);
+      }
     }
     const bodyLimit = r?.bodyLimit === undefined ? 1024 * 1024 : Number(r.bodyLimit);
     if (!Number.isSafeInteger(bodyLimit) || bodyLimit < 0) problems.push(`${at}.bodyLimit must be a number of bytes`);
     if (problems.length === before) {
       routes.push({
-        prefix: r.prefix as string, origin: (origin as URL).origin, audience: r.audience as string,
-        allow: { ...(allow.types !== undefined && { types: allow.types as string[] }), ...(allow.fleets !== undefined && { fleets: allow.fleets as string[] }) },
-        timeoutMs, bodyLimit, stripPrefix: r.stripPrefix === true,
+        prefix: r.prefix as string,
+        origin: (origin as URL).origin,
+        audience: r.audience as string,
+        allow: {
+          ...(allow.types !== undefined && { types: allow.types as string[] }),
+          ...(allow.fleets !== undefined && { fleets: allow.fleets as string[] }),
+        },
+        timeoutMs,
+        bodyLimit,
+        stripPrefix: r.stripPrefix === true,
       });
     }
   });
@@ -545,7 +751,13 @@ function parseRoutes(value: unknown, where: string, problems: string[]): RouteCo
 }
 
 /** Per-type tables from the file: given types override their defaults field by field. */
-function mergePerType(kind: 'limits' | 'topics', value: unknown, where: string, problems: string[], current: Record<string, Record<string, unknown>>): unknown {
+function mergePerType(
+  kind: 'limits' | 'topics',
+  value: unknown,
+  where: string,
+  problems: string[],
+  current: Record<string, Record<string, unknown>>,
+): unknown {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     problems.push(`${where} must be an object keyed by device type`);
     return undefined;
@@ -557,10 +769,17 @@ function mergePerType(kind: 'limits' | 'topics', value: unknown, where: string, 
       continue;
     }
     for (const [field, fv] of Object.entries(v as Record<string, unknown>)) {
-      const ok = kind === 'limits'
-        ? (['maxPacketBytes', 'keepaliveMinS', 'keepaliveMaxS'].includes(field) && Number.isInteger(fv) && (fv as number) >= 0)
-          || (['maxOutboundBytes', 'maxQueuedMessages'].includes(field) && Number.isSafeInteger(fv) && (fv as number) >= 1)
-        : ['publish', 'subscribe'].includes(field) && Array.isArray(fv) && fv.every((t) => typeof t === 'string' && t.length > 0);
+      const ok =
+        kind === 'limits'
+          ? (['maxPacketBytes', 'keepaliveMinS', 'keepaliveMaxS'].includes(field) &&
+              Number.isInteger(fv) &&
+              (fv as number) >= 0) ||
+            (['maxOutboundBytes', 'maxQueuedMessages'].includes(field) &&
+              Number.isSafeInteger(fv) &&
+              (fv as number) >= 1)
+          : ['publish', 'subscribe'].includes(field) &&
+            Array.isArray(fv) &&
+            fv.every((t) => typeof t === 'string' && t.length > 0);
       if (!ok) problems.push(`${where}.${type}.${field} is invalid`);
       else (out[type] as Record<string, unknown>)[field] = fv;
     }
@@ -579,7 +798,11 @@ function closest(name: string, known: readonly string[]): string | undefined {
       row[0] = i;
       for (let j = 1; j <= b.length; j++) {
         const here = row[j] as number;
-        row[j] = Math.min(here + 1, (row[j - 1] as number) + 1, prev + (a[i - 1]?.toLowerCase() === b[j - 1]?.toLowerCase() ? 0 : 1));
+        row[j] = Math.min(
+          here + 1,
+          (row[j - 1] as number) + 1,
+          prev + (a[i - 1]?.toLowerCase() === b[j - 1]?.toLowerCase() ? 0 : 1),
+        );
         prev = here;
       }
     }
@@ -589,7 +812,10 @@ function closest(name: string, known: readonly string[]): string | undefined {
   let bestDistance = 3;
   for (const k of known) {
     const d = distance(name, k);
-    if (d < bestDistance) { best = k; bestDistance = d; }
+    if (d < bestDistance) {
+      best = k;
+      bestDistance = d;
+    }
   }
   return best;
 }
@@ -608,7 +834,9 @@ function unknownKeys(fromFile: Record<string, unknown>, file: string, problems: 
   }
   const report = (path: string, name: string, known: readonly string[]) => {
     const guess = closest(name, known);
-    problems.push(`${file}: unknown setting ${path}${guess === undefined ? '' : ` (did you mean ${path.slice(0, path.length - name.length)}${guess}?)`}`);
+    problems.push(
+      `${file}: unknown setting ${path}${guess === undefined ? '' : ` (did you mean ${path.slice(0, path.length - name.length)}${guess}?)`}`,
+    );
   };
   for (const [section, value] of Object.entries(fromFile)) {
     if (section === 'registry') continue; // a top-level string, read in loadConfig
@@ -626,7 +854,8 @@ function unknownKeys(fromFile: Record<string, unknown>, file: string, problems: 
       else if (section === 'https' && field === 'routes' && Array.isArray(v)) {
         v.forEach((route: unknown, i) => {
           if (route === null || typeof route !== 'object') return;
-          for (const k of Object.keys(route)) if (!ROUTE_KEYS.includes(k)) report(`https.routes[${i}].${k}`, k, ROUTE_KEYS);
+          for (const k of Object.keys(route))
+            if (!ROUTE_KEYS.includes(k)) report(`https.routes[${i}].${k}`, k, ROUTE_KEYS);
         });
       }
     }
@@ -659,7 +888,8 @@ export function loadConfig(options: LoadOptions = {}): FleetgateConfig {
 
   const explicitFile = options.configFile ?? env.FLEETGATE_CONFIG;
   const file = explicitFile ?? join(dataDir, 'fleetgate.json');
-  if (explicitFile !== undefined && !existsSync(explicitFile)) problems.push(`config file ${explicitFile} does not exist`);
+  if (explicitFile !== undefined && !existsSync(explicitFile))
+    problems.push(`config file ${explicitFile} does not exist`);
   const fromFile = existsSync(file) ? readFile(file, problems) : {};
   unknownKeys(fromFile, file, problems);
 
@@ -676,11 +906,19 @@ export function loadConfig(options: LoadOptions = {}): FleetgateConfig {
       if (value !== undefined) setPath(config, s.key, value);
     }
   }
-  config.registry = registryLocation(dataDir, [
-    [fromFile.registry, `${file}: registry`], [env.FLEETGATE_REGISTRY, 'FLEETGATE_REGISTRY'], [options.flags?.registry, 'flag --registry'],
-  ], problems);
+  config.registry = registryLocation(
+    dataDir,
+    [
+      [fromFile.registry, `${file}: registry`],
+      [env.FLEETGATE_REGISTRY, 'FLEETGATE_REGISTRY'],
+      [options.flags?.registry, 'flag --registry'],
+    ],
+    problems,
+  );
   if (problems.length > 0) {
-    throw new FleetgateError('CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { detail: { problems } });
+    throw new FleetgateError('CONFIG_INVALID', `invalid configuration:\n  - ${problems.join('\n  - ')}`, {
+      detail: { problems },
+    });
   }
   return deepFreeze(config);
 }

@@ -25,7 +25,10 @@ export function parseDuration(input: string, what = 'duration'): number {
     consumed = re.lastIndex;
   }
   if (text.length === 0 || consumed !== text.length || total <= 0 || !Number.isSafeInteger(total)) {
-    throw new FleetgateError('USAGE', `${what} ${JSON.stringify(input)} is invalid: a positive number with a unit (ms, s, m, h, d, w, y), e.g. 24h or 30d`);
+    throw new FleetgateError(
+      'USAGE',
+      `${what} ${JSON.stringify(input)} is invalid: a positive number with a unit (ms, s, m, h, d, w, y), e.g. 24h or 30d`,
+    );
   }
   return total;
 }

@@ -23,7 +23,13 @@ export interface Plan {
 
 const pad = (n: number, width: number) => String(n).padStart(width, '0');
 
-export function planFleet(o: { sensors: number; gateways: number; children: number; cameras: number; prefix: string }): Plan {
+export function planFleet(o: {
+  sensors: number;
+  gateways: number;
+  children: number;
+  cameras: number;
+  prefix: string;
+}): Plan {
   const devices: PlannedDevice[] = [];
   const w = String(Math.max(o.sensors, o.gateways, o.cameras)).length;
   for (let i = 1; i <= o.sensors; i++) devices.push({ id: `${o.prefix}-s${pad(i, w)}`, type: 'sensor' });
@@ -42,12 +48,23 @@ export function fleetgateCli(args: string[], input?: string): Promise<string> {
     const child = spawn(process.execPath, [FLEETGATE_BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-    child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+    child.stdout.on('data', (b: Buffer) => {
+      out += b.toString();
+    });
+    child.stderr.on('data', (b: Buffer) => {
+      err += b.toString();
+    });
     child.on('error', reject);
     child.stdin.on('error', () => undefined); // a CLI that exits early reports itself through its exit code
-    child.on('close', (code) => (code === 0 ? resolvePromise(out)
-      : reject(Object.assign(new Error(`fleetgate ${args.slice(0, 2).join(' ')}: ${err.trim() || `exit ${code}`}`), { stdout: out }))));
+    child.on('close', (code) =>
+      code === 0
+        ? resolvePromise(out)
+        : reject(
+            Object.assign(new Error(`fleetgate ${args.slice(0, 2).join(' ')}: ${err.trim() || `exit ${code}`}`), {
+              stdout: out,
+            }),
+          ),
+    );
     child.stdin.end(input ?? '');
   });
 }
@@ -70,15 +87,32 @@ function identityUsable(dir: string): boolean {
  */
 export async function ensureIdentities(
   plan: Plan,
-  o: { dataDir: string; identitiesDir: string; provisioningUrl: string; ca: string; concurrency: number; report: Report; progress: Progress },
+  o: {
+    dataDir: string;
+    identitiesDir: string;
+    provisioningUrl: string;
+    ca: string;
+    concurrency: number;
+    report: Report;
+    progress: Progress;
+  },
 ): Promise<void> {
   const started = Date.now();
   const withIdentity = [...plan.devices.filter((d) => !d.child), plan.service];
   const needed = withIdentity.filter((d) => !identityUsable(join(o.identitiesDir, d.id)));
-  const lines = [...plan.devices, plan.service].map((d) => JSON.stringify({
-    id: d.id, type: d.type, fleet: 'sim', ...(d.parent && { parent: d.parent }), token: needed.includes(d),
-  }));
-  const imported = await fleetgateCli(['device', 'import', '--in', '-', '--data', o.dataDir], `${lines.join('\n')}\n`).catch((err: Error) => {
+  const lines = [...plan.devices, plan.service].map((d) =>
+    JSON.stringify({
+      id: d.id,
+      type: d.type,
+      fleet: 'sim',
+      ...(d.parent && { parent: d.parent }),
+      token: needed.includes(d),
+    }),
+  );
+  const imported = await fleetgateCli(
+    ['device', 'import', '--in', '-', '--data', o.dataDir],
+    `${lines.join('\n')}\n`,
+  ).catch((err: Error) => {
     // import exits non-zero when some lines failed; its stdout still says which.
     const out = (err as Error & { stdout?: string }).stdout;
     if (out === undefined) throw err;
@@ -96,7 +130,9 @@ export async function ensureIdentities(
   }
   // Devices an earlier run revoked (--revoke-during) stay revoked, whatever import said of them:
   // the registry's own list decides.
-  const listed = JSON.parse(await fleetgateCli(['device', 'list', '--fleet', 'sim', '--json', '--data', o.dataDir])) as { id: string; status: string }[];
+  const listed = JSON.parse(
+    await fleetgateCli(['device', 'list', '--fleet', 'sim', '--json', '--data', o.dataDir]),
+  ) as { id: string; status: string }[];
   for (const d of listed) if (d.status === 'revoked') retired.add(d.id);
   if (retired.size > 0) {
     plan.devices = plan.devices.filter((d) => !retired.has(d.id) && !retired.has(d.parent ?? ''));
@@ -108,15 +144,26 @@ export async function ensureIdentities(
   if (needed.length > 0) o.progress.start('enrolling', needed.length);
   let done = 0;
   let next = 0;
-  await Promise.all(Array.from({ length: Math.min(o.concurrency, needed.length) }, async () => {
-    while (next < needed.length) {
-      const d = needed[next++]!;
-      await enrollWithToken({ server: o.provisioningUrl, ca: o.ca, identityDir: join(o.identitiesDir, d.id), token: tokens.get(d.id)! });
-      done++;
-      const seconds = (Date.now() - started) / 1000;
-      o.progress.update('enrolling', done, needed.length, `${(done / Math.max(seconds, 0.001)).toFixed(0)}/s`);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: Math.min(o.concurrency, needed.length) }, async () => {
+      while (next < needed.length) {
+        const d = needed[next++]!;
+        await enrollWithToken({
+          server: o.provisioningUrl,
+          ca: o.ca,
+          identityDir: join(o.identitiesDir, d.id),
+          token: tokens.get(d.id)!,
+        });
+        done++;
+        const seconds = (Date.now() - started) / 1000;
+        o.progress.update('enrolling', done, needed.length, `${(done / Math.max(seconds, 0.001)).toFixed(0)}/s`);
+      }
+    }),
+  );
   o.progress.stop();
-  o.report.enrollment = { enrolled: needed.length, cached: withIdentity.length - needed.length, seconds: Math.round((Date.now() - started) / 100) / 10 };
+  o.report.enrollment = {
+    enrolled: needed.length,
+    cached: withIdentity.length - needed.length,
+    seconds: Math.round((Date.now() - started) / 100) / 10,
+  };
 }

@@ -42,10 +42,32 @@ export interface SimOptions {
 }
 
 const DEFAULTS: SimOptions = {
-  sensors: 10, gateways: 0, children: 3, cameras: 0, duration: 30, ramp: 100, rate: 1, qos: 1, payloadBytes: 64,
-  uploadBytes: 64 * 1024, uploadEvery: 5, uploadPath: '/upload', check: false, revokeDuring: 0, renewDuring: 0, cutBoundMs: 1_000, connectTimeout: 20,
-  data: './data', identities: './data/sim-identities', mqtt: 'mqtts://127.0.0.1:8883', mqttVersion: 5, https: 'https://127.0.0.1:8443',
-  provision: 'https://127.0.0.1:9443', prefix: 'sim', sourceAddresses: 0, concurrency: 16,
+  sensors: 10,
+  gateways: 0,
+  children: 3,
+  cameras: 0,
+  duration: 30,
+  ramp: 100,
+  rate: 1,
+  qos: 1,
+  payloadBytes: 64,
+  uploadBytes: 64 * 1024,
+  uploadEvery: 5,
+  uploadPath: '/upload',
+  check: false,
+  revokeDuring: 0,
+  renewDuring: 0,
+  cutBoundMs: 1_000,
+  connectTimeout: 20,
+  data: './data',
+  identities: './data/sim-identities',
+  mqtt: 'mqtts://127.0.0.1:8883',
+  mqttVersion: 5,
+  https: 'https://127.0.0.1:8443',
+  provision: 'https://127.0.0.1:9443',
+  prefix: 'sim',
+  sourceAddresses: 0,
+  concurrency: 16,
 };
 
 const int = (flag: string) => (v: string) => {
@@ -59,8 +81,12 @@ const num = (flag: string) => (v: string) => {
 };
 
 function parse(argv: string[]): SimOptions {
-  const cmd = new Command('device-sim').exitOverride().configureOutput({ outputError: () => undefined })
-    .description('simulate a fleet (sensors, gateways with children, cameras), each device enrolled through the real flow')
+  const cmd = new Command('device-sim')
+    .exitOverride()
+    .configureOutput({ outputError: () => undefined })
+    .description(
+      'simulate a fleet (sensors, gateways with children, cameras), each device enrolled through the real flow',
+    )
     .option('--scenario <file>', 'JSON scenario (any option below, camelCase); flags override it')
     .option('--sensors <n>', 'sensors', int('--sensors'))
     .option('--gateways <n>', 'gateway devices', int('--gateways'))
@@ -69,16 +95,27 @@ function parse(argv: string[]): SimOptions {
     .option('--duration <s>', 'run time after the ramp, seconds', num('--duration'))
     .option('--ramp <n>', 'new connections per second', num('--ramp'))
     .option('--rate <n>', 'telemetry messages per second per sensor', num('--rate'))
-    .option('--qos <n>', '0 or 1', (v) => { if (v !== '0' && v !== '1') throw new InvalidArgumentError('--qos is 0 or 1'); return Number(v); })
+    .option('--qos <n>', '0 or 1', (v) => {
+      if (v !== '0' && v !== '1') throw new InvalidArgumentError('--qos is 0 or 1');
+      return Number(v);
+    })
     .option('--payload-bytes <n>', 'telemetry payload size', int('--payload-bytes'))
     .option('--upload-bytes <n>', 'camera upload size', int('--upload-bytes'))
     .option('--upload-every <s>', 'seconds between uploads per camera', num('--upload-every'))
     .option('--upload-path <path>', 'gateway HTTPS route for uploads')
     .option('--check', 'correctness mode: exit ≠ 0 when a check fails')
-    .option('--revoke-during <n>', 'revoke this many sensors mid-run (checks each is cut and stays out)', int('--revoke-during'))
+    .option(
+      '--revoke-during <n>',
+      'revoke this many sensors mid-run (checks each is cut and stays out)',
+      int('--revoke-during'),
+    )
     .option('--renew-during <n>', 'renew this many devices mid-run (checks they stay connected)', int('--renew-during'))
     .option('--cut-bound-ms <ms>', 'the revoke → cut bound the check enforces', int('--cut-bound-ms'))
-    .option('--connect-timeout <s>', 'give up when the service subscriber cannot connect in this time (default 20)', num('--connect-timeout'))
+    .option(
+      '--connect-timeout <s>',
+      'give up when the service subscriber cannot connect in this time (default 20)',
+      num('--connect-timeout'),
+    )
     .option('--data <dir>', 'fleetgate data directory (to register devices and issue tokens)')
     .option('--identities <dir>', 'where device identities are cached between runs')
     .option('--mqtt <3|5|url>', 'MQTT protocol: 5 (default) or 3 for 3.1.1; a URL here is read as --mqtt-url')
@@ -87,7 +124,7 @@ function parse(argv: string[]): SimOptions {
     .option('--provision <url>', 'provisioning URL')
     .option('--prefix <id>', 'device id prefix')
     .option('--source-addresses <n>', 'spread connections over 127.0.0.1..n (0: automatic)', int('--source-addresses'))
-    .option('--gateway-pid <pid>', 'report the gateway\'s RSS', int('--gateway-pid'))
+    .option('--gateway-pid <pid>', "report the gateway's RSS", int('--gateway-pid'))
     .option('--json <file>', 'write the whole report as JSON')
     .option('--concurrency <n>', 'parallel enrollments', int('--concurrency'));
   cmd.parse(argv, { from: 'user' });
@@ -101,9 +138,15 @@ function parse(argv: string[]): SimOptions {
   }
   if (flags.mqttUrl !== undefined) flags.mqtt = flags.mqttUrl;
   delete flags.mqttUrl;
-  const scenario = flags.scenario === undefined ? {} : JSON.parse(readFileSync(flags.scenario, 'utf8')) as Partial<SimOptions>;
-  const merged = { ...DEFAULTS, ...scenario, ...Object.fromEntries(Object.entries(flags).filter(([k, v]) => v !== undefined && k !== 'scenario')) } as SimOptions;
-  if (flags.identities === undefined && scenario.identities === undefined) merged.identities = join(merged.data, 'sim-identities');
+  const scenario =
+    flags.scenario === undefined ? {} : (JSON.parse(readFileSync(flags.scenario, 'utf8')) as Partial<SimOptions>);
+  const merged = {
+    ...DEFAULTS,
+    ...scenario,
+    ...Object.fromEntries(Object.entries(flags).filter(([k, v]) => v !== undefined && k !== 'scenario')),
+  } as SimOptions;
+  if (flags.identities === undefined && scenario.identities === undefined)
+    merged.identities = join(merged.data, 'sim-identities');
   return merged;
 }
 
@@ -111,18 +154,23 @@ function parse(argv: string[]): SimOptions {
 function checkOpenFiles(needed: number): void {
   let soft = Number.POSITIVE_INFINITY;
   try {
-    const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
+    const line = readFileSync('/proc/self/limits', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Max open files'));
     soft = Number(line?.split(/\s{2,}/)[1]);
   } catch {
     return;
   }
   if (Number.isFinite(soft) && soft < needed) {
-    throw new Error(`the open-file limit is ${soft} but this run needs about ${needed}: raise it first (ulimit -n ${Math.ceil(needed * 1.2)}), and the gateway's too`);
+    throw new Error(
+      `the open-file limit is ${soft} but this run needs about ${needed}: raise it first (ulimit -n ${Math.ceil(needed * 1.2)}), and the gateway's too`,
+    );
   }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const rssOf = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+const rssOf = (pid: number) =>
+  Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
 
 export async function run(o: SimOptions): Promise<Report> {
   const report = new Report();
@@ -133,16 +181,38 @@ export async function run(o: SimOptions): Promise<Report> {
   const ca = await fleetgateCli(['ca', 'cert', '--data', o.data]);
   const probe: PlannedDevice = { id: `${o.prefix}-probe`, type: 'sensor' };
   const withProbe = { ...plan, devices: o.check ? [...plan.devices, probe] : plan.devices };
-  await ensureIdentities(withProbe, { dataDir: o.data, identitiesDir: o.identities, provisioningUrl: o.provision, ca, concurrency: o.concurrency, report, progress });
+  await ensureIdentities(withProbe, {
+    dataDir: o.data,
+    identitiesDir: o.identities,
+    provisioningUrl: o.provision,
+    ca,
+    concurrency: o.concurrency,
+    report,
+    progress,
+  });
   plan.devices = withProbe.devices.filter((d) => d.id !== probe.id);
   const model: ModelOptions = {
-    identitiesDir: o.identities, mqttUrl: o.mqtt, mqttVersion: o.mqttVersion, httpsUrl: o.https, provisioningUrl: o.provision, rate: o.rate, qos: o.qos,
-    payloadBytes: o.payloadBytes, uploadBytes: o.uploadBytes, uploadEveryMs: o.uploadEvery * 1000, uploadPath: o.uploadPath,
+    identitiesDir: o.identities,
+    mqttUrl: o.mqtt,
+    mqttVersion: o.mqttVersion,
+    httpsUrl: o.https,
+    provisioningUrl: o.provision,
+    rate: o.rate,
+    qos: o.qos,
+    payloadBytes: o.payloadBytes,
+    uploadBytes: o.uploadBytes,
+    uploadEveryMs: o.uploadEvery * 1000,
+    uploadPath: o.uploadPath,
   };
 
   // The service subscriber: counts what arrives, per publishing device.
   const received = new Map<string, Set<number>>();
-  const service = new Device({ identityDir: join(o.identities, plan.service.id), mqttUrl: o.mqtt, mqttVersion: o.mqttVersion, keepalive: 60 });
+  const service = new Device({
+    identityDir: join(o.identities, plan.service.id),
+    mqttUrl: o.mqtt,
+    mqttVersion: o.mqttVersion,
+    keepalive: 60,
+  });
   service.on('message', (topic: string, payload: Buffer) => {
     const [, who, kind] = topic.split('/');
     if (kind !== 'telemetry' || who === undefined) return;
@@ -153,11 +223,18 @@ export async function run(o: SimOptions): Promise<Report> {
     set.add(seq);
   });
   let serviceTimer: NodeJS.Timeout | undefined;
-  await Promise.race([service.start(), new Promise<void>((resolve) => { serviceTimer = setTimeout(resolve, o.connectTimeout * 1000); })]);
+  await Promise.race([
+    service.start(),
+    new Promise<void>((resolve) => {
+      serviceTimer = setTimeout(resolve, o.connectTimeout * 1000);
+    }),
+  ]);
   clearTimeout(serviceTimer);
   if (!service.connected) {
     service.stop();
-    throw new Error(`the service subscriber could not connect to ${o.mqtt}: ${service.refusal?.code ?? service.lastError?.message ?? 'unreachable'}`);
+    throw new Error(
+      `the service subscriber could not connect to ${o.mqtt}: ${service.refusal?.code ?? service.lastError?.message ?? 'unreachable'}`,
+    );
   }
   await service.subscribe('devices/+/telemetry', { qos: 1 });
 
@@ -165,8 +242,15 @@ export async function run(o: SimOptions): Promise<Report> {
   const top = plan.devices.filter((d) => !d.child);
   report.planned = top.length;
   const sources = o.sourceAddresses > 0 ? o.sourceAddresses : Math.max(1, Math.ceil(top.length / 20_000));
-  const sims: SimDevice[] = top.map((d, i) => new SimDevice(d, plan.devices.filter((c) => c.parent === d.id).map((c) => c.id),
-    { ...model, ...(sources > 1 && { localAddress: `127.0.0.${(i % sources) + 1}` }) }, report));
+  const sims: SimDevice[] = top.map(
+    (d, i) =>
+      new SimDevice(
+        d,
+        plan.devices.filter((c) => c.parent === d.id).map((c) => c.id),
+        { ...model, ...(sources > 1 && { localAddress: `127.0.0.${(i % sources) + 1}` }) },
+        report,
+      ),
+  );
   const started: Promise<void>[] = [];
   const rampStart = Date.now();
   report.loadStarted = rampStart;
@@ -179,46 +263,83 @@ export async function run(o: SimOptions): Promise<Report> {
   await Promise.all(started);
   report.rampSeconds = Math.round((Date.now() - rampStart) / 100) / 10;
   progress.endLine();
-  process.stdout.write(`connected ${report.connected}/${sims.length} in ${((Date.now() - rampStart) / 1000).toFixed(1)} s; running ${o.duration} s\n`);
+  process.stdout.write(
+    `connected ${report.connected}/${sims.length} in ${((Date.now() - rampStart) / 1000).toFixed(1)} s; running ${o.duration} s\n`,
+  );
 
   const runStart = Date.now();
   const sensors = sims.filter((s) => s.plan.type === 'sensor' && s.device.connected);
   const revoked = o.revokeDuring > 0 ? sensors.slice(-o.revokeDuring) : [];
-  const renewed = o.renewDuring > 0 ? sims.filter((s) => s.device.connected && !revoked.includes(s)).slice(0, o.renewDuring) : [];
+  const renewed =
+    o.renewDuring > 0 ? sims.filter((s) => s.device.connected && !revoked.includes(s)).slice(0, o.renewDuring) : [];
   const events: Promise<void>[] = [];
   if (o.check) {
     // Commands to every device: each must see its own only.
-    events.push(sleep(1_000).then(() => Promise.all(sims.map((s) => service.publish(`devices/${s.plan.id}/commands/ping`, 'ping', { qos: 1 }).catch(() => undefined)))).then(() => undefined));
+    events.push(
+      sleep(1_000)
+        .then(() =>
+          Promise.all(
+            sims.map((s) =>
+              service.publish(`devices/${s.plan.id}/commands/ping`, 'ping', { qos: 1 }).catch(() => undefined),
+            ),
+          ),
+        )
+        .then(() => undefined),
+    );
   }
   if (renewed.length > 0) {
-    events.push(sleep((o.duration * 1000) / 3).then(async () => {
-      const before = new Map(renewed.map((s) => [s, s.device.identity.info.serial]));
-      await Promise.all(renewed.map((s) => s.device.renewNow()));
-      await sleep(1_000);
-      const bad = renewed.filter((s) => s.device.identity.info.serial === before.get(s) || !s.device.connected);
-      report.check('renewal mid-run keeps devices connected', bad.length === 0, `${renewed.length - bad.length}/${renewed.length} renewed and connected`);
-    }));
+    events.push(
+      sleep((o.duration * 1000) / 3).then(async () => {
+        const before = new Map(renewed.map((s) => [s, s.device.identity.info.serial]));
+        await Promise.all(renewed.map((s) => s.device.renewNow()));
+        await sleep(1_000);
+        const bad = renewed.filter((s) => s.device.identity.info.serial === before.get(s) || !s.device.connected);
+        report.check(
+          'renewal mid-run keeps devices connected',
+          bad.length === 0,
+          `${renewed.length - bad.length}/${renewed.length} renewed and connected`,
+        );
+      }),
+    );
   }
   const cutAt = new Map<SimDevice, number>();
   if (revoked.length > 0) {
-    events.push(sleep((o.duration * 1000) / 2).then(async () => {
-      for (const s of revoked) s.cutAt = undefined;
-      await Promise.all(revoked.map(async (s) => {
-        const out = await fleetgateCli(['device', 'revoke', s.plan.id, '--reason', 'keyCompromise', '--json', '--data', o.data]);
-        // The registry's commit time (not when the CLI process returned, which may be after the cut).
-        const committed = (JSON.parse(out) as { device?: { updatedAt?: number } }).device?.updatedAt;
-        cutAt.set(s, committed ?? Date.now());
-      }));
-    }));
+    events.push(
+      sleep((o.duration * 1000) / 2).then(async () => {
+        for (const s of revoked) s.cutAt = undefined;
+        await Promise.all(
+          revoked.map(async (s) => {
+            const out = await fleetgateCli([
+              'device',
+              'revoke',
+              s.plan.id,
+              '--reason',
+              'keyCompromise',
+              '--json',
+              '--data',
+              o.data,
+            ]);
+            // The registry's commit time (not when the CLI process returned, which may be after the cut).
+            const committed = (JSON.parse(out) as { device?: { updatedAt?: number } }).device?.updatedAt;
+            cutAt.set(s, committed ?? Date.now());
+          }),
+        );
+      }),
+    );
   }
   while (Date.now() - runStart < o.duration * 1000) {
     await sleep(500);
-    const rate = ((report.published / Math.max(1, (Date.now() - (report.loadStarted ?? report.started)) / 1000))).toFixed(0); // from the first connection, not from enrollment
-    progress.line(`t=${Math.round((Date.now() - runStart) / 1000)}s connected=${sims.filter((s) => s.device.connected).length}/${sims.length} published=${report.published} (${rate}/s) received=${report.received} https=${report.httpsOk} errors=${[...report.errors.values()].reduce((a, b) => a + b, 0)}`);
+    const rate = (report.published / Math.max(1, (Date.now() - (report.loadStarted ?? report.started)) / 1000)).toFixed(
+      0,
+    ); // from the first connection, not from enrollment
+    progress.line(
+      `t=${Math.round((Date.now() - runStart) / 1000)}s connected=${sims.filter((s) => s.device.connected).length}/${sims.length} published=${report.published} (${rate}/s) received=${report.received} https=${report.httpsOk} errors=${[...report.errors.values()].reduce((a, b) => a + b, 0)}`,
+    );
   }
   await Promise.all(events);
   progress.endLine();
-  if (o.gatewayPid !== undefined && rssStart !== undefined) report.gatewayRss = { startBytes: rssStart, endBytes: rssOf(o.gatewayPid) };
+  if (o.gatewayPid !== undefined && rssStart !== undefined)
+    report.gatewayRss = { startBytes: rssStart, endBytes: rssOf(o.gatewayPid) };
 
   for (const s of sims) s.stop();
   await sleep(Math.max(2_000, 1_000 / o.rate + 500)); // the last acknowledged messages reach the service
@@ -252,33 +373,78 @@ function account(report: Report, sims: SimDevice[], received: Map<string, Set<nu
 }
 
 async function verify(x: {
-  o: SimOptions; report: Report; sims: SimDevice[]; revoked: SimDevice[]; cutAt: Map<SimDevice, number>;
-  lostWhere: string[]; ca: string; probe: PlannedDevice;
+  o: SimOptions;
+  report: Report;
+  sims: SimDevice[];
+  revoked: SimDevice[];
+  cutAt: Map<SimDevice, number>;
+  lostWhere: string[];
+  ca: string;
+  probe: PlannedDevice;
 }): Promise<void> {
   const { o, report, sims, revoked, cutAt, lostWhere } = x;
   if (o.qos === 1) {
     const missing = report.lostAcknowledged;
-    report.check('every acknowledged QoS 1 message reached the service', missing === 0, missing === 0 ? `${report.acknowledged} messages` : `${missing} missing (${lostWhere.slice(0, 5).join(', ')})`);
+    report.check(
+      'every acknowledged QoS 1 message reached the service',
+      missing === 0,
+      missing === 0 ? `${report.acknowledged} messages` : `${missing} missing (${lostWhere.slice(0, 5).join(', ')})`,
+    );
   }
   const foreign = sims.filter((s) => s.foreign.length > 0);
-  report.check('no device received another device\'s commands', foreign.length === 0, foreign.length === 0 ? `${sims.length} devices` : foreign.slice(0, 3).map((s) => `${s.plan.id} saw ${s.foreign[0]}`).join('; '));
+  report.check(
+    "no device received another device's commands",
+    foreign.length === 0,
+    foreign.length === 0
+      ? `${sims.length} devices`
+      : foreign
+          .slice(0, 3)
+          .map((s) => `${s.plan.id} saw ${s.foreign[0]}`)
+          .join('; '),
+  );
   if (revoked.length > 0) {
     const late: string[] = [];
     for (const s of revoked) {
       const committed = cutAt.get(s);
       const cut = s.cutAt;
-      if (committed === undefined || cut === undefined) { late.push(`${s.plan.id}: not cut`); continue; }
+      if (committed === undefined || cut === undefined) {
+        late.push(`${s.plan.id}: not cut`);
+        continue;
+      }
       const ms = Math.max(0, cut - committed);
       report.cutLatency.push(ms);
       if (ms > o.cutBoundMs) late.push(`${s.plan.id}: ${ms} ms`);
     }
-    report.check(`revoked devices are cut within ${o.cutBoundMs} ms`, late.length === 0, late.length === 0 ? `${revoked.length} devices` : late.join(', '));
+    report.check(
+      `revoked devices are cut within ${o.cutBoundMs} ms`,
+      late.length === 0,
+      late.length === 0 ? `${revoked.length} devices` : late.join(', '),
+    );
     const back = revoked.filter((s) => s.device.connected || s.refusedCode !== 'CERT_REVOKED');
-    report.check('revoked devices stay out (refused with CERT_REVOKED)', back.length === 0, back.length === 0 ? `${revoked.length} devices` : back.map((s) => `${s.plan.id}: ${s.refusedCode ?? 'no refusal'}`).join(', '));
+    report.check(
+      'revoked devices stay out (refused with CERT_REVOKED)',
+      back.length === 0,
+      back.length === 0
+        ? `${revoked.length} devices`
+        : back.map((s) => `${s.plan.id}: ${s.refusedCode ?? 'no refusal'}`).join(', '),
+    );
     const disturbed = sims.filter((s) => !revoked.includes(s) && s.refusedCode !== undefined);
-    report.check('the other devices continue untouched', disturbed.length === 0, disturbed.length === 0 ? `${sims.length - revoked.length} devices` : disturbed.map((s) => `${s.plan.id}: ${s.refusedCode}`).join(', '));
+    report.check(
+      'the other devices continue untouched',
+      disturbed.length === 0,
+      disturbed.length === 0
+        ? `${sims.length - revoked.length} devices`
+        : disturbed.map((s) => `${s.plan.id}: ${s.refusedCode}`).join(', '),
+    );
   }
-  const endpoints = { mqttUrl: o.mqtt, httpsUrl: o.https, provisioningUrl: o.provision, ca: x.ca, dataDir: o.data, mqttVersion: o.mqttVersion };
+  const endpoints = {
+    mqttUrl: o.mqtt,
+    httpsUrl: o.https,
+    provisioningUrl: o.provision,
+    ca: x.ca,
+    dataDir: o.data,
+    mqttVersion: o.mqttVersion,
+  };
   const victim = sims.find((s) => !revoked.includes(s))?.plan.id ?? `${o.prefix}-nobody`;
   await checkIsolation(endpoints, { identityDir: join(o.identities, x.probe.id), id: x.probe.id }, victim, report);
   await checkBadIdentities(endpoints, o.prefix, report);
@@ -289,14 +455,16 @@ export async function main(argv: string[]): Promise<number> {
   try {
     options = parse(argv);
   } catch (err) {
-    if (err instanceof CommanderError && (err.code === 'commander.helpDisplayed' || err.code === 'commander.version')) return 0;
+    if (err instanceof CommanderError && (err.code === 'commander.helpDisplayed' || err.code === 'commander.version'))
+      return 0;
     process.stderr.write(`device-sim: ${(err as Error).message.replace(/^error: /, '')}\n`);
     return 2;
   }
   try {
     const report = await run(options);
     process.stdout.write(`${report.text()}\n`);
-    if (options.json !== undefined) writeFileSync(resolve(options.json), `${JSON.stringify(report.toJSON(), null, 2)}\n`);
+    if (options.json !== undefined)
+      writeFileSync(resolve(options.json), `${JSON.stringify(report.toJSON(), null, 2)}\n`);
     return report.failed ? 1 : 0;
   } catch (err) {
     process.stderr.write(`device-sim: ${(err as Error).message}\n`);

@@ -3,12 +3,22 @@ import cliProgress from 'cli-progress';
 
 /** Latencies in microseconds, HDR (no sampling, bounded memory). */
 function histogram(): hdr.Histogram {
-  return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 600_000_000, numberOfSignificantValueDigits: 3 });
+  return hdr.build({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 600_000_000,
+    numberOfSignificantValueDigits: 3,
+  });
 }
 
 function summary(h: hdr.Histogram) {
   const ms = (us: number) => Math.round(us / 10) / 100;
-  return { count: h.totalCount, p50: ms(h.getValueAtPercentile(50)), p90: ms(h.getValueAtPercentile(90)), p99: ms(h.getValueAtPercentile(99)), max: ms(h.maxValue) };
+  return {
+    count: h.totalCount,
+    p50: ms(h.getValueAtPercentile(50)),
+    p90: ms(h.getValueAtPercentile(90)),
+    p99: ms(h.getValueAtPercentile(99)),
+    max: ms(h.maxValue),
+  };
 }
 
 /** Everything a run measures; printed at the end, and as JSON with --json FILE. */
@@ -56,17 +66,41 @@ export class Report {
       seconds: Math.round(seconds * 10) / 10,
       devices: { planned: this.planned, connected: this.connected },
       enrollment: this.enrollment,
-      connect: { ...summary(this.connect), handshakesPerSecond: Math.round((this.connected / Math.max(this.rampSeconds, 0.001)) * 10) / 10, rampSeconds: this.rampSeconds },
-      mqtt: {
-        published: this.published, acknowledged: this.acknowledged, received: this.received, lostAcknowledged: this.lostAcknowledged,
-        notAcknowledged: Math.max(0, this.published - this.acknowledged),
-        publishedPerSecond: Math.round(this.published / load), receivedPerSecond: Math.round(this.received / load),
+      connect: {
+        ...summary(this.connect),
+        handshakesPerSecond: Math.round((this.connected / Math.max(this.rampSeconds, 0.001)) * 10) / 10,
+        rampSeconds: this.rampSeconds,
       },
-      https: { ok: this.httpsOk, perSecond: Math.round((this.httpsOk / load) * 10) / 10, latency: summary(this.https), uploadsSkipped: this.uploadsSkipped },
-      revocationCut: cuts.length === 0 ? undefined : { count: cuts.length, p50: cuts[Math.floor(cuts.length / 2)], max: cuts.at(-1), from: 'registry commit → device sees the disconnect' },
+      mqtt: {
+        published: this.published,
+        acknowledged: this.acknowledged,
+        received: this.received,
+        lostAcknowledged: this.lostAcknowledged,
+        notAcknowledged: Math.max(0, this.published - this.acknowledged),
+        publishedPerSecond: Math.round(this.published / load),
+        receivedPerSecond: Math.round(this.received / load),
+      },
+      https: {
+        ok: this.httpsOk,
+        perSecond: Math.round((this.httpsOk / load) * 10) / 10,
+        latency: summary(this.https),
+        uploadsSkipped: this.uploadsSkipped,
+      },
+      revocationCut:
+        cuts.length === 0
+          ? undefined
+          : {
+              count: cuts.length,
+              p50: cuts[Math.floor(cuts.length / 2)],
+              max: cuts.at(-1),
+              from: 'registry commit → device sees the disconnect',
+            },
       gatewayRss: this.gatewayRss && {
         ...this.gatewayRss,
-        perConnectionKiB: this.connected > 0 ? Math.round((this.gatewayRss.endBytes - this.gatewayRss.startBytes) / this.connected / 102.4) / 10 : undefined,
+        perConnectionKiB:
+          this.connected > 0
+            ? Math.round((this.gatewayRss.endBytes - this.gatewayRss.startBytes) / this.connected / 102.4) / 10
+            : undefined,
       },
       errors: Object.fromEntries(this.errors),
       checks: this.checks,
@@ -83,11 +117,27 @@ export class Report {
       `delivery     ${r.mqtt.acknowledged} acknowledged by the gateway, ${r.mqtt.lostAcknowledged === 0 ? 'all received' : `${r.mqtt.lostAcknowledged} NOT RECEIVED (lost)`}; ${r.mqtt.notAcknowledged} published without an acknowledgement (QoS 0, or unacknowledged when the run ended or the connection dropped)`,
       `https        ${r.https.ok} ok (${r.https.perSecond}/s), p50 ${r.https.latency.p50} ms, p99 ${r.https.latency.p99} ms${r.https.uploadsSkipped > 0 ? `; ${r.https.uploadsSkipped} uploads skipped (no upload route on the gateway)` : ''}`,
     ];
-    if (r.revocationCut) lines.push(`revoke→cut   ${r.revocationCut.count} devices: p50 ${r.revocationCut.p50} ms, max ${r.revocationCut.max} ms (registry commit → the device sees the disconnect)`);
-    if (r.gatewayRss) lines.push(`gateway RSS  ${(r.gatewayRss.startBytes / 2 ** 20).toFixed(1)} → ${(r.gatewayRss.endBytes / 2 ** 20).toFixed(1)} MiB${r.gatewayRss.perConnectionKiB !== undefined ? ` (${r.gatewayRss.perConnectionKiB} KiB per connection)` : ''}`);
-    lines.push(`errors       ${Object.keys(r.errors).length === 0 ? 'none' : Object.entries(r.errors).map(([k, v]) => `${k}×${v}`).join(', ')}`);
+    if (r.revocationCut)
+      lines.push(
+        `revoke→cut   ${r.revocationCut.count} devices: p50 ${r.revocationCut.p50} ms, max ${r.revocationCut.max} ms (registry commit → the device sees the disconnect)`,
+      );
+    if (r.gatewayRss)
+      lines.push(
+        `gateway RSS  ${(r.gatewayRss.startBytes / 2 ** 20).toFixed(1)} → ${(r.gatewayRss.endBytes / 2 ** 20).toFixed(1)} MiB${r.gatewayRss.perConnectionKiB !== undefined ? ` (${r.gatewayRss.perConnectionKiB} KiB per connection)` : ''}`,
+      );
+    lines.push(
+      `errors       ${
+        Object.keys(r.errors).length === 0
+          ? 'none'
+          : Object.entries(r.errors)
+              .map(([k, v]) => `${k}×${v}`)
+              .join(', ')
+      }`,
+    );
     for (const c of r.checks) lines.push(`check        ${c.ok ? 'PASS' : 'FAIL'} ${c.name}: ${c.detail}`);
-    lines.push(`result       ${r.ok ? (r.mqtt.lostAcknowledged > 0 ? `completed — ${r.mqtt.lostAcknowledged} acknowledged messages LOST` : 'ok') : 'FAILED'} after ${r.seconds} s`);
+    lines.push(
+      `result       ${r.ok ? (r.mqtt.lostAcknowledged > 0 ? `completed — ${r.mqtt.lostAcknowledged} acknowledged messages LOST` : 'ok') : 'FAILED'} after ${r.seconds} s`,
+    );
     return lines.join('\n');
   }
 }
@@ -108,7 +158,10 @@ export class Progress {
 
   start(label: string, total: number): void {
     if (!this.#tty) return void process.stdout.write(`${label}: 0/${total}\n`);
-    this.#bar = new cliProgress.SingleBar({ format: `${label} [{bar}] {value}/{total} {rate}`, hideCursor: true }, cliProgress.Presets.shades_classic);
+    this.#bar = new cliProgress.SingleBar(
+      { format: `${label} [{bar}] {value}/{total} {rate}`, hideCursor: true },
+      cliProgress.Presets.shades_classic,
+    );
     this.#bar.start(total, 0, { rate: '' });
   }
 

@@ -45,11 +45,16 @@ export function verifiedCertificate(socket: TLSSocket): X509Certificate {
     const cert = socket.getPeerX509Certificate();
     if (cert !== undefined) return cert;
   }
-  const verdict = socket.authorizationError === null || socket.authorizationError === undefined ? undefined : String(socket.authorizationError);
+  const verdict =
+    socket.authorizationError === null || socket.authorizationError === undefined
+      ? undefined
+      : String(socket.authorizationError);
   const presented = socket.getPeerX509Certificate() !== undefined;
-  if (!presented || verdict === undefined) throw new FleetgateError('CERT_REQUIRED', 'no verified client certificate on this connection');
+  if (!presented || verdict === undefined)
+    throw new FleetgateError('CERT_REQUIRED', 'no verified client certificate on this connection');
   if (verdict === 'CERT_HAS_EXPIRED') throw new FleetgateError('CERT_EXPIRED', 'the client certificate has expired');
-  if (verdict === 'CERT_NOT_YET_VALID') throw new FleetgateError('CERT_NOT_YET_VALID', 'the client certificate is not yet valid');
+  if (verdict === 'CERT_NOT_YET_VALID')
+    throw new FleetgateError('CERT_NOT_YET_VALID', 'the client certificate is not yet valid');
   throw new FleetgateError('CERT_INVALID', `client certificate refused: ${verdict}`, { detail: { verify: verdict } });
 }
 
@@ -73,7 +78,11 @@ export function admit(socket: TLSSocket, source: StatusSource, options: AdmitOpt
 }
 
 /** {@link admit} with a status source that answers asynchronously. */
-export async function admitAsync(socket: TLSSocket, source: AsyncStatusSource, options: AdmitOptions = {}): Promise<Admitted> {
+export async function admitAsync(
+  socket: TLSSocket,
+  source: AsyncStatusSource,
+  options: AdmitOptions = {},
+): Promise<Admitted> {
   const identity = socketIdentity(socket);
   return mayUse({ device: await source.status(identity, options.now), identity }, options);
 }
@@ -87,7 +96,11 @@ interface AdmitOptions {
 function mayUse(admitted: Admitted, options: AdmitOptions): Admitted {
   const { device } = admitted;
   if (options.types !== undefined && !options.types.includes(device.type)) {
-    throw new FleetgateError('NOT_AUTHORIZED', `${device.id} is a ${device.type}; this needs ${options.types.join(' or ')}`, { detail: { deviceId: device.id } });
+    throw new FleetgateError(
+      'NOT_AUTHORIZED',
+      `${device.id} is a ${device.type}; this needs ${options.types.join(' or ')}`,
+      { detail: { deviceId: device.id } },
+    );
   }
   return admitted;
 }

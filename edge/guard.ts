@@ -12,7 +12,11 @@ export interface GuardLimits {
 
 export interface GuardEvents {
   /** A socket closed before it was authenticated: over a cap, or too slow. */
-  refused(listener: string, reason: 'pending_limit' | 'address_limit' | 'handshake_timeout', remoteAddress: string): void;
+  refused(
+    listener: string,
+    reason: 'pending_limit' | 'address_limit' | 'handshake_timeout',
+    remoteAddress: string,
+  ): void;
   /** A TLS handshake completed, `seconds` after the TCP accept. */
   handshake?(listener: string, seconds: number): void;
 }
@@ -65,7 +69,11 @@ export class ConnectionGuard {
     const address = socket.remoteAddress ?? 'unknown';
     const fromAddress = this.#byAddress.get(address) ?? 0;
     if (this.#pending.size >= this.#limits.maxPending || fromAddress >= this.#limits.maxPendingPerAddress) {
-      this.#events.refused(listener, this.#pending.size >= this.#limits.maxPending ? 'pending_limit' : 'address_limit', address);
+      this.#events.refused(
+        listener,
+        this.#pending.size >= this.#limits.maxPending ? 'pending_limit' : 'address_limit',
+        address,
+      );
       socket.destroy();
       return;
     }
@@ -91,7 +99,8 @@ export class ConnectionGuard {
     clearTimeout(p.timer);
     this.#pending.delete(socket);
     const left = (this.#byAddress.get(p.address) ?? 1) - 1;
-    if (left <= 0) this.#byAddress.delete(p.address); else this.#byAddress.set(p.address, left);
+    if (left <= 0) this.#byAddress.delete(p.address);
+    else this.#byAddress.set(p.address, left);
     this.#byPeer.delete(peerKey(socket));
   }
 }

@@ -12,7 +12,10 @@ import type { ThrottledLog } from './throttled-log.ts';
  * OpenSSL's verdict (`CERT_HAS_EXPIRED`, `DEPTH_ZERO_SELF_SIGNED_CERT`, …). A missing
  * certificate fails inside the handshake ("peer did not return a certificate").
  */
-export function handshakeErrorCode(err: Error & { code?: string }, authorizationError?: string | Error | null): ErrorCode {
+export function handshakeErrorCode(
+  err: Error & { code?: string },
+  authorizationError?: string | Error | null,
+): ErrorCode {
   const verdict = typeof authorizationError === 'string' ? authorizationError : authorizationError?.message;
   if (verdict !== undefined && verdict !== null && verdict !== '') {
     if (verdict === 'CERT_HAS_EXPIRED') return 'CERT_EXPIRED';
@@ -35,10 +38,18 @@ export function onTlsClientError(log: ThrottledLog, count: (code: ErrorCode) => 
   return (err: Error & { code?: string }, socket: TLSSocket): void => {
     const code = handshakeErrorCode(err, socket.authorizationError);
     count(code);
-    log.warn(`tls_failed:${code}`, {
-      decision: 'refused', code, ...fields, remoteAddress: socket.remoteAddress,
-      verify: socket.authorizationError ?? undefined, err: err.message,
-    }, 'tls handshake failed');
+    log.warn(
+      `tls_failed:${code}`,
+      {
+        decision: 'refused',
+        code,
+        ...fields,
+        remoteAddress: socket.remoteAddress,
+        verify: socket.authorizationError ?? undefined,
+        err: err.message,
+      },
+      'tls handshake failed',
+    );
     socket.destroy();
   };
 }

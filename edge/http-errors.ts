@@ -34,8 +34,10 @@ export function httpError(err: unknown): FleetgateError {
   const e = err as FastifyError & { validation?: unknown };
   if (e.validation !== undefined) return new FleetgateError('BAD_REQUEST', e.message);
   switch (e.code) {
-    case 'FST_ERR_CTP_BODY_TOO_LARGE': return new FleetgateError('PAYLOAD_TOO_LARGE', e.message);
-    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': return new FleetgateError('UNSUPPORTED_MEDIA_TYPE', e.message);
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new FleetgateError('PAYLOAD_TOO_LARGE', e.message);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new FleetgateError('UNSUPPORTED_MEDIA_TYPE', e.message);
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':

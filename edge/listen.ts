@@ -20,7 +20,15 @@ export function listen(server: Server, port: number, host: string, setting: stri
 export function bindError(err: NodeJS.ErrnoException, host: string, port: number, setting: string): FleetgateError {
   const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
   if (err.code === 'EADDRINUSE') {
-    return new FleetgateError('PORT_IN_USE', `${where} is already in use (is another fleetgate running?); choose another port with ${setting}`, { detail: { host, port, setting }, cause: err });
+    return new FleetgateError(
+      'PORT_IN_USE',
+      `${where} is already in use (is another fleetgate running?); choose another port with ${setting}`,
+      { detail: { host, port, setting }, cause: err },
+    );
   }
-  return new FleetgateError('PORT_UNAVAILABLE', `cannot listen on ${where}: ${err.code ?? err.message}; check ${setting} and the host address`, { detail: { host, port, setting }, cause: err });
+  return new FleetgateError(
+    'PORT_UNAVAILABLE',
+    `cannot listen on ${where}: ${err.code ?? err.message}; check ${setting} and the host address`,
+    { detail: { host, port, setting }, cause: err },
+  );
 }

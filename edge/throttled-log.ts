@@ -21,7 +21,11 @@ export class ThrottledLog {
   warn(kind: string, fields: Record<string, unknown>, message: string, now = Date.now()): void {
     let w = this.#windows.get(kind);
     if (w === undefined || now - w.start >= this.#windowMs) {
-      if (w !== undefined && w.suppressed > 0) this.#log.warn({ kind, suppressed: w.suppressed, windowMs: this.#windowMs }, `${w.suppressed} more "${kind}" lines suppressed`);
+      if (w !== undefined && w.suppressed > 0)
+        this.#log.warn(
+          { kind, suppressed: w.suppressed, windowMs: this.#windowMs },
+          `${w.suppressed} more "${kind}" lines suppressed`,
+        );
       w = { start: now, count: 0, suppressed: 0 };
       this.#windows.set(kind, w);
     }

@@ -43,7 +43,10 @@ export const TLS12_SUITES = [
  *   certificate): `edge/admission.ts` checks EKU, CA:false, the SAN and the registry after the
  *   handshake.
  */
-export function serverTlsOptions(paths: DataPaths, options: { handshakeTimeoutMs: number; clientCert: 'required' | 'optional' }): TlsOptions & SecureContextOptions {
+export function serverTlsOptions(
+  paths: DataPaths,
+  options: { handshakeTimeoutMs: number; clientCert: 'required' | 'optional' },
+): TlsOptions & SecureContextOptions {
   return {
     key: readFileSync(paths.serverKey),
     cert: readFileSync(paths.serverCert),

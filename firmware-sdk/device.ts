@@ -35,8 +35,16 @@ export interface DeviceOptions {
 
 /** Refusals a device cannot fix by retrying: it must stop, not hammer the gateway. */
 const FATAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'CERT_REVOKED', 'CERT_EXPIRED', 'CERT_UNKNOWN', 'CERT_INVALID', 'DEVICE_REVOKED', 'DEVICE_SUSPENDED', 'DENYLISTED',
-  'NOT_AUTHORIZED', 'CLIENT_ID_MISMATCH', 'TOPIC_DENIED',
+  'CERT_REVOKED',
+  'CERT_EXPIRED',
+  'CERT_UNKNOWN',
+  'CERT_INVALID',
+  'DEVICE_REVOKED',
+  'DEVICE_SUSPENDED',
+  'DENYLISTED',
+  'NOT_AUTHORIZED',
+  'CLIENT_ID_MISMATCH',
+  'TOPIC_DENIED',
 ]);
 
 interface Outgoing {
@@ -114,7 +122,11 @@ export class Device extends EventEmitter {
     this.#scheduleRenewal();
     if (this.#opts.mqttUrl === undefined) return;
     await new Promise<void>((resolve) => {
-      const done = () => { this.off('connect', done); this.off('refused', done); resolve(); };
+      const done = () => {
+        this.off('connect', done);
+        this.off('refused', done);
+        resolve();
+      };
       this.once('connect', done);
       this.once('refused', done);
       void this.#connect();
@@ -130,20 +142,37 @@ export class Device extends EventEmitter {
     let connack: { reasonCode?: number; properties?: { reasonString?: string } } | undefined;
     try {
       const client = mqtt.connect(this.#opts.mqttUrl, {
-        ca: id.caPem, cert: id.certPem + id.chainPem, key: id.keyPem, rejectUnauthorized: true,
+        ca: id.caPem,
+        cert: id.certPem + id.chainPem,
+        key: id.keyPem,
+        rejectUnauthorized: true,
         // The server's name is checked against the URL's host (mqtt.js sends it as SNI), and it must
         // be a server certificate: a device certificate of the same CA is not the gateway.
-        checkServerIdentity: verifyServerCertificate, wsOptions: { checkServerIdentity: verifyServerCertificate },
-        clientId: id.info.deviceId, protocolVersion: v5 ? 5 : 4, keepalive: this.#opts.keepalive ?? 30, clean: true,
-        reconnectPeriod: 0, connectTimeout: 10_000, queueQoSZero: false,
+        checkServerIdentity: verifyServerCertificate,
+        wsOptions: { checkServerIdentity: verifyServerCertificate },
+        clientId: id.info.deviceId,
+        protocolVersion: v5 ? 5 : 4,
+        keepalive: this.#opts.keepalive ?? 30,
+        clean: true,
+        reconnectPeriod: 0,
+        connectTimeout: 10_000,
+        queueQoSZero: false,
         ...(this.#opts.localAddress !== undefined && { localAddress: this.#opts.localAddress }),
       } as mqtt.IClientOptions);
       // What the gateway says in MQTT 5: the CONNACK's reason, a server DISCONNECT's reason, a PUBACK's reason.
       client.on('packetreceive', (packet) => {
         if (packet.cmd === 'connack') connack = packet as typeof connack;
-        else if (packet.cmd === 'disconnect') this.#serverDisconnect = packet as { reasonCode?: number; properties?: { reasonString?: string } };
-        else if (packet.cmd === 'puback' && (packet as { reasonCode?: number }).reasonCode !== undefined && ((packet as { reasonCode: number }).reasonCode >= 0x80)) {
-          this.#pubackReasons.set(packet.messageId ?? 0, (packet as { properties?: { reasonString?: string } }).properties?.reasonString ?? '');
+        else if (packet.cmd === 'disconnect')
+          this.#serverDisconnect = packet as { reasonCode?: number; properties?: { reasonString?: string } };
+        else if (
+          packet.cmd === 'puback' &&
+          (packet as { reasonCode?: number }).reasonCode !== undefined &&
+          (packet as { reasonCode: number }).reasonCode >= 0x80
+        ) {
+          this.#pubackReasons.set(
+            packet.messageId ?? 0,
+            (packet as { properties?: { reasonString?: string } }).properties?.reasonString ?? '',
+          );
         }
       });
       await new Promise<void>((resolve, reject) => {
@@ -171,7 +200,8 @@ export class Device extends EventEmitter {
       client.on('message', (topic, payload) => this.emit('message', topic, payload));
       client.on('error', (e) => this.#log('mqtt_error', { error: e.message })); // the close that follows reconnects
       client.once('close', () => this.#closed(client));
-      for (const [topic, qos] of this.#subscriptions) await client.subscribeAsync(topic, { qos }).catch(() => undefined);
+      for (const [topic, qos] of this.#subscriptions)
+        await client.subscribeAsync(topic, { qos }).catch(() => undefined);
       this.#log('connect', { serial: id.info.serial, mqtt: v5 ? 5 : 3 });
       this.emit('connect');
       this.#pump();
@@ -186,16 +216,26 @@ export class Device extends EventEmitter {
   /** Reason strings of refused PUBACKs, by packet id, until the publish callback reads them. */
   readonly #pubackReasons = new Map<number, string>();
 
-  async #connectFailed(err: Error & { code?: number | string }, connack?: { reasonCode?: number; properties?: { reasonString?: string } }): Promise<void> {
+  async #connectFailed(
+    err: Error & { code?: number | string },
+    connack?: { reasonCode?: number; properties?: { reasonString?: string } },
+  ): Promise<void> {
     // MQTT 5: the CONNACK says why (the reason string carries the fleetgate code); no second request.
     if (connack?.reasonCode !== undefined && connack.reasonCode >= 0x80) {
       const code = codeFromReason(connack.reasonCode, connack.properties?.reasonString);
-      if (FATAL.has(code)) return this.#refuse(new FleetgateError(code, `the gateway refused this device: ${connack.properties?.reasonString ?? `reason 0x${connack.reasonCode.toString(16)}`}`));
+      if (FATAL.has(code))
+        return this.#refuse(
+          new FleetgateError(
+            code,
+            `the gateway refused this device: ${connack.properties?.reasonString ?? `reason 0x${connack.reasonCode.toString(16)}`}`,
+          ),
+        );
     } else if (typeof err.code === 'number' && err.code !== 3 && err.code < 0x80) {
       // MQTT 3.1.1 CONNACK 2/4/5: the gateway refused this identity. Ask the HTTPS plane why, if we can.
       return this.#refuse(await this.#why(err.code === 2 ? 'CLIENT_ID_MISMATCH' : 'NOT_AUTHORIZED'));
     }
-    if (this.#identity.info.notAfter <= Date.now()) return this.#refuse(new FleetgateError('CERT_EXPIRED', 'the device certificate expired before it was renewed'));
+    if (this.#identity.info.notAfter <= Date.now())
+      return this.#refuse(new FleetgateError('CERT_EXPIRED', 'the device certificate expired before it was renewed'));
     this.lastError = err;
     this.#log('connect_failed', { error: err.message, code: err.code });
     this.#retry();
@@ -230,14 +270,23 @@ export class Device extends EventEmitter {
     for (const m of this.#outbox) m.inFlight = false; // resent on the next connection
     const said = this.#serverDisconnect;
     this.#serverDisconnect = undefined;
-    this.#log('disconnect', said?.reasonCode === undefined ? {} : { reasonCode: said.reasonCode, reason: said.properties?.reasonString });
+    this.#log(
+      'disconnect',
+      said?.reasonCode === undefined ? {} : { reasonCode: said.reasonCode, reason: said.properties?.reasonString },
+    );
     this.emit('disconnect', said);
     // MQTT 5: the gateway said why. A verdict on this device (Not authorized with a code such as
     // CERT_REVOKED, DEVICE_SUSPENDED, DENYLISTED): stop now, without asking again. Anything else —
     // a kick (0x98), a takeover (0x8E), a restart (0x8B), a timeout: reconnect as usual.
     if (said?.reasonCode === REASON.NOT_AUTHORIZED || said?.reasonCode === REASON.BANNED) {
       const code = codeFromReason(said.reasonCode, said.properties?.reasonString);
-      if (FATAL.has(code)) return this.#refuse(new FleetgateError(code, `the gateway closed the connection: ${said.properties?.reasonString ?? `reason 0x${said.reasonCode.toString(16)}`}`));
+      if (FATAL.has(code))
+        return this.#refuse(
+          new FleetgateError(
+            code,
+            `the gateway closed the connection: ${said.properties?.reasonString ?? `reason 0x${said.reasonCode.toString(16)}`}`,
+          ),
+        );
     }
     this.#retry();
   }
@@ -266,7 +315,12 @@ export class Device extends EventEmitter {
             this.#pubackReasons.delete(id);
             const i = this.#outbox.indexOf(m);
             if (i >= 0) this.#outbox.splice(i, 1);
-            m.reject(new FleetgateError(codeFromReason(reasonCode, text), `the gateway refused the message on ${m.topic}: ${text || `reason 0x${reasonCode.toString(16)}`}`));
+            m.reject(
+              new FleetgateError(
+                codeFromReason(reasonCode, text),
+                `the gateway refused the message on ${m.topic}: ${text || `reason 0x${reasonCode.toString(16)}`}`,
+              ),
+            );
             return;
           }
           m.inFlight = false; // stays queued for the next connection
@@ -295,17 +349,28 @@ export class Device extends EventEmitter {
   async subscribe(topic: string, opts: { qos?: 0 | 1 } = {}): Promise<void> {
     this.#subscriptions.set(topic, opts.qos ?? 0);
     if (!this.#client?.connected) return;
-    const granted = await this.#client.subscribeAsync(topic, { qos: opts.qos ?? 0 }).catch((err: { code?: number; packet?: { granted?: number[] } }) => [{ qos: err.packet?.granted?.[0] ?? err.code ?? 0x80 }]);
+    const granted = await this.#client
+      .subscribeAsync(topic, { qos: opts.qos ?? 0 })
+      .catch((err: { code?: number; packet?: { granted?: number[] } }) => [
+        { qos: err.packet?.granted?.[0] ?? err.code ?? 0x80 },
+      ]);
     const code = granted[0]?.qos ?? 0;
     if (code >= 0x80) {
       this.#subscriptions.delete(topic);
-      throw new FleetgateError(code === 0x80 || code === REASON.NOT_AUTHORIZED ? 'TOPIC_DENIED' : codeFromReason(code), `the gateway refused the subscription to ${topic} (0x${code.toString(16)})`);
+      throw new FleetgateError(
+        code === 0x80 || code === REASON.NOT_AUTHORIZED ? 'TOPIC_DENIED' : codeFromReason(code),
+        `the gateway refused the subscription to ${topic} (0x${code.toString(16)})`,
+      );
     }
   }
 
   /** An HTTPS request through the gateway with the device certificate. */
-  async request(pathOrUrl: string, opts: { method?: string; headers?: Record<string, string>; body?: string | Buffer | NodeJS.ReadableStream } = {}): Promise<HttpResponse> {
-    if (this.#opts.httpsUrl === undefined && !pathOrUrl.startsWith('https://')) throw new TypeError('request needs an https URL (httpsUrl option)');
+  async request(
+    pathOrUrl: string,
+    opts: { method?: string; headers?: Record<string, string>; body?: string | Buffer | NodeJS.ReadableStream } = {},
+  ): Promise<HttpResponse> {
+    if (this.#opts.httpsUrl === undefined && !pathOrUrl.startsWith('https://'))
+      throw new TypeError('request needs an https URL (httpsUrl option)');
     const url = pathOrUrl.startsWith('https://') ? pathOrUrl : `${this.#opts.httpsUrl}${pathOrUrl}`;
     const id = this.#identity;
     return httpsRequest(url, { tls: { ca: id.caPem, cert: id.certPem + id.chainPem, key: id.keyPem }, ...opts });
@@ -333,7 +398,10 @@ export class Device extends EventEmitter {
       const e = err as FleetgateError;
       if (e instanceof FleetgateError && FATAL.has(e.code)) return this.#refuse(e);
       this.#log('renew_failed', { error: e.message });
-      this.#renewTimer = setTimeout(() => void this.renewNow(), Math.min(this.#backoff.next() + 1_000, Math.max(1_000, this.#identity.info.notAfter - Date.now() - 1_000)));
+      this.#renewTimer = setTimeout(
+        () => void this.renewNow(),
+        Math.min(this.#backoff.next() + 1_000, Math.max(1_000, this.#identity.info.notAfter - Date.now() - 1_000)),
+      );
       this.#renewTimer.unref();
       return;
     }

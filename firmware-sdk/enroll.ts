@@ -31,11 +31,17 @@ const MAX_BUSY_RETRIES = 8;
  */
 async function postEnroll(url: string, tls: TlsMaterial, body: Record<string, unknown>, what: string): Promise<Issued> {
   for (let attempt = 0; ; attempt++) {
-    const res = await httpsRequest(url, { tls, body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const res = await httpsRequest(url, {
+      tls,
+      body: JSON.stringify(body),
+      headers: { 'content-type': 'application/json' },
+    });
     if (res.status === 201) return JSON.parse(res.body.toString('utf8')) as Issued;
     if ((res.status === 429 || res.status === 503) && attempt < MAX_BUSY_RETRIES) {
       const after = Number(res.headers['retry-after'] ?? 1);
-      await new Promise((r) => setTimeout(r, Math.min(30, Number.isFinite(after) ? after : 1) * 1000 + Math.random() * 500));
+      await new Promise((r) =>
+        setTimeout(r, Math.min(30, Number.isFinite(after) ? after : 1) * 1000 + Math.random() * 500),
+      );
       continue;
     }
     throw errorFromResponse(res, what);
@@ -55,7 +61,12 @@ function store(dir: string, keyPem: string, issued: Issued): DeviceIdentity {
  */
 export async function enrollWithToken(opts: EnrollOptions & { token: string }): Promise<DeviceIdentity> {
   const keyPem = generateKey(opts.keyType);
-  const issued = await postEnroll(`${opts.server}/v1/enroll`, { ca: opts.ca }, { token: opts.token, csr: createCsr(keyPem, 'device') }, 'enroll');
+  const issued = await postEnroll(
+    `${opts.server}/v1/enroll`,
+    { ca: opts.ca },
+    { token: opts.token, csr: createCsr(keyPem, 'device') },
+    'enroll',
+  );
   return store(opts.identityDir, keyPem, issued);
 }
 
@@ -65,13 +76,26 @@ export async function enrollWithToken(opts: EnrollOptions & { token: string }): 
  * @example
  * const id = await enrollWithClaim({ server, ca, identityDir: './id', claimDir: './claim-line-1', hardwareSerial: 'SN-0001' });
  */
-export async function enrollWithClaim(opts: EnrollOptions & { claimDir: string; hardwareSerial: string; type?: string; fleet?: string }): Promise<DeviceIdentity> {
+export async function enrollWithClaim(
+  opts: EnrollOptions & { claimDir: string; hardwareSerial: string; type?: string; fleet?: string },
+): Promise<DeviceIdentity> {
   const keyPem = generateKey(opts.keyType);
-  const tls = { ca: opts.ca, cert: readFileSync(join(opts.claimDir, 'claim.crt'), 'utf8'), key: readFileSync(join(opts.claimDir, 'claim.key'), 'utf8') };
-  const issued = await postEnroll(`${opts.server}/v1/enroll/claim`, tls, {
-    hardwareSerial: opts.hardwareSerial, csr: createCsr(keyPem, opts.hardwareSerial),
-    ...(opts.type !== undefined && { type: opts.type }), ...(opts.fleet !== undefined && { fleet: opts.fleet }),
-  }, 'claim enrollment');
+  const tls = {
+    ca: opts.ca,
+    cert: readFileSync(join(opts.claimDir, 'claim.crt'), 'utf8'),
+    key: readFileSync(join(opts.claimDir, 'claim.key'), 'utf8'),
+  };
+  const issued = await postEnroll(
+    `${opts.server}/v1/enroll/claim`,
+    tls,
+    {
+      hardwareSerial: opts.hardwareSerial,
+      csr: createCsr(keyPem, opts.hardwareSerial),
+      ...(opts.type !== undefined && { type: opts.type }),
+      ...(opts.fleet !== undefined && { fleet: opts.fleet }),
+    },
+    'claim enrollment',
+  );
   return store(opts.identityDir, keyPem, issued);
 }
 
@@ -86,8 +110,14 @@ export async function renew(opts: { server: string; identityDir: string; keyType
   const current = loadIdentity(opts.identityDir);
   const keyPem = generateKey(opts.keyType);
   const tls = { ca: current.caPem, cert: current.certPem + current.chainPem, key: current.keyPem };
-  const issued = await postEnroll(`${opts.server}/v1/renew`, tls, { csr: createCsr(keyPem, current.info.deviceId) }, 'renewal');
-  if (issued.deviceId !== current.info.deviceId) throw new FleetgateError('CERT_INVALID', `renewal returned a certificate for ${issued.deviceId}`);
+  const issued = await postEnroll(
+    `${opts.server}/v1/renew`,
+    tls,
+    { csr: createCsr(keyPem, current.info.deviceId) },
+    'renewal',
+  );
+  if (issued.deviceId !== current.info.deviceId)
+    throw new FleetgateError('CERT_INVALID', `renewal returned a certificate for ${issued.deviceId}`);
   return store(opts.identityDir, keyPem, issued);
 }
 
@@ -107,7 +137,9 @@ export function certsFromPkcs7(base64: string): string[] {
     const certs = expectTag(children(der, expectTag(signed, 0x30, 'SignedData'))[3], 0xa0, 'certificates');
     return children(der, certs).map((c) => toPem(der.subarray(c.start, c.end), 'CERTIFICATE'));
   } catch (err) {
-    throw new FleetgateError('BAD_REQUEST', `not a PKCS#7 certs-only answer (${(err as Error).message})`, { cause: err });
+    throw new FleetgateError('BAD_REQUEST', `not a PKCS#7 certs-only answer (${(err as Error).message})`, {
+      cause: err,
+    });
   }
 }
 
@@ -119,11 +151,17 @@ export async function estCacerts(server: string, ca: string): Promise<string[]> 
 }
 
 /** EST `simpleenroll` with HTTP Basic (device id : enrollment token). */
-export async function estSimpleEnroll(opts: EnrollOptions & { deviceId: string; token: string }): Promise<DeviceIdentity> {
+export async function estSimpleEnroll(
+  opts: EnrollOptions & { deviceId: string; token: string },
+): Promise<DeviceIdentity> {
   const keyPem = generateKey(opts.keyType);
   const res = await httpsRequest(`${opts.server}/.well-known/est/simpleenroll`, {
-    tls: { ca: opts.ca }, body: csrBase64(createCsr(keyPem, opts.deviceId)),
-    headers: { 'content-type': 'application/pkcs10', authorization: `Basic ${Buffer.from(`${opts.deviceId}:${opts.token}`).toString('base64')}` },
+    tls: { ca: opts.ca },
+    body: csrBase64(createCsr(keyPem, opts.deviceId)),
+    headers: {
+      'content-type': 'application/pkcs10',
+      authorization: `Basic ${Buffer.from(`${opts.deviceId}:${opts.token}`).toString('base64')}`,
+    },
   });
   if (res.status !== 200) throw errorFromResponse(res, 'EST simpleenroll');
   const [cert] = certsFromPkcs7(res.body.toString('utf8'));
@@ -132,14 +170,24 @@ export async function estSimpleEnroll(opts: EnrollOptions & { deviceId: string; 
 }
 
 /** EST `simplereenroll` over mTLS with the current certificate. */
-export async function estSimpleReenroll(opts: { server: string; identityDir: string; keyType?: KeyType }): Promise<DeviceIdentity> {
+export async function estSimpleReenroll(opts: {
+  server: string;
+  identityDir: string;
+  keyType?: KeyType;
+}): Promise<DeviceIdentity> {
   const current = loadIdentity(opts.identityDir);
   const keyPem = generateKey(opts.keyType);
   const res = await httpsRequest(`${opts.server}/.well-known/est/simplereenroll`, {
     tls: { ca: current.caPem, cert: current.certPem + current.chainPem, key: current.keyPem },
-    body: csrBase64(createCsr(keyPem, current.info.deviceId)), headers: { 'content-type': 'application/pkcs10' },
+    body: csrBase64(createCsr(keyPem, current.info.deviceId)),
+    headers: { 'content-type': 'application/pkcs10' },
   });
   if (res.status !== 200) throw errorFromResponse(res, 'EST simplereenroll');
   const [cert] = certsFromPkcs7(res.body.toString('utf8'));
-  return store(opts.identityDir, keyPem, { deviceId: current.info.deviceId, certificate: cert!, chain: current.chainPem, ca: current.caPem });
+  return store(opts.identityDir, keyPem, {
+    deviceId: current.info.deviceId,
+    certificate: cert!,
+    chain: current.chainPem,
+    ca: current.caPem,
+  });
 }

@@ -23,14 +23,28 @@ export interface HttpResponse {
  */
 export function tlsAgent(tls: TlsMaterial): Agent {
   return new Agent({
-    connect: { ca: tls.ca, ...(tls.cert !== undefined && { cert: tls.cert }), ...(tls.key !== undefined && { key: tls.key }), rejectUnauthorized: true, checkServerIdentity: verifyServerCertificate },
-    headersTimeout: 30_000, bodyTimeout: 60_000,
+    connect: {
+      ca: tls.ca,
+      ...(tls.cert !== undefined && { cert: tls.cert }),
+      ...(tls.key !== undefined && { key: tls.key }),
+      rejectUnauthorized: true,
+      checkServerIdentity: verifyServerCertificate,
+    },
+    headersTimeout: 30_000,
+    bodyTimeout: 60_000,
   });
 }
 
 /** One HTTPS request; network failures become ORIGIN_UNREACHABLE (transient: worth a retry). */
 export async function httpsRequest(
-  url: string, opts: { tls: TlsMaterial; method?: string; headers?: Record<string, string>; body?: string | Buffer | NodeJS.ReadableStream; agent?: Agent },
+  url: string,
+  opts: {
+    tls: TlsMaterial;
+    method?: string;
+    headers?: Record<string, string>;
+    body?: string | Buffer | NodeJS.ReadableStream;
+    agent?: Agent;
+  },
 ): Promise<HttpResponse> {
   const agent = opts.agent ?? tlsAgent(opts.tls);
   try {
@@ -43,7 +57,11 @@ export async function httpsRequest(
     const body = Buffer.from(await res.body.arrayBuffer());
     return { status: res.statusCode, headers: res.headers, body };
   } catch (err) {
-    throw new FleetgateError('ORIGIN_UNREACHABLE', `${url}: ${(err as Error & { code?: string }).code ?? (err as Error).message}`, { cause: err });
+    throw new FleetgateError(
+      'ORIGIN_UNREACHABLE',
+      `${url}: ${(err as Error & { code?: string }).code ?? (err as Error).message}`,
+      { cause: err },
+    );
   } finally {
     if (opts.agent === undefined) await agent.close();
   }
@@ -61,5 +79,7 @@ export function errorFromResponse(res: HttpResponse, what: string): FleetgateErr
   } catch {
     code = /^([A-Z_]+):/.exec(text)?.[1];
   }
-  return new FleetgateError(isErrorCode(code) ? code : 'INTERNAL', `${what}: ${res.status} ${message}`.trim(), { detail: { status: res.status } });
+  return new FleetgateError(isErrorCode(code) ? code : 'INTERNAL', `${what}: ${res.status} ${message}`.trim(), {
+    detail: { status: res.status },
+  });
 }

@@ -1,5 +1,18 @@
 import { generateKeyPairSync, sign, X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { identityFromCertificate, type PeerIdentity } from './protocol/certificate-identity.ts';
 import { oidDer, seq, set, tlv, toPem } from './protocol/der.ts';
@@ -33,9 +46,10 @@ const FILES = { key: 'device.key', cert: 'device.crt', chain: 'chain.crt', ca: '
  * const keyPem = generateKey('ec-p256');
  */
 export function generateKey(type: KeyType = 'ec-p256'): string {
-  const pair = type === 'rsa-2048'
-    ? generateKeyPairSync('rsa', { modulusLength: 2048 })
-    : generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const pair =
+    type === 'rsa-2048'
+      ? generateKeyPairSync('rsa', { modulusLength: 2048 })
+      : generateKeyPairSync('ec', { namedCurve: 'P-256' });
   return pair.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
 }
 
@@ -51,9 +65,10 @@ export function createCsr(keyPem: string, commonName: string): string {
   const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
   const subject = seq(set(seq(oidDer('2.5.4.3'), tlv(0x0c, Buffer.from(commonName, 'utf8')))));
   const info = seq(tlv(0x02, Buffer.from([0])), subject, spki, tlv(0xa0)); // version 0, no attributes
-  const algorithm = key.asymmetricKeyType === 'ec'
-    ? seq(oidDer('1.2.840.10045.4.3.2')) // ecdsa-with-SHA256
-    : seq(oidDer('1.2.840.113549.1.1.11'), tlv(0x05)); // sha256WithRSAEncryption, NULL parameters
+  const algorithm =
+    key.asymmetricKeyType === 'ec'
+      ? seq(oidDer('1.2.840.10045.4.3.2')) // ecdsa-with-SHA256
+      : seq(oidDer('1.2.840.113549.1.1.11'), tlv(0x05)); // sha256WithRSAEncryption, NULL parameters
   const signature = sign('sha256', info, key);
   return toPem(seq(info, algorithm, tlv(0x03, Buffer.from([0]), signature)), 'CERTIFICATE REQUEST');
 }
@@ -88,7 +103,10 @@ function fsyncDir(dir: string): void {
  * @example
  * saveIdentity('./identity', { keyPem, certPem, chainPem, caPem });
  */
-export function saveIdentity(dir: string, files: { keyPem: string; certPem: string; chainPem: string; caPem: string }): void {
+export function saveIdentity(
+  dir: string,
+  files: { keyPem: string; certPem: string; chainPem: string; caPem: string },
+): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const version = `v-${Date.now().toString(36)}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   const vdir = join(dir, version);
@@ -114,7 +132,8 @@ function cleanStale(dir: string): void {
     return;
   }
   for (const entry of readdirSync(dir)) {
-    if ((entry.startsWith('v-') && entry !== current) || entry.startsWith('.current-')) rmSync(join(dir, entry), { recursive: true, force: true });
+    if ((entry.startsWith('v-') && entry !== current) || entry.startsWith('.current-'))
+      rmSync(join(dir, entry), { recursive: true, force: true });
   }
 }
 
@@ -132,12 +151,18 @@ export function loadIdentity(dir: string): DeviceIdentity {
   const keyPem = read(FILES.key);
   const certPem = read(FILES.cert);
   const cert = new X509Certificate(certPem);
-  if (!cert.checkPrivateKey(createPrivateKey(keyPem))) throw new FleetgateError('CERT_INVALID', `${dir}: the key does not match the certificate`);
+  if (!cert.checkPrivateKey(createPrivateKey(keyPem)))
+    throw new FleetgateError('CERT_INVALID', `${dir}: the key does not match the certificate`);
   return { keyPem, certPem, chainPem: read(FILES.chain), caPem: read(FILES.ca), info: identityFromCertificate(cert) };
 }
 
 /** The files of the current identity, for tools (curl, mosquitto_pub). */
 export function identityFiles(dir: string): { key: string; cert: string; chain: string; ca: string } {
   const current = join(dir, 'current');
-  return { key: join(current, FILES.key), cert: join(current, FILES.cert), chain: join(current, FILES.chain), ca: join(current, FILES.ca) };
+  return {
+    key: join(current, FILES.key),
+    cert: join(current, FILES.cert),
+    chain: join(current, FILES.chain),
+    ca: join(current, FILES.ca),
+  };
 }

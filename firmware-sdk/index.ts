@@ -5,7 +5,24 @@
  */
 export { Backoff } from './backoff.ts';
 export { Device, type DeviceOptions } from './device.ts';
-export { certsFromPkcs7, enrollWithClaim, enrollWithToken, estCacerts, estSimpleEnroll, estSimpleReenroll, renew, type EnrollOptions } from './enroll.ts';
+export {
+  certsFromPkcs7,
+  enrollWithClaim,
+  enrollWithToken,
+  estCacerts,
+  estSimpleEnroll,
+  estSimpleReenroll,
+  renew,
+  type EnrollOptions,
+} from './enroll.ts';
 export { httpsRequest, tlsAgent, type HttpResponse, type TlsMaterial } from './http.ts';
-export { createCsr, generateKey, identityFiles, loadIdentity, saveIdentity, type DeviceIdentity, type KeyType } from './identity.ts';
+export {
+  createCsr,
+  generateKey,
+  identityFiles,
+  loadIdentity,
+  saveIdentity,
+  type DeviceIdentity,
+  type KeyType,
+} from './identity.ts';
 export { ERRORS, FleetgateError, isErrorCode, type ErrorCode } from './protocol/errors.ts';

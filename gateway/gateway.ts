@@ -46,11 +46,19 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const metrics = createMetrics();
   // The registry is read on its own thread; the watcher is wired once the plane exists.
   let watcher: StatusWatcher | undefined;
-  const registry = await RegistryLink.open(paths.registry, { // fails fast if the registry cannot be read
-    pollMs: g.statusPollMs, idlePollMs: g.statusIdlePollMs, timeoutMs: g.registryTimeoutMs, cacheMax: g.statusCacheSize,
+  const registry = await RegistryLink.open(paths.registry, {
+    // fails fast if the registry cannot be read
+    pollMs: g.statusPollMs,
+    idlePollMs: g.statusIdlePollMs,
+    timeoutMs: g.registryTimeoutMs,
+    cacheMax: g.statusCacheSize,
     onEvents: (events) => watcher?.apply(events),
     onFeed: (state, error) => {
-      if (state === 'down') log.error({ code: error?.code, err: error?.message }, 'registry status feed unavailable: new connections are refused, live sessions continue');
+      if (state === 'down')
+        log.error(
+          { code: error?.code, err: error?.message },
+          'registry status feed unavailable: new connections are refused, live sessions continue',
+        );
       else {
         log.info('registry status feed available again');
         watcher?.recheckUnanswered(); // live sessions whose re-check the outage left unanswered
@@ -62,12 +70,22 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   // Anonymous peers: counted, throttled in the log, bounded by one guard over every listener.
   const refusals = new ThrottledLog(log);
   const guard = new ConnectionGuard(
-    { maxPending: g.maxPendingHandshakes, maxPendingPerAddress: g.maxPendingHandshakesPerAddress, handshakeTimeoutMs: g.handshakeTimeoutMs },
-    { refused: (listener, reason, remoteAddress) => {
-      metrics.unauthenticatedClosed.inc({ listener, reason });
-      refusals.warn(`unauthenticated:${reason}`, { decision: 'closed', listener, reason, remoteAddress }, 'unauthenticated connection closed');
+    {
+      maxPending: g.maxPendingHandshakes,
+      maxPendingPerAddress: g.maxPendingHandshakesPerAddress,
+      handshakeTimeoutMs: g.handshakeTimeoutMs,
     },
-    handshake: (listener, seconds) => metrics.tlsHandshake.observe({ listener }, seconds) },
+    {
+      refused: (listener, reason, remoteAddress) => {
+        metrics.unauthenticatedClosed.inc({ listener, reason });
+        refusals.warn(
+          `unauthenticated:${reason}`,
+          { decision: 'closed', listener, reason, remoteAddress },
+          'unauthenticated connection closed',
+        );
+      },
+      handshake: (listener, seconds) => metrics.tlsHandshake.observe({ listener }, seconds),
+    },
   );
   let plane: MqttPlane | undefined;
   // Several nodes: messages between them over NATS; each node keeps its own MQTT store.
@@ -91,8 +109,14 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       log.info({ node, nats: config.cluster.nats }, 'joined the cluster: messages between nodes over NATS');
     }
     plane = new MqttPlane({
-      config: g, mqtt: config.mqtt, storeFile: join(paths.dataDir, bus === undefined ? 'mqtt.db' : `mqtt-${node}.db`),
-      registry, sessions, metrics, log: log.child({ plane: 'mqtt' }), ...(bus !== undefined && { bus }),
+      config: g,
+      mqtt: config.mqtt,
+      storeFile: join(paths.dataDir, bus === undefined ? 'mqtt.db' : `mqtt-${node}.db`),
+      registry,
+      sessions,
+      metrics,
+      log: log.child({ plane: 'mqtt' }),
+      ...(bus !== undefined && { bus }),
     });
     if (bus !== undefined) {
       // Joining: the retained messages the other nodes hold (set before this node started, or while
@@ -107,11 +131,18 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       // before and is not in it was cleared (or its device revoked) while this node was away.
       // Alone, or with a snapshot cut short, it keeps its own.
       const changed = changedWhileSyncing!;
-      const forgotten = synced.node !== undefined && synced.complete ? mqtt.keepRetainedOnly((topic) => inSnapshot.has(topic) || changed.has(topic)) : 0;
+      const forgotten =
+        synced.node !== undefined && synced.complete
+          ? mqtt.keepRetainedOnly((topic) => inSnapshot.has(topic) || changed.has(topic))
+          : 0;
       changedWhileSyncing = undefined;
       if (synced.count > 0 || forgotten > 0 || !synced.complete) {
-        (synced.complete ? log.info.bind(log) : log.warn.bind(log))({ from: synced.node, retained: synced.count, forgotten, complete: synced.complete },
-          synced.complete ? 'retained messages taken from another node' : 'retained snapshot from another node incomplete (timed out): the rest arrives as it changes');
+        (synced.complete ? log.info.bind(log) : log.warn.bind(log))(
+          { from: synced.node, retained: synced.count, forgotten, complete: synced.complete },
+          synced.complete
+            ? 'retained messages taken from another node'
+            : 'retained snapshot from another node incomplete (timed out): the rest arrives as it changes',
+        );
       }
       await bus.serveRetained(() => mqtt.retainedMessages());
     }
@@ -126,19 +157,48 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     session.cut = error.code;
     session.close();
     metrics.liveCuts.inc({ code: error.code });
-    log.warn({ decision: 'cut', code: error.code, deviceId: session.device.id, serial: session.identity.serial, transport: session.transport, event: event?.kind }, error.message);
+    log.warn(
+      {
+        decision: 'cut',
+        code: error.code,
+        deviceId: session.device.id,
+        serial: session.identity.serial,
+        transport: session.transport,
+        event: event?.kind,
+      },
+      error.message,
+    );
     registry.audit(actor, 'session.disconnect', session.device.id, {
-      reason: event !== undefined ? 'disconnected by revocation' : error.code === 'CERT_EXPIRED' ? 'certificate expired' : 'disconnected by operator',
-      code: error.code, transport: session.transport, serial: session.identity.serial, sessionId: session.id, ...(event && { event: event.kind, eventSeq: event.seq }),
+      reason:
+        event !== undefined
+          ? 'disconnected by revocation'
+          : error.code === 'CERT_EXPIRED'
+            ? 'certificate expired'
+            : 'disconnected by operator',
+      code: error.code,
+      transport: session.transport,
+      serial: session.identity.serial,
+      sessionId: session.id,
+      ...(event && { event: event.kind, eventSeq: event.seq }),
     });
   };
   watcher = new StatusWatcher({
-    registry, sessions,
+    registry,
+    sessions,
     cut: (session, error, event) => cut(session, error, 'gateway', event),
-    expired: (session) => cut(session, new FleetgateError('CERT_EXPIRED', `certificate ${session.identity.serial} expired during the session`), 'gateway'),
+    expired: (session) =>
+      cut(
+        session,
+        new FleetgateError('CERT_EXPIRED', `certificate ${session.identity.serial} expired during the session`),
+        'gateway',
+      ),
     refresh: (session) => plane.refreshScope(session),
     event: (event) => plane.onStatusEvent(event),
-    unavailable: (error) => log.error({ code: error.code, err: error.message }, 'registry unavailable while re-checking a live session: kept; new connections are refused'),
+    unavailable: (error) =>
+      log.error(
+        { code: error.code, err: error.message },
+        'registry unavailable while re-checking a live session: kept; new connections are refused',
+      ),
   });
 
   // Assertion keys: created on first start, reloaded when `fleetgate jwt rotate` changes them.
@@ -189,16 +249,68 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     }
   };
   const edge = { guard, refusals, metrics, log };
-  const listeners = await step(() => startMqttListeners(plane, tls, g, edge), async (l) => { l.mqtts.close(); l.wss.close(); l.wss.closeAllConnections(); });
-  const httpsPlane = await step(() => startHttpsPlane(config.https, tls, { registry, sessions, minter, guard, refusals, metrics, log: log.child({ plane: 'https' }) }), (h) => h.app.close());
+  const listeners = await step(
+    () => startMqttListeners(plane, tls, g, edge),
+    async (l) => {
+      l.mqtts.close();
+      l.wss.close();
+      l.wss.closeAllConnections();
+    },
+  );
+  const httpsPlane = await step(
+    () =>
+      startHttpsPlane(config.https, tls, {
+        registry,
+        sessions,
+        minter,
+        guard,
+        refusals,
+        metrics,
+        log: log.child({ plane: 'https' }),
+      }),
+    (h) => h.app.close(),
+  );
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const fleet = new FleetSessions(sessions, kick, bus);
-  bus?.serve({ connections: (deviceId) => fleet.local(deviceId), kick, overview: () => nodeTotals(metrics, sessions), refused: (limit) => metrics.refusedDevices.list(limit) });
-  const admin = await step(() => startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
-    { registry, sessions, metrics, fleet, guard, refusals, log, jwks: () => loadKeyring(paths).jwks }), (a) => a.app.close());
+  bus?.serve({
+    connections: (deviceId) => fleet.local(deviceId),
+    kick,
+    overview: () => nodeTotals(metrics, sessions),
+    refused: (limit) => metrics.refusedDevices.list(limit),
+  });
+  const admin = await step(
+    () =>
+      startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }), {
+        registry,
+        sessions,
+        metrics,
+        fleet,
+        guard,
+        refusals,
+        log,
+        jwks: () => loadKeyring(paths).jwks,
+      }),
+    (a) => a.app.close(),
+  );
   const consoleListener = g.consoleEnabled
-    ? await step(() => startConsole(config, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' }),
-      { registry, sessions, metrics, fleet, guard, refusals, log: log.child({ surface: 'console' }), registryFile: paths.registry }), (c) => c.close())
+    ? await step(
+        () =>
+          startConsole(
+            config,
+            serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' }),
+            {
+              registry,
+              sessions,
+              metrics,
+              fleet,
+              guard,
+              refusals,
+              log: log.child({ surface: 'console' }),
+              registryFile: paths.registry,
+            },
+          ),
+        (c) => c.close(),
+      )
     : undefined;
   const host = urlHost(g.host);
   return {
@@ -209,8 +321,15 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       admin: `https://${urlHost(g.adminHost)}:${admin.port}`,
       ...(consoleListener !== undefined && { console: `https://${urlHost(g.consoleHost)}:${consoleListener.port}` }),
     },
-    ports: { ...listeners.ports, https: httpsPlane.port, admin: admin.port, ...(consoleListener !== undefined && { console: consoleListener.port }) },
-    sessions, metrics, kick,
+    ports: {
+      ...listeners.ports,
+      https: httpsPlane.port,
+      admin: admin.port,
+      ...(consoleListener !== undefined && { console: consoleListener.port }),
+    },
+    sessions,
+    metrics,
+    kick,
     async close() {
       plane.disconnectAll(); // as a shutdown, not as a cut
       for (const s of sessions.all()) s.close(); // the HTTPS connections left

@@ -11,18 +11,28 @@ export function createMetrics() {
   // a prom-client label lookup per message costs more than routing the message.
   const hot = { in: [0, 0, 0], out: 0, reported: { in: [0, 0, 0], out: 0 } };
   /** The cluster link's plain counters (set when the gateway joins a cluster), read into the counter when scraped. */
-  const cluster: { counts?: { sent: number; received: number; lostWhileDown: number }; reported: Record<string, number> } = { reported: {} };
+  const cluster: {
+    counts?: { sent: number; received: number; lostWhileDown: number };
+    reported: Record<string, number>;
+  } = { reported: {} };
   const make = {
     handshakes: new Counter({
-      name: 'fleetgate_handshakes_total', help: 'Connection attempts by transport, outcome (admitted|refused|tls_failed) and error code',
-      labelNames: ['transport', 'outcome', 'code'] as const, registers: [registry],
+      name: 'fleetgate_handshakes_total',
+      help: 'Connection attempts by transport, outcome (admitted|refused|tls_failed) and error code',
+      labelNames: ['transport', 'outcome', 'code'] as const,
+      registers: [registry],
     }),
     connected: new Gauge({
-      name: 'fleetgate_connected_clients', help: 'Live MQTT sessions by device type and transport',
-      labelNames: ['type', 'transport'] as const, registers: [registry],
+      name: 'fleetgate_connected_clients',
+      help: 'Live MQTT sessions by device type and transport',
+      labelNames: ['type', 'transport'] as const,
+      registers: [registry],
     }),
     messagesIn: new Counter({
-      name: 'fleetgate_messages_in_total', help: 'PUBLISH packets accepted from clients', labelNames: ['qos'] as const, registers: [registry],
+      name: 'fleetgate_messages_in_total',
+      help: 'PUBLISH packets accepted from clients',
+      labelNames: ['qos'] as const,
+      registers: [registry],
       collect() {
         for (let q = 0; q < 3; q++) {
           const delta = (hot.in[q] as number) - (hot.reported.in[q] as number);
@@ -32,35 +42,78 @@ export function createMetrics() {
       },
     }),
     messagesOut: new Counter({
-      name: 'fleetgate_messages_out_total', help: 'PUBLISH packets delivered to clients', registers: [registry],
+      name: 'fleetgate_messages_out_total',
+      help: 'PUBLISH packets delivered to clients',
+      registers: [registry],
       collect() {
         const delta = hot.out - hot.reported.out;
         if (delta > 0) this.inc(delta);
         hot.reported.out = hot.out;
       },
     }),
-    denied: new Counter({ name: 'fleetgate_denied_total', help: 'Refused PUBLISH/SUBSCRIBE by code', labelNames: ['action', 'code'] as const, registers: [registry] }),
-    liveCuts: new Counter({ name: 'fleetgate_live_cuts_total', help: 'Live sessions cut by a status change, by code', labelNames: ['code'] as const, registers: [registry] }),
-    httpsHandshakes: new Counter({ name: 'fleetgate_https_handshakes_total', help: 'Full TLS handshakes on the HTTPS plane', registers: [registry] }),
-    httpsRequests: new Counter({ name: 'fleetgate_https_requests_total', help: 'HTTPS plane requests by outcome code (OK: served)', labelNames: ['code'] as const, registers: [registry] }),
+    denied: new Counter({
+      name: 'fleetgate_denied_total',
+      help: 'Refused PUBLISH/SUBSCRIBE by code',
+      labelNames: ['action', 'code'] as const,
+      registers: [registry],
+    }),
+    liveCuts: new Counter({
+      name: 'fleetgate_live_cuts_total',
+      help: 'Live sessions cut by a status change, by code',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    }),
+    httpsHandshakes: new Counter({
+      name: 'fleetgate_https_handshakes_total',
+      help: 'Full TLS handshakes on the HTTPS plane',
+      registers: [registry],
+    }),
+    httpsRequests: new Counter({
+      name: 'fleetgate_https_requests_total',
+      help: 'HTTPS plane requests by outcome code (OK: served)',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    }),
     mqttDropped: new Counter({
-      name: 'fleetgate_mqtt_dropped_total', help: 'Messages not delivered: QoS 0 to a subscriber that does not read (slow_consumer), oldest queued QoS 1/2 past the queue bound (queue_full)',
-      labelNames: ['reason'] as const, registers: [registry],
+      name: 'fleetgate_mqtt_dropped_total',
+      help: 'Messages not delivered: QoS 0 to a subscriber that does not read (slow_consumer), oldest queued QoS 1/2 past the queue bound (queue_full)',
+      labelNames: ['reason'] as const,
+      registers: [registry],
     }),
-    retainedRefused: new Counter({ name: 'fleetgate_mqtt_retained_refused_total', help: 'Retained messages delivered but not retained (over a quota)', registers: [registry] }),
-    slowConsumers: new Counter({ name: 'fleetgate_mqtt_slow_consumers_total', help: 'Connections closed because they did not read for the drain timeout', registers: [registry] }),
+    retainedRefused: new Counter({
+      name: 'fleetgate_mqtt_retained_refused_total',
+      help: 'Retained messages delivered but not retained (over a quota)',
+      registers: [registry],
+    }),
+    slowConsumers: new Counter({
+      name: 'fleetgate_mqtt_slow_consumers_total',
+      help: 'Connections closed because they did not read for the drain timeout',
+      registers: [registry],
+    }),
     unauthenticatedClosed: new Counter({
-      name: 'fleetgate_unauthenticated_closed_total', help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
-      labelNames: ['listener', 'reason'] as const, registers: [registry],
+      name: 'fleetgate_unauthenticated_closed_total',
+      help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
+      labelNames: ['listener', 'reason'] as const,
+      registers: [registry],
     }),
-    clusterLink: new Gauge({ name: 'fleetgate_cluster_link_up', help: 'The NATS link to the other gateway nodes: 1 up, 0 down (absent: one node)', registers: [registry] }),
+    clusterLink: new Gauge({
+      name: 'fleetgate_cluster_link_up',
+      help: 'The NATS link to the other gateway nodes: 1 up, 0 down (absent: one node)',
+      registers: [registry],
+    }),
     clusterMessages: new Counter({
-      name: 'fleetgate_cluster_messages_total', help: 'Messages between gateway nodes: sent, received, lost (published while the NATS link was down)',
-      labelNames: ['direction'] as const, registers: [registry],
+      name: 'fleetgate_cluster_messages_total',
+      help: 'Messages between gateway nodes: sent, received, lost (published while the NATS link was down)',
+      labelNames: ['direction'] as const,
+      registers: [registry],
       collect() {
         const c = cluster.counts;
         if (c === undefined) return;
-        for (const [direction, value] of [['sent', c.sent], ['received', c.received], ['lost', c.lostWhileDown]] as const) {
+        for (const [direction, value] of [
+          ['sent', c.sent],
+          ['received', c.received],
+          ['lost', c.lostWhileDown],
+        ] as const) {
           const delta = value - (cluster.reported[direction] ?? 0);
           if (delta > 0) this.inc({ direction }, delta);
           cluster.reported[direction] = value;
@@ -68,12 +121,17 @@ export function createMetrics() {
       },
     }),
     tlsHandshake: new Histogram({
-      name: 'fleetgate_tls_handshake_seconds', help: 'From TCP accept to a completed mutual-TLS handshake, by listener',
-      labelNames: ['listener'] as const, buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [registry],
+      name: 'fleetgate_tls_handshake_seconds',
+      help: 'From TCP accept to a completed mutual-TLS handshake, by listener',
+      labelNames: ['listener'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
     }),
     statusCheck: new Histogram({
-      name: 'fleetgate_status_check_seconds', help: 'Latency of the registry status check per connection',
-      buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025], registers: [registry],
+      name: 'fleetgate_status_check_seconds',
+      help: 'Latency of the registry status check per connection',
+      buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025],
+      registers: [registry],
     }),
   };
   /** Devices refused with a certificate they may no longer use (the console's finding; not exported to Prometheus: unbounded labels). */

@@ -9,11 +9,20 @@ test('refused devices/a book keeps the tracked codes only, the most recently ref
   book.record('d2', 's2', 'CERT_EXPIRED');
   book.record('d1', 's1b', 'CERT_REVOKED');
   book.record('d3', 's3', 'DENYLISTED'); // over the bound: d2, refused longest ago, goes
-  assert.deepEqual(book.list().map((r) => [r.deviceId, r.codes, r.lastSerial]), [['d3', { DENYLISTED: 1 }, 's3'], ['d1', { CERT_REVOKED: 2 }, 's1b']]);
+  assert.deepEqual(
+    book.list().map((r) => [r.deviceId, r.codes, r.lastSerial]),
+    [
+      ['d3', { DENYLISTED: 1 }, 's3'],
+      ['d1', { CERT_REVOKED: 2 }, 's1b'],
+    ],
+  );
 });
 
-test('refused devices/nodes\' books merge: codes summed, the latest refusal\'s time and certificate, malformed entries left out', () => {
-  const a = [{ deviceId: 'd1', codes: { CERT_REVOKED: 2 }, lastAt: 100, lastSerial: 'aa' }, { deviceId: 'd2', codes: { DENYLISTED: 1 }, lastAt: 50, lastSerial: null }];
+test("refused devices/nodes' books merge: codes summed, the latest refusal's time and certificate, malformed entries left out", () => {
+  const a = [
+    { deviceId: 'd1', codes: { CERT_REVOKED: 2 }, lastAt: 100, lastSerial: 'aa' },
+    { deviceId: 'd2', codes: { DENYLISTED: 1 }, lastAt: 50, lastSerial: null },
+  ];
   const b = [
     { deviceId: 'd1', codes: { CERT_REVOKED: 1, DEVICE_SUSPENDED: 4 }, lastAt: 300, lastSerial: 'bb' },
     { deviceId: 'd3', codes: { CERT_EXPIRED: 'x' }, lastAt: 400, lastSerial: 'cc' }, // malformed count

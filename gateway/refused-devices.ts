@@ -2,7 +2,12 @@ import type { ErrorCode } from '../firmware-sdk/protocol/errors.ts';
 
 /** Refusals that say a known device is still trying with a certificate it may no longer use. */
 const TRACKED: ReadonlySet<string> = new Set<ErrorCode>([
-  'CERT_REVOKED', 'CERT_SUPERSEDED', 'CERT_EXPIRED', 'DEVICE_REVOKED', 'DEVICE_SUSPENDED', 'DENYLISTED',
+  'CERT_REVOKED',
+  'CERT_SUPERSEDED',
+  'CERT_EXPIRED',
+  'DEVICE_REVOKED',
+  'DEVICE_SUSPENDED',
+  'DENYLISTED',
 ]);
 
 export interface RefusedDevice {
@@ -44,7 +49,10 @@ export class RefusedDevices {
 
   /** The most recently refused first. */
   list(limit = 100): RefusedDevice[] {
-    return [...this.#byDevice.values()].reverse().slice(0, limit).map((e) => ({ ...e, codes: { ...e.codes } }));
+    return [...this.#byDevice.values()]
+      .reverse()
+      .slice(0, limit)
+      .map((e) => ({ ...e, codes: { ...e.codes } }));
   }
 
   get size(): number {
@@ -55,9 +63,16 @@ export class RefusedDevices {
 /** Whether a peer's answer is a list of {@link RefusedDevice} (another node's book, over NATS). */
 function isRefusedDevice(x: unknown): x is RefusedDevice {
   const r = x as RefusedDevice;
-  return typeof r === 'object' && r !== null && typeof r.deviceId === 'string' && typeof r.lastAt === 'number'
-    && (r.lastSerial === null || typeof r.lastSerial === 'string') && typeof r.codes === 'object' && r.codes !== null
-    && Object.values(r.codes).every((n) => typeof n === 'number');
+  return (
+    typeof r === 'object' &&
+    r !== null &&
+    typeof r.deviceId === 'string' &&
+    typeof r.lastAt === 'number' &&
+    (r.lastSerial === null || typeof r.lastSerial === 'string') &&
+    typeof r.codes === 'object' &&
+    r.codes !== null &&
+    Object.values(r.codes).every((n) => typeof n === 'number')
+  );
 }
 
 /**

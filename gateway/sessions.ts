@@ -80,8 +80,14 @@ export class SessionTable {
 
   static info(s: Session): SessionInfo {
     return {
-      id: s.id, deviceId: s.device.id, type: s.device.type, fleet: s.device.fleet, transport: s.transport,
-      remoteAddress: s.remoteAddress, since: new Date(s.since).toISOString(), serial: s.identity.serial,
+      id: s.id,
+      deviceId: s.device.id,
+      type: s.device.type,
+      fleet: s.device.fleet,
+      transport: s.transport,
+      remoteAddress: s.remoteAddress,
+      since: new Date(s.since).toISOString(),
+      serial: s.identity.serial,
     };
   }
 }

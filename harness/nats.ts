@@ -31,8 +31,12 @@ export async function startNats(): Promise<NatsServer> {
     async start() {
       output = '';
       child = spawn(NATS_SERVER, ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
-      child.stdout!.on('data', (b: Buffer) => { output += b.toString(); });
-      child.stderr!.on('data', (b: Buffer) => { output += b.toString(); });
+      child.stdout!.on('data', (b: Buffer) => {
+        output += b.toString();
+      });
+      child.stderr!.on('data', (b: Buffer) => {
+        output += b.toString();
+      });
       await untilListening(port, child, 'nats-server', () => output);
     },
     async stop() {

@@ -31,11 +31,21 @@ export async function keyPem(keys: CryptoKeyPair): Promise<string> {
 }
 
 export async function csrPem(keys: CryptoKeyPair, cn: string): Promise<string> {
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: `CN=${cn}`, keys, signingAlgorithm: ECDSA_SHA256 });
+  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+    name: `CN=${cn}`,
+    keys,
+    signingAlgorithm: ECDSA_SHA256,
+  });
   return csr.toString('pem');
 }
 
-async function save(dir: string, name: string, deviceId: string, certPem: string, keys: CryptoKeyPair): Promise<Credential> {
+async function save(
+  dir: string,
+  name: string,
+  deviceId: string,
+  certPem: string,
+  keys: CryptoKeyPair,
+): Promise<Credential> {
   const cert = new x509.X509Certificate(certPem);
   const certFile = join(dir, `${name}.crt`);
   const keyFile = join(dir, `${name}.key`);
@@ -43,7 +53,12 @@ async function save(dir: string, name: string, deviceId: string, certPem: string
   writeFileSync(certFile, certPem);
   writeFileSync(keyFile, kp, { mode: 0o600 });
   return {
-    deviceId, certPem, keyPem: kp, certFile, keyFile, keys,
+    deviceId,
+    certPem,
+    keyPem: kp,
+    certFile,
+    keyFile,
+    keys,
     serial: serialHex(cert.serialNumber),
     fingerprint: createHash('sha256').update(new Uint8Array(cert.rawData)).digest('hex'),
     spki: createHash('sha256').update(new Uint8Array(cert.publicKey.rawData)).digest('hex'),
@@ -52,10 +67,25 @@ async function save(dir: string, name: string, deviceId: string, certPem: string
 
 /** A device enrolled through the real pipeline (recorded in the registry). */
 export async function enrollDevice(
-  registry: RegistryWriter, ca: CertificateAuthority, dir: string,
-  opts: { id: string; type?: string; fleet?: string; parent?: string; keys?: CryptoKeyPair; validityMs?: number; name?: string; exists?: boolean },
+  registry: RegistryWriter,
+  ca: CertificateAuthority,
+  dir: string,
+  opts: {
+    id: string;
+    type?: string;
+    fleet?: string;
+    parent?: string;
+    keys?: CryptoKeyPair;
+    validityMs?: number;
+    name?: string;
+    exists?: boolean;
+  },
 ): Promise<Credential> {
-  if (opts.exists !== true) registry.addDevice({ id: opts.id, type: opts.type ?? 'sensor', fleet: opts.fleet ?? 'default', parent: opts.parent ?? null }, 'test');
+  if (opts.exists !== true)
+    registry.addDevice(
+      { id: opts.id, type: opts.type ?? 'sensor', fleet: opts.fleet ?? 'default', parent: opts.parent ?? null },
+      'test',
+    );
   const keys = opts.keys ?? (await newKeys());
   const result = await enroll(
     { registry, ca, defaultValidityMs: opts.validityMs ?? 86_400_000 },
@@ -86,8 +116,14 @@ export async function forgeCert(ca: CertificateAuthority, dir: string, o: ForgeO
   const now = Date.now();
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(o.isCa === true, undefined, true),
-    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | (o.isCa === true ? x509.KeyUsageFlags.keyCertSign : 0), true),
-    new x509.SubjectAlternativeNameExtension([{ type: 'url', value: `urn:fleetgate:device:${o.deviceId}` }, ...(o.extraSan ?? [])]),
+    new x509.KeyUsagesExtension(
+      x509.KeyUsageFlags.digitalSignature | (o.isCa === true ? x509.KeyUsageFlags.keyCertSign : 0),
+      true,
+    ),
+    new x509.SubjectAlternativeNameExtension([
+      { type: 'url', value: `urn:fleetgate:device:${o.deviceId}` },
+      ...(o.extraSan ?? []),
+    ]),
     await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
   ];
   if (o.eku !== null) extensions.push(new x509.ExtendedKeyUsageExtension(o.eku ?? [x509.ExtendedKeyUsage.clientAuth]));
@@ -99,19 +135,33 @@ export async function forgeCert(ca: CertificateAuthority, dir: string, o: ForgeO
     signingAlgorithm: ECDSA_SHA256,
     extensions,
   };
-  const cert = issuer === 'self'
-    ? await x509.X509CertificateGenerator.createSelfSigned({ ...common, name: `CN=${o.deviceId}`, keys })
-    : await x509.X509CertificateGenerator.create({
-      ...common, subject: `CN=${o.deviceId}`, issuer: issuer.intermediate.subjectName, publicKey: keys.publicKey, signingKey: issuer.intermediateKey,
-      extensions: [...extensions, new x509.AuthorityKeyIdentifierExtension(issuer.intermediateKeyId)],
-    });
+  const cert =
+    issuer === 'self'
+      ? await x509.X509CertificateGenerator.createSelfSigned({ ...common, name: `CN=${o.deviceId}`, keys })
+      : await x509.X509CertificateGenerator.create({
+          ...common,
+          subject: `CN=${o.deviceId}`,
+          issuer: issuer.intermediate.subjectName,
+          publicKey: keys.publicKey,
+          signingKey: issuer.intermediateKey,
+          extensions: [...extensions, new x509.AuthorityKeyIdentifierExtension(issuer.intermediateKeyId)],
+        });
   const chain = pemWithNewline(cert.toString('pem')) + (issuer === 'self' ? '' : issuer.intermediatePem);
   const cred = await save(dir, o.name, o.deviceId, chain, keys);
   if (o.record !== undefined) {
-    o.record.recordCertificate({
-      serial: cred.serial, deviceId: o.deviceId, fingerprint: cred.fingerprint, spkiSha256: cred.spki,
-      notBefore: cert.notBefore.getTime(), notAfter: cert.notAfter.getTime(), pem: pemWithNewline(cert.toString('pem')), method: 'test-forged',
-    }, 'test');
+    o.record.recordCertificate(
+      {
+        serial: cred.serial,
+        deviceId: o.deviceId,
+        fingerprint: cred.fingerprint,
+        spkiSha256: cred.spki,
+        notBefore: cert.notBefore.getTime(),
+        notAfter: cert.notAfter.getTime(),
+        pem: pemWithNewline(cert.toString('pem')),
+        method: 'test-forged',
+      },
+      'test',
+    );
   }
   return cred;
 }

@@ -8,7 +8,9 @@ import { stablePort, untilListening } from './services.ts';
 export function postgresBin(): string | undefined {
   const root = '/usr/lib/postgresql';
   if (!existsSync(root)) return undefined;
-  const versions = readdirSync(root).filter((v) => existsSync(join(root, v, 'bin', 'postgres'))).sort((a, b) => Number(b) - Number(a));
+  const versions = readdirSync(root)
+    .filter((v) => existsSync(join(root, v, 'bin', 'postgres')))
+    .sort((a, b) => Number(b) - Number(a));
   return versions[0] === undefined ? undefined : join(root, versions[0], 'bin');
 }
 
@@ -42,7 +44,11 @@ export async function startPostgres(options: { durable?: boolean } = {}): Promis
     chmodSync(dir, 0o700);
   }
   const as = uid !== undefined && gid !== undefined ? { uid, gid } : {};
-  const init = spawnSync(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8'], { encoding: 'utf8', cwd: dir, ...as });
+  const init = spawnSync(
+    join(bin, 'initdb'),
+    ['-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8'],
+    { encoding: 'utf8', cwd: dir, ...as },
+  );
   if (init.status !== 0) throw new Error(`initdb failed: ${init.stderr}`);
   const port = await stablePort(); // restarted on the same port
   let child: ChildProcess | undefined;
@@ -54,13 +60,29 @@ export async function startPostgres(options: { durable?: boolean } = {}): Promis
     async start() {
       output = '';
       // durable: PostgreSQL's defaults (fsync, synchronous commit), for benchmarks that measure a commit.
-      const speed = options.durable === true ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'];
-      child = spawn(join(bin, 'postgres'), ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', ...speed], {
-        stdio: ['ignore', 'pipe', 'pipe'], cwd: dir, ...as,
+      const speed =
+        options.durable === true
+          ? []
+          : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'];
+      child = spawn(
+        join(bin, 'postgres'),
+        ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', ...speed],
+        {
+          stdio: ['ignore', 'pipe', 'pipe'],
+          cwd: dir,
+          ...as,
+        },
+      );
+      child.stdout!.on('data', (b: Buffer) => {
+        output += b.toString();
       });
-      child.stdout!.on('data', (b: Buffer) => { output += b.toString(); });
-      child.stderr!.on('data', (b: Buffer) => { output += b.toString(); });
-      await untilListening(port, child, 'postgres', () => output, { ready: () => /ready to accept connections/.test(output), attempts: 300 });
+      child.stderr!.on('data', (b: Buffer) => {
+        output += b.toString();
+      });
+      await untilListening(port, child, 'postgres', () => output, {
+        ready: () => /ready to accept connections/.test(output),
+        attempts: 300,
+      });
     },
     async stop() {
       const c = child;

@@ -52,9 +52,10 @@ export async function startRoundRobinProxy(upstreams: () => number[]): Promise<R
   return {
     port: (server.address() as { port: number }).port,
     counts,
-    close: () => new Promise<void>((r) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => r());
-    }),
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
   };
 }

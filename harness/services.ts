@@ -17,7 +17,10 @@ import { initDataDir } from '../provisioning/setup.ts';
 export const ROOT = resolve(import.meta.dirname, '..');
 
 /** The flags `bin/fleetgate.ts` runs servers with (V8 young generation, OpenSSL config): servers spawned by path get them too. */
-export const SERVER_NODE_FLAGS = ['--max-semi-space-size=2', `--openssl-config=${join(resolve(import.meta.dirname, '..'), 'config', 'openssl.cnf')}`];
+export const SERVER_NODE_FLAGS = [
+  '--max-semi-space-size=2',
+  `--openssl-config=${join(resolve(import.meta.dirname, '..'), 'config', 'openssl.cnf')}`,
+];
 
 /** A loopback port nothing listens on right now (for peers that need a fixed port in their config). */
 export async function freePort(): Promise<number> {
@@ -61,15 +64,29 @@ export async function stablePort(): Promise<number> {
  * connection, or with `tls` a TLS handshake, and `ready()` (e.g. a line the server printed);
  * rejects with what it printed if the child exits first, or after `attempts` × 50 ms.
  */
-export async function untilListening(port: number, child: ChildProcess, name: string, output: () => string,
-  options: { tls?: boolean; ready?: () => boolean; attempts?: number } = {}): Promise<void> {
+export async function untilListening(
+  port: number,
+  child: ChildProcess,
+  name: string,
+  output: () => string,
+  options: { tls?: boolean; ready?: () => boolean; attempts?: number } = {},
+): Promise<void> {
   for (let i = 0; i < (options.attempts ?? 200); i++) {
-    const up = (options.ready?.() ?? true) && await new Promise<boolean>((resolve) => {
-      const s = options.tls === true
-        ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => { s.destroy(); resolve(true); })
-        : netConnect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
+    const up =
+      (options.ready?.() ?? true) &&
+      (await new Promise<boolean>((resolve) => {
+        const s =
+          options.tls === true
+            ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+                s.destroy();
+                resolve(true);
+              })
+            : netConnect(port, '127.0.0.1', () => {
+                s.destroy();
+                resolve(true);
+              });
+        s.on('error', () => resolve(false));
+      }));
     if (up) return;
     if (child.exitCode !== null) throw new Error(`${name} exited: ${output()}`);
     await new Promise((r) => setTimeout(r, 50));
@@ -78,7 +95,12 @@ export async function untilListening(port: number, child: ChildProcess, name: st
 }
 
 /** {@link untilListening} for a TLS server (~10 s). */
-export function untilTlsListening(port: number, child: ChildProcess, name: string, stderr: () => string): Promise<void> {
+export function untilTlsListening(
+  port: number,
+  child: ChildProcess,
+  name: string,
+  stderr: () => string,
+): Promise<void> {
   return untilListening(port, child, name, stderr, { tls: true });
 }
 
@@ -88,10 +110,20 @@ export function untilTlsListening(port: number, child: ChildProcess, name: strin
  */
 export async function benchFleet(registry?: string) {
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-bench-'));
-  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_ACTOR: 'bench', ...(registry !== undefined && { FLEETGATE_REGISTRY: registry }) } });
+  const config = loadConfig({
+    dataDir: join(dir, 'data'),
+    env: { FLEETGATE_ACTOR: 'bench', ...(registry !== undefined && { FLEETGATE_REGISTRY: registry }) },
+  });
   await initDataDir(config);
   const paths = dataPaths(config.dataDir, config.registry);
-  return { dir, config, paths, registry: new RegistryWriter(paths.registry), ca: await loadCa(paths), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    config,
+    paths,
+    registry: new RegistryWriter(paths.registry),
+    ca: await loadCa(paths),
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 /** User + system CPU seconds and RSS bytes of a process so far, from /proc (Linux; clock ticks at 100 Hz). */
@@ -114,33 +146,53 @@ export interface GatewayProcess {
  * (unless `env` names them), with the servers' V8 flags; resolves once its banner lists the
  * endpoints (by service name: mqtt+tls, mqtt+wss, https, admin, provision).
  */
-export async function spawnService(command: ServerCommand, dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<GatewayProcess> {
-  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    // The allocator bin/fleetgate.ts would re-execute with, set here so the child is the server
-    // itself (its PID is what tests signal and benchmarks measure).
-    env: {
-      ...process.env, ...allocatorEnv(command, { ...process.env, ...env }), FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0',
-      FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', ...env,
+export async function spawnService(
+  command: ServerCommand,
+  dataDir: string,
+  env: NodeJS.ProcessEnv = {},
+): Promise<GatewayProcess> {
+  const child = spawn(
+    process.execPath,
+    [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      // The allocator bin/fleetgate.ts would re-execute with, set here so the child is the server
+      // itself (its PID is what tests signal and benchmarks measure).
+      env: {
+        ...process.env,
+        ...allocatorEnv(command, { ...process.env, ...env }),
+        FLEETGATE_MQTT_PORT: '0',
+        FLEETGATE_WSS_PORT: '0',
+        FLEETGATE_ADMIN_PORT: '0',
+        FLEETGATE_CONSOLE_PORT: '0',
+        FLEETGATE_HTTPS_PORT: '0',
+        FLEETGATE_PROVISION_PORT: '0',
+        FLEETGATE_LOG_LEVEL: 'error',
+        ...env,
+      },
     },
-  });
+  );
   let text = '';
   let stderr = '';
-  child.stderr!.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-2_000); }); // kept short: why it exited, if it does
+  child.stderr!.on('data', (b: Buffer) => {
+    stderr = (stderr + b.toString()).slice(-2_000);
+  }); // kept short: why it exited, if it does
   for await (const line of createInterface({ input: child.stdout! })) {
     text += line;
     try {
       const banner = JSON.parse(text) as { services: { name: string; endpoint: string }[] };
       const endpoints = Object.fromEntries(banner.services.map((s) => [s.name, s.endpoint.split(' ')[0]!]));
       return {
-        child, endpoints,
+        child,
+        endpoints,
         cpuSeconds: () => procStat(child.pid!).cpu,
         rssBytes: () => procStat(child.pid!).rss,
-        stop: () => new Promise((r) => {
-          if (child.exitCode !== null || child.signalCode !== null) return r();
-          child.once('exit', () => r());
-          child.kill('SIGTERM');
-        }),
+        stop: () =>
+          new Promise((r) => {
+            if (child.exitCode !== null || child.signalCode !== null) return r();
+            child.once('exit', () => r());
+            child.kill('SIGTERM');
+          }),
       };
     } catch {
       // banner not complete yet
@@ -152,4 +204,3 @@ export async function spawnService(command: ServerCommand, dataDir: string, env:
 export function spawnGateway(dataDir: string): Promise<GatewayProcess> {
   return spawnService('gateway', dataDir);
 }
-

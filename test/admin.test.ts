@@ -11,14 +11,23 @@ import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 function get(fleet: TestFleet, path: string, cred?: Credential): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({
-      host: '127.0.0.1', port: fleet.gateway.ports.admin, path, servername: 'localhost', ca: readFileSync(fleet.rootFile),
-      ...(cred && { cert: cred.certPem, key: cred.keyPem }),
-    }, (res) => {
-      let body = '';
-      res.on('data', (b: Buffer) => { body += b.toString(); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = request(
+      {
+        host: '127.0.0.1',
+        port: fleet.gateway.ports.admin,
+        path,
+        servername: 'localhost',
+        ca: readFileSync(fleet.rootFile),
+        ...(cred && { cert: cred.certPem, key: cred.keyPem }),
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (b: Buffer) => {
+          body += b.toString();
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -57,8 +66,14 @@ test('admin/fleetgate connections lists live sessions; fleetgate kick closes the
   const client = await connect(fleet.wssUrl, dev, { ca: fleet.rootFile });
   t.after(() => end(client));
   const admin = ['--admin', `https://127.0.0.1:${fleet.gateway.ports.admin}`, '--data', fleet.config.dataDir];
-  const list = JSON.parse(await fleetgateOk(['connections', '--json', ...admin])) as { deviceId: string; transport: string }[];
-  assert.deepEqual(list.map((c) => [c.deviceId, c.transport]), [['k-1', 'wss']]);
+  const list = JSON.parse(await fleetgateOk(['connections', '--json', ...admin])) as {
+    deviceId: string;
+    transport: string;
+  }[];
+  assert.deepEqual(
+    list.map((c) => [c.deviceId, c.transport]),
+    [['k-1', 'wss']],
+  );
   const human = await fleetgateOk(['connections', ...admin]);
   assert.match(human, /k-1\s+sensor\s+wss/);
   const cut = closed(client);
@@ -67,6 +82,13 @@ test('admin/fleetgate connections lists live sessions; fleetgate kick closes the
   await cut;
   const [audit] = await auditRows(fleet.registry, (a) => a.action === 'session.disconnect' && a.subject === 'k-1');
   assert.equal(audit?.detail.reason, 'disconnected by operator');
-  const down = await fleetgate(['connections', '--json', '--admin', 'https://127.0.0.1:1', '--data', fleet.config.dataDir]);
+  const down = await fleetgate([
+    'connections',
+    '--json',
+    '--admin',
+    'https://127.0.0.1:1',
+    '--data',
+    fleet.config.dataDir,
+  ]);
   assert.equal(errorCode(down), 'ORIGIN_UNREACHABLE');
 });

@@ -23,7 +23,8 @@ before(async () => {
   fleet.registry.revokeDevice('ops-2', 5, 'test');
 });
 
-const admin = (path: string, cred?: Credential, method = 'GET') => https(`https://127.0.0.1:${fleet.gateway.ports.admin}${path}`, { ca, method, ...(cred && { cred }) });
+const admin = (path: string, cred?: Credential, method = 'GET') =>
+  https(`https://127.0.0.1:${fleet.gateway.ports.admin}${path}`, { ca, method, ...(cred && { cred }) });
 const body = (r: HttpResult) => r.json<{ error?: { code: string; message: string } }>();
 
 test('admin/who may use /v1: nobody without a certificate, no device, no revoked operator; bodies say only the public message', async () => {
@@ -38,7 +39,7 @@ test('admin/who may use /v1: nobody without a certificate, no device, no revoked
   assert.equal(ok.status, 200);
 });
 
-test('admin/an unknown path answers with our error body, not the framework\'s', async () => {
+test("admin/an unknown path answers with our error body, not the framework's", async () => {
   const r = await admin('/nowhere/../etc/passwd');
   assert.deepEqual([r.status, body(r).error], [404, { code: 'ROUTE_NOT_FOUND', message: 'no such route' }]);
 });

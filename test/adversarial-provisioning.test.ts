@@ -25,8 +25,10 @@ before(async () => {
 });
 
 const code = errorCodeOf;
-const post = (path: string, body: string, headers: Record<string, string> = {}, cred?: Credential) => https(`${p.url}${path}`, { ca, body, headers, ...(cred && { cred }) });
-const tokenFor = (id: string) => p.registry.addDevice({ id, type: 'sensor' }, 'test', { tokenTtlMs: 3_600_000 }).token!.token;
+const post = (path: string, body: string, headers: Record<string, string> = {}, cred?: Credential) =>
+  https(`${p.url}${path}`, { ca, body, headers, ...(cred && { cred }) });
+const tokenFor = (id: string) =>
+  p.registry.addDevice({ id, type: 'sensor' }, 'test', { tokenTtlMs: 3_600_000 }).token!.token;
 function rows() {
   const { devices, certificates, tokens, revocations, denylist } = p.registry.counts();
   return { devices, certificates, tokens, revocations, denylist };
@@ -41,7 +43,10 @@ function handCsr(key: KeyObject, parts: { subject?: Buffer; spki?: Buffer } = {}
   const spki = parts.spki ?? createPublicKey(key).export({ type: 'spki', format: 'der' });
   const info = seq(INT0, parts.subject ?? cnName('hand'), spki, tlv(0xa0));
   const signature = sign('sha256', info, key);
-  return toPem(seq(info, seq(oidDer('1.2.840.10045.4.3.2')), tlv(0x03, Buffer.concat([Buffer.from([0]), signature]))), 'CERTIFICATE REQUEST');
+  return toPem(
+    seq(info, seq(oidDer('1.2.840.10045.4.3.2')), tlv(0x03, Buffer.concat([Buffer.from([0]), signature]))),
+    'CERTIFICATE REQUEST',
+  );
 }
 
 const ecKey = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
@@ -51,11 +56,19 @@ test('csr/a subject with 1,000 attributes is refused (capped, parsed in linear t
   const csr = handCsr(ecKey(), { subject });
   assert.ok(csr.length < 16_384, `${csr.length} bytes: within the CSR field limit`);
   const before = rows();
-  const anonymous = await post('/v1/enroll', JSON.stringify({ token: 'fgt_not-a-token', csr }), { 'content-type': 'application/json' });
+  const anonymous = await post('/v1/enroll', JSON.stringify({ token: 'fgt_not-a-token', csr }), {
+    'content-type': 'application/json',
+  });
   assert.deepEqual([anonymous.status, code(anonymous)], [401, 'TOKEN_INVALID'], 'authentication comes first');
-  const withToken = await post('/v1/enroll', JSON.stringify({ token: tokenFor('attr-1'), csr }), { 'content-type': 'application/json' });
+  const withToken = await post('/v1/enroll', JSON.stringify({ token: tokenFor('attr-1'), csr }), {
+    'content-type': 'application/json',
+  });
   assert.deepEqual([withToken.status, code(withToken)], [400, 'CSR_INVALID']);
-  assert.deepEqual({ ...rows(), devices: before.devices, tokens: before.tokens }, { ...before }, 'no certificate written');
+  assert.deepEqual(
+    { ...rows(), devices: before.devices, tokens: before.tokens },
+    { ...before },
+    'no certificate written',
+  );
 });
 
 test('csr/a non-canonical key encoding (long-form length with leading zeros) is refused: the key denylist cannot be dodged', async () => {
@@ -63,15 +76,30 @@ test('csr/a non-canonical key encoding (long-form length with leading zeros) is 
   const spki = createPublicKey(key).export({ type: 'spki', format: 'der' });
   assert.equal(spki[0], 0x30);
   const stretched = Buffer.concat([Buffer.from([0x30, 0x82, 0x00, spki[1]!]), spki.subarray(2)]); // 30 82 00 59 …
-  const r = await post('/v1/enroll', JSON.stringify({ token: tokenFor('spki-1'), csr: handCsr(key, { spki: stretched }) }), { 'content-type': 'application/json' });
+  const r = await post(
+    '/v1/enroll',
+    JSON.stringify({ token: tokenFor('spki-1'), csr: handCsr(key, { spki: stretched }) }),
+    { 'content-type': 'application/json' },
+  );
   assert.deepEqual([r.status, code(r)], [400, 'CSR_INVALID']);
-  const ok = await post('/v1/enroll', JSON.stringify({ token: tokenFor('spki-2'), csr: handCsr(key) }), { 'content-type': 'application/json' });
+  const ok = await post('/v1/enroll', JSON.stringify({ token: tokenFor('spki-2'), csr: handCsr(key) }), {
+    'content-type': 'application/json',
+  });
   assert.equal(ok.status, 201, 'the same key, canonically encoded, enrolls');
   // Denylisted by key (the hash of its canonical encoding): no further certificate for it, in any encoding.
-  p.registry.addDeny({ kind: 'spki', value: createHash('sha256').update(spki).digest('hex'), reason: 'stolen key' }, 'test');
-  const again = await post('/v1/enroll', JSON.stringify({ token: tokenFor('spki-3'), csr: handCsr(key) }), { 'content-type': 'application/json' });
+  p.registry.addDeny(
+    { kind: 'spki', value: createHash('sha256').update(spki).digest('hex'), reason: 'stolen key' },
+    'test',
+  );
+  const again = await post('/v1/enroll', JSON.stringify({ token: tokenFor('spki-3'), csr: handCsr(key) }), {
+    'content-type': 'application/json',
+  });
   assert.deepEqual([again.status, code(again)], [403, 'DENYLISTED']);
-  const dodge = await post('/v1/enroll', JSON.stringify({ token: tokenFor('spki-4'), csr: handCsr(key, { spki: stretched }) }), { 'content-type': 'application/json' });
+  const dodge = await post(
+    '/v1/enroll',
+    JSON.stringify({ token: tokenFor('spki-4'), csr: handCsr(key, { spki: stretched }) }),
+    { 'content-type': 'application/json' },
+  );
   assert.deepEqual([dodge.status, code(dodge)], [400, 'CSR_INVALID']);
 });
 
@@ -84,13 +112,37 @@ test('keys/explicit EC curve parameters, RSA exponent 3 and RSA-1024 are refused
     return csr.stdout;
   };
   const cases = [
-    ['explicit curve parameters', await csrFor('curveball', ['ecparam', '-name', 'prime256v1', '-param_enc', 'explicit', '-genkey', '-noout']), 'KEY_UNSUPPORTED'],
-    ['RSA e=3', await csrFor('e3', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-pkeyopt', 'rsa_keygen_pubexp:3']), 'KEY_TOO_WEAK'],
-    ['RSA-1024', await csrFor('rsa1024', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024']), 'KEY_TOO_WEAK'],
+    [
+      'explicit curve parameters',
+      await csrFor('curveball', ['ecparam', '-name', 'prime256v1', '-param_enc', 'explicit', '-genkey', '-noout']),
+      'KEY_UNSUPPORTED',
+    ],
+    [
+      'RSA e=3',
+      await csrFor('e3', [
+        'genpkey',
+        '-algorithm',
+        'RSA',
+        '-pkeyopt',
+        'rsa_keygen_bits:2048',
+        '-pkeyopt',
+        'rsa_keygen_pubexp:3',
+      ]),
+      'KEY_TOO_WEAK',
+    ],
+    [
+      'RSA-1024',
+      await csrFor('rsa1024', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:1024']),
+      'KEY_TOO_WEAK',
+    ],
   ] as const;
   const before = rows();
   for (const [what, csr, expected] of cases) {
-    const r = await post('/v1/enroll', JSON.stringify({ token: tokenFor(`key-${expected.length}-${what.length}`), csr }), { 'content-type': 'application/json' });
+    const r = await post(
+      '/v1/enroll',
+      JSON.stringify({ token: tokenFor(`key-${expected.length}-${what.length}`), csr }),
+      { 'content-type': 'application/json' },
+    );
     assert.deepEqual([r.status, code(r)], [400, expected], what);
   }
   assert.equal(rows().certificates, before.certificates);
@@ -99,22 +151,37 @@ test('keys/explicit EC curve parameters, RSA exponent 3 and RSA-1024 are refused
 test('pem/two CSRs in one body, or anything after END, is ambiguous: refused', async () => {
   const one = await csrPem(await newKeys(), 'pem-1');
   const two = await csrPem(await newKeys(), 'pem-1');
-  for (const [what, csr] of [['two blocks', one + two], ['junk after END', `${one}trailing junk\n`], ['junk before BEGIN', `hello\n${one}`]] as const) {
-    const r = await post('/v1/enroll', JSON.stringify({ token: tokenFor(`pem-${what.length}`), csr }), { 'content-type': 'application/json' });
+  for (const [what, csr] of [
+    ['two blocks', one + two],
+    ['junk after END', `${one}trailing junk\n`],
+    ['junk before BEGIN', `hello\n${one}`],
+  ] as const) {
+    const r = await post('/v1/enroll', JSON.stringify({ token: tokenFor(`pem-${what.length}`), csr }), {
+      'content-type': 'application/json',
+    });
     assert.deepEqual([r.status, code(r)], [400, 'CSR_INVALID'], what);
   }
 });
 
 test('renew/a superseded certificate cannot renew again (JSON and EST); audited as suspicious; the chain stays true', async () => {
   const a = await enrollDevice(p.registry, p.ca, p.dir, { id: 'rot-1' });
-  const renew = async (cred: Credential) => post('/v1/renew', JSON.stringify({ csr: await csrPem(await newKeys(), 'rot-1') }), { 'content-type': 'application/json' }, cred);
+  const renew = async (cred: Credential) =>
+    post(
+      '/v1/renew',
+      JSON.stringify({ csr: await csrPem(await newKeys(), 'rot-1') }),
+      { 'content-type': 'application/json' },
+      cred,
+    );
   const first = await renew(a);
   assert.equal(first.status, 201, first.body);
   const b = first.json<{ serial: string }>().serial;
   const again = await renew(a);
   assert.deepEqual([again.status, code(again)], [403, 'CERT_SUPERSEDED']);
   const est = await https(`${p.url}/.well-known/est/simplereenroll`, {
-    ca, cred: a, body: (await csrPem(await newKeys(), 'rot-1')).replace(/-----[^-]+-----|\n/g, ''), headers: { 'content-type': 'application/pkcs10' },
+    ca,
+    cred: a,
+    body: (await csrPem(await newKeys(), 'rot-1')).replace(/-----[^-]+-----|\n/g, ''),
+    headers: { 'content-type': 'application/pkcs10' },
   });
   assert.equal(est.status, 403);
   assert.match(est.body, /^CERT_SUPERSEDED: /);
@@ -132,12 +199,24 @@ test('errors/a refused peer hears the code and the public message: no operator r
   assert.equal(denied.status, 403);
   assert.doesNotMatch(denied.body, /INC-4411|clone|nm-1/);
   const t2 = tokenFor('leak-1');
-  assert.equal((await post('/v1/enroll', JSON.stringify({ token: t2, csr: await csrPem(await newKeys(), 'leak-1') }), { 'content-type': 'application/json' })).status, 201);
+  assert.equal(
+    (
+      await post('/v1/enroll', JSON.stringify({ token: t2, csr: await csrPem(await newKeys(), 'leak-1') }), {
+        'content-type': 'application/json',
+      })
+    ).status,
+    201,
+  );
   const used = await post('/v1/enroll', JSON.stringify({ token: t2, csr }), { 'content-type': 'application/json' });
   assert.deepEqual([used.status, code(used)], [409, 'TOKEN_USED']);
   assert.doesNotMatch(used.body, /leak-1/);
   const est = await https(`${p.url}/.well-known/est/simpleenroll`, {
-    ca, body: csr.replace(/-----[^-]+-----|\n/g, ''), headers: { 'content-type': 'application/pkcs10', authorization: `Basic ${Buffer.from(`leak-1:${t2}`).toString('base64')}` },
+    ca,
+    body: csr.replace(/-----[^-]+-----|\n/g, ''),
+    headers: {
+      'content-type': 'application/pkcs10',
+      authorization: `Basic ${Buffer.from(`leak-1:${t2}`).toString('base64')}`,
+    },
   });
   assert.equal(est.body, 'TOKEN_USED: enrollment token already used\n');
   assert.match(JSON.stringify(p.log.lines), /INC-4411/, 'the operator finds the reason in the log');
@@ -149,7 +228,12 @@ test('flood/anonymous EST refusals write no audit rows and are logged throttled'
   const csr = (await csrPem(await newKeys(), 'x')).replace(/-----[^-]+-----|\n/g, '');
   for (let i = 0; i < 60; i++) {
     const r = await https(`${p.url}/.well-known/est/simpleenroll`, {
-      ca, body: csr, headers: { 'content-type': 'application/pkcs10', authorization: `Basic ${Buffer.from(`ghost-${i}:fgt_nope${i}`).toString('base64')}` },
+      ca,
+      body: csr,
+      headers: {
+        'content-type': 'application/pkcs10',
+        authorization: `Basic ${Buffer.from(`ghost-${i}:fgt_nope${i}`).toString('base64')}`,
+      },
     });
     assert.equal(r.status, 401);
   }
@@ -159,6 +243,10 @@ test('flood/anonymous EST refusals write no audit rows and are logged throttled'
 });
 
 test('state/the service still enrolls', async () => {
-  const r = await post('/v1/enroll', JSON.stringify({ token: tokenFor('last-1'), csr: await csrPem(await newKeys(), 'last-1') }), { 'content-type': 'application/json' });
+  const r = await post(
+    '/v1/enroll',
+    JSON.stringify({ token: tokenFor('last-1'), csr: await csrPem(await newKeys(), 'last-1') }),
+    { 'content-type': 'application/json' },
+  );
   assert.equal(r.status, 201);
 });

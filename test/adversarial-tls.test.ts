@@ -22,7 +22,11 @@ let ports: Record<string, number>;
 let auditRows: number;
 
 before(async () => {
-  fleet = await startTestFleet(scope, { FLEETGATE_HANDSHAKE_TIMEOUT: '1s', FLEETGATE_PROVISION_HANDSHAKE_TIMEOUT: '1s', FLEETGATE_PROVISION_PORT: '0' });
+  fleet = await startTestFleet(scope, {
+    FLEETGATE_HANDSHAKE_TIMEOUT: '1s',
+    FLEETGATE_PROVISION_HANDSHAKE_TIMEOUT: '1s',
+    FLEETGATE_PROVISION_PORT: '0',
+  });
   const provisioning = await startProvisioning(fleet.config, { log: pino({ level: 'silent' }) });
   scope.after(() => provisioning.close());
   ports = { ...fleet.gateway.ports, provisioning: provisioning.port };
@@ -39,31 +43,53 @@ function silent(port: number, localAddress = '127.0.0.1'): Promise<Socket> {
   });
 }
 
-const closedWithin = (s: Socket, ms: number) => new Promise<boolean>((resolve) => {
-  if (s.destroyed) return resolve(true);
-  const timer = setTimeout(() => resolve(false), ms);
-  s.once('close', () => { clearTimeout(timer); resolve(true); });
-});
+const closedWithin = (s: Socket, ms: number) =>
+  new Promise<boolean>((resolve) => {
+    if (s.destroyed) return resolve(true);
+    const timer = setTimeout(() => resolve(false), ms);
+    s.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
 
 test('silent sockets/every listener closes a socket that does not finish its handshake', async () => {
   const sockets = await Promise.all(Object.values(ports).flatMap((port) => [silent(port), silent(port), silent(port)]));
   // The handshake timeout here is 1 s; 20 s of room for a busy machine.
   const closed = await Promise.all(sockets.map((s) => closedWithin(s, 20_000)));
-  assert.deepEqual(closed.map((c, i) => (c ? 'closed' : `open: port ${sockets[i]!.remotePort}`)), closed.map(() => 'closed'));
+  assert.deepEqual(
+    closed.map((c, i) => (c ? 'closed' : `open: port ${sockets[i]!.remotePort}`)),
+    closed.map(() => 'closed'),
+  );
   const metrics = await fetchMetrics();
   assert.match(metrics, /fleetgate_unauthenticated_closed_total\{listener="mqtts",reason="handshake_timeout"\} [1-9]/);
 });
 
 /** Which TLS 1.2 suites a listener completes a handshake with (a device certificate presented). */
 async function offered12(port: number): Promise<string[]> {
-  const candidates = getCiphers().map((c) => c.toUpperCase()).filter((c) => !c.startsWith('TLS_'));
+  const candidates = getCiphers()
+    .map((c) => c.toUpperCase())
+    .filter((c) => !c.startsWith('TLS_'));
   const accepted: string[] = [];
   for (const cipher of candidates) {
     const ok = await new Promise<boolean>((resolve) => {
-      const s = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca: fleet.ca.rootPem, cert: device.certPem, key: device.keyPem, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2', ciphers: cipher }, () => {
-        resolve(s.getCipher().standardName !== undefined);
-        s.destroy();
-      });
+      const s = tlsConnect(
+        {
+          host: '127.0.0.1',
+          port,
+          servername: 'localhost',
+          ca: fleet.ca.rootPem,
+          cert: device.certPem,
+          key: device.keyPem,
+          minVersion: 'TLSv1.2',
+          maxVersion: 'TLSv1.2',
+          ciphers: cipher,
+        },
+        () => {
+          resolve(s.getCipher().standardName !== undefined);
+          s.destroy();
+        },
+      );
       s.on('error', () => resolve(false));
     });
     if (ok) accepted.push(cipher);
@@ -76,14 +102,46 @@ test('ciphers/TLS 1.2 offers ECDHE with AEAD ciphers only on every listener; TLS
   for (const [name, port] of Object.entries(ports)) {
     assert.deepEqual(await offered12(port), ecdsaSuites, `${name} (TLS 1.2)`);
     const version = await new Promise<string | null>((resolve) => {
-      const s = tlsConnect({ host: '127.0.0.1', port, servername: 'localhost', ca: fleet.ca.rootPem, cert: device.certPem, key: device.keyPem }, () => { resolve(s.getProtocol()); s.destroy(); });
+      const s = tlsConnect(
+        {
+          host: '127.0.0.1',
+          port,
+          servername: 'localhost',
+          ca: fleet.ca.rootPem,
+          cert: device.certPem,
+          key: device.keyPem,
+        },
+        () => {
+          resolve(s.getProtocol());
+          s.destroy();
+        },
+      );
       s.on('error', () => resolve(null));
     });
     assert.equal(version, 'TLSv1.3', `${name} (TLS 1.3)`);
   }
   // The well-known client agrees: a CBC/SHA-1 suite is refused, GCM is accepted.
-  const sClient = (cipher: string) => run('openssl', ['s_client', '-connect', `127.0.0.1:${ports.mqtts}`, '-servername', 'localhost', '-tls1_2', '-cipher', cipher,
-    '-CAfile', fleet.rootFile, '-cert', device.certFile, '-key', device.keyFile], { input: '' });
+  const sClient = (cipher: string) =>
+    run(
+      'openssl',
+      [
+        's_client',
+        '-connect',
+        `127.0.0.1:${ports.mqtts}`,
+        '-servername',
+        'localhost',
+        '-tls1_2',
+        '-cipher',
+        cipher,
+        '-CAfile',
+        fleet.rootFile,
+        '-cert',
+        device.certFile,
+        '-key',
+        device.keyFile,
+      ],
+      { input: '' },
+    );
   assert.notEqual((await sClient('ECDHE-ECDSA-AES128-SHA')).code, 0, 'CBC-SHA1 refused');
   assert.equal((await sClient('ECDHE-ECDSA-AES128-GCM-SHA256')).code, 0, 'AES-GCM accepted');
 });
@@ -95,11 +153,17 @@ async function fetchMetrics(): Promise<string> {
 
 test('floods/unauthenticated sockets are capped per address and in total; devices elsewhere keep connecting', async (t) => {
   // A gateway with a long handshake timeout, so the flood stays while we look.
-  const f = await startTestFleet(t, { FLEETGATE_HANDSHAKE_TIMEOUT: '60s', FLEETGATE_MAX_PENDING_HANDSHAKES: '16', FLEETGATE_MAX_PENDING_HANDSHAKES_PER_ADDRESS: '8' });
+  const f = await startTestFleet(t, {
+    FLEETGATE_HANDSHAKE_TIMEOUT: '60s',
+    FLEETGATE_MAX_PENDING_HANDSHAKES: '16',
+    FLEETGATE_MAX_PENDING_HANDSHAKES_PER_ADDRESS: '8',
+  });
   const dev = await enrollDevice(f.registry, f.ca, f.dir, { id: 'flooded-1' });
   const mqtts = f.gateway.ports.mqtts;
   const flood = await Promise.all(Array.from({ length: 8 }, () => silent(mqtts, '127.0.0.1')));
-  t.after(() => { for (const s of flood) s.destroy(); });
+  t.after(() => {
+    for (const s of flood) s.destroy();
+  });
   // The 9th from the same address is closed at once (well before the 60 s handshake timeout).
   // (Same listener: accepts on one listening socket are seen in order.)
   const ninth = await silent(mqtts, '127.0.0.1');
@@ -109,14 +173,22 @@ test('floods/unauthenticated sockets are capped per address and in total; device
   await end(client);
   // Fill the global cap from a second address: now every new socket is closed, from anywhere.
   const flood2 = await Promise.all(Array.from({ length: 8 }, () => silent(mqtts, '127.0.0.3')));
-  t.after(() => { for (const s of flood2) s.destroy(); });
+  t.after(() => {
+    for (const s of flood2) s.destroy();
+  });
   const refused = await silent(mqtts, '127.0.0.4');
   assert.equal(await closedWithin(refused, 15_000), true, 'over the global cap: closed');
   // When the flood goes, devices are served again.
   for (const s of [...flood, ...flood2]) s.destroy();
   let served = false;
   for (let i = 0; i < 50 && !served; i++) {
-    served = await connect(f.mqttsUrl, dev, { ca: f.rootFile, localAddress: '127.0.0.4', timeoutMs: 5_000 }).then(async (c) => { await end(c); return true; }, () => false);
+    served = await connect(f.mqttsUrl, dev, { ca: f.rootFile, localAddress: '127.0.0.4', timeoutMs: 5_000 }).then(
+      async (c) => {
+        await end(c);
+        return true;
+      },
+      () => false,
+    );
     if (!served) await new Promise((r) => setTimeout(r, 100));
   }
   assert.ok(served, 'served after the flood');
@@ -133,7 +205,17 @@ test('state/the listeners still serve and nothing was written', async () => {
 
 test('idle/an authenticated TLS connection to the WSS listener that never sends its upgrade request is closed', async () => {
   const s = await new Promise<import('node:tls').TLSSocket>((resolve, reject) => {
-    const sock = tlsConnect({ host: '127.0.0.1', port: ports.wss!, servername: 'localhost', ca: fleet.ca.rootPem, cert: device.certPem, key: device.keyPem }, () => resolve(sock));
+    const sock = tlsConnect(
+      {
+        host: '127.0.0.1',
+        port: ports.wss!,
+        servername: 'localhost',
+        ca: fleet.ca.rootPem,
+        cert: device.certPem,
+        key: device.keyPem,
+      },
+      () => resolve(sock),
+    );
     sock.once('error', reject);
   });
   s.on('error', () => undefined);

@@ -21,21 +21,53 @@ function sources(dir: string, withTests = dir === 'test'): string[] {
 /** Relative imports of a file, as paths from the project root. */
 function imports(file: string): string[] {
   const text = readFileSync(join(ROOT, file), 'utf8');
-  return [...text.matchAll(/(?:^|\n)\s*(?:import|export)[^'"]*?from\s+['"](\.[^'"]+)['"]|import\(\s*['"](\.[^'"]+)['"]\s*\)/g)]
-    .map((m) => relative(ROOT, resolve(ROOT, dirname(file), (m[1] ?? m[2]) as string)));
+  return [
+    ...text.matchAll(
+      /(?:^|\n)\s*(?:import|export)[^'"]*?from\s+['"](\.[^'"]+)['"]|import\(\s*['"](\.[^'"]+)['"]\s*\)/g,
+    ),
+  ].map((m) => relative(ROOT, resolve(ROOT, dirname(file), (m[1] ?? m[2]) as string)));
 }
 
 const rules: { from: string; allow: (target: string) => boolean; why: string }[] = [
   { from: 'firmware-sdk', allow: (t) => t.startsWith('firmware-sdk/'), why: 'the SDK imports no server code' },
-  { from: 'device-sim', allow: (t) => t.startsWith('firmware-sdk/') || t.startsWith('device-sim/'), why: 'device-sim is built on the SDK only' },
-  { from: 'provisioning', allow: (t) => !t.startsWith('gateway/') && !t.startsWith('cli/') && !t.startsWith('device-sim/'), why: 'provisioning never imports the gateway or the CLI' },
-  { from: 'edge', allow: (t) => !t.startsWith('gateway/') && !t.startsWith('cli/') && (!t.startsWith('provisioning/') || t === 'provisioning/registry/records.ts'), why: 'edge/ serves every listener: it imports neither the gateway nor provisioning (records are data)' },
-  { from: 'test', allow: (t) => !t.startsWith('bench/'), why: 'tests and benchmarks share harness/, they do not import each other' },
-  { from: 'bench', allow: (t) => !t.startsWith('test/'), why: 'benchmarks and tests share harness/, they do not import each other' },
-  { from: 'harness', allow: (t) => !t.startsWith('test/') && !t.startsWith('bench/'), why: 'harness/ is below tests and benchmarks' },
+  {
+    from: 'device-sim',
+    allow: (t) => t.startsWith('firmware-sdk/') || t.startsWith('device-sim/'),
+    why: 'device-sim is built on the SDK only',
+  },
+  {
+    from: 'provisioning',
+    allow: (t) => !t.startsWith('gateway/') && !t.startsWith('cli/') && !t.startsWith('device-sim/'),
+    why: 'provisioning never imports the gateway or the CLI',
+  },
+  {
+    from: 'edge',
+    allow: (t) =>
+      !t.startsWith('gateway/') &&
+      !t.startsWith('cli/') &&
+      (!t.startsWith('provisioning/') || t === 'provisioning/registry/records.ts'),
+    why: 'edge/ serves every listener: it imports neither the gateway nor provisioning (records are data)',
+  },
+  {
+    from: 'test',
+    allow: (t) => !t.startsWith('bench/'),
+    why: 'tests and benchmarks share harness/, they do not import each other',
+  },
+  {
+    from: 'bench',
+    allow: (t) => !t.startsWith('test/'),
+    why: 'benchmarks and tests share harness/, they do not import each other',
+  },
+  {
+    from: 'harness',
+    allow: (t) => !t.startsWith('test/') && !t.startsWith('bench/'),
+    why: 'harness/ is below tests and benchmarks',
+  },
   {
     from: 'gateway',
-    allow: (t) => !t.startsWith('provisioning/') || /^provisioning\/registry\/(reader|records|hex|open|schema|status|audit-appender|reasons|sql)\.ts$/.test(t),
+    allow: (t) =>
+      !t.startsWith('provisioning/') ||
+      /^provisioning\/registry\/(reader|records|hex|open|schema|status|audit-appender|reasons|sql)\.ts$/.test(t),
     why: 'the gateway gets the read side of the registry only',
   },
 ];
@@ -48,7 +80,8 @@ test('architecture/imports follow the dependency direction', () => {
   for (const rule of rules) {
     for (const file of sources(rule.from)) {
       for (const target of imports(file)) {
-        if (!rule.allow(target) && !EXCEPTIONS.has(`${file} imports ${target}`)) violations.push(`${file} imports ${target}: ${rule.why}`);
+        if (!rule.allow(target) && !EXCEPTIONS.has(`${file} imports ${target}`))
+          violations.push(`${file} imports ${target}: ${rule.why}`);
       }
     }
   }

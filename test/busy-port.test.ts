@@ -20,7 +20,16 @@ test('busy port/every listener: PORT_IN_USE, which port, which setting; exits', 
     ['FLEETGATE_PROVISION_PORT', port('provision'), 'provisioning.port'],
   ] as const;
   for (const [variable, busy, setting] of cases) {
-    const env = { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LOG_LEVEL: 'error', [variable]: busy };
+    const env = {
+      FLEETGATE_MQTT_PORT: '0',
+      FLEETGATE_WSS_PORT: '0',
+      FLEETGATE_HTTPS_PORT: '0',
+      FLEETGATE_ADMIN_PORT: '0',
+      FLEETGATE_CONSOLE_PORT: '0',
+      FLEETGATE_PROVISION_PORT: '0',
+      FLEETGATE_LOG_LEVEL: 'error',
+      [variable]: busy,
+    };
     const b = await fleetgate(['up', '--json', '--data', join(tempDir(t), 'data')], { env });
     assert.equal(b.signal, null, `${variable}: exited by itself (not killed by the 60 s run timeout)`);
     assert.notEqual(b.code, 0, variable);
@@ -28,7 +37,10 @@ test('busy port/every listener: PORT_IN_USE, which port, which setting; exits', 
     const error = (JSON.parse(lines.at(-1)!) as { error: { code: string; message: string } }).error;
     assert.equal(error.code, 'PORT_IN_USE', b.stderr);
     assert.match(error.message, new RegExp(`:${busy}\\b`), 'names the port');
-    assert.ok(error.message.includes(setting) && error.message.includes(variable), `names the setting: ${error.message}`);
+    assert.ok(
+      error.message.includes(setting) && error.message.includes(variable),
+      `names the setting: ${error.message}`,
+    );
     assert.doesNotMatch(b.stderr, /\n\s+at /, 'no stack trace');
   }
 });

@@ -49,20 +49,52 @@ test('audit/read-only commands write nothing; --since and --json work', async (t
   const fleet = await initFleet(t);
   await fleetgateOk(['device', 'add', 'ro-1', '--type', 'sensor', '--data', fleet.data]);
   const before = fleet.reader().counts().audit;
-  for (const args of [['device', 'list'], ['device', 'show', 'ro-1'], ['cert', 'list'], ['deny', 'list'], ['ca', 'cert'], ['audit'], ['init']]) {
+  for (const args of [
+    ['device', 'list'],
+    ['device', 'show', 'ro-1'],
+    ['cert', 'list'],
+    ['deny', 'list'],
+    ['ca', 'cert'],
+    ['audit'],
+    ['init'],
+  ]) {
     await fleetgateOk([...args, '--data', fleet.data]);
   }
   assert.equal(fleet.reader().counts().audit, before);
-  const all = JSON.parse(await fleetgateOk(['audit', '--json', '--data', fleet.data])) as { seq: number; action: string }[];
-  assert.deepEqual(all.map((r) => r.action), ['device.add', 'ca.init'], 'newest first');
-  const later = JSON.parse(await fleetgateOk(['audit', '--since', String(all[1]!.seq), '--json', '--data', fleet.data])) as { action: string }[];
-  assert.deepEqual(later.map((r) => r.action), ['device.add'], '--since: what came after, oldest first');
+  const all = JSON.parse(await fleetgateOk(['audit', '--json', '--data', fleet.data])) as {
+    seq: number;
+    action: string;
+  }[];
+  assert.deepEqual(
+    all.map((r) => r.action),
+    ['device.add', 'ca.init'],
+    'newest first',
+  );
+  const later = JSON.parse(
+    await fleetgateOk(['audit', '--since', String(all[1]!.seq), '--json', '--data', fleet.data]),
+  ) as { action: string }[];
+  assert.deepEqual(
+    later.map((r) => r.action),
+    ['device.add'],
+    '--since: what came after, oldest first',
+  );
   await fleetgateOk(['device', 'add', 'ro-2', '--type', 'sensor', '--data', fleet.data]);
   await fleetgateOk(['deny', 'add', '--device', 'ro-1', '--data', fleet.data]);
-  const ro1 = JSON.parse(await fleetgateOk(['audit', '--device', 'ro-1', '--json', '--data', fleet.data])) as { action: string }[];
-  assert.deepEqual(ro1.map((r) => r.action), ['deny.add', 'device.add'], '--device: its rows and its denylist entries, newest first');
-  const one = JSON.parse(await fleetgateOk(['audit', '--limit', '1', '--json', '--data', fleet.data])) as { action: string }[];
-  assert.deepEqual(one.map((r) => r.action), ['deny.add']);
+  const ro1 = JSON.parse(await fleetgateOk(['audit', '--device', 'ro-1', '--json', '--data', fleet.data])) as {
+    action: string;
+  }[];
+  assert.deepEqual(
+    ro1.map((r) => r.action),
+    ['deny.add', 'device.add'],
+    '--device: its rows and its denylist entries, newest first',
+  );
+  const one = JSON.parse(await fleetgateOk(['audit', '--limit', '1', '--json', '--data', fleet.data])) as {
+    action: string;
+  }[];
+  assert.deepEqual(
+    one.map((r) => r.action),
+    ['deny.add'],
+  );
   const recent = JSON.parse(await fleetgateOk(['audit', '--after', '1h', '--json', '--data', fleet.data])) as unknown[];
   assert.equal(recent.length, 4);
 });

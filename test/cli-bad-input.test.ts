@@ -17,7 +17,9 @@ const tokens: Record<string, string> = {};
 before(async () => {
   fleet = await initFleet(scope as never);
   await fleetgateOk(['device', 'add', 'known-1', '--type', 'sensor', '--data', fleet.data]);
-  tokens.expired = (await fleetgateOk(['device', 'add', 'late-1', '--type', 'sensor', '--token-ttl', '1ms', '--data', fleet.data])).trim();
+  tokens.expired = (
+    await fleetgateOk(['device', 'add', 'late-1', '--type', 'sensor', '--token-ttl', '1ms', '--data', fleet.data])
+  ).trim();
   tokens.used = (await fleetgateOk(['device', 'add', 'used-1', '--type', 'sensor', '--data', fleet.data])).trim();
   const good = await opensslCsr(fleet.dir, 'good');
   files.good = good.csrFile;
@@ -41,14 +43,26 @@ function snapshot() {
 
 const cases: [string, () => string[], ErrorCode][] = [
   ['garbage instead of a CSR', () => ['cert', 'issue', 'known-1', '--csr', files.garbage!], 'CSR_INVALID'],
-  ['CSR whose signature does not match its key', () => ['cert', 'issue', 'known-1', '--csr', files.tampered!], 'CSR_INVALID'],
+  [
+    'CSR whose signature does not match its key',
+    () => ['cert', 'issue', 'known-1', '--csr', files.tampered!],
+    'CSR_INVALID',
+  ],
   ['RSA-1024 CSR', () => ['cert', 'issue', 'known-1', '--csr', files.rsa1024!], 'KEY_TOO_WEAK'],
   ['unknown device id', () => ['cert', 'issue', 'nobody-here', '--csr', files.good!], 'DEVICE_NOT_FOUND'],
-  ['CSR file that does not exist', () => ['cert', 'issue', 'known-1', '--csr', join(fleet.dir, 'missing.csr')], 'USAGE'],
+  [
+    'CSR file that does not exist',
+    () => ['cert', 'issue', 'known-1', '--csr', join(fleet.dir, 'missing.csr')],
+    'USAGE',
+  ],
   ['expired token', () => ['cert', 'issue', '--token', tokens.expired!, '--csr', files.good!], 'TOKEN_EXPIRED'],
   ['already-used token', () => ['cert', 'issue', '--token', tokens.used!, '--csr', files.good!], 'TOKEN_USED'],
   ['unknown token', () => ['cert', 'issue', '--token', 'fgt_not-a-real-token', '--csr', files.good!], 'TOKEN_INVALID'],
-  ['token of another device', () => ['cert', 'issue', 'known-1', '--token', tokens.expired!, '--csr', files.good!], 'TOKEN_EXPIRED'],
+  [
+    'token of another device',
+    () => ['cert', 'issue', 'known-1', '--token', tokens.expired!, '--csr', files.good!],
+    'TOKEN_EXPIRED',
+  ],
   ['unknown device type', () => ['device', 'add', 'new-1', '--type', 'toaster'], 'DEVICE_TYPE_INVALID'],
   ['existing device id', () => ['device', 'add', 'known-1', '--type', 'sensor'], 'DEVICE_EXISTS'],
   ['bad --token-ttl', () => ['device', 'add', 'new-2', '--type', 'sensor', '--token-ttl', '30'], 'USAGE'],

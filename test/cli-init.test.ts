@@ -14,8 +14,13 @@ const mode = (file: string) => statSync(file).mode & 0o777;
 test('init/creates a P-256 root and pathLen-0 intermediate, keys 0600, data dir 0700', async (t) => {
   const fleet = await initFleet(t);
   assert.equal(mode(fleet.data), 0o700);
-  for (const key of ['offline/root-ca.key', 'ca/intermediate.key', 'tls/server.key']) assert.equal(mode(join(fleet.data, key)), 0o600, key);
-  assert.equal(existsSync(join(fleet.data, 'ca', 'root.key')), false, 'the root key is not next to what the services load');
+  for (const key of ['offline/root-ca.key', 'ca/intermediate.key', 'tls/server.key'])
+    assert.equal(mode(join(fleet.data, key)), 0o600, key);
+  assert.equal(
+    existsSync(join(fleet.data, 'ca', 'root.key')),
+    false,
+    'the root key is not next to what the services load',
+  );
   const root = (await openssl(['x509', '-in', fleet.root, '-noout', '-text'])).stdout;
   assert.match(root, /ASN1 OID: prime256v1/);
   assert.match(root, /CA:TRUE/);
@@ -23,7 +28,16 @@ test('init/creates a P-256 root and pathLen-0 intermediate, keys 0600, data dir 
   assert.match(inter, /CA:TRUE, pathlen:0/);
   assert.match(inter, /Certificate Sign, CRL Sign/);
   const server = join(fleet.data, 'tls', 'server.crt');
-  const verify = await openssl(['verify', '-purpose', 'sslserver', '-CAfile', fleet.root, '-untrusted', fleet.intermediate, server]);
+  const verify = await openssl([
+    'verify',
+    '-purpose',
+    'sslserver',
+    '-CAfile',
+    fleet.root,
+    '-untrusted',
+    fleet.intermediate,
+    server,
+  ]);
   assert.equal(verify.code, 0, verify.stderr);
   const san = (await openssl(['x509', '-in', server, '-noout', '-ext', 'subjectAltName'])).stdout;
   assert.match(san, /DNS:localhost/);
@@ -33,14 +47,26 @@ test('init/creates a P-256 root and pathLen-0 intermediate, keys 0600, data dir 
 
 test('init/is idempotent and never overwrites an existing CA', async (t) => {
   const fleet = await initFleet(t);
-  const files = ['ca/root.crt', 'offline/root-ca.key', 'ca/intermediate.crt', 'ca/intermediate.key', 'tls/server.crt'].map((f) => join(fleet.data, f));
+  const files = [
+    'ca/root.crt',
+    'offline/root-ca.key',
+    'ca/intermediate.crt',
+    'ca/intermediate.key',
+    'tls/server.crt',
+  ].map((f) => join(fleet.data, f));
   const before = files.map((f) => readFileSync(f, 'utf8'));
   const again = JSON.parse(await fleetgateOk(['init', '--json', '--data', fleet.data])) as { created: string[] };
   assert.deepEqual(again.created, []);
-  assert.deepEqual(files.map((f) => readFileSync(f, 'utf8')), before);
+  assert.deepEqual(
+    files.map((f) => readFileSync(f, 'utf8')),
+    before,
+  );
   // The root key moved offline, as it should be: nothing to do, nothing regenerated.
   renameSync(join(fleet.data, 'offline', 'root-ca.key'), join(fleet.dir, 'root.key.moved'));
-  assert.deepEqual((JSON.parse(await fleetgateOk(['init', '--json', '--data', fleet.data])) as { created: string[] }).created, []);
+  assert.deepEqual(
+    (JSON.parse(await fleetgateOk(['init', '--json', '--data', fleet.data])) as { created: string[] }).created,
+    [],
+  );
   // A half-present issuing CA (certificate without its key) is refused, not regenerated.
   renameSync(join(fleet.data, 'ca', 'intermediate.key'), join(fleet.dir, 'intermediate.key.moved'));
   const r = await fleetgate(['init', '--json', '--data', fleet.data]);
@@ -51,7 +77,8 @@ test('init/is idempotent and never overwrites an existing CA', async (t) => {
 test('init/--hostname names go into the gateway certificate', async (t) => {
   const dir = tempDir(t);
   await fleetgateOk(['init', '--hostname', 'gw.factory.example', '10.1.2.3', '--data', dir]);
-  const san = (await openssl(['x509', '-in', join(dir, 'tls', 'server.crt'), '-noout', '-ext', 'subjectAltName'])).stdout;
+  const san = (await openssl(['x509', '-in', join(dir, 'tls', 'server.crt'), '-noout', '-ext', 'subjectAltName']))
+    .stdout;
   assert.match(san, /DNS:gw\.factory\.example/);
   assert.match(san, /IP Address:10\.1\.2\.3/);
 });
@@ -61,12 +88,24 @@ test('up/initializes the data dir, stays up, stops cleanly on SIGINT and SIGTERM
     const dir = join(tempDir(t), 'data');
     const child = spawn(process.execPath, [FLEETGATE, 'up', '--data', dir], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_PROVISION_PORT: '0' },
+      env: {
+        ...process.env,
+        FLEETGATE_MQTT_PORT: '0',
+        FLEETGATE_WSS_PORT: '0',
+        FLEETGATE_ADMIN_PORT: '0',
+        FLEETGATE_CONSOLE_PORT: '0',
+        FLEETGATE_HTTPS_PORT: '0',
+        FLEETGATE_PROVISION_PORT: '0',
+      },
     });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    t.after(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+    t.after(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
     let stderr = '';
-    child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); });
+    child.stderr.on('data', (b: Buffer) => {
+      stderr += b.toString();
+    });
     const banner: string[] = [];
     for await (const line of createInterface({ input: child.stdout })) {
       banner.push(line);
@@ -78,7 +117,8 @@ test('up/initializes the data dir, stays up, stops cleanly on SIGINT and SIGTERM
     assert.equal(child.exitCode, null, 'still running');
     assert.equal(mode(join(dir, 'offline', 'root-ca.key')), 0o600);
     // The reminder goes to the log on stderr, which may arrive after the banner on stdout.
-    for (let i = 0; i < 100 && !/root CA key is still in the data directory/.test(stderr); i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 100 && !/root CA key is still in the data directory/.test(stderr); i++)
+      await new Promise((r) => setTimeout(r, 100));
     assert.match(stderr, /root CA key is still in the data directory/, 'up reminds the operator to move the root key');
     assert.ok(statSync(join(dir, 'registry.db')).isFile(), 'registry created');
     child.kill(signal);
@@ -97,10 +137,20 @@ test('ca/the services run with the root key offline; reissue-intermediate re-sig
   const first = await fleetgateOk(['cert', 'issue', 'dev-1', '--csr', csr.csrFile, '--data', fleet.data]);
   const oldIntermediate = readFileSync(fleet.intermediate, 'utf8');
   // A key that is not the root's is refused.
-  const wrong = await fleetgate(['ca', 'reissue-intermediate', '--root-key', join(fleet.data, 'tls', 'server.key'), '--json', '--data', fleet.data]);
+  const wrong = await fleetgate([
+    'ca',
+    'reissue-intermediate',
+    '--root-key',
+    join(fleet.data, 'tls', 'server.key'),
+    '--json',
+    '--data',
+    fleet.data,
+  ]);
   assert.equal(errorCode(wrong), 'CA_INVALID');
   assert.equal(readFileSync(fleet.intermediate, 'utf8'), oldIntermediate, 'nothing replaced');
-  const out = JSON.parse(await fleetgateOk(['ca', 'reissue-intermediate', '--root-key', offline, '--json', '--data', fleet.data])) as { retired: string };
+  const out = JSON.parse(
+    await fleetgateOk(['ca', 'reissue-intermediate', '--root-key', offline, '--json', '--data', fleet.data]),
+  ) as { retired: string };
   assert.notEqual(readFileSync(fleet.intermediate, 'utf8'), oldIntermediate);
   assert.equal(readFileSync(out.retired, 'utf8'), oldIntermediate, 'the old certificate is kept');
   const verify = await openssl(['verify', '-CAfile', fleet.root, fleet.intermediate]);
@@ -110,8 +160,17 @@ test('ca/the services run with the root key offline; reissue-intermediate re-sig
   const second = await fleetgateOk(['cert', 'issue', 'dev-2', '--csr', csr2.csrFile, '--data', fleet.data]);
   const fresh = join(fleet.dir, 'dev-2.pem');
   writeFileSync(fresh, second);
-  assert.equal((await openssl(['verify', '-purpose', 'sslclient', '-CAfile', fleet.root, '-untrusted', fleet.intermediate, fresh])).code, 0, 'new certificates chain to the new issuing CA');
+  assert.equal(
+    (await openssl(['verify', '-purpose', 'sslclient', '-CAfile', fleet.root, '-untrusted', fleet.intermediate, fresh]))
+      .code,
+    0,
+    'new certificates chain to the new issuing CA',
+  );
   const old = join(fleet.dir, 'dev-1.pem');
   writeFileSync(old, first);
-  assert.equal((await openssl(['verify', '-purpose', 'sslclient', '-CAfile', fleet.root, '-untrusted', out.retired, old])).code, 0, 'old ones still chain to the root');
+  assert.equal(
+    (await openssl(['verify', '-purpose', 'sslclient', '-CAfile', fleet.root, '-untrusted', out.retired, old])).code,
+    0,
+    'old ones still chain to the root',
+  );
 });

@@ -18,7 +18,16 @@ async function issueAndVerify(t: import('node:test').TestContext, key: KeySpec, 
   writeFileSync(certFile, firstCert(chain));
   assert.match(chain, /(-----BEGIN CERTIFICATE-----[\s\S]*?){2}/, 'leaf + intermediate');
 
-  const verify = await openssl(['verify', '-purpose', 'sslclient', '-CAfile', fleet.root, '-untrusted', fleet.intermediate, certFile]);
+  const verify = await openssl([
+    'verify',
+    '-purpose',
+    'sslclient',
+    '-CAfile',
+    fleet.root,
+    '-untrusted',
+    fleet.intermediate,
+    certFile,
+  ]);
   assert.equal(verify.code, 0, verify.stderr);
   assert.match(verify.stdout, /: OK/);
 
@@ -28,7 +37,11 @@ async function issueAndVerify(t: import('node:test').TestContext, key: KeySpec, 
 
 function assertDeviceProfile(text: string, id: string): void {
   assert.match(text, new RegExp(`Subject: CN\\s*=\\s*${id}\\n`), 'subject is CN=<device id> only');
-  assert.match(text, new RegExp(`X509v3 Subject Alternative Name:\\s*\\n\\s*URI:urn:fleetgate:device:${id}\\n`), 'SAN is the device URI only');
+  assert.match(
+    text,
+    new RegExp(`X509v3 Subject Alternative Name:\\s*\\n\\s*URI:urn:fleetgate:device:${id}\\n`),
+    'SAN is the device URI only',
+  );
   assert.match(text, /X509v3 Extended Key Usage:\s*\n\s*TLS Web Client Authentication\n/, 'EKU clientAuth only');
   assert.match(text, /X509v3 Basic Constraints: critical\s*\n\s*CA:FALSE/);
   assert.match(text, /X509v3 Key Usage: critical\s*\n\s*Digital Signature\n/);
@@ -59,15 +72,24 @@ test('issue/Ed25519 CSR is signed and verifies', async (t) => {
 
 test('issue/a CSR asking for CA:true and extra SANs gets a certificate without them', async (t) => {
   const { text, id, fleet } = await issueAndVerify(t, 'ec', [
-    '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'subjectAltName=DNS:evil.example,URI:urn:fleetgate:device:someone-else,IP:10.0.0.1',
-    '-addext', 'extendedKeyUsage=serverAuth,codeSigning',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'subjectAltName=DNS:evil.example,URI:urn:fleetgate:device:someone-else,IP:10.0.0.1',
+    '-addext',
+    'extendedKeyUsage=serverAuth,codeSigning',
   ]);
   assertDeviceProfile(text, id);
   assert.doesNotMatch(text, /evil\.example|someone-else|10\.0\.0\.1|Code Signing|Server Authentication|CA:TRUE/);
-  const audit = fleet.reader().listAudit().find((r) => r.action === 'cert.issue');
-  assert.deepEqual((audit?.detail.ignored as string[]).slice().sort(), ['basicConstraints', 'extendedKeyUsage', 'subjectAltName'],
-    'what was asked for and ignored is logged in the audit row');
+  const audit = fleet
+    .reader()
+    .listAudit()
+    .find((r) => r.action === 'cert.issue');
+  assert.deepEqual(
+    (audit?.detail.ignored as string[]).slice().sort(),
+    ['basicConstraints', 'extendedKeyUsage', 'subjectAltName'],
+    'what was asked for and ignored is logged in the audit row',
+  );
 });
 
 test('issue/--json, --out and --validity', async (t) => {
@@ -75,10 +97,28 @@ test('issue/--json, --out and --validity', async (t) => {
   await fleetgateOk(['device', 'add', 'cam-1', '--type', 'camera', '--no-token', '--data', fleet.data]);
   const { csrFile } = await opensslCsr(fleet.dir, 'cam-1');
   const out = join(fleet.dir, 'cam-1.pem');
-  const result = JSON.parse(await fleetgateOk(['cert', 'issue', 'cam-1', '--csr', csrFile, '--validity', '2m', '--out', out, '--json', '--data', fleet.data])) as Record<string, string>;
+  const result = JSON.parse(
+    await fleetgateOk([
+      'cert',
+      'issue',
+      'cam-1',
+      '--csr',
+      csrFile,
+      '--validity',
+      '2m',
+      '--out',
+      out,
+      '--json',
+      '--data',
+      fleet.data,
+    ]),
+  ) as Record<string, string>;
   assert.equal(result.deviceId, 'cam-1');
   const lifetime = Date.parse(result.notAfter!) - Date.parse(result.notBefore!);
-  assert.ok(lifetime >= 180_000 - 2_000 && lifetime <= 180_000 + 2_000, `2 minutes + 1 minute backdating, got ${lifetime} ms`);
+  assert.ok(
+    lifetime >= 180_000 - 2_000 && lifetime <= 180_000 + 2_000,
+    `2 minutes + 1 minute backdating, got ${lifetime} ms`,
+  );
   const dates = (await openssl(['x509', '-in', out, '-noout', '-serial'])).stdout;
   assert.equal(dates.trim().split('=')[1]?.toLowerCase(), result.serial);
   const recorded = fleet.reader().getCertificate(result.serial!);

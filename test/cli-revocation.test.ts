@@ -15,10 +15,14 @@ test('revocation/device revoke and cert revoke appear on the signed CRL; openssl
     const pem = firstCert(await fleetgateOk(['cert', 'issue', id, '--csr', csrFile, '--data', fleet.data]));
     const file = join(fleet.dir, `${csrName}.crt`);
     writeFileSync(file, pem);
-    const serial = (await openssl(['x509', '-in', file, '-noout', '-serial'])).stdout.trim().split('=')[1]!.toLowerCase();
+    const serial = (await openssl(['x509', '-in', file, '-noout', '-serial'])).stdout
+      .trim()
+      .split('=')[1]!
+      .toLowerCase();
     return { file, serial };
   };
-  for (const id of ['lost-1', 'keep-1', 'rotated-1']) await fleetgateOk(['device', 'add', id, '--type', 'sensor', '--no-token', '--data', fleet.data]);
+  for (const id of ['lost-1', 'keep-1', 'rotated-1'])
+    await fleetgateOk(['device', 'add', id, '--type', 'sensor', '--no-token', '--data', fleet.data]);
   const lostA = await issue('lost-1', 'lost-1a');
   const lostB = await issue('lost-1', 'lost-1b');
   const keep = await issue('keep-1');
@@ -26,7 +30,15 @@ test('revocation/device revoke and cert revoke appear on the signed CRL; openssl
   const rotatedNew = await issue('rotated-1', 'rotated-1-new');
 
   await fleetgateOk(['device', 'revoke', 'lost-1', '--reason', 'keyCompromise', '--data', fleet.data]);
-  await fleetgateOk(['cert', 'revoke', rotatedOld.serial.toUpperCase().replace(/(..)(?!$)/g, '$1:'), '--reason', 'superseded', '--data', fleet.data]);
+  await fleetgateOk([
+    'cert',
+    'revoke',
+    rotatedOld.serial.toUpperCase().replace(/(..)(?!$)/g, '$1:'),
+    '--reason',
+    'superseded',
+    '--data',
+    fleet.data,
+  ]);
 
   const crlFile = join(fleet.dir, 'fleet.crl');
   await fleetgateOk(['crl', '--out', crlFile, '--data', fleet.data]); // DER
@@ -35,9 +47,21 @@ test('revocation/device revoke and cert revoke appear on the signed CRL; openssl
   assert.match(text.stdout, /Version 2/);
   assert.match(text.stdout, /X509v3 CRL Number:\s*\n\s*\d+/);
   assert.match(text.stdout, /X509v3 Authority Key Identifier/);
-  const entries = new Map([...text.stdout.matchAll(/Serial Number: ([0-9A-F]+)\s*\n\s*Revocation Date: [^\n]+\n(?:\s*CRL entry extensions:\s*\n\s*X509v3 CRL Reason Code:\s*\n\s*([^\n]+))?/g)]
-    .map((m) => [m[1]!.toLowerCase(), m[2]?.trim()]));
-  assert.deepEqual(entries, new Map([[lostA.serial, 'Key Compromise'], [lostB.serial, 'Key Compromise'], [rotatedOld.serial, 'Superseded']]));
+  const entries = new Map(
+    [
+      ...text.stdout.matchAll(
+        /Serial Number: ([0-9A-F]+)\s*\n\s*Revocation Date: [^\n]+\n(?:\s*CRL entry extensions:\s*\n\s*X509v3 CRL Reason Code:\s*\n\s*([^\n]+))?/g,
+      ),
+    ].map((m) => [m[1]!.toLowerCase(), m[2]?.trim()]),
+  );
+  assert.deepEqual(
+    entries,
+    new Map([
+      [lostA.serial, 'Key Compromise'],
+      [lostB.serial, 'Key Compromise'],
+      [rotatedOld.serial, 'Superseded'],
+    ]),
+  );
 
   // The CRL is signed by the issuing CA.
   const sig = await openssl(['crl', '-inform', 'DER', '-in', crlFile, '-noout', '-CAfile', fleet.intermediate]);
@@ -45,7 +69,20 @@ test('revocation/device revoke and cert revoke appear on the signed CRL; openssl
 
   const pemCrl = join(fleet.dir, 'fleet-crl.pem');
   writeFileSync(pemCrl, await fleetgateOk(['crl', '--pem', '--data', fleet.data]));
-  const verify = (cert: string) => openssl(['verify', '-crl_check', '-purpose', 'sslclient', '-CAfile', fleet.root, '-untrusted', fleet.intermediate, '-CRLfile', pemCrl, cert]);
+  const verify = (cert: string) =>
+    openssl([
+      'verify',
+      '-crl_check',
+      '-purpose',
+      'sslclient',
+      '-CAfile',
+      fleet.root,
+      '-untrusted',
+      fleet.intermediate,
+      '-CRLfile',
+      pemCrl,
+      cert,
+    ]);
   for (const revoked of [lostA, lostB, rotatedOld]) {
     const r = await verify(revoked.file);
     assert.notEqual(r.code, 0, `${revoked.serial} must fail`);
@@ -59,7 +96,11 @@ test('revocation/device revoke and cert revoke appear on the signed CRL; openssl
 
 test('revocation/CRL numbers increase; an empty CRL has no entries; JSON gives PEM', async (t) => {
   const fleet = await initFleet(t);
-  const first = JSON.parse(await fleetgateOk(['crl', '--json', '--data', fleet.data])) as { number: number; entries: number; pem: string };
+  const first = JSON.parse(await fleetgateOk(['crl', '--json', '--data', fleet.data])) as {
+    number: number;
+    entries: number;
+    pem: string;
+  };
   const second = JSON.parse(await fleetgateOk(['crl', '--json', '--data', fleet.data])) as { number: number };
   assert.equal(first.entries, 0);
   assert.ok(second.number > first.number);
@@ -72,8 +113,16 @@ test('revocation/revoked devices cannot be resumed, suspended or issued again', 
   await fleetgateOk(['device', 'add', 'gone-1', '--type', 'sensor', '--no-token', '--data', fleet.data]);
   await fleetgateOk(['device', 'revoke', 'gone-1', '--data', fleet.data]);
   const { csrFile } = await opensslCsr(fleet.dir, 'gone-1');
-  assert.equal(errorCode(await fleetgate(['cert', 'issue', 'gone-1', '--csr', csrFile, '--json', '--data', fleet.data])), 'DEVICE_REVOKED');
-  assert.equal(errorCode(await fleetgate(['device', 'resume', 'gone-1', '--json', '--data', fleet.data])), 'DEVICE_STATE_CONFLICT');
-  const shown = JSON.parse(await fleetgateOk(['device', 'show', 'gone-1', '--json', '--data', fleet.data])) as { status: string };
+  assert.equal(
+    errorCode(await fleetgate(['cert', 'issue', 'gone-1', '--csr', csrFile, '--json', '--data', fleet.data])),
+    'DEVICE_REVOKED',
+  );
+  assert.equal(
+    errorCode(await fleetgate(['device', 'resume', 'gone-1', '--json', '--data', fleet.data])),
+    'DEVICE_STATE_CONFLICT',
+  );
+  const shown = JSON.parse(await fleetgateOk(['device', 'show', 'gone-1', '--json', '--data', fleet.data])) as {
+    status: string;
+  };
   assert.equal(shown.status, 'revoked');
 });

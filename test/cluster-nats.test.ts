@@ -13,7 +13,8 @@ import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect, until, withTimeout } from './helpers/mqtt.ts';
 import { fileScope } from './helpers/run.ts';
 
-if (!natsAvailable() && process.env.CI === 'true') throw new Error('nats-server is missing: .ci/run installs Debian\'s nats-server for the cluster tests');
+if (!natsAvailable() && process.env.CI === 'true')
+  throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");
 const skip = natsAvailable() ? false : 'no nats-server (apt-get install nats-server)';
 
 const scope = fileScope(after);
@@ -37,19 +38,25 @@ before(async () => {
 /** Collects the payloads `client` receives on topics starting with `prefix`. */
 function collect(client: MqttClient, prefix: string): string[] {
   const got: string[] = [];
-  client.on('message', (topic, payload) => { if (topic.startsWith(prefix)) got.push(payload.toString()); });
+  client.on('message', (topic, payload) => {
+    if (topic.startsWith(prefix)) got.push(payload.toString());
+  });
   return got;
 }
 
 /** Publishes probes from `from` until `got` shows one: the subscription has reached the other node through NATS. */
 async function linked(from: MqttClient, topic: string, got: string[]): Promise<void> {
   let n = 0;
-  await withTimeout((async () => {
-    while (!got.some((g) => g.startsWith('probe'))) {
-      from.publish(topic, `probe-${n++}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  })(), 20_000, 'the first probe across nodes');
+  await withTimeout(
+    (async () => {
+      while (!got.some((g) => g.startsWith('probe'))) {
+        from.publish(topic, `probe-${n++}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })(),
+    20_000,
+    'the first probe across nodes',
+  );
 }
 
 /**
@@ -61,10 +68,12 @@ async function retainedOn(url: string): Promise<string[]> {
   const pub = await connect(url, sensor, { ca: a.rootFile });
   try {
     const got: string[] = [];
-    const sentinel = new Promise<void>((resolve) => svc.on('message', (topic, payload, packet) => {
-      if (packet.retain) got.push(`${topic}=${payload.toString()}`);
-      else if (topic === 'devices/c-sensor/sentinel') resolve();
-    }));
+    const sentinel = new Promise<void>((resolve) =>
+      svc.on('message', (topic, payload, packet) => {
+        if (packet.retain) got.push(`${topic}=${payload.toString()}`);
+        else if (topic === 'devices/c-sensor/sentinel') resolve();
+      }),
+    );
     await svc.subscribeAsync('devices/c-sensor/#', { qos: 1 });
     // Retained messages are sent with the SUBACK; a message published after it arrives after them.
     await pub.publishAsync('devices/c-sensor/sentinel', 'now', { qos: 1 });
@@ -86,7 +95,9 @@ async function retainOnA(messages: [topic: string, payload: string][]): Promise<
   }
 }
 
-test('cluster/a publish on node A reaches a service on node B, QoS 0 and 1, nothing lost; and back', { skip }, async () => {
+test('cluster/a publish on node A reaches a service on node B, QoS 0 and 1, nothing lost; and back', {
+  skip,
+}, async () => {
   const svc = await connect(b.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
   const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
   try {
@@ -98,7 +109,11 @@ test('cluster/a publish on node A reaches a service on node B, QoS 0 and 1, noth
     for (let i = 0; i < 200; i++) await dev.publishAsync('devices/c-sensor/telemetry', `q1-${i}`, { qos: 1 });
     await until('all 400 messages at the service on node B', () => atService.length >= 400);
     const q1 = atService.filter((m) => m.startsWith('q1-'));
-    assert.deepEqual(q1, Array.from({ length: 200 }, (_, i) => `q1-${i}`), 'QoS 1: every message, in order');
+    assert.deepEqual(
+      q1,
+      Array.from({ length: 200 }, (_, i) => `q1-${i}`),
+      'QoS 1: every message, in order',
+    );
     assert.equal(atService.filter((m) => m.startsWith('q0-')).length, 200);
 
     // The other way: the service's command on B reaches the device on A.
@@ -122,7 +137,11 @@ test('cluster/NATS restarted: the gap is in metrics and the log, and fan-out res
     await linked(dev, 'devices/c-sensor/telemetry', got);
 
     await nats.stop();
-    await a.log.find((l) => l.msg === 'NATS link down: messages to subscribers on other nodes are not delivered until it is back' && l.code === 'CLUSTER_UNAVAILABLE');
+    await a.log.find(
+      (l) =>
+        l.msg === 'NATS link down: messages to subscribers on other nodes are not delivered until it is back' &&
+        l.code === 'CLUSTER_UNAVAILABLE',
+    );
     for (let i = 0; i < 5; i++) await dev.publishAsync('devices/c-sensor/telemetry', `gap-${i}`, { qos: 1 }); // acknowledged by A, delivered on A only
     const metrics = await a.gateway.metrics.registry.metrics();
     assert.match(metrics, /fleetgate_cluster_link_up 0/);
@@ -148,7 +167,9 @@ test('cluster/the same device connecting to node B takes its session over from n
   const second = await connect(b.endpoints['mqtt+tls']!, sensor, { ca: a.rootFile });
   try {
     await closedOnA;
-    await a.log.find((l) => l.msg === 'session taken over on another node' && l.clientId === 'c-sensor' && l.node === 'b');
+    await a.log.find(
+      (l) => l.msg === 'session taken over on another node' && l.clientId === 'c-sensor' && l.node === 'b',
+    );
     assert.equal(a.gateway.sessions.ofDevice('c-sensor').length, 0, 'nothing of it left on A');
     assert.ok(second.connected, 'the newer connection, on B, stays');
   } finally {
@@ -156,14 +177,18 @@ test('cluster/the same device connecting to node B takes its session over from n
   }
 });
 
-test('cluster/a retained message kept on node A is given to a later subscriber on node B, and its clearing too', { skip }, async () => {
+test('cluster/a retained message kept on node A is given to a later subscriber on node B, and its clearing too', {
+  skip,
+}, async () => {
   const dev = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
   const svc = await connect(b.endpoints['mqtt+tls']!, service, { ca: a.rootFile });
   /** Subscribes on B until a retained message with `marker` arrives (replication is asynchronous); returns what arrived in that subscription. */
   const retainedAtB = async (marker: string): Promise<string[]> => {
     for (let i = 0; i < 40; i++) {
       const got: string[] = [];
-      const on = (_t: string, payload: Buffer, packet: { retain?: boolean }) => { if (packet.retain === true) got.push(payload.toString()); };
+      const on = (_t: string, payload: Buffer, packet: { retain?: boolean }) => {
+        if (packet.retain === true) got.push(payload.toString());
+      };
       svc.on('message', on);
       await svc.subscribeAsync('devices/c-sensor/#', { qos: 1 });
       await new Promise((r) => setTimeout(r, 250));
@@ -186,13 +211,18 @@ test('cluster/a retained message kept on node A is given to a later subscriber o
   }
 });
 
-test('cluster/a node that joins later is given the retained messages the others hold before it serves anyone', { skip }, async () => {
+test('cluster/a node that joins later is given the retained messages the others hold before it serves anyone', {
+  skip,
+}, async () => {
   await retainOnA([['devices/c-sensor/late', 'before-c']]);
   // C starts after: by the time it listens, it holds what A (or B) held — one subscription, no
   // waiting for replication. The earlier test left these two retained (and cleared devices/c-sensor/state).
   const c = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'c' });
   try {
-    assert.deepEqual(await retainedOn(c.endpoints['mqtt+tls']!), ['devices/c-sensor/late=before-c', 'devices/c-sensor/marker=m1']);
+    assert.deepEqual(await retainedOn(c.endpoints['mqtt+tls']!), [
+      'devices/c-sensor/late=before-c',
+      'devices/c-sensor/marker=m1',
+    ]);
   } finally {
     await c.stop();
   }
@@ -204,16 +234,25 @@ test('cluster/a node that was away forgets the retained messages cleared while i
   await retainOnA([['devices/c-sensor/away', 'stale']]);
   let d = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'd' });
   try {
-    assert.ok((await retainedOn(d.endpoints['mqtt+tls']!)).includes('devices/c-sensor/away=stale'), 'D was given the retained message when it joined');
+    assert.ok(
+      (await retainedOn(d.endpoints['mqtt+tls']!)).includes('devices/c-sensor/away=stale'),
+      'D was given the retained message when it joined',
+    );
   } finally {
     await d.stop();
   }
-  await retainOnA([['devices/c-sensor/away', ''], ['devices/c-sensor/while-away', 'new']]);
+  await retainOnA([
+    ['devices/c-sensor/away', ''],
+    ['devices/c-sensor/while-away', 'new'],
+  ]);
   const atA = await retainedOn(a.mqttsUrl);
   d = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'd' });
   try {
     const atD = await retainedOn(d.endpoints['mqtt+tls']!);
-    assert.ok(!atD.includes('devices/c-sensor/away=stale'), `D still serves the cleared message: ${JSON.stringify(atD)}`);
+    assert.ok(
+      !atD.includes('devices/c-sensor/away=stale'),
+      `D still serves the cleared message: ${JSON.stringify(atD)}`,
+    );
     assert.deepEqual(atD, atA, 'D holds what the cluster holds');
     assert.ok(atD.includes('devices/c-sensor/while-away=new'));
   } finally {
@@ -221,7 +260,9 @@ test('cluster/a node that was away forgets the retained messages cleared while i
   }
 });
 
-test('cluster/the console on node A counts node B\'s sessions in its overview, shows a device\'s session on B and kicks it there', { skip }, async () => {
+test("cluster/the console on node A counts node B's sessions in its overview, shows a device's session on B and kicks it there", {
+  skip,
+}, async () => {
   const { https } = await import('./helpers/https.ts');
   const { readFileSync } = await import('node:fs');
   const operator = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-ops', type: 'operator' });
@@ -237,12 +278,19 @@ test('cluster/the console on node A counts node B\'s sessions in its overview, s
     const overview = await https(`${origin}/`, { ca, cred: operator });
     assert.equal(overview.status, 200);
     assert.match(overview.body, /Cluster: the figures of 2 nodes \(a, b\), summed/);
-    assert.match(overview.body, /<td>sensor<\/td><td>mqtts<\/td><td class="num">1<\/td>/, 'the sensor on node b, in node a\'s overview');
+    assert.match(
+      overview.body,
+      /<td>sensor<\/td><td>mqtts<\/td><td class="num">1<\/td>/,
+      "the sensor on node b, in node a's overview",
+    );
     const confirm = await https(`${origin}/confirm?action=kick&id=c-sensor`, { ca, cred: operator });
     const csrf = /name="csrf" value="([^"]+)"/.exec(confirm.body)?.[1];
     assert.ok(csrf !== undefined);
     const r = await https(`${origin}/act`, {
-      ca, cred: operator, method: 'POST', body: new URLSearchParams({ action: 'kick', id: 'c-sensor', csrf }).toString(),
+      ca,
+      cred: operator,
+      method: 'POST',
+      body: new URLSearchParams({ action: 'kick', id: 'c-sensor', csrf }).toString(),
       headers: { 'content-type': 'application/x-www-form-urlencoded', origin },
     });
     assert.equal(r.status, 200, r.body);
@@ -253,15 +301,25 @@ test('cluster/the console on node A counts node B\'s sessions in its overview, s
   }
 });
 
-test('cluster/the console on node A lists a revoked device still connecting to node B, refusals of both nodes summed', { skip }, async () => {
+test('cluster/the console on node A lists a revoked device still connecting to node B, refusals of both nodes summed', {
+  skip,
+}, async () => {
   const { https } = await import('./helpers/https.ts');
   const { readFileSync } = await import('node:fs');
   const operator = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-ops2', type: 'operator' });
   const gone = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-gone' });
   a.registry.revokeDevice(gone.deviceId, 1, 'test');
   /** Connects until the node refuses the revoked device (the status feed reaches each node on its own). */
-  const refusedBy = (url: string) => until(`${url} refusing the revoked device`,
-    () => connect(url, gone, { ca: a.rootFile }).then(async (c) => { await c.endAsync(true); return false; }, () => true));
+  const refusedBy = (url: string) =>
+    until(`${url} refusing the revoked device`, () =>
+      connect(url, gone, { ca: a.rootFile }).then(
+        async (c) => {
+          await c.endAsync(true);
+          return false;
+        },
+        () => true,
+      ),
+    );
   await refusedBy(b.endpoints['mqtt+tls']!);
   const ca = readFileSync(a.rootFile);
   const origin = `https://127.0.0.1:${a.gateway.ports.console}`;
@@ -273,27 +331,47 @@ test('cluster/the console on node A lists a revoked device still connecting to n
   // Refused only by B: A's console shows it, from B's book.
   let body = await findings();
   assert.match(body, /every node that answered \(a, b\)/);
-  assert.match(body, /<a href="\/devices\/c-gone">c-gone<\/a><\/td>\s*<td><code>CERT_REVOKED<\/code> × 1/, 'B\'s refusal, on A\'s page');
+  assert.match(
+    body,
+    /<a href="\/devices\/c-gone">c-gone<\/a><\/td>\s*<td><code>CERT_REVOKED<\/code> × 1/,
+    "B's refusal, on A's page",
+  );
   // Refused by A too: the two books summed.
   await refusedBy(a.mqttsUrl);
   body = await findings();
-  assert.match(body, /<a href="\/devices\/c-gone">c-gone<\/a><\/td>\s*<td><code>CERT_REVOKED<\/code> × 2/, 'A\'s and B\'s refusals, summed');
+  assert.match(
+    body,
+    /<a href="\/devices\/c-gone">c-gone<\/a><\/td>\s*<td><code>CERT_REVOKED<\/code> × 2/,
+    "A's and B's refusals, summed",
+  );
 });
 
-test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB arrive whole, from one node only', { skip }, async () => {
+test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB arrive whole, from one node only', {
+  skip,
+}, async () => {
   const pino = (await import('pino')).default;
   const { NatsBus } = await import('../gateway/cluster/bus.ts');
   const { Message } = await import('../gateway/mqtt/session.ts');
   const quiet = pino({ level: 'silent' });
-  const events = { message: () => undefined, link: () => undefined, session: () => undefined, retained: () => undefined };
+  const events = {
+    message: () => undefined,
+    link: () => undefined,
+    session: () => undefined,
+    retained: () => undefined,
+  };
   const own = await startNats(); // a NATS of its own: nodes A and B (holding retained messages too) must not answer
   const holders = await Promise.all(['snap-1', 'snap-2'].map((n) => NatsBus.connect(own.url, n, quiet, events)));
   const joiner = await NatsBus.connect(own.url, 'snap-joiner', quiet, events);
   try {
-    const held = Array.from({ length: 1_000 }, (_, i) => new Message(`devices/s-${i % 50}/state/${i}`, Buffer.alloc(1024, i % 251), 1, true, `s-${i % 50}`));
+    const held = Array.from(
+      { length: 1_000 },
+      (_, i) => new Message(`devices/s-${i % 50}/state/${i}`, Buffer.alloc(1024, i % 251), 1, true, `s-${i % 50}`),
+    );
     await Promise.all(holders.map((h) => h.serveRetained(() => held)));
     const got = new Map<string, Buffer>();
-    const result = await joiner.fetchRetained((m) => { got.set(m.topic, m.payload); });
+    const result = await joiner.fetchRetained((m) => {
+      got.set(m.topic, m.payload);
+    });
     assert.equal(result.complete, true);
     assert.equal(result.count, 1_000, `each message once: one node streamed (${JSON.stringify(result)})`);
     assert.ok(result.node === 'snap-1' || result.node === 'snap-2');

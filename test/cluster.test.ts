@@ -24,7 +24,8 @@ import { errorCodeOf, https } from './helpers/https.ts';
 import { closed, connect, until, withTimeout } from './helpers/mqtt.ts';
 import { fileScope, fleetgate } from './helpers/run.ts';
 
-if (!natsAvailable() && process.env.CI === 'true') throw new Error('nats-server is missing: .ci/run installs Debian\'s nats-server for the cluster tests');
+if (!natsAvailable() && process.env.CI === 'true')
+  throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");
 const skip = !natsAvailable() ? 'no nats-server (apt-get install nats-server)' : pgSkip;
 
 const scope = fileScope(after);
@@ -61,7 +62,11 @@ before(async () => {
     // nodes, PostgreSQL, NATS and another test run, an answer can be late; no test here is about that bound (a stopped
     // PostgreSQL is refused at once: its connection is refused).
     const node = await spawnService('gateway', fleet.config.dataDir, {
-      FLEETGATE_NATS: nats.url, FLEETGATE_NODE: name, FLEETGATE_REGISTRY: registryUrl, FLEETGATE_HTTPS_KEEPALIVE_TIMEOUT: '60s', FLEETGATE_REGISTRY_TIMEOUT: '10s',
+      FLEETGATE_NATS: nats.url,
+      FLEETGATE_NODE: name,
+      FLEETGATE_REGISTRY: registryUrl,
+      FLEETGATE_HTTPS_KEEPALIVE_TIMEOUT: '60s',
+      FLEETGATE_REGISTRY_TIMEOUT: '10s',
     });
     nodes.push(node);
     scope.after(() => node.stop());
@@ -76,38 +81,66 @@ before(async () => {
 async function enrollThroughProvisioning(id: string): Promise<Credential> {
   const token = fleet.registry.addDevice({ id, type: 'sensor' }, 'test', { tokenTtlMs: 600_000 }).token!.token;
   const keys = await newKeys();
-  const r = await https(`${provisioning.endpoints.provision}/v1/enroll`, { ca, body: JSON.stringify({ token, csr: await csrPem(keys, id) }) });
+  const r = await https(`${provisioning.endpoints.provision}/v1/enroll`, {
+    ca,
+    body: JSON.stringify({ token, csr: await csrPem(keys, id) }),
+  });
   assert.equal(r.status, 201, r.body);
   const body = r.json<{ certificate: string; chain: string; serial: string; fingerprint: string }>();
-  return { deviceId: id, certPem: body.certificate + body.chain, keyPem: await keyPem(keys), certFile: '', keyFile: '', serial: body.serial, fingerprint: body.fingerprint, spki: '', keys };
+  return {
+    deviceId: id,
+    certPem: body.certificate + body.chain,
+    keyPem: await keyPem(keys),
+    certFile: '',
+    keyFile: '',
+    serial: body.serial,
+    fingerprint: body.fingerprint,
+    spki: '',
+    keys,
+  };
 }
 
 const viaProxy = (cred: Credential) => connect(`mqtts://127.0.0.1:${proxy.port}`, cred, { ca: fleet.paths.rootCert });
 /** Straight to one node, past the proxy. */
-const direct = (n: GatewayProcess, cred: Credential) => connect(`mqtts://127.0.0.1:${mqttPort(n)}`, cred, { ca: fleet.paths.rootCert });
+const direct = (n: GatewayProcess, cred: Credential) =>
+  connect(`mqtts://127.0.0.1:${mqttPort(n)}`, cred, { ca: fleet.paths.rootCert });
 
 /** The cluster's view of live sessions, asked of one node's admin API. */
-async function connections(node: GatewayProcess): Promise<{ connections: { deviceId: string; node: string }[]; nodes: string[] }> {
+async function connections(
+  node: GatewayProcess,
+): Promise<{ connections: { deviceId: string; node: string }[]; nodes: string[] }> {
   const r = await https(`${node.endpoints.admin}/v1/connections`, { ca, cred: operator });
   assert.equal(r.status, 200, r.body);
   return r.json();
 }
 
-test('cluster/devices enrolled through provisioning connect through the proxy to every node; one node lists and kicks across the cluster', { skip }, async () => {
+test('cluster/devices enrolled through provisioning connect through the proxy to every node; one node lists and kicks across the cluster', {
+  skip,
+}, async () => {
   const creds = await Promise.all(['cl-1', 'cl-2', 'cl-3'].map(enrollThroughProvisioning));
   const clients: MqttClient[] = [];
   for (const c of creds) clients.push(await viaProxy(c));
   try {
     const view = await connections(nodes[0]!);
     assert.deepEqual(view.nodes, ['n1', 'n2', 'n3'], 'every node answered');
-    const where = new Map(view.connections.filter((c) => c.deviceId.startsWith('cl-')).map((c) => [c.deviceId, c.node]));
+    const where = new Map(
+      view.connections.filter((c) => c.deviceId.startsWith('cl-')).map((c) => [c.deviceId, c.node]),
+    );
     assert.equal(where.size, 3);
-    assert.equal(new Set(where.values()).size, 3, `round robin put the three on three nodes: ${JSON.stringify([...where])}`);
+    assert.equal(
+      new Set(where.values()).size,
+      3,
+      `round robin put the three on three nodes: ${JSON.stringify([...where])}`,
+    );
 
     // Kick, asked of node 1, for a device held by another node.
     const held = [...where].find(([, node]) => node !== 'n1')!;
     const cut = closed(clients[creds.findIndex((c) => c.deviceId === held[0])]!);
-    const r = await https(`${nodes[0]!.endpoints.admin}/v1/connections/${held[0]}`, { ca, cred: operator, method: 'DELETE' });
+    const r = await https(`${nodes[0]!.endpoints.admin}/v1/connections/${held[0]}`, {
+      ca,
+      cred: operator,
+      method: 'DELETE',
+    });
     assert.equal(r.status, 200, r.body);
     const kicked = r.json<{ closed: number; nodes: { node: string; closed: number }[] }>();
     assert.equal(kicked.closed, 1);
@@ -135,26 +168,43 @@ test('cluster/a publish on any node reaches a service on another: QoS 0 and 1, n
       });
     });
     // The subscription is known on every node once a probe from each node arrives.
-    await withTimeout((async () => {
-      for (;;) {
-        const seen = new Set<string>();
-        const probe = new Promise<void>((resolve) => {
-          const on = (topic: string) => { if (topic.endsWith('/probe')) seen.add(topic); if (seen.size === pubs.length) { sub.off('message', on); resolve(); } };
-          sub.on('message', on);
-          setTimeout(() => { sub.off('message', on); resolve(); }, 500).unref();
-        });
-        await Promise.all(pubs.map((p, i) => p.publishAsync(`devices/${sensors[i]!.deviceId}/telemetry/probe`, 'p', { qos: 1 })));
-        await probe;
-        if (seen.size === pubs.length) return;
-      }
-    })(), 30_000, 'every node knowing the subscription');
+    await withTimeout(
+      (async () => {
+        for (;;) {
+          const seen = new Set<string>();
+          const probe = new Promise<void>((resolve) => {
+            const on = (topic: string) => {
+              if (topic.endsWith('/probe')) seen.add(topic);
+              if (seen.size === pubs.length) {
+                sub.off('message', on);
+                resolve();
+              }
+            };
+            sub.on('message', on);
+            setTimeout(() => {
+              sub.off('message', on);
+              resolve();
+            }, 500).unref();
+          });
+          await Promise.all(
+            pubs.map((p, i) => p.publishAsync(`devices/${sensors[i]!.deviceId}/telemetry/probe`, 'p', { qos: 1 })),
+          );
+          await probe;
+          if (seen.size === pubs.length) return;
+        }
+      })(),
+      30_000,
+      'every node knowing the subscription',
+    );
     got.clear();
-    await Promise.all(pubs.map(async (p, i) => {
-      for (let k = 0; k < per; k++) {
-        p.publish(`devices/${sensors[i]!.deviceId}/telemetry/q0`, String(k), { qos: 0 });
-        await p.publishAsync(`devices/${sensors[i]!.deviceId}/telemetry/q1`, String(k), { qos: 1 });
-      }
-    }));
+    await Promise.all(
+      pubs.map(async (p, i) => {
+        for (let k = 0; k < per; k++) {
+          p.publish(`devices/${sensors[i]!.deviceId}/telemetry/q0`, String(k), { qos: 0 });
+          await p.publishAsync(`devices/${sensors[i]!.deviceId}/telemetry/q1`, String(k), { qos: 1 });
+        }
+      }),
+    );
     await withTimeout(all, 30_000, `every message (got ${JSON.stringify([...got])})`);
     for (const c of sensors) {
       assert.equal(got.get(`devices/${c.deviceId}/telemetry/q0`), per, `QoS 0 from ${c.deviceId}`);
@@ -165,7 +215,9 @@ test('cluster/a publish on any node reaches a service on another: QoS 0 and 1, n
   }
 });
 
-test('cluster/a revocation cuts the device on whichever node holds it, and every node refuses it afterwards', { skip }, async () => {
+test('cluster/a revocation cuts the device on whichever node holds it, and every node refuses it afterwards', {
+  skip,
+}, async () => {
   const latencies: number[] = [];
   for (let i = 0; i <= 30; i++) {
     const cred = await enrollThroughProvisioning(`rv-${i}`);
@@ -176,32 +228,65 @@ test('cluster/a revocation cuts the device on whichever node holds it, and every
       // The first holds live sessions on all three nodes — MQTT on one, HTTPS keep-alive on each —
       // and is revoked through the CLI itself, on the same PostgreSQL (its process start is in this
       // latency, not in the figures): every one of them is cut.
-      const agents = nodes.map(() => new Agent({ keepAlive: true, maxSockets: 1, ca, cert: cred.certPem, key: cred.keyPem }));
+      const agents = nodes.map(
+        () => new Agent({ keepAlive: true, maxSockets: 1, ca, cert: cred.certPem, key: cred.keyPem }),
+      );
       // Each resolves, once its request is answered, to the promise of its connection's close (wrapped: a promise resolved with a promise would wait for it).
-      const httpsCuts = await Promise.all(nodes.map((n, k) => new Promise<{ closed: Promise<void> }>((resolve, reject) => {
-        request(`${n.endpoints.https}/v1/whoami`, { agent: agents[k], servername: 'localhost' }, (res) => {
-          const socket = res.socket; // kept by the agent for the next request once this one ends
-          const closed = new Promise<void>((r) => socket.once('close', () => r()));
-          res.resume();
-          res.on('end', () => {
-            if (res.statusCode !== 200) reject(new Error(`whoami on ${n.endpoints.https}: ${res.statusCode}`));
-            else resolve({ closed: withTimeout(closed, 30_000, 'an HTTPS keep-alive connection to be cut') });
-          });
-        }).on('error', reject).end();
-      })));
-      const r = await fleetgate(['device', 'revoke', cred.deviceId, '--reason', 'keyCompromise', '--json', '--data', fleet.config.dataDir, '--registry', registryUrl]);
+      const httpsCuts = await Promise.all(
+        nodes.map(
+          (n, k) =>
+            new Promise<{ closed: Promise<void> }>((resolve, reject) => {
+              request(`${n.endpoints.https}/v1/whoami`, { agent: agents[k], servername: 'localhost' }, (res) => {
+                const socket = res.socket; // kept by the agent for the next request once this one ends
+                const closed = new Promise<void>((r) => socket.once('close', () => r()));
+                res.resume();
+                res.on('end', () => {
+                  if (res.statusCode !== 200) reject(new Error(`whoami on ${n.endpoints.https}: ${res.statusCode}`));
+                  else resolve({ closed: withTimeout(closed, 30_000, 'an HTTPS keep-alive connection to be cut') });
+                });
+              })
+                .on('error', reject)
+                .end();
+            }),
+        ),
+      );
+      const r = await fleetgate([
+        'device',
+        'revoke',
+        cred.deviceId,
+        '--reason',
+        'keyCompromise',
+        '--json',
+        '--data',
+        fleet.config.dataDir,
+        '--registry',
+        registryUrl,
+      ]);
       assert.equal(r.code, 0, r.stderr);
       await cut;
       await Promise.all(httpsCuts.map((h) => h.closed));
       for (const a of agents) a.destroy();
       // Cut by the revocation, not closed idle: each node wrote its own audit row for its HTTPS connection.
-      await until('the three nodes\' audit rows for the HTTPS cuts and the MQTT one', () => {
-        const rows = fleet.registry.listAudit({ device: cred.deviceId }).filter((a) => a.action === 'session.disconnect' && a.detail.reason === 'disconnected by revocation');
-        return rows.filter((a) => a.detail.transport === 'https').length === 3 && rows.some((a) => a.detail.transport !== 'https');
-      }, 30_000, 100);
-      console.log(`the device revoked through the CLI: MQTT and three HTTPS connections cut, each audited by its node, ${Date.now() - started} ms from the start (three requests and the CLI process included)`);
+      await until(
+        "the three nodes' audit rows for the HTTPS cuts and the MQTT one",
+        () => {
+          const rows = fleet.registry
+            .listAudit({ device: cred.deviceId })
+            .filter((a) => a.action === 'session.disconnect' && a.detail.reason === 'disconnected by revocation');
+          return (
+            rows.filter((a) => a.detail.transport === 'https').length === 3 &&
+            rows.some((a) => a.detail.transport !== 'https')
+          );
+        },
+        30_000,
+        100,
+      );
+      console.log(
+        `the device revoked through the CLI: MQTT and three HTTPS connections cut, each audited by its node, ${Date.now() - started} ms from the start (three requests and the CLI process included)`,
+      );
       // Refused by every node: three attempts through the round robin land on three different nodes.
-      for (let k = 0; k < 3; k++) await assert.rejects(viaProxy(cred), (e: { code?: number }) => e.code === 5, 'CONNACK 5: not authorized');
+      for (let k = 0; k < 3; k++)
+        await assert.rejects(viaProxy(cred), (e: { code?: number }) => e.code === 5, 'CONNACK 5: not authorized');
       continue;
     }
     fleet.registry.revokeDevice(cred.deviceId, 1, 'test'); // another process than the nodes, as the CLI is
@@ -209,7 +294,9 @@ test('cluster/a revocation cuts the device on whichever node holds it, and every
     latencies.push(Date.now() - started);
   }
   latencies.sort((x, y) => x - y);
-  console.log(`revoke → cut over 30 revocations, across 3 nodes: p50 ${latencies[14]} ms, p99 ${latencies[29]} ms (measured, not asserted: npm run bench:cluster)`);
+  console.log(
+    `revoke → cut over 30 revocations, across 3 nodes: p50 ${latencies[14]} ms, p99 ${latencies[29]} ms (measured, not asserted: npm run bench:cluster)`,
+  );
 });
 
 test('cluster/kill -9 of a node: its devices reconnect through the proxy to the others', { skip }, async () => {
@@ -231,7 +318,11 @@ test('cluster/kill -9 of a node: its devices reconnect through the proxy to the 
     assert.deepEqual(after.nodes, ['n1', 'n2'], 'the dead node no longer answers');
     const now = after.connections.find((c) => c.deviceId === victim.deviceId);
     assert.ok(now !== undefined && now.node !== victimNode, `reconnected elsewhere: ${JSON.stringify(now)}`);
-    assert.equal(after.connections.filter((c) => c.deviceId.startsWith('k-')).length, 3, 'all three devices connected again');
+    assert.equal(
+      after.connections.filter((c) => c.deviceId.startsWith('k-')).length,
+      3,
+      'all three devices connected again',
+    );
   } finally {
     for (const c of clients) await c.endAsync(true).catch(() => undefined);
   }
@@ -242,17 +333,33 @@ test('cluster/fleetgate connections --json lists the sessions of every node', { 
   const cred = await enrollThroughProvisioning('cli-1');
   const client = await viaProxy(cred);
   try {
-    const r = await fleetgate(['connections', '--json', '--data', fleet.config.dataDir, '--registry', registryUrl, '--admin', nodes[1]!.endpoints.admin!]);
+    const r = await fleetgate([
+      'connections',
+      '--json',
+      '--data',
+      fleet.config.dataDir,
+      '--registry',
+      registryUrl,
+      '--admin',
+      nodes[1]!.endpoints.admin!,
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const rows = JSON.parse(r.stdout) as { deviceId: string; node: string }[];
-    assert.ok(rows.some((row) => row.deviceId === 'cli-1' && typeof row.node === 'string'), r.stdout);
+    assert.ok(
+      rows.some((row) => row.deviceId === 'cli-1' && typeof row.node === 'string'),
+      r.stdout,
+    );
   } finally {
     await client.endAsync();
   }
 });
 
-test('cluster/PostgreSQL restarted: no revocation around it is missed; while down, new connections are refused with the registry code, /healthz says so, and live sessions go on', { skip }, async () => {
-  const [before1, live, during, after1, newcomer] = await Promise.all(['pg-a', 'pg-b', 'pg-c', 'pg-d', 'pg-e'].map(enrollThroughProvisioning));
+test('cluster/PostgreSQL restarted: no revocation around it is missed; while down, new connections are refused with the registry code, /healthz says so, and live sessions go on', {
+  skip,
+}, async () => {
+  const [before1, live, during, after1, newcomer] = await Promise.all(
+    ['pg-a', 'pg-b', 'pg-c', 'pg-d', 'pg-e'].map(enrollThroughProvisioning),
+  );
   const clients = await Promise.all([before1!, live!, during!, after1!].map(viaProxy));
   const [cBefore, cLive, cDuring, cAfter] = clients as [MqttClient, MqttClient, MqttClient, MqttClient];
   try {
@@ -264,10 +371,18 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
     try {
       // While down: a device never seen is refused by every node, CONNACK 3 (the registry's code).
       for (let k = 0; k < 3; k++) {
-        await assert.rejects(viaProxy(newcomer!), (e: { code?: number }) => e.code === 3, 'CONNACK 3: registry unavailable');
+        await assert.rejects(
+          viaProxy(newcomer!),
+          (e: { code?: number }) => e.code === 3,
+          'CONNACK 3: registry unavailable',
+        );
       }
       // Live sessions go on: a QoS 1 publish is acknowledged.
-      await withTimeout(cLive.publishAsync(`devices/${live!.deviceId}/telemetry/t`, 'still here', { qos: 1 }), 10_000, 'PUBACK while PostgreSQL is down');
+      await withTimeout(
+        cLive.publishAsync(`devices/${live!.deviceId}/telemetry/t`, 'still here', { qos: 1 }),
+        10_000,
+        'PUBACK while PostgreSQL is down',
+      );
       assert.ok(cDuring.connected && cAfter.connected);
       // Every living node says so in /healthz (a probe takes it out of the balancer's rotation for new connections).
       for (const n of living()) {
@@ -287,7 +402,12 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
     await cutAfter;
     assert.ok(cLive.connected && cDuring.connected, 'the others stayed connected throughout');
     for (const n of living()) {
-      await until('/healthz back to 200', async () => (await https(`${n.endpoints.admin}/healthz`, { ca })).status === 200, 30_000, 200);
+      await until(
+        '/healthz back to 200',
+        async () => (await https(`${n.endpoints.admin}/healthz`, { ca })).status === 200,
+        30_000,
+        200,
+      );
     }
     // And new connections are admitted again once every node reads the registry.
     const deadline = Date.now() + 30_000;
@@ -306,22 +426,32 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
   }
 });
 
-test('cluster/NATS restarted mid-run: the gap is in every node\'s metrics, and fan-out between nodes resumes', { skip }, async () => {
+test("cluster/NATS restarted mid-run: the gap is in every node's metrics, and fan-out between nodes resumes", {
+  skip,
+}, async () => {
   // n3 was killed above: the service on n1, the publisher on n2.
-  const [svcCred, pubCred] = await Promise.all([enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'nr-svc', type: 'service' }), enrollThroughProvisioning('nr-1')]);
+  const [svcCred, pubCred] = await Promise.all([
+    enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'nr-svc', type: 'service' }),
+    enrollThroughProvisioning('nr-1'),
+  ]);
   const svc = await direct(nodes[0]!, svcCred!);
   const pub = await direct(nodes[1]!, pubCred!);
   const metrics = async (n: GatewayProcess) => (await https(`${n.endpoints.admin}/metrics`, { ca })).body;
   const got: string[] = [];
   svc.on('message', (_t, payload) => got.push(payload.toString()));
   /** Publishes until one arrives on the other node (a subscription crosses NATS asynchronously). */
-  const crossed = async (tag: string) => withTimeout((async () => {
-    for (let i = 0; ; i++) {
-      await pub.publishAsync(`devices/nr-1/telemetry/t`, `${tag}-${i}`, { qos: 1 });
-      await new Promise((r) => setTimeout(r, 100));
-      if (got.some((g) => g.startsWith(`${tag}-`))) return;
-    }
-  })(), 30_000, `a message across nodes (${tag})`);
+  const crossed = async (tag: string) =>
+    withTimeout(
+      (async () => {
+        for (let i = 0; ; i++) {
+          await pub.publishAsync(`devices/nr-1/telemetry/t`, `${tag}-${i}`, { qos: 1 });
+          await new Promise((r) => setTimeout(r, 100));
+          if (got.some((g) => g.startsWith(`${tag}-`))) return;
+        }
+      })(),
+      30_000,
+      `a message across nodes (${tag})`,
+    );
   try {
     await svc.subscribeAsync('devices/nr-1/telemetry/#', { qos: 1 });
     await crossed('before');
@@ -331,7 +461,9 @@ test('cluster/NATS restarted mid-run: the gap is in every node\'s metrics, and f
       await until('link_up 0', async () => /fleetgate_cluster_link_up 0/.test(await metrics(n)), 30_000, 100);
     }
     for (let i = 0; i < 5; i++) await pub.publishAsync('devices/nr-1/telemetry/t', `gap-${i}`, { qos: 1 }); // acknowledged by n2, not delivered across
-    const lost = Number(/fleetgate_cluster_messages_total\{direction="lost"\} (\d+)/.exec(await metrics(nodes[1]!))?.[1] ?? 0);
+    const lost = Number(
+      /fleetgate_cluster_messages_total\{direction="lost"\} (\d+)/.exec(await metrics(nodes[1]!))?.[1] ?? 0,
+    );
     assert.ok(lost >= 5, `n2 counts what it could not send across: ${lost}`);
     await nats.start();
     await crossed('after'); // the nodes reconnected and subscribed again by themselves
@@ -342,26 +474,39 @@ test('cluster/NATS restarted mid-run: the gap is in every node\'s metrics, and f
   }
 });
 
-test('cluster/a node\'s LISTEN connection killed: revocations still reach it, and it listens again by itself', { skip }, async () => {
+test("cluster/a node's LISTEN connection killed: revocations still reach it, and it listens again by itself", {
+  skip,
+}, async () => {
   const admin = new pg.Client({ connectionString: registryUrl });
   await admin.connect();
-  const listeners = async () => Number((await admin.query(`SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'fleetgate-feed' AND query ILIKE 'LISTEN%'`)).rows[0].n);
+  const listeners = async () =>
+    Number(
+      (
+        await admin.query(
+          `SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'fleetgate-feed' AND query ILIKE 'LISTEN%'`,
+        )
+      ).rows[0].n,
+    );
   try {
-    await until('every living node listening', async () => await listeners() >= living().length, 30_000, 100);
-    await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleetgate-feed'`);
+    await until('every living node listening', async () => (await listeners()) >= living().length, 30_000, 100);
+    await admin.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleetgate-feed'`,
+    );
     // Revoked while nobody listens: the nodes poll the feed until they listen again.
     const cred = await enrollThroughProvisioning('ls-1');
     const client = await viaProxy(cred);
     const cut = closed(client, 30_000);
     fleet.registry.revokeDevice(cred.deviceId, 1, 'test');
     await cut;
-    await until('every living node listening again', async () => await listeners() >= living().length, 30_000, 100);
+    await until('every living node listening again', async () => (await listeners()) >= living().length, 30_000, 100);
   } finally {
     await admin.end();
   }
 });
 
-test('cluster/two provisioning instances on one PostgreSQL: the same token sent to both at once issues one certificate', { skip }, async () => {
+test('cluster/two provisioning instances on one PostgreSQL: the same token sent to both at once issues one certificate', {
+  skip,
+}, async () => {
   const second = await spawnService('provision', fleet.config.dataDir, { FLEETGATE_REGISTRY: registryUrl });
   try {
     const keys = await newKeys();
@@ -370,12 +515,17 @@ test('cluster/two provisioning instances on one PostgreSQL: the same token sent 
       const id = `twice-${i}`;
       const token = fleet.registry.addDevice({ id, type: 'sensor' }, 'test', { tokenTtlMs: 600_000 }).token!.token;
       const body = JSON.stringify({ token, csr: await csrPem(keys, id) });
-      const answers = await Promise.all([provisioning, second].map((p) => https(`${p.endpoints.provision}/v1/enroll`, { ca, body })));
+      const answers = await Promise.all(
+        [provisioning, second].map((p) => https(`${p.endpoints.provision}/v1/enroll`, { ca, body })),
+      );
       outcomes.push(answers.map((a) => a.status).sort());
       for (const a of answers) if (a.status !== 201) assert.equal(errorCodeOf(a), 'TOKEN_USED', a.body);
       assert.equal(fleet.registry.listCertificates({ deviceId: id }).length, 1, `${id}: one certificate recorded`);
     }
-    assert.ok(outcomes.every((o) => o.filter((s) => s === 201).length === 1), `one 201 per token: ${JSON.stringify(outcomes)}`);
+    assert.ok(
+      outcomes.every((o) => o.filter((s) => s === 201).length === 1),
+      `one 201 per token: ${JSON.stringify(outcomes)}`,
+    );
   } finally {
     await second.stop();
   }

@@ -22,9 +22,14 @@ test('durability/SIGKILL mid-batch loses no printed certificate and leaves a cle
   setup.close();
   const { csrPem } = await opensslCsr(fleet.dir, 'batch');
   const input = join(fleet.dir, 'batch.jsonl');
-  writeFileSync(input, Array.from({ length: DEVICES }, (_, i) => JSON.stringify({ device: `batch-${i}`, csr: csrPem })).join('\n'));
+  writeFileSync(
+    input,
+    Array.from({ length: DEVICES }, (_, i) => JSON.stringify({ device: `batch-${i}`, csr: csrPem })).join('\n'),
+  );
 
-  const child = spawn(process.execPath, [FLEETGATE, 'cert', 'batch', '--in', input, '--data', fleet.data], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [FLEETGATE, 'cert', 'batch', '--in', input, '--data', fleet.data], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const printed: { device: string; serial: string; fingerprint: string; certificate: string }[] = [];
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on('exit', (_code, signal) => resolve(signal)));
   for await (const line of createInterface({ input: child.stdout })) {
@@ -34,7 +39,10 @@ test('durability/SIGKILL mid-batch loses no printed certificate and leaves a cle
     if (printed.length === KILL_AFTER) child.kill('SIGKILL');
   }
   assert.equal(await exited, 'SIGKILL', 'the batch was killed, not finished');
-  assert.ok(printed.length >= KILL_AFTER && printed.length < DEVICES, `killed mid-batch after ${printed.length} certificates`);
+  assert.ok(
+    printed.length >= KILL_AFTER && printed.length < DEVICES,
+    `killed mid-batch after ${printed.length} certificates`,
+  );
 
   // The database opens cleanly (WAL recovery) and is consistent.
   const registry = new RegistryWriter(fleet.registry);
@@ -51,7 +59,12 @@ test('durability/SIGKILL mid-batch loses no printed certificate and leaves a cle
   }
   // Nothing half-written: every recorded certificate has its audit row and an active device.
   const certs = registry.listCertificates();
-  const audited = new Set(registry.listAudit().filter((a) => a.action === 'cert.issue').map((a) => a.detail.serial));
+  const audited = new Set(
+    registry
+      .listAudit()
+      .filter((a) => a.action === 'cert.issue')
+      .map((a) => a.detail.serial),
+  );
   assert.ok(certs.length >= printed.length);
   for (const c of certs) {
     assert.ok(audited.has(c.serial), `certificate ${c.serial} has its audit row`);

@@ -23,15 +23,19 @@ const scope = fileScope(after);
 
 before(async () => {
   origin = await startOrigin(scope);
-  fleet = await startTestFleet(scope, {}, {
-    https: {
-      routes: [
-        { prefix: '/api', origin: origin.url, audience: 'urn:test:api', timeout: '2s', bodyLimit: 64 * 1024 * 1024 },
-        { prefix: '/camera-only', origin: origin.url, audience: 'urn:test:cams', allow: { types: ['camera'] } },
-        { prefix: '/down', origin: 'http://127.0.0.1:1', audience: 'urn:test:down' },
-      ],
+  fleet = await startTestFleet(
+    scope,
+    {},
+    {
+      https: {
+        routes: [
+          { prefix: '/api', origin: origin.url, audience: 'urn:test:api', timeout: '2s', bodyLimit: 64 * 1024 * 1024 },
+          { prefix: '/camera-only', origin: origin.url, audience: 'urn:test:cams', allow: { types: ['camera'] } },
+          { prefix: '/down', origin: 'http://127.0.0.1:1', audience: 'urn:test:down' },
+        ],
+      },
     },
-  });
+  );
   ca = readFileSync(fleet.rootFile);
   c.sensor = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'sensor-1' });
   c.camera = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'cam-1', type: 'camera', fleet: 'north' });
@@ -51,14 +55,30 @@ async function jwks() {
 
 test('curl/whoami with a certificate; none → handshake fails; revoked → 403 CERT_REVOKED', async () => {
   const base = ['-sS', '--max-time', '10', '--cacert', fleet.rootFile];
-  const who = await run('curl', [...base, '--cert', c.sensor!.certFile, '--key', c.sensor!.keyFile, `${fleet.httpsUrl}/v1/whoami`]);
+  const who = await run('curl', [
+    ...base,
+    '--cert',
+    c.sensor!.certFile,
+    '--key',
+    c.sensor!.keyFile,
+    `${fleet.httpsUrl}/v1/whoami`,
+  ]);
   assert.equal(who.code, 0, who.stderr);
   const body = JSON.parse(who.stdout) as Record<string, string>;
   assert.deepEqual([body.deviceId, body.type, body.serial], ['sensor-1', 'sensor', c.sensor!.serial]);
   assert.doesNotMatch(who.stdout, /eyJ/, 'never a token');
   const none = await run('curl', [...base, `${fleet.httpsUrl}/v1/whoami`]);
   assert.notEqual(none.code, 0, 'no certificate, no TLS session');
-  const revoked = await run('curl', [...base, '--cert', c.revoked!.certFile, '--key', c.revoked!.keyFile, '-w', '\n%{http_code}', `${fleet.httpsUrl}/v1/whoami`]);
+  const revoked = await run('curl', [
+    ...base,
+    '--cert',
+    c.revoked!.certFile,
+    '--key',
+    c.revoked!.keyFile,
+    '-w',
+    '\n%{http_code}',
+    `${fleet.httpsUrl}/v1/whoami`,
+  ]);
   const [json, status] = revoked.stdout.split('\n');
   assert.equal(status, '403');
   assert.equal((JSON.parse(json!) as { error: { code: string } }).error.code, 'CERT_REVOKED');
@@ -70,14 +90,21 @@ test('assertion/the origin verifies it against the JWKS: sub, aud, cnf.x5t#S256,
   const seen = lastSeen();
   assert.equal(seen.url, '/api/things?x=1');
   const token = String(seen.headers['fleetgate-assertion']);
-  const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet(await jwks() as never), { issuer: 'fleetgate', audience: 'urn:test:api', algorithms: ['ES256'] });
+  const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet((await jwks()) as never), {
+    issuer: 'fleetgate',
+    audience: 'urn:test:api',
+    algorithms: ['ES256'],
+  });
   assert.equal(payload.sub, 'cam-1');
   assert.equal(payload.aud, 'urn:test:api');
   assert.equal(payload.device_type, 'camera');
   assert.equal(payload.fleet, 'north');
   assert.equal(payload.serial, c.camera!.serial);
   const der = new X509Certificate(c.camera!.certPem).raw;
-  assert.equal((payload.cnf as Record<string, string>)['x5t#S256'], createHash('sha256').update(der).digest('base64url'));
+  assert.equal(
+    (payload.cnf as Record<string, string>)['x5t#S256'],
+    createHash('sha256').update(der).digest('base64url'),
+  );
   assert.ok(payload.exp! - payload.iat! <= 2, `exp − iat = ${payload.exp! - payload.iat!} s ≤ the 2 s route timeout`);
   assert.ok(typeof payload.jti === 'string' && payload.jti.length >= 16);
   assert.ok(protectedHeader.kid);
@@ -86,7 +113,14 @@ test('assertion/the origin verifies it against the JWKS: sub, aud, cnf.x5t#S256,
 });
 
 test('never returned/the raw response carries no trace of the assertion, whatever the origin echoes', async () => {
-  const socket = tlsConnect({ host: '127.0.0.1', port: fleet.gateway.ports.https, ca, cert: c.sensor!.certPem, key: c.sensor!.keyPem, servername: 'localhost' });
+  const socket = tlsConnect({
+    host: '127.0.0.1',
+    port: fleet.gateway.ports.https,
+    ca,
+    cert: c.sensor!.certPem,
+    key: c.sensor!.keyPem,
+    servername: 'localhost',
+  });
   await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));
   const chunks: Buffer[] = [];
   socket.on('data', (b: Buffer) => chunks.push(b));
@@ -96,25 +130,42 @@ test('never returned/the raw response carries no trace of the assertion, whateve
   const raw = Buffer.concat(chunks);
   const token = String(lastSeen().headers['fleetgate-assertion']);
   assert.ok(token.split('.').length === 3 && token.length > 100, 'the origin did receive an assertion');
-  assert.ok(raw.includes('origin-session=abc123'), 'the origin\'s own cookie passes');
+  assert.ok(raw.includes('origin-session=abc123'), "the origin's own cookie passes");
   assert.ok(raw.includes('HTTP/1.1 200'));
-  for (const part of [token, ...token.split('.')]) assert.equal(raw.indexOf(part), -1, 'no part of the token, anywhere in the raw response');
+  for (const part of [token, ...token.split('.')])
+    assert.equal(raw.indexOf(part), -1, 'no part of the token, anywhere in the raw response');
   assert.doesNotMatch(raw.toString('latin1'), /fleetgate-assertion/i);
 });
 
-test('spoofing/a device\'s own assertion and client-cert headers never reach the origin', async () => {
+test("spoofing/a device's own assertion and client-cert headers never reach the origin", async () => {
   const forged = 'eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.';
   const r = await https(`${fleet.httpsUrl}/api/spoof`, {
-    ca, cred: c.sensor, headers: {
-      'Fleetgate-Assertion': forged, 'X-Forwarded-Client-Cert': 'By=x;Hash=y;Subject="CN=admin"', 'Client-Cert': ':MIIB:', 'Client-Cert-Chain': ':MIIC:',
-      'X-Client-Cert': 'admin', 'X-Client-Cert-Dn': 'CN=admin', 'X-Forwarded-For': '10.9.9.9', Forwarded: 'for=10.9.9.9',
+    ca,
+    cred: c.sensor,
+    headers: {
+      'Fleetgate-Assertion': forged,
+      'X-Forwarded-Client-Cert': 'By=x;Hash=y;Subject="CN=admin"',
+      'Client-Cert': ':MIIB:',
+      'Client-Cert-Chain': ':MIIC:',
+      'X-Client-Cert': 'admin',
+      'X-Client-Cert-Dn': 'CN=admin',
+      'X-Forwarded-For': '10.9.9.9',
+      Forwarded: 'for=10.9.9.9',
     },
   });
   assert.equal(r.status, 200);
   const h = lastSeen().headers;
   assert.notEqual(h['fleetgate-assertion'], forged);
   assert.match(String(h['fleetgate-assertion']), /^eyJ[^.]+\.eyJ[^.]+\.[A-Za-z0-9_-]+$/);
-  for (const name of ['x-forwarded-client-cert', 'client-cert', 'client-cert-chain', 'x-client-cert', 'x-client-cert-dn', 'forwarded']) assert.equal(h[name], undefined, name);
+  for (const name of [
+    'x-forwarded-client-cert',
+    'client-cert',
+    'client-cert-chain',
+    'x-client-cert',
+    'x-client-cert-dn',
+    'forwarded',
+  ])
+    assert.equal(h[name], undefined, name);
   assert.equal(h['x-forwarded-for'], '127.0.0.1');
 });
 
@@ -122,17 +173,25 @@ test('keep-alive/a revocation cuts the live connection (within the feed interval
   const agent = new Agent({ keepAlive: true, maxSockets: 1, ca, cert: c.doomed!.certPem, key: c.doomed!.keyPem });
   const handshakes = () => fleet.gateway.metrics.httpsHandshakes.get().then((m) => m.values[0]?.value ?? 0);
   let socket: import('node:net').Socket | undefined;
-  const get = () => new Promise<{ status: number; body: string }>((resolve, reject) => {
-    request(`${fleet.httpsUrl}/v1/whoami`, { agent, servername: 'localhost' }, (res) => {
-      socket = res.socket;
-      let body = '';
-      res.on('data', (b: Buffer) => { body += b.toString(); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    }).on('error', reject).end();
-  });
+  const get = () =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      request(`${fleet.httpsUrl}/v1/whoami`, { agent, servername: 'localhost' }, (res) => {
+        socket = res.socket;
+        let body = '';
+        res.on('data', (b: Buffer) => {
+          body += b.toString();
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      })
+        .on('error', reject)
+        .end();
+    });
   const before = await handshakes();
   assert.equal((await get()).status, 200);
-  assert.ok(fleet.gateway.sessions.ofDevice('doomed-1').some((s) => s.transport === 'https'), 'the connection is a live session');
+  assert.ok(
+    fleet.gateway.sessions.ofDevice('doomed-1').some((s) => s.transport === 'https'),
+    'the connection is a live session',
+  );
   const cut = new Promise<void>((resolve) => socket!.once('close', () => resolve()));
   fleet.registry.revokeDevice('doomed-1', 1, 'test');
   await withTimeout(cut, 15_000, 'the keep-alive connection to be cut'); // bound for a busy machine; latency is benchmarked
@@ -148,14 +207,22 @@ test('keep-alive/a revocation cuts the live connection (within the feed interval
 test('perRequestHandshake/every request is a new full handshake (counted on the server)', async (t) => {
   const strict = await startTestFleet(t, { FLEETGATE_PER_REQUEST_HANDSHAKE: 'true' });
   const dev = await enrollDevice(strict.registry, strict.ca, strict.dir, { id: 'strict-1' });
-  const agent = new Agent({ keepAlive: true, maxSockets: 1, ca: readFileSync(strict.rootFile), cert: dev.certPem, key: dev.keyPem });
+  const agent = new Agent({
+    keepAlive: true,
+    maxSockets: 1,
+    ca: readFileSync(strict.rootFile),
+    cert: dev.certPem,
+    key: dev.keyPem,
+  });
   t.after(() => agent.destroy());
   for (let i = 0; i < 3; i++) {
     const r = await new Promise<{ status: number; connection?: string }>((resolve, reject) => {
       request(`${strict.httpsUrl}/v1/whoami`, { agent, servername: 'localhost' }, (res) => {
         res.resume();
         res.on('end', () => resolve({ status: res.statusCode ?? 0, connection: res.headers.connection }));
-      }).on('error', reject).end();
+      })
+        .on('error', reject)
+        .end();
     });
     assert.deepEqual(r, { status: 200, connection: 'close' });
   }
@@ -184,7 +251,9 @@ test('rotation/after fleetgate jwt rotate, assertions carry the new kid; the JWK
   const oldKid = await kidOf();
   // The overlap is the subject here: long enough that the checks below run inside it on a busy
   // machine, and the removal is checked against the retireAt the CLI reports.
-  const out = JSON.parse(await fleetgateOk(['jwt', 'rotate', '--overlap', '20s', '--json', '--data', fleet.config.dataDir])) as { active: string; retired: string; retireAt: string };
+  const out = JSON.parse(
+    await fleetgateOk(['jwt', 'rotate', '--overlap', '20s', '--json', '--data', fleet.config.dataDir]),
+  ) as { active: string; retired: string; retireAt: string };
   const retireAt = Date.parse(out.retireAt);
   assert.equal(out.retired, oldKid);
   let newKid = oldKid;
@@ -194,7 +263,9 @@ test('rotation/after fleetgate jwt rotate, assertions carry the new kid; the JWK
   }
   assert.equal(newKid, out.active, 'the running gateway picked up the new key');
   const during = (await jwks()).keys.map((k) => k.kid).sort();
-  const printed = JSON.parse(await fleetgateOk(['jwks', '--data', fleet.config.dataDir])) as { keys: { kid: string }[] };
+  const printed = JSON.parse(await fleetgateOk(['jwks', '--data', fleet.config.dataDir])) as {
+    keys: { kid: string }[];
+  };
   assert.ok(Date.now() < retireAt, 'the checks above ran inside the overlap');
   assert.deepEqual(during, [oldKid, newKid].sort());
   assert.deepEqual(printed.keys.map((k) => k.kid).sort(), [oldKid, newKid].sort());

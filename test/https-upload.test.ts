@@ -30,9 +30,23 @@ before(async () => {
   const dir = tempDir(scope);
   const dataDir = join(dir, 'data');
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dataDir, 'fleetgate.json'), JSON.stringify({
-    https: { routes: [{ prefix: '/upload', origin: origin.url, audience: 'urn:test:uploads', allow: { types: ['camera'] }, timeout: '60s', bodyLimit: 64 * MB }] },
-  }));
+  writeFileSync(
+    join(dataDir, 'fleetgate.json'),
+    JSON.stringify({
+      https: {
+        routes: [
+          {
+            prefix: '/upload',
+            origin: origin.url,
+            audience: 'urn:test:uploads',
+            allow: { types: ['camera'] },
+            timeout: '60s',
+            bodyLimit: 64 * MB,
+          },
+        ],
+      },
+    }),
+  );
   await initDataDir(loadConfig({ dataDir, env: {} }));
   const paths = dataPaths(dataDir);
   rootFile = paths.rootCert;
@@ -58,28 +72,44 @@ function generated(bytes: number): Readable {
   });
 }
 
-function upload(bytes: number, headers: Record<string, string | number> = {}, sendBody = true): Promise<{ status: number; body: string }> {
+function upload(
+  bytes: number,
+  headers: Record<string, string | number> = {},
+  sendBody = true,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request(`${httpsUrl}/upload/frame.jpg`, {
-      method: 'POST', ca: readFileSync(rootFile), cert: cam.certPem, key: cam.keyPem, servername: 'localhost', agent: false,
-      headers: { 'content-type': 'image/jpeg', ...headers },
-    }, (res) => {
-      let body = '';
-      res.on('data', (b: Buffer) => { body += b.toString(); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = request(
+      `${httpsUrl}/upload/frame.jpg`,
+      {
+        method: 'POST',
+        ca: readFileSync(rootFile),
+        cert: cam.certPem,
+        key: cam.keyPem,
+        servername: 'localhost',
+        agent: false,
+        headers: { 'content-type': 'image/jpeg', ...headers },
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (b: Buffer) => {
+          body += b.toString();
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     if (sendBody) generated(bytes).pipe(req);
     else req.flushHeaders(); // only the declared length: the gateway must refuse before reading
-
   });
 }
 
-test('upload/50 MB streams through; the gateway\'s RSS grows by less than 30 MB', async () => {
+test("upload/50 MB streams through; the gateway's RSS grows by less than 30 MB", async () => {
   await upload(1 * MB); // warm up the gateway's code paths and buffers
   const baseline = gateway.rssBytes();
   let peak = baseline;
-  const sampler = setInterval(() => { peak = Math.max(peak, gateway.rssBytes()); }, 10);
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, gateway.rssBytes());
+  }, 10);
   const SIZE = Number(process.env.UPSIZE ?? 50) * MB;
   const r = await upload(SIZE, { 'content-length': SIZE });
   clearInterval(sampler);

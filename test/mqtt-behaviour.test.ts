@@ -15,13 +15,15 @@ before(async () => {
   const { registry, ca, dir } = fleet;
   creds.svc = await enrollDevice(registry, ca, dir, { id: 'svc-1', type: 'service' });
   creds.gw = await enrollDevice(registry, ca, dir, { id: 'gw-1', type: 'gateway' });
-  for (const id of ['s-1', 's-2', 'cam-1']) creds[id] = await enrollDevice(registry, ca, dir, { id, type: id.startsWith('cam') ? 'camera' : 'sensor' });
+  for (const id of ['s-1', 's-2', 'cam-1'])
+    creds[id] = await enrollDevice(registry, ca, dir, { id, type: id.startsWith('cam') ? 'camera' : 'sensor' });
   registry.addDevice({ id: 'child-1', type: 'sensor', parent: 'gw-1' }, 'test');
 });
 
 for (const transport of ['mqtts', 'wss'] as const) {
   const url = () => (transport === 'mqtts' ? fleet.mqttsUrl : fleet.wssUrl);
-  const as = (who: string, extra: { clientId?: string } = {}) => connect(url(), creds[who], { ca: fleet.rootFile, ...extra });
+  const as = (who: string, extra: { clientId?: string } = {}) =>
+    connect(url(), creds[who], { ca: fleet.rootFile, ...extra });
 
   describe(`mqtt over ${transport}`, () => {
     test('ok/a device publishes telemetry a service receives (QoS 0 and 1)', async () => {
@@ -46,13 +48,15 @@ for (const transport of ['mqtts', 'wss'] as const) {
       try {
         await s1.subscribeAsync('devices/s-1/commands/#', { qos: 1 });
         let leaked = false;
-        s2.on('message', () => { leaked = true; });
+        s2.on('message', () => {
+          leaked = true;
+        });
         await s2.subscribeAsync('devices/s-2/commands/#', { qos: 1 });
         const got = nextMessage(s1, 'devices/s-1/commands/reboot');
         await svc.publishAsync('devices/s-1/commands/reboot', 'now', { qos: 1 });
         assert.equal(await got, 'now');
         await new Promise((r) => setTimeout(r, 100));
-        assert.equal(leaked, false, 'no device receives another device\'s commands');
+        assert.equal(leaked, false, "no device receives another device's commands");
       } finally {
         await end(svc, s1, s2);
       }
@@ -79,7 +83,10 @@ for (const transport of ['mqtts', 'wss'] as const) {
       try {
         for (const filter of ['#', 'devices/s-2/#', 'devices/+/telemetry', '$SYS/#']) {
           // mqtt.js rejects a SUBACK with 0x80; the packet it carries is the proof.
-          const err = await dev.subscribeAsync(filter, { qos: 1 }).then(() => undefined, (e: { packet?: { granted?: number[] } }) => e);
+          const err = await dev.subscribeAsync(filter, { qos: 1 }).then(
+            () => undefined,
+            (e: { packet?: { granted?: number[] } }) => e,
+          );
           assert.deepEqual(err?.packet?.granted, [128], `${filter} refused with SUBACK 0x80`);
         }
         const own = await dev.subscribeAsync('devices/s-1/#', { qos: 1 });
@@ -90,7 +97,11 @@ for (const transport of ['mqtts', 'wss'] as const) {
       }
     });
 
-    for (const [name, topic] of [['another device\'s topic', 'devices/s-2/telemetry'], ['$SYS', '$SYS/broker/clients'], ['outside devices/', 'factory/line-1']] as const) {
+    for (const [name, topic] of [
+      ["another device's topic", 'devices/s-2/telemetry'],
+      ['$SYS', '$SYS/broker/clients'],
+      ['outside devices/', 'factory/line-1'],
+    ] as const) {
       test(`error/publishing to ${name} closes the connection`, async () => {
         const dev = await as('s-1');
         const witness = await as('s-2');
@@ -112,7 +123,10 @@ for (const transport of ['mqtts', 'wss'] as const) {
     });
 
     test('error/without a client certificate the handshake fails', async () => {
-      await assert.rejects(connect(url(), undefined, { ca: fleet.rootFile, clientId: 's-1' }), (e: Error & { code?: unknown }) => typeof e.code !== 'number');
+      await assert.rejects(
+        connect(url(), undefined, { ca: fleet.rootFile, clientId: 's-1' }),
+        (e: Error & { code?: unknown }) => typeof e.code !== 'number',
+      );
     });
 
     test('ok/a new session for the same device takes over the old one', async () => {

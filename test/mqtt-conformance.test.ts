@@ -18,7 +18,8 @@ let witness: MqttClient;
 
 before(async () => {
   fleet = await startTestFleet(scope);
-  for (const id of ['dev-1', 'dev-2', 'dev-3', 'dev-4', 'dev-5']) c[id] = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id });
+  for (const id of ['dev-1', 'dev-2', 'dev-3', 'dev-4', 'dev-5'])
+    c[id] = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id });
   c.svc = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-1', type: 'service' });
   c.svc2 = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-2', type: 'service' });
   c.witness = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'witness-1' });
@@ -39,7 +40,10 @@ const beforeConnect: [string, Buffer][] = [
   ['MQTT-1.5.3-1 client id not well-formed UTF-8', connectRaw(0x02, [str(Buffer.from([0x64, 0xff, 0x31]))])],
   ['MQTT-1.5.3-2 client id with U+0000', connectRaw(0x02, [str('dev\u00001')])],
   ['MQTT-3.1.2-1 protocol name not MQTT', connectRaw(0x02, [str('dev-1')], 'MQTX')],
-  ['MQTT-2.2.2-1 CONNECT with fixed-header flags', Buffer.concat([Buffer.from([0x11]), connectBytes('dev-1').subarray(1)])],
+  [
+    'MQTT-2.2.2-1 CONNECT with fixed-header flags',
+    Buffer.concat([Buffer.from([0x11]), connectBytes('dev-1').subarray(1)]),
+  ],
   ['MQTT-3.1.0-1 first packet is not CONNECT', Buffer.from([0xc0, 0x00])],
   ['MQTT-2.2.3 remaining length of five bytes', Buffer.from([0x10, 0xff, 0xff, 0xff, 0xff, 0x7f])],
   ['MQTT-2.2.1 a client sends CONNACK', Buffer.from([0x20, 0x02, 0x00, 0x00])],
@@ -50,13 +54,22 @@ const afterConnect: [string, Buffer][] = [
   ['MQTT-3.3.1-4 PUBLISH with QoS 3', frame(0x36, Buffer.concat([str(T), Buffer.from([0, 1])]))],
   ['MQTT-3.3.1-2 DUP set on QoS 0', frame(0x38, str(T))],
   ['MQTT-2.3.1-1 QoS 1 PUBLISH with packet id 0', frame(0x32, Buffer.concat([str(T), Buffer.from([0, 0])]))],
-  ['MQTT-1.5.3-1 topic name not well-formed UTF-8', frame(0x30, str(Buffer.concat([Buffer.from('devices/dev-1/'), Buffer.from([0xc3, 0x28])])))],
+  [
+    'MQTT-1.5.3-1 topic name not well-formed UTF-8',
+    frame(0x30, str(Buffer.concat([Buffer.from('devices/dev-1/'), Buffer.from([0xc3, 0x28])]))),
+  ],
   ['MQTT-1.5.3-2 topic name with U+0000', frame(0x30, str('devices/dev-1/\u0000'))],
   ['MQTT-3.3.2-2 wildcard in a topic name', frame(0x30, str('devices/dev-1/+'))],
   ['MQTT-3.8.1-1 SUBSCRIBE with flags 0', frame(0x80, Buffer.concat([Buffer.from([0, 1]), str(T), Buffer.from([0])]))],
-  ['MQTT-2.3.1-1 SUBSCRIBE with packet id 0', frame(0x82, Buffer.concat([Buffer.from([0, 0]), str(T), Buffer.from([0])]))],
+  [
+    'MQTT-2.3.1-1 SUBSCRIBE with packet id 0',
+    frame(0x82, Buffer.concat([Buffer.from([0, 0]), str(T), Buffer.from([0])])),
+  ],
   ['MQTT-3.8.3-3 SUBSCRIBE without a filter', frame(0x82, [0, 1])],
-  ['MQTT-4.7.1-2 filter with # not last', frame(0x82, Buffer.concat([Buffer.from([0, 1]), str('devices/dev-1/#/b'), Buffer.from([0])]))],
+  [
+    'MQTT-4.7.1-2 filter with # not last',
+    frame(0x82, Buffer.concat([Buffer.from([0, 1]), str('devices/dev-1/#/b'), Buffer.from([0])])),
+  ],
   ['MQTT-3-8.3-4 requested QoS 3', frame(0x82, Buffer.concat([Buffer.from([0, 1]), str(T), Buffer.from([3])]))],
   ['MQTT-3.6.1-1 PUBREL with flags 0', frame(0x60, [0, 1])],
   ['MQTT-3.10.1-1 UNSUBSCRIBE with flags 0', frame(0xa0, Buffer.concat([Buffer.from([0, 1]), str(T)]))],
@@ -74,7 +87,11 @@ for (const transport of ['mqtts', 'wss'] as const) {
         const raw = await rawClient(url(), c['dev-1']!, fleet.ca.rootPem);
         raw.send(packet);
         assert.equal(await raw.closed(), true, 'closed by the server');
-        const line = await fleet.log.find((l) => fleet.log.lines.indexOf(l) >= before && (l.code === 'BAD_REQUEST' || l.code === 'PROTOCOL_UNSUPPORTED' || l.code === 'PAYLOAD_TOO_LARGE'));
+        const line = await fleet.log.find(
+          (l) =>
+            fleet.log.lines.indexOf(l) >= before &&
+            (l.code === 'BAD_REQUEST' || l.code === 'PROTOCOL_UNSUPPORTED' || l.code === 'PAYLOAD_TOO_LARGE'),
+        );
         assert.ok(line.code !== undefined);
         assert.ok(witness.connected, 'the witness is untouched');
       });
@@ -83,11 +100,15 @@ for (const transport of ['mqtts', 'wss'] as const) {
       test(`${name}: that connection is closed, logged`, async () => {
         const raw = await rawClient(url(), c['dev-2']!, fleet.ca.rootPem);
         raw.send(connectBytes('dev-2'));
-        assert.equal((await raw.next('connack') as { returnCode: number }).returnCode, 0);
+        assert.equal(((await raw.next('connack')) as { returnCode: number }).returnCode, 0);
         const before = fleet.log.lines.length;
-        raw.send(name.includes('T)') ? packet : Buffer.from(packet.toString('latin1').replaceAll('dev-1', 'dev-2'), 'latin1'));
+        raw.send(
+          name.includes('T)') ? packet : Buffer.from(packet.toString('latin1').replaceAll('dev-1', 'dev-2'), 'latin1'),
+        );
         assert.equal(await raw.closed(), true, 'closed by the server');
-        const line = await fleet.log.find((l) => fleet.log.lines.indexOf(l) >= before && l.code === 'BAD_REQUEST' && l.decision === 'closed');
+        const line = await fleet.log.find(
+          (l) => fleet.log.lines.indexOf(l) >= before && l.code === 'BAD_REQUEST' && l.decision === 'closed',
+        );
         assert.match(String(line.rule), /^MQTT-/);
         assert.ok(witness.connected, 'the witness is untouched');
       });
@@ -98,12 +119,12 @@ for (const transport of ['mqtts', 'wss'] as const) {
 test('MQTT-3.2.2-4/5 a refused CONNECT gets a CONNACK with session present 0, then the connection is closed', async () => {
   const raw = await rawClient(fleet.mqttsUrl, c['dev-1']!, fleet.ca.rootPem);
   raw.send(connectBytes('someone-else'));
-  const ack = await raw.next('connack') as { returnCode: number; sessionPresent: boolean };
+  const ack = (await raw.next('connack')) as { returnCode: number; sessionPresent: boolean };
   assert.deepEqual([ack.returnCode, ack.sessionPresent], [2, false]);
   assert.equal(await raw.closed(), true);
 });
 
-test('MQTT-3.8.4-6 QoS is downgraded to the subscription\'s, wildcards included; MQTT-3.3.5-1 overlapping subscriptions deliver once at the maximum QoS', async () => {
+test("MQTT-3.8.4-6 QoS is downgraded to the subscription's, wildcards included; MQTT-3.3.5-1 overlapping subscriptions deliver once at the maximum QoS", async () => {
   const svc = await connect(fleet.mqttsUrl, c.svc, { ca: fleet.rootFile });
   const dev = await connect(fleet.wssUrl, c['dev-3'], { ca: fleet.rootFile });
   try {
@@ -116,7 +137,10 @@ test('MQTT-3.8.4-6 QoS is downgraded to the subscription\'s, wildcards included;
     await dev.publishAsync('devices/dev-3/over', 'q1', { qos: 1 });
     for (let i = 0; i < 100 && got.length < 2; i++) await new Promise((r) => setTimeout(r, 50));
     await new Promise((r) => setTimeout(r, 200)); // room for a wrong second copy to arrive
-    assert.deepEqual(got, [{ topic: 'devices/dev-3/down', qos: 1 }, { topic: 'devices/dev-3/over', qos: 1 }]);
+    assert.deepEqual(got, [
+      { topic: 'devices/dev-3/down', qos: 1 },
+      { topic: 'devices/dev-3/over', qos: 1 },
+    ]);
   } finally {
     await end(svc, dev);
   }
@@ -127,18 +151,24 @@ test('MQTT-3.3.1-5/6/8/9/10 retained: stored, sent to new subscribers with RETAI
   const live = await connect(fleet.mqttsUrl, c.svc2, { ca: fleet.rootFile });
   try {
     await live.subscribeAsync('devices/dev-4/state', { qos: 1 });
-    const liveCopy = new Promise<boolean>((resolve) => live.once('message', (_t, _p, packet) => resolve(packet.retain)));
+    const liveCopy = new Promise<boolean>((resolve) =>
+      live.once('message', (_t, _p, packet) => resolve(packet.retain)),
+    );
     await dev.publishAsync('devices/dev-4/state', 'on', { qos: 1, retain: true });
     assert.equal(await liveCopy, false, 'a live subscriber gets it without RETAIN [MQTT-3.3.1-9]');
     const late = await connect(fleet.wssUrl, c.svc, { ca: fleet.rootFile });
-    const retained = new Promise<[string, boolean]>((resolve) => late.once('message', (_t, p, packet) => resolve([p.toString(), packet.retain])));
+    const retained = new Promise<[string, boolean]>((resolve) =>
+      late.once('message', (_t, p, packet) => resolve([p.toString(), packet.retain])),
+    );
     await late.subscribeAsync('devices/+/state', { qos: 1 });
     assert.deepEqual(await retained, ['on', true], 'a new subscriber gets it with RETAIN [MQTT-3.3.1-8]');
     await end(late);
     await dev.publishAsync('devices/dev-4/state', '', { qos: 1, retain: true });
     const after = await connect(fleet.mqttsUrl, c.svc, { ca: fleet.rootFile });
     let any = false;
-    after.on('message', () => { any = true; });
+    after.on('message', () => {
+      any = true;
+    });
     await after.subscribeAsync('devices/+/state', { qos: 1 });
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(any, false, 'an empty retained payload clears it [MQTT-3.3.1-10]');
@@ -148,29 +178,61 @@ test('MQTT-3.3.1-5/6/8/9/10 retained: stored, sent to new subscribers with RETAI
   }
 });
 
-test('MQTT-3.1.2-8/10 will: published when the connection drops, not after DISCONNECT; a will outside the device\'s topics is refused', async () => {
+test("MQTT-3.1.2-8/10 will: published when the connection drops, not after DISCONNECT; a will outside the device's topics is refused", async () => {
   const svc = await connect(fleet.mqttsUrl, c.svc, { ca: fleet.rootFile });
   try {
     await svc.subscribeAsync('devices/dev-5/status', { qos: 1 });
     const will = { topic: 'devices/dev-5/status', payload: Buffer.from('gone'), qos: 1 as const, retain: false };
     const raw = await rawClient(fleet.mqttsUrl, c['dev-5']!, fleet.ca.rootPem);
-    raw.send(bytes({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId: 'dev-5', will }));
-    assert.equal((await raw.next('connack') as { returnCode: number }).returnCode, 0);
+    raw.send(
+      bytes({
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clean: true,
+        keepalive: 30,
+        clientId: 'dev-5',
+        will,
+      }),
+    );
+    assert.equal(((await raw.next('connack')) as { returnCode: number }).returnCode, 0);
     const got = nextMessage(svc, 'devices/dev-5/status');
     raw.end(); // the network connection drops
     assert.equal(await got, 'gone');
     const polite = await rawClient(fleet.mqttsUrl, c['dev-5']!, fleet.ca.rootPem);
-    polite.send(bytes({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId: 'dev-5', will: { ...will, payload: Buffer.from('second') } }));
+    polite.send(
+      bytes({
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clean: true,
+        keepalive: 30,
+        clientId: 'dev-5',
+        will: { ...will, payload: Buffer.from('second') },
+      }),
+    );
     await polite.next('connack');
     let second = false;
-    svc.on('message', (_t, p) => { if (p.toString() === 'second') second = true; });
+    svc.on('message', (_t, p) => {
+      if (p.toString() === 'second') second = true;
+    });
     polite.send([0xe0, 0x00]); // DISCONNECT
     assert.equal(await polite.closed(), true);
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(second, false, 'no will after DISCONNECT');
     const outside = await rawClient(fleet.mqttsUrl, c['dev-5']!, fleet.ca.rootPem);
-    outside.send(bytes({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId: 'dev-5', will: { ...will, topic: 'devices/dev-1/status' } }));
-    assert.equal((await outside.next('connack') as { returnCode: number }).returnCode, 5);
+    outside.send(
+      bytes({
+        cmd: 'connect',
+        protocolId: 'MQTT',
+        protocolVersion: 4,
+        clean: true,
+        keepalive: 30,
+        clientId: 'dev-5',
+        will: { ...will, topic: 'devices/dev-1/status' },
+      }),
+    );
+    assert.equal(((await outside.next('connack')) as { returnCode: number }).returnCode, 5);
   } finally {
     await end(svc);
   }
@@ -182,7 +244,7 @@ test('MQTT-3.1.4-2 takeover: a second connection with the same client id closes 
   await first.next('connack');
   const second = await rawClient(fleet.wssUrl, c['dev-2']!, fleet.ca.rootPem);
   second.send(connectBytes('dev-2'));
-  assert.equal((await second.next('connack') as { returnCode: number }).returnCode, 0);
+  assert.equal(((await second.next('connack')) as { returnCode: number }).returnCode, 0);
   assert.equal(await first.closed(), true);
   second.end();
 });
@@ -193,7 +255,7 @@ test('MQTT-3.1.2-4/5, MQTT-3.2.2-2, MQTT-4.6.0-2 persistent session: subscriptio
   await end(sub); // a clean session first, so the next one starts from nothing
   const raw1 = await rawClient(fleet.mqttsUrl, c.svc2!, fleet.ca.rootPem);
   raw1.send(connectBytes('svc-2', { clean: false }));
-  assert.equal((await raw1.next('connack') as { sessionPresent: boolean }).sessionPresent, false);
+  assert.equal(((await raw1.next('connack')) as { sessionPresent: boolean }).sessionPresent, false);
   raw1.send(bytes({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'devices/dev-1/p/#', qos: 1 }] }));
   await raw1.next('suback');
   raw1.send([0xe0, 0x00]);
@@ -203,10 +265,14 @@ test('MQTT-3.1.2-4/5, MQTT-3.2.2-2, MQTT-4.6.0-2 persistent session: subscriptio
   await end(dev);
   const raw2 = await rawClient(fleet.wssUrl, c.svc2!, fleet.ca.rootPem);
   raw2.send(connectBytes('svc-2', { clean: false }));
-  assert.equal((await raw2.next('connack') as { sessionPresent: boolean }).sessionPresent, true, 'session present [MQTT-3.2.2-2]');
+  assert.equal(
+    ((await raw2.next('connack')) as { sessionPresent: boolean }).sessionPresent,
+    true,
+    'session present [MQTT-3.2.2-2]',
+  );
   const seen: string[] = [];
   for (let i = 0; i < 5; i++) {
-    const p = await raw2.next('publish') as { payload: Buffer; messageId: number; qos: number };
+    const p = (await raw2.next('publish')) as { payload: Buffer; messageId: number; qos: number };
     assert.equal(p.qos, 1);
     seen.push(p.payload.toString());
     raw2.send(bytes({ cmd: 'puback', messageId: p.messageId }));
@@ -215,7 +281,11 @@ test('MQTT-3.1.2-4/5, MQTT-3.2.2-2, MQTT-4.6.0-2 persistent session: subscriptio
   raw2.end();
   const raw3 = await rawClient(fleet.mqttsUrl, c.svc2!, fleet.ca.rootPem);
   raw3.send(connectBytes('svc-2', { clean: true }));
-  assert.equal((await raw3.next('connack') as { sessionPresent: boolean }).sessionPresent, false, 'clean session: no session present [MQTT-3.2.2-1]');
+  assert.equal(
+    ((await raw3.next('connack')) as { sessionPresent: boolean }).sessionPresent,
+    false,
+    'clean session: no session present [MQTT-3.2.2-1]',
+  );
   raw3.end();
 });
 
@@ -230,12 +300,12 @@ test('MQTT-4.3.3 QoS 2 end to end: delivered exactly once, PUBREC/PUBREL/PUBCOMP
     await raw.next('connack');
     const publish = bytes({ cmd: 'publish', topic: 'devices/dev-1/q2', payload: 'once', qos: 2, messageId: 7 });
     raw.send(publish);
-    assert.equal((await raw.next('pubrec') as { messageId: number }).messageId, 7);
+    assert.equal(((await raw.next('pubrec')) as { messageId: number }).messageId, 7);
     publish[0] = (publish[0] as number) | 0x08; // the client resends with DUP before PUBREL
     raw.send(publish);
-    assert.equal((await raw.next('pubrec') as { messageId: number }).messageId, 7);
+    assert.equal(((await raw.next('pubrec')) as { messageId: number }).messageId, 7);
     raw.send(bytes({ cmd: 'pubrel', messageId: 7 }));
-    assert.equal((await raw.next('pubcomp') as { messageId: number }).messageId, 7);
+    assert.equal(((await raw.next('pubcomp')) as { messageId: number }).messageId, 7);
     for (let i = 0; i < 100 && got.length < 1; i++) await new Promise((r) => setTimeout(r, 50));
     await new Promise((r) => setTimeout(r, 200));
     assert.deepEqual(got, ['once']);

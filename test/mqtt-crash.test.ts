@@ -11,14 +11,19 @@ import { end, withTimeout } from './helpers/mqtt.ts';
 
 const ROUNDS = 10;
 
-test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 message to a persistent session', { timeout: 300_000 }, async (t) => {
+test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 message to a persistent session', {
+  timeout: 300_000,
+}, async (t) => {
   const fleet = await benchFleet(); // a data dir with a CA and registry, removed after the test
   t.after(() => {
     fleet.registry.close();
     fleet.cleanup();
   });
   const { dir, config, registry, ca } = fleet;
-  const pubs: Credential[] = [await enrollDevice(registry, ca, dir, { id: 'pub-1' }), await enrollDevice(registry, ca, dir, { id: 'pub-2' })];
+  const pubs: Credential[] = [
+    await enrollDevice(registry, ca, dir, { id: 'pub-1' }),
+    await enrollDevice(registry, ca, dir, { id: 'pub-2' }),
+  ];
   const svc = await enrollDevice(registry, ca, dir, { id: 'svc-1', type: 'service' });
 
   let gateway: GatewayProcess | undefined;
@@ -30,11 +35,24 @@ test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 mes
   };
   t.after(() => gateway?.stop());
   const url = await start();
-  const tls = (c: Credential) => ({ ca: ca.rootPem, cert: c.certPem, key: c.keyPem, rejectUnauthorized: true, servername: 'localhost' });
+  const tls = (c: Credential) => ({
+    ca: ca.rootPem,
+    cert: c.certPem,
+    key: c.keyPem,
+    rejectUnauthorized: true,
+    servername: 'localhost',
+  });
 
   // The subscriber: a persistent session that reconnects by itself after every crash.
   const received = new Map<string, number[]>(pubs.map((p) => [p.deviceId, []]));
-  const subscriber = await mqtt.connectAsync(url, { ...tls(svc), clientId: 'svc-1', clean: false, keepalive: 30, reconnectPeriod: 200, connectTimeout: 10_000 } as mqtt.IClientOptions);
+  const subscriber = await mqtt.connectAsync(url, {
+    ...tls(svc),
+    clientId: 'svc-1',
+    clean: false,
+    keepalive: 30,
+    reconnectPeriod: 200,
+    connectTimeout: 10_000,
+  } as mqtt.IClientOptions);
   t.after(() => end(subscriber));
   subscriber.on('error', () => undefined);
   subscriber.on('message', (_topic, payload) => {
@@ -51,7 +69,14 @@ test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 mes
     for (;;) {
       const seq = nextSeq.get(cred.deviceId)!;
       try {
-        await withTimeout(Promise.race([client.publishAsync(`devices/${cred.deviceId}/telemetry`, `${cred.deviceId}:${seq}`, { qos: 1 }), cut]), 15_000, 'publish');
+        await withTimeout(
+          Promise.race([
+            client.publishAsync(`devices/${cred.deviceId}/telemetry`, `${cred.deviceId}:${seq}`, { qos: 1 }),
+            cut,
+          ]),
+          15_000,
+          'publish',
+        );
       } catch {
         return; // the gateway is gone: this message was not acknowledged
       }
@@ -62,7 +87,15 @@ test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 mes
 
   for (let round = 0; round < ROUNDS; round++) {
     const current = round === 0 ? url : await start();
-    const clients = await Promise.all(pubs.map((p) => mqtt.connectAsync(current, { ...tls(p), clientId: p.deviceId, reconnectPeriod: 0, connectTimeout: 10_000 } as mqtt.IClientOptions, false)));
+    const clients = await Promise.all(
+      pubs.map((p) =>
+        mqtt.connectAsync(
+          current,
+          { ...tls(p), clientId: p.deviceId, reconnectPeriod: 0, connectTimeout: 10_000 } as mqtt.IClientOptions,
+          false,
+        ),
+      ),
+    );
     for (const c of clients) c.on('error', () => undefined);
     const loops = pubs.map((p, i) => publishUntilCut(p, clients[i]!));
     // Kill at a random moment once publishing is under way.
@@ -75,7 +108,13 @@ test('crash/SIGKILL of the gateway at random moments loses no PUBACKed QoS 1 mes
   await start();
 
   // Every acknowledged message arrives (after the subscriber's reconnect), bounded in time.
-  const missing = () => pubs.flatMap((p) => acked.get(p.deviceId)!.filter((s) => !received.get(p.deviceId)!.includes(s)).map((s) => `${p.deviceId}:${s}`));
+  const missing = () =>
+    pubs.flatMap((p) =>
+      acked
+        .get(p.deviceId)!
+        .filter((s) => !received.get(p.deviceId)!.includes(s))
+        .map((s) => `${p.deviceId}:${s}`),
+    );
   const deadline = Date.now() + 60_000;
   while (missing().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
   const total = pubs.reduce((n, p) => n + acked.get(p.deviceId)!.length, 0);

@@ -18,13 +18,20 @@ before(async () => {
   }
 });
 
-async function cutCase(t: import('node:test').TestContext, ids: [string, string], command: (id: string) => string[], codes: [string, string]) {
+async function cutCase(
+  t: import('node:test').TestContext,
+  ids: [string, string],
+  command: (id: string) => string[],
+  codes: [string, string],
+) {
   // One device per transport (a device has one session at a time: a second one takes over).
   const tls = await connect(fleet.mqttsUrl, c[ids[0]], { ca: fleet.rootFile });
   const wss = await connect(fleet.wssUrl, c[ids[1]], { ca: fleet.rootFile });
   const bystander = await connect(fleet.mqttsUrl, c['bystander-1'], { ca: fleet.rootFile });
   t.after(() => end(tls, wss, bystander));
-  const closedAt = [tls, wss].map((cl) => new Promise<number>((resolve) => cl.once('close', () => resolve(Date.now()))));
+  const closedAt = [tls, wss].map(
+    (cl) => new Promise<number>((resolve) => cl.once('close', () => resolve(Date.now()))),
+  );
   let committedAt = 0;
   for (const id of ids) {
     await fleetgateOk([...command(id), '--data', fleet.config.dataDir]); // another process writes the registry
@@ -38,7 +45,11 @@ async function cutCase(t: import('node:test').TestContext, ids: [string, string]
   assert.ok(bystander.connected, 'other devices stay connected');
   await bystander.publishAsync('devices/bystander-1/alive', 'yes', { qos: 1 });
   for (const [i, id] of ids.entries()) {
-    await assert.rejects(connect(fleet.mqttsUrl, c[id], { ca: fleet.rootFile }), (e: { code?: number }) => e.code === 5, `${id} cannot reconnect`);
+    await assert.rejects(
+      connect(fleet.mqttsUrl, c[id], { ca: fleet.rootFile }),
+      (e: { code?: number }) => e.code === 5,
+      `${id} cannot reconnect`,
+    );
     const audit = await auditRows(fleet.registry, (a) => a.action === 'session.disconnect' && a.subject === id);
     assert.equal(audit.length, 1, `audit row for ${id}`);
     assert.equal(audit[0]!.detail.reason, 'disconnected by revocation');
@@ -51,8 +62,12 @@ test('live revocation/device revoke from the CLI cuts TLS and WSS sessions withi
 });
 
 test('live revocation/suspend and a denylisted device are cut the same way', async (t) => {
-  await cutCase(t, ['victim-3', 'victim-4'], (id) => (id === 'victim-3' ? ['device', 'suspend', id] : ['deny', 'add', '--device', id]),
-    ['DEVICE_SUSPENDED', 'DENYLISTED']);
+  await cutCase(
+    t,
+    ['victim-3', 'victim-4'],
+    (id) => (id === 'victim-3' ? ['device', 'suspend', id] : ['deny', 'add', '--device', id]),
+    ['DEVICE_SUSPENDED', 'DENYLISTED'],
+  );
 });
 
 test('live revocation/a session does not outlive its certificate', async (t) => {

@@ -49,7 +49,8 @@ let fleet: TestFleet;
 const c: Record<string, Credential> = {};
 const scope = fileScope(after);
 const available = existsSync(PYTHON) && (await run(PYTHON, ['-c', 'import paho.mqtt.client'])).code === 0;
-if (!available && process.env.CI !== undefined) throw new Error('python3-paho-mqtt is missing: .ci/run must install it');
+if (!available && process.env.CI !== undefined)
+  throw new Error('python3-paho-mqtt is missing: .ci/run must install it');
 
 before(async () => {
   if (!available) return;
@@ -59,11 +60,31 @@ before(async () => {
 });
 
 for (const transport of ['tcp', 'websockets'] as const) {
-  test(`paho/${transport === 'tcp' ? 'mqtts' : 'wss'}: QoS 1 and 2 delivered once at the granted QoS; a filter outside the service's scope gets 0x80`, { skip: available ? false : 'python3-paho-mqtt is not installed here (CI installs it)' }, async () => {
+  test(`paho/${transport === 'tcp' ? 'mqtts' : 'wss'}: QoS 1 and 2 delivered once at the granted QoS; a filter outside the service's scope gets 0x80`, {
+    skip: available ? false : 'python3-paho-mqtt is not installed here (CI installs it)',
+  }, async () => {
     const port = transport === 'tcp' ? fleet.gateway.ports.mqtts : fleet.gateway.ports.wss;
-    const r = await run(PYTHON, ['-c', SCRIPT, 'localhost', String(port), transport, fleet.rootFile, c.dev!.certFile, c.dev!.keyFile, c.svc!.certFile, c.svc!.keyFile], { timeoutMs: 60_000 });
+    const r = await run(
+      PYTHON,
+      [
+        '-c',
+        SCRIPT,
+        'localhost',
+        String(port),
+        transport,
+        fleet.rootFile,
+        c.dev!.certFile,
+        c.dev!.keyFile,
+        c.svc!.certFile,
+        c.svc!.keyFile,
+      ],
+      { timeoutMs: 60_000 },
+    );
     assert.equal(r.code, 0, r.stderr);
-    const out = JSON.parse(r.stdout) as { rc: { sub: number; pub: number; granted: number[] }; got: { topic: string; payload: string; qos: number }[] };
+    const out = JSON.parse(r.stdout) as {
+      rc: { sub: number; pub: number; granted: number[] };
+      got: { topic: string; payload: string; qos: number }[];
+    };
     assert.deepEqual([out.rc.sub, out.rc.pub], [0, 0]);
     assert.deepEqual(out.rc.granted, [2, 128]);
     assert.deepEqual(out.got, [
@@ -122,14 +143,53 @@ print(json.dumps(out))
 `;
 
 for (const transport of ['tcp', 'websockets'] as const) {
-  test(`paho MQTT 5/${transport === 'tcp' ? 'mqtts' : 'wss'}: CONNACK properties, user properties and content type through, subscription identifier, SUBACK 0x87 for a filter outside the scope`, { skip: available ? false : 'python3-paho-mqtt is not installed here (CI installs it)' }, async () => {
+  test(`paho MQTT 5/${transport === 'tcp' ? 'mqtts' : 'wss'}: CONNACK properties, user properties and content type through, subscription identifier, SUBACK 0x87 for a filter outside the scope`, {
+    skip: available ? false : 'python3-paho-mqtt is not installed here (CI installs it)',
+  }, async () => {
     const port = transport === 'tcp' ? fleet.gateway.ports.mqtts : fleet.gateway.ports.wss;
-    const r = await run(PYTHON, ['-c', SCRIPT_V5, 'localhost', String(port), transport, fleet.rootFile, c.dev!.certFile, c.dev!.keyFile, c.svc!.certFile, c.svc!.keyFile], { timeoutMs: 60_000 });
+    const r = await run(
+      PYTHON,
+      [
+        '-c',
+        SCRIPT_V5,
+        'localhost',
+        String(port),
+        transport,
+        fleet.rootFile,
+        c.dev!.certFile,
+        c.dev!.keyFile,
+        c.svc!.certFile,
+        c.svc!.keyFile,
+      ],
+      { timeoutMs: 60_000 },
+    );
     assert.equal(r.code, 0, r.stderr);
-    const out = JSON.parse(r.stdout) as { sub_rc: number; pub_rc: number; granted: number[]; connack: Record<string, number>; got: Record<string, unknown>[] };
+    const out = JSON.parse(r.stdout) as {
+      sub_rc: number;
+      pub_rc: number;
+      granted: number[];
+      connack: Record<string, number>;
+      got: Record<string, unknown>[];
+    };
     assert.deepEqual([out.sub_rc, out.pub_rc], [0, 0]);
     assert.deepEqual(out.granted, [1, 0x87]);
-    assert.deepEqual(out.connack, { ReceiveMaximum: fleet.config.mqtt.receiveMaximum, TopicAliasMaximum: fleet.config.mqtt.topicAliasMaximum, MaximumPacketSize: fleet.config.gateway.limits.service.maxPacketBytes });
-    assert.deepEqual(out.got, [{ topic: 'devices/dev-paho/paho5', payload: 'v5', qos: 1, user: [['a', '1'], ['b', '2']], contentType: 'text/plain', subId: [42] }]);
+    assert.deepEqual(out.connack, {
+      ReceiveMaximum: fleet.config.mqtt.receiveMaximum,
+      TopicAliasMaximum: fleet.config.mqtt.topicAliasMaximum,
+      MaximumPacketSize: fleet.config.gateway.limits.service.maxPacketBytes,
+    });
+    assert.deepEqual(out.got, [
+      {
+        topic: 'devices/dev-paho/paho5',
+        payload: 'v5',
+        qos: 1,
+        user: [
+          ['a', '1'],
+          ['b', '2'],
+        ],
+        contentType: 'text/plain',
+        subId: [42],
+      },
+    ]);
   });
 }

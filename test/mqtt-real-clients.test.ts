@@ -24,7 +24,12 @@ before(async () => {
 });
 
 const tlsArgs = (cred?: Credential) => [
-  '-h', '127.0.0.1', '-p', String(fleet.gateway.ports.mqtts), '--cafile', fleet.rootFile,
+  '-h',
+  '127.0.0.1',
+  '-p',
+  String(fleet.gateway.ports.mqtts),
+  '--cafile',
+  fleet.rootFile,
   ...(cred ? ['--cert', cred.certFile, '--key', cred.keyFile, '-i', cred.deviceId] : ['-i', 'sensor-1']),
 ];
 
@@ -37,8 +42,12 @@ async function exchange(subArgs: string[], pubArgs: string[]): Promise<string> {
   const sub = spawn('mosquitto_sub', [...subArgs, '-C', '1', '-W', '15'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
-  sub.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-  sub.stderr.on('data', (b: Buffer) => { err += b.toString(); });
+  sub.stdout.on('data', (b: Buffer) => {
+    out += b.toString();
+  });
+  sub.stderr.on('data', (b: Buffer) => {
+    err += b.toString();
+  });
   const exited = new Promise<number | null>((resolve) => sub.on('exit', (code) => resolve(code)));
   for (let i = 0; i < 40 && sub.exitCode === null && out === ''; i++) {
     const pub = await run('mosquitto_pub', pubArgs);
@@ -50,16 +59,47 @@ async function exchange(subArgs: string[], pubArgs: string[]): Promise<string> {
 }
 
 test('mosquitto/sub and pub with their certificates exchange a message under their own topics', async () => {
-  const out = await exchange([...tlsArgs(c.svc), '-t', 'devices/+/telemetry', '-v'], [...tlsArgs(c.dev), '-t', 'devices/sensor-1/telemetry', '-m', '{"t":21.5}', '-q', '1']);
+  const out = await exchange(
+    [...tlsArgs(c.svc), '-t', 'devices/+/telemetry', '-v'],
+    [...tlsArgs(c.dev), '-t', 'devices/sensor-1/telemetry', '-m', '{"t":21.5}', '-q', '1'],
+  );
   assert.equal(out, 'devices/sensor-1/telemetry {"t":21.5}');
 });
 
 test('mosquitto -V mqttv5/sub and pub exchange a message with a user property; a publish outside the device\'s topics is answered "not authorized" without a disconnect', async () => {
-  const out = await exchange(['-V', 'mqttv5', ...tlsArgs(c.svc), '-t', 'devices/+/v5', '-F', '%t %p'],
-    ['-V', 'mqttv5', ...tlsArgs(c.dev), '-t', 'devices/sensor-1/v5', '-m', 'five', '-q', '1', '-D', 'publish', 'user-property', 'site', 'north']);
+  const out = await exchange(
+    ['-V', 'mqttv5', ...tlsArgs(c.svc), '-t', 'devices/+/v5', '-F', '%t %p'],
+    [
+      '-V',
+      'mqttv5',
+      ...tlsArgs(c.dev),
+      '-t',
+      'devices/sensor-1/v5',
+      '-m',
+      'five',
+      '-q',
+      '1',
+      '-D',
+      'publish',
+      'user-property',
+      'site',
+      'north',
+    ],
+  );
   assert.equal(out, 'devices/sensor-1/v5 five');
   // MQTT 5 lets the gateway say no to one PUBLISH (PUBACK 0x87) instead of closing the connection.
-  const denied = await run('mosquitto_pub', ['-V', 'mqttv5', ...tlsArgs(c.dev), '-t', 'devices/other/v5', '-m', 'x', '-q', '1', '-d']);
+  const denied = await run('mosquitto_pub', [
+    '-V',
+    'mqttv5',
+    ...tlsArgs(c.dev),
+    '-t',
+    'devices/other/v5',
+    '-m',
+    'x',
+    '-q',
+    '1',
+    '-d',
+  ]);
   assert.match(denied.stdout + denied.stderr, /PUBACK \(Mid: ?\d+, RC: ?135\)|PUBACK.*not authori[sz]ed/is);
   await fleet.log.find((l) => l.action === 'publish' && l.code === 'TOPIC_DENIED' && l.deviceId === 'sensor-1');
 });
@@ -83,8 +123,20 @@ for (const listener of ['mqtts', 'wss'] as const) {
     test(`no resumption/${listener} ${version}: an offered session is never resumed; the certificate is requested again`, async () => {
       const port = String(fleet.gateway.ports[listener]);
       const sess = join(fleet.dir, `sess-${listener}${version}.pem`);
-      const common = ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'localhost', '-CAfile', fleet.rootFile,
-        '-cert', c.dev!.certFile, '-key', c.dev!.keyFile, version];
+      const common = [
+        's_client',
+        '-connect',
+        `127.0.0.1:${port}`,
+        '-servername',
+        'localhost',
+        '-CAfile',
+        fleet.rootFile,
+        '-cert',
+        c.dev!.certFile,
+        '-key',
+        c.dev!.keyFile,
+        version,
+      ];
       const first = await openssl([...common, '-sess_out', sess], '');
       assert.match(first.stdout, /^New, TLSv1\.[23]/m, first.stdout + first.stderr);
       assert.match(first.stdout, /Acceptable client certificate CA names/);
@@ -92,12 +144,20 @@ for (const listener of ['mqtts', 'wss'] as const) {
       const second = await openssl([...common, ...(existsSync(sess) ? ['-sess_in', sess] : [])], '');
       assert.match(second.stdout, /^New, TLSv1\.[23]/m, 'a full handshake again');
       assert.doesNotMatch(second.stdout, /^Reused,/m);
-      assert.match(second.stdout, /Acceptable client certificate CA names/, 'the client certificate is requested again');
+      assert.match(
+        second.stdout,
+        /Acceptable client certificate CA names/,
+        'the client certificate is requested again',
+      );
       if (version === '-tls1_3') {
         // Tickets arrive after the handshake: keep the connection open a moment so s_client reads them.
         const lingering = await run('sh', ['-c', `sleep 1 | openssl ${common.map((a) => `'${a}'`).join(' ')}`]);
         assert.match(lingering.stdout, /^New, TLSv1\.3/m);
-        assert.doesNotMatch(first.stdout + second.stdout + lingering.stdout, /Post-Handshake New Session Ticket/, 'no TLS 1.3 tickets at all (config/openssl.cnf: NumTickets = 0)');
+        assert.doesNotMatch(
+          first.stdout + second.stdout + lingering.stdout,
+          /Post-Handshake New Session Ticket/,
+          'no TLS 1.3 tickets at all (config/openssl.cnf: NumTickets = 0)',
+        );
       }
     });
   }

@@ -33,12 +33,25 @@ before(async () => {
   c.witness = await enrollDevice(r, ca, dir, { id: 'witness-1' });
   c.svc = await enrollDevice(r, ca, dir, { id: 'svc-1', type: 'service' });
   c.good = await enrollDevice(r, ca, dir, { id: 'good-1' });
-  for (const id of ['unknown-1', 'ca-1', 'noeku-1', 'expired-1', 'future-1', 'otherca-1', 'self-1']) r.addDevice({ id, type: 'sensor' }, 'test');
+  for (const id of ['unknown-1', 'ca-1', 'noeku-1', 'expired-1', 'future-1', 'otherca-1', 'self-1'])
+    r.addDevice({ id, type: 'sensor' }, 'test');
   c.unknown = await forgeCert(ca, dir, { name: 'unknown', deviceId: 'unknown-1' }); // fleet key, never recorded
   c.caAsClient = await forgeCert(ca, dir, { name: 'ca-as-client', deviceId: 'ca-1', isCa: true, record: r });
   c.noEku = await forgeCert(ca, dir, { name: 'no-eku', deviceId: 'noeku-1', eku: null, record: r });
-  c.expired = await forgeCert(ca, dir, { name: 'expired', deviceId: 'expired-1', notBefore: new Date(Date.now() - 48 * hour), notAfter: new Date(Date.now() - hour), record: r });
-  c.future = await forgeCert(ca, dir, { name: 'future', deviceId: 'future-1', notBefore: new Date(Date.now() + hour), notAfter: new Date(Date.now() + 48 * hour), record: r });
+  c.expired = await forgeCert(ca, dir, {
+    name: 'expired',
+    deviceId: 'expired-1',
+    notBefore: new Date(Date.now() - 48 * hour),
+    notAfter: new Date(Date.now() - hour),
+    record: r,
+  });
+  c.future = await forgeCert(ca, dir, {
+    name: 'future',
+    deviceId: 'future-1',
+    notBefore: new Date(Date.now() + hour),
+    notAfter: new Date(Date.now() + 48 * hour),
+    record: r,
+  });
   c.otherCa = await forgeCert(ca, dir, { name: 'other-ca', deviceId: 'otherca-1', issuer: otherCa });
   c.selfSigned = await forgeCert(ca, dir, { name: 'self', deviceId: 'self-1', issuer: 'self' });
   c.revoked = await enrollDevice(r, ca, dir, { id: 'revoked-1' });
@@ -47,7 +60,12 @@ before(async () => {
   r.addDeny({ kind: 'fingerprint', value: c.denyFp.fingerprint, reason: 'test' }, 'test');
   const spkiOld = await enrollDevice(r, ca, dir, { id: 'denyspki-1' });
   // A second certificate for the same key, issued before the key was denylisted (afterwards the CA refuses one).
-  c.denySpki = await enrollDevice(r, ca, dir, { id: 'denyspki-1', exists: true, keys: spkiOld.keys, name: 'denyspki-1-new' });
+  c.denySpki = await enrollDevice(r, ca, dir, {
+    id: 'denyspki-1',
+    exists: true,
+    keys: spkiOld.keys,
+    name: 'denyspki-1-new',
+  });
   r.addDeny({ kind: 'spki', value: spkiOld.spki, reason: 'key leaked' }, 'test');
   c.denyDevice = await enrollDevice(r, ca, dir, { id: 'denydev-1' });
   r.addDeny({ kind: 'device', value: 'denydev-1' }, 'test');
@@ -93,7 +111,14 @@ for (const transport of ['mqtts', 'wss'] as const) {
         const before = fleet.log.lines.length;
         const who = cred();
         await assert.rejects(connect(url(), who, { ca: fleet.rootFile }), (e: { code?: number }) => e.code === 5);
-        await fleet.log.find((l) => fleet.log.lines.indexOf(l) >= before && l.decision === 'refused' && l.code === code && l.transport === transport && l.serial === who.serial);
+        await fleet.log.find(
+          (l) =>
+            fleet.log.lines.indexOf(l) >= before &&
+            l.decision === 'refused' &&
+            l.code === code &&
+            l.transport === transport &&
+            l.serial === who.serial,
+        );
         await othersKeepWorking(`${transport}-${code}`);
       });
     }
@@ -101,8 +126,17 @@ for (const transport of ['mqtts', 'wss'] as const) {
     for (const [name, cred, code] of handshakeRefusals) {
       test(`${name} → TLS handshake fails, logged ${code}`, async () => {
         const before = fleet.log.lines.length;
-        await assert.rejects(connect(url(), cred(), { ca: fleet.rootFile }), (e: { code?: unknown }) => typeof e.code !== 'number');
-        await fleet.log.find((l) => fleet.log.lines.indexOf(l) >= before && l.decision === 'refused' && l.code === code && l.transport === transport);
+        await assert.rejects(
+          connect(url(), cred(), { ca: fleet.rootFile }),
+          (e: { code?: unknown }) => typeof e.code !== 'number',
+        );
+        await fleet.log.find(
+          (l) =>
+            fleet.log.lines.indexOf(l) >= before &&
+            l.decision === 'refused' &&
+            l.code === code &&
+            l.transport === transport,
+        );
         await othersKeepWorking(`${transport}-${code}`);
       });
     }
@@ -113,7 +147,10 @@ for (const transport of ['mqtts', 'wss'] as const) {
     });
 
     test('keepalive 0 (none) → CONNACK 2, logged KEEPALIVE_OUT_OF_RANGE', async () => {
-      await assert.rejects(connect(url(), c.good, { ca: fleet.rootFile, keepalive: 0 }), (e: { code?: number }) => e.code === 2);
+      await assert.rejects(
+        connect(url(), c.good, { ca: fleet.rootFile, keepalive: 0 }),
+        (e: { code?: number }) => e.code === 2,
+      );
       await fleet.log.find((l) => l.code === 'KEEPALIVE_OUT_OF_RANGE' && l.transport === transport);
     });
 
@@ -122,7 +159,7 @@ for (const transport of ['mqtts', 'wss'] as const) {
       const b = connectBytes('good-1');
       b[8] = 6; // the protocol level byte (after the fixed header and "MQTT")
       raw.send(b);
-      assert.equal((await raw.next('connack') as { returnCode: number }).returnCode, 1);
+      assert.equal(((await raw.next('connack')) as { returnCode: number }).returnCode, 1);
       assert.ok(await raw.closed());
       await fleet.log.find((l) => l.code === 'PROTOCOL_UNSUPPORTED' && l.transport === transport);
       await othersKeepWorking(`${transport}-level6`);
@@ -131,7 +168,9 @@ for (const transport of ['mqtts', 'wss'] as const) {
     test('an oversized packet closes the connection before it is buffered', async () => {
       const dev = await connect(url(), c.good, { ca: fleet.rootFile });
       const cut = closed(dev);
-      dev.publish('devices/good-1/blob', Buffer.alloc(fleet.config.gateway.limits.sensor.maxPacketBytes + 1024), { qos: 0 });
+      dev.publish('devices/good-1/blob', Buffer.alloc(fleet.config.gateway.limits.sensor.maxPacketBytes + 1024), {
+        qos: 0,
+      });
       await cut;
       await fleet.log.find((l) => l.code === 'PAYLOAD_TOO_LARGE' && l.transport === transport);
       await othersKeepWorking(`${transport}-oversize`);
@@ -141,7 +180,11 @@ for (const transport of ['mqtts', 'wss'] as const) {
 
 test('garbage bytes after the handshake close that connection only', async () => {
   const socket = tlsConnect({
-    host: '127.0.0.1', port: fleet.gateway.ports.mqtts, ca: readFileSync(fleet.rootFile), cert: c.good!.certPem, key: c.good!.keyPem,
+    host: '127.0.0.1',
+    port: fleet.gateway.ports.mqtts,
+    ca: readFileSync(fleet.rootFile),
+    cert: c.good!.certPem,
+    key: c.good!.keyPem,
     servername: 'localhost',
   });
   await new Promise<void>((resolve, reject) => socket.once('secureConnect', resolve).once('error', reject));

@@ -29,11 +29,13 @@ test('registry locked/live sessions get PINGRESP, a new connection gets CONNACK 
   const raw = await rawClient(fleet.mqttsUrl, live, fleet.ca.rootPem);
   t.after(() => raw.end());
   raw.send(connectBytes('live-1'));
-  assert.equal((await raw.next('connack') as { returnCode: number }).returnCode, 0);
+  assert.equal(((await raw.next('connack')) as { returnCode: number }).returnCode, 0);
 
-  const locker = spawn('python3', ['-c', HOLD_LOCK, `${fleet.config.dataDir}/registry.db-shm`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const locker = spawn('python3', ['-c', HOLD_LOCK, `${fleet.config.dataDir}/registry.db-shm`], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
   t.after(() => locker.kill('SIGKILL'));
-  const [line] = await once(createInterface({ input: locker.stdout }), 'line') as [string];
+  const [line] = (await once(createInterface({ input: locker.stdout }), 'line')) as [string];
   assert.equal(line, 'locked');
 
   // A new connection: refused with CONNACK 3 after the gateway's registry deadline
@@ -43,7 +45,7 @@ test('registry locked/live sessions get PINGRESP, a new connection gets CONNACK 
   t.after(() => fresh.end());
   const sent = Date.now();
   fresh.send(connectBytes('late-1'));
-  const refused = await fresh.next('connack', 20_000) as { returnCode: number };
+  const refused = (await fresh.next('connack', 20_000)) as { returnCode: number };
   const waited = Date.now() - sent;
   assert.equal(refused.returnCode, 3, 'server unavailable');
   assert.ok(waited < 5_000, `refused after ${waited} ms`);
@@ -57,9 +59,9 @@ test('registry locked/live sessions get PINGRESP, a new connection gets CONNACK 
   raw.send(bytes({ cmd: 'pingreq' }));
   await raw.next('pingresp', 5_000);
   raw.send(bytes({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'devices/live-1/echo', qos: 0 }] }));
-  assert.deepEqual((await raw.next('suback', 5_000) as { granted: number[] }).granted, [0]);
+  assert.deepEqual(((await raw.next('suback', 5_000)) as { granted: number[] }).granted, [0]);
   raw.send(bytes({ cmd: 'publish', topic: 'devices/live-1/echo', payload: Buffer.from('still here'), qos: 0 }));
-  assert.equal(String((await raw.next('publish', 5_000) as { payload: Buffer }).payload), 'still here');
+  assert.equal(String(((await raw.next('publish', 5_000)) as { payload: Buffer }).payload), 'still here');
 
   // The lock goes: new connections are admitted again, without a restart.
   locker.kill('SIGKILL');

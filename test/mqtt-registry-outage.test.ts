@@ -23,8 +23,14 @@ test('registry outage/new connections fail closed, existing ones are untouched, 
   for (const s of SIDE_FILES) if (existsSync(db + s)) renameSync(db + s, `${db}.away${s}`);
   for (const url of [fleet.mqttsUrl, fleet.wssUrl]) {
     const before = fleet.log.lines.length;
-    await assert.rejects(connect(url, dev, { ca: fleet.rootFile }), (e: { code?: number }) => e.code === 3, 'CONNACK 3: server unavailable');
-    await fleet.log.find((l) => fleet.log.lines.indexOf(l) >= before && l.decision === 'refused' && l.code === 'REGISTRY_UNAVAILABLE');
+    await assert.rejects(
+      connect(url, dev, { ca: fleet.rootFile }),
+      (e: { code?: number }) => e.code === 3,
+      'CONNACK 3: server unavailable',
+    );
+    await fleet.log.find(
+      (l) => fleet.log.lines.indexOf(l) >= before && l.decision === 'refused' && l.code === 'REGISTRY_UNAVAILABLE',
+    );
   }
   assert.ok(connected.connected, 'an existing session is not cut by a registry outage');
 

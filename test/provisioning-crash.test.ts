@@ -27,7 +27,10 @@ test('crash/SIGKILL during 200 concurrent enrollments loses no delivered certifi
   const config = loadConfig({ dataDir: join(dir, 'data'), env: {} });
   await initDataDir(config);
   const setup = new RegistryWriter(join(config.dataDir, 'registry.db'));
-  const tokens = Array.from({ length: N }, (_, i) => setup.addDevice({ id: `crash-${i}`, type: 'sensor' }, 'test', { tokenTtlMs: 3_600_000 }).token!.token);
+  const tokens = Array.from(
+    { length: N },
+    (_, i) => setup.addDevice({ id: `crash-${i}`, type: 'sensor' }, 'test', { tokenTtlMs: 3_600_000 }).token!.token,
+  );
   setup.close();
   const csrs = await Promise.all(Array.from({ length: N }, async (_, i) => csrPem(await newKeys(), `crash-${i}`)));
   const ca = readFileSync(join(config.dataDir, 'ca', 'root.crt'));
@@ -35,18 +38,22 @@ test('crash/SIGKILL during 200 concurrent enrollments loses no delivered certifi
   const { child, url } = await startService(config.dataDir);
   const received: { serial: string; deviceId: string; certificate: string }[] = [];
   let killed = false;
-  const outcomes = await Promise.allSettled(tokens.map(async (token, i) => {
-    const r: HttpResult = await https(`${url}/v1/enroll`, { ca, body: JSON.stringify({ token, csr: csrs[i] }) });
-    if (r.status === 201) {
-      received.push(r.json());
-      if (received.length >= 20 && !killed) {
-        killed = true;
-        child.kill('SIGKILL');
+  const outcomes = await Promise.allSettled(
+    tokens.map(async (token, i) => {
+      const r: HttpResult = await https(`${url}/v1/enroll`, { ca, body: JSON.stringify({ token, csr: csrs[i] }) });
+      if (r.status === 201) {
+        received.push(r.json());
+        if (received.length >= 20 && !killed) {
+          killed = true;
+          child.kill('SIGKILL');
+        }
       }
-    }
-    return r.status;
-  }));
-  await new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+      return r.status;
+    }),
+  );
+  await new Promise<void>((resolve) =>
+    child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve()),
+  );
   assert.equal(child.signalCode, 'SIGKILL', 'killed mid-run');
   const failed = outcomes.filter((o) => o.status === 'rejected').length;
   assert.ok(received.length >= 20 && failed > 0, `killed mid-run: ${received.length} delivered, ${failed} cut off`);
@@ -62,7 +69,9 @@ test('crash/SIGKILL during 200 concurrent enrollments loses no delivered certifi
     assert.equal(row.fingerprint, createHash('sha256').update(der).digest('hex'));
   }
   // Nothing half-written: a consumed token ⇔ a recorded certificate ⇔ an active device.
-  const used = registry.db.prepare('SELECT device_id, used_serial FROM enrollment_tokens WHERE used_at IS NOT NULL').all() as { device_id: string; used_serial: string }[];
+  const used = registry.db
+    .prepare('SELECT device_id, used_serial FROM enrollment_tokens WHERE used_at IS NOT NULL')
+    .all() as { device_id: string; used_serial: string }[];
   const certs = registry.listCertificates();
   assert.equal(used.length, certs.length);
   for (const u of used) assert.equal(registry.getCertificate(u.used_serial)?.deviceId, u.device_id);
@@ -74,6 +83,9 @@ test('crash/SIGKILL during 200 concurrent enrollments loses no delivered certifi
   t.after(() => restarted.child.kill('SIGTERM'));
   const unused = tokens.findIndex((_tok, i) => registry.getDevice(`crash-${i}`)?.status === 'pending');
   assert.ok(unused >= 0);
-  const again = await https(`${restarted.url}/v1/enroll`, { ca, body: JSON.stringify({ token: tokens[unused], csr: csrs[unused] }) });
+  const again = await https(`${restarted.url}/v1/enroll`, {
+    ca,
+    body: JSON.stringify({ token: tokens[unused], csr: csrs[unused] }),
+  });
   assert.equal(again.status, 201, again.body);
 });

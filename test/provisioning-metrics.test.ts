@@ -15,7 +15,15 @@ test('provisioning metrics/answer operator and auditor certificates only, and co
   assert.equal((await https(`${svc.url}/metrics`, { ca })).status, 401);
   assert.equal((await https(`${svc.url}/metrics`, { ca, cred: sensor })).status, 403);
   const token = svc.registry.addDevice({ id: 'enr-1', type: 'sensor' }, 'test', { tokenTtlMs: 60_000 }).token!.token;
-  assert.equal((await https(`${svc.url}/v1/enroll`, { ca, body: JSON.stringify({ token, csr: await csrPem(await newKeys(), 'enr-1') }) })).status, 201);
+  assert.equal(
+    (
+      await https(`${svc.url}/v1/enroll`, {
+        ca,
+        body: JSON.stringify({ token, csr: await csrPem(await newKeys(), 'enr-1') }),
+      })
+    ).status,
+    201,
+  );
   const r = await https(`${svc.url}/metrics`, { ca, cred: auditor });
   assert.equal(r.status, 200);
   assert.match(r.body, /^fleetgate_enrollments_total\{method="token",code="OK"\} 1$/m);

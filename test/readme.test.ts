@@ -19,26 +19,51 @@ const end = README.indexOf('<!-- first-hour:end -->');
 const blocks = [...README.slice(start, end).matchAll(/```sh\n([\s\S]*?)```/g)].map((m) => m[1]!);
 
 /** Runs one block in bash -e -o pipefail; resolves with its output once bash exits (background jobs it started keep running). */
-function runBlock(script: string, cwd: string, env: NodeJS.ProcessEnv, children: ChildProcess[]): Promise<{ code: number | null; out: string }> {
-  const child = spawn('bash', ['-e', '-o', 'pipefail', '-c', script], { cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+function runBlock(
+  script: string,
+  cwd: string,
+  env: NodeJS.ProcessEnv,
+  children: ChildProcess[],
+): Promise<{ code: number | null; out: string }> {
+  const child = spawn('bash', ['-e', '-o', 'pipefail', '-c', script], {
+    cwd,
+    env,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.push(child);
   let out = '';
-  child.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-  child.stderr.on('data', (b: Buffer) => { out += b.toString(); });
+  child.stdout.on('data', (b: Buffer) => {
+    out += b.toString();
+  });
+  child.stderr.on('data', (b: Buffer) => {
+    out += b.toString();
+  });
   return new Promise((resolve) => child.once('exit', (code) => setImmediate(() => resolve({ code, out }))));
 }
 
-test('readme/the first-hour steps work verbatim on a fresh stack: a connected, an enrolled and a revoked device, a proxied HTTPS request', { timeout: 300_000 }, async (t) => {
+test('readme/the first-hour steps work verbatim on a fresh stack: a connected, an enrolled and a revoked device, a proxied HTTPS request', {
+  timeout: 300_000,
+}, async (t) => {
   assert.ok(start > 0 && end > start && blocks.length >= 6, `the README has its first-hour blocks (${blocks.length})`);
   const dir = tempDir(t);
   const bin = join(dir, '.bin');
   mkdirSync(bin);
-  writeFileSync(join(bin, 'npx'), `#!/bin/sh\n[ "$1" = fleetgate ] || { echo "npx: only fleetgate here" >&2; exit 1; }\nshift\nexec "${process.execPath}" --openssl-config="${ROOT}/config/openssl.cnf" "${ROOT}/bin/fleetgate.ts" "$@"\n`);
+  writeFileSync(
+    join(bin, 'npx'),
+    `#!/bin/sh\n[ "$1" = fleetgate ] || { echo "npx: only fleetgate here" >&2; exit 1; }\nshift\nexec "${process.execPath}" --openssl-config="${ROOT}/config/openssl.cnf" "${ROOT}/bin/fleetgate.ts" "$@"\n`,
+  );
   chmodSync(join(bin, 'npx'), 0o755);
   const children: ChildProcess[] = [];
   let stack: GatewayProcess | undefined;
   t.after(async () => {
-    for (const c of children) { try { process.kill(-c.pid!, 'SIGKILL'); } catch { /* gone */ } }
+    for (const c of children) {
+      try {
+        process.kill(-c.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
     await stack?.stop();
   });
 
@@ -50,12 +75,29 @@ test('readme/the first-hour steps work verbatim on a fresh stack: a connected, a
   const swap = (s: string) => s.replace(/\b(8883|8884|8443|9443|9444|9445|8080)\b/g, (p) => ports[p] ?? p);
   const outputs: string[] = [];
   for (const block of blocks) {
-    const script = block.split('\n').filter((l) => l.trim() !== 'npm install').join('\n');
+    const script = block
+      .split('\n')
+      .filter((l) => l.trim() !== 'npm install')
+      .join('\n');
     if (script.trim() === 'npm start') {
       stack = await spawnService('up', join(dir, 'data'), { FLEETGATE_LOG_LEVEL: 'warn' });
       const port = (name: string) => new URL(stack!.endpoints[name]!.replace(/^(mqtts|wss)/, 'https')).port;
-      Object.assign(ports, { 8883: port('mqtt+tls'), 8884: port('mqtt+wss'), 8443: port('https'), 9443: port('provision'), 9444: port('admin'), 9445: port('console') });
-      Object.assign(env, { FLEETGATE_MQTT_PORT: ports[8883], FLEETGATE_WSS_PORT: ports[8884], FLEETGATE_HTTPS_PORT: ports[8443], FLEETGATE_PROVISION_PORT: ports[9443], FLEETGATE_ADMIN_PORT: ports[9444], FLEETGATE_CONSOLE_PORT: ports[9445] });
+      Object.assign(ports, {
+        8883: port('mqtt+tls'),
+        8884: port('mqtt+wss'),
+        8443: port('https'),
+        9443: port('provision'),
+        9444: port('admin'),
+        9445: port('console'),
+      });
+      Object.assign(env, {
+        FLEETGATE_MQTT_PORT: ports[8883],
+        FLEETGATE_WSS_PORT: ports[8884],
+        FLEETGATE_HTTPS_PORT: ports[8443],
+        FLEETGATE_PROVISION_PORT: ports[9443],
+        FLEETGATE_ADMIN_PORT: ports[9444],
+        FLEETGATE_CONSOLE_PORT: ports[9445],
+      });
       outputs.push('');
       continue;
     }
@@ -63,7 +105,16 @@ test('readme/the first-hour steps work verbatim on a fresh stack: a connected, a
       // The example origin runs until stopped, from the project directory (it serves docs/).
       const server = spawn('bash', ['-c', swap(script)], { cwd: ROOT, detached: true, stdio: 'ignore' });
       children.push(server);
-      for (let i = 0; i < 200 && !(await fetch(`http://127.0.0.1:${origin}/`).then(() => true, () => false)); i++) await new Promise((r) => setTimeout(r, 50));
+      for (
+        let i = 0;
+        i < 200 &&
+        !(await fetch(`http://127.0.0.1:${origin}/`).then(
+          () => true,
+          () => false,
+        ));
+        i++
+      )
+        await new Promise((r) => setTimeout(r, 50));
       outputs.push('');
       continue;
     }

@@ -19,7 +19,9 @@ function race(workerData: Record<string, unknown>): Promise<{ won: string[]; ref
   return new Promise((resolve, reject) => {
     worker.once('message', resolve);
     worker.once('error', reject);
-    worker.once('exit', (code) => { if (code !== 0) reject(new Error(`racer exited ${code}`)); });
+    worker.once('exit', (code) => {
+      if (code !== 0) reject(new Error(`racer exited ${code}`));
+    });
   });
 }
 
@@ -33,8 +35,12 @@ test('registry engines/SQLite and PostgreSQL have the same tables and columns', 
     for (const r of rows) m.set(r.t, [...(m.get(r.t) ?? []), r.c].sort());
     return Object.fromEntries([...m].sort(([a], [b]) => a.localeCompare(b)));
   };
-  const lite = columnsOf(sqlite.db.prepare(`SELECT m.name AS t, p.name AS c FROM sqlite_master m, pragma_table_info(m.name) p
-    WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'`).all() as { t: string; c: string }[]);
+  const lite = columnsOf(
+    sqlite.db
+      .prepare(`SELECT m.name AS t, p.name AS c FROM sqlite_master m, pragma_table_info(m.name) p
+    WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'`)
+      .all() as { t: string; c: string }[],
+  );
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   const { rows } = await client.query(`SELECT table_name AS t, column_name AS c FROM information_schema.columns
@@ -43,7 +49,9 @@ test('registry engines/SQLite and PostgreSQL have the same tables and columns', 
   assert.deepEqual(columnsOf(rows as { t: string; c: string }[]), lite);
 });
 
-test('registry engines/four instances racing for the same 60 tokens: each is used exactly once', { skip }, async (t) => {
+test('registry engines/four instances racing for the same 60 tokens: each is used exactly once', {
+  skip,
+}, async (t) => {
   const url = await registryLocation(t, 'postgres');
   const setup = new RegistryWriter(url);
   t.after(() => setup.close());
@@ -53,12 +61,20 @@ test('registry engines/four instances racing for the same 60 tokens: each is use
     tokens.push({ hash: hashToken(token!.token), deviceId: `race-${i}` });
   }
   // Each instance goes through the tokens in its own order, so they collide all the way.
-  const orders = [tokens, [...tokens].reverse(), [...tokens.slice(30), ...tokens.slice(0, 30)], [...tokens.slice(15), ...tokens.slice(0, 15)]];
-  const results = await Promise.all(orders.map((order, i) => race({ url, job: 'enroll', tokens: order, name: `instance-${i}` })));
+  const orders = [
+    tokens,
+    [...tokens].reverse(),
+    [...tokens.slice(30), ...tokens.slice(0, 30)],
+    [...tokens.slice(15), ...tokens.slice(0, 15)],
+  ];
+  const results = await Promise.all(
+    orders.map((order, i) => race({ url, job: 'enroll', tokens: order, name: `instance-${i}` })),
+  );
   const wins = results.flatMap((r) => r.won);
   assert.equal(wins.length, 60, 'every token issued a certificate');
   assert.equal(new Set(wins).size, 60, 'no token issued two');
-  for (const r of results) for (const code of Object.keys(r.refused)) assert.equal(code, 'TOKEN_USED', 'the losers are told TOKEN_USED');
+  for (const r of results)
+    for (const code of Object.keys(r.refused)) assert.equal(code, 'TOKEN_USED', 'the losers are told TOKEN_USED');
   assert.equal(setup.counts().certificates, 60);
   for (const { deviceId } of tokens) assert.equal(setup.listCertificates({ deviceId }).length, 1);
 });
@@ -67,7 +83,10 @@ test('registry engines/the status feed read by seq while three instances write h
   const url = await registryLocation(t, 'postgres');
   const setup = new RegistryWriter(url);
   t.after(() => setup.close());
-  const devices = Array.from({ length: 5 }, (_, i) => setup.addDevice({ id: `flip-${i}`, type: 'sensor' }, 'test').device.id);
+  const devices = Array.from(
+    { length: 5 },
+    (_, i) => setup.addDevice({ id: `flip-${i}`, type: 'sensor' }, 'test').device.id,
+  );
   const start = setup.lastStatusSeq();
   const reader = new RegistryReader(url);
   t.after(() => reader.close());
@@ -76,7 +95,9 @@ test('registry engines/the status feed read by seq while three instances write h
   const seen: number[] = [];
   let last = start;
   let done = false;
-  void Promise.all(writers).then(() => { done = true; });
+  void Promise.all(writers).then(() => {
+    done = true;
+  });
   while (!done) {
     for (const e of reader.listStatusEvents(last)) {
       seen.push(e.seq);
@@ -92,7 +113,9 @@ test('registry engines/the status feed read by seq while three instances write h
   assert.deepEqual(seen, all, 'read incrementally, the feed gave every event, in order');
 });
 
-test('registry engines/PostgreSQL down: a write is refused REGISTRY_UNAVAILABLE in bounded time; back up, the same writer works', { skip }, async (t) => {
+test('registry engines/PostgreSQL down: a write is refused REGISTRY_UNAVAILABLE in bounded time; back up, the same writer works', {
+  skip,
+}, async (t) => {
   const server = await sharedPostgres();
   const url = await createDatabase(server);
   const writer = new RegistryWriter(url, { timeoutMs: 2_000 });
@@ -101,14 +124,20 @@ test('registry engines/PostgreSQL down: a write is refused REGISTRY_UNAVAILABLE 
   await server.stop();
   try {
     const t0 = performance.now();
-    assert.throws(() => writer.addDevice({ id: 'pg-down-2', type: 'sensor' }, 'test'),
-      (e: unknown) => e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE');
+    assert.throws(
+      () => writer.addDevice({ id: 'pg-down-2', type: 'sensor' }, 'test'),
+      (e: unknown) => e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE',
+    );
     assert.ok(performance.now() - t0 < 5_000, 'refused within the timeout and its margin');
   } finally {
     await server.start();
   }
   writer.addDevice({ id: 'pg-down-3', type: 'sensor' }, 'test');
-  assert.deepEqual(writer.listDevices().map((d) => d.id), ['pg-down-1', 'pg-down-3'], 'nothing half-written by the refused change');
+  assert.deepEqual(
+    writer.listDevices().map((d) => d.id),
+    ['pg-down-1', 'pg-down-3'],
+    'nothing half-written by the refused change',
+  );
 });
 
 test('registry engines/a PostgreSQL URL is shown without its password; an unreachable one is REGISTRY_UNAVAILABLE without it', async () => {
@@ -116,13 +145,25 @@ test('registry engines/a PostgreSQL URL is shown without its password; an unreac
   assert.equal(redactLocation('postgres://fleetgate:s3cret@db:5432/fleet'), 'postgres://fleetgate:***@db:5432/fleet');
   assert.equal(redactLocation('/var/lib/fleetgate/registry.db'), '/var/lib/fleetgate/registry.db');
   // Port 1 on loopback: nothing listens there.
-  assert.throws(() => new RegistryReader('postgres://fleetgate:s3cret@127.0.0.1:1/fleet', { timeoutMs: 2_000 }), (e: unknown) =>
-    e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE' && !e.message.includes('s3cret') && e.message.includes('***'));
+  assert.throws(
+    () => new RegistryReader('postgres://fleetgate:s3cret@127.0.0.1:1/fleet', { timeoutMs: 2_000 }),
+    (e: unknown) =>
+      e instanceof FleetgateError &&
+      e.code === 'REGISTRY_UNAVAILABLE' &&
+      !e.message.includes('s3cret') &&
+      e.message.includes('***'),
+  );
 });
 
-test('registry engines/a PostgreSQL database without the schema: a reader (the gateway) refuses and says to run init; a writer creates it', { skip }, async () => {
+test('registry engines/a PostgreSQL database without the schema: a reader (the gateway) refuses and says to run init; a writer creates it', {
+  skip,
+}, async () => {
   const url = await createDatabase(await sharedPostgres());
-  assert.throws(() => new RegistryReader(url), (e: unknown) => e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE' && /fleetgate init/.test(e.message));
+  assert.throws(
+    () => new RegistryReader(url),
+    (e: unknown) =>
+      e instanceof FleetgateError && e.code === 'REGISTRY_UNAVAILABLE' && /fleetgate init/.test(e.message),
+  );
   const writer = new RegistryWriter(url);
   writer.close();
   const reader = new RegistryReader(url);

@@ -13,7 +13,11 @@ import { loadConfig } from '../config/config.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
 import { LogCapture, startTestFleet } from './helpers/gateway.ts';
 
-async function enrolledDevice(fleet: Awaited<ReturnType<typeof startTestFleet>>, t: import('node:test').TestContext, id: string) {
+async function enrolledDevice(
+  fleet: Awaited<ReturnType<typeof startTestFleet>>,
+  t: import('node:test').TestContext,
+  id: string,
+) {
   const provisioning = await startProvisioning(fleet.config, { log: pino({ level: 'silent' }) });
   t.after(() => provisioning.close());
   const { token } = fleet.registry.addDevice({ id, type: 'sensor' }, 'test', { tokenTtlMs: 60_000 });
@@ -22,7 +26,8 @@ async function enrolledDevice(fleet: Awaited<ReturnType<typeof startTestFleet>>,
   return { identityDir, provisioningUrl: provisioning.endpoint };
 }
 
-const attemptsOn = (log: LogCapture, deviceId: string) => log.lines.filter((l) => l.deviceId === deviceId && (l.decision === 'admitted' || l.decision === 'refused')).length;
+const attemptsOn = (log: LogCapture, deviceId: string) =>
+  log.lines.filter((l) => l.deviceId === deviceId && (l.decision === 'admitted' || l.decision === 'refused')).length;
 
 for (const mqttVersion of [5, 3] as const) {
   test(`sdk/MQTT ${mqttVersion === 5 ? '5' : '3.1.1'}: revoked while connected: reports CERT_REVOKED, stops, no further attempts for 10 s`, async (t) => {
@@ -30,14 +35,23 @@ for (const mqttVersion of [5, 3] as const) {
     const id = `victim-${mqttVersion}`;
     const { identityDir } = await enrolledDevice(fleet, t, id);
     // MQTT 5 learns the reason from the gateway's DISCONNECT (no HTTPS plane given); 3.1.1 has to ask /v1/whoami.
-    const device = new Device({ identityDir, mqttUrl: fleet.mqttsUrl, mqttVersion, ...(mqttVersion === 3 && { httpsUrl: fleet.httpsUrl }), backoff: { baseMs: 100, maxMs: 1_000 } });
+    const device = new Device({
+      identityDir,
+      mqttUrl: fleet.mqttsUrl,
+      mqttVersion,
+      ...(mqttVersion === 3 && { httpsUrl: fleet.httpsUrl }),
+      backoff: { baseMs: 100, maxMs: 1_000 },
+    });
     t.after(() => device.stop());
     await device.start();
     assert.ok(device.connected);
     const refused = new Promise<FleetgateError>((resolve) => device.once('refused', resolve));
     fleet.registry.revokeDevice(id, 1, 'test');
     const err = await refused;
-    assert.ok(['CERT_REVOKED', 'DEVICE_REVOKED'].includes(err.code), `the exact reason (${err.code}), ${mqttVersion === 5 ? 'said in the DISCONNECT' : 'learned from the HTTPS plane'}`);
+    assert.ok(
+      ['CERT_REVOKED', 'DEVICE_REVOKED'].includes(err.code),
+      `the exact reason (${err.code}), ${mqttVersion === 5 ? 'said in the DISCONNECT' : 'learned from the HTTPS plane'}`,
+    );
     if (mqttVersion === 3) assert.equal(err.code, 'CERT_REVOKED');
     assert.equal(device.refusal?.code, err.code);
     await assert.rejects(device.publish(`devices/${id}/x`, 'after'), (e: FleetgateError) => e.code === err.code);
@@ -55,8 +69,14 @@ test('sdk/MQTT 5: a message outside its topics is refused (TOPIC_DENIED) without
   const device = new Device({ identityDir, mqttUrl: fleet.wssUrl, backoff: { baseMs: 100, maxMs: 500 } });
   t.after(() => device.stop());
   await device.start();
-  await assert.rejects(device.publish('devices/someone-else/x', 'no', { qos: 1 }), (e: FleetgateError) => e.code === 'TOPIC_DENIED');
-  await assert.rejects(device.subscribe('devices/someone-else/#', { qos: 1 }), (e: FleetgateError) => e.code === 'TOPIC_DENIED');
+  await assert.rejects(
+    device.publish('devices/someone-else/x', 'no', { qos: 1 }),
+    (e: FleetgateError) => e.code === 'TOPIC_DENIED',
+  );
+  await assert.rejects(
+    device.subscribe('devices/someone-else/#', { qos: 1 }),
+    (e: FleetgateError) => e.code === 'TOPIC_DENIED',
+  );
   await device.publish('devices/polite-1/x', 'yes', { qos: 1 });
   assert.ok(device.connected, 'still connected: MQTT 5 refuses the message, not the connection');
   const back = new Promise<void>((resolve) => device.once('disconnect', () => device.once('connect', () => resolve())));
@@ -88,7 +108,13 @@ test('sdk/after a gateway restart the device reconnects by itself, with backoff;
   const log = new LogCapture();
   const config = loadConfig({
     dataDir: fleet.config.dataDir,
-    env: { FLEETGATE_MQTT_PORT: String(fleet.gateway.ports.mqtts), FLEETGATE_WSS_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0' },
+    env: {
+      FLEETGATE_MQTT_PORT: String(fleet.gateway.ports.mqtts),
+      FLEETGATE_WSS_PORT: '0',
+      FLEETGATE_HTTPS_PORT: '0',
+      FLEETGATE_ADMIN_PORT: '0',
+      FLEETGATE_CONSOLE_PORT: '0',
+    },
   });
   const again = await startGateway(config, { log: pino({ level: 'debug' }, log.stream) });
   t.after(() => again.close());

@@ -23,7 +23,10 @@ test('e2e/device add → fleetgate-device enroll → pub over mqtts and wss, req
   const data = join(dir, 'data');
   const origin = await startOrigin(t);
   mkdirSync(data, { recursive: true, mode: 0o700 });
-  writeFileSync(join(data, 'fleetgate.json'), JSON.stringify({ https: { routes: [{ prefix: '/api', origin: origin.url, audience: 'urn:e2e' }] } }));
+  writeFileSync(
+    join(data, 'fleetgate.json'),
+    JSON.stringify({ https: { routes: [{ prefix: '/api', origin: origin.url, audience: 'urn:e2e' }] } }),
+  );
   const stack = await startStack(data);
   t.after(() => stack.stop());
   const e = stack.endpoints;
@@ -40,7 +43,18 @@ test('e2e/device add → fleetgate-device enroll → pub over mqtts and wss, req
 
   const token = (await fleetgateOk(['device', 'add', 'field-7', '--type', 'sensor', '--data', data])).trim();
   const idDir = join(dir, 'identity');
-  const enrolled = await device(['enroll', '--server', e.provision!, '--ca', root, '--token', token, '--out', idDir, '--json']);
+  const enrolled = await device([
+    'enroll',
+    '--server',
+    e.provision!,
+    '--ca',
+    root,
+    '--token',
+    token,
+    '--out',
+    idDir,
+    '--json',
+  ]);
   assert.equal(enrolled.code, 0, enrolled.stderr);
   assert.equal((JSON.parse(enrolled.stdout) as { deviceId: string }).deviceId, 'field-7');
 
@@ -48,38 +62,110 @@ test('e2e/device add → fleetgate-device enroll → pub over mqtts and wss, req
   for (const url of [e['mqtt+tls']!, e['mqtt+wss']!]) {
     for (const mqtt of ['5', '3']) {
       const got = nextMessage(sub, 'devices/field-7/telemetry', 10_000);
-      const pub = await device(['pub', '--url', url, '--identity', idDir, '--topic', 'devices/field-7/telemetry', '--message', `via ${url.split(':')[0]} v${mqtt}`, '--qos', '1', '--mqtt', mqtt]);
+      const pub = await device([
+        'pub',
+        '--url',
+        url,
+        '--identity',
+        idDir,
+        '--topic',
+        'devices/field-7/telemetry',
+        '--message',
+        `via ${url.split(':')[0]} v${mqtt}`,
+        '--qos',
+        '1',
+        '--mqtt',
+        mqtt,
+      ]);
       assert.equal(pub.code, 0, pub.stderr);
       assert.equal(await got, `via ${url.split(':')[0]} v${mqtt}`);
     }
   }
   // MQTT 5: a message outside the device's topics is refused with its code, and said so.
-  const denied = await device(['pub', '--url', e['mqtt+tls']!, '--identity', idDir, '--topic', 'devices/other/telemetry', '--message', 'x', '--qos', '1']);
+  const denied = await device([
+    'pub',
+    '--url',
+    e['mqtt+tls']!,
+    '--identity',
+    idDir,
+    '--topic',
+    'devices/other/telemetry',
+    '--message',
+    'x',
+    '--qos',
+    '1',
+  ]);
   assert.notEqual(denied.code, 0);
   assert.match(denied.stderr, /TOPIC_DENIED/);
 
   const who = await device(['request', '--url', `${e.https}/v1/whoami`, '--identity', idDir]);
   assert.equal(who.code, 0, who.stderr);
   assert.equal((JSON.parse(who.stdout) as { deviceId: string }).deviceId, 'field-7');
-  const proxied = await device(['request', '--url', `${e.https}/api/reading`, '--identity', idDir, '-X', 'POST', '--data', '{"t":1}', '-H', 'content-type: application/json']);
+  const proxied = await device([
+    'request',
+    '--url',
+    `${e.https}/api/reading`,
+    '--identity',
+    idDir,
+    '-X',
+    'POST',
+    '--data',
+    '{"t":1}',
+    '-H',
+    'content-type: application/json',
+  ]);
   assert.equal(proxied.code, 0, proxied.stderr);
   assert.equal(origin.seen.at(-1)?.bytes, 7);
   assert.ok(String(origin.seen.at(-1)?.headers['fleetgate-assertion']).startsWith('eyJ'));
 
   // sub: the device receives a command the service sends.
-  const subProc = spawn(process.execPath, [DEVICE_CLI, 'sub', '--url', e['mqtt+tls']!, '--identity', idDir, '--topic', 'devices/field-7/commands/#', '--count', '1', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const subProc = spawn(
+    process.execPath,
+    [
+      DEVICE_CLI,
+      'sub',
+      '--url',
+      e['mqtt+tls']!,
+      '--identity',
+      idDir,
+      '--topic',
+      'devices/field-7/commands/#',
+      '--count',
+      '1',
+      '--json',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let subOut = '';
-  subProc.stdout.on('data', (b: Buffer) => { subOut += b.toString(); });
+  subProc.stdout.on('data', (b: Buffer) => {
+    subOut += b.toString();
+  });
   const subExit = new Promise<number | null>((resolve) => subProc.on('exit', (code) => resolve(code)));
   for (let i = 0; i < 50 && subProc.exitCode === null && subOut === ''; i++) {
     await sub.publishAsync('devices/field-7/commands/reboot', 'now', { qos: 1 });
     await new Promise((r) => setTimeout(r, 200));
   }
   assert.equal(await subExit, 0);
-  assert.deepEqual(JSON.parse(subOut.trim().split('\n')[0]!), { topic: 'devices/field-7/commands/reboot', payload: 'now' });
+  assert.deepEqual(JSON.parse(subOut.trim().split('\n')[0]!), {
+    topic: 'devices/field-7/commands/reboot',
+    payload: 'now',
+  });
 
   // A gateway that is not there: the CLI retries with backoff, then gives up with a clear code.
-  const nowhere = await device(['pub', '--url', 'mqtts://127.0.0.1:1', '--identity', idDir, '--topic', 'devices/field-7/x', '--message', 'x', '--timeout', '1', '--json']);
+  const nowhere = await device([
+    'pub',
+    '--url',
+    'mqtts://127.0.0.1:1',
+    '--identity',
+    idDir,
+    '--topic',
+    'devices/field-7/x',
+    '--message',
+    'x',
+    '--timeout',
+    '1',
+    '--json',
+  ]);
   assert.equal(nowhere.code, 7);
   assert.equal((JSON.parse(nowhere.stderr) as { error: { code: string } }).error.code, 'ORIGIN_UNREACHABLE');
 

@@ -15,11 +15,19 @@ test('identity/SIGKILL while identities are being written never leaves a mix', a
   const fleet = await startTestFleet(t);
   const dir = tempDir(t);
   // Two complete identities, A and B, written in turn by a child process we kill at random moments.
-  const ids = await Promise.all(['a', 'b'].map(async (name) => {
-    fleet.registry.addDevice({ id: `atomic-${name}`, type: 'sensor' }, 'test');
-    const c = await forgeCert(fleet.ca, dir, { name, deviceId: `atomic-${name}`, keys: await newKeys() });
-    return { keyPem: c.keyPem, certPem: c.certPem, chainPem: fleet.ca.intermediatePem, caPem: fleet.ca.rootPem, serial: c.serial };
-  }));
+  const ids = await Promise.all(
+    ['a', 'b'].map(async (name) => {
+      fleet.registry.addDevice({ id: `atomic-${name}`, type: 'sensor' }, 'test');
+      const c = await forgeCert(fleet.ca, dir, { name, deviceId: `atomic-${name}`, keys: await newKeys() });
+      return {
+        keyPem: c.keyPem,
+        certPem: c.certPem,
+        chainPem: fleet.ca.intermediatePem,
+        caPem: fleet.ca.rootPem,
+        serial: c.serial,
+      };
+    }),
+  );
   const identityDir = join(dir, 'identity');
   saveIdentity(identityDir, ids[0]!);
   const spec = join(dir, 'ids.json');
@@ -35,7 +43,9 @@ test('identity/SIGKILL while identities are being written never leaves a mix', a
   const serials = new Set(ids.map((i) => i.serial));
   const seen = new Set<string>();
   for (let round = 0; round < 25; round++) {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     // Wait for the event (the child has loaded and is in its write loop), not for a duration:
     // importing the SDK alone takes a few hundred ms on a busy machine.
     await new Promise<void>((resolve, reject) => {
@@ -49,7 +59,10 @@ test('identity/SIGKILL while identities are being written never leaves a mix', a
     assert.ok(serials.has(id.info.serial), 'one of the two identities');
     const files = identityFiles(identityDir);
     const cert = new X509Certificate(readFileSync(files.cert));
-    assert.ok(cert.checkPrivateKey(createPrivateKey(readFileSync(files.key))), 'key and certificate of the same identity');
+    assert.ok(
+      cert.checkPrivateKey(createPrivateKey(readFileSync(files.key))),
+      'key and certificate of the same identity',
+    );
     assert.equal(readFileSync(files.chain, 'utf8'), fleet.ca.intermediatePem);
     seen.add(id.info.serial);
   }

@@ -13,16 +13,27 @@ import { startTestFleet } from './helpers/gateway.ts';
 import { connect, end } from './helpers/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
 
-test('sdk/renews by itself and keeps publishing across the first certificate\'s expiry; no QoS 1 loss', { timeout: 240_000 }, async (t) => {
+test("sdk/renews by itself and keeps publishing across the first certificate's expiry; no QoS 1 loss", {
+  timeout: 240_000,
+}, async (t) => {
   const fleet = await startTestFleet(t, { FLEETGATE_PROVISION_PORT: '0', FLEETGATE_LEAF_VALIDITY: '2m' });
   const provisioning = await startProvisioning(fleet.config, { log: pino({ level: 'silent' }) });
   t.after(() => provisioning.close());
   const { token } = fleet.registry.addDevice({ id: 'renewer-1', type: 'sensor' }, 'test', { tokenTtlMs: 60_000 });
   const identityDir = join(fleet.dir, 'identity');
-  const first = await enrollWithToken({ server: provisioning.endpoint, ca: fleet.ca.rootPem, identityDir, token: token!.token });
+  const first = await enrollWithToken({
+    server: provisioning.endpoint,
+    ca: fleet.ca.rootPem,
+    identityDir,
+    token: token!.token,
+  });
   assert.ok(first.info.notAfter - Date.now() <= 120_000 + 1_000, 'a two-minute certificate');
 
-  const svc = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-1', type: 'service', validityMs: 3_600_000 });
+  const svc = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, {
+    id: 'svc-1',
+    type: 'service',
+    validityMs: 3_600_000,
+  });
   const sub = await connect(fleet.mqttsUrl, svc, { ca: fleet.rootFile });
   t.after(() => end(sub));
   const received = new Set<number>();

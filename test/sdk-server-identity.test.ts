@@ -19,7 +19,11 @@ import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { fileScope, ROOT, run } from './helpers/run.ts';
 import { enrollDevice, forgeCert } from '../harness/pki.ts';
 
-interface Fake { url: (scheme: string, path?: string) => string; secure: number; refusals: string[] }
+interface Fake {
+  url: (scheme: string, path?: string) => string;
+  secure: number;
+  refusals: string[];
+}
 
 let fleet: TestFleet;
 let identityDir: string;
@@ -31,10 +35,12 @@ let dualUse: Fake; // a device certificate that also claims serverAuth (only our
 let misnamed: Fake; // the real gateway certificate, reached as 127.0.0.2 (not one of its names)
 
 function listenOne(server: Server, host: string): Promise<(scheme: string, path?: string) => string> {
-  return new Promise((resolve) => server.listen(0, host, () => {
-    const { port } = server.address() as AddressInfo;
-    resolve((scheme, path = '') => `${scheme}://${host}:${port}${path}`);
-  }));
+  return new Promise((resolve) =>
+    server.listen(0, host, () => {
+      const { port } = server.address() as AddressInfo;
+      resolve((scheme, path = '') => `${scheme}://${host}:${port}${path}`);
+    }),
+  );
 }
 
 /** A TLS server and an HTTPS server (for wss://) with the same certificate; counts completed handshakes. */
@@ -42,17 +48,33 @@ async function fake(tls: { key: string | Buffer; cert: string | Buffer }, host =
   const f: Fake = { url: () => '', secure: 0, refusals: [] };
   const servers = [createTlsServer(tls), createHttpsServer(tls)];
   for (const server of servers) {
-    server.on('secureConnection', (s) => { f.secure++; s.destroy(); });
-    server.on('tlsClientError', (err, s) => { f.refusals.push(err.message); s.destroy(); });
+    server.on('secureConnection', (s) => {
+      f.secure++;
+      s.destroy();
+    });
+    server.on('tlsClientError', (err, s) => {
+      f.refusals.push(err.message);
+      s.destroy();
+    });
   }
   const [plain, web] = await Promise.all(servers.map((s) => listenOne(s, host)));
   f.url = (scheme, path) => (scheme === 'wss' ? web! : plain!)(scheme, path);
-  scope.after(() => { for (const s of servers) s.close(); });
+  scope.after(() => {
+    for (const s of servers) s.close();
+  });
   return f;
 }
 
 async function impostor(name: string, eku: string[] | null): Promise<Fake> {
-  const c = await forgeCert(fleet.ca, fleet.dir, { name, deviceId: name, eku, extraSan: [{ type: 'ip', value: '127.0.0.1' }, { type: 'dns', value: 'localhost' }] });
+  const c = await forgeCert(fleet.ca, fleet.dir, {
+    name,
+    deviceId: name,
+    eku,
+    extraSan: [
+      { type: 'ip', value: '127.0.0.1' },
+      { type: 'dns', value: 'localhost' },
+    ],
+  });
   return fake({ key: c.keyPem, cert: c.certPem });
 }
 
@@ -65,7 +87,12 @@ before(async () => {
   provisioningUrl = provisioning.endpoint;
   const dev = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'honest-1' });
   identityDir = join(fleet.dir, 'id-honest-1');
-  saveIdentity(identityDir, { keyPem: dev.keyPem, certPem: dev.certPem.split(/(?<=-----END CERTIFICATE-----\n)/)[0]!, chainPem: fleet.ca.intermediatePem, caPem: fleet.ca.rootPem });
+  saveIdentity(identityDir, {
+    keyPem: dev.keyPem,
+    certPem: dev.certPem.split(/(?<=-----END CERTIFICATE-----\n)/)[0]!,
+    chainPem: fleet.ca.intermediatePem,
+    caPem: fleet.ca.rootPem,
+  });
   asIssued = await impostor('impostor-1', ['1.3.6.1.5.5.7.3.2']);
   noEku = await impostor('impostor-2', null);
   dualUse = await impostor('impostor-3', ['1.3.6.1.5.5.7.3.2', '1.3.6.1.5.5.7.3.1']);
@@ -76,8 +103,17 @@ before(async () => {
 /** Starts a Device against `url` and resolves with the first connection error it reports. */
 async function firstConnectError(url: string): Promise<Error & { code?: string }> {
   let resolveFailed: (e: Error) => void = () => undefined;
-  const failed = new Promise<Error>((r) => { resolveFailed = r; });
-  const device = new Device({ identityDir, mqttUrl: url, backoff: { baseMs: 200, maxMs: 1_000 }, log: (event) => { if (event === 'connect_failed') resolveFailed(device.lastError!); } });
+  const failed = new Promise<Error>((r) => {
+    resolveFailed = r;
+  });
+  const device = new Device({
+    identityDir,
+    mqttUrl: url,
+    backoff: { baseMs: 200, maxMs: 1_000 },
+    log: (event) => {
+      if (event === 'connect_failed') resolveFailed(device.lastError!);
+    },
+  });
   void device.start();
   try {
     return await failed;
@@ -103,7 +139,10 @@ test('server identity/the SDK refuses fake gateways presenting device certificat
 test('server identity/the SDK refuses an impostor over HTTPS', async () => {
   for (const f of [noEku, dualUse]) {
     const device = new Device({ identityDir, httpsUrl: f.url('https') });
-    await assert.rejects(device.request('/v1/whoami'), (e: FleetgateError) => e.code === 'ORIGIN_UNREACHABLE' && /ERR_TLS_CERT_NOT_SERVER/.test(e.message));
+    await assert.rejects(
+      device.request('/v1/whoami'),
+      (e: FleetgateError) => e.code === 'ORIGIN_UNREACHABLE' && /ERR_TLS_CERT_NOT_SERVER/.test(e.message),
+    );
   }
 });
 
@@ -126,18 +165,59 @@ test('server identity/the real gateway, reached by a name on its certificate, is
 
 test('server identity/fleetgate-device pub and request refuse the impostor', async () => {
   const cli = join(ROOT, 'bin', 'fleetgate-device.ts');
-  const pub = await run(process.execPath, [cli, 'pub', '--url', dualUse.url('mqtts'), '--identity', identityDir, '--topic', 'devices/honest-1/x', '--message', 'm', '--timeout', '3', '--json']);
+  const pub = await run(process.execPath, [
+    cli,
+    'pub',
+    '--url',
+    dualUse.url('mqtts'),
+    '--identity',
+    identityDir,
+    '--topic',
+    'devices/honest-1/x',
+    '--message',
+    'm',
+    '--timeout',
+    '3',
+    '--json',
+  ]);
   assert.notEqual(pub.code, 0);
   assert.match(pub.stderr, /device or claim certificate/);
-  const req = await run(process.execPath, [cli, 'request', '--url', dualUse.url('https', '/v1/whoami'), '--identity', identityDir, '--json']);
+  const req = await run(process.execPath, [
+    cli,
+    'request',
+    '--url',
+    dualUse.url('https', '/v1/whoami'),
+    '--identity',
+    identityDir,
+    '--json',
+  ]);
   assert.notEqual(req.code, 0);
   assert.match(req.stderr, /ERR_TLS_CERT_NOT_SERVER/);
   assert.equal(dualUse.secure, 0);
 });
 
 test('server identity/the simulator refuses the impostor', async () => {
-  const sim = await run(process.execPath, [join(ROOT, 'bin', 'device-sim.ts'), '--data', fleet.config.dataDir, '--provision', provisioningUrl,
-    '--mqtt', dualUse.url('mqtts'), '--https', dualUse.url('https'), '--sensors', '1', '--duration', '1', '--connect-timeout', '3'], { timeoutMs: 120_000 });
+  const sim = await run(
+    process.execPath,
+    [
+      join(ROOT, 'bin', 'device-sim.ts'),
+      '--data',
+      fleet.config.dataDir,
+      '--provision',
+      provisioningUrl,
+      '--mqtt',
+      dualUse.url('mqtts'),
+      '--https',
+      dualUse.url('https'),
+      '--sensors',
+      '1',
+      '--duration',
+      '1',
+      '--connect-timeout',
+      '3',
+    ],
+    { timeoutMs: 120_000 },
+  );
   assert.notEqual(sim.code, 0, sim.stdout);
   assert.match(sim.stderr, /device or claim certificate/);
   assert.equal(dualUse.secure, 0);

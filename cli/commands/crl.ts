@@ -15,7 +15,10 @@ export function registerCrl(program: Command, common: CommonFlags): void {
     .action(async (opts: CommonOptions & { out?: string; pem?: boolean }) => {
       await withContext(opts, async (ctx) => {
         if (opts.out === undefined && opts.pem !== true && opts.json !== true && process.stdout.isTTY) {
-          throw new FleetgateError('USAGE', 'the CRL is binary DER: give --out FILE, --pem, or redirect standard output');
+          throw new FleetgateError(
+            'USAGE',
+            'the CRL is binary DER: give --out FILE, --pem, or redirect standard output',
+          );
         }
         const registry = ctx.registry();
         const ca = await ctx.ca();
@@ -29,7 +32,11 @@ export function registerCrl(program: Command, common: CommonFlags): void {
           renameSync(tmp, opts.out);
         }
         if (opts.json === true) {
-          emit(opts, { number, entries: entries.length, pem: crlPem(der), ...(opts.out !== undefined && { out: opts.out }) }, () => '');
+          emit(
+            opts,
+            { number, entries: entries.length, pem: crlPem(der), ...(opts.out !== undefined && { out: opts.out }) },
+            () => '',
+          );
         } else if (opts.out === undefined) {
           process.stdout.write(body);
         } else {

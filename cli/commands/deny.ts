@@ -14,15 +14,17 @@ interface TargetOptions extends CommonOptions {
 /** Exactly one of --fingerprint, --spki, --device. */
 function target(opts: TargetOptions): { kind: string; value: string } {
   const given = (['fingerprint', 'spki', 'device'] as const).filter((k) => opts[k] !== undefined);
-  if (given.length !== 1) throw new FleetgateError('USAGE', 'give exactly one of --fingerprint HEX, --spki HEX, --device ID');
+  if (given.length !== 1)
+    throw new FleetgateError('USAGE', 'give exactly one of --fingerprint HEX, --spki HEX, --device ID');
   const kind = given[0] as 'fingerprint' | 'spki' | 'device';
   return { kind, value: opts[kind] as string };
 }
 
-const targetOptions = (cmd: Command): Command => cmd
-  .option('--fingerprint <hex>', 'SHA-256 fingerprint of a certificate (colons and any case accepted)')
-  .option('--spki <hex>', 'SHA-256 of a public key (SubjectPublicKeyInfo): every certificate for that key')
-  .option('--device <id>', 'a device id');
+const targetOptions = (cmd: Command): Command =>
+  cmd
+    .option('--fingerprint <hex>', 'SHA-256 fingerprint of a certificate (colons and any case accepted)')
+    .option('--spki <hex>', 'SHA-256 of a public key (SubjectPublicKeyInfo): every certificate for that key')
+    .option('--device <id>', 'a device id');
 
 export function registerDeny(program: Command, common: CommonFlags): void {
   const deny = program.command('deny').description('the denylist: refused certificates, keys and devices');
@@ -30,11 +32,29 @@ export function registerDeny(program: Command, common: CommonFlags): void {
   common(targetOptions(deny.command('add')))
     .description('deny a certificate fingerprint, a key (SPKI hash) or a device')
     .option('--reason <text>', 'why (audit log)')
-    .option('--expires <duration>', 'remove the entry after this long (e.g. 24h); default: never', parseDurationOption('--expires'))
+    .option(
+      '--expires <duration>',
+      'remove the entry after this long (e.g. 24h); default: never',
+      parseDurationOption('--expires'),
+    )
     .action(async (opts: TargetOptions & { reason?: string; expires?: number }) => {
       await withContext(opts, (ctx) => {
-        const entry = ctx.registry().addDeny({ ...target(opts), reason: opts.reason ?? null, expiresAt: opts.expires === undefined ? null : Date.now() + opts.expires }, ctx.actor);
-        emit(opts, entry, () => `denied ${entry.kind} ${entry.value}${entry.expiresAt === null ? '' : ` until ${iso(entry.expiresAt)}`}`);
+        const entry = ctx
+          .registry()
+          .addDeny(
+            {
+              ...target(opts),
+              reason: opts.reason ?? null,
+              expiresAt: opts.expires === undefined ? null : Date.now() + opts.expires,
+            },
+            ctx.actor,
+          );
+        emit(
+          opts,
+          entry,
+          () =>
+            `denied ${entry.kind} ${entry.value}${entry.expiresAt === null ? '' : ` until ${iso(entry.expiresAt)}`}`,
+        );
       });
     });
 
@@ -43,9 +63,16 @@ export function registerDeny(program: Command, common: CommonFlags): void {
     .action(async (opts: CommonOptions) => {
       await withContext(opts, (ctx) => {
         const now = Date.now();
-        const rows = ctx.registry().listDenylist().map((e) => ({ ...e, active: e.expiresAt === null || e.expiresAt > now }));
-        emit(opts, rows, () => table(['KIND', 'VALUE', 'EXPIRES', 'ACTIVE', 'REASON'],
-          rows.map((e) => [e.kind, e.value, iso(e.expiresAt), e.active ? 'yes' : 'expired', e.reason ?? '-'])));
+        const rows = ctx
+          .registry()
+          .listDenylist()
+          .map((e) => ({ ...e, active: e.expiresAt === null || e.expiresAt > now }));
+        emit(opts, rows, () =>
+          table(
+            ['KIND', 'VALUE', 'EXPIRES', 'ACTIVE', 'REASON'],
+            rows.map((e) => [e.kind, e.value, iso(e.expiresAt), e.active ? 'yes' : 'expired', e.reason ?? '-']),
+          ),
+        );
       });
     });
 

@@ -9,7 +9,8 @@ import type { CommonFlags } from '../main.ts';
 
 function parseMetadata(value: string): Record<string, unknown> {
   const parsed: unknown = JSON.parse(value);
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('--metadata must be a JSON object');
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed))
+    throw new Error('--metadata must be a JSON object');
   return parsed as Record<string, unknown>;
 }
 
@@ -26,25 +27,53 @@ export function registerDevice(program: Command, common: CommonFlags): void {
     .option('--fleet <fleet>', 'fleet name', 'default')
     .option('--parent <id>', 'the gateway device this one sits behind')
     .option('--metadata <json>', 'free-form JSON object', parseMetadata)
-    .option('--token-ttl <duration>', 'enrollment token lifetime (e.g. 24h, 7d); default from config', parseDurationOption('--token-ttl'))
+    .option(
+      '--token-ttl <duration>',
+      'enrollment token lifetime (e.g. 24h, 7d); default from config',
+      parseDurationOption('--token-ttl'),
+    )
     .option('--no-token', 'do not create an enrollment token')
-    .action(async (id: string, opts: CommonOptions & { type: string; fleet: string; parent?: string; metadata?: Record<string, unknown>; tokenTtl?: number; token: boolean }) => {
-      await withContext(opts, (ctx) => {
-        const { device: d, token } = ctx.registry().addDevice(
-          { id, type: opts.type, fleet: opts.fleet, parent: opts.parent ?? null, ...(opts.metadata !== undefined && { metadata: opts.metadata }) },
-          ctx.actor,
-          opts.token ? { tokenTtlMs: opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs } : {},
-        );
-        emit(opts, { device: d, ...(token && { token: token.token, tokenExpiresAt: iso(token.expiresAt) }) }, () => {
-          if (token === undefined) return deviceLine(d);
-          note(`device ${d.id} added; its enrollment token (shown once, expires ${iso(token.expiresAt)}) is on stdout`);
-          return token.token;
+    .action(
+      async (
+        id: string,
+        opts: CommonOptions & {
+          type: string;
+          fleet: string;
+          parent?: string;
+          metadata?: Record<string, unknown>;
+          tokenTtl?: number;
+          token: boolean;
+        },
+      ) => {
+        await withContext(opts, (ctx) => {
+          const { device: d, token } = ctx
+            .registry()
+            .addDevice(
+              {
+                id,
+                type: opts.type,
+                fleet: opts.fleet,
+                parent: opts.parent ?? null,
+                ...(opts.metadata !== undefined && { metadata: opts.metadata }),
+              },
+              ctx.actor,
+              opts.token ? { tokenTtlMs: opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs } : {},
+            );
+          emit(opts, { device: d, ...(token && { token: token.token, tokenExpiresAt: iso(token.expiresAt) }) }, () => {
+            if (token === undefined) return deviceLine(d);
+            note(
+              `device ${d.id} added; its enrollment token (shown once, expires ${iso(token.expiresAt)}) is on stdout`,
+            );
+            return token.token;
+          });
         });
-      });
-    });
+      },
+    );
 
   common(device.command('import'))
-    .description('add many devices at once: JSON lines {"id","type","fleet"?,"parent"?,"token"?: true} in; one JSON line per device out (with its token when asked). Existing devices are kept (a token is still issued if asked).')
+    .description(
+      'add many devices at once: JSON lines {"id","type","fleet"?,"parent"?,"token"?: true} in; one JSON line per device out (with its token when asked). Existing devices are kept (a token is still issued if asked).',
+    )
     .requiredOption('--in <file>', 'JSON lines; - for standard input')
     .option('--token-ttl <duration>', 'lifetime of the tokens issued', parseDurationOption('--token-ttl'))
     .action(async (opts: CommonOptions & { in: string; tokenTtl?: number }) => {
@@ -57,21 +86,36 @@ export function registerDevice(program: Command, common: CommonFlags): void {
           if (line.trim() === '') continue;
           let id: unknown;
           try {
-            const item = JSON.parse(line) as { id: string; type: string; fleet?: string; parent?: string; token?: boolean };
+            const item = JSON.parse(line) as {
+              id: string;
+              type: string;
+              fleet?: string;
+              parent?: string;
+              token?: boolean;
+            };
             id = item.id;
             const existing = registry.getDevice(item.id);
-            if (existing !== undefined && existing.type !== item.type) throw new FleetgateError('DEVICE_EXISTS', `device ${item.id} exists as a ${existing.type}`);
+            if (existing !== undefined && existing.type !== item.type)
+              throw new FleetgateError('DEVICE_EXISTS', `device ${item.id} exists as a ${existing.type}`);
             let token: string | undefined;
             if (existing === undefined) {
-              token = registry.addDevice({ id: item.id, type: item.type, fleet: item.fleet ?? 'default', parent: item.parent ?? null }, ctx.actor, item.token === true ? { tokenTtlMs: ttl } : {}).token?.token;
+              token = registry.addDevice(
+                { id: item.id, type: item.type, fleet: item.fleet ?? 'default', parent: item.parent ?? null },
+                ctx.actor,
+                item.token === true ? { tokenTtlMs: ttl } : {},
+              ).token?.token;
             } else if (item.token === true) {
               token = registry.createToken(item.id, ttl, ctx.actor).token;
             }
-            process.stdout.write(`${JSON.stringify({ id: item.id, created: existing === undefined, ...(token !== undefined && { token }) })}\n`);
+            process.stdout.write(
+              `${JSON.stringify({ id: item.id, created: existing === undefined, ...(token !== undefined && { token }) })}\n`,
+            );
           } catch (err) {
             failed++;
             const e = toFleetgateError(err);
-            process.stdout.write(`${JSON.stringify({ line: i + 1, ...(typeof id === 'string' && { id }), error: { code: e.code, message: e.message } })}\n`);
+            process.stdout.write(
+              `${JSON.stringify({ line: i + 1, ...(typeof id === 'string' && { id }), error: { code: e.code, message: e.message } })}\n`,
+            );
           }
         }
         if (failed > 0) throw new FleetgateError('BAD_REQUEST', `${failed} line(s) failed (see their output)`);
@@ -94,8 +138,12 @@ export function registerDevice(program: Command, common: CommonFlags): void {
     .action(async (opts: CommonOptions & { fleet?: string }) => {
       await withContext(opts, (ctx) => {
         const rows = ctx.registry().listDevices(opts.fleet === undefined ? {} : { fleet: opts.fleet });
-        emit(opts, rows, () => table(['ID', 'TYPE', 'FLEET', 'STATUS', 'PARENT', 'CREATED'],
-          rows.map((d) => [d.id, d.type, d.fleet, d.status, d.parent ?? '-', iso(d.createdAt)])));
+        emit(opts, rows, () =>
+          table(
+            ['ID', 'TYPE', 'FLEET', 'STATUS', 'PARENT', 'CREATED'],
+            rows.map((d) => [d.id, d.type, d.fleet, d.status, d.parent ?? '-', iso(d.createdAt)]),
+          ),
+        );
       });
     });
 
@@ -107,15 +155,27 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         const d = requireDevice(registry.getDevice(id), id);
         const certificates = registry.listCertificates({ deviceId: d.id }).map(({ pem: _pem, ...c }) => c);
         const children = registry.listChildren(d.id).map((c) => c.id);
-        emit(opts, { ...d, children, certificates }, () => [
-          deviceLine(d),
-          `created ${iso(d.createdAt)}, updated ${iso(d.updatedAt)}`,
-          ...(children.length > 0 ? [`children: ${children.join(', ')}`] : []),
-          `metadata: ${JSON.stringify(d.metadata)}`,
-          'certificates:',
-          table(['SERIAL', 'NOT AFTER', 'STATUS'], certificates.map((c) => [c.serial, iso(c.notAfter),
-            c.revocation === null ? (c.notAfter < Date.now() ? 'expired' : 'valid') : `revoked (${revocationReasonName(c.revocation.reason)})`])),
-        ].join('\n'));
+        emit(opts, { ...d, children, certificates }, () =>
+          [
+            deviceLine(d),
+            `created ${iso(d.createdAt)}, updated ${iso(d.updatedAt)}`,
+            ...(children.length > 0 ? [`children: ${children.join(', ')}`] : []),
+            `metadata: ${JSON.stringify(d.metadata)}`,
+            'certificates:',
+            table(
+              ['SERIAL', 'NOT AFTER', 'STATUS'],
+              certificates.map((c) => [
+                c.serial,
+                iso(c.notAfter),
+                c.revocation === null
+                  ? c.notAfter < Date.now()
+                    ? 'expired'
+                    : 'valid'
+                  : `revoked (${revocationReasonName(c.revocation.reason)})`,
+              ]),
+            ),
+          ].join('\n'),
+        );
       });
     });
 
@@ -134,7 +194,9 @@ export function registerDevice(program: Command, common: CommonFlags): void {
     .action(async (id: string, opts: CommonOptions) => {
       await withContext(opts, (ctx) => {
         const { device: d, changed } = ctx.registry().resumeDevice(id, ctx.actor);
-        emit(opts, { device: d, changed }, () => (changed ? `resumed ${d.id} (status ${d.status})` : `${d.id} was not suspended (status ${d.status})`));
+        emit(opts, { device: d, changed }, () =>
+          changed ? `resumed ${d.id} (status ${d.status})` : `${d.id} was not suspended (status ${d.status})`,
+        );
       });
     });
 
@@ -145,9 +207,11 @@ export function registerDevice(program: Command, common: CommonFlags): void {
       await withContext(opts, (ctx) => {
         const reason = parseRevocationReason(opts.reason);
         const result = ctx.registry().revokeDevice(id, reason, ctx.actor);
-        emit(opts, { ...result, reason: revocationReasonName(reason) }, () => (result.changed
-          ? `revoked ${id} (${revocationReasonName(reason)}); certificates revoked: ${result.revokedSerials.join(', ') || 'none'}`
-          : `${id} was already revoked`));
+        emit(opts, { ...result, reason: revocationReasonName(reason) }, () =>
+          result.changed
+            ? `revoked ${id} (${revocationReasonName(reason)}); certificates revoked: ${result.revokedSerials.join(', ') || 'none'}`
+            : `${id} was already revoked`,
+        );
       });
     });
 }

@@ -7,7 +7,9 @@ import type { CommonFlags } from '../main.ts';
 
 export function registerJwt(program: Command, common: CommonFlags): void {
   common(program.command('jwks'))
-    .description('print the public JWKS origins verify per-request assertions with (also GET /.well-known/jwks.json on the admin listener)')
+    .description(
+      'print the public JWKS origins verify per-request assertions with (also GET /.well-known/jwks.json on the admin listener)',
+    )
     .action(async (opts: CommonOptions) => {
       await withContext(opts, (ctx) => {
         ctx.registry(); // an initialized data directory
@@ -19,14 +21,26 @@ export function registerJwt(program: Command, common: CommonFlags): void {
 
   const jwt = program.command('jwt').description('assertion signing keys');
   common(jwt.command('rotate'))
-    .description('make a new signing key active; the previous one stays in the JWKS for the overlap (running gateways pick it up within a second)')
-    .option('--overlap <duration>', 'how long the previous key stays published (default from config: 24h)', parseDurationOption('--overlap'))
+    .description(
+      'make a new signing key active; the previous one stays in the JWKS for the overlap (running gateways pick it up within a second)',
+    )
+    .option(
+      '--overlap <duration>',
+      'how long the previous key stays published (default from config: 24h)',
+      parseDurationOption('--overlap'),
+    )
     .action(async (opts: CommonOptions & { overlap?: number }) => {
       await withContext(opts, (ctx) => {
         ctx.registry();
         const result = rotateKeyring(ctx.paths, opts.overlap ?? ctx.config.https.jwtOverlapMs);
-        ctx.registry().appendAudit(ctx.actor, 'jwt.rotate', result.active, { retired: result.retired, retireAt: result.retireAt });
-        emit(opts, { ...result, retireAt: iso(result.retireAt) }, () => `active key ${result.active}; ${result.retired} stays in the JWKS until ${iso(result.retireAt)}`);
+        ctx
+          .registry()
+          .appendAudit(ctx.actor, 'jwt.rotate', result.active, { retired: result.retired, retireAt: result.retireAt });
+        emit(
+          opts,
+          { ...result, retireAt: iso(result.retireAt) },
+          () => `active key ${result.active}; ${result.retired} stays in the JWKS until ${iso(result.retireAt)}`,
+        );
       });
     });
 }

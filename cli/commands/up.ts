@@ -26,21 +26,41 @@ interface RunningService {
  * otherwise — or with `json` — one JSON object per line for machines.
  */
 function rootLogger(level: string, format: LogFormat) {
-  const options = { level, redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'] };
+  const options = {
+    level,
+    redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'],
+  };
   const readable = format === 'pretty' || (format === 'auto' && process.stderr.isTTY === true);
   if (!readable) return pino(options, pino.destination(2));
-  return pino(options, pretty({ destination: 2, sync: true, colorize: process.stderr.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' }));
+  return pino(
+    options,
+    pretty({
+      destination: 2,
+      sync: true,
+      colorize: process.stderr.isTTY === true,
+      translateTime: 'SYS:HH:MM:ss.l',
+      ignore: 'pid,hostname',
+    }),
+  );
 }
 
-async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' | 'gateway' | 'provision'): Promise<void> {
+async function serve(
+  opts: CommonOptions & { logFormat?: string },
+  which: 'up' | 'gateway' | 'provision',
+): Promise<void> {
   const ctx = new CliContext(opts);
   const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
   const { created } = which === 'up' ? await initDataDir(ctx.config) : { created: [] };
   const format = opts.logFormat ?? ctx.config.log.format;
-  if (!isLogFormat(format)) throw new FleetgateError('USAGE', `--log-format is auto, json or pretty, not ${JSON.stringify(format)}`);
+  if (!isLogFormat(format))
+    throw new FleetgateError('USAGE', `--log-format is auto, json or pretty, not ${JSON.stringify(format)}`);
   const log = rootLogger(ctx.config.log.level, format);
   const rootKey = rootKeyOnDisk(ctx.paths);
-  if (rootKey !== undefined) log.warn({ file: rootKey }, 'the root CA key is still in the data directory: move it off this machine (the services never read it)');
+  if (rootKey !== undefined)
+    log.warn(
+      { file: rootKey },
+      'the root CA key is still in the data directory: move it off this machine (the services never read it)',
+    );
   const services: RunningService[] = [];
   try {
     if (which !== 'provision') {
@@ -50,12 +70,24 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
         { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
         { name: 'https', endpoint: gateway.endpoints.https, close: async () => undefined },
         { name: 'admin', endpoint: gateway.endpoints.admin, close: async () => undefined },
-        ...(gateway.endpoints.console === undefined ? [] : [{ name: 'console', endpoint: `${gateway.endpoints.console} (operator certificate: fleetgate operator issue)`, close: async () => undefined }]),
+        ...(gateway.endpoints.console === undefined
+          ? []
+          : [
+              {
+                name: 'console',
+                endpoint: `${gateway.endpoints.console} (operator certificate: fleetgate operator issue)`,
+                close: async () => undefined,
+              },
+            ]),
       );
     }
     if (which !== 'gateway') {
       const provisioning = await startProvisioning(ctx.config, { log });
-      services.push({ name: 'provision', endpoint: `${provisioning.endpoint} (JSON /v1, EST /.well-known/est)`, close: () => provisioning.close() });
+      services.push({
+        name: 'provision',
+        endpoint: `${provisioning.endpoint} (JSON /v1, EST /.well-known/est)`,
+        close: () => provisioning.close(),
+      });
     }
   } catch (err) {
     // Nothing half-started stays behind: close what started, give the signals back, report.
@@ -66,16 +98,31 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
   }
   const registry = redactLocation(ctx.paths.registry);
   const allocator = allocatorInUse();
-  emit(opts, { dataDir: ctx.paths.dataDir, registry, created, allocator, services: services.map(({ name, endpoint }) => ({ name, endpoint })) }, () => [
-    `fleetgate ${which}: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
-    ...(isPostgresUrl(ctx.paths.registry) ? [`registry: ${registry}`] : []),
-    `root CA (what devices trust): ${ctx.paths.rootCert}`,
-    ...(allocator === 'jemalloc' ? [] : [process.env.FLEETGATE_ALLOCATOR === 'system'
-      ? 'memory allocator: glibc malloc (FLEETGATE_ALLOCATOR=system)'
-      : 'memory allocator: glibc malloc — install jemalloc (Debian: libjemalloc2) so memory goes back to the system after connections close']),
-    ...services.map((s) => `  ${s.name.padEnd(10)} ${s.endpoint}`),
-    'press Ctrl-C to stop',
-  ].join('\n'));
+  emit(
+    opts,
+    {
+      dataDir: ctx.paths.dataDir,
+      registry,
+      created,
+      allocator,
+      services: services.map(({ name, endpoint }) => ({ name, endpoint })),
+    },
+    () =>
+      [
+        `fleetgate ${which}: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
+        ...(isPostgresUrl(ctx.paths.registry) ? [`registry: ${registry}`] : []),
+        `root CA (what devices trust): ${ctx.paths.rootCert}`,
+        ...(allocator === 'jemalloc'
+          ? []
+          : [
+              process.env.FLEETGATE_ALLOCATOR === 'system'
+                ? 'memory allocator: glibc malloc (FLEETGATE_ALLOCATOR=system)'
+                : 'memory allocator: glibc malloc — install jemalloc (Debian: libjemalloc2) so memory goes back to the system after connections close',
+            ]),
+        ...services.map((s) => `  ${s.name.padEnd(10)} ${s.endpoint}`),
+        'press Ctrl-C to stop',
+      ].join('\n'),
+  );
   const signal = await stopped.signal;
   log.info({ signal }, 'stopping');
   await Promise.allSettled(services.map((s) => s.close()));
@@ -85,7 +132,10 @@ async function serve(opts: CommonOptions & { logFormat?: string }, which: 'up' |
 
 /** The services' commands: the common flags plus --log-format. */
 function serviceCommand(common: CommonFlags, command: Command): Command {
-  return common(command).option('--log-format <format>', `${LOG_FORMATS.join(', ')}: auto is readable lines on a terminal, else JSON lines (config log.format, FLEETGATE_LOG_FORMAT)`);
+  return common(command).option(
+    '--log-format <format>',
+    `${LOG_FORMATS.join(', ')}: auto is readable lines on a terminal, else JSON lines (config log.format, FLEETGATE_LOG_FORMAT)`,
+  );
 }
 
 export function registerUp(program: Command, common: CommonFlags): void {
@@ -93,7 +143,9 @@ export function registerUp(program: Command, common: CommonFlags): void {
     .description('initialize the data directory if needed, start every service, run until SIGINT/SIGTERM')
     .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'up'));
   serviceCommand(common, program.command('gateway'))
-    .description('run the gateway only (MQTT 5 and 3.1.1 over TLS and WSS, the HTTPS plane, the admin listener) on an initialized data directory')
+    .description(
+      'run the gateway only (MQTT 5 and 3.1.1 over TLS and WSS, the HTTPS plane, the admin listener) on an initialized data directory',
+    )
     .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'gateway'));
   serviceCommand(common, program.command('provision'))
     .description('run the provisioning service only (enrollment JSON API and EST) on an initialized data directory')

@@ -27,7 +27,10 @@ const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2';
 
 /** A certificate serial as fleetgate writes it: lowercase hex without leading zero bytes. */
 export function serialHex(serialNumber: string): string {
-  const hex = serialNumber.replaceAll(':', '').toLowerCase().replace(/^(00)+(?=[0-9a-f])/, '');
+  const hex = serialNumber
+    .replaceAll(':', '')
+    .toLowerCase()
+    .replace(/^(00)+(?=[0-9a-f])/, '');
   return hex.length % 2 === 1 ? `0${hex}` : hex;
 }
 
@@ -57,7 +60,8 @@ export function identityFromCertificate(cert: X509Certificate): PeerIdentity {
   const fingerprint = digest.toString('hex');
   const seen = { serial, fingerprint }; // for the log line of a refusal
   const eku = cert.keyUsage; // Node: the *extended* key usage OIDs, undefined when absent
-  if (eku === undefined || !eku.includes(CLIENT_AUTH)) throw invalid('certificate lacks the clientAuth extended key usage', seen);
+  if (eku === undefined || !eku.includes(CLIENT_AUTH))
+    throw invalid('certificate lacks the clientAuth extended key usage', seen);
   if (cert.ca) throw invalid('a CA certificate cannot be used as a client certificate', seen);
   let deviceId: string;
   try {

@@ -25,7 +25,11 @@ test('ok/minimal long form', () => {
 });
 
 test('error/OIDs: empty, unterminated, padded subidentifier', () => {
-  for (const bytes of [[0x06, 0x00], [0x06, 0x02, 0x2a, 0x86], [0x06, 0x03, 0x2a, 0x80, 0x01]]) {
+  for (const bytes of [
+    [0x06, 0x00],
+    [0x06, 0x02, 0x2a, 0x86],
+    [0x06, 0x03, 0x2a, 0x80, 0x01],
+  ]) {
     assert.throws(() => oid(Buffer.from(bytes), readTlv(Buffer.from(bytes), 0)), DerError, JSON.stringify(bytes));
   }
   const ok = Buffer.from([0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]);
@@ -43,17 +47,66 @@ test('error/more elements than the cap', () => {
 test('ok/certificateSpki is the key OpenSSL reads from the certificate (EC, RSA, Ed25519; v3 and v1)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'fleetgate-der-'));
   try {
-    for (const [alg, extra] of [['ec', ['-pkeyopt', 'ec_paramgen_curve:P-256']], ['rsa', ['-pkeyopt', 'rsa_keygen_bits:2048']], ['ed25519', []]] as const) {
-      execFileSync('openssl', ['genpkey', '-algorithm', alg, ...extra, '-out', join(dir, `${alg}.key`)], { stdio: 'ignore' });
+    for (const [alg, extra] of [
+      ['ec', ['-pkeyopt', 'ec_paramgen_curve:P-256']],
+      ['rsa', ['-pkeyopt', 'rsa_keygen_bits:2048']],
+      ['ed25519', []],
+    ] as const) {
+      execFileSync('openssl', ['genpkey', '-algorithm', alg, ...extra, '-out', join(dir, `${alg}.key`)], {
+        stdio: 'ignore',
+      });
       // v3 (with extensions) from `req -x509`; v1 (no version field at all) from `x509 -req` without extensions.
-      execFileSync('openssl', ['req', '-x509', '-new', '-key', join(dir, `${alg}.key`), '-subj', '/CN=spki', '-days', '1', '-out', join(dir, `${alg}.v3.crt`)], { stdio: 'ignore' });
-      execFileSync('openssl', ['req', '-new', '-key', join(dir, `${alg}.key`), '-subj', '/CN=spki', '-out', join(dir, `${alg}.csr`)], { stdio: 'ignore' });
-      execFileSync('openssl', ['x509', '-req', '-in', join(dir, `${alg}.csr`), '-key', join(dir, `${alg}.key`), '-days', '1', '-out', join(dir, `${alg}.v1.crt`)], { stdio: 'ignore' });
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-new',
+          '-key',
+          join(dir, `${alg}.key`),
+          '-subj',
+          '/CN=spki',
+          '-days',
+          '1',
+          '-out',
+          join(dir, `${alg}.v3.crt`),
+        ],
+        { stdio: 'ignore' },
+      );
+      execFileSync(
+        'openssl',
+        ['req', '-new', '-key', join(dir, `${alg}.key`), '-subj', '/CN=spki', '-out', join(dir, `${alg}.csr`)],
+        { stdio: 'ignore' },
+      );
+      execFileSync(
+        'openssl',
+        [
+          'x509',
+          '-req',
+          '-in',
+          join(dir, `${alg}.csr`),
+          '-key',
+          join(dir, `${alg}.key`),
+          '-days',
+          '1',
+          '-out',
+          join(dir, `${alg}.v1.crt`),
+        ],
+        { stdio: 'ignore' },
+      );
       for (const v of ['v3', 'v1']) {
         const cert = new X509Certificate(readFileSync(join(dir, `${alg}.${v}.crt`)));
         const tbs = readTlv(cert.raw, readTlv(cert.raw, 0).contentStart);
-        assert.equal(readTlv(cert.raw, tbs.contentStart).tag === 0xa0, v === 'v3', `${alg} ${v}: version field present in v3 only`);
-        assert.deepEqual(Buffer.from(certificateSpki(cert.raw)), cert.publicKey.export({ type: 'spki', format: 'der' }), `${alg} ${v}`);
+        assert.equal(
+          readTlv(cert.raw, tbs.contentStart).tag === 0xa0,
+          v === 'v3',
+          `${alg} ${v}: version field present in v3 only`,
+        );
+        assert.deepEqual(
+          Buffer.from(certificateSpki(cert.raw)),
+          cert.publicKey.export({ type: 'spki', format: 'der' }),
+          `${alg} ${v}`,
+        );
       }
     }
   } finally {

@@ -47,7 +47,7 @@ export const MAX_CHILDREN = 256;
 /** The TLVs directly inside a constructed TLV (at most `max`: a hostile input cannot make us build huge lists). */
 export function children(buf: Uint8Array, parent: Tlv, max = MAX_CHILDREN): Tlv[] {
   const out: Tlv[] = [];
-  for (let p = parent.contentStart; p < parent.end;) {
+  for (let p = parent.contentStart; p < parent.end; ) {
     if (out.length === max) throw new DerError(`more than ${max} elements in one structure`);
     const t = readTlv(buf, p, parent.end);
     out.push(t);
@@ -69,7 +69,8 @@ export function oid(buf: Uint8Array, t: Tlv): string {
   let value = 0;
   for (let i = t.contentStart; i < t.end; i++) {
     const b = buf[i] as number;
-    if (b === 0x80 && (i === t.contentStart || ((buf[i - 1] as number) & 0x80) === 0)) throw new DerError('non-minimal OBJECT IDENTIFIER subidentifier');
+    if (b === 0x80 && (i === t.contentStart || ((buf[i - 1] as number) & 0x80) === 0))
+      throw new DerError('non-minimal OBJECT IDENTIFIER subidentifier');
     value = value * 128 + (b & 0x7f);
     if ((b & 0x80) === 0) {
       if (parts.length === 0) parts.push(value < 80 ? Math.floor(value / 40) : 2, value < 80 ? value % 40 : value - 80);
@@ -129,7 +130,9 @@ export function oidDer(dotted: string): Buffer {
 export function time(date: Date): Buffer {
   const iso = date.toISOString(); // YYYY-MM-DDTHH:MM:SS.sssZ
   const digits = iso.slice(0, 19).replace(/[-T:]/g, '');
-  return date.getUTCFullYear() < 2050 ? tlv(0x17, Buffer.from(`${digits.slice(2)}Z`)) : tlv(0x18, Buffer.from(`${digits}Z`));
+  return date.getUTCFullYear() < 2050
+    ? tlv(0x17, Buffer.from(`${digits.slice(2)}Z`))
+    : tlv(0x18, Buffer.from(`${digits}Z`));
 }
 
 /** PEM (RFC 7468): base64 in 64-character lines, with a trailing newline. */

@@ -29,14 +29,21 @@ for (const [name, input, valid] of cases) {
   test(`device id/${name}`, () => {
     assert.equal(isDeviceId(input), valid);
     if (valid) assert.equal(assertDeviceId(input), input);
-    else assert.throws(() => assertDeviceId(input), (e: unknown) => e instanceof FleetgateError && e.code === 'DEVICE_ID_INVALID');
+    else
+      assert.throws(
+        () => assertDeviceId(input),
+        (e: unknown) => e instanceof FleetgateError && e.code === 'DEVICE_ID_INVALID',
+      );
   });
 }
 
 test('device type/only the five known types', () => {
   for (const t of ['sensor', 'gateway', 'camera', 'service', 'operator']) assert.equal(assertDeviceType(t), t);
   for (const t of ['Sensor', 'admin', '', undefined]) {
-    assert.throws(() => assertDeviceType(t), (e: unknown) => e instanceof FleetgateError && e.code === 'DEVICE_TYPE_INVALID');
+    assert.throws(
+      () => assertDeviceType(t),
+      (e: unknown) => e instanceof FleetgateError && e.code === 'DEVICE_TYPE_INVALID',
+    );
   }
 });
 

@@ -26,7 +26,8 @@ export function isDeviceId(value: unknown): value is string {
 /** Throws DEVICE_ID_INVALID unless `value` is a valid device id. */
 export function assertDeviceId(value: unknown, what = 'device id'): string {
   if (isDeviceId(value)) return value;
-  const shown = typeof value === 'string' ? JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value) : typeof value;
+  const shown =
+    typeof value === 'string' ? JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value) : typeof value;
   throw new FleetgateError(
     'DEVICE_ID_INVALID',
     `${what} ${shown} is invalid: 1–128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit`,
@@ -39,7 +40,10 @@ export function isDeviceType(value: unknown): value is DeviceType {
 
 export function assertDeviceType(value: unknown): DeviceType {
   if (isDeviceType(value)) return value;
-  throw new FleetgateError('DEVICE_TYPE_INVALID', `device type ${JSON.stringify(value)} is invalid: one of ${DEVICE_TYPES.join(', ')}`);
+  throw new FleetgateError(
+    'DEVICE_TYPE_INVALID',
+    `device type ${JSON.stringify(value)} is invalid: one of ${DEVICE_TYPES.join(', ')}`,
+  );
 }
 
 export function deviceUri(id: string): string {
@@ -55,7 +59,10 @@ export const HARDWARE_SERIAL_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
  */
 export function deviceIdForSerial(hardwareSerial: string): string {
   if (typeof hardwareSerial !== 'string' || !HARDWARE_SERIAL_PATTERN.test(hardwareSerial)) {
-    throw new FleetgateError('BAD_REQUEST', 'hardwareSerial must be 1–100 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit');
+    throw new FleetgateError(
+      'BAD_REQUEST',
+      'hardwareSerial must be 1–100 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit',
+    );
   }
   return `hw-${hardwareSerial}`;
 }

@@ -23,14 +23,24 @@ test('catalogue/every code is documented in docs/errors.md with its mappings', (
     const row = docs.split('\n').find((l) => l.startsWith(`| \`${code}\` |`));
     assert.ok(row, `${code} missing from docs/errors.md`);
     const cells = row.split('|').map((c) => c.trim());
-    assert.deepEqual(cells.slice(2, 5), [String(e.http), String(e.connack), String(e.exit)], `${code} mappings in docs`);
+    assert.deepEqual(
+      cells.slice(2, 5),
+      [String(e.http), String(e.connack), String(e.exit)],
+      `${code} mappings in docs`,
+    );
   }
   const documented = [...docs.matchAll(/^\| `([A-Z_]+)` \|/gm)].map((m) => m[1]);
-  assert.deepEqual(documented.filter((c) => !isErrorCode(c)), [], 'docs list codes that do not exist');
+  assert.deepEqual(
+    documented.filter((c) => !isErrorCode(c)),
+    [],
+    'docs list codes that do not exist',
+  );
 });
 
 test('error/coded error exposes its mappings and hides detail from the public message', () => {
-  const e = new FleetgateError('CERT_REVOKED', 'certificate 0a1b revoked (keyCompromise)', { detail: { serial: '0a1b' } });
+  const e = new FleetgateError('CERT_REVOKED', 'certificate 0a1b revoked (keyCompromise)', {
+    detail: { serial: '0a1b' },
+  });
   assert.equal(e.code, 'CERT_REVOKED');
   assert.equal(e.httpStatus, 403);
   assert.equal(e.connackCode, 5);

@@ -152,7 +152,10 @@ export function toFleetgateError(err: unknown): FleetgateError {
   // a read-only file system, no permission): its own code, not INTERNAL — the operator can fix it.
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && (READ_ONLY_ERRNO.has(code) || code.startsWith('SQLITE_READONLY'))) {
-    return new FleetgateError('STORAGE_READ_ONLY', `cannot write: ${text}`, { cause: err, ...(typeof (err as { path?: unknown }).path === 'string' && { detail: { path: (err as { path: string }).path } }) });
+    return new FleetgateError('STORAGE_READ_ONLY', `cannot write: ${text}`, {
+      cause: err,
+      ...(typeof (err as { path?: unknown }).path === 'string' && { detail: { path: (err as { path: string }).path } }),
+    });
   }
   return new FleetgateError('INTERNAL', text, { cause: err });
 }

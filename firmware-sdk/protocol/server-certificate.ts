@@ -24,11 +24,15 @@ export function verifyServerCertificate(host: string, cert: PeerCertificate): Er
   if (nameError !== undefined) return nameError;
   const eku = (cert as PeerCertificate & { ext_key_usage?: string[] }).ext_key_usage;
   if (eku === undefined || !eku.includes(SERVER_AUTH)) {
-    return Object.assign(new Error(`server certificate for ${host} lacks the serverAuth extended key usage`), { code: 'ERR_TLS_CERT_NOT_SERVER' });
+    return Object.assign(new Error(`server certificate for ${host} lacks the serverAuth extended key usage`), {
+      code: 'ERR_TLS_CERT_NOT_SERVER',
+    });
   }
   const san = cert.subjectaltname ?? '';
   if (san.includes(`URI:${DEVICE_URI_PREFIX}`) || san.includes(`URI:${CLAIM_URI_PREFIX}`)) {
-    return Object.assign(new Error(`server certificate for ${host} is a fleetgate device or claim certificate`), { code: 'ERR_TLS_CERT_NOT_SERVER' });
+    return Object.assign(new Error(`server certificate for ${host} is a fleetgate device or claim certificate`), {
+      code: 'ERR_TLS_CERT_NOT_SERVER',
+    });
   }
   return undefined;
 }

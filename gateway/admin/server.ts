@@ -38,7 +38,11 @@ async function requireOperator(req: FastifyRequest, registry: RegistryLink): Pro
  * The TLS layer requests a certificate but lets the request through without one, so probes
  * work; every `/v1` route admits the caller itself.
  */
-export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: AdminDeps): Promise<{ app: FastifyInstance; port: number }> {
+export async function startAdmin(
+  config: GatewayConfig,
+  tls: TlsOptions,
+  deps: AdminDeps,
+): Promise<{ app: FastifyInstance; port: number }> {
   const app = Fastify({
     https: tls,
     logger: false,
@@ -47,15 +51,32 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
     keepAliveTimeout: 5_000,
     frameworkErrors: frameworkError,
   });
-  app.server.on('tlsClientError', onTlsClientError(deps.refusals, (code) => deps.metrics.handshakes.inc({ transport: 'admin', outcome: 'tls_failed', code }), { transport: 'admin' }));
+  app.server.on(
+    'tlsClientError',
+    onTlsClientError(
+      deps.refusals,
+      (code) => deps.metrics.handshakes.inc({ transport: 'admin', outcome: 'tls_failed', code }),
+      { transport: 'admin' },
+    ),
+  );
   deps.guard.attach(app.server, 'admin');
   app.setErrorHandler((err, req, reply) => {
     const e = httpError(err);
     if (e.code === 'INTERNAL') deps.log.error({ err, url: req.url }, 'admin request failed');
-    else deps.log.warn({ decision: 'refused', surface: 'admin', url: req.url.split('?')[0], ...logFields(e) }, 'admin request refused');
+    else
+      deps.log.warn(
+        { decision: 'refused', surface: 'admin', url: req.url.split('?')[0], ...logFields(e) },
+        'admin request refused',
+      );
     void sendError(reply, e);
   });
-  app.setNotFoundHandler((req, reply) => void sendError(reply, new FleetgateError('ROUTE_NOT_FOUND', `no admin route ${req.method} ${req.url.split('?')[0]}`)));
+  app.setNotFoundHandler(
+    (req, reply) =>
+      void sendError(
+        reply,
+        new FleetgateError('ROUTE_NOT_FOUND', `no admin route ${req.method} ${req.url.split('?')[0]}`),
+      ),
+  );
   app.get('/healthz', async (_req, reply) => {
     try {
       await deps.registry.ping();
@@ -64,8 +85,12 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
       return reply.status(503).send({ status: 'unavailable', error: { code: httpError(err).code } });
     }
   });
-  app.get('/.well-known/jwks.json', async (_req, reply) => reply.header('cache-control', 'max-age=300').send(deps.jwks()));
-  app.get('/metrics', async (_req, reply) => reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()));
+  app.get('/.well-known/jwks.json', async (_req, reply) =>
+    reply.header('cache-control', 'max-age=300').send(deps.jwks()),
+  );
+  app.get('/metrics', async (_req, reply) =>
+    reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics()),
+  );
   // In a cluster, both answer for every node that answers (each row and count names its node).
   app.get('/v1/connections', async (req) => {
     await requireOperator(req, deps.registry);
@@ -73,13 +98,18 @@ export async function startAdmin(config: GatewayConfig, tls: TlsOptions, deps: A
   });
   app.delete<{ Params: { deviceId: string } }>('/v1/connections/:deviceId', async (req) => {
     const operator = await requireOperator(req, deps.registry);
-    return { deviceId: req.params.deviceId, ...await deps.fleet.kick(req.params.deviceId, `operator:${operator}`) };
+    return { deviceId: req.params.deviceId, ...(await deps.fleet.kick(req.params.deviceId, `operator:${operator}`)) };
   });
   try {
     await app.listen({ host: config.adminHost, port: config.adminPort });
   } catch (err) {
     await app.close();
-    throw bindError(err as NodeJS.ErrnoException, config.adminHost, config.adminPort, 'gateway.adminPort (FLEETGATE_ADMIN_PORT)');
+    throw bindError(
+      err as NodeJS.ErrnoException,
+      config.adminHost,
+      config.adminPort,
+      'gateway.adminPort (FLEETGATE_ADMIN_PORT)',
+    );
   }
   const address = app.server.address();
   return { app, port: typeof address === 'object' && address !== null ? address.port : config.adminPort };

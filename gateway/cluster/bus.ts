@@ -3,7 +3,15 @@ import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ForwardedProperties } from '../mqtt/codec.ts';
 import { Message } from '../mqtt/session.ts';
-import { decodeLevel, encodeLevel, filterToSubjects, RETAINED_PREFIX, retainedSubject, subjectToTopic, topicToSubject } from './subjects.ts';
+import {
+  decodeLevel,
+  encodeLevel,
+  filterToSubjects,
+  RETAINED_PREFIX,
+  retainedSubject,
+  subjectToTopic,
+  topicToSubject,
+} from './subjects.ts';
 
 /** Session announcements: `fg.s.<client id>`, the announcing node's name as the payload. */
 const SESSION_PREFIX = 'fg.s';
@@ -28,7 +36,11 @@ export interface BusEvents {
 }
 
 /** Counts for metrics: messages each way, and how many were published while the link was down. */
-export interface BusCounts { sent: number; received: number; lostWhileDown: number }
+export interface BusCounts {
+  sent: number;
+  received: number;
+  lostWhileDown: number;
+}
 
 /**
  * Fan-out between gateway nodes over NATS (core pub/sub, at most once between nodes; each
@@ -59,22 +71,32 @@ export class NatsBus {
     this.#events = events;
     void this.#watch();
     // Every node keeps every retained message (within its quotas): a subscriber on any node gets it.
-    nc.subscribe(`${RETAINED_PREFIX}.>`, { callback: (err, msg) => {
-      if (err !== null) return;
-      const m = decodeEnvelope(msg.subject, msg.data);
-      if (m !== undefined) this.#events.retained(m);
-    } });
-    nc.subscribe(`${SESSION_PREFIX}.*`, { callback: (err, msg) => {
-      if (err !== null) return;
-      this.#events.session(decodeLevel(msg.subject.slice(SESSION_PREFIX.length + 1)), new TextDecoder().decode(msg.data));
-    } });
+    nc.subscribe(`${RETAINED_PREFIX}.>`, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        const m = decodeEnvelope(msg.subject, msg.data);
+        if (m !== undefined) this.#events.retained(m);
+      },
+    });
+    nc.subscribe(`${SESSION_PREFIX}.*`, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        this.#events.session(
+          decodeLevel(msg.subject.slice(SESSION_PREFIX.length + 1)),
+          new TextDecoder().decode(msg.data),
+        );
+      },
+    });
   }
 
   /** Connects to NATS (`servers`: comma-separated URLs); rejects CLUSTER_UNAVAILABLE if it cannot at start. */
   static async connect(servers: string, node: string, log: Logger, events: BusEvents): Promise<NatsBus> {
     try {
       const nc = await connect({
-        servers: servers.split(',').map((s) => s.trim()).filter((s) => s !== ''),
+        servers: servers
+          .split(',')
+          .map((s) => s.trim())
+          .filter((s) => s !== ''),
         name: `fleetgate-${node}`,
         noEcho: true,
         maxReconnectAttempts: -1,
@@ -85,7 +107,9 @@ export class NatsBus {
       });
       return new NatsBus(nc, node, log, events);
     } catch (err) {
-      throw new FleetgateError('CLUSTER_UNAVAILABLE', `cannot reach NATS at ${servers}: ${(err as Error).message}`, { cause: err });
+      throw new FleetgateError('CLUSTER_UNAVAILABLE', `cannot reach NATS at ${servers}: ${(err as Error).message}`, {
+        cause: err,
+      });
     }
   }
 
@@ -97,11 +121,17 @@ export class NatsBus {
     for await (const s of this.#nc.status()) {
       if (s.type === 'disconnect' && this.#up) {
         this.#up = false;
-        this.#log.error({ code: 'CLUSTER_UNAVAILABLE', server: String(s.data) }, 'NATS link down: messages to subscribers on other nodes are not delivered until it is back');
+        this.#log.error(
+          { code: 'CLUSTER_UNAVAILABLE', server: String(s.data) },
+          'NATS link down: messages to subscribers on other nodes are not delivered until it is back',
+        );
         this.#events.link('down');
       } else if (s.type === 'reconnect' && !this.#up) {
         this.#up = true;
-        this.#log.info({ server: String(s.data), lostWhileDown: this.counts.lostWhileDown }, 'NATS link back: fan-out between nodes resumed');
+        this.#log.info(
+          { server: String(s.data), lostWhileDown: this.counts.lostWhileDown },
+          'NATS link back: fan-out between nodes resumed',
+        );
         this.#events.link('up');
       }
     }
@@ -124,53 +154,82 @@ export class NatsBus {
    * Answers the other nodes' operator questions — which sessions this node holds, and kick a
    * device here — so that `fleetgate connections` and `kick` on any node see the whole cluster.
    */
-  serve(handlers: { connections(deviceId?: string): unknown[]; kick(deviceId: string, actor: string): number; overview?(): Promise<unknown>; refused?(limit: number): unknown[] }): void {
+  serve(handlers: {
+    connections(deviceId?: string): unknown[];
+    kick(deviceId: string, actor: string): number;
+    overview?(): Promise<unknown>;
+    refused?(limit: number): unknown[];
+  }): void {
     const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
-    this.#nc.subscribe(`${ADMIN_PREFIX}.connections`, { callback: (err, msg) => {
-      if (err !== null) return;
-      try {
-        // `{ deviceId }` asks for one device's sessions only (the console's device page).
-        const { deviceId } = JSON.parse(new TextDecoder().decode(msg.data)) as { deviceId?: unknown };
-        msg.respond(json({ node: this.#node, connections: handlers.connections(typeof deviceId === 'string' ? deviceId : undefined) }));
-      } catch {
-        // a malformed question from a peer: no answer
-      }
-    } });
-    this.#nc.subscribe(`${ADMIN_PREFIX}.kick`, { callback: (err, msg) => {
-      if (err !== null) return;
-      try {
-        const { deviceId, actor } = JSON.parse(new TextDecoder().decode(msg.data)) as { deviceId: string; actor: string };
-        msg.respond(json({ node: this.#node, closed: handlers.kick(String(deviceId), String(actor)) }));
-      } catch {
-        // a malformed question from a peer: no answer
-      }
-    } });
+    this.#nc.subscribe(`${ADMIN_PREFIX}.connections`, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        try {
+          // `{ deviceId }` asks for one device's sessions only (the console's device page).
+          const { deviceId } = JSON.parse(new TextDecoder().decode(msg.data)) as { deviceId?: unknown };
+          msg.respond(
+            json({
+              node: this.#node,
+              connections: handlers.connections(typeof deviceId === 'string' ? deviceId : undefined),
+            }),
+          );
+        } catch {
+          // a malformed question from a peer: no answer
+        }
+      },
+    });
+    this.#nc.subscribe(`${ADMIN_PREFIX}.kick`, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        try {
+          const { deviceId, actor } = JSON.parse(new TextDecoder().decode(msg.data)) as {
+            deviceId: string;
+            actor: string;
+          };
+          msg.respond(json({ node: this.#node, closed: handlers.kick(String(deviceId), String(actor)) }));
+        } catch {
+          // a malformed question from a peer: no answer
+        }
+      },
+    });
     const refused = handlers.refused;
     if (refused !== undefined) {
       // The console's "still seen connecting" on any node merges every node's book.
-      this.#nc.subscribe(`${ADMIN_PREFIX}.refused`, { callback: (err, msg) => {
-        if (err !== null) return;
-        try {
-          const { limit } = JSON.parse(new TextDecoder().decode(msg.data)) as { limit?: unknown };
-          msg.respond(json({ node: this.#node, refused: refused(typeof limit === 'number' && limit > 0 ? Math.min(limit, 1_000) : 100) }));
-        } catch {
-          // a malformed question from a peer, or closed: no answer
-        }
-      } });
+      this.#nc.subscribe(`${ADMIN_PREFIX}.refused`, {
+        callback: (err, msg) => {
+          if (err !== null) return;
+          try {
+            const { limit } = JSON.parse(new TextDecoder().decode(msg.data)) as { limit?: unknown };
+            msg.respond(
+              json({
+                node: this.#node,
+                refused: refused(typeof limit === 'number' && limit > 0 ? Math.min(limit, 1_000) : 100),
+              }),
+            );
+          } catch {
+            // a malformed question from a peer, or closed: no answer
+          }
+        },
+      });
     }
     const overview = handlers.overview;
     if (overview !== undefined) {
       // The console's overview on any node sums every node's counters and sessions.
-      this.#nc.subscribe(`${ADMIN_PREFIX}.overview`, { callback: (err, msg) => {
-        if (err !== null) return;
-        overview().then((totals) => {
-          try {
-            msg.respond(json({ node: this.#node, totals }));
-          } catch {
-            // closed or draining: the asker sums the nodes that answered
-          }
-        }, () => undefined);
-      } });
+      this.#nc.subscribe(`${ADMIN_PREFIX}.overview`, {
+        callback: (err, msg) => {
+          if (err !== null) return;
+          overview().then(
+            (totals) => {
+              try {
+                msg.respond(json({ node: this.#node, totals }));
+              } catch {
+                // closed or draining: the asker sums the nodes that answered
+              }
+            },
+            () => undefined,
+          );
+        },
+      });
     }
   }
 
@@ -182,25 +241,31 @@ export class NatsBus {
    * subscriptions: from then on a joining node's question reaches this one.
    */
   async serveRetained(all: () => Message[]): Promise<void> {
-    this.#nc.subscribe(RETAINED_OFFER, { callback: (err, msg) => {
-      if (err !== null) return;
-      try {
-        msg.respond(new TextEncoder().encode(JSON.stringify({ node: this.#node, count: all().length })));
-      } catch {
-        // closed or draining: the asker hears from another node or starts without
-      }
-    } });
-    this.#nc.subscribe(retainedSend(this.#node), { callback: (err, msg) => {
-      if (err !== null) return;
-      let inbox: unknown;
-      try {
-        inbox = (JSON.parse(new TextDecoder().decode(msg.data)) as { inbox?: unknown }).inbox;
-      } catch {
-        return; // a malformed question from a peer: no answer
-      }
-      if (typeof inbox !== 'string' || !inbox.startsWith('_INBOX.')) return;
-      void this.#streamRetained(inbox, all()).catch((e: unknown) => this.#log.warn({ err: (e as Error).message }, 'retained snapshot for a joining node failed'));
-    } });
+    this.#nc.subscribe(RETAINED_OFFER, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        try {
+          msg.respond(new TextEncoder().encode(JSON.stringify({ node: this.#node, count: all().length })));
+        } catch {
+          // closed or draining: the asker hears from another node or starts without
+        }
+      },
+    });
+    this.#nc.subscribe(retainedSend(this.#node), {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        let inbox: unknown;
+        try {
+          inbox = (JSON.parse(new TextDecoder().decode(msg.data)) as { inbox?: unknown }).inbox;
+        } catch {
+          return; // a malformed question from a peer: no answer
+        }
+        if (typeof inbox !== 'string' || !inbox.startsWith('_INBOX.')) return;
+        void this.#streamRetained(inbox, all()).catch((e: unknown) =>
+          this.#log.warn({ err: (e as Error).message }, 'retained snapshot for a joining node failed'),
+        );
+      },
+    });
     await this.#nc.flush();
   }
 
@@ -237,15 +302,23 @@ export class NatsBus {
    * A complete answer from a node is the cluster's set: the joiner drops what it kept from before
    * that is not in it (cleared while it was away).
    */
-  async fetchRetained(apply: (m: Message) => void, timeoutMs = 10_000): Promise<{ node?: string; count: number; complete: boolean }> {
+  async fetchRetained(
+    apply: (m: Message) => void,
+    timeoutMs = 10_000,
+  ): Promise<{ node?: string; count: number; complete: boolean }> {
     // Every node says how many it holds (until none has answered for 150 ms); the one holding most sends them.
     let best: { node: string; count: number } | undefined;
     try {
-      const offers = await this.#nc.requestMany(RETAINED_OFFER, new Uint8Array(0), { strategy: RequestStrategy.JitterTimer, jitter: 150, maxWait: Math.min(2_000, timeoutMs) });
+      const offers = await this.#nc.requestMany(RETAINED_OFFER, new Uint8Array(0), {
+        strategy: RequestStrategy.JitterTimer,
+        jitter: 150,
+        maxWait: Math.min(2_000, timeoutMs),
+      });
       for await (const offer of offers) {
         if (offer.data.length === 0) continue; // a status message (no responders)
         const o = JSON.parse(new TextDecoder().decode(offer.data)) as { node?: unknown; count?: unknown };
-        if (typeof o.node === 'string' && typeof o.count === 'number' && (best === undefined || o.count > best.count)) best = { node: o.node, count: o.count };
+        if (typeof o.node === 'string' && typeof o.count === 'number' && (best === undefined || o.count > best.count))
+          best = { node: o.node, count: o.count };
       }
     } catch {
       // no other node (no responders), or the link went down: start with this node's own
@@ -266,7 +339,7 @@ export class NatsBus {
           complete = true;
           break;
         }
-        for (let at = 0; at + 6 <= b.length;) {
+        for (let at = 0; at + 6 <= b.length; ) {
           const subjectLength = b.readUInt16BE(at);
           const subject = b.toString('utf8', at + 2, at + 2 + subjectLength);
           const envelopeLength = b.readUInt32BE(at + 2 + subjectLength);
@@ -291,18 +364,26 @@ export class NatsBus {
    * none has for 150 ms (at most 2 s). A node that is down answers nothing; the caller shows who answered.
    */
   async ask<T>(question: 'connections' | 'kick' | 'overview' | 'refused', body: unknown = {}): Promise<T[]> {
-    if (!this.#up) throw new FleetgateError('CLUSTER_UNAVAILABLE', 'the NATS link is down: other nodes cannot be asked');
+    if (!this.#up)
+      throw new FleetgateError('CLUSTER_UNAVAILABLE', 'the NATS link is down: other nodes cannot be asked');
     const answers: T[] = [];
     try {
-      const replies = await this.#nc.requestMany(`${ADMIN_PREFIX}.${question}`, new TextEncoder().encode(JSON.stringify(body)), {
-        strategy: RequestStrategy.JitterTimer, jitter: 150, maxWait: 2_000,
-      });
+      const replies = await this.#nc.requestMany(
+        `${ADMIN_PREFIX}.${question}`,
+        new TextEncoder().encode(JSON.stringify(body)),
+        {
+          strategy: RequestStrategy.JitterTimer,
+          jitter: 150,
+          maxWait: 2_000,
+        },
+      );
       for await (const msg of replies) {
         if (msg.data.length === 0) continue; // a status message (no responders)
         answers.push(JSON.parse(new TextDecoder().decode(msg.data)) as T);
       }
     } catch (err) {
-      if ((err as { code?: string }).code !== '503') throw new FleetgateError('CLUSTER_UNAVAILABLE', `asking the other nodes failed: ${(err as Error).message}`);
+      if ((err as { code?: string }).code !== '503')
+        throw new FleetgateError('CLUSTER_UNAVAILABLE', `asking the other nodes failed: ${(err as Error).message}`);
     }
     return answers;
   }
@@ -339,13 +420,15 @@ export class NatsBus {
         held.count++;
         continue;
       }
-      const sub = this.#nc.subscribe(subject, { callback: (err, msg) => {
-        if (err !== null) return;
-        const m = decodeEnvelope(msg.subject, msg.data);
-        if (m === undefined) return;
-        this.counts.received++;
-        this.#events.message(m);
-      } });
+      const sub = this.#nc.subscribe(subject, {
+        callback: (err, msg) => {
+          if (err !== null) return;
+          const m = decodeEnvelope(msg.subject, msg.data);
+          if (m === undefined) return;
+          this.counts.received++;
+          this.#events.message(m);
+        },
+      });
       this.#subs.set(subject, { sub, count: 1 });
     }
   }
@@ -385,10 +468,18 @@ const ENVELOPE_VERSION = 1;
 
 export function encodeEnvelope(m: Message): Buffer {
   const from = Buffer.from(m.from, 'utf8');
-  const fwd = m.fwd === undefined ? undefined : Buffer.from(JSON.stringify({
-    ...m.fwd, ...(m.fwd.correlationData !== undefined && { correlationData: m.fwd.correlationData.toString('base64') }),
-  }), 'utf8');
-  const size = 3 + from.length + (m.expiresAt === undefined ? 0 : 8) + (fwd === undefined ? 0 : 4 + fwd.length) + m.payload.length;
+  const fwd =
+    m.fwd === undefined
+      ? undefined
+      : Buffer.from(
+          JSON.stringify({
+            ...m.fwd,
+            ...(m.fwd.correlationData !== undefined && { correlationData: m.fwd.correlationData.toString('base64') }),
+          }),
+          'utf8',
+        );
+  const size =
+    3 + from.length + (m.expiresAt === undefined ? 0 : 8) + (fwd === undefined ? 0 : 4 + fwd.length) + m.payload.length;
   const out = Buffer.allocUnsafe(size);
   out[0] = ENVELOPE_VERSION;
   out[1] = m.qos | (m.retain ? 4 : 0) | (m.expiresAt === undefined ? 0 : 8) | (fwd === undefined ? 0 : 16);
@@ -424,7 +515,10 @@ export function decodeEnvelope(subject: string, data: Uint8Array): Message | und
     at += 4;
     const raw = JSON.parse(b.toString('utf8', at, at + n)) as ForwardedProperties & { correlationData?: string };
     at += n;
-    fwd = { ...raw, ...(raw.correlationData !== undefined && { correlationData: Buffer.from(raw.correlationData, 'base64') }) } as ForwardedProperties;
+    fwd = {
+      ...raw,
+      ...(raw.correlationData !== undefined && { correlationData: Buffer.from(raw.correlationData, 'base64') }),
+    } as ForwardedProperties;
   }
   return new Message(subjectToTopic(subject), b.subarray(at), qos, (flags & 4) !== 0, from, { fwd, expiresAt });
 }

@@ -38,15 +38,23 @@ export class FleetSessions {
    * Every node's sessions (or `deviceId`'s), and (in a cluster) the nodes that answered. While the NATS link is down
    * it rejects CLUSTER_UNAVAILABLE, or with `localOnFailure` answers for this node alone.
    */
-  async list(options: { deviceId?: string; localOnFailure?: boolean } = {}): Promise<{ connections: FleetSession[]; nodes?: string[] }> {
+  async list(
+    options: { deviceId?: string; localOnFailure?: boolean } = {},
+  ): Promise<{ connections: FleetSession[]; nodes?: string[] }> {
     const local = this.local(options.deviceId);
     const cluster = this.#cluster;
     if (cluster === undefined) return { connections: local };
     // One device's sessions are asked for by id: every node answers for that device alone.
-    const asked = cluster.ask<{ node: string; connections: SessionInfo[] }>('connections', options.deviceId === undefined ? {} : { deviceId: options.deviceId });
+    const asked = cluster.ask<{ node: string; connections: SessionInfo[] }>(
+      'connections',
+      options.deviceId === undefined ? {} : { deviceId: options.deviceId },
+    );
     const remote = options.localOnFailure === true ? await asked.catch(() => []) : await asked;
     return {
-      connections: [...local.map((c) => ({ ...c, node: cluster.node })), ...remote.flatMap((r) => r.connections.map((c) => ({ ...c, node: r.node })))],
+      connections: [
+        ...local.map((c) => ({ ...c, node: cluster.node })),
+        ...remote.flatMap((r) => r.connections.map((c) => ({ ...c, node: r.node }))),
+      ],
       nodes: [cluster.node, ...remote.map((r) => r.node)].sort(),
     };
   }
@@ -79,7 +87,10 @@ export class FleetSessions {
     const closed = this.#kick(deviceId, actor);
     const cluster = this.#cluster;
     if (cluster === undefined) return { closed };
-    const nodes = [{ node: cluster.node, closed }, ...await cluster.ask<{ node: string; closed: number }>('kick', { deviceId, actor })];
+    const nodes = [
+      { node: cluster.node, closed },
+      ...(await cluster.ask<{ node: string; closed: number }>('kick', { deviceId, actor })),
+    ];
     return { closed: nodes.reduce((n, r) => n + r.closed, 0), nodes };
   }
 }

@@ -39,7 +39,10 @@ function remember(cache: Map<string, string>, key: string, value: string): strin
 }
 
 export function topicToSubject(topic: string): string {
-  return toSubject.get(topic) ?? remember(toSubject, topic, `${MESSAGE_PREFIX}.${topic.split('/').map(encodeLevel).join('.')}`);
+  return (
+    toSubject.get(topic) ??
+    remember(toSubject, topic, `${MESSAGE_PREFIX}.${topic.split('/').map(encodeLevel).join('.')}`)
+  );
 }
 
 /** The subject a retained message is replicated on. */
@@ -49,7 +52,18 @@ export function retainedSubject(topic: string): string {
 
 /** The topic of a message or retained subject (both prefixes have the same length). */
 export function subjectToTopic(subject: string): string {
-  return toTopic.get(subject) ?? remember(toTopic, subject, subject.slice(MESSAGE_PREFIX.length + 1).split('.').map(decodeLevel).join('/'));
+  return (
+    toTopic.get(subject) ??
+    remember(
+      toTopic,
+      subject,
+      subject
+        .slice(MESSAGE_PREFIX.length + 1)
+        .split('.')
+        .map(decodeLevel)
+        .join('/'),
+    )
+  );
 }
 
 /** The subjects that carry every topic `filter` matches (one, or two for a trailing `#`). */

@@ -38,7 +38,13 @@ export interface NodeTotals {
 /** This node's {@link NodeTotals}, from its metrics and session table. */
 export async function nodeTotals(m: Metrics, sessions: SessionTable): Promise<NodeTotals> {
   const [handshakes, https, httpsRequests, messagesIn, messagesOut, cuts, tls] = await Promise.all([
-    m.handshakes.get(), m.httpsHandshakes.get(), m.httpsRequests.get(), m.messagesIn.get(), m.messagesOut.get(), m.liveCuts.get(), m.tlsHandshake.get(),
+    m.handshakes.get(),
+    m.httpsHandshakes.get(),
+    m.httpsRequests.get(),
+    m.messagesIn.get(),
+    m.messagesOut.get(),
+    m.liveCuts.get(),
+    m.tlsHandshake.get(),
   ]);
   const refusals = new Map<string, number>();
   let connects = 0;
@@ -48,7 +54,8 @@ export async function nodeTotals(m: Metrics, sessions: SessionTable): Promise<No
   }
   for (const v of https.values) connects += v.value;
   for (const v of httpsRequests.values) {
-    if (v.labels.code !== 'OK') refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
+    if (v.labels.code !== 'OK')
+      refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
   }
   const buckets = new Map<number, number>();
   for (const v of tls.values) {
@@ -96,7 +103,13 @@ interface Totals {
 
 const WINDOW_S = 30;
 /** Cuts that are a status change (not an operator's kick, not an expiry). */
-const REVOCATION_CUTS = new Set(['CERT_REVOKED', 'DEVICE_REVOKED', 'DEVICE_SUSPENDED', 'DENYLISTED', 'CERT_SUPERSEDED']);
+const REVOCATION_CUTS = new Set([
+  'CERT_REVOKED',
+  'DEVICE_REVOKED',
+  'DEVICE_SUSPENDED',
+  'DENYLISTED',
+  'CERT_SUPERSEDED',
+]);
 
 /**
  * Samples the gateway's metrics every `intervalS` while someone watches (the overview's live
@@ -205,7 +218,8 @@ export class LiveSampler {
     this.#history.push(snap);
     const keep = Math.ceil(300 / this.intervalS); // five minutes
     if (this.#history.length > keep) this.#history.shift();
-    while (this.#totals.length > 0 && totals.t - this.#totals[0]!.t > WINDOW_S * 1000 + this.intervalS * 1000) this.#totals.shift();
+    while (this.#totals.length > 0 && totals.t - this.#totals[0]!.t > WINDOW_S * 1000 + this.intervalS * 1000)
+      this.#totals.shift();
     for (const w of this.#watchers) w(snap);
   }
 

@@ -1,7 +1,13 @@
 import type { SqlStatement } from '../../provisioning/registry/sql.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { DEVICE_TYPES } from '../../firmware-sdk/protocol/device-id.ts';
-import { DENY_KINDS, type AuditRecord, type CertificateRecord, type DenyRecord, type DeviceRecord } from '../../provisioning/registry/records.ts';
+import {
+  DENY_KINDS,
+  type AuditRecord,
+  type CertificateRecord,
+  type DenyRecord,
+  type DeviceRecord,
+} from '../../provisioning/registry/records.ts';
 import { toAudit, toDeny, toDevice, type RegistryReader } from '../../provisioning/registry/reader.ts';
 
 /** One page of rows in a stable order, with the key to ask for the next (and previous) one. */
@@ -51,7 +57,8 @@ const MAX_LIMIT = 500;
 
 function limitOf(limit: number | undefined, fallback = 50): number {
   if (limit === undefined) return fallback;
-  if (!Number.isInteger(limit) || limit < 1) throw new FleetgateError('BAD_REQUEST', 'limit must be a positive integer');
+  if (!Number.isInteger(limit) || limit < 1)
+    throw new FleetgateError('BAD_REQUEST', 'limit must be a positive integer');
   return Math.min(limit, MAX_LIMIT);
 }
 
@@ -82,11 +89,13 @@ export class ConsoleQueries {
           AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial)
           AND (CAST(@after AS TEXT) IS NULL OR c.not_after > @afterAt OR (c.not_after = @afterAt AND c.serial > @after))
         ORDER BY c.not_after, c.serial LIMIT @limit`),
-      revoked: p(`SELECT c.serial, c.device_id, c.fingerprint, c.not_after, r.reason, r.revoked_at, r.actor FROM revocations r
+      revoked:
+        p(`SELECT c.serial, c.device_id, c.fingerprint, c.not_after, r.reason, r.revoked_at, r.actor FROM revocations r
         JOIN certificates c ON c.serial = r.serial
         WHERE (CAST(@before AS TEXT) IS NULL OR r.revoked_at < @beforeAt OR (r.revoked_at = @beforeAt AND r.serial < @before))
         ORDER BY r.revoked_at DESC, r.serial DESC LIMIT @limit`),
-      sharedKeys: p(`SELECT g.spki, g.certificates, (SELECT string_agg(u.d, ',') FROM (SELECT DISTINCT x.device_id AS d FROM certificates x
+      sharedKeys:
+        p(`SELECT g.spki, g.certificates, (SELECT string_agg(u.d, ',') FROM (SELECT DISTINCT x.device_id AS d FROM certificates x
           WHERE x.spki_sha256 = g.spki ORDER BY x.device_id) u) AS devices
         FROM (SELECT spki_sha256 AS spki, COUNT(*) AS certificates, COUNT(DISTINCT device_id) AS n FROM certificates
           GROUP BY spki_sha256 HAVING COUNT(DISTINCT device_id) > 1) g ORDER BY g.n DESC LIMIT 100`),
@@ -120,7 +129,11 @@ export class ConsoleQueries {
    * are in the SQL, so SQLite picks the index that fits (id prefix: the primary key; fleet, type,
    * status: their own indexes), where `(@x IS NULL OR …)` would scan.
    */
-  #deviceSqlStatements(where: Record<string, string | null>): { after: SqlStatement; before: SqlStatement; count: SqlStatement } {
+  #deviceSqlStatements(where: Record<string, string | null>): {
+    after: SqlStatement;
+    before: SqlStatement;
+    count: SqlStatement;
+  } {
     const parts: string[] = [];
     if (where.q !== null) parts.push(`id >= @q AND id < @q || '~'`);
     for (const c of ['type', 'fleet', 'status'] as const) if (where[c] !== null) parts.push(`${c} = @${c}`);
@@ -130,7 +143,9 @@ export class ConsoleQueries {
       const cond = parts.length === 0 ? 'TRUE' : key;
       const p = (sql: string) => this.#reader.sql.prepare(sql);
       s = {
-        after: p(`SELECT * FROM devices WHERE ${cond} AND (CAST(@after AS TEXT) IS NULL OR id > @after) ORDER BY id LIMIT @limit`),
+        after: p(
+          `SELECT * FROM devices WHERE ${cond} AND (CAST(@after AS TEXT) IS NULL OR id > @after) ORDER BY id LIMIT @limit`,
+        ),
         before: p(`SELECT * FROM devices WHERE ${cond} AND id < @before ORDER BY id DESC LIMIT @limit`),
         count: p(`SELECT COUNT(*) AS n FROM devices WHERE ${cond}`),
       };
@@ -158,15 +173,29 @@ export class ConsoleQueries {
     const after = f.after === undefined || f.after === '' ? null : f.after;
     const got = (s.after.all({ ...bind, after, limit: limit + 1 }) as Row[]).map(toDevice);
     const rows = got.slice(0, limit);
-    return { rows, total, next: got.length > limit ? rows.at(-1)!.id : null, prev: after === null || rows.length === 0 ? null : rows[0]!.id };
+    return {
+      rows,
+      total,
+      next: got.length > limit ? rows.at(-1)!.id : null,
+      prev: after === null || rows.length === 0 ? null : rows[0]!.id,
+    };
   }
 
-  device(id: string): { device: DeviceRecord; certificates: Omit<CertificateRecord, 'pem'>[]; children: string[]; audit: AuditRecord[]; denied: DenyRecord[] } {
+  device(id: string): {
+    device: DeviceRecord;
+    certificates: Omit<CertificateRecord, 'pem'>[];
+    children: string[];
+    audit: AuditRecord[];
+    denied: DenyRecord[];
+  } {
     const device = this.#reader.getDevice(id);
     if (device === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`);
     return {
       device,
-      certificates: this.#reader.listCertificates({ deviceId: id }).map(({ pem: _pem, ...c }) => c).reverse(),
+      certificates: this.#reader
+        .listCertificates({ deviceId: id })
+        .map(({ pem: _pem, ...c }) => c)
+        .reverse(),
       children: this.#reader.listChildren(id).map((c) => c.id),
       audit: this.#reader.listAudit({ device: id, newest: true, limit: 25 }),
       denied: (this.#s.denyForDevice!.all({ id }) as Row[]).map(toDeny),
@@ -176,18 +205,27 @@ export class ConsoleQueries {
   /** Devices by status and by type: the registry half of the overview. */
   counts(): { byStatus: Record<string, number>; byType: Record<string, number> } {
     const fold = (rows: Row[], key: string) => Object.fromEntries(rows.map((r) => [r[key] as string, r.n as number]));
-    return { byStatus: fold(this.#s.byStatus!.all() as Row[], 'status'), byType: fold(this.#s.byType!.all() as Row[], 'type') };
+    return {
+      byStatus: fold(this.#s.byStatus!.all() as Row[], 'status'),
+      byType: fold(this.#s.byType!.all() as Row[], 'type'),
+    };
   }
 
   /** Valid certificates that expire within `withinMs`, soonest first. `after`: `<notAfter>:<serial>` of the last row seen. */
-  expiring(o: { withinMs: number; after?: string; limit?: number; now?: number }): { rows: Row[]; next: string | null } {
+  expiring(o: { withinMs: number; after?: string; limit?: number; now?: number }): {
+    rows: Row[];
+    next: string | null;
+  } {
     const limit = limitOf(o.limit);
     const now = o.now ?? Date.now();
     const [afterAt, after] = splitKey(o.after);
     const rows = this.#s.expiring!.all({ now, until: now + o.withinMs, after, afterAt, limit: limit + 1 }) as Row[];
     const page = rows.slice(0, limit);
     const last = page.at(-1);
-    return { rows: page, next: rows.length > limit && last !== undefined ? `${last.not_after as number}:${last.serial as string}` : null };
+    return {
+      rows: page,
+      next: rows.length > limit && last !== undefined ? `${last.not_after as number}:${last.serial as string}` : null,
+    };
   }
 
   /** Revoked certificates, newest revocation first. */
@@ -197,7 +235,10 @@ export class ConsoleQueries {
     const rows = this.#s.revoked!.all({ before, beforeAt, limit: limit + 1 }) as Row[];
     const page = rows.slice(0, limit);
     const last = page.at(-1);
-    return { rows: page, next: rows.length > limit && last !== undefined ? `${last.revoked_at as number}:${last.serial as string}` : null };
+    return {
+      rows: page,
+      next: rows.length > limit && last !== undefined ? `${last.revoked_at as number}:${last.serial as string}` : null,
+    };
   }
 
   /**
@@ -208,10 +249,15 @@ export class ConsoleQueries {
   findings(now = Date.now()): Findings {
     return {
       sharedKeys: (this.#s.sharedKeys!.all() as Row[]).map((r) => ({
-        spki: r.spki as string, certificates: r.certificates as number, devices: (r.devices as string).split(','),
+        spki: r.spki as string,
+        certificates: r.certificates as number,
+        devices: (r.devices as string).split(','),
       })),
       neverRenewed: (this.#s.neverRenewed!.all({ now, limit: 100 }) as Row[]).map((r) => ({
-        deviceId: r.device_id as string, serial: r.serial as string, issuedAt: r.issued_at as number, notAfter: r.not_after as number,
+        deviceId: r.device_id as string,
+        serial: r.serial as string,
+        issuedAt: r.issued_at as number,
+        notAfter: r.not_after as number,
       })),
       neverRenewedTotal: (this.#s.neverRenewedCount!.get({ now }) as { n: number }).n,
     };
@@ -225,17 +271,25 @@ export class ConsoleQueries {
     const rows = got.slice(0, limit);
     const last = rows.at(-1);
     return {
-      rows, total: (this.#s.denyCount!.get({ kind }) as { n: number }).n,
-      next: got.length > limit && last !== undefined ? `${last.kind}:${last.value}` : null, prev: null,
+      rows,
+      total: (this.#s.denyCount!.get({ kind }) as { n: number }).n,
+      next: got.length > limit && last !== undefined ? `${last.kind}:${last.value}` : null,
+      prev: null,
     };
   }
 
   /** The audit log, newest first; `before` pages on. */
   audit(f: AuditFilter): Page<AuditRecord> {
     const limit = limitOf(f.limit);
-    const got = (this.#s.audit!.all({
-      before: f.before ?? null, device: f.device || null, actor: f.actor || null, action: f.action || null, limit: limit + 1,
-    }) as Row[]).map(toAudit);
+    const got = (
+      this.#s.audit!.all({
+        before: f.before ?? null,
+        device: f.device || null,
+        actor: f.actor || null,
+        action: f.action || null,
+        limit: limit + 1,
+      }) as Row[]
+    ).map(toAudit);
     const rows = got.slice(0, limit);
     return { rows, total: -1, next: got.length > limit ? String(rows.at(-1)!.seq) : null, prev: null };
   }
@@ -248,4 +302,3 @@ function splitKey(key: string | undefined): [number | null, string | null] {
   if (i < 1 || !Number.isSafeInteger(at)) throw new FleetgateError('BAD_REQUEST', 'malformed page key');
   return [at, key.slice(i + 1)];
 }
-

@@ -30,27 +30,45 @@ function read(): ConsoleQueries {
 function query(q: ConsoleQuery): unknown {
   const r = read();
   switch (q.name) {
-    case 'devices': return r.devices(q.filter);
-    case 'device': return r.device(q.id);
-    case 'counts': return r.counts();
-    case 'expiring': return r.expiring(q);
-    case 'revoked': return r.revoked(q);
-    case 'findings': return r.findings();
-    case 'denylist': return r.denylist(q.filter);
-    case 'audit': return r.audit(q.filter);
+    case 'devices':
+      return r.devices(q.filter);
+    case 'device':
+      return r.device(q.id);
+    case 'counts':
+      return r.counts();
+    case 'expiring':
+      return r.expiring(q);
+    case 'revoked':
+      return r.revoked(q);
+    case 'findings':
+      return r.findings();
+    case 'denylist':
+      return r.denylist(q.filter);
+    case 'audit':
+      return r.audit(q.filter);
   }
 }
 
 function act(a: ConsoleAction, actor: string): unknown {
   writer ??= new RegistryWriter(file);
   switch (a.name) {
-    case 'suspend': return writer.suspendDevice(a.id, actor, a.reason);
-    case 'resume': return writer.resumeDevice(a.id, actor);
-    case 'revoke': return writer.revokeDevice(a.id, a.reason, actor);
-    case 'revokeCertificate': return writer.revokeCertificate(a.serial, a.reason, actor);
-    case 'deny': return writer.addDeny({ kind: a.kind, value: a.value, reason: a.reason ?? null, expiresAt: a.expiresAt ?? null }, actor);
-    case 'allow': return writer.removeDeny(a.kind, a.value, actor);
-    case 'token': return writer.createToken(a.id, a.ttlMs, actor);
+    case 'suspend':
+      return writer.suspendDevice(a.id, actor, a.reason);
+    case 'resume':
+      return writer.resumeDevice(a.id, actor);
+    case 'revoke':
+      return writer.revokeDevice(a.id, a.reason, actor);
+    case 'revokeCertificate':
+      return writer.revokeCertificate(a.serial, a.reason, actor);
+    case 'deny':
+      return writer.addDeny(
+        { kind: a.kind, value: a.value, reason: a.reason ?? null, expiresAt: a.expiresAt ?? null },
+        actor,
+      );
+    case 'allow':
+      return writer.removeDeny(a.kind, a.value, actor);
+    case 'token':
+      return writer.createToken(a.id, a.ttlMs, actor);
   }
 }
 

@@ -40,7 +40,10 @@ export class ConsoleStore {
   readonly #timeoutMs: number;
   #worker: Worker | undefined;
   #nextId = 1;
-  readonly #pending = new Map<number, { resolve(v: unknown): void; reject(e: FleetgateError): void; timer: NodeJS.Timeout }>();
+  readonly #pending = new Map<
+    number,
+    { resolve(v: unknown): void; reject(e: FleetgateError): void; timer: NodeJS.Timeout }
+  >();
 
   constructor(file: string, timeoutMs: number) {
     this.#file = file;
@@ -75,7 +78,8 @@ export class ConsoleStore {
   #send<T>(message: Exclude<ToConsoleWorker, { op: 'close' }>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
-        if (this.#pending.delete(message.id)) reject(new FleetgateError('REGISTRY_UNAVAILABLE', `registry did not answer within ${this.#timeoutMs} ms`));
+        if (this.#pending.delete(message.id))
+          reject(new FleetgateError('REGISTRY_UNAVAILABLE', `registry did not answer within ${this.#timeoutMs} ms`));
       }, this.#timeoutMs);
       this.#pending.set(message.id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.#thread().postMessage(message);

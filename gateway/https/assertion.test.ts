@@ -33,7 +33,8 @@ test('mint/jti: 16 random bytes each, never repeated, across refills of the rand
   const device = { id: 'd-1', type: 'sensor', fleet: 'default' } as Parameters<AssertionMinter['mint']>[0];
   const identity = { x5tS256: 'x', serial: '01' } as Parameters<AssertionMinter['mint']>[1];
   const seen = new Set<string>();
-  for (let i = 0; i < 1_000; i++) { // ~4 refills of the 4 KiB pool
+  for (let i = 0; i < 1_000; i++) {
+    // ~4 refills of the 4 KiB pool
     const { jti } = minter.mint(device, identity, 'urn:a', 5_000).claims;
     assert.equal(Buffer.from(jti, 'base64url').length, 16);
     assert.ok(!seen.has(jti), `jti ${i} repeated`);

@@ -89,12 +89,26 @@ export class AssertionMinter {
   }
 
   /** `exp` is no later than `iat` + the route timeout: the assertion lives for this request only. */
-  mint(device: DeviceRecord, identity: PeerIdentity, audience: string, lifetimeMs: number, now = Date.now()): { token: string; claims: AssertionClaims } {
+  mint(
+    device: DeviceRecord,
+    identity: PeerIdentity,
+    audience: string,
+    lifetimeMs: number,
+    now = Date.now(),
+  ): { token: string; claims: AssertionClaims } {
     const iat = Math.floor(now / 1000);
     const claims: AssertionClaims = {
-      iss: this.#issuer, sub: device.id, aud: audience, iat, nbf: iat, exp: iat + Math.max(1, Math.floor(lifetimeMs / 1000)),
-      jti: this.#random.take16().toString('base64url'), cnf: { 'x5t#S256': identity.x5tS256 },
-      device_type: device.type, fleet: device.fleet, serial: identity.serial,
+      iss: this.#issuer,
+      sub: device.id,
+      aud: audience,
+      iat,
+      nbf: iat,
+      exp: iat + Math.max(1, Math.floor(lifetimeMs / 1000)),
+      jti: this.#random.take16().toString('base64url'),
+      cnf: { 'x5t#S256': identity.x5tS256 },
+      device_type: device.type,
+      fleet: device.fleet,
+      serial: identity.serial,
     };
     const input = `${this.#header}.${b64url(JSON.stringify(claims))}`;
     const signature = derToJose(sign('sha256', Buffer.from(input), this.#key.privateKey));

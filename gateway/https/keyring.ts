@@ -61,7 +61,10 @@ export function ensureKeyring(paths: DataPaths): void {
 }
 
 /** `fleetgate jwt rotate`: a new active key; the previous one stays published for `overlapMs`. */
-export function rotateKeyring(paths: DataPaths, overlapMs: number): { active: string; retired: string; retireAt: number } {
+export function rotateKeyring(
+  paths: DataPaths,
+  overlapMs: number,
+): { active: string; retired: string; retireAt: number } {
   ensureKeyring(paths);
   const ring = read(paths);
   const now = Date.now();
@@ -93,19 +96,28 @@ export function deleteRetiredKeys(paths: DataPaths, now = Date.now()): string[] 
 }
 
 /** The active signing key, and a JWKS of every key still published. */
-export function loadKeyring(paths: DataPaths, now = Date.now()): { active: SigningKey; jwks: { keys: Record<string, unknown>[] }; mtimeMs: number; nextRetireAt: number | null } {
+export function loadKeyring(
+  paths: DataPaths,
+  now = Date.now(),
+): { active: SigningKey; jwks: { keys: Record<string, unknown>[] }; mtimeMs: number; nextRetireAt: number | null } {
   const mtimeMs = statSync(fileOf(paths)).mtimeMs;
   const ring = read(paths);
   const published = ring.keys.filter((k) => k.kid === ring.active || k.retireAt === null || k.retireAt > now);
   const jwks = {
     keys: published.map((k) => ({
       ...createPublicKey(createPrivateKey(readFileSync(keyFile(paths, k.kid)))).export({ format: 'jwk' }),
-      kid: k.kid, alg: 'ES256', use: 'sig',
+      kid: k.kid,
+      alg: 'ES256',
+      use: 'sig',
     })),
   };
-  const pending = ring.keys.filter((k) => k.kid !== ring.active && k.retireAt !== null && existsSync(keyFile(paths, k.kid))).map((k) => k.retireAt as number);
+  const pending = ring.keys
+    .filter((k) => k.kid !== ring.active && k.retireAt !== null && existsSync(keyFile(paths, k.kid)))
+    .map((k) => k.retireAt as number);
   return {
-    active: { kid: ring.active, privateKey: createPrivateKey(readFileSync(keyFile(paths, ring.active))) }, jwks, mtimeMs,
+    active: { kid: ring.active, privateKey: createPrivateKey(readFileSync(keyFile(paths, ring.active))) },
+    jwks,
+    mtimeMs,
     nextRetireAt: pending.length === 0 ? null : Math.min(...pending),
   };
 }

@@ -8,7 +8,8 @@ export interface NormalizedTarget {
   query: string;
 }
 
-const refuse = (why: string, raw: string) => new FleetgateError('PATH_INVALID', `request path refused: ${why}`, { detail: { path: raw.slice(0, 200) } });
+const refuse = (why: string, raw: string) =>
+  new FleetgateError('PATH_INVALID', `request path refused: ${why}`, { detail: { path: raw.slice(0, 200) } });
 
 /** What stays literal in a canonical segment: RFC 3986 unreserved and sub-delims, ':' and '@' (pchar). */
 function encodeSegment(segment: string): string {
@@ -63,7 +64,8 @@ export function normalizeTargetFully(rawUrl: string): NormalizedTarget {
   if (rawPath.includes('\\')) throw refuse('backslash', rawUrl);
   // eslint-disable-next-line no-control-regex
   if (/[\x00-\x20\x7f]/.test(rawPath)) throw refuse('control character or space', rawUrl);
-  if (/%(2f|5c|00|[01][0-9a-f]|7f)/i.test(rawPath)) throw refuse('encoded slash, backslash or control character', rawUrl);
+  if (/%(2f|5c|00|[01][0-9a-f]|7f)/i.test(rawPath))
+    throw refuse('encoded slash, backslash or control character', rawUrl);
   checkQuery(query, rawUrl);
   const out: string[] = [];
   for (const raw of rawPath.split('/').slice(1)) {
@@ -81,6 +83,7 @@ export function normalizeTargetFully(rawUrl: string): NormalizedTarget {
     }
     out.push(encodeSegment(segment));
   }
-  const trailing = out.length > 0 && (rawPath.endsWith('/') || /\/\.{1,2}$/.test(rawPath) || /\/%2e(%2e)?$/i.test(rawPath));
+  const trailing =
+    out.length > 0 && (rawPath.endsWith('/') || /\/\.{1,2}$/.test(rawPath) || /\/%2e(%2e)?$/i.test(rawPath));
   return { path: `/${out.join('/')}${trailing ? '/' : ''}`, query };
 }

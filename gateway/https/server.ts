@@ -45,7 +45,6 @@ declare module 'fastify' {
   }
 }
 
-
 /** Origin responses up to this size (with a Content-Length) are sent to the device in one write. */
 const SMALL_RESPONSE_BYTES = 16 * 1024;
 /**
@@ -74,12 +73,14 @@ class ConnectionsPerDevice {
     if (n > this.#cap) this.#over.add(socket);
     socket.once('close', () => {
       const left = (this.#counts.get(deviceId) ?? 1) - 1;
-      if (left <= 0) this.#counts.delete(deviceId); else this.#counts.set(deviceId, left);
+      if (left <= 0) this.#counts.delete(deviceId);
+      else this.#counts.set(deviceId, left);
     });
   }
 
   check(socket: TLSSocket): void {
-    if (this.#over.has(socket)) throw new FleetgateError('CONNECTION_LIMIT', `more than ${this.#cap} connections from this device`);
+    if (this.#over.has(socket))
+      throw new FleetgateError('CONNECTION_LIMIT', `more than ${this.#cap} connections from this device`);
   }
 }
 
@@ -88,14 +89,20 @@ export function findRoute(routes: readonly RouteConfig[], path: string): RouteCo
   let best: RouteConfig | undefined;
   for (const r of routes) {
     const p = r.prefix.endsWith('/') ? r.prefix.slice(0, -1) : r.prefix;
-    if ((path === p || path.startsWith(`${p}/`) || p === '') && (best === undefined || r.prefix.length > best.prefix.length)) best = r;
+    if (
+      (path === p || path.startsWith(`${p}/`) || p === '') &&
+      (best === undefined || r.prefix.length > best.prefix.length)
+    )
+      best = r;
   }
   return best;
 }
 
 function routeAllows(route: RouteConfig, device: DeviceRecord): boolean {
-  return (route.allow?.types === undefined || route.allow.types.includes(device.type))
-    && (route.allow?.fleets === undefined || route.allow.fleets.includes(device.fleet));
+  return (
+    (route.allow?.types === undefined || route.allow.types.includes(device.type)) &&
+    (route.allow?.fleets === undefined || route.allow.fleets.includes(device.fleet))
+  );
 }
 
 /**
@@ -104,7 +111,11 @@ function routeAllows(route: RouteConfig, device: DeviceRecord): boolean {
  * arrives slower than `minBytesPerSecond` on average (408): a device cannot hold an upload slot
  * by trickling bytes.
  */
-function watchBody(limit: number, pace: { idleMs: number; minBytesPerSecond: number }, cut: (e: FleetgateError) => void): Transform {
+function watchBody(
+  limit: number,
+  pace: { idleMs: number; minBytesPerSecond: number },
+  cut: (e: FleetgateError) => void,
+): Transform {
   let seen = 0;
   const started = Date.now();
   let last = started;
@@ -113,14 +124,23 @@ function watchBody(limit: number, pace: { idleMs: number; minBytesPerSecond: num
     cut(e);
     body.destroy(e);
   };
-  const timer = setInterval(() => {
-    const now = Date.now();
-    if (now - last > pace.idleMs) return fail(new FleetgateError('REQUEST_TIMEOUT', `request body stalled for ${now - last} ms`));
-    const elapsed = (now - started) / 1000;
-    if (now - started > pace.idleMs && seen / elapsed < pace.minBytesPerSecond) {
-      fail(new FleetgateError('REQUEST_TIMEOUT', `request body at ${Math.round(seen / elapsed)} B/s, below ${pace.minBytesPerSecond} B/s`));
-    }
-  }, Math.min(1_000, pace.idleMs));
+  const timer = setInterval(
+    () => {
+      const now = Date.now();
+      if (now - last > pace.idleMs)
+        return fail(new FleetgateError('REQUEST_TIMEOUT', `request body stalled for ${now - last} ms`));
+      const elapsed = (now - started) / 1000;
+      if (now - started > pace.idleMs && seen / elapsed < pace.minBytesPerSecond) {
+        fail(
+          new FleetgateError(
+            'REQUEST_TIMEOUT',
+            `request body at ${Math.round(seen / elapsed)} B/s, below ${pace.minBytesPerSecond} B/s`,
+          ),
+        );
+      }
+    },
+    Math.min(1_000, pace.idleMs),
+  );
   timer.unref();
   const body = new Transform({
     transform(chunk: Buffer, _enc, cb) {
@@ -145,7 +165,8 @@ function watchBody(limit: number, pace: { idleMs: number; minBytesPerSecond: num
 
 function originError(err: Error & { code?: string }): FleetgateError {
   const code = err.code ?? '';
-  if (/TIMEOUT/i.test(code) || /timeout/i.test(err.message)) return new FleetgateError('ORIGIN_TIMEOUT', `origin did not answer in time (${code || err.message})`);
+  if (/TIMEOUT/i.test(code) || /timeout/i.test(err.message))
+    return new FleetgateError('ORIGIN_TIMEOUT', `origin did not answer in time (${code || err.message})`);
   if (err instanceof FleetgateError) return err;
   return new FleetgateError('ORIGIN_UNREACHABLE', `origin unreachable (${code || err.message})`);
 }
@@ -155,7 +176,11 @@ function originError(err: Error & { code?: string }): FleetgateError {
  * every request (keep-alive too), one normalised path for routing and the origin, route policy,
  * a JWT minted for this one request and handed only to the origin, streaming both ways.
  */
-export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps: HttpsDeps): Promise<{ app: FastifyInstance; port: number }> {
+export async function startHttpsPlane(
+  config: HttpsConfig,
+  tls: TlsOptions,
+  deps: HttpsDeps,
+): Promise<{ app: FastifyInstance; port: number }> {
   const { registry, minter, metrics, log } = deps;
   const longestRoute = Math.max(0, ...config.routes.map((r) => r.timeoutMs));
   const app = Fastify({
@@ -172,7 +197,14 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
   });
   app.server.headersTimeout = config.headersTimeoutMs;
   app.server.maxConnections = config.maxConnections;
-  app.server.on('tlsClientError', onTlsClientError(deps.refusals, (code) => metrics.handshakes.inc({ transport: 'https', outcome: 'tls_failed', code }), { transport: 'https' }));
+  app.server.on(
+    'tlsClientError',
+    onTlsClientError(
+      deps.refusals,
+      (code) => metrics.handshakes.inc({ transport: 'https', outcome: 'tls_failed', code }),
+      { transport: 'https' },
+    ),
+  );
   deps.guard.attach(app.server, 'https');
   const perDevice = new ConnectionsPerDevice(config.maxConnectionsPerDevice);
   app.server.on('secureConnection', (socket: TLSSocket) => {
@@ -200,13 +232,19 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     const state = req.fleetgate;
     metrics.httpsRequests.inc({ code: e.code });
     const line = {
-      decision: 'refused', method: req.method, path: state?.target.path ?? req.url.split('?')[0]?.slice(0, 200),
-      deviceId: state?.device.id ?? e.detail.deviceId, serial: state?.identity.serial ?? e.detail.serial, ...logFields(e),
+      decision: 'refused',
+      method: req.method,
+      path: state?.target.path ?? req.url.split('?')[0]?.slice(0, 200),
+      deviceId: state?.device.id ?? e.detail.deviceId,
+      serial: state?.identity.serial ?? e.detail.serial,
+      ...logFields(e),
     };
     metrics.refusedDevices.record(line.deviceId as string | undefined, line.serial as string | undefined, e.code);
-    if (e.code === 'INTERNAL') log.error({ ...line, err }, 'https request failed'); else log.warn(line, 'https request refused');
+    if (e.code === 'INTERNAL') log.error({ ...line, err }, 'https request failed');
+    else log.warn(line, 'https request refused');
     // After a cut body or a connection over the cap, the connection is not reused.
-    if (e.code === 'CONNECTION_LIMIT' || e.code === 'REQUEST_TIMEOUT' || e.code === 'PAYLOAD_TOO_LARGE') void reply.header('connection', 'close');
+    if (e.code === 'CONNECTION_LIMIT' || e.code === 'REQUEST_TIMEOUT' || e.code === 'PAYLOAD_TOO_LARGE')
+      void reply.header('connection', 'close');
     // A device learns the code and the short public text; the log has the rest.
     if (!reply.sent) void sendError(reply, e);
   };
@@ -232,16 +270,26 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
   const liveSessions = new WeakMap<TLSSocket, Session>();
   const admitting = new WeakMap<TLSSocket, Promise<Session>>();
   async function admitRequest(socket: TLSSocket): Promise<Admitted> {
-    const live = liveSessions.get(socket) ?? await admitting.get(socket);
+    const live = liveSessions.get(socket) ?? (await admitting.get(socket));
     if (live !== undefined) {
-      if (live.cut !== undefined) throw new FleetgateError(live.cut, `session cut: ${live.cut}`, { detail: { deviceId: live.device.id, serial: live.identity.serial } });
-      if (live.identity.notAfter <= Date.now()) throw new FleetgateError('CERT_EXPIRED', `certificate ${live.identity.serial} expired`, { detail: { deviceId: live.device.id } });
+      if (live.cut !== undefined)
+        throw new FleetgateError(live.cut, `session cut: ${live.cut}`, {
+          detail: { deviceId: live.device.id, serial: live.identity.serial },
+        });
+      if (live.identity.notAfter <= Date.now())
+        throw new FleetgateError('CERT_EXPIRED', `certificate ${live.identity.serial} expired`, {
+          detail: { deviceId: live.device.id },
+        });
       return { device: live.device, identity: live.identity };
     }
     const pending = admitAsync(socket, registry).then((admitted) => {
       const session = deps.sessions.create({
-        identity: admitted.identity, device: admitted.device, transport: 'https', remoteAddress: socket.remoteAddress ?? 'unknown',
-        scope: { publish: [], subscribe: [] }, close: () => socket.destroy(),
+        identity: admitted.identity,
+        device: admitted.device,
+        transport: 'https',
+        remoteAddress: socket.remoteAddress ?? 'unknown',
+        scope: { publish: [], subscribe: [] },
+        close: () => socket.destroy(),
       });
       if (socket.destroyed) return session; // gone while the registry answered: nothing to watch
       liveSessions.set(socket, session);
@@ -264,19 +312,34 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
     if (path === '/v1/whoami') return whoami(state.device, state);
     const route = findRoute(config.routes, path);
     if (route === undefined) throw new FleetgateError('ROUTE_NOT_FOUND', `no route for ${path}`);
-    if (!routeAllows(route, state.device)) throw new FleetgateError('ROUTE_DENIED', `${state.device.type} ${state.device.id} (fleet ${state.device.fleet}) may not call ${route.prefix}`);
+    if (!routeAllows(route, state.device))
+      throw new FleetgateError(
+        'ROUTE_DENIED',
+        `${state.device.type} ${state.device.id} (fleet ${state.device.fleet}) may not call ${route.prefix}`,
+      );
     const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > route.bodyLimit) throw new FleetgateError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes exceeds ${route.bodyLimit}`);
+    if (declared > route.bodyLimit)
+      throw new FleetgateError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes exceeds ${route.bodyLimit}`);
     const { token } = minter.mint(state.device, state.identity, route.audience, route.timeoutMs);
     state.token = token;
     if (req.body !== undefined) {
-      req.body = (req.body as NodeJS.ReadableStream).pipe(watchBody(route.bodyLimit, { idleMs: config.bodyIdleTimeoutMs, minBytesPerSecond: config.minBodyBytesPerSecond }, (e) => {
-        state.bodyError = e;
-      }));
+      req.body = (req.body as NodeJS.ReadableStream).pipe(
+        watchBody(
+          route.bodyLimit,
+          { idleMs: config.bodyIdleTimeoutMs, minBytesPerSecond: config.minBodyBytesPerSecond },
+          (e) => {
+            state.bodyError = e;
+          },
+        ),
+      );
     }
     // The upstream URL is built from the normalised path, never from the raw request line.
     const upstreamPath = route.stripPrefix ? path.slice(route.prefix.replace(/\/$/, '').length) || '/' : path;
-    const headers = originRequestHeaders(req.headers, { assertionHeader: config.assertionHeader, token, clientIp: req.ip });
+    const headers = originRequestHeaders(req.headers, {
+      assertionHeader: config.assertionHeader,
+      token,
+      clientIp: req.ip,
+    });
     let res: Dispatcher.ResponseData;
     try {
       res = await poolFor(route.origin).request({
@@ -291,9 +354,20 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
       throw state.bodyError ?? originError(err as Error & { code?: string });
     }
     metrics.httpsRequests.inc({ code: 'OK' });
-    log.info({ decision: 'proxied', route: route.prefix, status: res.statusCode, deviceId: state.device.id, serial: state.identity.serial }, 'https request proxied');
+    log.info(
+      {
+        decision: 'proxied',
+        route: route.prefix,
+        status: res.statusCode,
+        deviceId: state.device.id,
+        serial: state.identity.serial,
+      },
+      'https request proxied',
+    );
     void reply.code(res.statusCode);
-    for (const [name, value] of Object.entries(deviceResponseHeaders(res.headers as IncomingHttpHeaders, { assertionHeader: config.assertionHeader, token }))) {
+    for (const [name, value] of Object.entries(
+      deviceResponseHeaders(res.headers as IncomingHttpHeaders, { assertionHeader: config.assertionHeader, token }),
+    )) {
       if (value !== undefined) void reply.header(name, value);
     }
     // A short response with a declared length is read whole and sent in one write with its
@@ -313,8 +387,13 @@ export async function startHttpsPlane(config: HttpsConfig, tls: TlsOptions, deps
   function whoami(device: DeviceRecord, { identity }: Admitted) {
     metrics.httpsRequests.inc({ code: 'OK' });
     return {
-      deviceId: device.id, type: device.type, fleet: device.fleet, status: device.status,
-      serial: identity.serial, fingerprint: identity.fingerprint, notAfter: new Date(identity.notAfter).toISOString(),
+      deviceId: device.id,
+      type: device.type,
+      fleet: device.fleet,
+      status: device.status,
+      serial: identity.serial,
+      fingerprint: identity.fingerprint,
+      notAfter: new Date(identity.notAfter).toISOString(),
     };
   }
 

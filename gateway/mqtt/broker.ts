@@ -15,10 +15,32 @@ import type { Session, SessionTable, Transport } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 import { REASON, reasonCodeFor, reasonString } from '../../firmware-sdk/protocol/mqtt5.ts';
 import {
-  decode, encodeAck, encodeAck5, encodeConnack, encodeConnack5, encodeDisconnect5, encodeSuback, encodeSuback5, encodeUnsuback, encodeUnsuback5,
-  MalformedPacket, packetIdBytes, PINGRESP, publishSize, SUB, TooLarge, withDup,
-  type AckPacket, type ConnectPacket, type DisconnectPacket, type EncodedPublish, type ForwardedProperties, type Properties, type PublishPacket,
-  type SubscribePacket, type UnsubscribePacket,
+  decode,
+  encodeAck,
+  encodeAck5,
+  encodeConnack,
+  encodeConnack5,
+  encodeDisconnect5,
+  encodeSuback,
+  encodeSuback5,
+  encodeUnsuback,
+  encodeUnsuback5,
+  MalformedPacket,
+  packetIdBytes,
+  PINGRESP,
+  publishSize,
+  SUB,
+  TooLarge,
+  withDup,
+  type AckPacket,
+  type ConnectPacket,
+  type DisconnectPacket,
+  type EncodedPublish,
+  type ForwardedProperties,
+  type Properties,
+  type PublishPacket,
+  type SubscribePacket,
+  type UnsubscribePacket,
 } from './codec.ts';
 import { MqttConnection } from './connection.ts';
 import { RetainedStore } from './retained.ts';
@@ -124,7 +146,12 @@ export class MqttPlane {
   constructor(deps: BrokerDeps) {
     this.#deps = deps;
     const q = deps.mqtt;
-    this.#retained = new RetainedStore({ perDevice: q.retainedPerDevice, bytesPerDevice: q.retainedBytesPerDevice, total: q.retainedTotal, bytesTotal: q.retainedBytesTotal });
+    this.#retained = new RetainedStore({
+      perDevice: q.retainedPerDevice,
+      bytesPerDevice: q.retainedBytesPerDevice,
+      total: q.retainedTotal,
+      bytesTotal: q.retainedBytesTotal,
+    });
     this.#minPacketLimit = Math.min(...Object.values(deps.config.limits).map((l) => l.maxPacketBytes));
     const m = deps.metrics;
     // Label children resolved once: a label lookup per message costs more than the routing.
@@ -173,7 +200,10 @@ export class MqttPlane {
     if (mqtt === undefined) return;
     const conn = this.#live.get(mqtt);
     if (conn !== undefined) {
-      this.#deps.log.info({ deviceId: conn.session?.device.id, clientId, node, transport: conn.kind }, 'session taken over on another node');
+      this.#deps.log.info(
+        { deviceId: conn.session?.device.id, clientId, node, transport: conn.kind },
+        'session taken over on another node',
+      );
       this.#close(conn, 'takeover');
     }
     if (this.#mqttSessions.get(clientId) === mqtt) this.#discard(mqtt);
@@ -203,10 +233,21 @@ export class MqttPlane {
     for (const row of queue) {
       const session = this.#mqttSessions.get(row.clientId);
       if (session === undefined) continue;
-      session.queue.push({ message: new Message(row.topic, row.payload, row.qos, false, ''), qos: row.qos, retain: false, rowId: row.id, dup: true, released: false, packetId: undefined });
+      session.queue.push({
+        message: new Message(row.topic, row.payload, row.qos, false, ''),
+        qos: row.qos,
+        retain: false,
+        rowId: row.id,
+        dup: true,
+        released: false,
+        packetId: undefined,
+      });
     }
     for (const r of retained) this.#retained.set(r);
-    this.#deps.log.info({ sessions: sessions.length, queued: queue.length, retained: retained.length }, 'mqtt state restored');
+    this.#deps.log.info(
+      { sessions: sessions.length, queued: queue.length, retained: retained.length },
+      'mqtt state restored',
+    );
   }
 
   get retainedCount(): number {
@@ -231,8 +272,13 @@ export class MqttPlane {
    */
   #accept(transport: MqttTransport, kind: Transport, socket: TLSSocket): void {
     const conn: MqttConnection = new MqttConnection({
-      transport, kind, remoteAddress: socket.remoteAddress ?? 'unknown',
-      limit: () => conn.session === undefined ? this.#minPacketLimit : this.#deps.config.limits[conn.session.device.type].maxPacketBytes,
+      transport,
+      kind,
+      remoteAddress: socket.remoteAddress ?? 'unknown',
+      limit: () =>
+        conn.session === undefined
+          ? this.#minPacketLimit
+          : this.#deps.config.limits[conn.session.device.type].maxPacketBytes,
       onPacket: (first, body) => this.#onPacket(conn, first, body),
     });
     this.#connections.add(conn);
@@ -261,15 +307,24 @@ export class MqttPlane {
     }
     conn.admitting = true;
     const stop = this.#deps.metrics.statusCheck.startTimer();
-    this.#deps.registry.status(identity)
-      .then(async (device) => this.#newSession(conn, identity, device, device.type === 'gateway' ? await this.#children(device.id) : []))
-      .then((session) => this.#admitted(conn, session), (err: unknown) => this.#admitted(conn, toFleetgateError(err)))
+    this.#deps.registry
+      .status(identity)
+      .then(async (device) =>
+        this.#newSession(conn, identity, device, device.type === 'gateway' ? await this.#children(device.id) : []),
+      )
+      .then(
+        (session) => this.#admitted(conn, session),
+        (err: unknown) => this.#admitted(conn, toFleetgateError(err)),
+      )
       .finally(stop);
   }
 
   #newSession(conn: MqttConnection, identity: PeerIdentity, device: DeviceRecord, children: string[]): Session {
     return this.#deps.sessions.create({
-      identity, device, transport: conn.kind, remoteAddress: conn.remoteAddress,
+      identity,
+      device,
+      transport: conn.kind,
+      remoteAddress: conn.remoteAddress,
       scope: scopeFor(this.#deps.config.topics[device.type], device, children),
       close: () => this.#close(conn, 'cut'),
     });
@@ -309,7 +364,8 @@ export class MqttPlane {
   #onPacket(conn: MqttConnection, first: number, body: Buffer): void {
     if (conn.state === 'closed') return;
     if (conn.admitting) {
-      if (conn.held.length >= MAX_HELD_PACKETS) return this.#protocolError(conn, 'MQTT-3.1.0-1', `more than ${MAX_HELD_PACKETS} packets before the CONNACK`);
+      if (conn.held.length >= MAX_HELD_PACKETS)
+        return this.#protocolError(conn, 'MQTT-3.1.0-1', `more than ${MAX_HELD_PACKETS} packets before the CONNACK`);
       conn.held.push([first, body]);
       return;
     }
@@ -326,13 +382,20 @@ export class MqttPlane {
       case 'connect':
         if (conn.state !== 'connecting') return this.#protocolError(conn, 'MQTT-3.1.0-2', 'a second CONNECT');
         return this.#connect(conn, packet);
-      case 'publish': return this.#publish(conn, packet);
-      case 'puback': return this.#puback(conn, packet);
-      case 'pubrec': return this.#pubrec(conn, packet);
-      case 'pubrel': return this.#pubrel(conn, packet);
-      case 'pubcomp': return this.#pubcomp(conn, packet);
-      case 'subscribe': return this.#subscribe(conn, packet);
-      case 'unsubscribe': return this.#unsubscribe(conn, packet);
+      case 'publish':
+        return this.#publish(conn, packet);
+      case 'puback':
+        return this.#puback(conn, packet);
+      case 'pubrec':
+        return this.#pubrec(conn, packet);
+      case 'pubrel':
+        return this.#pubrel(conn, packet);
+      case 'pubcomp':
+        return this.#pubcomp(conn, packet);
+      case 'subscribe':
+        return this.#subscribe(conn, packet);
+      case 'unsubscribe':
+        return this.#unsubscribe(conn, packet);
       case 'pingreq':
         conn.push(PINGRESP);
         return this.#markDirty(conn);
@@ -347,8 +410,25 @@ export class MqttPlane {
     if (conn.state === 'connecting' && e instanceof TooLarge) {
       this.#decision('refused', conn, code, { reason: e.message });
       // An MQTT 5 CONNECT over the limit is told so: CONNACK 0x95 Packet too large [MQTT-3.2.2-8].
-      if (e.isMqtt5Connect) conn.push(encodeConnack5(false, REASON.PACKET_TOO_LARGE, { reasonString: reasonString(code, new FleetgateError(code).publicMessage) }));
-    } else this.#deps.log.warn({ decision: 'closed', code, rule: e.rule, reason: e.message, deviceId: conn.session?.device.id, transport: conn.kind, remoteAddress: conn.remoteAddress }, 'malformed mqtt packet: connection closed');
+      if (e.isMqtt5Connect)
+        conn.push(
+          encodeConnack5(false, REASON.PACKET_TOO_LARGE, {
+            reasonString: reasonString(code, new FleetgateError(code).publicMessage),
+          }),
+        );
+    } else
+      this.#deps.log.warn(
+        {
+          decision: 'closed',
+          code,
+          rule: e.rule,
+          reason: e.message,
+          deviceId: conn.session?.device.id,
+          transport: conn.kind,
+          remoteAddress: conn.remoteAddress,
+        },
+        'malformed mqtt packet: connection closed',
+      );
     // MQTT 5 says why before closing [MQTT-4.13]: 0x81 Malformed Packet, 0x82 Protocol Error, 0x95 Packet too large, …
     this.#close(conn, 'malformed', e.reasonCode, e.message);
   }
@@ -362,14 +442,30 @@ export class MqttPlane {
     conn.clientId = p.clientId;
     const v5 = p.protocolLevel === 5;
     conn.v5 = v5;
-    const refuse = (err: FleetgateError, returnCode: number = err.connackCode, reasonCode: number = reasonCodeFor(err.code)) => {
+    const refuse = (
+      err: FleetgateError,
+      returnCode: number = err.connackCode,
+      reasonCode: number = reasonCodeFor(err.code),
+    ) => {
       this.#decision('refused', conn, err.code, { message: err.message, ...(v5 && { reasonCode }) });
       // [MQTT-3.2.2-4] / [MQTT-3.2.2-6]: session present 0 with a refusal; MQTT 5 says why (reason code + string).
-      conn.push(v5 ? encodeConnack5(false, reasonCode, { reasonString: reasonString(err.code, err.publicMessage) }) : encodeConnack(false, returnCode));
+      conn.push(
+        v5
+          ? encodeConnack5(false, reasonCode, { reasonString: reasonString(err.code, err.publicMessage) })
+          : encodeConnack(false, returnCode),
+      );
       this.#close(conn, 'refused'); // [MQTT-3.2.2-5], [MQTT-3.2.2-7]
     };
-    if (!((p.protocolName === 'MQTT' && (p.protocolLevel === 4 || v5)) || (p.protocolName === 'MQIsdp' && p.protocolLevel === 3))) {
-      return refuse(new FleetgateError('PROTOCOL_UNSUPPORTED', `protocol ${p.protocolName} level ${p.protocolLevel}`), 1); // [MQTT-3.1.2-2]
+    if (
+      !(
+        (p.protocolName === 'MQTT' && (p.protocolLevel === 4 || v5)) ||
+        (p.protocolName === 'MQIsdp' && p.protocolLevel === 3)
+      )
+    ) {
+      return refuse(
+        new FleetgateError('PROTOCOL_UNSUPPORTED', `protocol ${p.protocolName} level ${p.protocolLevel}`),
+        1,
+      ); // [MQTT-3.1.2-2]
     }
     const props = p.properties ?? {};
     if (conn.refusal !== undefined) return refuse(conn.refusal);
@@ -377,37 +473,72 @@ export class MqttPlane {
     if (session.cut !== undefined) return refuse(new FleetgateError(session.cut));
     // The identity is the certificate: no enhanced authentication, no assigned client ids.
     if (props.authMethod !== undefined) {
-      return refuse(new FleetgateError('NOT_AUTHORIZED', `authentication method ${JSON.stringify(props.authMethod)} not supported: the identity is the client certificate`), 5, REASON.BAD_AUTHENTICATION_METHOD);
+      return refuse(
+        new FleetgateError(
+          'NOT_AUTHORIZED',
+          `authentication method ${JSON.stringify(props.authMethod)} not supported: the identity is the client certificate`,
+        ),
+        5,
+        REASON.BAD_AUTHENTICATION_METHOD,
+      );
     }
     if (p.clientId !== session.device.id) {
-      return refuse(new FleetgateError('CLIENT_ID_MISMATCH', `client id ${JSON.stringify(p.clientId)} is not the device id ${session.device.id}`));
+      return refuse(
+        new FleetgateError(
+          'CLIENT_ID_MISMATCH',
+          `client id ${JSON.stringify(p.clientId)} is not the device id ${session.device.id}`,
+        ),
+      );
     }
     const limits = this.#deps.config.limits[session.device.type];
     let keepalive = p.keepalive;
     let serverKeepAlive: number | undefined;
     if (keepalive < limits.keepaliveMinS || keepalive > limits.keepaliveMaxS) {
       // MQTT 3.1.1 cannot tell a client which keepalive to use; like Mosquitto, identifier rejected.
-      if (!v5) return refuse(new FleetgateError('KEEPALIVE_OUT_OF_RANGE', `keepalive ${p.keepalive}s outside [${limits.keepaliveMinS}, ${limits.keepaliveMaxS}]`));
+      if (!v5)
+        return refuse(
+          new FleetgateError(
+            'KEEPALIVE_OUT_OF_RANGE',
+            `keepalive ${p.keepalive}s outside [${limits.keepaliveMinS}, ${limits.keepaliveMaxS}]`,
+          ),
+        );
       // MQTT 5 can: the CONNACK's Server Keep Alive [MQTT-3.2.2-21].
-      keepalive = keepalive === 0 ? limits.keepaliveMaxS : Math.min(Math.max(keepalive, limits.keepaliveMinS), limits.keepaliveMaxS);
+      keepalive =
+        keepalive === 0
+          ? limits.keepaliveMaxS
+          : Math.min(Math.max(keepalive, limits.keepaliveMinS), limits.keepaliveMaxS);
       serverKeepAlive = keepalive;
     }
     // The will is a PUBLISH the device makes in advance: the same topic policy, checked now.
     if (p.will !== undefined) {
       const wp = p.will.properties;
-      if (!mayPublish(session.scope, p.will.topic) || (wp?.responseTopic !== undefined && !mayPublish(session.scope, wp.responseTopic))) {
+      if (
+        !mayPublish(session.scope, p.will.topic) ||
+        (wp?.responseTopic !== undefined && !mayPublish(session.scope, wp.responseTopic))
+      ) {
         return refuse(new FleetgateError('TOPIC_DENIED', `will topic ${p.will.topic} outside the device's topics`));
       }
       if (wp?.payloadFormat === 1 && !isUtf8(p.will.payload)) {
-        return refuse(new FleetgateError('BAD_REQUEST', 'will payload is not UTF-8 although its payload format says so'), 5, REASON.PAYLOAD_FORMAT_INVALID);
+        return refuse(
+          new FleetgateError('BAD_REQUEST', 'will payload is not UTF-8 although its payload format says so'),
+          5,
+          REASON.PAYLOAD_FORMAT_INVALID,
+        );
       }
       if ((wp?.userPropertyBytes ?? 0) > this.#deps.mqtt.maxUserPropertyBytes) {
-        return refuse(new FleetgateError('PAYLOAD_TOO_LARGE', `will user properties over ${this.#deps.mqtt.maxUserPropertyBytes} bytes`), 5, REASON.QUOTA_EXCEEDED);
+        return refuse(
+          new FleetgateError(
+            'PAYLOAD_TOO_LARGE',
+            `will user properties over ${this.#deps.mqtt.maxUserPropertyBytes} bytes`,
+          ),
+          5,
+          REASON.QUOTA_EXCEEDED,
+        );
       }
     }
     // Session lifetime: 3.1.1 clean session 0 → the configured expiry; MQTT 5 → what the client asks, bounded.
     const maxExpiryS = Math.floor(this.#deps.mqtt.sessionExpiryMs / 1000);
-    const requestedExpiry = v5 ? (props.sessionExpiry ?? 0) : (p.cleanSession ? 0 : maxExpiryS);
+    const requestedExpiry = v5 ? (props.sessionExpiry ?? 0) : p.cleanSession ? 0 : maxExpiryS;
     const expiryS = Math.min(requestedExpiry, maxExpiryS);
     const persistent = expiryS > 0;
     // A reconnection before the will delay has passed: that will is not sent [MQTT-3.1.3-9].
@@ -420,7 +551,10 @@ export class MqttPlane {
     const existing = this.#mqttSessions.get(p.clientId);
     const older = existing === undefined ? undefined : this.#live.get(existing);
     if (older !== undefined) {
-      this.#deps.log.info({ deviceId: session.device.id, sessionId: session.id, transport: conn.kind }, 'new session takes over the previous one');
+      this.#deps.log.info(
+        { deviceId: session.device.id, sessionId: session.id, transport: conn.kind },
+        'new session takes over the previous one',
+      );
       this.#close(older, 'takeover');
     }
     this.#deps.bus?.announceSession(p.clientId);
@@ -454,18 +588,24 @@ export class MqttPlane {
       conn.requestedExpiry = requestedExpiry;
     }
     this.#live.set(mqtt, conn);
-    this.#decision('admitted', conn, undefined, { cleanSession: p.cleanSession, sessionPresent, ...(v5 && { protocol: 5, sessionExpiry: expiryS }) });
+    this.#decision('admitted', conn, undefined, {
+      cleanSession: p.cleanSession,
+      sessionPresent,
+      ...(v5 && { protocol: 5, sessionExpiry: expiryS }),
+    });
     this.#deps.metrics.connected.inc({ type: session.device.type, transport: conn.kind });
     if (v5) {
       const q = this.#deps.mqtt;
-      conn.push(encodeConnack5(sessionPresent, 0, {
-        receiveMaximum: q.receiveMaximum,
-        maximumPacketSize: limits.maxPacketBytes,
-        topicAliasMaximum: q.topicAliasMaximum,
-        sharedSubscriptionAvailable: false,
-        ...(expiryS !== requestedExpiry && { sessionExpiryInterval: expiryS }),
-        ...(serverKeepAlive !== undefined && { serverKeepAlive }),
-      }));
+      conn.push(
+        encodeConnack5(sessionPresent, 0, {
+          receiveMaximum: q.receiveMaximum,
+          maximumPacketSize: limits.maxPacketBytes,
+          topicAliasMaximum: q.topicAliasMaximum,
+          sharedSubscriptionAvailable: false,
+          ...(expiryS !== requestedExpiry && { sessionExpiryInterval: expiryS }),
+          ...(serverKeepAlive !== undefined && { serverKeepAlive }),
+        }),
+      );
     } else {
       conn.push(encodeConnack(sessionPresent, 0));
     }
@@ -478,7 +618,12 @@ export class MqttPlane {
     const expiry = p.properties?.sessionExpiry;
     if (expiry !== undefined && conn.mqtt !== undefined) {
       // Raising it from 0 is a protocol error (§3.14.2.2.2).
-      if (conn.requestedExpiry === 0 && expiry > 0) return this.#protocolError(conn, 'MQTT5-§3.14.2.2.2', 'DISCONNECT sets a session expiry on a session that had none');
+      if (conn.requestedExpiry === 0 && expiry > 0)
+        return this.#protocolError(
+          conn,
+          'MQTT5-§3.14.2.2.2',
+          'DISCONNECT sets a session expiry on a session that had none',
+        );
       const s = Math.min(expiry, Math.floor(this.#deps.mqtt.sessionExpiryMs / 1000));
       conn.mqtt.expiryMs = s * 1000;
       if (s === 0 && conn.mqtt.persistent) {
@@ -512,22 +657,41 @@ export class MqttPlane {
       // Topic aliases of this connection [MQTT-3.3.2-8 … 12].
       const alias = props?.topicAlias;
       if (alias !== undefined) {
-        if (alias === 0 || alias > this.#deps.mqtt.topicAliasMaximum) return this.#protocolError(conn, 'MQTT-3.3.2-12', `topic alias ${alias} outside 1–${this.#deps.mqtt.topicAliasMaximum}`, REASON.TOPIC_ALIAS_INVALID);
+        if (alias === 0 || alias > this.#deps.mqtt.topicAliasMaximum)
+          return this.#protocolError(
+            conn,
+            'MQTT-3.3.2-12',
+            `topic alias ${alias} outside 1–${this.#deps.mqtt.topicAliasMaximum}`,
+            REASON.TOPIC_ALIAS_INVALID,
+          );
         if (topic.length > 0) (conn.aliases ??= new Map()).set(alias, topic);
         else {
           const known = conn.aliases?.get(alias);
-          if (known === undefined) return this.#protocolError(conn, 'MQTT5-§3.3.2.3.4', `topic alias ${alias} not set on this connection`);
+          if (known === undefined)
+            return this.#protocolError(conn, 'MQTT5-§3.3.2.3.4', `topic alias ${alias} not set on this connection`);
           topic = known;
         }
       } else if (topic.length === 0) {
         return this.#protocolError(conn, 'MQTT5-§3.3.2.1', 'empty topic name without a topic alias');
       }
       // Flow control: no more unacknowledged QoS 1/2 PUBLISHes than our Receive Maximum (§3.3.4).
-      if (p.qos > 0 && conn.inboundPending + (conn.mqtt as MqttSession).qos2In.size >= this.#deps.mqtt.receiveMaximum && !(p.qos === 2 && (conn.mqtt as MqttSession).qos2In.has(p.packetId))) {
-        return this.#protocolError(conn, 'MQTT-3.3.4-7', `more than ${this.#deps.mqtt.receiveMaximum} unacknowledged QoS 1/2 PUBLISHes`, REASON.RECEIVE_MAXIMUM_EXCEEDED);
+      if (
+        p.qos > 0 &&
+        conn.inboundPending + (conn.mqtt as MqttSession).qos2In.size >= this.#deps.mqtt.receiveMaximum &&
+        !(p.qos === 2 && (conn.mqtt as MqttSession).qos2In.has(p.packetId))
+      ) {
+        return this.#protocolError(
+          conn,
+          'MQTT-3.3.4-7',
+          `more than ${this.#deps.mqtt.receiveMaximum} unacknowledged QoS 1/2 PUBLISHes`,
+          REASON.RECEIVE_MAXIMUM_EXCEEDED,
+        );
       }
     }
-    const code = this.#packetCheck(conn, (s) => publishable(s, topic) && (props?.responseTopic === undefined || publishable(s, props.responseTopic)));
+    const code = this.#packetCheck(
+      conn,
+      (s) => publishable(s, topic) && (props?.responseTopic === undefined || publishable(s, props.responseTopic)),
+    );
     if (code !== undefined) {
       this.#denied('publish', conn, code, topic);
       // MQTT 3.1.1 has no negative PUBACK: an unauthorized PUBLISH closes the connection. MQTT 5
@@ -537,8 +701,10 @@ export class MqttPlane {
       return this.#refusePublish(conn, p, REASON.NOT_AUTHORIZED, code);
     }
     if (conn.v5 && props !== undefined) {
-      if (props.payloadFormat === 1 && !isUtf8(p.payload)) return this.#refusePublish(conn, p, REASON.PAYLOAD_FORMAT_INVALID, 'BAD_REQUEST');
-      if ((props.userPropertyBytes ?? 0) > this.#deps.mqtt.maxUserPropertyBytes) return this.#refusePublish(conn, p, REASON.QUOTA_EXCEEDED, 'PAYLOAD_TOO_LARGE');
+      if (props.payloadFormat === 1 && !isUtf8(p.payload))
+        return this.#refusePublish(conn, p, REASON.PAYLOAD_FORMAT_INVALID, 'BAD_REQUEST');
+      if ((props.userPropertyBytes ?? 0) > this.#deps.mqtt.maxUserPropertyBytes)
+        return this.#refusePublish(conn, p, REASON.QUOTA_EXCEEDED, 'PAYLOAD_TOO_LARGE');
     }
     const mqtt = conn.mqtt as MqttSession;
     (this.#m.hot.in[p.qos] as number)++;
@@ -549,10 +715,15 @@ export class MqttPlane {
     const deviceId = (conn.session as Session).device.id;
     // A QoS 1/2 message may wait in session queues: give it its own bytes rather than keeping the
     // whole socket read (up to 64 KiB) alive for a short payload.
-    const payload = p.qos > 0 && p.payload.buffer.byteLength > p.payload.length * 4 + 1024 ? Buffer.from(p.payload) : p.payload;
-    const message = props === undefined
-      ? new Message(topic, payload, p.qos, p.retain, deviceId)
-      : new Message(topic, payload, p.qos, p.retain, deviceId, { fwd: forwarded(props), expiresAt: props.messageExpiry === undefined ? undefined : Date.now() + props.messageExpiry * 1000 });
+    const payload =
+      p.qos > 0 && p.payload.buffer.byteLength > p.payload.length * 4 + 1024 ? Buffer.from(p.payload) : p.payload;
+    const message =
+      props === undefined
+        ? new Message(topic, payload, p.qos, p.retain, deviceId)
+        : new Message(topic, payload, p.qos, p.retain, deviceId, {
+            fwd: forwarded(props),
+            expiresAt: props.messageExpiry === undefined ? undefined : Date.now() + props.messageExpiry * 1000,
+          });
     if (p.retain) this.#retain(conn, message);
     this.#route(message);
     this.#deps.bus?.publish(message);
@@ -568,7 +739,14 @@ export class MqttPlane {
   #refusePublish(conn: MqttConnection, p: PublishPacket, reasonCode: number, code: ErrorCode): void {
     if (p.qos === 0) return;
     const e = new FleetgateError(code);
-    conn.push(encodeAck5(p.qos === 1 ? 'puback' : 'pubrec', p.packetId, reasonCode, conn.problemInfo ? { reasonString: reasonString(code, e.publicMessage) } : undefined));
+    conn.push(
+      encodeAck5(
+        p.qos === 1 ? 'puback' : 'pubrec',
+        p.packetId,
+        reasonCode,
+        conn.problemInfo ? { reasonString: reasonString(code, e.publicMessage) } : undefined,
+      ),
+    );
     this.#markDirty(conn);
   }
 
@@ -578,7 +756,10 @@ export class MqttPlane {
     const send = (err: Error | undefined) => {
       if (type === 'puback') conn.inboundPending--;
       if (err !== undefined) {
-        this.#deps.log.error({ err: err.message, deviceId: conn.session?.device.id }, 'mqtt store commit failed: connection closed without acknowledgement');
+        this.#deps.log.error(
+          { err: err.message, deviceId: conn.session?.device.id },
+          'mqtt store commit failed: connection closed without acknowledgement',
+        );
         return this.#close(conn, 'store_failed');
       }
       conn.push(encodeAck(type, id));
@@ -594,10 +775,19 @@ export class MqttPlane {
 
   /** Keeps (or, empty, clears) a retained message within the quotas, on disk too; false when over a quota. */
   #keepRetained(message: Message, transport: string): boolean {
-    const r = { topic: message.topic, payload: message.payload, qos: message.qos, deviceId: message.from, ...((message.fwd !== undefined || message.expiresAt !== undefined) && { message }) };
+    const r = {
+      topic: message.topic,
+      payload: message.payload,
+      qos: message.qos,
+      deviceId: message.from,
+      ...((message.fwd !== undefined || message.expiresAt !== undefined) && { message }),
+    };
     if (!this.#retained.set(r)) {
       this.#deps.metrics.retainedRefused.inc();
-      this.#deps.log.warn({ code: 'PAYLOAD_TOO_LARGE', deviceId: message.from, topic: message.topic, transport }, 'retained message over quota: delivered, not retained');
+      this.#deps.log.warn(
+        { code: 'PAYLOAD_TOO_LARGE', deviceId: message.from, topic: message.topic, transport },
+        'retained message over quota: delivered, not retained',
+      );
       return false;
     }
     if (message.payload.length === 0) this.#store?.deleteRetained(message.topic);
@@ -649,7 +839,16 @@ export class MqttPlane {
         continue;
       }
       if (conn === undefined && !mqtt.persistent) continue;
-      this.#enqueue(mqtt, { message, qos, retain, rowId: undefined, dup: false, released: false, packetId: undefined, ...(ids && { subscriptionIds: ids }) });
+      this.#enqueue(mqtt, {
+        message,
+        qos,
+        retain,
+        rowId: undefined,
+        dup: false,
+        released: false,
+        packetId: undefined,
+        ...(ids && { subscriptionIds: ids }),
+      });
     }
   }
 
@@ -665,10 +864,22 @@ export class MqttPlane {
   }
 
   /** The wire form of a message for this connection's protocol; undefined when it must not be sent (expired, or larger than the client accepts). */
-  #wire(conn: MqttConnection, message: Message, qos: 0 | 1 | 2, retain: boolean, ids: number[] | undefined, dup = false): EncodedPublish | undefined {
+  #wire(
+    conn: MqttConnection,
+    message: Message,
+    qos: 0 | 1 | 2,
+    retain: boolean,
+    ids: number[] | undefined,
+    dup = false,
+  ): EncodedPublish | undefined {
     if (!conn.v5) return message.expired() && !dup ? undefined : message.encoded(qos, retain);
     // Once sent, a QoS 2 message is not expired any more [MQTT-4.3.3-7]: a resend keeps going.
-    const e = message.encoded5(qos, retain, ids, dup && message.expiresAt !== undefined ? Math.min(Date.now(), message.expiresAt - 1000) : undefined);
+    const e = message.encoded5(
+      qos,
+      retain,
+      ids,
+      dup && message.expiresAt !== undefined ? Math.min(Date.now(), message.expiresAt - 1000) : undefined,
+    );
     if (e === undefined) return undefined;
     if (conn.maxPacket !== Number.POSITIVE_INFINITY && publishSize(e) > conn.maxPacket) {
       this.#m.dropTooLarge.inc(); // discarded as if sent [MQTT-3.1.2-25]
@@ -683,7 +894,10 @@ export class MqttPlane {
       if (conn.overSince === 0) conn.overSince = Date.now(); // its drain deadline starts
       return;
     }
-    const e = conn.v5 || message.expiresAt !== undefined ? this.#wire(conn, message, 0, retain, ids) : message.encoded(0, retain);
+    const e =
+      conn.v5 || message.expiresAt !== undefined
+        ? this.#wire(conn, message, 0, retain, ids)
+        : message.encoded(0, retain);
     if (e === undefined) return;
     conn.pushPublish(e, undefined);
     this.#m.hot.out++;
@@ -696,7 +910,8 @@ export class MqttPlane {
       if (dropped?.rowId !== undefined) this.#store?.dequeue(dropped.rowId);
       this.#m.dropQueue.inc();
     }
-    if (mqtt.persistent && this.#store !== undefined) d.rowId = this.#store.enqueue(mqtt.clientId, d.message.topic, d.message.payload, d.qos);
+    if (mqtt.persistent && this.#store !== undefined)
+      d.rowId = this.#store.enqueue(mqtt.clientId, d.message.topic, d.message.payload, d.qos);
     mqtt.queue.push(d);
     this.#pump(mqtt);
   }
@@ -707,8 +922,13 @@ export class MqttPlane {
     if (conn === undefined || conn.state !== 'connected') return;
     const maxOutboundBytes = conn.maxOutbound;
     const window = Math.min(this.#deps.mqtt.maxInflight, conn.receiveMax); // [MQTT-3.3.4-9]
-    if (mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes > maxOutboundBytes && conn.overSince === 0) conn.overSince = Date.now();
-    while (mqtt.inflight.size < window && mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes <= maxOutboundBytes) {
+    if (mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes > maxOutboundBytes && conn.overSince === 0)
+      conn.overSince = Date.now();
+    while (
+      mqtt.inflight.size < window &&
+      mqtt.queue.length > 0 &&
+      conn.transport.buffered + conn.outBytes <= maxOutboundBytes
+    ) {
       const d = mqtt.queue.shift() as Delivery;
       let wire: EncodedPublish | undefined;
       if (!d.released) {
@@ -814,19 +1034,41 @@ export class MqttPlane {
       granted.push(qos);
       // Retain Handling [MQTT-3.3.1-9 … 11]: 0 always, 1 only for a new subscription, 2 never.
       const handling = (options & SUB.RETAIN_HANDLING) >> 4;
-      if (handling === 0 || (handling === 1 && !existed)) retained.push({ filter, qos, ids: subscriptionId === undefined ? undefined : [subscriptionId] });
+      if (handling === 0 || (handling === 1 && !existed))
+        retained.push({ filter, qos, ids: subscriptionId === undefined ? undefined : [subscriptionId] });
     }
-    conn.push(conn.v5
-      ? encodeSuback5(p.packetId, granted, refusal !== undefined && conn.problemInfo ? { reasonString: reasonString(refusal, new FleetgateError(refusal).publicMessage) } : undefined)
-      : encodeSuback(p.packetId, granted));
+    conn.push(
+      conn.v5
+        ? encodeSuback5(
+            p.packetId,
+            granted,
+            refusal !== undefined && conn.problemInfo
+              ? { reasonString: reasonString(refusal, new FleetgateError(refusal).publicMessage) }
+              : undefined,
+          )
+        : encodeSuback(p.packetId, granted),
+    );
     // Retained messages matching a new subscription follow the SUBACK, with the retain flag [MQTT-3.3.1-6], [MQTT-3.3.1-8].
     for (const { filter, qos, ids } of retained) {
       for (const r of this.#retained.match(filter)) {
-        const message = r.message instanceof Message ? r.message.asRetained() : new Message(r.topic, r.payload, r.qos, true, r.deviceId);
+        const message =
+          r.message instanceof Message
+            ? r.message.asRetained()
+            : new Message(r.topic, r.payload, r.qos, true, r.deviceId);
         if (message.expired()) continue;
         const q = Math.min(qos, r.qos) as 0 | 1 | 2;
         if (q === 0) this.#sendQos0(conn, message, true, ids);
-        else this.#enqueue(mqtt, { message, qos: q, retain: true, rowId: undefined, dup: false, released: false, packetId: undefined, ...(ids && { subscriptionIds: ids }) });
+        else
+          this.#enqueue(mqtt, {
+            message,
+            qos: q,
+            retain: true,
+            rowId: undefined,
+            dup: false,
+            released: false,
+            packetId: undefined,
+            ...(ids && { subscriptionIds: ids }),
+          });
       }
     }
     this.#markDirty(conn);
@@ -922,9 +1164,13 @@ export class MqttPlane {
       const wp = w.properties;
       const send = () => {
         this.#pendingWills.delete(conn.clientId ?? '');
-        const message = wp === undefined
-          ? new Message(w.topic, w.payload, w.qos, w.retain, deviceId)
-          : new Message(w.topic, w.payload, w.qos, w.retain, deviceId, { fwd: forwarded(wp), expiresAt: wp.messageExpiry === undefined ? undefined : Date.now() + wp.messageExpiry * 1000 });
+        const message =
+          wp === undefined
+            ? new Message(w.topic, w.payload, w.qos, w.retain, deviceId)
+            : new Message(w.topic, w.payload, w.qos, w.retain, deviceId, {
+                fwd: forwarded(wp),
+                expiresAt: wp.messageExpiry === undefined ? undefined : Date.now() + wp.messageExpiry * 1000,
+              });
         if (w.retain) this.#retain(conn, message);
         this.#route(message);
         this.#deps.bus?.publish(message);
@@ -948,15 +1194,30 @@ export class MqttPlane {
     for (const conn of this.#connections) {
       if (conn.state === 'connecting' && now - conn.since > connectTimeoutMs) {
         this.#close(conn, 'connect_timeout');
-      } else if (conn.state === 'connected' && conn.keepaliveMs > 0 && now - conn.lastReceived > conn.keepaliveMs * 1.5) {
-        this.#deps.log.info({ code: 'KEEPALIVE_TIMEOUT', deviceId: conn.session?.device.id, transport: conn.kind }, 'keepalive expired: connection closed');
+      } else if (
+        conn.state === 'connected' &&
+        conn.keepaliveMs > 0 &&
+        now - conn.lastReceived > conn.keepaliveMs * 1.5
+      ) {
+        this.#deps.log.info(
+          { code: 'KEEPALIVE_TIMEOUT', deviceId: conn.session?.device.id, transport: conn.kind },
+          'keepalive expired: connection closed',
+        );
         this.#close(conn, 'keepalive');
       } else if (conn.overSince !== 0) {
         // It hit the outbound bound: it must drain (to half of it) within the drain timeout.
         if (conn.transport.buffered <= conn.maxOutbound / 2) conn.overSince = 0;
         else if (now - conn.overSince > drainTimeoutMs) {
           this.#deps.metrics.slowConsumers.inc();
-          this.#deps.log.warn({ code: 'SLOW_CONSUMER', deviceId: conn.session?.device.id, transport: conn.kind, buffered: conn.transport.buffered }, 'subscriber does not read: connection closed');
+          this.#deps.log.warn(
+            {
+              code: 'SLOW_CONSUMER',
+              deviceId: conn.session?.device.id,
+              transport: conn.kind,
+              buffered: conn.transport.buffered,
+            },
+            'subscriber does not read: connection closed',
+          );
           this.#close(conn, 'slow_consumer');
         }
       }
@@ -980,22 +1241,44 @@ export class MqttPlane {
     for (const t of topics) this.#store?.deleteRetained(t);
     const mqtt = this.#mqttSessions.get(event.deviceId);
     if (mqtt !== undefined && !this.#live.has(mqtt)) this.#discard(mqtt);
-    if (topics.length > 0) this.#deps.log.info({ deviceId: event.deviceId, retained: topics.length }, 'retained messages of a revoked device removed');
+    if (topics.length > 0)
+      this.#deps.log.info(
+        { deviceId: event.deviceId, retained: topics.length },
+        'retained messages of a revoked device removed',
+      );
   }
 
   #denied(action: 'publish' | 'subscribe', conn: MqttConnection, code: ErrorCode, topic: string): void {
     this.#deps.metrics.denied.inc({ action, code });
-    this.#deps.log.warn({ action, code, topic, deviceId: conn.session?.device.id, serial: conn.session?.identity.serial }, `${action} refused`);
+    this.#deps.log.warn(
+      { action, code, topic, deviceId: conn.session?.device.id, serial: conn.session?.identity.serial },
+      `${action} refused`,
+    );
   }
 
   /** One decision line per connection, with the code, serial and fingerprint. */
-  #decision(outcome: 'admitted' | 'refused', conn: MqttConnection, code: ErrorCode | undefined, extra: Record<string, unknown>): void {
-    const identity = conn.session?.identity ?? (conn.refusal?.detail as { serial?: string; fingerprint?: string; deviceId?: string } | undefined);
+  #decision(
+    outcome: 'admitted' | 'refused',
+    conn: MqttConnection,
+    code: ErrorCode | undefined,
+    extra: Record<string, unknown>,
+  ): void {
+    const identity =
+      conn.session?.identity ??
+      (conn.refusal?.detail as { serial?: string; fingerprint?: string; deviceId?: string } | undefined);
     this.#deps.metrics.handshakes.inc({ transport: conn.kind, outcome, code: code ?? 'OK' });
-    if (outcome === 'refused' && code !== undefined) this.#deps.metrics.refusedDevices.record(identity?.deviceId, identity?.serial, code);
+    if (outcome === 'refused' && code !== undefined)
+      this.#deps.metrics.refusedDevices.record(identity?.deviceId, identity?.serial, code);
     const line = {
-      decision: outcome, code, transport: conn.kind, remoteAddress: conn.remoteAddress, clientId: conn.clientId,
-      deviceId: identity?.deviceId, serial: identity?.serial, fingerprint: identity?.fingerprint, ...extra,
+      decision: outcome,
+      code,
+      transport: conn.kind,
+      remoteAddress: conn.remoteAddress,
+      clientId: conn.clientId,
+      deviceId: identity?.deviceId,
+      serial: identity?.serial,
+      fingerprint: identity?.fingerprint,
+      ...extra,
     };
     if (outcome === 'admitted') this.#deps.log.info(line, 'mqtt connection admitted');
     else this.#deps.log.warn(line, 'mqtt connection refused');

@@ -44,7 +44,23 @@ export class TooLarge extends MalformedPacket {
   }
 }
 
-export const TYPE = { CONNECT: 1, CONNACK: 2, PUBLISH: 3, PUBACK: 4, PUBREC: 5, PUBREL: 6, PUBCOMP: 7, SUBSCRIBE: 8, SUBACK: 9, UNSUBSCRIBE: 10, UNSUBACK: 11, PINGREQ: 12, PINGRESP: 13, DISCONNECT: 14, AUTH: 15 } as const;
+export const TYPE = {
+  CONNECT: 1,
+  CONNACK: 2,
+  PUBLISH: 3,
+  PUBACK: 4,
+  PUBREC: 5,
+  PUBREL: 6,
+  PUBCOMP: 7,
+  SUBSCRIBE: 8,
+  SUBACK: 9,
+  UNSUBSCRIBE: 10,
+  UNSUBACK: 11,
+  PINGREQ: 12,
+  PINGRESP: 13,
+  DISCONNECT: 14,
+  AUTH: 15,
+} as const;
 
 /** MQTT 5 properties a client may send (§2.2.2.2), decoded and checked for their packet. */
 export interface Properties {
@@ -96,7 +112,11 @@ const PROPERTIES: Record<number, [keyof Properties, PropertyType, readonly Prope
   0x21: ['receiveMaximum', 'u16', ['connect']],
   0x22: ['topicAliasMaximum', 'u16', ['connect']],
   0x23: ['topicAlias', 'u16', ['publish']],
-  0x26: ['userProperties', 'pair', ['connect', 'will', 'publish', 'ack', 'subscribe', 'unsubscribe', 'disconnect', 'auth']],
+  0x26: [
+    'userProperties',
+    'pair',
+    ['connect', 'will', 'publish', 'ack', 'subscribe', 'unsubscribe', 'disconnect', 'auth'],
+  ],
   0x27: ['maximumPacketSize', 'u32', ['connect']],
 };
 
@@ -169,7 +189,14 @@ export interface DisconnectPacket {
   properties?: Properties;
 }
 
-export type InboundPacket = ConnectPacket | PublishPacket | AckPacket | SubscribePacket | UnsubscribePacket | { type: 'pingreq' } | DisconnectPacket;
+export type InboundPacket =
+  | ConnectPacket
+  | PublishPacket
+  | AckPacket
+  | SubscribePacket
+  | UnsubscribePacket
+  | { type: 'pingreq' }
+  | DisconnectPacket;
 
 /**
  * Incremental framing from the fixed header. `push` takes bytes as they arrive and calls
@@ -197,7 +224,7 @@ export class Framer {
   }
 
   #drain(): void {
-    const buf = this.#chunks.length === 1 ? this.#chunks[0] as Buffer : Buffer.concat(this.#chunks, this.#length);
+    const buf = this.#chunks.length === 1 ? (this.#chunks[0] as Buffer) : Buffer.concat(this.#chunks, this.#length);
     this.#chunks = [];
     this.#length = 0;
     this.#need = -1;
@@ -206,7 +233,10 @@ export class Framer {
       const header = readFixedHeader(buf, offset);
       if (header === undefined) break; // length bytes not all here yet
       if (header.remaining > this.#limit()) {
-        throw new TooLarge(`packet of ${header.remaining} bytes exceeds the limit of ${this.#limit()}`, buf.subarray(offset, Math.min(buf.length, header.bodyStart + 7)));
+        throw new TooLarge(
+          `packet of ${header.remaining} bytes exceeds the limit of ${this.#limit()}`,
+          buf.subarray(offset, Math.min(buf.length, header.bodyStart + 7)),
+        );
       }
       const end = header.bodyStart + header.remaining;
       if (end > buf.length) {
@@ -302,7 +332,8 @@ class Reader {
       const b = this.u8(what);
       value += (b & 0x7f) * multiplier;
       if ((b & 0x80) === 0) {
-        if (i > 0 && b === 0) throw new MalformedPacket('MQTT-1.5.5-1', `${what}: variable byte integer not minimally encoded`);
+        if (i > 0 && b === 0)
+          throw new MalformedPacket('MQTT-1.5.5-1', `${what}: variable byte integer not minimally encoded`);
         return value;
       }
       multiplier *= 128;
@@ -327,10 +358,14 @@ class Reader {
       const id = this.varint('property identifier');
       const spec = PROPERTIES[id];
       if (spec === undefined || !spec[2].includes(context)) {
-        throw new MalformedPacket('MQTT5-§2.2.2.2', `property 0x${id.toString(16)} is not valid in ${context === 'will' ? 'a will' : `a ${context.toUpperCase()}`}`);
+        throw new MalformedPacket(
+          'MQTT5-§2.2.2.2',
+          `property 0x${id.toString(16)} is not valid in ${context === 'will' ? 'a will' : `a ${context.toUpperCase()}`}`,
+        );
       }
       const [name, type] = spec;
-      if (id !== 0x26 && seen.has(id)) throw new MalformedPacket('MQTT5-§2.2.2.2', `property ${name} more than once`, PROTOCOL_ERROR);
+      if (id !== 0x26 && seen.has(id))
+        throw new MalformedPacket('MQTT5-§2.2.2.2', `property ${name} more than once`, PROTOCOL_ERROR);
       seen.add(id);
       const what = `property ${name}`;
       switch (type) {
@@ -340,11 +375,21 @@ class Reader {
           set[name] = v;
           break;
         }
-        case 'u16': set[name] = this.u16(what); break;
-        case 'u32': set[name] = this.u32(what); break;
-        case 'varint': set[name] = this.varint(what); break;
-        case 'string': set[name] = this.string(what); break;
-        case 'binary': set[name] = Buffer.from(this.bytes(what)); break;
+        case 'u16':
+          set[name] = this.u16(what);
+          break;
+        case 'u32':
+          set[name] = this.u32(what);
+          break;
+        case 'varint':
+          set[name] = this.varint(what);
+          break;
+        case 'string':
+          set[name] = this.string(what);
+          break;
+        case 'binary':
+          set[name] = Buffer.from(this.bytes(what));
+          break;
         case 'pair': {
           const k = this.string('user property name');
           const v = this.string('user property value');
@@ -357,9 +402,12 @@ class Reader {
     }
     // Values the protocol forbids (Protocol Errors).
     if (out.receiveMaximum === 0) throw new MalformedPacket('MQTT5-§3.1.2.11.3', 'receive maximum 0', PROTOCOL_ERROR);
-    if (out.maximumPacketSize === 0) throw new MalformedPacket('MQTT5-§3.1.2.11.4', 'maximum packet size 0', PROTOCOL_ERROR);
-    if (out.subscriptionId === 0) throw new MalformedPacket('MQTT5-§3.8.2.1.2', 'subscription identifier 0', PROTOCOL_ERROR);
-    if (out.authData !== undefined && out.authMethod === undefined) throw new MalformedPacket('MQTT5-§3.1.2.11.10', 'authentication data without a method', PROTOCOL_ERROR);
+    if (out.maximumPacketSize === 0)
+      throw new MalformedPacket('MQTT5-§3.1.2.11.4', 'maximum packet size 0', PROTOCOL_ERROR);
+    if (out.subscriptionId === 0)
+      throw new MalformedPacket('MQTT5-§3.8.2.1.2', 'subscription identifier 0', PROTOCOL_ERROR);
+    if (out.authData !== undefined && out.authMethod === undefined)
+      throw new MalformedPacket('MQTT5-§3.1.2.11.10', 'authentication data without a method', PROTOCOL_ERROR);
     return out;
   }
 
@@ -369,7 +417,8 @@ class Reader {
 }
 
 function flagsMustBe(first: number, flags: number, rule: string, what: string): void {
-  if ((first & 0x0f) !== flags) throw new MalformedPacket(rule, `${what} with reserved flags 0x${(first & 0x0f).toString(16)}`);
+  if ((first & 0x0f) !== flags)
+    throw new MalformedPacket(rule, `${what} with reserved flags 0x${(first & 0x0f).toString(16)}`);
 }
 
 function packetId(r: Reader, what: string): number {
@@ -393,8 +442,14 @@ export function validFilter(filter: string): boolean {
 function decodeConnect(r: Reader): ConnectPacket {
   const protocolName = r.string('protocol name');
   const protocolLevel = r.u8('protocol level');
-  if (!((protocolName === 'MQTT' && (protocolLevel === 4 || protocolLevel === 5)) || (protocolName === 'MQIsdp' && protocolLevel === 3))) {
-    if (protocolName !== 'MQTT' && protocolName !== 'MQIsdp') throw new MalformedPacket('MQTT-3.1.2-1', `protocol name ${JSON.stringify(protocolName)}`);
+  if (
+    !(
+      (protocolName === 'MQTT' && (protocolLevel === 4 || protocolLevel === 5)) ||
+      (protocolName === 'MQIsdp' && protocolLevel === 3)
+    )
+  ) {
+    if (protocolName !== 'MQTT' && protocolName !== 'MQIsdp')
+      throw new MalformedPacket('MQTT-3.1.2-1', `protocol name ${JSON.stringify(protocolName)}`);
   }
   const flags = r.u8('connect flags');
   if ((flags & 0x01) !== 0) throw new MalformedPacket('MQTT-3.1.2-3', 'CONNECT reserved flag set');
@@ -407,16 +462,25 @@ function decodeConnect(r: Reader): ConnectPacket {
   const hasPassword = (flags & 0x40) !== 0;
   const hasUsername = (flags & 0x80) !== 0;
   if (willQos === 3) throw new MalformedPacket(v5 ? 'MQTT-3.1.2-12' : 'MQTT-3.1.2-14', 'will QoS 3');
-  if (!willFlag && (willQos !== 0 || willRetain)) throw new MalformedPacket('MQTT-3.1.2-11', 'will QoS or retain set without the will flag');
-  if (hasPassword && !hasUsername && protocolLevel === 4) throw new MalformedPacket('MQTT-3.1.2-22', 'password flag without the user name flag');
+  if (!willFlag && (willQos !== 0 || willRetain))
+    throw new MalformedPacket('MQTT-3.1.2-11', 'will QoS or retain set without the will flag');
+  if (hasPassword && !hasUsername && protocolLevel === 4)
+    throw new MalformedPacket('MQTT-3.1.2-22', 'password flag without the user name flag');
   const properties = v5 ? r.properties('connect') : undefined;
   const clientId = r.string('client identifier');
   let will: Will | undefined;
   if (willFlag) {
     const willProperties = v5 ? r.properties('will') : undefined;
     const topic = r.string('will topic');
-    if (topic.length === 0 || topic.includes('+') || topic.includes('#')) throw new MalformedPacket(v5 ? 'MQTT-3.3.2-2' : 'MQTT-3.1.2-9', 'will topic empty or with wildcards');
-    will = { topic, payload: Buffer.from(r.bytes('will message')), qos: willQos as 0 | 1 | 2, retain: willRetain, ...(willProperties && { properties: willProperties }) };
+    if (topic.length === 0 || topic.includes('+') || topic.includes('#'))
+      throw new MalformedPacket(v5 ? 'MQTT-3.3.2-2' : 'MQTT-3.1.2-9', 'will topic empty or with wildcards');
+    will = {
+      topic,
+      payload: Buffer.from(r.bytes('will message')),
+      qos: willQos as 0 | 1 | 2,
+      retain: willRetain,
+      ...(willProperties && { properties: willProperties }),
+    };
   }
   const username = hasUsername ? r.string('user name') : undefined;
   const password = hasPassword ? Buffer.from(r.bytes('password')) : undefined;
@@ -434,13 +498,43 @@ function decodePublish(first: number, r: Reader, v5: boolean): PublishPacket {
   if (topic.length === 0 && !v5) throw new MalformedPacket('MQTT-4.7.3-1', 'empty topic name');
   if (topic.includes('+') || topic.includes('#')) throw new MalformedPacket('MQTT-3.3.2-2', 'wildcard in a topic name');
   const id = qos > 0 ? packetId(r, 'PUBLISH') : 0;
-  if (!v5) return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id };
+  if (!v5)
+    return {
+      type: 'publish',
+      topic,
+      payload: r.buf.subarray(r.pos),
+      qos: qos as 0 | 1 | 2,
+      retain: (first & 0x01) !== 0,
+      dup,
+      packetId: id,
+    };
   const properties = r.properties('publish');
-  if (properties === NO_PROPERTIES) return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id };
-  if (properties.responseTopic !== undefined && (properties.responseTopic.length === 0 || /[+#]/.test(properties.responseTopic))) {
+  if (properties === NO_PROPERTIES)
+    return {
+      type: 'publish',
+      topic,
+      payload: r.buf.subarray(r.pos),
+      qos: qos as 0 | 1 | 2,
+      retain: (first & 0x01) !== 0,
+      dup,
+      packetId: id,
+    };
+  if (
+    properties.responseTopic !== undefined &&
+    (properties.responseTopic.length === 0 || /[+#]/.test(properties.responseTopic))
+  ) {
     throw new MalformedPacket('MQTT-3.3.2-14', 'response topic empty or with wildcards', PROTOCOL_ERROR);
   }
-  return { type: 'publish', topic, payload: r.buf.subarray(r.pos), qos: qos as 0 | 1 | 2, retain: (first & 0x01) !== 0, dup, packetId: id, properties };
+  return {
+    type: 'publish',
+    topic,
+    payload: r.buf.subarray(r.pos),
+    qos: qos as 0 | 1 | 2,
+    retain: (first & 0x01) !== 0,
+    dup,
+    packetId: id,
+    properties,
+  };
 }
 
 function decodeSubscribe(r: Reader, v5: boolean): SubscribePacket {
@@ -449,16 +543,20 @@ function decodeSubscribe(r: Reader, v5: boolean): SubscribePacket {
   const subscriptions: SubscribePacket['subscriptions'] = [];
   while (r.left > 0) {
     const filter = r.string('topic filter');
-    if (!validFilter(filter)) throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`, 0x8f);
+    if (!validFilter(filter))
+      throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`, 0x8f);
     const q = r.u8(v5 ? 'subscription options' : 'requested QoS');
     if (v5) {
-      if ((q & 0xc0) !== 0) throw new MalformedPacket('MQTT-3.8.3-5', `subscription options with reserved bits 0x${q.toString(16)}`);
+      if ((q & 0xc0) !== 0)
+        throw new MalformedPacket('MQTT-3.8.3-5', `subscription options with reserved bits 0x${q.toString(16)}`);
       if ((q & 0x03) === 3) throw new MalformedPacket('MQTT-3.8.3-5', 'subscription options with QoS 3');
       if ((q & 0x30) === 0x30) throw new MalformedPacket('MQTT5-§3.8.3.1', 'retain handling 3', PROTOCOL_ERROR);
-    } else if ((q & 0xfc) !== 0 || q === 3) throw new MalformedPacket('MQTT-3-8.3-4', `requested QoS byte 0x${q.toString(16)}`);
+    } else if ((q & 0xfc) !== 0 || q === 3)
+      throw new MalformedPacket('MQTT-3-8.3-4', `requested QoS byte 0x${q.toString(16)}`);
     subscriptions.push({ filter, qos: (q & 0x03) as 0 | 1 | 2, options: q });
   }
-  if (subscriptions.length === 0) throw new MalformedPacket(v5 ? 'MQTT-3.8.3-2' : 'MQTT-3.8.3-3', 'SUBSCRIBE without a topic filter', PROTOCOL_ERROR);
+  if (subscriptions.length === 0)
+    throw new MalformedPacket(v5 ? 'MQTT-3.8.3-2' : 'MQTT-3.8.3-3', 'SUBSCRIBE without a topic filter', PROTOCOL_ERROR);
   return { type: 'subscribe', packetId: id, subscriptions, ...(properties && { properties }) };
 }
 
@@ -468,10 +566,12 @@ function decodeUnsubscribe(r: Reader, v5: boolean): UnsubscribePacket {
   const filters: string[] = [];
   while (r.left > 0) {
     const filter = r.string('topic filter');
-    if (!validFilter(filter)) throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`, 0x8f);
+    if (!validFilter(filter))
+      throw new MalformedPacket('MQTT-4.7.1-2', `invalid topic filter ${JSON.stringify(filter)}`, 0x8f);
     filters.push(filter);
   }
-  if (filters.length === 0) throw new MalformedPacket('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter', PROTOCOL_ERROR);
+  if (filters.length === 0)
+    throw new MalformedPacket('MQTT-3.10.3-2', 'UNSUBSCRIBE without a topic filter', PROTOCOL_ERROR);
   return { type: 'unsubscribe', packetId: id, filters };
 }
 
@@ -483,13 +583,24 @@ const CLIENT_REASONS = {
   pubcomp: new Set([0x00, 0x92]),
   disconnect: new Set([0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93, 0x94, 0x95, 0x96, 0x97, 0x98, 0x99]),
 } as const;
-const REASON_RULE = { puback: 'MQTT-3.4.2-1', pubrec: 'MQTT-3.5.2-1', pubrel: 'MQTT-3.6.2-1', pubcomp: 'MQTT-3.7.2-1', disconnect: 'MQTT-3.14.2-1' } as const;
+const REASON_RULE = {
+  puback: 'MQTT-3.4.2-1',
+  pubrec: 'MQTT-3.5.2-1',
+  pubrel: 'MQTT-3.6.2-1',
+  pubcomp: 'MQTT-3.7.2-1',
+  disconnect: 'MQTT-3.14.2-1',
+} as const;
 
 /** A reason code and properties, both optional at the end of an MQTT 5 packet (absent: 0x00 Success). */
-function reasonAndProperties(r: Reader, kind: keyof typeof CLIENT_REASONS, context: 'ack' | 'disconnect'): { reasonCode: number; properties?: Properties } {
+function reasonAndProperties(
+  r: Reader,
+  kind: keyof typeof CLIENT_REASONS,
+  context: 'ack' | 'disconnect',
+): { reasonCode: number; properties?: Properties } {
   if (r.left === 0) return { reasonCode: 0 };
   const reasonCode = r.u8('reason code');
-  if (!CLIENT_REASONS[kind].has(reasonCode)) throw new MalformedPacket(REASON_RULE[kind], `${kind.toUpperCase()} with reason code 0x${reasonCode.toString(16)}`);
+  if (!CLIENT_REASONS[kind].has(reasonCode))
+    throw new MalformedPacket(REASON_RULE[kind], `${kind.toUpperCase()} with reason code 0x${reasonCode.toString(16)}`);
   if (r.left === 0) return { reasonCode };
   const properties = r.properties(context);
   r.end(kind.toUpperCase());
@@ -516,7 +627,12 @@ export function decode(first: number, body: Buffer, v5 = false): InboundPacket {
     case TYPE.PUBREL:
     case TYPE.PUBCOMP: {
       const name = ACKS[type];
-      flagsMustBe(first, type === TYPE.PUBREL ? 0x02 : 0, type === TYPE.PUBREL ? 'MQTT-3.6.1-1' : 'MQTT-2.2.2-1', name.toUpperCase());
+      flagsMustBe(
+        first,
+        type === TYPE.PUBREL ? 0x02 : 0,
+        type === TYPE.PUBREL ? 'MQTT-3.6.1-1' : 'MQTT-2.2.2-1',
+        name.toUpperCase(),
+      );
       const id = packetId(r, name.toUpperCase());
       if (v5) return { type: name, packetId: id, reasonCode: reasonAndProperties(r, name, 'ack').reasonCode };
       r.end(name.toUpperCase());
@@ -541,7 +657,8 @@ export function decode(first: number, body: Buffer, v5 = false): InboundPacket {
     case TYPE.AUTH:
       // Enhanced authentication is not offered (the identity is the certificate): a CONNECT asking
       // for it is refused 0x8C, so an AUTH can only be a protocol error.
-      if (v5) throw new MalformedPacket('MQTT5-§4.12', 'AUTH without an authentication method in CONNECT', PROTOCOL_ERROR);
+      if (v5)
+        throw new MalformedPacket('MQTT5-§4.12', 'AUTH without an authentication method in CONNECT', PROTOCOL_ERROR);
       throw new MalformedPacket('MQTT-2.2.1', `packet type ${type} may not be sent by a client`);
     default:
       throw new MalformedPacket(v5 ? 'MQTT5-§2.1.2' : 'MQTT-2.2.1', `packet type ${type} may not be sent by a client`);
@@ -584,7 +701,11 @@ export interface ForwardedProperties {
 }
 
 /** The property block of an outgoing MQTT 5 PUBLISH: forwarded properties, the remaining message expiry, subscription identifiers. */
-export function publishProperties(fwd: ForwardedProperties | undefined, expirySeconds: number | undefined, subscriptionIds: readonly number[] | undefined): Buffer {
+export function publishProperties(
+  fwd: ForwardedProperties | undefined,
+  expirySeconds: number | undefined,
+  subscriptionIds: readonly number[] | undefined,
+): Buffer {
   const parts: number[] = [];
   const chunks: Buffer[] = [];
   const flush = () => {
@@ -597,7 +718,14 @@ export function publishProperties(fwd: ForwardedProperties | undefined, expirySe
     chunks.push(b);
   };
   if (fwd?.payloadFormat !== undefined) parts.push(0x01, fwd.payloadFormat);
-  if (expirySeconds !== undefined) parts.push(0x02, (expirySeconds >>> 24) & 0xff, (expirySeconds >>> 16) & 0xff, (expirySeconds >>> 8) & 0xff, expirySeconds & 0xff);
+  if (expirySeconds !== undefined)
+    parts.push(
+      0x02,
+      (expirySeconds >>> 24) & 0xff,
+      (expirySeconds >>> 16) & 0xff,
+      (expirySeconds >>> 8) & 0xff,
+      expirySeconds & 0xff,
+    );
   if (fwd?.contentType !== undefined) str(0x03, fwd.contentType);
   if (fwd?.responseTopic !== undefined) str(0x08, fwd.responseTopic);
   if (fwd?.correlationData !== undefined) str(0x09, fwd.correlationData);
@@ -614,7 +742,14 @@ export function publishProperties(fwd: ForwardedProperties | undefined, expirySe
   return Buffer.concat([Buffer.from(varint(body.length)), body]);
 }
 
-export function encodePublish(topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean, topicBytes?: Buffer, props?: Buffer): EncodedPublish {
+export function encodePublish(
+  topic: string,
+  payload: Buffer,
+  qos: 0 | 1 | 2,
+  retain: boolean,
+  topicBytes?: Buffer,
+  props?: Buffer,
+): EncodedPublish {
   const t = topicBytes ?? Buffer.from(topic, 'utf8');
   const remaining = 2 + t.length + (qos > 0 ? 2 : 0) + (props?.length ?? 0) + payload.length;
   const len = varint(remaining);
@@ -669,23 +804,43 @@ type V5Props = Record<string, unknown>;
 const props = (p: V5Props | undefined) => (p === undefined || Object.keys(p).length === 0 ? {} : { properties: p });
 
 export function encodeConnack5(sessionPresent: boolean, reasonCode: number, properties?: V5Props): Buffer {
-  return mqttPacket.generate({ cmd: 'connack', sessionPresent, reasonCode, ...props(properties) } as mqttPacket.IConnackPacket, V5);
+  return mqttPacket.generate(
+    { cmd: 'connack', sessionPresent, reasonCode, ...props(properties) } as mqttPacket.IConnackPacket,
+    V5,
+  );
 }
 
 export function encodeSuback5(packetId: number, reasonCodes: number[], properties?: V5Props): Buffer {
-  return mqttPacket.generate({ cmd: 'suback', messageId: packetId, granted: reasonCodes, ...props(properties) } as mqttPacket.ISubackPacket, V5);
+  return mqttPacket.generate(
+    { cmd: 'suback', messageId: packetId, granted: reasonCodes, ...props(properties) } as mqttPacket.ISubackPacket,
+    V5,
+  );
 }
 
 export function encodeUnsuback5(packetId: number, reasonCodes: number[]): Buffer {
-  return mqttPacket.generate({ cmd: 'unsuback', messageId: packetId, granted: reasonCodes } as unknown as mqttPacket.IUnsubackPacket, V5);
+  return mqttPacket.generate(
+    { cmd: 'unsuback', messageId: packetId, granted: reasonCodes } as unknown as mqttPacket.IUnsubackPacket,
+    V5,
+  );
 }
 
 export function encodeDisconnect5(reasonCode: number, properties?: V5Props): Buffer {
-  return mqttPacket.generate({ cmd: 'disconnect', reasonCode, ...props(properties) } as mqttPacket.IDisconnectPacket, V5);
+  return mqttPacket.generate(
+    { cmd: 'disconnect', reasonCode, ...props(properties) } as mqttPacket.IDisconnectPacket,
+    V5,
+  );
 }
 
 /** PUBACK / PUBREC / PUBREL / PUBCOMP with a reason code (MQTT 5); success without properties is the short 3.1.1 form [§3.4.2.1]. */
-export function encodeAck5(type: 'puback' | 'pubrec' | 'pubrel' | 'pubcomp', id: number, reasonCode: number, properties?: V5Props): Buffer {
+export function encodeAck5(
+  type: 'puback' | 'pubrec' | 'pubrel' | 'pubcomp',
+  id: number,
+  reasonCode: number,
+  properties?: V5Props,
+): Buffer {
   if (reasonCode === 0 && properties === undefined) return encodeAck(type, id);
-  return mqttPacket.generate({ cmd: type, messageId: id, reasonCode, ...props(properties) } as mqttPacket.IPubackPacket, V5);
+  return mqttPacket.generate(
+    { cmd: type, messageId: id, reasonCode, ...props(properties) } as mqttPacket.IPubackPacket,
+    V5,
+  );
 }

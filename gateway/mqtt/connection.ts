@@ -51,7 +51,13 @@ export class MqttConnection {
   /** The Session Expiry Interval the CONNECT asked for, in seconds (a DISCONNECT may not raise it from 0). */
   requestedExpiry = 0;
 
-  constructor(init: { transport: MqttTransport; kind: Transport; remoteAddress: string; limit: () => number; onPacket: (first: number, body: Buffer) => void }) {
+  constructor(init: {
+    transport: MqttTransport;
+    kind: Transport;
+    remoteAddress: string;
+    limit: () => number;
+    onPacket: (first: number, body: Buffer) => void;
+  }) {
     this.transport = init.transport;
     this.kind = init.kind;
     this.remoteAddress = init.remoteAddress;

@@ -24,15 +24,25 @@ export interface ListenerDeps {
 }
 
 /** MQTT over TLS (8883) and MQTT over WSS (8884, `/mqtt`): the same TLS options, the same plane. */
-export async function startMqttListeners(plane: MqttPlane, tls: TlsOptions, config: GatewayConfig, deps: ListenerDeps): Promise<Listening> {
+export async function startMqttListeners(
+  plane: MqttPlane,
+  tls: TlsOptions,
+  config: GatewayConfig,
+  deps: ListenerDeps,
+): Promise<Listening> {
   const { guard, refusals, metrics } = deps;
-  const failed = (transport: string) => onTlsClientError(refusals, (code) => metrics.handshakes.inc({ transport, outcome: 'tls_failed', code }), { transport });
+  const failed = (transport: string) =>
+    onTlsClientError(refusals, (code) => metrics.handshakes.inc({ transport, outcome: 'tls_failed', code }), {
+      transport,
+    });
   const mqtts = createTlsServer({ ...tls, noDelay: true }, (socket) => plane.handleTls(socket));
   mqtts.on('tlsClientError', failed('mqtts'));
   guard.attach(mqtts, 'mqtts');
 
   const wss = createHttpsServer({ ...tls, noDelay: true }, (_req, res) => {
-    res.writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' }).end(`MQTT over WebSocket only, at ${config.wssPath}\n`);
+    res
+      .writeHead(426, { 'content-type': 'text/plain', upgrade: 'websocket' })
+      .end(`MQTT over WebSocket only, at ${config.wssPath}\n`);
   });
   wss.on('tlsClientError', failed('wss'));
   guard.attach(wss, 'wss');
@@ -43,14 +53,22 @@ export async function startMqttListeners(plane: MqttPlane, tls: TlsOptions, conf
   wss.timeout = config.handshakeTimeoutMs;
   wss.keepAliveTimeout = 1_000;
   const maxPayload = Math.max(...Object.values(config.limits).map((l) => l.maxPacketBytes)) + 8;
-  const ws = new WebSocketServer({ server: wss, path: config.wssPath, maxPayload, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
+  const ws = new WebSocketServer({
+    server: wss,
+    path: config.wssPath,
+    maxPayload,
+    handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false),
+  });
   // ws re-emits the HTTPS server's errors (a busy port among them): the bind below reports those.
   ws.on('error', () => undefined);
   ws.on('connection', (socket, req) => {
     req.socket.setTimeout(0); // the idle timer above was for the upgrade request only
     plane.handleWs(socket, req);
   });
-  const bound = await Promise.allSettled([listen(mqtts, config.mqttPort, config.host, 'gateway.mqttPort (FLEETGATE_MQTT_PORT)'), listen(wss, config.wssPort, config.host, 'gateway.wssPort (FLEETGATE_WSS_PORT)')]);
+  const bound = await Promise.allSettled([
+    listen(mqtts, config.mqttPort, config.host, 'gateway.mqttPort (FLEETGATE_MQTT_PORT)'),
+    listen(wss, config.wssPort, config.host, 'gateway.wssPort (FLEETGATE_WSS_PORT)'),
+  ]);
   const failure = bound.find((b) => b.status === 'rejected');
   if (failure !== undefined) {
     mqtts.close();

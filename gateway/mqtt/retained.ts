@@ -60,12 +60,19 @@ export class RetainedStore {
     const existing = this.#find(levels)?.message;
     const size = message.payload.length + message.topic.length;
     const mine = this.#byDevice.get(message.deviceId);
-    const replacing = existing !== undefined && existing.deviceId === message.deviceId ? existing.payload.length + existing.topic.length : 0;
+    const replacing =
+      existing !== undefined && existing.deviceId === message.deviceId
+        ? existing.payload.length + existing.topic.length
+        : 0;
     const deviceBytes = [...(mine?.values() ?? [])].reduce((a, b) => a + b, 0) - replacing + size;
     const deviceCount = (mine?.size ?? 0) + (replacing > 0 ? 0 : 1);
     const freed = existing === undefined ? 0 : existing.payload.length + existing.topic.length;
-    if (deviceCount > this.#limits.perDevice || deviceBytes > this.#limits.bytesPerDevice
-      || this.#count + (existing === undefined ? 1 : 0) > this.#limits.total || this.#bytes - freed + size > this.#limits.bytesTotal) {
+    if (
+      deviceCount > this.#limits.perDevice ||
+      deviceBytes > this.#limits.bytesPerDevice ||
+      this.#count + (existing === undefined ? 1 : 0) > this.#limits.total ||
+      this.#bytes - freed + size > this.#limits.bytesTotal
+    ) {
       return false;
     }
     if (existing !== undefined) this.delete(message.topic);
@@ -136,7 +143,8 @@ export class RetainedStore {
       return;
     }
     if (level === '+') {
-      for (const [name, child] of node.children) if (!(i === 0 && name.startsWith('$'))) this.#walk(child, levels, i + 1, out);
+      for (const [name, child] of node.children)
+        if (!(i === 0 && name.startsWith('$'))) this.#walk(child, levels, i + 1, out);
       return;
     }
     const child = node.children.get(level);

@@ -19,7 +19,14 @@ export class Message {
   #encoded5: (EncodedPublish | undefined)[] = [];
   #topicBytes: Buffer | undefined;
 
-  constructor(topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean, from: string, v5?: { fwd?: ForwardedProperties | undefined; expiresAt?: number | undefined }) {
+  constructor(
+    topic: string,
+    payload: Buffer,
+    qos: 0 | 1 | 2,
+    retain: boolean,
+    from: string,
+    v5?: { fwd?: ForwardedProperties | undefined; expiresAt?: number | undefined },
+  ) {
     this.topic = topic;
     this.payload = payload;
     this.qos = qos;
@@ -46,7 +53,12 @@ export class Message {
    * subscriber's subscription identifiers. Encoded once for every v5 subscriber when neither
    * applies; undefined when the message has expired [MQTT-3.3.2-5].
    */
-  encoded5(qos: 0 | 1 | 2, retain: boolean, subscriptionIds: readonly number[] | undefined, now?: number): EncodedPublish | undefined {
+  encoded5(
+    qos: 0 | 1 | 2,
+    retain: boolean,
+    subscriptionIds: readonly number[] | undefined,
+    now?: number,
+  ): EncodedPublish | undefined {
     this.#topicBytes ??= Buffer.from(this.topic, 'utf8');
     const shared = this.expiresAt === undefined && (subscriptionIds === undefined || subscriptionIds.length === 0);
     const k = qos * 2 + (retain ? 1 : 0);
@@ -59,14 +71,23 @@ export class Message {
       expiry = Math.ceil((this.expiresAt - (now ?? Date.now())) / 1000);
       if (expiry <= 0) return undefined;
     }
-    const e = encodePublish(this.topic, this.payload, qos, retain, this.#topicBytes, publishProperties(this.fwd, expiry, subscriptionIds));
+    const e = encodePublish(
+      this.topic,
+      this.payload,
+      qos,
+      retain,
+      this.#topicBytes,
+      publishProperties(this.fwd, expiry, subscriptionIds),
+    );
     if (shared) this.#encoded5[k] = e;
     return e;
   }
 
   /** The same message as sent to a new subscriber from the retained store: retain flag set. */
   asRetained(): Message {
-    return this.retain ? this : new Message(this.topic, this.payload, this.qos, true, this.from, { fwd: this.fwd, expiresAt: this.expiresAt });
+    return this.retain
+      ? this
+      : new Message(this.topic, this.payload, this.qos, true, this.from, { fwd: this.fwd, expiresAt: this.expiresAt });
   }
 
   expired(now = Date.now()): boolean {

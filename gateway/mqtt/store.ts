@@ -66,18 +66,24 @@ export class DurableStore {
     this.#db.exec(SCHEMA);
     const p = (sql: string) => this.#db.prepare(sql);
     this.#s = {
-      upsertSession: p('INSERT INTO sessions (client_id, device_id, last_seen) VALUES (?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET device_id = excluded.device_id, last_seen = excluded.last_seen'),
+      upsertSession: p(
+        'INSERT INTO sessions (client_id, device_id, last_seen) VALUES (?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET device_id = excluded.device_id, last_seen = excluded.last_seen',
+      ),
       deleteSession: p('DELETE FROM sessions WHERE client_id = ?'),
       deleteSubs: p('DELETE FROM subscriptions WHERE client_id = ?'),
       deleteQueue: p('DELETE FROM queue WHERE client_id = ?'),
       deleteQos2In: p('DELETE FROM qos2_in WHERE client_id = ?'),
       addQos2In: p('INSERT OR IGNORE INTO qos2_in (client_id, packet_id) VALUES (?, ?)'),
       releaseQos2In: p('DELETE FROM qos2_in WHERE client_id = ? AND packet_id = ?'),
-      addSub: p('INSERT INTO subscriptions (client_id, filter, qos) VALUES (?, ?, ?) ON CONFLICT (client_id, filter) DO UPDATE SET qos = excluded.qos'),
+      addSub: p(
+        'INSERT INTO subscriptions (client_id, filter, qos) VALUES (?, ?, ?) ON CONFLICT (client_id, filter) DO UPDATE SET qos = excluded.qos',
+      ),
       removeSub: p('DELETE FROM subscriptions WHERE client_id = ? AND filter = ?'),
       enqueue: p('INSERT INTO queue (id, client_id, topic, payload, qos) VALUES (?, ?, ?, ?, ?)'),
       dequeue: p('DELETE FROM queue WHERE id = ?'),
-      putRetained: p('INSERT INTO retained (topic, payload, qos, device_id) VALUES (?, ?, ?, ?) ON CONFLICT (topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos, device_id = excluded.device_id'),
+      putRetained: p(
+        'INSERT INTO retained (topic, payload, qos, device_id) VALUES (?, ?, ?, ?) ON CONFLICT (topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos, device_id = excluded.device_id',
+      ),
       deleteRetained: p('DELETE FROM retained WHERE topic = ?'),
     };
     this.#nextId = ((this.#db.prepare('SELECT MAX(id) AS m FROM queue').get() as { m: number | null }).m ?? 0) + 1;
@@ -85,7 +91,11 @@ export class DurableStore {
 
   /** Everything to rebuild the broker's state at start. */
   load(): { sessions: StoredSession[]; queue: StoredMessage[]; retained: StoredRetained[] } {
-    const subs = this.#db.prepare('SELECT client_id, filter, qos FROM subscriptions ORDER BY client_id').all() as { client_id: string; filter: string; qos: number }[];
+    const subs = this.#db.prepare('SELECT client_id, filter, qos FROM subscriptions ORDER BY client_id').all() as {
+      client_id: string;
+      filter: string;
+      qos: number;
+    }[];
     const byClient = new Map<string, StoredSession['subscriptions']>();
     for (const s of subs) {
       let list = byClient.get(s.client_id);
@@ -93,17 +103,44 @@ export class DurableStore {
       list.push({ filter: s.filter, qos: s.qos as 0 | 1 | 2 });
     }
     const qos2 = new Map<string, number[]>();
-    for (const r of this.#db.prepare('SELECT client_id, packet_id FROM qos2_in').all() as { client_id: string; packet_id: number }[]) {
+    for (const r of this.#db.prepare('SELECT client_id, packet_id FROM qos2_in').all() as {
+      client_id: string;
+      packet_id: number;
+    }[]) {
       let ids = qos2.get(r.client_id);
       if (ids === undefined) qos2.set(r.client_id, (ids = []));
       ids.push(r.packet_id);
     }
-    const sessions = (this.#db.prepare('SELECT client_id, device_id, last_seen FROM sessions').all() as { client_id: string; device_id: string; last_seen: number }[])
-      .map((r) => ({ clientId: r.client_id, deviceId: r.device_id, lastSeen: r.last_seen, subscriptions: byClient.get(r.client_id) ?? [], qos2In: qos2.get(r.client_id) ?? [] }));
-    const queue = (this.#db.prepare('SELECT id, client_id, topic, payload, qos FROM queue ORDER BY id').all() as { id: number; client_id: string; topic: string; payload: Buffer; qos: number }[])
-      .map((r) => ({ id: r.id, clientId: r.client_id, topic: r.topic, payload: r.payload, qos: r.qos as 1 | 2 }));
-    const retained = (this.#db.prepare('SELECT topic, payload, qos, device_id FROM retained').all() as { topic: string; payload: Buffer; qos: number; device_id: string }[])
-      .map((r) => ({ topic: r.topic, payload: r.payload, qos: r.qos as 0 | 1 | 2, deviceId: r.device_id }));
+    const sessions = (
+      this.#db.prepare('SELECT client_id, device_id, last_seen FROM sessions').all() as {
+        client_id: string;
+        device_id: string;
+        last_seen: number;
+      }[]
+    ).map((r) => ({
+      clientId: r.client_id,
+      deviceId: r.device_id,
+      lastSeen: r.last_seen,
+      subscriptions: byClient.get(r.client_id) ?? [],
+      qos2In: qos2.get(r.client_id) ?? [],
+    }));
+    const queue = (
+      this.#db.prepare('SELECT id, client_id, topic, payload, qos FROM queue ORDER BY id').all() as {
+        id: number;
+        client_id: string;
+        topic: string;
+        payload: Buffer;
+        qos: number;
+      }[]
+    ).map((r) => ({ id: r.id, clientId: r.client_id, topic: r.topic, payload: r.payload, qos: r.qos as 1 | 2 }));
+    const retained = (
+      this.#db.prepare('SELECT topic, payload, qos, device_id FROM retained').all() as {
+        topic: string;
+        payload: Buffer;
+        qos: number;
+        device_id: string;
+      }[]
+    ).map((r) => ({ topic: r.topic, payload: r.payload, qos: r.qos as 0 | 1 | 2, deviceId: r.device_id }));
     return { sessions, queue, retained };
   }
 
@@ -118,15 +155,21 @@ export class DurableStore {
     setImmediate(() => this.flush());
   }
 
-  saveSession(clientId: string, deviceId: string, lastSeen: number): void { this.#op('upsertSession', clientId, deviceId, lastSeen); }
+  saveSession(clientId: string, deviceId: string, lastSeen: number): void {
+    this.#op('upsertSession', clientId, deviceId, lastSeen);
+  }
   dropSession(clientId: string): void {
     this.#op('deleteSubs', clientId);
     this.#op('deleteQueue', clientId);
     this.#op('deleteQos2In', clientId);
     this.#op('deleteSession', clientId);
   }
-  addSubscription(clientId: string, filter: string, qos: number): void { this.#op('addSub', clientId, filter, qos); }
-  removeSubscription(clientId: string, filter: string): void { this.#op('removeSub', clientId, filter); }
+  addSubscription(clientId: string, filter: string, qos: number): void {
+    this.#op('addSub', clientId, filter, qos);
+  }
+  removeSubscription(clientId: string, filter: string): void {
+    this.#op('removeSub', clientId, filter);
+  }
 
   /** Queues a message for a session; returns its id (the row is written with this turn's batch). */
   enqueue(clientId: string, topic: string, payload: Buffer, qos: 1 | 2): number {
@@ -135,13 +178,23 @@ export class DurableStore {
     return id;
   }
 
-  dequeue(id: number): void { this.#op('dequeue', id); }
+  dequeue(id: number): void {
+    this.#op('dequeue', id);
+  }
   /** A QoS 2 PUBLISH from a persistent session's client, before its PUBREC (same batch). */
-  receivedQos2(clientId: string, packetId: number): void { this.#op('addQos2In', clientId, packetId); }
+  receivedQos2(clientId: string, packetId: number): void {
+    this.#op('addQos2In', clientId, packetId);
+  }
   /** Its PUBREL came: the id may be used again. */
-  releasedQos2(clientId: string, packetId: number): void { this.#op('releaseQos2In', clientId, packetId); }
-  putRetained(topic: string, payload: Buffer, qos: number, deviceId: string): void { this.#op('putRetained', topic, payload, qos, deviceId); }
-  deleteRetained(topic: string): void { this.#op('deleteRetained', topic); }
+  releasedQos2(clientId: string, packetId: number): void {
+    this.#op('releaseQos2In', clientId, packetId);
+  }
+  putRetained(topic: string, payload: Buffer, qos: number, deviceId: string): void {
+    this.#op('putRetained', topic, payload, qos, deviceId);
+  }
+  deleteRetained(topic: string): void {
+    this.#op('deleteRetained', topic);
+  }
 
   /** Runs `fn` once everything queued so far is committed (at once if nothing is pending). */
   afterCommit(fn: (err: Error | undefined) => void): void {
@@ -160,9 +213,11 @@ export class DurableStore {
     let error: Error | undefined;
     if (ops.length > 0) {
       try {
-        this.#db.transaction(() => {
-          for (const op of ops) op.stmt.run(...op.args);
-        }).immediate();
+        this.#db
+          .transaction(() => {
+            for (const op of ops) op.stmt.run(...op.args);
+          })
+          .immediate();
         this.commits++;
         this.committedOps += ops.length;
       } catch (err) {

@@ -51,7 +51,7 @@ export function wsTransport(ws: WebSocket): MqttTransport {
   return {
     write(chunks) {
       if (ws.readyState !== ws.OPEN) return;
-      ws.send(chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks), { binary: true }, () => {
+      ws.send(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks), { binary: true }, () => {
         if (ws.bufferedAmount === 0) for (const fn of drainers) fn();
       });
     },
@@ -62,13 +62,14 @@ export function wsTransport(ws: WebSocket): MqttTransport {
       ws.close();
       setTimeout(() => ws.terminate(), 2_000).unref();
     },
-    onData: (fn) => ws.on('message', (data, isBinary) => {
-      if (!isBinary) {
-        ws.terminate(); // text frames are not MQTT
-        return;
-      }
-      fn(Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer));
-    }),
+    onData: (fn) =>
+      ws.on('message', (data, isBinary) => {
+        if (!isBinary) {
+          ws.terminate(); // text frames are not MQTT
+          return;
+        }
+        fn(Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer));
+      }),
     onClose: (fn) => ws.once('close', fn),
     onDrain: (fn) => drainers.push(fn),
   };

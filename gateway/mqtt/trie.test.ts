@@ -9,14 +9,37 @@ const match = (filters: [string, 0 | 1 | 2][], topic: string) => {
 };
 
 test('trie/wildcards [MQTT-4.7.1]', () => {
-  assert.deepEqual(match([['a/+/c', 0], ['a/#', 0], ['#', 0], ['a/b', 0], ['+/+/+', 0]], 'a/b/c'), ['#', '+/+/+', 'a/#', 'a/+/c']);
+  assert.deepEqual(
+    match(
+      [
+        ['a/+/c', 0],
+        ['a/#', 0],
+        ['#', 0],
+        ['a/b', 0],
+        ['+/+/+', 0],
+      ],
+      'a/b/c',
+    ),
+    ['#', '+/+/+', 'a/#', 'a/+/c'],
+  );
   assert.deepEqual(match([['a/#', 0]], 'a'), ['a/#'], '# matches the parent level');
   assert.deepEqual(match([['a/+', 0]], 'a'), []);
   assert.deepEqual(match([['+', 0]], '/x'), []);
 });
 
 test('trie/$-topics are not matched by a leading wildcard [MQTT-4.7.2-1]', () => {
-  assert.deepEqual(match([['#', 0], ['+/x', 0], ['$SYS/#', 0], ['$SYS/+', 0]], '$SYS/x'), ['$SYS/#', '$SYS/+']);
+  assert.deepEqual(
+    match(
+      [
+        ['#', 0],
+        ['+/x', 0],
+        ['$SYS/#', 0],
+        ['$SYS/+', 0],
+      ],
+      '$SYS/x',
+    ),
+    ['$SYS/#', '$SYS/+'],
+  );
 });
 
 test('trie/one entry per subscriber, at its highest matching QoS [MQTT-3.3.5-1]', () => {
@@ -37,13 +60,21 @@ test('trie/MQTT 5 options merge on overlap: No Local only if all, Retain As Publ
   const v = t.match('a/b').get('s') as number;
   assert.deepEqual([v & 3, v & 4, v & 8], [1, 0, 8]);
   const u = new SubscriptionTrie<string>();
-  u.add('x/+', 's', 1 | 4 | 7 * 256);
+  u.add('x/+', 's', 1 | 4 | (7 * 256));
   const w = u.match('x/y').get('s') as number;
   assert.deepEqual([w & 3, w & 4, Math.floor(w / 256)], [1, 4, 7]);
 });
 
 test('trie/filterMatches agrees with the trie', () => {
-  for (const [f, topic, expect] of [['a/+/c', 'a/b/c', true], ['a/#', 'a', true], ['a/+', 'a', false], ['#', '$SYS/x', false], ['$SYS/#', '$SYS/x', true], ['a/b', 'a/b/c', false], ['+/+', '/x', true]] as const) {
+  for (const [f, topic, expect] of [
+    ['a/+/c', 'a/b/c', true],
+    ['a/#', 'a', true],
+    ['a/+', 'a', false],
+    ['#', '$SYS/x', false],
+    ['$SYS/#', '$SYS/x', true],
+    ['a/b', 'a/b/c', false],
+    ['+/+', '/x', true],
+  ] as const) {
     assert.equal(filterMatches(f, topic), expect, `${f} vs ${topic}`);
     const t = new SubscriptionTrie<string>();
     t.add(f, 's', 0);

@@ -4,7 +4,10 @@ import { DEFAULTS } from '../../config/config.ts';
 import { mayPublish, maySubscribe, scopeFor } from './topics.ts';
 
 const sensor = scopeFor(DEFAULTS.gateway.topics.sensor, { id: 's-1', fleet: 'north', type: 'sensor' });
-const gateway = scopeFor(DEFAULTS.gateway.topics.gateway, { id: 'gw-1', fleet: 'north', type: 'gateway' }, ['child-1', 'child-2']);
+const gateway = scopeFor(DEFAULTS.gateway.topics.gateway, { id: 'gw-1', fleet: 'north', type: 'gateway' }, [
+  'child-1',
+  'child-2',
+]);
 const service = scopeFor(DEFAULTS.gateway.topics.service, { id: 'svc', fleet: 'backend', type: 'service' });
 
 const publish: [string, typeof sensor, string, boolean][] = [
@@ -23,7 +26,8 @@ const publish: [string, typeof sensor, string, boolean][] = [
   ['error/service forges telemetry', service, 'devices/s-1/telemetry', false],
   ['error/service on $SYS', service, '$SYS/x', false],
 ];
-for (const [name, scope, topic, ok] of publish) test(`publish/${name}`, () => assert.equal(mayPublish(scope, topic), ok));
+for (const [name, scope, topic, ok] of publish)
+  test(`publish/${name}`, () => assert.equal(mayPublish(scope, topic), ok));
 
 const subscribe: [string, typeof sensor, string, boolean][] = [
   ['ok/own subtree', sensor, 'devices/s-1/#', true],
@@ -39,4 +43,5 @@ const subscribe: [string, typeof sensor, string, boolean][] = [
   ['error/service $SYS', service, '$SYS/#', false],
   ['ok/gateway child', gateway, 'devices/child-1/commands/#', true],
 ];
-for (const [name, scope, filter, ok] of subscribe) test(`subscribe/${name}`, () => assert.equal(maySubscribe(scope, filter), ok));
+for (const [name, scope, filter, ok] of subscribe)
+  test(`subscribe/${name}`, () => assert.equal(maySubscribe(scope, filter), ok));

@@ -15,9 +15,14 @@ export function expandTemplate(template: string, device: Pick<DeviceRecord, 'id'
   return template.replace(/\$\{device\.(id|fleet|type)\}/g, (_m, field: 'id' | 'fleet' | 'type') => device[field]);
 }
 
-export function scopeFor(rules: TopicRules, device: Pick<DeviceRecord, 'id' | 'fleet' | 'type'>, children: readonly string[] = []): TopicScope {
+export function scopeFor(
+  rules: TopicRules,
+  device: Pick<DeviceRecord, 'id' | 'fleet' | 'type'>,
+  children: readonly string[] = [],
+): TopicScope {
   const childFilters = device.type === 'gateway' ? children.map((c) => `devices/${c}/#`) : [];
-  const expand = (list: readonly string[]) => [...list.map((t) => expandTemplate(t, device)), ...childFilters].map((f) => f.split('/'));
+  const expand = (list: readonly string[]) =>
+    [...list.map((t) => expandTemplate(t, device)), ...childFilters].map((f) => f.split('/'));
   return { publish: expand(rules.publish), subscribe: expand(rules.subscribe) };
 }
 
@@ -47,7 +52,8 @@ export function filterCovers(allowed: readonly string[], sub: readonly string[])
   return allowed.length === sub.length;
 }
 
-const hasWildcard = (levels: readonly string[]) => levels.some((l) => l === '+' || l === '#' || l.includes('+') || l.includes('#'));
+const hasWildcard = (levels: readonly string[]) =>
+  levels.some((l) => l === '+' || l === '#' || l.includes('+') || l.includes('#'));
 
 export function mayPublish(scope: TopicScope, topic: string): boolean {
   const levels = topic.split('/');

@@ -10,7 +10,6 @@ import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.t
 /** How long the gateway's registry thread waits for PostgreSQL (connect, statement) before it refuses. */
 const PG_TIMEOUT_MS = 1_000;
 
-
 /**
  * The gateway's status check ({@link checkCertificateStatus}) on its read-only registry
  * connection. Prepared statements, microseconds each.
@@ -39,7 +38,11 @@ export class StatusChecker implements StatusSource {
       inode = statSync(this.#file).ino;
     } catch (err) {
       this.#drop();
-      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${this.#file} cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}`, { cause: err });
+      throw new FleetgateError(
+        'REGISTRY_UNAVAILABLE',
+        `registry ${this.#file} cannot be read: ${(err as NodeJS.ErrnoException).code ?? err}`,
+        { cause: err },
+      );
     }
     if (this.#reader === undefined || inode !== this.#inode) {
       this.#drop();
@@ -66,7 +69,11 @@ export class StatusChecker implements StatusSource {
     } catch (err) {
       if (err instanceof FleetgateError) throw err;
       this.#drop();
-      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${redactLocation(this.#file)} cannot be read: ${(err as Error).message}`, { cause: err });
+      throw new FleetgateError(
+        'REGISTRY_UNAVAILABLE',
+        `registry ${redactLocation(this.#file)} cannot be read: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
   }
 

@@ -3,7 +3,11 @@ import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-ident
 import { FleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
 import type { DeviceRecord, StatusEvent } from '../../provisioning/registry/records.ts';
 
-interface WireError { code: ErrorCode; message: string; detail?: Record<string, unknown> | undefined }
+interface WireError {
+  code: ErrorCode;
+  message: string;
+  detail?: Record<string, unknown> | undefined;
+}
 
 /** Main thread → registry thread. */
 export type ToWorker =
@@ -39,7 +43,8 @@ export interface RegistryLinkOptions {
   onAuditError(error: FleetgateError): void;
 }
 
-const toError = (e: WireError) => new FleetgateError(e.code, e.message, e.detail === undefined ? {} : { detail: e.detail });
+const toError = (e: WireError) =>
+  new FleetgateError(e.code, e.message, e.detail === undefined ? {} : { detail: e.detail });
 
 /**
  * The gateway's view of the registry, on the main thread; the registry itself is read by a
@@ -61,7 +66,10 @@ export class RegistryLink {
   readonly #options: RegistryLinkOptions;
   #worker!: Worker;
   #nextId = 1;
-  readonly #pending = new Map<number, { resolve(v: unknown): void; reject(e: FleetgateError): void; timer: NodeJS.Timeout }>();
+  readonly #pending = new Map<
+    number,
+    { resolve(v: unknown): void; reject(e: FleetgateError): void; timer: NodeJS.Timeout }
+  >();
   readonly #cache = new Map<string, DeviceRecord>();
   readonly #byDevice = new Map<string, Set<string>>();
   #lastSeq = -1;
@@ -83,7 +91,12 @@ export class RegistryLink {
 
   #spawn(): Promise<void> {
     const worker = new Worker(new URL('./registry-worker.ts', import.meta.url), {
-      workerData: { file: this.#file, pollMs: this.#options.pollMs, idlePollMs: this.#options.idlePollMs, since: this.#lastSeq },
+      workerData: {
+        file: this.#file,
+        pollMs: this.#options.pollMs,
+        idlePollMs: this.#options.idlePollMs,
+        since: this.#lastSeq,
+      },
     });
     this.#worker = worker;
     return new Promise((resolve, reject) => {
@@ -111,7 +124,10 @@ export class RegistryLink {
         this.#failPending(new FleetgateError('REGISTRY_UNAVAILABLE', 'registry thread stopped'));
         if (!started) reject(new FleetgateError('REGISTRY_UNAVAILABLE', 'registry thread stopped before it was ready'));
         if (started && !this.#closing) {
-          this.#feedChanged('down', new FleetgateError('REGISTRY_UNAVAILABLE', 'registry thread stopped; restarting it'));
+          this.#feedChanged(
+            'down',
+            new FleetgateError('REGISTRY_UNAVAILABLE', 'registry thread stopped; restarting it'),
+          );
           this.#respawn();
         }
       });
@@ -170,7 +186,9 @@ export class RegistryLink {
       const timer = setTimeout(() => {
         if (!this.#pending.delete(message.id)) return;
         this.#stalled = true;
-        reject(new FleetgateError('REGISTRY_UNAVAILABLE', `registry did not answer within ${this.#options.timeoutMs} ms`));
+        reject(
+          new FleetgateError('REGISTRY_UNAVAILABLE', `registry did not answer within ${this.#options.timeoutMs} ms`),
+        );
       }, this.#options.timeoutMs);
       this.#pending.set(message.id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.#worker.postMessage(message);
@@ -179,8 +197,13 @@ export class RegistryLink {
 
   /** Why new questions are refused at once right now, if they are. */
   #unavailable(): FleetgateError | undefined {
-    if (this.#feedDown !== undefined) return new FleetgateError('REGISTRY_UNAVAILABLE', `registry unavailable: ${this.#feedDown.message}`);
-    if (this.#stalled) return new FleetgateError('REGISTRY_UNAVAILABLE', 'registry unavailable (it has not answered in time; asked again when it does)');
+    if (this.#feedDown !== undefined)
+      return new FleetgateError('REGISTRY_UNAVAILABLE', `registry unavailable: ${this.#feedDown.message}`);
+    if (this.#stalled)
+      return new FleetgateError(
+        'REGISTRY_UNAVAILABLE',
+        'registry unavailable (it has not answered in time; asked again when it does)',
+      );
     return undefined;
   }
 
@@ -223,8 +246,9 @@ export class RegistryLink {
 
   /** Appends an audit row on the registry thread; the caller does not wait. */
   audit(actor: string, action: string, subject: string | null, detail: Record<string, unknown> = {}): void {
-    this.#ask<null>({ op: 'audit', id: this.#nextId++, actor, action, subject, detail })
-      .catch((err: FleetgateError) => this.#options.onAuditError(err));
+    this.#ask<null>({ op: 'audit', id: this.#nextId++, actor, action, subject, detail }).catch((err: FleetgateError) =>
+      this.#options.onAuditError(err),
+    );
   }
 
   #remember(fingerprint: string, device: DeviceRecord): void {
@@ -246,8 +270,7 @@ export class RegistryLink {
     if (event.deviceId !== null) {
       for (const fp of this.#byDevice.get(event.deviceId) ?? []) this.#cache.delete(fp);
       this.#byDevice.delete(event.deviceId);
-    }
-    else if (event.value !== null) {
+    } else if (event.value !== null) {
       // A fingerprint or key denylisted (or allowed again): rare; dropping the whole cache is cheaper than indexing it by key.
       this.#cache.clear();
       this.#byDevice.clear();

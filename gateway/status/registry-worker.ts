@@ -20,7 +20,12 @@ import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.t
 import { StatusChecker } from './check.ts';
 import type { ToWorker, FromWorker } from './registry-link.ts';
 
-const { file, pollMs, idlePollMs, since } = workerData as { file: string; pollMs: number; idlePollMs: number; since: number };
+const { file, pollMs, idlePollMs, since } = workerData as {
+  file: string;
+  pollMs: number;
+  idlePollMs: number;
+  since: number;
+};
 const port = parentPort!;
 const postgres = isPostgresUrl(file);
 const checker = new StatusChecker(file);
@@ -35,7 +40,13 @@ let dataVersion: Statement | undefined;
 
 const post = (m: FromWorker) => port.postMessage(m);
 const coded = (err: unknown) => {
-  const e = err instanceof FleetgateError ? err : new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${redactLocation(file)} cannot be read: ${(err as Error).message}`);
+  const e =
+    err instanceof FleetgateError
+      ? err
+      : new FleetgateError(
+          'REGISTRY_UNAVAILABLE',
+          `registry ${redactLocation(file)} cannot be read: ${(err as Error).message}`,
+        );
   return { code: e.code, message: e.message, detail: e.detail };
 };
 
@@ -102,7 +113,15 @@ port.on('message', (m: ToWorker) => {
         post({ id: m.id, ok: true, value: checker.status(m.identity, m.now) });
         break;
       case 'children':
-        post({ id: m.id, ok: true, value: checker.reader().listChildren(m.deviceId).filter((c) => c.status !== 'revoked').map((c) => c.id) });
+        post({
+          id: m.id,
+          ok: true,
+          value: checker
+            .reader()
+            .listChildren(m.deviceId)
+            .filter((c) => c.status !== 'revoked')
+            .map((c) => c.id),
+        });
         break;
       case 'ping':
         checker.reader();
@@ -199,7 +218,12 @@ let closing = false;
 
 function listen(): void {
   if (closing) return;
-  const client = new pg.Client({ connectionString: file, connectionTimeoutMillis: 2_000, application_name: 'fleetgate-feed', keepAlive: true });
+  const client = new pg.Client({
+    connectionString: file,
+    connectionTimeoutMillis: 2_000,
+    application_name: 'fleetgate-feed',
+    keepAlive: true,
+  });
   let lost = false;
   const onLost = () => {
     if (lost) return;
@@ -213,7 +237,8 @@ function listen(): void {
   client.on('error', onLost);
   client.on('end', onLost);
   client.on('notification', () => poll());
-  client.connect()
+  client
+    .connect()
     .then(() => client.query('LISTEN fleetgate_status'))
     .then(() => {
       if (lost) return;

@@ -72,8 +72,13 @@ export class StatusWatcher {
     if (event.deviceId !== null) return this.#deps.sessions.ofDevice(event.deviceId);
     // A fingerprint or key denylisted: any device's session may hold it.
     const [kind, value] = (event.value ?? '').split(':');
-    return this.#deps.sessions.all().filter((s) =>
-      (kind === 'fingerprint' && s.identity.fingerprint === value) || (kind === 'spki' && s.identity.spkiSha256 === value));
+    return this.#deps.sessions
+      .all()
+      .filter(
+        (s) =>
+          (kind === 'fingerprint' && s.identity.fingerprint === value) ||
+          (kind === 'spki' && s.identity.spkiSha256 === value),
+      );
   }
 
   #recheck(session: Session, event: StatusEvent): void {
@@ -82,18 +87,21 @@ export class StatusWatcher {
       this.#deps.refresh(session);
       return;
     }
-    this.#deps.registry.check(session.identity).then((device) => {
-      session.device = device;
-    }, (err: unknown) => {
-      if (session.cut !== undefined) return;
-      const e = err instanceof FleetgateError ? err : new FleetgateError('INTERNAL', String(err));
-      // Existing sessions are not cut because the registry hiccuped (new ones are refused); the
-      // question is asked again until the registry answers it.
-      if (e.code === 'REGISTRY_UNAVAILABLE') {
-        if (!this.#unanswered.has(session)) this.#deps.unavailable(e);
-        this.#unanswered.set(session, event);
-      } else this.#deps.cut(session, e, event);
-    });
+    this.#deps.registry.check(session.identity).then(
+      (device) => {
+        session.device = device;
+      },
+      (err: unknown) => {
+        if (session.cut !== undefined) return;
+        const e = err instanceof FleetgateError ? err : new FleetgateError('INTERNAL', String(err));
+        // Existing sessions are not cut because the registry hiccuped (new ones are refused); the
+        // question is asked again until the registry answers it.
+        if (e.code === 'REGISTRY_UNAVAILABLE') {
+          if (!this.#unanswered.has(session)) this.#deps.unavailable(e);
+          this.#unanswered.set(session, event);
+        } else this.#deps.cut(session, e, event);
+      },
+    );
   }
 
   close(): void {

@@ -27,8 +27,11 @@ export function claimPeer(req: FastifyRequest, registry: RegistryWriter): string
   const claim = registry.getClaim(name);
   const fingerprint = sha256Hex(cert.raw);
   if (claim === undefined || claim.fingerprint !== fingerprint || claim.serial !== serialHex(cert.serialNumber)) {
-    throw new FleetgateError('NOT_AUTHORIZED', `claim certificate for ${name} is not the one recorded`, { detail: { claim: name } });
+    throw new FleetgateError('NOT_AUTHORIZED', `claim certificate for ${name} is not the one recorded`, {
+      detail: { claim: name },
+    });
   }
-  if (claim.revokedAt !== null) throw new FleetgateError('CLAIM_REVOKED', `claim ${name} is revoked`, { detail: { claim: name } });
+  if (claim.revokedAt !== null)
+    throw new FleetgateError('CLAIM_REVOKED', `claim ${name} is revoked`, { detail: { claim: name } });
   return name;
 }

@@ -48,14 +48,35 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
   });
   app.server.headersTimeout = p.headersTimeoutMs;
   // Unauthenticated peers: failed handshakes closed and counted; pending handshakes bounded.
-  app.server.on('tlsClientError', onTlsClientError(refusals, (code) => service.metrics.tlsFailed.inc({ code }), { surface: 'provisioning' }));
+  app.server.on(
+    'tlsClientError',
+    onTlsClientError(refusals, (code) => service.metrics.tlsFailed.inc({ code }), { surface: 'provisioning' }),
+  );
   new ConnectionGuard(
-    { maxPending: p.maxPendingHandshakes, maxPendingPerAddress: p.maxPendingHandshakesPerAddress, handshakeTimeoutMs: p.handshakeTimeoutMs },
-    { refused: (listener, reason, remoteAddress) => refusals.warn(`unauthenticated:${reason}`, { decision: 'closed', listener, reason, remoteAddress }, 'unauthenticated connection closed') },
+    {
+      maxPending: p.maxPendingHandshakes,
+      maxPendingPerAddress: p.maxPendingHandshakesPerAddress,
+      handshakeTimeoutMs: p.handshakeTimeoutMs,
+    },
+    {
+      refused: (listener, reason, remoteAddress) =>
+        refusals.warn(
+          `unauthenticated:${reason}`,
+          { decision: 'closed', listener, reason, remoteAddress },
+          'unauthenticated connection closed',
+        ),
+    },
   ).attach(app.server, 'provisioning');
   await app.register(rateLimitPlugin, {
     global: false,
-    errorResponseBuilder: (_req, ctx) => Object.assign(new FleetgateError('RATE_LIMITED', `rate limit of ${ctx.max} enrollments per second exceeded; retry after ${ctx.after}`), { statusCode: 429 }),
+    errorResponseBuilder: (_req, ctx) =>
+      Object.assign(
+        new FleetgateError(
+          'RATE_LIMITED',
+          `rate limit of ${ctx.max} enrollments per second exceeded; retry after ${ctx.after}`,
+        ),
+        { statusCode: 429 },
+      ),
   });
   const rateLimit = { max: p.enrollRatePerSecond, timeWindow: 1_000 };
   app.setErrorHandler((err, req, reply) => {
@@ -64,7 +85,10 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
     else log.debug({ ...logFields(e), url: req.url.split('?')[0] }, 'request refused');
     void sendError(reply, e);
   });
-  app.setNotFoundHandler((req, reply) => void sendError(reply, new FleetgateError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`)));
+  app.setNotFoundHandler(
+    (req, reply) =>
+      void sendError(reply, new FleetgateError('ROUTE_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`)),
+  );
   jsonRoutes(app, service, rateLimit);
   estRoutes(app, service, rateLimit);
   return { app, registry, service };
@@ -77,12 +101,19 @@ export async function startProvisioning(config: FleetgateConfig, deps: { log: Lo
   } catch (err) {
     await app.close();
     registry.close();
-    throw bindError(err as NodeJS.ErrnoException, config.provisioning.host, config.provisioning.port, 'provisioning.port (FLEETGATE_PROVISION_PORT)');
+    throw bindError(
+      err as NodeJS.ErrnoException,
+      config.provisioning.host,
+      config.provisioning.port,
+      'provisioning.port (FLEETGATE_PROVISION_PORT)',
+    );
   }
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.provisioning.port;
   return {
-    app, port, endpoint: `https://${urlHost(config.provisioning.host)}:${port}`,
+    app,
+    port,
+    endpoint: `https://${urlHost(config.provisioning.host)}:${port}`,
     async close() {
       await app.close();
       registry.close();

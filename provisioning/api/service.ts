@@ -17,7 +17,9 @@ function createMetrics(commits: () => { commits: number; changes: number }) {
   const following = (name: string, help: string, read: () => number) => {
     let reported = 0;
     return new Counter({
-      name, help, registers: [registry],
+      name,
+      help,
+      registers: [registry],
       collect() {
         const now = read();
         if (now > reported) this.inc(now - reported);
@@ -27,14 +29,34 @@ function createMetrics(commits: () => { commits: number; changes: number }) {
   };
   return {
     registry,
-    groupCommits: following('fleetgate_enroll_commits_total', 'Enrollment group commits (one transaction, one fsync each)', () => commits().commits),
-    groupCommitted: following('fleetgate_enroll_committed_total', 'Enrollments recorded by those commits (this / commits = enrollments per fsync)', () => commits().changes),
-    enrollments: new Counter({ name: 'fleetgate_enrollments_total', help: 'Enrollment requests by method and outcome code (OK: issued)', labelNames: ['method', 'code'] as const, registers: [registry] }),
-    anonymousRefusals: new Counter({
-      name: 'fleetgate_enroll_anonymous_refusals_total', help: 'Refused enrollments whose requester was never identified (not audited), by code',
-      labelNames: ['code'] as const, registers: [registry],
+    groupCommits: following(
+      'fleetgate_enroll_commits_total',
+      'Enrollment group commits (one transaction, one fsync each)',
+      () => commits().commits,
+    ),
+    groupCommitted: following(
+      'fleetgate_enroll_committed_total',
+      'Enrollments recorded by those commits (this / commits = enrollments per fsync)',
+      () => commits().changes,
+    ),
+    enrollments: new Counter({
+      name: 'fleetgate_enrollments_total',
+      help: 'Enrollment requests by method and outcome code (OK: issued)',
+      labelNames: ['method', 'code'] as const,
+      registers: [registry],
     }),
-    tlsFailed: new Counter({ name: 'fleetgate_provisioning_tls_failed_total', help: 'Failed TLS handshakes on the provisioning listener, by code', labelNames: ['code'] as const, registers: [registry] }),
+    anonymousRefusals: new Counter({
+      name: 'fleetgate_enroll_anonymous_refusals_total',
+      help: 'Refused enrollments whose requester was never identified (not audited), by code',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    }),
+    tlsFailed: new Counter({
+      name: 'fleetgate_provisioning_tls_failed_total',
+      help: 'Failed TLS handshakes on the provisioning listener, by code',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    }),
   };
 }
 
@@ -50,7 +72,13 @@ export class ProvisioningService {
   /** Enrollments recorded together, one commit per event-loop turn. */
   readonly commits: GroupCommit;
 
-  constructor(deps: { registry: RegistryWriter; ca: CertificateAuthority; config: FleetgateConfig; log: Logger; refusals?: ThrottledLog }) {
+  constructor(deps: {
+    registry: RegistryWriter;
+    ca: CertificateAuthority;
+    config: FleetgateConfig;
+    log: Logger;
+    refusals?: ThrottledLog;
+  }) {
     this.#refusals = deps.refusals;
     this.registry = deps.registry;
     this.ca = deps.ca;
@@ -67,32 +95,66 @@ export class ProvisioningService {
    * those rows without bound — they are counted in metrics and logged, throttled.
    */
   async enroll(
-    method: EnrollmentAuth['method'], resolveAuth: () => EnrollmentAuth, csr: string | Uint8Array, meta: { surface: string; remoteAddress: string },
+    method: EnrollmentAuth['method'],
+    resolveAuth: () => EnrollmentAuth,
+    csr: string | Uint8Array,
+    meta: { surface: string; remoteAddress: string },
   ): Promise<EnrollmentResult> {
     const actor = `${meta.surface}:${meta.remoteAddress}`;
     let auth: EnrollmentAuth | undefined;
     try {
       auth = resolveAuth(); // the requester's credentials: certificate, claim, token
-      const result = await enroll({
-        registry: this.registry, ca: this.ca, defaultValidityMs: this.config.ca.leafValidityMs, commit: (change) => this.commits.run(change),
-      }, { csr, auth, actor });
+      const result = await enroll(
+        {
+          registry: this.registry,
+          ca: this.ca,
+          defaultValidityMs: this.config.ca.leafValidityMs,
+          commit: (change) => this.commits.run(change),
+        },
+        { csr, auth, actor },
+      );
       this.metrics.enrollments.inc({ method, code: 'OK' });
-      this.log.info({ decision: 'issued', method: result.method, surface: meta.surface, deviceId: result.deviceId, serial: result.serial, remoteAddress: meta.remoteAddress }, 'certificate issued');
+      this.log.info(
+        {
+          decision: 'issued',
+          method: result.method,
+          surface: meta.surface,
+          deviceId: result.deviceId,
+          serial: result.serial,
+          remoteAddress: meta.remoteAddress,
+        },
+        'certificate issued',
+      );
       return result;
     } catch (err) {
       const e = httpError(err);
       this.metrics.enrollments.inc({ method, code: e.code });
       const claim = (e.detail.claim as string | undefined) ?? (auth?.method === 'claim' ? auth.claimName : undefined);
-      const subject = (e.detail.deviceId as string | undefined) ?? (auth?.method === 'renew' ? auth.current.deviceId : claim === undefined ? undefined : `claim:${claim}`);
-      const line = { decision: 'refused', method, surface: meta.surface, deviceId: subject, remoteAddress: meta.remoteAddress, ...logFields(e) };
+      const subject =
+        (e.detail.deviceId as string | undefined) ??
+        (auth?.method === 'renew' ? auth.current.deviceId : claim === undefined ? undefined : `claim:${claim}`);
+      const line = {
+        decision: 'refused',
+        method,
+        surface: meta.surface,
+        deviceId: subject,
+        remoteAddress: meta.remoteAddress,
+        ...logFields(e),
+      };
       if (subject === undefined) {
         this.metrics.anonymousRefusals.inc({ code: e.code });
-        if (this.#refusals !== undefined) this.#refusals.warn(`enroll:${e.code}`, line, 'enrollment refused'); else this.log.warn(line, 'enrollment refused');
+        if (this.#refusals !== undefined) this.#refusals.warn(`enroll:${e.code}`, line, 'enrollment refused');
+        else this.log.warn(line, 'enrollment refused');
         throw e;
       }
       this.log.warn(line, 'enrollment refused');
       try {
-        this.registry.appendAudit(actor, e.code === 'CERT_SUPERSEDED' ? 'renew.superseded' : 'enroll.refused', subject, { code: e.code, method, surface: meta.surface });
+        this.registry.appendAudit(
+          actor,
+          e.code === 'CERT_SUPERSEDED' ? 'renew.superseded' : 'enroll.refused',
+          subject,
+          { code: e.code, method, surface: meta.surface },
+        );
       } catch (auditErr) {
         this.log.error({ err: auditErr }, 'audit append failed');
       }
@@ -107,11 +169,17 @@ export class ProvisioningService {
    */
   async crl(): Promise<Buffer> {
     const lastRevocation = this.registry.lastRevocationRowid();
-    const stale = this.#crl === undefined || this.#crl.lastRevocation !== lastRevocation
-      || Date.now() - this.#crl.builtAt > this.config.ca.crlValidityMs / 2;
+    const stale =
+      this.#crl === undefined ||
+      this.#crl.lastRevocation !== lastRevocation ||
+      Date.now() - this.#crl.builtAt > this.config.ca.crlValidityMs / 2;
     if (stale) {
       const number = this.registry.nextCrlNumber('provisioning');
-      const der = await buildCrl(this.ca, { number, entries: this.registry.listRevocations(), validityMs: this.config.ca.crlValidityMs });
+      const der = await buildCrl(this.ca, {
+        number,
+        entries: this.registry.listRevocations(),
+        validityMs: this.config.ca.crlValidityMs,
+      });
       this.#crl = { der, lastRevocation, builtAt: Date.now() };
     }
     return (this.#crl as { der: Buffer }).der;

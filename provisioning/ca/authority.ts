@@ -50,7 +50,8 @@ async function importKeyPem(pem: string): Promise<CryptoKey> {
 
 function skiOf(cert: x509.X509Certificate): string {
   const ext = cert.getExtension(x509.SubjectKeyIdentifierExtension);
-  if (ext === null) throw new FleetgateError('CA_INVALID', `CA certificate ${cert.subject} has no subject key identifier`);
+  if (ext === null)
+    throw new FleetgateError('CA_INVALID', `CA certificate ${cert.subject} has no subject key identifier`);
   return ext.keyId;
 }
 
@@ -60,7 +61,10 @@ function pairState(certFile: string, keyFile: string): 'present' | 'absent' {
   const key = existsSync(keyFile);
   if (cert && key) return 'present';
   if (!cert && !key) return 'absent';
-  throw new FleetgateError('CA_INVALID', `${cert ? certFile : keyFile} exists without ${cert ? keyFile : certFile}; restore it or move both away`);
+  throw new FleetgateError(
+    'CA_INVALID',
+    `${cert ? certFile : keyFile} exists without ${cert ? keyFile : certFile}; restore it or move both away`,
+  );
 }
 
 /** The root key where `init` left it (or where round 1 kept it); undefined when it is offline. */
@@ -82,15 +86,23 @@ export async function initCa(paths: DataPaths, options: CaInitOptions): Promise<
   let rootKey: CryptoKey | undefined;
   if (!existsSync(paths.rootCert)) {
     const stray = rootKeyOnDisk(paths);
-    if (stray !== undefined) throw new FleetgateError('CA_INVALID', `${stray} exists without ${paths.rootCert}; restore it or move the key away`);
-    if (existsSync(paths.intermediateCert)) throw new FleetgateError('CA_INVALID', `${paths.intermediateCert} exists but the root CA is missing`);
+    if (stray !== undefined)
+      throw new FleetgateError(
+        'CA_INVALID',
+        `${stray} exists without ${paths.rootCert}; restore it or move the key away`,
+      );
+    if (existsSync(paths.intermediateCert))
+      throw new FleetgateError('CA_INVALID', `${paths.intermediateCert} exists but the root CA is missing`);
     rootKey = await createRoot(paths, options, tag);
     created.push('root CA');
   }
   if (pairState(paths.intermediateCert, paths.intermediateKey) === 'absent') {
     const keyFile = rootKeyOnDisk(paths);
     if (keyFile === undefined && rootKey === undefined) {
-      throw new FleetgateError('CA_INVALID', `no issuing CA in ${paths.dataDir} and the root key is offline: run \`fleetgate ca reissue-intermediate --root-key FILE --data ${paths.dataDir}\``);
+      throw new FleetgateError(
+        'CA_INVALID',
+        `no issuing CA in ${paths.dataDir} and the root key is offline: run \`fleetgate ca reissue-intermediate --root-key FILE --data ${paths.dataDir}\``,
+      );
     }
     rootKey ??= await importKeyPem(readText(keyFile!));
     await createIntermediate(paths, options, rootKey, tag);
@@ -129,15 +141,23 @@ async function createRoot(paths: DataPaths, options: CaInitOptions, tag: string)
  * kept in `ca/retired/` and its key deleted; certificates it issued stay valid (they chain to the
  * same root, and devices present their own chain). Services pick the new one up on restart.
  */
-export async function reissueIntermediate(paths: DataPaths, options: CaInitOptions, rootKeyPem: string): Promise<{ retired: string | undefined; subject: string }> {
+export async function reissueIntermediate(
+  paths: DataPaths,
+  options: CaInitOptions,
+  rootKeyPem: string,
+): Promise<{ retired: string | undefined; subject: string }> {
   let rootKey: CryptoKey;
   let matches: boolean;
   try {
     rootKey = await importKeyPem(rootKeyPem);
     const spki = (k: KeyObject) => k.export({ type: 'spki', format: 'der' });
-    matches = spki(createPublicKey(createPrivateKey(rootKeyPem))).equals(spki(new X509Certificate(readText(paths.rootCert)).publicKey));
+    matches = spki(createPublicKey(createPrivateKey(rootKeyPem))).equals(
+      spki(new X509Certificate(readText(paths.rootCert)).publicKey),
+    );
   } catch (err) {
-    throw new FleetgateError('CA_INVALID', 'the root key cannot be read (PEM, PKCS#8, EC P-256 expected)', { cause: err });
+    throw new FleetgateError('CA_INVALID', 'the root key cannot be read (PEM, PKCS#8, EC P-256 expected)', {
+      cause: err,
+    });
   }
   if (!matches) throw new FleetgateError('CA_INVALID', `that key is not the key of ${paths.rootCert}`);
   let retired: string | undefined;
@@ -152,7 +172,12 @@ export async function reissueIntermediate(paths: DataPaths, options: CaInitOptio
   return { retired, subject: new x509.X509Certificate(readText(paths.intermediateCert)).subject };
 }
 
-async function createIntermediate(paths: DataPaths, options: CaInitOptions, rootKey: CryptoKey, tag: string): Promise<void> {
+async function createIntermediate(
+  paths: DataPaths,
+  options: CaInitOptions,
+  rootKey: CryptoKey,
+  tag: string,
+): Promise<void> {
   const root = new x509.X509Certificate(readText(paths.rootCert));
   const keys = await newKeyPair();
   const cert = await x509.X509CertificateGenerator.create({
@@ -188,7 +213,10 @@ export interface EndEntityProfile {
  * certificate), signed by the issuing CA: CA:false, digitalSignature, the given EKU and SAN,
  * SKI/AKI. Device certificates are not made here: their keys never leave the device (leaf.ts).
  */
-export async function issueWithNewKey(ca: CertificateAuthority, profile: EndEntityProfile): Promise<{ cert: x509.X509Certificate; keys: CryptoKeyPair; serial: string }> {
+export async function issueWithNewKey(
+  ca: CertificateAuthority,
+  profile: EndEntityProfile,
+): Promise<{ cert: x509.X509Certificate; keys: CryptoKeyPair; serial: string }> {
   const keys = await newKeyPair();
   const serial = randomSerial();
   const cert = await x509.X509CertificateGenerator.create({
@@ -227,7 +255,10 @@ async function createServerCert(paths: DataPaths, options: CaInitOptions, ca: Ce
 /** Loads the issuing CA; CA_NOT_INITIALIZED when `fleetgate init` has not run. */
 export async function loadCa(paths: DataPaths): Promise<CertificateAuthority> {
   if (pairState(paths.intermediateCert, paths.intermediateKey) === 'absent' || !existsSync(paths.rootCert)) {
-    throw new FleetgateError('CA_NOT_INITIALIZED', `no CA in ${paths.dataDir}: run \`fleetgate init --data ${paths.dataDir}\``);
+    throw new FleetgateError(
+      'CA_NOT_INITIALIZED',
+      `no CA in ${paths.dataDir}: run \`fleetgate init --data ${paths.dataDir}\``,
+    );
   }
   const rootPem = readText(paths.rootCert);
   const intermediatePem = readText(paths.intermediateCert);
@@ -239,7 +270,11 @@ export async function loadCa(paths: DataPaths): Promise<CertificateAuthority> {
     throw new FleetgateError('CA_INVALID', `${paths.intermediateCert} is not signed by ${paths.rootCert}`);
   }
   return {
-    root, intermediate, intermediateKeyObject, rootPem, intermediatePem,
+    root,
+    intermediate,
+    intermediateKeyObject,
+    rootPem,
+    intermediatePem,
     intermediateKey: await importKeyPem(keyPem),
     intermediateKeyId: skiOf(intermediate),
     chainPem: intermediatePem + rootPem,

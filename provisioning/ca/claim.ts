@@ -16,7 +16,11 @@ export interface ClaimCredential {
  * Its SAN is `urn:fleetgate:claim:<name>` — no device URI, so the gateway refuses it — and it
  * is recorded in the registry's claims, not among device certificates.
  */
-export async function makeClaimCredential(ca: CertificateAuthority, name: string, validityMs: number): Promise<ClaimCredential> {
+export async function makeClaimCredential(
+  ca: CertificateAuthority,
+  name: string,
+  validityMs: number,
+): Promise<ClaimCredential> {
   const { cert, keys, serial } = await issueWithNewKey(ca, {
     subject: [{ CN: [`claim ${name}`] }],
     validityMs,

@@ -40,7 +40,13 @@ function entry(e: CrlEntry): pkijs.RevokedCertificate {
     // RFC 5280 §5.3.1: reasonCode unspecified (0) SHOULD be absent.
     ...(e.reason !== 0 && {
       crlEntryExtensions: new pkijs.Extensions({
-        extensions: [new pkijs.Extension({ extnID: OID_REASON_CODE, critical: false, extnValue: new asn1js.Enumerated({ value: e.reason }).toBER(false) })],
+        extensions: [
+          new pkijs.Extension({
+            extnID: OID_REASON_CODE,
+            critical: false,
+            extnValue: new asn1js.Enumerated({ value: e.reason }).toBER(false),
+          }),
+        ],
       }),
     }),
   });
@@ -66,10 +72,17 @@ export async function buildCrl(ca: CertificateAuthority, options: CrlOptions): P
   crl.crlExtensions = new pkijs.Extensions({
     extensions: [
       new pkijs.Extension({
-        extnID: OID_AKI, critical: false,
-        extnValue: new pkijs.AuthorityKeyIdentifier({ keyIdentifier: new asn1js.OctetString({ valueHex: keyId }) }).toSchema().toBER(false),
+        extnID: OID_AKI,
+        critical: false,
+        extnValue: new pkijs.AuthorityKeyIdentifier({ keyIdentifier: new asn1js.OctetString({ valueHex: keyId }) })
+          .toSchema()
+          .toBER(false),
       }),
-      new pkijs.Extension({ extnID: OID_CRL_NUMBER, critical: false, extnValue: new asn1js.Integer({ value: options.number }).toBER(false) }),
+      new pkijs.Extension({
+        extnID: OID_CRL_NUMBER,
+        critical: false,
+        extnValue: new asn1js.Integer({ value: options.number }).toBER(false),
+      }),
     ],
   });
   await crl.sign(ca.intermediateKey, 'SHA-256');

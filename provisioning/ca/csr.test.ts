@@ -9,10 +9,25 @@ const csrs = new Map<string, string>();
 before(async () => {
   const dir = tempDir({ after: (fn: () => void) => process.once('exit', fn) });
   const specs: [string, KeySpec, string[]][] = [
-    ['ec', 'ec', []], ['ec384', 'ec384', []], ['rsa2048', 'rsa2048', []], ['rsa1024', 'rsa1024', []], ['ed25519', 'ed25519', []],
-    ['asks', 'ec', ['-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'subjectAltName=DNS:evil.example,URI:urn:fleetgate:device:other']],
+    ['ec', 'ec', []],
+    ['ec384', 'ec384', []],
+    ['rsa2048', 'rsa2048', []],
+    ['rsa1024', 'rsa1024', []],
+    ['ed25519', 'ed25519', []],
+    [
+      'asks',
+      'ec',
+      [
+        '-addext',
+        'basicConstraints=critical,CA:TRUE',
+        '-addext',
+        'subjectAltName=DNS:evil.example,URI:urn:fleetgate:device:other',
+      ],
+    ],
   ];
-  await Promise.all(specs.map(async ([name, key, extra]) => csrs.set(name, (await opensslCsr(dir, name, key, extra)).csrPem)));
+  await Promise.all(
+    specs.map(async ([name, key, extra]) => csrs.set(name, (await opensslCsr(dir, name, key, extra)).csrPem)),
+  );
 });
 
 const rejects = (c: ErrorCode) => (e: unknown) => e instanceof FleetgateError && e.code === c;
@@ -24,7 +39,12 @@ function tampered(pem: string): Buffer {
   return der;
 }
 
-for (const [name, description] of [['ec', 'EC P-256'], ['ec384', 'EC P-384'], ['rsa2048', 'RSA 2048'], ['ed25519', 'Ed25519']] as const) {
+for (const [name, description] of [
+  ['ec', 'EC P-256'],
+  ['ec384', 'EC P-384'],
+  ['rsa2048', 'RSA 2048'],
+  ['ed25519', 'Ed25519'],
+] as const) {
   test(`csr/ok/${name}`, async () => {
     const parsed = await parseCsr(csrs.get(name)!);
     assert.equal(parsed.keyDescription, description);
@@ -53,7 +73,10 @@ test('csr/error/tampered signature', async () => {
 const garbage: [string, string | Buffer][] = [
   ['garbage text', 'hello, I am not a CSR'],
   ['empty', ''],
-  ['PEM with broken base64', '-----BEGIN CERTIFICATE REQUEST-----\nMIIB!!!not base64***\n-----END CERTIFICATE REQUEST-----\n'],
+  [
+    'PEM with broken base64',
+    '-----BEGIN CERTIFICATE REQUEST-----\nMIIB!!!not base64***\n-----END CERTIFICATE REQUEST-----\n',
+  ],
   ['PEM of a certificate', '-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n'],
   ['DER garbage', Buffer.from([0x30, 0x03, 0x02, 0x01, 0x00])],
   ['truncated DER', Buffer.from([0x30, 0x82, 0x01])],

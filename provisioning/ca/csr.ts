@@ -26,7 +26,13 @@ const OID_NAMES: Record<string, string> = {
 };
 
 const DN_NAMES: Record<string, string> = {
-  '2.5.4.3': 'CN', '2.5.4.5': 'serialNumber', '2.5.4.6': 'C', '2.5.4.7': 'L', '2.5.4.8': 'ST', '2.5.4.10': 'O', '2.5.4.11': 'OU',
+  '2.5.4.3': 'CN',
+  '2.5.4.5': 'serialNumber',
+  '2.5.4.6': 'C',
+  '2.5.4.7': 'L',
+  '2.5.4.8': 'ST',
+  '2.5.4.10': 'O',
+  '2.5.4.11': 'OU',
 };
 
 /** Signature algorithms a CSR may use, and the digest each implies (null: the key's own, Ed25519). */
@@ -43,7 +49,8 @@ const SIGNATURE_HASH: Record<string, string | null> = {
 const EXTENSION_REQUEST = '1.2.840.113549.1.9.14';
 
 /** Exactly one PEM block and nothing around it but white space (RFC 7468 §2 strict form). */
-const PEM_ONLY = /^\s*-----BEGIN (NEW )?CERTIFICATE REQUEST-----\r?\n([A-Za-z0-9+/=\s]*?)-----END (NEW )?CERTIFICATE REQUEST-----\s*$/;
+const PEM_ONLY =
+  /^\s*-----BEGIN (NEW )?CERTIFICATE REQUEST-----\r?\n([A-Za-z0-9+/=\s]*?)-----END (NEW )?CERTIFICATE REQUEST-----\s*$/;
 
 /** Subject attributes and requested extensions a CSR may carry (a real one has a handful). */
 const MAX_NAME_ATTRIBUTES = 32;
@@ -75,9 +82,11 @@ export function csrDer(input: string | Uint8Array): Buffer {
   if (input.includes('-----')) {
     // One block, nothing before or after it: two concatenated CSRs, or junk after END, would
     // leave it to chance which one is meant.
-    if (input.split('-----BEGIN').length !== 2) throw invalid('expected exactly one "BEGIN CERTIFICATE REQUEST" PEM block');
+    if (input.split('-----BEGIN').length !== 2)
+      throw invalid('expected exactly one "BEGIN CERTIFICATE REQUEST" PEM block');
     const match = PEM_ONLY.exec(input);
-    if (match === null || (match[1] ?? '') !== (match[3] ?? '')) throw invalid('not a single well-formed "CERTIFICATE REQUEST" PEM block (nothing may precede or follow it)');
+    if (match === null || (match[1] ?? '') !== (match[3] ?? ''))
+      throw invalid('not a single well-formed "CERTIFICATE REQUEST" PEM block (nothing may precede or follow it)');
     return strictBase64(match[2] as string);
   }
   if (input.trim().length === 0) throw invalid('CSR is empty');
@@ -102,24 +111,40 @@ function describeKey(key: KeyObject, spki: Buffer): string {
   const algorithm = oid(spki, expectTag(algOid, 0x06, 'algorithm id'));
   switch (key.asymmetricKeyType) {
     case 'ec':
-      if (algorithm !== OID_EC_PUBLIC_KEY || params?.tag !== 0x06) throw new FleetgateError('KEY_UNSUPPORTED', 'EC keys must name their curve (explicit curve parameters are refused)');
+      if (algorithm !== OID_EC_PUBLIC_KEY || params?.tag !== 0x06)
+        throw new FleetgateError(
+          'KEY_UNSUPPORTED',
+          'EC keys must name their curve (explicit curve parameters are refused)',
+        );
       if (details.namedCurve === 'prime256v1') return 'EC P-256';
       if (details.namedCurve === 'secp384r1') return 'EC P-384';
-      throw new FleetgateError('KEY_UNSUPPORTED', `EC curve ${details.namedCurve ?? 'unknown'} is not supported: use P-256 or P-384`);
+      throw new FleetgateError(
+        'KEY_UNSUPPORTED',
+        `EC curve ${details.namedCurve ?? 'unknown'} is not supported: use P-256 or P-384`,
+      );
     case 'rsa': {
-      if (algorithm !== OID_RSA) throw new FleetgateError('KEY_UNSUPPORTED', 'RSA keys must be rsaEncryption (RSA-PSS keys are not supported)');
+      if (algorithm !== OID_RSA)
+        throw new FleetgateError('KEY_UNSUPPORTED', 'RSA keys must be rsaEncryption (RSA-PSS keys are not supported)');
       const bits = details.modulusLength ?? 0;
-      if (bits < 2048) throw new FleetgateError('KEY_TOO_WEAK', `RSA ${bits}-bit keys are too weak: at least 2048 bits`);
-      if (bits > 8192) throw new FleetgateError('KEY_UNSUPPORTED', `RSA ${bits}-bit keys are not supported: at most 8192 bits`);
-      if (bits % 8 !== 0) throw new FleetgateError('KEY_UNSUPPORTED', `RSA modulus of ${bits} bits: must be a whole number of bytes`);
-      if (details.publicExponent !== 65537n) throw new FleetgateError('KEY_TOO_WEAK', `RSA public exponent ${details.publicExponent}: must be 65537`);
+      if (bits < 2048)
+        throw new FleetgateError('KEY_TOO_WEAK', `RSA ${bits}-bit keys are too weak: at least 2048 bits`);
+      if (bits > 8192)
+        throw new FleetgateError('KEY_UNSUPPORTED', `RSA ${bits}-bit keys are not supported: at most 8192 bits`);
+      if (bits % 8 !== 0)
+        throw new FleetgateError('KEY_UNSUPPORTED', `RSA modulus of ${bits} bits: must be a whole number of bytes`);
+      if (details.publicExponent !== 65537n)
+        throw new FleetgateError('KEY_TOO_WEAK', `RSA public exponent ${details.publicExponent}: must be 65537`);
       return `RSA ${bits}`;
     }
     case 'ed25519':
-      if (algorithm !== OID_ED25519 || params !== undefined) throw new FleetgateError('KEY_UNSUPPORTED', 'Ed25519 keys carry no parameters');
+      if (algorithm !== OID_ED25519 || params !== undefined)
+        throw new FleetgateError('KEY_UNSUPPORTED', 'Ed25519 keys carry no parameters');
       return 'Ed25519';
     default:
-      throw new FleetgateError('KEY_UNSUPPORTED', `${key.asymmetricKeyType ?? 'unknown'} keys are not supported: use EC P-256/P-384, RSA ≥ 2048 or Ed25519`);
+      throw new FleetgateError(
+        'KEY_UNSUPPORTED',
+        `${key.asymmetricKeyType ?? 'unknown'} keys are not supported: use EC P-256/P-384, RSA ≥ 2048 or Ed25519`,
+      );
   }
 }
 
@@ -135,7 +160,8 @@ function readSubject(der: Buffer, name: Tlv): { subject: string; commonName: str
   let commonName: string | undefined;
   for (const rdn of children(der, expectTag(name, 0x30, 'subject'), MAX_NAME_ATTRIBUTES)) {
     for (const atv of children(der, expectTag(rdn, 0x31, 'RDN'), MAX_NAME_ATTRIBUTES)) {
-      if (parts.length === MAX_NAME_ATTRIBUTES) throw new DerError(`more than ${MAX_NAME_ATTRIBUTES} subject attributes`);
+      if (parts.length === MAX_NAME_ATTRIBUTES)
+        throw new DerError(`more than ${MAX_NAME_ATTRIBUTES} subject attributes`);
       const [type, value, extra] = children(der, expectTag(atv, 0x30, 'attribute'), 2);
       if (value === undefined || extra !== undefined) throw new DerError('attribute must be a type and one value');
       const typeOid = oid(der, expectTag(type, 0x06, 'attribute type'));
@@ -157,8 +183,12 @@ function requestedExtensions(der: Buffer, attributes: Tlv | undefined): string[]
     if (oid(der, expectTag(type, 0x06, 'attribute type')) !== EXTENSION_REQUEST) continue;
     for (const exts of children(der, expectTag(values, 0x31, 'attribute values'), 1)) {
       for (const ext of children(der, expectTag(exts, 0x30, 'extensions'), MAX_REQUESTED_EXTENSIONS)) {
-        if (out.length === MAX_REQUESTED_EXTENSIONS) throw new DerError(`more than ${MAX_REQUESTED_EXTENSIONS} requested extensions`);
-        const extOid = oid(der, expectTag(children(der, expectTag(ext, 0x30, 'extension'), 3)[0], 0x06, 'extension id'));
+        if (out.length === MAX_REQUESTED_EXTENSIONS)
+          throw new DerError(`more than ${MAX_REQUESTED_EXTENSIONS} requested extensions`);
+        const extOid = oid(
+          der,
+          expectTag(children(der, expectTag(ext, 0x30, 'extension'), 3)[0], 0x06, 'extension id'),
+        );
         out.push(OID_NAMES[extOid] ?? extOid);
       }
     }
@@ -181,18 +211,26 @@ export function parseCsr(input: string | Uint8Array): ParsedCsr {
     if (extraTop !== undefined || sig === undefined) throw new DerError('a request is info, algorithm and signature');
     const [version, subject, spki, attributes] = children(der, expectTag(info, 0x30, 'certificationRequestInfo'), 4);
     expectTag(version, 0x02, 'version');
-    if (version!.end - version!.contentStart !== 1 || der[version!.contentStart] !== 0) throw new DerError('version must be 0 (v1)');
+    if (version!.end - version!.contentStart !== 1 || der[version!.contentStart] !== 0)
+      throw new DerError('version must be 0 (v1)');
     const [spkiAlg, spkiKey, spkiExtra] = children(der, expectTag(spki, 0x30, 'subjectPKInfo'), 2);
     expectTag(spkiAlg, 0x30, 'subjectPKInfo algorithm');
     expectTag(spkiKey, 0x03, 'subjectPublicKey');
     if (spkiExtra !== undefined) throw new DerError('subjectPKInfo has extra elements');
     if (attributes !== undefined) expectTag(attributes, 0xa0, 'attributes');
-    const algOid = oid(der, expectTag(children(der, expectTag(sigAlg, 0x30, 'signatureAlgorithm'))[0], 0x06, 'algorithm'));
+    const algOid = oid(
+      der,
+      expectTag(children(der, expectTag(sigAlg, 0x30, 'signatureAlgorithm'))[0], 0x06, 'algorithm'),
+    );
     const bits = expectTag(sig, 0x03, 'signature');
     if (der[bits.contentStart] !== 0) throw new DerError('signature has unused bits');
     parts = {
-      tbs: der.subarray(info!.start, info!.end), spki: Buffer.from(der.subarray(spki!.start, spki!.end)), algOid,
-      signature: der.subarray(bits.contentStart + 1, bits.end), ...readSubject(der, subject as Tlv), extensions: requestedExtensions(der, attributes),
+      tbs: der.subarray(info!.start, info!.end),
+      spki: Buffer.from(der.subarray(spki!.start, spki!.end)),
+      algOid,
+      signature: der.subarray(bits.contentStart + 1, bits.end),
+      ...readSubject(der, subject as Tlv),
+      extensions: requestedExtensions(der, attributes),
     };
   } catch (err) {
     if (err instanceof FleetgateError) throw err;
@@ -212,8 +250,13 @@ export function parseCsr(input: string | Uint8Array): ParsedCsr {
   if (!canonical.equals(parts.spki)) throw invalid('the CSR public key is not canonically encoded');
   const hash = SIGNATURE_HASH[parts.algOid];
   if (hash === undefined) throw invalid(`CSR signature algorithm ${parts.algOid} is not supported`);
-  const family = parts.algOid.startsWith('1.2.840.10045.') ? 'ec' : parts.algOid.startsWith('1.2.840.113549.') ? 'rsa' : 'ed25519';
-  if (family !== publicKey.asymmetricKeyType) throw invalid(`CSR signature algorithm ${parts.algOid} does not fit its ${publicKey.asymmetricKeyType} key`);
+  const family = parts.algOid.startsWith('1.2.840.10045.')
+    ? 'ec'
+    : parts.algOid.startsWith('1.2.840.113549.')
+      ? 'rsa'
+      : 'ed25519';
+  if (family !== publicKey.asymmetricKeyType)
+    throw invalid(`CSR signature algorithm ${parts.algOid} does not fit its ${publicKey.asymmetricKeyType} key`);
   let valid: boolean;
   try {
     valid = verifySignature(hash, parts.tbs, publicKey, parts.signature);
@@ -222,7 +265,9 @@ export function parseCsr(input: string | Uint8Array): ParsedCsr {
   }
   if (!valid) throw invalid('the CSR signature does not match its public key (proof of possession failed)');
   return {
-    spki: canonical, publicKey, keyDescription,
+    spki: canonical,
+    publicKey,
+    keyDescription,
     requested: { subject: parts.subject, commonName: parts.commonName, extensions: parts.extensions },
   };
 }

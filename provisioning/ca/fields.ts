@@ -11,7 +11,11 @@ export function randomSerial(): string {
 }
 
 /** Validity starting a minute ago, never outliving the issuer (`issuerNotAfter`). */
-export function validityFrom(now: number, lifetimeMs: number, issuerNotAfter?: Date): { notBefore: Date; notAfter: Date } {
+export function validityFrom(
+  now: number,
+  lifetimeMs: number,
+  issuerNotAfter?: Date,
+): { notBefore: Date; notAfter: Date } {
   const notAfter = new Date(now + lifetimeMs);
   return {
     notBefore: new Date(now - BACKDATE_MS),
@@ -20,5 +24,7 @@ export function validityFrom(now: number, lifetimeMs: number, issuerNotAfter?: D
 }
 
 export function sha256Hex(data: Uint8Array | ArrayBuffer): string {
-  return createHash('sha256').update(data instanceof Uint8Array ? data : new Uint8Array(data)).digest('hex');
+  return createHash('sha256')
+    .update(data instanceof Uint8Array ? data : new Uint8Array(data))
+    .digest('hex');
 }

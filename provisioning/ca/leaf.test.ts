@@ -15,8 +15,10 @@ test('leaf/the DER-built certificate is what the CA policy says, for every accep
   await initDataDir(loadConfig({ dataDir: dir, env: {} }));
   const ca = await loadCa(dataPaths(dir));
   const keys = [
-    generateKeyPairSync('ec', { namedCurve: 'P-256' }), generateKeyPairSync('ec', { namedCurve: 'P-384' }),
-    generateKeyPairSync('rsa', { modulusLength: 2048 }), generateKeyPairSync('ed25519'),
+    generateKeyPairSync('ec', { namedCurve: 'P-256' }),
+    generateKeyPairSync('ec', { namedCurve: 'P-384' }),
+    generateKeyPairSync('rsa', { modulusLength: 2048 }),
+    generateKeyPairSync('ed25519'),
   ];
   for (const { publicKey } of keys) {
     const spki = publicKey.export({ type: 'spki', format: 'der' });
@@ -33,8 +35,11 @@ test('leaf/the DER-built certificate is what the CA policy says, for every accep
     assert.ok(cert.publicKey.export({ type: 'spki', format: 'der' }).equals(spki));
     assert.equal(Date.parse(cert.validTo), leaf.notAfter);
     const parsed = new x509.X509Certificate(leaf.pem);
-    assert.equal(parsed.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId,
-      (await x509.SubjectKeyIdentifierExtension.create(parsed.publicKey)).keyId, 'SKI is RFC 5280 method 1');
+    assert.equal(
+      parsed.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId,
+      (await x509.SubjectKeyIdentifierExtension.create(parsed.publicKey)).keyId,
+      'SKI is RFC 5280 method 1',
+    );
     assert.equal(parsed.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId, ca.intermediateKeyId);
     assert.equal(parsed.getExtension(x509.BasicConstraintsExtension)?.critical, true);
     assert.equal(parsed.getExtension(x509.KeyUsagesExtension)?.usages, x509.KeyUsageFlags.digitalSignature);

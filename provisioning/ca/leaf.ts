@@ -1,7 +1,18 @@
 import { createHash, sign } from 'node:crypto';
 import { deviceUri } from '../../firmware-sdk/protocol/device-id.ts';
 import type { CertificateAuthority } from './authority.ts';
-import { children, expectTag, octets, oidDer, readTlv, seq, set, time, tlv, toPem } from '../../firmware-sdk/protocol/der.ts';
+import {
+  children,
+  expectTag,
+  octets,
+  oidDer,
+  readTlv,
+  seq,
+  set,
+  time,
+  tlv,
+  toPem,
+} from '../../firmware-sdk/protocol/der.ts';
 import { randomSerial, sha256Hex, validityFrom } from './fields.ts';
 
 export interface LeafOptions {
@@ -24,7 +35,11 @@ export interface SignedLeaf {
 const VERSION_3 = Buffer.from([0xa0, 0x03, 0x02, 0x01, 0x02]);
 const ECDSA_WITH_SHA256 = seq(oidDer('1.2.840.10045.4.3.2'));
 const EXT_BASIC_CONSTRAINTS = seq(oidDer('2.5.29.19'), Buffer.from([0x01, 0x01, 0xff]), octets(seq())); // critical, CA:FALSE
-const EXT_KEY_USAGE = seq(oidDer('2.5.29.15'), Buffer.from([0x01, 0x01, 0xff]), octets(Buffer.from([0x03, 0x02, 0x07, 0x80]))); // critical, digitalSignature
+const EXT_KEY_USAGE = seq(
+  oidDer('2.5.29.15'),
+  Buffer.from([0x01, 0x01, 0xff]),
+  octets(Buffer.from([0x03, 0x02, 0x07, 0x80])),
+); // critical, digitalSignature
 const EXT_EKU_CLIENT_AUTH = seq(oidDer('2.5.29.37'), octets(seq(oidDer('1.3.6.1.5.5.7.3.2'))));
 
 /** Cached per CA: the intermediate's subject exactly as encoded, to be the leaf's issuer. */
@@ -46,7 +61,9 @@ function issuerName(ca: CertificateAuthority): Buffer {
 function keyIdentifier(spki: Buffer): Buffer {
   const [, bits] = children(spki, readTlv(spki, 0));
   const b = expectTag(bits, 0x03, 'subjectPublicKey');
-  return createHash('sha1').update(spki.subarray(b.contentStart + 1, b.end)).digest();
+  return createHash('sha1')
+    .update(spki.subarray(b.contentStart + 1, b.end))
+    .digest();
 }
 
 /**
@@ -62,14 +79,17 @@ export function signLeaf(ca: CertificateAuthority, options: LeafOptions): Signed
   const { notBefore, notAfter } = validityFrom(Date.now(), options.validityMs, ca.intermediate.notAfter);
   const serial = randomSerial();
   const uri = Buffer.from(deviceUri(options.deviceId));
-  const extensions = tlv(0xa3, seq(
-    EXT_BASIC_CONSTRAINTS,
-    EXT_KEY_USAGE,
-    EXT_EKU_CLIENT_AUTH,
-    seq(oidDer('2.5.29.17'), octets(seq(tlv(0x86, uri)))), // SAN: uniformResourceIdentifier
-    seq(oidDer('2.5.29.14'), octets(octets(keyIdentifier(options.spki)))), // SKI
-    seq(oidDer('2.5.29.35'), octets(seq(tlv(0x80, Buffer.from(ca.intermediateKeyId, 'hex'))))), // AKI keyIdentifier
-  ));
+  const extensions = tlv(
+    0xa3,
+    seq(
+      EXT_BASIC_CONSTRAINTS,
+      EXT_KEY_USAGE,
+      EXT_EKU_CLIENT_AUTH,
+      seq(oidDer('2.5.29.17'), octets(seq(tlv(0x86, uri)))), // SAN: uniformResourceIdentifier
+      seq(oidDer('2.5.29.14'), octets(octets(keyIdentifier(options.spki)))), // SKI
+      seq(oidDer('2.5.29.35'), octets(seq(tlv(0x80, Buffer.from(ca.intermediateKeyId, 'hex'))))), // AKI keyIdentifier
+    ),
+  );
   const tbs = seq(
     VERSION_3,
     tlv(0x02, Buffer.from(serial, 'hex')),

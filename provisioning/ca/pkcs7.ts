@@ -3,8 +3,9 @@ import { pkijs } from './x509.ts';
 const ID_DATA = '1.2.840.113549.1.7.1';
 
 function derOfPems(pem: string): Uint8Array<ArrayBuffer>[] {
-  return [...pem.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g)]
-    .map((m) => new Uint8Array(Buffer.from((m[1] as string).replace(/\s+/g, ''), 'base64')));
+  return [...pem.matchAll(/-----BEGIN CERTIFICATE-----([\s\S]*?)-----END CERTIFICATE-----/g)].map(
+    (m) => new Uint8Array(Buffer.from((m[1] as string).replace(/\s+/g, ''), 'base64')),
+  );
 }
 
 /**
@@ -25,5 +26,7 @@ export function certsOnly(pems: string): Buffer {
 
 /** Base64 with line breaks every 76 characters (the EST wire form, RFC 7030 §4.1.3). */
 export function base64Lines(der: Uint8Array): string {
-  return `${Buffer.from(der).toString('base64').replace(/.{1,76}/g, '$&\r\n')}`;
+  return `${Buffer.from(der)
+    .toString('base64')
+    .replace(/.{1,76}/g, '$&\r\n')}`;
 }

@@ -21,10 +21,23 @@ export function authorizeClaim(
   const claim = registry.getClaim(input.claimName)!;
   const type = (input.type ?? claim.types[0]) as DeviceType;
   const detail = { claim: input.claimName, hardwareSerial };
-  if (!claim.types.includes(type)) throw new FleetgateError('NOT_AUTHORIZED', `claim ${claim.name} enrolls ${claim.types.join(', ')}, not ${String(type)}`, { detail });
-  if (input.fleet !== undefined && input.fleet !== claim.fleet) throw new FleetgateError('NOT_AUTHORIZED', `claim ${claim.name} enrolls into fleet ${claim.fleet}, not ${String(input.fleet)}`, { detail });
+  if (!claim.types.includes(type))
+    throw new FleetgateError(
+      'NOT_AUTHORIZED',
+      `claim ${claim.name} enrolls ${claim.types.join(', ')}, not ${String(type)}`,
+      { detail },
+    );
+  if (input.fleet !== undefined && input.fleet !== claim.fleet)
+    throw new FleetgateError(
+      'NOT_AUTHORIZED',
+      `claim ${claim.name} enrolls into fleet ${claim.fleet}, not ${String(input.fleet)}`,
+      { detail },
+    );
   return {
-    deviceId, method: 'claim', detail,
-    record: (r, cert, actor) => r.recordClaimEnrollment({ claimName: input.claimName, hardwareSerial, type, fleet: claim.fleet, cert }, actor),
+    deviceId,
+    method: 'claim',
+    detail,
+    record: (r, cert, actor) =>
+      r.recordClaimEnrollment({ claimName: input.claimName, hardwareSerial, type, fleet: claim.fleet, cert }, actor),
   };
 }

@@ -10,4 +10,3 @@ export interface Authorized {
   /** Facts for the audit row and the log (never a token). */
   detail?: Record<string, unknown>;
 }
-

@@ -52,10 +52,14 @@ export interface EnrollmentResult {
 
 function authorize(registry: RegistryWriter, auth: EnrollmentAuth): Authorized {
   switch (auth.method) {
-    case 'operator': return authorizeOperator(registry, auth.deviceId);
-    case 'token': return authorizeToken(registry, auth.token, auth.deviceId);
-    case 'claim': return authorizeClaim(registry, auth);
-    case 'renew': return authorizeRenewal(registry, auth.current);
+    case 'operator':
+      return authorizeOperator(registry, auth.deviceId);
+    case 'token':
+      return authorizeToken(registry, auth.token, auth.deviceId);
+    case 'claim':
+      return authorizeClaim(registry, auth);
+    case 'renew':
+      return authorizeRenewal(registry, auth.current);
   }
 }
 
@@ -68,23 +72,48 @@ function authorize(registry: RegistryWriter, auth: EnrollmentAuth): Authorized {
 export async function enroll(deps: EnrollmentDeps, request: EnrollmentRequest): Promise<EnrollmentResult> {
   const authorized = authorize(deps.registry, request.auth); // early check; recording re-checks
   const csr = parseCsr(request.csr); // parse + proof of possession
-  const leaf = signLeaf(deps.ca, { deviceId: authorized.deviceId, spki: csr.spki, validityMs: request.validityMs ?? deps.defaultValidityMs });
+  const leaf = signLeaf(deps.ca, {
+    deviceId: authorized.deviceId,
+    spki: csr.spki,
+    validityMs: request.validityMs ?? deps.defaultValidityMs,
+  });
   const ignored = ignoredRequests(csr, authorized.deviceId);
-  const record = () => authorized.record(deps.registry, {
-    serial: leaf.serial, deviceId: authorized.deviceId, fingerprint: leaf.fingerprint, spkiSha256: leaf.spkiSha256,
-    notBefore: leaf.notBefore, notAfter: leaf.notAfter, pem: leaf.pem, method: authorized.method,
-    auditDetail: { key: csr.keyDescription, ...authorized.detail, ...(ignored.length > 0 && { ignored }) },
-  }, request.actor);
+  const record = () =>
+    authorized.record(
+      deps.registry,
+      {
+        serial: leaf.serial,
+        deviceId: authorized.deviceId,
+        fingerprint: leaf.fingerprint,
+        spkiSha256: leaf.spkiSha256,
+        notBefore: leaf.notBefore,
+        notAfter: leaf.notAfter,
+        pem: leaf.pem,
+        method: authorized.method,
+        auditDetail: { key: csr.keyDescription, ...authorized.detail, ...(ignored.length > 0 && { ignored }) },
+      },
+      request.actor,
+    );
   // Answered only once recorded (durably committed): a certificate is never returned unrecorded.
-  if (deps.commit === undefined) record(); else await deps.commit(record);
+  if (deps.commit === undefined) record();
+  else await deps.commit(record);
   return {
-    deviceId: authorized.deviceId, serial: leaf.serial, fingerprint: leaf.fingerprint, notBefore: leaf.notBefore, notAfter: leaf.notAfter,
-    certificate: leaf.pem, chain: deps.ca.intermediatePem, ca: deps.ca.rootPem, ignored, method: authorized.method,
+    deviceId: authorized.deviceId,
+    serial: leaf.serial,
+    fingerprint: leaf.fingerprint,
+    notBefore: leaf.notBefore,
+    notAfter: leaf.notAfter,
+    certificate: leaf.pem,
+    chain: deps.ca.intermediatePem,
+    ca: deps.ca.rootPem,
+    ignored,
+    method: authorized.method,
   };
 }
 
 function ignoredRequests(csr: ParsedCsr, deviceId: string): string[] {
   const ignored = [...csr.requested.extensions];
-  if (csr.requested.subject !== '' && csr.requested.subject !== `CN=${deviceId}`) ignored.unshift(`subject "${csr.requested.subject}"`);
+  if (csr.requested.subject !== '' && csr.requested.subject !== `CN=${deviceId}`)
+    ignored.unshift(`subject "${csr.requested.subject}"`);
   return ignored;
 }

@@ -14,7 +14,9 @@ export function authorizeRenewal(registry: RegistryWriter, current: PeerIdentity
   const device = checkCertificateStatus(registry, current);
   registry.assertMayRenew(current.serial, device.id); // only the newest certificate renews (re-checked when recording)
   return {
-    deviceId: device.id, method: 'renew', detail: { supersedes: current.serial },
+    deviceId: device.id,
+    method: 'renew',
+    detail: { supersedes: current.serial },
     record: (r, cert, actor) => {
       checkCertificateStatus(r, current); // still good at the moment of recording
       return r.recordCertificate({ ...cert, supersedes: current.serial }, actor);

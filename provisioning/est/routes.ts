@@ -18,18 +18,27 @@ function estError(log: ProvisioningService['log']) {
   return (err: FastifyError | Error, req: FastifyRequest, reply: FastifyReply): void => {
     const e = httpError(err);
     if (e.code === 'INTERNAL') log.error({ err, url: req.url }, 'internal error');
-    if (e.code === 'CERT_REQUIRED' || e.code === 'TOKEN_INVALID') void reply.header('www-authenticate', 'Basic realm="fleetgate EST"');
+    if (e.code === 'CERT_REQUIRED' || e.code === 'TOKEN_INVALID')
+      void reply.header('www-authenticate', 'Basic realm="fleetgate EST"');
     void reply.status(e.httpStatus).type('text/plain; charset=utf-8').send(`${e.code}: ${e.publicMessage}\n`);
   };
 }
 
 function sendCerts(reply: FastifyReply, pem: string, status = 200): FastifyReply {
-  return reply.status(status).header('content-transfer-encoding', 'base64').type(`${PKCS7}; smime-type=certs-only`).send(base64Lines(certsOnly(pem)));
+  return reply
+    .status(status)
+    .header('content-transfer-encoding', 'base64')
+    .type(`${PKCS7}; smime-type=certs-only`)
+    .send(base64Lines(certsOnly(pem)));
 }
 
 function requirePkcs10(req: FastifyRequest): string {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-  if (type !== 'application/pkcs10') throw new FleetgateError('UNSUPPORTED_MEDIA_TYPE', 'EST enrollment takes a base64 PKCS#10 body, Content-Type: application/pkcs10');
+  if (type !== 'application/pkcs10')
+    throw new FleetgateError(
+      'UNSUPPORTED_MEDIA_TYPE',
+      'EST enrollment takes a base64 PKCS#10 body, Content-Type: application/pkcs10',
+    );
   return req.body as string;
 }
 
@@ -58,7 +67,12 @@ function csrAttributes(): Buffer {
   const attrs = new asn1js.Sequence({
     value: [
       new asn1js.ObjectIdentifier({ value: '1.2.840.10045.4.3.2' }),
-      new asn1js.Sequence({ value: [new asn1js.ObjectIdentifier({ value: '1.2.840.10045.2.1' }), new asn1js.Set({ value: [new asn1js.ObjectIdentifier({ value: '1.2.840.10045.3.1.7' })] })] }),
+      new asn1js.Sequence({
+        value: [
+          new asn1js.ObjectIdentifier({ value: '1.2.840.10045.2.1' }),
+          new asn1js.Set({ value: [new asn1js.ObjectIdentifier({ value: '1.2.840.10045.3.1.7' })] }),
+        ],
+      }),
     ],
   });
   return Buffer.from(attrs.toBER(false));
@@ -69,24 +83,37 @@ export function estRoutes(app: FastifyInstance, service: ProvisioningService, ra
   const estErrorHandler = estError(service.log);
   app.addContentTypeParser('application/pkcs10', { parseAs: 'string' }, (_req, body, done) => done(null, body));
 
-  app.get(`${PREFIX}/cacerts`, { errorHandler: estErrorHandler }, async (_req, reply) => sendCerts(reply, service.ca.chainPem));
+  app.get(`${PREFIX}/cacerts`, { errorHandler: estErrorHandler }, async (_req, reply) =>
+    sendCerts(reply, service.ca.chainPem),
+  );
 
   app.get(`${PREFIX}/csrattrs`, { errorHandler: estErrorHandler }, async (_req, reply) =>
-    reply.header('content-transfer-encoding', 'base64').type('application/csrattrs').send(base64Lines(csrAttributes())));
+    reply.header('content-transfer-encoding', 'base64').type('application/csrattrs').send(base64Lines(csrAttributes())),
+  );
 
   app.post(`${PREFIX}/simpleenroll`, { errorHandler: estErrorHandler, config: { rateLimit } }, async (req, reply) => {
     const body = requirePkcs10(req);
     const basic = basicAuth(req);
     if (basic !== undefined) {
-      const r = await service.enroll('token', () => ({ method: 'token', token: basic.token, deviceId: basic.deviceId }), body, meta(req));
+      const r = await service.enroll(
+        'token',
+        () => ({ method: 'token', token: basic.token, deviceId: basic.deviceId }),
+        body,
+        meta(req),
+      );
       return sendCerts(reply, r.certificate);
     }
     // No Basic credentials: a claim certificate, or CERT_REQUIRED (401 with the Basic challenge).
     // The claim certificate is checked before the CSR is read for its CN (the hardware serial).
-    const r = await service.enroll('claim', () => {
-      const claimName = claimPeer(req, service.registry);
-      return { method: 'claim', claimName, hardwareSerial: csrCommonName(body) };
-    }, body, meta(req));
+    const r = await service.enroll(
+      'claim',
+      () => {
+        const claimName = claimPeer(req, service.registry);
+        return { method: 'claim', claimName, hardwareSerial: csrCommonName(body) };
+      },
+      body,
+      meta(req),
+    );
     return sendCerts(reply, r.certificate);
   });
 

@@ -17,7 +17,9 @@ export class AuditAppender {
 
   append(actor: string, action: string, subject: string | null, detail: Record<string, unknown> = {}): void {
     // In a write transaction like every other audit row: PostgreSQL's `seq` then commits in order.
-    this.#db.transaction(() => this.#insert.run(Date.now(), actor, action, subject, JSON.stringify(detail))).immediate();
+    this.#db
+      .transaction(() => this.#insert.run(Date.now(), actor, action, subject, JSON.stringify(detail)))
+      .immediate();
   }
 
   close(): void {

@@ -26,17 +26,27 @@ export function openRegistryDb(location: string, options: OpenOptions = {}): Sql
   }
   let db: PgDatabase | undefined;
   try {
-    db = new PgDatabase(location, { readonly: options.readonly === true, ...(options.busyTimeoutMs !== undefined && { timeoutMs: options.busyTimeoutMs }) });
+    db = new PgDatabase(location, {
+      readonly: options.readonly === true,
+      ...(options.busyTimeoutMs !== undefined && { timeoutMs: options.busyTimeoutMs }),
+    });
     if (options.readonly !== true) db.migrate();
     const version = db.version();
     if (version !== MIGRATIONS.length) {
-      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${db.where} has schema version ${version}, expected ${MIGRATIONS.length}${version === 0 ? ' (not initialized: run `fleetgate init`)' : ''}`);
+      throw new FleetgateError(
+        'REGISTRY_UNAVAILABLE',
+        `registry ${db.where} has schema version ${version}, expected ${MIGRATIONS.length}${version === 0 ? ' (not initialized: run `fleetgate init`)' : ''}`,
+      );
     }
     return db;
   } catch (err) {
     db?.close();
     if (err instanceof FleetgateError) throw err;
-    throw new FleetgateError('REGISTRY_UNAVAILABLE', `cannot open registry ${redactLocation(location)}: ${(err as Error).message}`, { cause: err });
+    throw new FleetgateError(
+      'REGISTRY_UNAVAILABLE',
+      `cannot open registry ${redactLocation(location)}: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 
@@ -68,7 +78,10 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
     if (!readonly) migrate(db);
     const version = db.pragma('user_version', { simple: true }) as number;
     if (version !== MIGRATIONS.length) {
-      throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${file} has schema version ${version}, expected ${MIGRATIONS.length}`);
+      throw new FleetgateError(
+        'REGISTRY_UNAVAILABLE',
+        `registry ${file} has schema version ${version}, expected ${MIGRATIONS.length}`,
+      );
     }
     return db;
   } catch (err) {
@@ -76,16 +89,25 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
     if (err instanceof FleetgateError) throw err;
     // A registry that exists but cannot be written (read-only data directory or file system).
     if (String((err as { code?: unknown }).code ?? '').startsWith('SQLITE_READONLY')) {
-      throw new FleetgateError('STORAGE_READ_ONLY', `registry ${file} is not writable: ${(err as Error).message}`, { cause: err, detail: { file } });
+      throw new FleetgateError('STORAGE_READ_ONLY', `registry ${file} is not writable: ${(err as Error).message}`, {
+        cause: err,
+        detail: { file },
+      });
     }
-    throw new FleetgateError('REGISTRY_UNAVAILABLE', `cannot open registry ${file}: ${(err as Error).message}`, { cause: err, detail: { file } });
+    throw new FleetgateError('REGISTRY_UNAVAILABLE', `cannot open registry ${file}: ${(err as Error).message}`, {
+      cause: err,
+      detail: { file },
+    });
   }
 }
 
 function migrate(db: Db): void {
   const current = db.pragma('user_version', { simple: true }) as number;
   if (current > MIGRATIONS.length) {
-    throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry schema version ${current} is newer than this fleetgate (${MIGRATIONS.length})`);
+    throw new FleetgateError(
+      'REGISTRY_UNAVAILABLE',
+      `registry schema version ${current} is newer than this fleetgate (${MIGRATIONS.length})`,
+    );
   }
   if (current === MIGRATIONS.length) return;
   // SQLite's procedure for changing a table: foreign keys off (it cannot change inside a
@@ -99,7 +121,11 @@ function migrate(db: Db): void {
         if ((db.pragma('user_version', { simple: true }) as number) !== version) return;
         db.exec(sql);
         const broken = db.pragma('foreign_key_check') as unknown[];
-        if (broken.length > 0) throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry migration ${version + 1} left ${broken.length} broken reference(s); nothing was changed`);
+        if (broken.length > 0)
+          throw new FleetgateError(
+            'REGISTRY_UNAVAILABLE',
+            `registry migration ${version + 1} left ${broken.length} broken reference(s); nothing was changed`,
+          );
         db.pragma(`user_version = ${version + 1}`);
       }).immediate();
     }

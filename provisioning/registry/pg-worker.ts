@@ -22,7 +22,11 @@ export type PgReply =
   | { id: number; error: { message: string; code?: string; connection: boolean } };
 
 const { url, readonly, timeoutMs, signal, port } = workerData as {
-  url: string; readonly: boolean; timeoutMs: number; signal: Int32Array; port: MessagePort;
+  url: string;
+  readonly: boolean;
+  timeoutMs: number;
+  signal: Int32Array;
+  port: MessagePort;
 };
 
 // Times, counts and sequence numbers are BIGINT: numbers here, as SQLite gives them (all fit in 2^53).
@@ -65,9 +69,10 @@ async function handle(m: PgRequest | { reset: true }): Promise<void> {
   let reply: PgReply;
   try {
     const c = await connection();
-    const result = m.params === undefined
-      ? await c.query(m.sql) // simple protocol: several statements allowed (migrations, BEGIN + lock)
-      : await c.query({ text: m.sql, values: m.params, ...(m.name !== undefined && { name: m.name }) });
+    const result =
+      m.params === undefined
+        ? await c.query(m.sql) // simple protocol: several statements allowed (migrations, BEGIN + lock)
+        : await c.query({ text: m.sql, values: m.params, ...(m.name !== undefined && { name: m.name }) });
     const last = (Array.isArray(result) ? result[result.length - 1] : result) as pg.QueryResult;
     reply = { id: m.id, rows: last?.rows ?? [], rowCount: last?.rowCount ?? 0 };
   } catch (err) {
@@ -77,7 +82,14 @@ async function handle(m: PgRequest | { reset: true }): Promise<void> {
     // (the server shutting down): the registry cannot be reached; a new connection next time.
     const connectionLost = sqlstate === undefined || /^(08|57P)/.test(sqlstate);
     if (connectionLost) drop();
-    reply = { id: m.id, error: { message: (err as Error).message, ...(sqlstate !== undefined && { code: sqlstate }), connection: connectionLost } };
+    reply = {
+      id: m.id,
+      error: {
+        message: (err as Error).message,
+        ...(sqlstate !== undefined && { code: sqlstate }),
+        connection: connectionLost,
+      },
+    };
   }
   port.postMessage(reply);
   Atomics.add(signal, 0, 1);

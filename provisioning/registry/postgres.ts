@@ -51,7 +51,13 @@ export class PgDatabase implements SqlDb {
     const { port1, port2 } = new MessageChannel();
     this.#port = port1;
     this.#worker = new Worker(new URL('./pg-worker.ts', import.meta.url), {
-      workerData: { url, readonly: options.readonly === true, timeoutMs: this.#timeoutMs, signal: this.#signal, port: port2 },
+      workerData: {
+        url,
+        readonly: options.readonly === true,
+        timeoutMs: this.#timeoutMs,
+        signal: this.#signal,
+        port: port2,
+      },
       transferList: [port2],
     });
     this.#worker.unref();
@@ -67,7 +73,12 @@ export class PgDatabase implements SqlDb {
     if (!this.#open) throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${this.where} is closed`);
     const id = this.#nextId++;
     let seen = Atomics.load(this.#signal, 0);
-    const request: PgRequest = { id, sql, ...(params !== undefined && { params }), ...(name !== undefined && { name }) };
+    const request: PgRequest = {
+      id,
+      sql,
+      ...(params !== undefined && { params }),
+      ...(name !== undefined && { name }),
+    };
     this.#port.postMessage(request);
     // The worker's own timeouts answer first; this one only catches a worker that cannot answer at all.
     const deadline = performance.now() + this.#timeoutMs + 2_000;
@@ -78,16 +89,26 @@ export class PgDatabase implements SqlDb {
         const reply = m.message;
         if ('error' in reply) {
           if (reply.error.connection) {
-            throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${this.where} cannot be reached: ${reply.error.message}`, { detail: { registry: this.where } });
+            throw new FleetgateError(
+              'REGISTRY_UNAVAILABLE',
+              `registry ${this.where} cannot be reached: ${reply.error.message}`,
+              { detail: { registry: this.where } },
+            );
           }
-          throw Object.assign(new Error(reply.error.message), { code: reply.error.code === undefined ? 'PG' : `PG_${reply.error.code}` });
+          throw Object.assign(new Error(reply.error.message), {
+            code: reply.error.code === undefined ? 'PG' : `PG_${reply.error.code}`,
+          });
         }
         return reply;
       }
       const left = deadline - performance.now();
       if (left <= 0) {
         this.#port.postMessage({ reset: true });
-        throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${this.where} did not answer in ${this.#timeoutMs + 2_000} ms`, { detail: { registry: this.where } });
+        throw new FleetgateError(
+          'REGISTRY_UNAVAILABLE',
+          `registry ${this.where} did not answer in ${this.#timeoutMs + 2_000} ms`,
+          { detail: { registry: this.where } },
+        );
       }
       Atomics.wait(this.#signal, 0, seen, left);
       seen = Atomics.load(this.#signal, 0);
@@ -114,9 +135,14 @@ export class PgDatabase implements SqlDb {
     const run = (): T => {
       // Outermost: a transaction holding the write lock; inside one: a savepoint.
       const savepoint = `fg_sp${this.#depth}`;
-      const [open, keep, undo] = this.#depth === 0
-        ? [`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK})`, 'COMMIT', 'ROLLBACK']
-        : [`SAVEPOINT ${savepoint}`, `RELEASE SAVEPOINT ${savepoint}`, `ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}`];
+      const [open, keep, undo] =
+        this.#depth === 0
+          ? [`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK})`, 'COMMIT', 'ROLLBACK']
+          : [
+              `SAVEPOINT ${savepoint}`,
+              `RELEASE SAVEPOINT ${savepoint}`,
+              `ROLLBACK TO SAVEPOINT ${savepoint}; RELEASE SAVEPOINT ${savepoint}`,
+            ];
       this.query(open);
       this.#depth++;
       try {
@@ -147,11 +173,16 @@ export class PgDatabase implements SqlDb {
   migrate(): void {
     this.query(`SELECT pg_advisory_lock(${MIGRATE_LOCK})`);
     try {
-      this.query('CREATE TABLE IF NOT EXISTS fleetgate_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)');
+      this.query(
+        'CREATE TABLE IF NOT EXISTS fleetgate_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)',
+      );
       const current = this.version();
       const target = PG_MIGRATIONS[PG_MIGRATIONS.length - 1]!.version;
       if (current > target) {
-        throw new FleetgateError('REGISTRY_UNAVAILABLE', `registry ${this.where} has schema version ${current}, newer than this fleetgate (${target})`);
+        throw new FleetgateError(
+          'REGISTRY_UNAVAILABLE',
+          `registry ${this.where} has schema version ${current}, newer than this fleetgate (${target})`,
+        );
       }
       for (const m of PG_MIGRATIONS) {
         if (m.version <= current) continue;

@@ -33,7 +33,10 @@ export function parseRevocationReason(input: string | number): number {
       if (name.toLowerCase() === wanted) return code;
     }
   }
-  throw new FleetgateError('USAGE', `unknown revocation reason ${JSON.stringify(input)}: one of ${Object.keys(REVOCATION_REASONS).join(', ')}`);
+  throw new FleetgateError(
+    'USAGE',
+    `unknown revocation reason ${JSON.stringify(input)}: one of ${Object.keys(REVOCATION_REASONS).join(', ')}`,
+  );
 }
 
 export function revocationReasonName(code: number): string {

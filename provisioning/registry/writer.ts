@@ -1,10 +1,24 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { assertDeviceId, assertDeviceType, CLAIM_DEVICE_TYPES, deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
+import {
+  assertDeviceId,
+  assertDeviceType,
+  CLAIM_DEVICE_TYPES,
+  deviceIdForSerial,
+  type DeviceType,
+} from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
 import { RegistryReader, toDevice } from './reader.ts';
 import type { SqlStatement } from './sql.ts';
-import { DENY_KINDS, type CertificateRecord, type ClaimRecord, type DenyKind, type DenyRecord, type DeviceRecord, type TokenRecord } from './records.ts';
+import {
+  DENY_KINDS,
+  type CertificateRecord,
+  type ClaimRecord,
+  type DenyKind,
+  type DenyRecord,
+  type DeviceRecord,
+  type TokenRecord,
+} from './records.ts';
 
 export interface NewDevice {
   id: string;
@@ -60,19 +74,26 @@ export class RegistryWriter extends RegistryReader {
       insertDevice: p(`INSERT INTO devices (id, fleet, type, parent, status, created_at, updated_at, metadata)
         VALUES (@id, @fleet, @type, @parent, 'pending', @now, @now, @metadata)`),
       setStatus: p('UPDATE devices SET status = ?, updated_at = ? WHERE id = ?'),
-      insertToken: p(`INSERT INTO enrollment_tokens (hash, device_id, created_at, expires_at, actor) VALUES (?, ?, ?, ?, ?)`),
+      insertToken: p(
+        `INSERT INTO enrollment_tokens (hash, device_id, created_at, expires_at, actor) VALUES (?, ?, ?, ?, ?)`,
+      ),
       useToken: p('UPDATE enrollment_tokens SET used_at = ?, used_serial = ? WHERE hash = ? AND used_at IS NULL'),
-      expireTokens: p(`UPDATE enrollment_tokens SET expires_at = CASE WHEN expires_at < @now THEN expires_at ELSE @now END
+      expireTokens:
+        p(`UPDATE enrollment_tokens SET expires_at = CASE WHEN expires_at < @now THEN expires_at ELSE @now END
         WHERE device_id = @deviceId AND used_at IS NULL`),
-      insertCert: p(`INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
+      insertCert:
+        p(`INSERT INTO certificates (serial, device_id, fingerprint, spki_sha256, not_before, not_after, pem, issued_at, method, actor)
         VALUES (@serial, @deviceId, @fingerprint, @spkiSha256, @notBefore, @notAfter, @pem, @now, @method, @actor)`),
-      supersede: p('UPDATE certificates SET superseded_by = ? WHERE serial = ? AND device_id = ? AND superseded_by IS NULL'),
+      supersede: p(
+        'UPDATE certificates SET superseded_by = ? WHERE serial = ? AND device_id = ? AND superseded_by IS NULL',
+      ),
       newestCert: p('SELECT serial FROM certificates WHERE device_id = ? ORDER BY issued_at DESC, rowid DESC LIMIT 1'),
       unrevokedCerts: p(`SELECT c.serial FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial
         WHERE c.device_id = ? AND r.serial IS NULL ORDER BY c.serial`),
       certCount: p('SELECT COUNT(*) AS n FROM certificates WHERE device_id = ?'),
       insertRevocation: p('INSERT INTO revocations (serial, reason, revoked_at, actor) VALUES (?, ?, ?, ?)'),
-      upsertDeny: p(`INSERT INTO denylist (kind, value, reason, created_at, expires_at, actor) VALUES (@kind, @value, @reason, @now, @expiresAt, @actor)
+      upsertDeny:
+        p(`INSERT INTO denylist (kind, value, reason, created_at, expires_at, actor) VALUES (@kind, @value, @reason, @now, @expiresAt, @actor)
         ON CONFLICT (kind, value) DO UPDATE SET reason = excluded.reason, expires_at = excluded.expires_at, actor = excluded.actor, created_at = excluded.created_at`),
       deleteDeny: p('DELETE FROM denylist WHERE kind = ? AND value = ?'),
       audit: p('INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)'),
@@ -81,7 +102,9 @@ export class RegistryWriter extends RegistryReader {
         VALUES (@name, @serial, @fingerprint, @notAfter, @pem, @now, @actor, @fleet, @types)`),
       insertClaimSerial: p('INSERT INTO claim_serials (hardware_serial, claim, added_at) VALUES (?, ?, ?)'),
       revokeClaim: p('UPDATE claims SET revoked_at = ? WHERE name = ?'),
-      enrollClaimSerial: p('UPDATE claim_serials SET enrolled_at = ?, device_id = ? WHERE hardware_serial = ? AND enrolled_at IS NULL'),
+      enrollClaimSerial: p(
+        'UPDATE claim_serials SET enrolled_at = ?, device_id = ? WHERE hardware_serial = ? AND enrolled_at IS NULL',
+      ),
       crlNumber: p('UPDATE crl_state SET number = number + 1 WHERE id = 1 RETURNING number'),
       // What recording a certificate checks, in one query (one round trip on PostgreSQL): the
       // device, the token it consumes (if any), and the first active denylist entry that matches.
@@ -96,7 +119,8 @@ export class RegistryWriter extends RegistryReader {
         WHERE d.id = @deviceId
         LIMIT 1`),
       // The token and its device, for the check before signing (one round trip).
-      tokenWithDevice: p(`SELECT t.hash AS t_hash, t.device_id AS t_device, t.created_at AS t_created, t.expires_at AS t_expires, t.used_at AS t_used,
+      tokenWithDevice:
+        p(`SELECT t.hash AS t_hash, t.device_id AS t_device, t.created_at AS t_created, t.expires_at AS t_expires, t.used_at AS t_used,
           t.used_serial AS t_serial, d.id, d.fleet, d.type, d.parent, d.status, d.created_at, d.updated_at, d.metadata
         FROM enrollment_tokens t LEFT JOIN devices d ON d.id = t.device_id WHERE t.hash = ?`),
     };
@@ -120,14 +144,18 @@ export class RegistryWriter extends RegistryReader {
    * fsync — for all. If the commit itself fails, every change fails with it.
    */
   batch<T>(changes: readonly (() => T)[]): ({ ok: true; value: T } | { ok: false; error: unknown })[] {
-    return this.sql.transaction(() => changes.map((change) => {
-      try {
-        // Nested transaction: a savepoint, released or rolled back here.
-        return { ok: true as const, value: this.sql.transaction(change)() };
-      } catch (error) {
-        return { ok: false as const, error };
-      }
-    })).immediate();
+    return this.sql
+      .transaction(() =>
+        changes.map((change) => {
+          try {
+            // Nested transaction: a savepoint, released or rolled back here.
+            return { ok: true as const, value: this.sql.transaction(change)() };
+          } catch (error) {
+            return { ok: false as const, error };
+          }
+        }),
+      )
+      .immediate();
   }
 
   /** Appends an audit row on its own (for actions that change no other table). */
@@ -137,26 +165,38 @@ export class RegistryWriter extends RegistryReader {
 
   #requireDevice(id: string): DeviceRecord {
     const device = this.getDevice(assertDeviceId(id));
-    if (device === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`, { detail: { deviceId: id } });
+    if (device === undefined)
+      throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`, { detail: { deviceId: id } });
     return device;
   }
 
   /** Creates a device (status `pending`) and, when `tokenTtlMs` is given, its one-time enrollment token. */
-  addDevice(input: NewDevice, actor: string, options: { tokenTtlMs?: number } = {}): { device: DeviceRecord; token?: IssuedToken } {
+  addDevice(
+    input: NewDevice,
+    actor: string,
+    options: { tokenTtlMs?: number } = {},
+  ): { device: DeviceRecord; token?: IssuedToken } {
     const id = assertDeviceId(input.id);
     const type = assertDeviceType(input.type);
     const fleet = assertDeviceId(input.fleet ?? 'default', 'fleet');
     const metadata = JSON.stringify(input.metadata ?? {});
-    if (Buffer.byteLength(metadata) > METADATA_MAX_BYTES) throw new FleetgateError('USAGE', `metadata is larger than ${METADATA_MAX_BYTES} bytes`);
+    if (Buffer.byteLength(metadata) > METADATA_MAX_BYTES)
+      throw new FleetgateError('USAGE', `metadata is larger than ${METADATA_MAX_BYTES} bytes`);
     const parent = input.parent ?? null;
     return this.#run(() => {
-      if (this.getDevice(id) !== undefined) throw new FleetgateError('DEVICE_EXISTS', `device ${id} already exists`, { detail: { deviceId: id } });
+      if (this.getDevice(id) !== undefined)
+        throw new FleetgateError('DEVICE_EXISTS', `device ${id} already exists`, { detail: { deviceId: id } });
       if (parent !== null) this.#checkParent(parent, type);
       this.#w.insertDevice!.run({ id, fleet, type, parent, now: Date.now(), metadata });
       const token = options.tokenTtlMs === undefined ? undefined : this.#insertToken(id, options.tokenTtlMs, actor);
       // A gateway's live session learns of its new child (its topic scope grows).
       if (parent !== null) this.#event('device.children', parent);
-      this.#audit(actor, 'device.add', id, { type, fleet, parent, token: token === undefined ? null : { expiresAt: token.expiresAt } });
+      this.#audit(actor, 'device.add', id, {
+        type,
+        fleet,
+        parent,
+        token: token === undefined ? null : { expiresAt: token.expiresAt },
+      });
       return { device: this.getDevice(id)!, ...(token && { token }) };
     });
   }
@@ -164,7 +204,8 @@ export class RegistryWriter extends RegistryReader {
   #checkParent(parent: string, childType: DeviceType): void {
     const p = this.getDevice(assertDeviceId(parent, 'parent id'));
     if (p === undefined) throw new FleetgateError('PARENT_INVALID', `parent device ${parent} not found`);
-    if (p.type !== 'gateway') throw new FleetgateError('PARENT_INVALID', `parent device ${parent} is a ${p.type}, not a gateway`);
+    if (p.type !== 'gateway')
+      throw new FleetgateError('PARENT_INVALID', `parent device ${parent} is a ${p.type}, not a gateway`);
     if (p.status === 'revoked') throw new FleetgateError('PARENT_INVALID', `parent device ${parent} is revoked`);
     if (childType === 'gateway' || childType === 'service' || childType === 'operator' || childType === 'auditor') {
       throw new FleetgateError('PARENT_INVALID', `a ${childType} cannot be the child of a gateway`);
@@ -172,7 +213,8 @@ export class RegistryWriter extends RegistryReader {
   }
 
   #insertToken(deviceId: string, ttlMs: number, actor: string): IssuedToken {
-    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) throw new FleetgateError('USAGE', 'token lifetime must be a positive duration');
+    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0)
+      throw new FleetgateError('USAGE', 'token lifetime must be a positive duration');
     const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
     const now = Date.now();
     const expiresAt = now + ttlMs;
@@ -220,25 +262,45 @@ export class RegistryWriter extends RegistryReader {
       return { token, device: token === undefined ? undefined : this.getDevice(token.deviceId) };
     }
     const r = this.#w.tokenWithDevice!.get(tokenHash) as Record<string, unknown> | undefined;
-    return { token: r === undefined ? undefined : tokenOf(r), device: r?.id === null || r?.id === undefined ? undefined : toDevice(r) };
+    return {
+      token: r === undefined ? undefined : tokenOf(r),
+      device: r?.id === null || r?.id === undefined ? undefined : toDevice(r),
+    };
   }
 
   /** What recording a certificate checks: the device, the token it consumes, the first active denylist entry that matches. */
-  #recordFacts(cert: NewCertificate, now: number): { device: DeviceRecord | undefined; token: TokenRecord | undefined; denied: { kind: string; value: string; reason: string | null } | undefined } {
+  #recordFacts(
+    cert: NewCertificate,
+    now: number,
+  ): {
+    device: DeviceRecord | undefined;
+    token: TokenRecord | undefined;
+    denied: { kind: string; value: string; reason: string | null } | undefined;
+  } {
     const deviceId = assertDeviceId(cert.deviceId);
     if (this.sql.dialect === 'sqlite') {
       // SQLite: separate look-ups cost less than the join (measured: 10 vs 41 µs).
       return {
-        device: this.getDevice(deviceId), token: cert.tokenHash === undefined ? undefined : this.getToken(cert.tokenHash),
+        device: this.getDevice(deviceId),
+        token: cert.tokenHash === undefined ? undefined : this.getToken(cert.tokenHash),
         denied: this.findDenied({ fingerprint: cert.fingerprint, spki: cert.spkiSha256, deviceId, now }),
       };
     }
     // PostgreSQL: one round trip instead of three.
-    const f = this.#w.recordFacts!.get({ deviceId, tokenHash: cert.tokenHash ?? null, fingerprint: cert.fingerprint, spki: cert.spkiSha256, now }) as Record<string, unknown> | undefined;
+    const f = this.#w.recordFacts!.get({
+      deviceId,
+      tokenHash: cert.tokenHash ?? null,
+      fingerprint: cert.fingerprint,
+      spki: cert.spkiSha256,
+      now,
+    }) as Record<string, unknown> | undefined;
     return {
       device: f === undefined ? undefined : toDevice(f),
       token: f?.t_hash === null || f?.t_hash === undefined ? undefined : tokenOf(f),
-      denied: f?.x_kind === null || f?.x_kind === undefined ? undefined : { kind: f.x_kind as string, value: f.x_value as string, reason: (f.x_reason as string | null) ?? null },
+      denied:
+        f?.x_kind === null || f?.x_kind === undefined
+          ? undefined
+          : { kind: f.x_kind as string, value: f.x_value as string, reason: (f.x_reason as string | null) ?? null },
     };
   }
 
@@ -254,29 +316,54 @@ export class RegistryWriter extends RegistryReader {
       const device = deviceMayEnroll(facts.device, cert.deviceId);
       if (cert.tokenHash !== undefined) {
         const { deviceId } = checkTokenRecord(facts.token, Date.now());
-        if (deviceId !== device.id) throw new FleetgateError('TOKEN_INVALID', `enrollment token is bound to another device`);
-        if (this.#w.useToken!.run(Date.now(), cert.serial, cert.tokenHash).changes !== 1) throw new FleetgateError('TOKEN_USED', 'enrollment token already used');
+        if (deviceId !== device.id)
+          throw new FleetgateError('TOKEN_INVALID', `enrollment token is bound to another device`);
+        if (this.#w.useToken!.run(Date.now(), cert.serial, cert.tokenHash).changes !== 1)
+          throw new FleetgateError('TOKEN_USED', 'enrollment token already used');
       }
       if (cert.supersedes !== undefined) this.assertMayRenew(cert.supersedes, device.id);
       // Nothing denylisted gets a certificate: not the device, not the key it asks to certify.
       const denied = facts.denied;
       if (denied !== undefined) {
-        throw new FleetgateError('DENYLISTED', `${denied.kind} ${denied.value} is denylisted${denied.reason ? `: ${denied.reason}` : ''}`, { detail: { deviceId: device.id, denied: denied.kind } });
+        throw new FleetgateError(
+          'DENYLISTED',
+          `${denied.kind} ${denied.value} is denylisted${denied.reason ? `: ${denied.reason}` : ''}`,
+          { detail: { deviceId: device.id, denied: denied.kind } },
+        );
       }
       const issuedAt = Date.now();
       this.#w.insertCert!.run({ ...cert, now: issuedAt, actor });
-      if (cert.supersedes !== undefined && this.#w.supersede!.run(cert.serial, cert.supersedes, device.id).changes !== 1) {
-        throw new FleetgateError('CERT_SUPERSEDED', `certificate ${cert.supersedes} was renewed already`, { detail: { deviceId: device.id, serial: cert.supersedes } });
+      if (
+        cert.supersedes !== undefined &&
+        this.#w.supersede!.run(cert.serial, cert.supersedes, device.id).changes !== 1
+      ) {
+        throw new FleetgateError('CERT_SUPERSEDED', `certificate ${cert.supersedes} was renewed already`, {
+          detail: { deviceId: device.id, serial: cert.supersedes },
+        });
       }
       if (device.status === 'pending') this.#w.setStatus!.run('active', Date.now(), device.id);
       this.#audit(actor, 'cert.issue', device.id, {
-        serial: cert.serial, fingerprint: cert.fingerprint, method: cert.method, notAfter: cert.notAfter,
-        ...(cert.supersedes !== undefined && { supersedes: cert.supersedes }), ...cert.auditDetail,
+        serial: cert.serial,
+        fingerprint: cert.fingerprint,
+        method: cert.method,
+        notAfter: cert.notAfter,
+        ...(cert.supersedes !== undefined && { supersedes: cert.supersedes }),
+        ...cert.auditDetail,
       });
       // The row as written, without reading it back.
       return {
-        serial: cert.serial, deviceId: cert.deviceId, fingerprint: cert.fingerprint, spkiSha256: cert.spkiSha256, notBefore: cert.notBefore,
-        notAfter: cert.notAfter, pem: cert.pem, issuedAt, method: cert.method, actor, supersededBy: null, revocation: null,
+        serial: cert.serial,
+        deviceId: cert.deviceId,
+        fingerprint: cert.fingerprint,
+        spkiSha256: cert.spkiSha256,
+        notBefore: cert.notBefore,
+        notAfter: cert.notAfter,
+        pem: cert.pem,
+        issuedAt,
+        method: cert.method,
+        actor,
+        supersededBy: null,
+        revocation: null,
       };
     });
   }
@@ -290,7 +377,11 @@ export class RegistryWriter extends RegistryReader {
     const cert = this.getCertificate(serial);
     const newest = (this.#w.newestCert!.get(deviceId) as { serial: string } | undefined)?.serial;
     if (cert === undefined || cert.supersededBy !== null || newest !== serial) {
-      throw new FleetgateError('CERT_SUPERSEDED', `certificate ${serial} of ${deviceId} is not the device's newest (superseded by ${cert?.supersededBy ?? newest})`, { detail: { deviceId, serial } });
+      throw new FleetgateError(
+        'CERT_SUPERSEDED',
+        `certificate ${serial} of ${deviceId} is not the device's newest (superseded by ${cert?.supersededBy ?? newest})`,
+        { detail: { deviceId, serial } },
+      );
     }
   }
 
@@ -302,7 +393,8 @@ export class RegistryWriter extends RegistryReader {
   suspendDevice(id: string, actor: string, reason?: string): { device: DeviceRecord; changed: boolean } {
     return this.#run(() => {
       const device = this.#requireDevice(id);
-      if (device.status === 'revoked') throw new FleetgateError('DEVICE_STATE_CONFLICT', `device ${id} is revoked; it cannot be suspended`);
+      if (device.status === 'revoked')
+        throw new FleetgateError('DEVICE_STATE_CONFLICT', `device ${id} is revoked; it cannot be suspended`);
       if (device.status === 'suspended') return { device, changed: false };
       this.#w.setStatus!.run('suspended', Date.now(), device.id);
       this.#event('device.suspend', device.id);
@@ -314,7 +406,8 @@ export class RegistryWriter extends RegistryReader {
   resumeDevice(id: string, actor: string): { device: DeviceRecord; changed: boolean } {
     return this.#run(() => {
       const device = this.#requireDevice(id);
-      if (device.status === 'revoked') throw new FleetgateError('DEVICE_STATE_CONFLICT', `device ${id} is revoked; revocation is permanent`);
+      if (device.status === 'revoked')
+        throw new FleetgateError('DEVICE_STATE_CONFLICT', `device ${id} is revoked; revocation is permanent`);
       if (device.status !== 'suspended') return { device, changed: false };
       const hasCert = (this.#w.certCount!.get(device.id) as { n: number }).n > 0;
       this.#w.setStatus!.run(hasCert ? 'active' : 'pending', Date.now(), device.id);
@@ -325,7 +418,11 @@ export class RegistryWriter extends RegistryReader {
   }
 
   /** Permanently revokes a device: every certificate it holds is revoked and unused tokens expire. */
-  revokeDevice(id: string, reason: number, actor: string): { device: DeviceRecord; revokedSerials: string[]; changed: boolean } {
+  revokeDevice(
+    id: string,
+    reason: number,
+    actor: string,
+  ): { device: DeviceRecord; revokedSerials: string[]; changed: boolean } {
     return this.#run(() => {
       const device = this.#requireDevice(id);
       if (device.status === 'revoked') return { device, revokedSerials: [], changed: false };
@@ -343,7 +440,8 @@ export class RegistryWriter extends RegistryReader {
   revokeCertificate(serial: string, reason: number, actor: string): CertificateRecord {
     return this.#run(() => {
       const cert = this.getCertificate(serial);
-      if (cert === undefined) throw new FleetgateError('CERT_NOT_FOUND', `certificate ${serial} not found`, { detail: { serial } });
+      if (cert === undefined)
+        throw new FleetgateError('CERT_NOT_FOUND', `certificate ${serial} not found`, { detail: { serial } });
       if (cert.revocation !== null) return cert;
       this.#w.insertRevocation!.run(cert.serial, reason, Date.now(), actor);
       this.#event('cert.revoke', cert.deviceId, cert.serial);
@@ -352,12 +450,25 @@ export class RegistryWriter extends RegistryReader {
     });
   }
 
-  addDeny(input: { kind: DenyKind | string; value: string; reason?: string | null; expiresAt?: number | null }, actor: string): DenyRecord {
+  addDeny(
+    input: { kind: DenyKind | string; value: string; reason?: string | null; expiresAt?: number | null },
+    actor: string,
+  ): DenyRecord {
     const { kind, value } = normalizeDenyTarget(input.kind, input.value);
     return this.#run(() => {
-      this.#w.upsertDeny!.run({ kind, value, reason: input.reason ?? null, now: Date.now(), expiresAt: input.expiresAt ?? null, actor });
+      this.#w.upsertDeny!.run({
+        kind,
+        value,
+        reason: input.reason ?? null,
+        now: Date.now(),
+        expiresAt: input.expiresAt ?? null,
+        actor,
+      });
       this.#event('deny.add', kind === 'device' ? value : null, null, `${kind}:${value}`);
-      this.#audit(actor, 'deny.add', `${kind}:${value}`, { reason: input.reason ?? null, expiresAt: input.expiresAt ?? null });
+      this.#audit(actor, 'deny.add', `${kind}:${value}`, {
+        reason: input.reason ?? null,
+        expiresAt: input.expiresAt ?? null,
+      });
       return this.getDeny(kind, value)!;
     });
   }
@@ -376,7 +487,18 @@ export class RegistryWriter extends RegistryReader {
 
   /** Records a claim certificate (made by `fleetgate claim create`). */
   /** Records a claim certificate with the fleet and device types its enrollments get (default: `default`, sensors). */
-  createClaim(claim: { name: string; serial: string; fingerprint: string; notAfter: number; pem: string; fleet?: string; types?: readonly string[] }, actor: string): ClaimRecord {
+  createClaim(
+    claim: {
+      name: string;
+      serial: string;
+      fingerprint: string;
+      notAfter: number;
+      pem: string;
+      fleet?: string;
+      types?: readonly string[];
+    },
+    actor: string,
+  ): ClaimRecord {
     const name = assertDeviceId(claim.name, 'claim name');
     const fleet = assertDeviceId(claim.fleet ?? 'default', 'fleet');
     const types = claim.types ?? ['sensor'];
@@ -386,7 +508,13 @@ export class RegistryWriter extends RegistryReader {
     return this.#run(() => {
       if (this.getClaim(name) !== undefined) throw new FleetgateError('DEVICE_EXISTS', `claim ${name} already exists`);
       this.#w.insertClaim!.run({ ...claim, name, fleet, types: [...new Set(types)].join(','), now: Date.now(), actor });
-      this.#audit(actor, 'claim.create', name, { serial: claim.serial, fingerprint: claim.fingerprint, notAfter: claim.notAfter, fleet, types });
+      this.#audit(actor, 'claim.create', name, {
+        serial: claim.serial,
+        fingerprint: claim.fingerprint,
+        notAfter: claim.notAfter,
+        fleet,
+        types,
+      });
       return this.getClaim(name)!;
     });
   }
@@ -401,7 +529,10 @@ export class RegistryWriter extends RegistryReader {
       for (const serial of serials) {
         const existing = this.getClaimSerial(serial);
         if (existing !== undefined && existing.claim !== name) {
-          throw new FleetgateError('DEVICE_STATE_CONFLICT', `hardware serial ${serial} is already on claim ${existing.claim}`);
+          throw new FleetgateError(
+            'DEVICE_STATE_CONFLICT',
+            `hardware serial ${serial} is already on claim ${existing.claim}`,
+          );
         }
         if (existing === undefined) {
           this.#w.insertClaimSerial!.run(serial, name, Date.now());
@@ -428,7 +559,10 @@ export class RegistryWriter extends RegistryReader {
    * Enrollment by claim, recorded in one transaction: the claim is still good, the serial is on
    * its allowlist and has not enrolled, the device is created and the certificate recorded.
    */
-  recordClaimEnrollment(input: { claimName: string; hardwareSerial: string; type: DeviceType; fleet: string; cert: NewCertificate }, actor: string): CertificateRecord {
+  recordClaimEnrollment(
+    input: { claimName: string; hardwareSerial: string; type: DeviceType; fleet: string; cert: NewCertificate },
+    actor: string,
+  ): CertificateRecord {
     return this.#run(() => {
       this.checkClaimEnrollment(input.claimName, input.hardwareSerial);
       this.addDevice({ id: input.cert.deviceId, type: input.type, fleet: input.fleet }, actor);
@@ -441,11 +575,20 @@ export class RegistryWriter extends RegistryReader {
   /** Throws the reason a claim may not enroll this serial now (CLAIM_REVOKED, SERIAL_NOT_ALLOWED, SERIAL_ALREADY_ENROLLED). */
   checkClaimEnrollment(claimName: string, hardwareSerial: string): void {
     const claim = this.getClaim(claimName);
-    if (claim === undefined || claim.revokedAt !== null) throw new FleetgateError('CLAIM_REVOKED', `claim ${claimName} is revoked or unknown`);
+    if (claim === undefined || claim.revokedAt !== null)
+      throw new FleetgateError('CLAIM_REVOKED', `claim ${claimName} is revoked or unknown`);
     if (claim.notAfter <= Date.now()) throw new FleetgateError('CLAIM_REVOKED', `claim ${claimName} expired`);
     const entry = this.getClaimSerial(hardwareSerial);
-    if (entry === undefined || entry.claim !== claimName) throw new FleetgateError('SERIAL_NOT_ALLOWED', `hardware serial ${hardwareSerial} is not on claim ${claimName}'s allowlist`);
-    if (entry.enrolledAt !== null) throw new FleetgateError('SERIAL_ALREADY_ENROLLED', `hardware serial ${hardwareSerial} already enrolled as ${entry.deviceId}`);
+    if (entry === undefined || entry.claim !== claimName)
+      throw new FleetgateError(
+        'SERIAL_NOT_ALLOWED',
+        `hardware serial ${hardwareSerial} is not on claim ${claimName}'s allowlist`,
+      );
+    if (entry.enrolledAt !== null)
+      throw new FleetgateError(
+        'SERIAL_ALREADY_ENROLLED',
+        `hardware serial ${hardwareSerial} already enrolled as ${entry.deviceId}`,
+      );
   }
 
   /** The next CRL number (RFC 5280 §5.2.3: monotonically increasing), committed before use. */
@@ -460,32 +603,50 @@ export class RegistryWriter extends RegistryReader {
 
 /** Throws DEVICE_NOT_FOUND / DEVICE_REVOKED / DEVICE_SUSPENDED unless `device` (looked up as `id`) may receive a certificate. */
 function deviceMayEnroll(device: DeviceRecord | undefined, id: string): DeviceRecord {
-  if (device === undefined) throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`, { detail: { deviceId: id } });
-  if (device.status === 'revoked') throw new FleetgateError('DEVICE_REVOKED', `device ${device.id} is revoked`, { detail: { deviceId: device.id } });
-  if (device.status === 'suspended') throw new FleetgateError('DEVICE_SUSPENDED', `device ${device.id} is suspended`, { detail: { deviceId: device.id } });
+  if (device === undefined)
+    throw new FleetgateError('DEVICE_NOT_FOUND', `device ${id} not found`, { detail: { deviceId: id } });
+  if (device.status === 'revoked')
+    throw new FleetgateError('DEVICE_REVOKED', `device ${device.id} is revoked`, { detail: { deviceId: device.id } });
+  if (device.status === 'suspended')
+    throw new FleetgateError('DEVICE_SUSPENDED', `device ${device.id} is suspended`, {
+      detail: { deviceId: device.id },
+    });
   return device;
 }
 
 /** Throws TOKEN_INVALID / TOKEN_USED / TOKEN_EXPIRED unless the token may be used now. */
 function checkTokenRecord(token: TokenRecord | undefined, now: number): { deviceId: string } {
   if (token === undefined) throw new FleetgateError('TOKEN_INVALID', 'unknown enrollment token');
-  if (token.usedAt !== null) throw new FleetgateError('TOKEN_USED', `enrollment token for ${token.deviceId} was already used`, { detail: { deviceId: token.deviceId } });
-  if (token.expiresAt <= now) throw new FleetgateError('TOKEN_EXPIRED', `enrollment token for ${token.deviceId} expired`, { detail: { deviceId: token.deviceId } });
+  if (token.usedAt !== null)
+    throw new FleetgateError('TOKEN_USED', `enrollment token for ${token.deviceId} was already used`, {
+      detail: { deviceId: token.deviceId },
+    });
+  if (token.expiresAt <= now)
+    throw new FleetgateError('TOKEN_EXPIRED', `enrollment token for ${token.deviceId} expired`, {
+      detail: { deviceId: token.deviceId },
+    });
   return { deviceId: token.deviceId };
 }
 
 /** A token from a row whose token columns are prefixed `t_`. */
 function tokenOf(r: Record<string, unknown>): TokenRecord {
   return {
-    hash: r.t_hash as string, deviceId: r.t_device as string, createdAt: r.t_created as number, expiresAt: r.t_expires as number,
-    usedAt: (r.t_used as number | null) ?? null, usedSerial: (r.t_serial as string | null) ?? null,
+    hash: r.t_hash as string,
+    deviceId: r.t_device as string,
+    createdAt: r.t_created as number,
+    expiresAt: r.t_expires as number,
+    usedAt: (r.t_used as number | null) ?? null,
+    usedSerial: (r.t_serial as string | null) ?? null,
   };
 }
 
 /** Validates and normalizes a denylist target: SHA-256 hex for fingerprint/spki, a device id for device. */
 export function normalizeDenyTarget(kind: string, value: string): { kind: DenyKind; value: string } {
   if (!(DENY_KINDS as readonly string[]).includes(kind)) {
-    throw new FleetgateError('USAGE', `denylist kind ${JSON.stringify(kind)} is invalid: one of ${DENY_KINDS.join(', ')}`);
+    throw new FleetgateError(
+      'USAGE',
+      `denylist kind ${JSON.stringify(kind)} is invalid: one of ${DENY_KINDS.join(', ')}`,
+    );
   }
   if (kind === 'device') return { kind, value: assertDeviceId(value) };
   const hex = normalizeHex(value);

@@ -10,10 +10,11 @@ import { postgresBin, startPostgres, type PostgresServer } from '../../harness/p
 export type Engine = 'sqlite' | 'postgres';
 
 if (postgresBin() === undefined && process.env.CI === 'true') {
-  throw new Error('PostgreSQL is missing: .ci/run installs Debian\'s postgresql for the registry and cluster tests');
+  throw new Error("PostgreSQL is missing: .ci/run installs Debian's postgresql for the registry and cluster tests");
 }
 /** `skip` for a PostgreSQL test where the server is not installed (never in CI). */
-export const pgSkip: false | string = postgresBin() === undefined ? 'no PostgreSQL (apt-get install postgresql)' : false;
+export const pgSkip: false | string =
+  postgresBin() === undefined ? 'no PostgreSQL (apt-get install postgresql)' : false;
 export const ENGINES: readonly Engine[] = pgSkip === false ? ['sqlite', 'postgres'] : ['sqlite'];
 
 let server: Promise<PostgresServer> | undefined;

@@ -18,7 +18,8 @@ export class LogCapture {
   readonly lines: Record<string, unknown>[] = [];
   readonly stream = new Writable({
     write: (chunk: Buffer, _enc, cb) => {
-      for (const line of chunk.toString().split('\n')) if (line.trim() !== '') this.lines.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of chunk.toString().split('\n'))
+        if (line.trim() !== '') this.lines.push(JSON.parse(line) as Record<string, unknown>);
       cb();
     },
   });
@@ -28,7 +29,10 @@ export class LogCapture {
     for (;;) {
       const hit = this.lines.find(match);
       if (hit !== undefined) return hit;
-      if (Date.now() > deadline) throw new Error(`no matching log line in ${this.lines.length} lines:\n${this.lines.map((l) => JSON.stringify(l)).join('\n')}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `no matching log line in ${this.lines.length} lines:\n${this.lines.map((l) => JSON.stringify(l)).join('\n')}`,
+        );
       await new Promise((r) => setTimeout(r, 20));
     }
   }
@@ -48,7 +52,11 @@ export interface TestFleet {
 }
 
 /** A data dir with a CA and registry, and a gateway on ephemeral loopback ports; all closed after the test. */
-export async function startTestFleet(t: TestContext | { after(fn: () => unknown): void }, env: NodeJS.ProcessEnv = {}, file?: Record<string, unknown>): Promise<TestFleet> {
+export async function startTestFleet(
+  t: TestContext | { after(fn: () => unknown): void },
+  env: NodeJS.ProcessEnv = {},
+  file?: Record<string, unknown>,
+): Promise<TestFleet> {
   const dir = tempDir(t as TestContext);
   if (file !== undefined) {
     mkdirSync(join(dir, 'data'), { recursive: true, mode: 0o700 });
@@ -56,7 +64,15 @@ export async function startTestFleet(t: TestContext | { after(fn: () => unknown)
   }
   const config = loadConfig({
     dataDir: join(dir, 'data'),
-    env: { FLEETGATE_MQTT_PORT: '0', FLEETGATE_WSS_PORT: '0', FLEETGATE_ADMIN_PORT: '0', FLEETGATE_CONSOLE_PORT: '0', FLEETGATE_HTTPS_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
+    env: {
+      FLEETGATE_MQTT_PORT: '0',
+      FLEETGATE_WSS_PORT: '0',
+      FLEETGATE_ADMIN_PORT: '0',
+      FLEETGATE_CONSOLE_PORT: '0',
+      FLEETGATE_HTTPS_PORT: '0',
+      FLEETGATE_ACTOR: 'test',
+      ...env,
+    },
   });
   await initDataDir(config);
   const paths = dataPaths(config.dataDir, config.registry);
@@ -69,7 +85,13 @@ export async function startTestFleet(t: TestContext | { after(fn: () => unknown)
     registry.close();
   });
   return {
-    dir, config, registry, ca, rootFile: paths.rootCert, gateway, log,
+    dir,
+    config,
+    registry,
+    ca,
+    rootFile: paths.rootCert,
+    gateway,
+    log,
     mqttsUrl: `mqtts://127.0.0.1:${gateway.ports.mqtts}`,
     wssUrl: `wss://127.0.0.1:${gateway.ports.wss}/mqtt`,
     httpsUrl: `https://127.0.0.1:${gateway.ports.https}`,
@@ -88,9 +110,15 @@ export interface TestProvisioning {
 }
 
 /** A data dir and the provisioning service on an ephemeral loopback port; closed after the test. */
-export async function startTestProvisioning(t: TestContext | { after(fn: () => unknown): void }, env: NodeJS.ProcessEnv = {}): Promise<TestProvisioning> {
+export async function startTestProvisioning(
+  t: TestContext | { after(fn: () => unknown): void },
+  env: NodeJS.ProcessEnv = {},
+): Promise<TestProvisioning> {
   const dir = tempDir(t as TestContext);
-  const config = loadConfig({ dataDir: join(dir, 'data'), env: { FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ACTOR: 'test', ...env } });
+  const config = loadConfig({
+    dataDir: join(dir, 'data'),
+    env: { FLEETGATE_PROVISION_PORT: '0', FLEETGATE_ACTOR: 'test', ...env },
+  });
   await initDataDir(config);
   const paths = dataPaths(config.dataDir, config.registry);
   const registry = new RegistryWriter(paths.registry);
@@ -100,14 +128,28 @@ export async function startTestProvisioning(t: TestContext | { after(fn: () => u
     await service.close();
     registry.close();
   });
-  return { dir, config, registry, ca: await loadCa(paths), rootFile: paths.rootCert, url: service.endpoint, port: service.port, log };
+  return {
+    dir,
+    config,
+    registry,
+    ca: await loadCa(paths),
+    rootFile: paths.rootCert,
+    url: service.endpoint,
+    port: service.port,
+    log,
+  };
 }
 
 /**
  * The audit rows matching `match`, once there are at least `count` of them (the gateway appends
  * its rows on its registry thread, just after the event it records). Gives up after `ms`.
  */
-export async function auditRows(registry: RegistryWriter, match: (a: AuditRecord) => boolean, count = 1, ms = 15_000): Promise<AuditRecord[]> {
+export async function auditRows(
+  registry: RegistryWriter,
+  match: (a: AuditRecord) => boolean,
+  count = 1,
+  ms = 15_000,
+): Promise<AuditRecord[]> {
   const deadline = Date.now() + ms;
   for (;;) {
     const rows = registry.listAudit().filter(match);

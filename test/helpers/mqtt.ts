@@ -26,7 +26,11 @@ export async function connect(url: string, cred: Credential | undefined, opts: C
     ...(opts.localAddress !== undefined && { localAddress: opts.localAddress }),
   };
   // STACK-NOTES: without `false`, connectAsync never settles when the server closes before CONNACK.
-  const client = await withTimeout(mqtt.connectAsync(url, options, false), (opts.timeoutMs ?? 15_000) + 1_000, 'connect');
+  const client = await withTimeout(
+    mqtt.connectAsync(url, options, false),
+    (opts.timeoutMs ?? 15_000) + 1_000,
+    'connect',
+  );
   return client;
 }
 
@@ -34,13 +38,26 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     p.finally(() => clearTimeout(timer)),
-    new Promise<T>((_r, reject) => { timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms); }),
+    new Promise<T>((_r, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+    }),
   ]);
 }
 
 /** Resolves once `ok` holds, asked every `everyMs` (rejects after `ms`): a wait for a state, never for a duration. */
-export async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 20_000, everyMs = 20): Promise<void> {
-  await withTimeout((async () => { while (!(await ok())) await new Promise((r) => setTimeout(r, everyMs)); })(), ms, what);
+export async function until(
+  what: string,
+  ok: () => boolean | Promise<boolean>,
+  ms = 20_000,
+  everyMs = 20,
+): Promise<void> {
+  await withTimeout(
+    (async () => {
+      while (!(await ok())) await new Promise((r) => setTimeout(r, everyMs));
+    })(),
+    ms,
+    what,
+  );
 }
 
 /**
@@ -51,19 +68,27 @@ export async function until(what: string, ok: () => boolean | Promise<boolean>, 
 export function closed(client: MqttClient, ms = 20_000): Promise<number> {
   const started = Date.now();
   if (!client.connected) return Promise.resolve(0);
-  return withTimeout(new Promise((resolve) => client.once('close', () => resolve(Date.now() - started))), ms, 'waiting for close');
+  return withTimeout(
+    new Promise((resolve) => client.once('close', () => resolve(Date.now() - started))),
+    ms,
+    'waiting for close',
+  );
 }
 
 /** The next message on `topic` received by `client`. */
 export function nextMessage(client: MqttClient, topic: string, ms = 15_000): Promise<string> {
-  return withTimeout(new Promise((resolve) => {
-    const on = (t: string, payload: Buffer) => {
-      if (t !== topic) return;
-      client.off('message', on);
-      resolve(payload.toString());
-    };
-    client.on('message', on);
-  }), ms, `message on ${topic}`);
+  return withTimeout(
+    new Promise((resolve) => {
+      const on = (t: string, payload: Buffer) => {
+        if (t !== topic) return;
+        client.off('message', on);
+        resolve(payload.toString());
+      };
+      client.on('message', on);
+    }),
+    ms,
+    `message on ${topic}`,
+  );
 }
 
 export async function end(...clients: (MqttClient | undefined)[]): Promise<void> {

@@ -16,10 +16,27 @@ const NEWKEY: Record<KeySpec, string[]> = {
  * A key and CSR made by `openssl req`, as a factory station would. `extra` adds arguments
  * (e.g. `-addext basicConstraints=critical,CA:TRUE`).
  */
-export async function opensslCsr(dir: string, name: string, key: KeySpec = 'ec', extra: string[] = []): Promise<{ keyFile: string; csrFile: string; csrPem: string }> {
+export async function opensslCsr(
+  dir: string,
+  name: string,
+  key: KeySpec = 'ec',
+  extra: string[] = [],
+): Promise<{ keyFile: string; csrFile: string; csrPem: string }> {
   const keyFile = join(dir, `${name}.key`);
   const csrFile = join(dir, `${name}.csr`);
-  const r = await run('openssl', ['req', '-new', ...NEWKEY[key], '-nodes', '-keyout', keyFile, '-subj', `/CN=${name}`, ...extra, '-out', csrFile]);
+  const r = await run('openssl', [
+    'req',
+    '-new',
+    ...NEWKEY[key],
+    '-nodes',
+    '-keyout',
+    keyFile,
+    '-subj',
+    `/CN=${name}`,
+    ...extra,
+    '-out',
+    csrFile,
+  ]);
   if (r.code !== 0) throw new Error(`openssl req failed: ${r.stderr}`);
   return { keyFile, csrFile, csrPem: readFileSync(csrFile, 'utf8') };
 }

@@ -16,7 +16,12 @@ export interface RawClient {
   end(): void;
 }
 
-export async function rawClient(url: string, cred: Credential, ca: string | Buffer, options: { v5?: boolean } = {}): Promise<RawClient> {
+export async function rawClient(
+  url: string,
+  cred: Credential,
+  ca: string | Buffer,
+  options: { v5?: boolean } = {},
+): Promise<RawClient> {
   const parser = mqttPacket.parser({ protocolVersion: options.v5 === true ? 5 : 4 });
   const packets: Packet[] = [];
   const waiters: (() => void)[] = [];
@@ -36,20 +41,37 @@ export async function rawClient(url: string, cred: Credential, ca: string | Buff
   let write: (b: Buffer) => void;
   let end: () => void;
   if (u.protocol === 'mqtts:') {
-    const socket = tlsConnect({ host: u.hostname, port: Number(u.port), ca, cert: cred.certPem, key: cred.keyPem, servername: 'localhost' });
-    await new Promise<void>((resolve, reject) => { socket.once('secureConnect', () => resolve()); socket.once('error', reject); });
+    const socket = tlsConnect({
+      host: u.hostname,
+      port: Number(u.port),
+      ca,
+      cert: cred.certPem,
+      key: cred.keyPem,
+      servername: 'localhost',
+    });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('secureConnect', () => resolve());
+      socket.once('error', reject);
+    });
     socket.on('error', () => undefined);
     socket.on('data', (b: Buffer) => parser.parse(b));
     socket.on('close', onClose);
-    write = (b) => { if (!socket.destroyed) socket.write(b); };
+    write = (b) => {
+      if (!socket.destroyed) socket.write(b);
+    };
     end = () => socket.destroy();
   } else {
     const ws = new WebSocket(url, 'mqtt', { ca, cert: cred.certPem, key: cred.keyPem });
-    await new Promise<void>((resolve, reject) => { ws.once('open', () => resolve()); ws.once('error', reject); });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
     ws.on('error', () => undefined);
     ws.on('message', (data: Buffer) => parser.parse(data));
     ws.on('close', onClose);
-    write = (b) => { if (ws.readyState === ws.OPEN) ws.send(b); };
+    write = (b) => {
+      if (ws.readyState === ws.OPEN) ws.send(b);
+    };
     end = () => ws.terminate();
   }
   return {
@@ -63,7 +85,10 @@ export async function rawClient(url: string, cred: Credential, ca: string | Buff
         if (Date.now() > deadline) throw new Error(`no ${cmd ?? 'packet'} within ${ms} ms`);
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-          waiters.push(() => { clearTimeout(timer); resolve(); });
+          waiters.push(() => {
+            clearTimeout(timer);
+            resolve();
+          });
         });
       }
     },
@@ -71,7 +96,10 @@ export async function rawClient(url: string, cred: Credential, ca: string | Buff
       if (isClosed) return Promise.resolve(true);
       return new Promise((resolve) => {
         const timer = setTimeout(() => resolve(false), ms);
-        closeWaiters.push(() => { clearTimeout(timer); resolve(true); });
+        closeWaiters.push(() => {
+          clearTimeout(timer);
+          resolve(true);
+        });
       });
     },
     get isClosed() {
@@ -93,12 +121,28 @@ export function bytes5(packet: Record<string, unknown>): Buffer {
 
 /** An MQTT 5 CONNECT for this client id (clean start, keepalive 30). */
 export function connect5Bytes(clientId: string, extra: Record<string, unknown> = {}): Buffer {
-  return bytes5({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 5, clean: true, keepalive: 30, clientId, ...extra });
+  return bytes5({
+    cmd: 'connect',
+    protocolId: 'MQTT',
+    protocolVersion: 5,
+    clean: true,
+    keepalive: 30,
+    clientId,
+    ...extra,
+  });
 }
 
 /** A CONNECT for this client id (MQTT 3.1.1, clean session, keepalive 30). */
 export function connectBytes(clientId: string, extra: Record<string, unknown> = {}): Buffer {
-  return bytes({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 30, clientId, ...extra });
+  return bytes({
+    cmd: 'connect',
+    protocolId: 'MQTT',
+    protocolVersion: 4,
+    clean: true,
+    keepalive: 30,
+    clientId,
+    ...extra,
+  });
 }
 
 /** A packet with a hand-made fixed header: type/flags byte, then the body (remaining length computed). */

@@ -6,7 +6,12 @@ import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { RegistryWriter } from '../../provisioning/registry/writer.ts';
 
 const { url, job, tokens, devices, rounds, name } = workerData as {
-  url: string; job: 'enroll' | 'flip'; tokens?: { hash: string; deviceId: string }[]; devices?: string[]; rounds?: number; name: string;
+  url: string;
+  job: 'enroll' | 'flip';
+  tokens?: { hash: string; deviceId: string }[];
+  devices?: string[];
+  rounds?: number;
+  name: string;
 };
 const writer = new RegistryWriter(url);
 const won: string[] = [];
@@ -15,10 +20,20 @@ if (job === 'enroll') {
   for (const [i, t] of tokens!.entries()) {
     const serial = `${name}-${String(i).padStart(4, '0')}`;
     try {
-      writer.recordCertificate({
-        serial, deviceId: t.deviceId, fingerprint: serial.padEnd(64, 'f'), spkiSha256: serial.padEnd(64, 'e'),
-        notBefore: 0, notAfter: Date.now() + 86_400_000, pem: 'PEM', method: 'token', tokenHash: t.hash,
-      }, name);
+      writer.recordCertificate(
+        {
+          serial,
+          deviceId: t.deviceId,
+          fingerprint: serial.padEnd(64, 'f'),
+          spkiSha256: serial.padEnd(64, 'e'),
+          notBefore: 0,
+          notAfter: Date.now() + 86_400_000,
+          pem: 'PEM',
+          method: 'token',
+          tokenHash: t.hash,
+        },
+        name,
+      );
       won.push(t.hash);
     } catch (err) {
       const code = err instanceof FleetgateError ? err.code : `not coded: ${(err as Error).message}`;

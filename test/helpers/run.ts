@@ -15,9 +15,17 @@ export interface RunResult {
 }
 
 /** Runs a program to completion (no shell), with optional standard input. */
-export function run(cmd: string, args: readonly string[], options: { input?: string | Buffer; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<RunResult> {
+export function run(
+  cmd: string,
+  args: readonly string[],
+  options: { input?: string | Buffer; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(cmd, args, { env: { ...process.env, ...options.env }, stdio: ['pipe', 'pipe', 'pipe'], timeout: options.timeoutMs ?? 60_000 });
+    const child = spawn(cmd, args, {
+      env: { ...process.env, ...options.env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+      timeout: options.timeoutMs ?? 60_000,
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));
@@ -26,14 +34,27 @@ export function run(cmd: string, args: readonly string[], options: { input?: str
     // A program that exits without reading its standard input makes our write fail with EPIPE:
     // that is its business, reported through its exit code.
     child.stdin.on('error', () => undefined);
-    child.on('close', (code, signal) => resolvePromise({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') }));
+    child.on('close', (code, signal) =>
+      resolvePromise({
+        code,
+        signal,
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8'),
+      }),
+    );
     child.stdin.end(options.input ?? '');
   });
 }
 
 /** Runs the `fleetgate` CLI on this Node (the pinned Node 24 under `npm test`). */
-export function fleetgate(args: readonly string[], options: { input?: string | Buffer; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
-  return run(process.execPath, [FLEETGATE, ...args], { ...options, env: { FLEETGATE_ACTOR: 'test-operator', ...options.env } });
+export function fleetgate(
+  args: readonly string[],
+  options: { input?: string | Buffer; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
+  return run(process.execPath, [FLEETGATE, ...args], {
+    ...options,
+    env: { FLEETGATE_ACTOR: 'test-operator', ...options.env },
+  });
 }
 
 /** Like {@link fleetgate}, but fails the test unless it exits 0; returns stdout. */

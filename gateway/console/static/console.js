@@ -14,7 +14,14 @@
   function rows(id, items, cells) {
     var el = document.getElementById(id);
     if (!el) return;
-    if (items.length === 0) { el.innerHTML = ''; var p = document.createElement('p'); p.className = 'empty'; p.textContent = 'none'; el.appendChild(p); return; }
+    if (items.length === 0) {
+      el.innerHTML = '';
+      var p = document.createElement('p');
+      p.className = 'empty';
+      p.textContent = 'none';
+      el.appendChild(p);
+      return;
+    }
     var table = document.createElement('table');
     var body = document.createElement('tbody');
     items.forEach(function (item) {
@@ -37,13 +44,33 @@
     var el = document.getElementById(id);
     if (!el || typeof uPlot === 'undefined') return null;
     var opts = {
-      width: Math.max(el.clientWidth, 300), height: 180,
-      series: [{}].concat(series.map(function (s) { return { label: s[0], stroke: s[1], width: 2 }; })),
-      scales: { x: { time: true, range: function (u, min, max) { return [max - 300, max]; } } }, // the last five minutes
+      width: Math.max(el.clientWidth, 300),
+      height: 180,
+      series: [{}].concat(
+        series.map(function (s) {
+          return { label: s[0], stroke: s[1], width: 2 };
+        }),
+      ),
+      scales: {
+        x: {
+          time: true,
+          range: function (u, min, max) {
+            return [max - 300, max];
+          },
+        },
+      }, // the last five minutes
       axes: [{}, { size: 50 }],
       legend: { show: true },
     };
-    return new uPlot(opts, [[]].concat(series.map(function () { return []; })), el);
+    return new uPlot(
+      opts,
+      [[]].concat(
+        series.map(function () {
+          return [];
+        }),
+      ),
+      el,
+    );
   }
 
   function push(s) {
@@ -53,7 +80,9 @@
     data.msgOut.push(s.messagesOutPerSec);
     data.connects.push(s.connectsPerSec);
     data.refusals.push(s.refusalsPerSec);
-    Object.keys(data).forEach(function (k) { if (data[k].length > KEEP) data[k].shift(); });
+    Object.keys(data).forEach(function (k) {
+      if (data[k].length > KEEP) data[k].shift();
+    });
   }
 
   function draw() {
@@ -69,16 +98,36 @@
     text('v-refusals', s.refusalsPerSec.toFixed(1));
     text('v-cuts', s.cutsByRevocation);
     text('v-p99', s.handshakeP99Ms === null ? '–' : s.handshakeP99Ms.toFixed(1));
-    rows('t-connected', s.connectedBy, function (c) { return [c.type, c.transport, c.count]; });
-    rows('t-refusals', s.refusalsByCode, function (r) { return [r.code, r.count]; });
-    if (s.nodes) text('v-nodes', 'Cluster: the figures of ' + s.nodes.length + ' node' + (s.nodes.length === 1 ? '' : 's') + ' (' + s.nodes.join(', ') + '), summed; a node that does not answer is left out of a sample.');
+    rows('t-connected', s.connectedBy, function (c) {
+      return [c.type, c.transport, c.count];
+    });
+    rows('t-refusals', s.refusalsByCode, function (r) {
+      return [r.code, r.count];
+    });
+    if (s.nodes)
+      text(
+        'v-nodes',
+        'Cluster: the figures of ' +
+          s.nodes.length +
+          ' node' +
+          (s.nodes.length === 1 ? '' : 's') +
+          ' (' +
+          s.nodes.join(', ') +
+          '), summed; a node that does not answer is left out of a sample.',
+      );
   }
 
   function start() {
     if (!document.getElementById('chart-connected')) return;
     charts.connected = chart('chart-connected', [['connected', '#1f6feb']]);
-    charts.messages = chart('chart-messages', [['in / s', '#2e7d32'], ['out / s', '#8250df']]);
-    charts.connects = chart('chart-connects', [['connects / s', '#1f6feb'], ['refusals / s', '#c62828']]);
+    charts.messages = chart('chart-messages', [
+      ['in / s', '#2e7d32'],
+      ['out / s', '#8250df'],
+    ]);
+    charts.connects = chart('chart-connects', [
+      ['connects / s', '#1f6feb'],
+      ['refusals / s', '#c62828'],
+    ]);
     var source = new EventSource('/events');
     source.addEventListener('history', function (e) {
       JSON.parse(e.data).forEach(push);
@@ -95,7 +144,9 @@
       source.close();
       text('live-state', 'Live updates stopped: this certificate is no longer accepted. Reload to try again.');
     });
-    source.onerror = function () { text('live-state', 'Live updates interrupted; reconnecting…'); };
+    source.onerror = function () {
+      text('live-state', 'Live updates interrupted; reconnecting…');
+    };
   }
 
   document.addEventListener('DOMContentLoaded', start);
