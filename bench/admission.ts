@@ -3,12 +3,13 @@
 // registry in SQLite, then in a PostgreSQL started here (fsync on). Prints admitted connections per
 // second, refusals, and the gateway's CPU per connect. Loopback only; bounded counts.
 import { readFileSync } from 'node:fs';
-import mqtt from 'mqtt';
 import { createSecureContext } from 'node:tls';
+import mqtt from 'mqtt';
 import { csrPem, keyPem, newKeys } from '../harness/pki.ts';
-import { enroll } from '../provisioning/enroll/pipeline.ts';
 import { postgresBin, startPostgres } from '../harness/postgres.ts';
+import { enroll } from '../provisioning/enroll/pipeline.ts';
 import { benchFleet, spawnService } from './lib.ts';
+
 const N = Number(process.env.BENCH_DEVICES ?? 3_000);
 const LANES = 64;
 if (postgresBin() === undefined) {

@@ -11,17 +11,17 @@
 import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
 import { natsAvailable, startNats } from '../harness/nats.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { postgresBin, startPostgres } from '../harness/postgres.ts';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
 import {
   benchFleet,
   countArrivals,
   fmt,
+  type GatewayProcess,
   percentile,
   procStat,
   publishFromEach,
   spawnService,
-  type GatewayProcess,
 } from './lib.ts';
 
 const MESSAGES = Number(process.env.BENCH_MESSAGES ?? 3_000); // per publisher per QoS

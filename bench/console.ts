@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
 import mqtt from 'mqtt';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { seedRegistry } from '../harness/seed.ts';
 import { benchFleet, fmt, percentile, spawnGateway } from './lib.ts';
 

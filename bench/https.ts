@@ -13,21 +13,21 @@
 // on new connections; BENCH_WARMUP_KEEPALIVE, 8,000, with keep-alive),
 // in BENCH_ROUNDS interleaved rounds (3); the median round of each server is its figure.
 // Loopback only; bounded counts.
-import { generateKeyPairSync, sign } from 'node:crypto';
-import { spawn, type ChildProcess } from 'node:child_process';
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { generateKeyPairSync, sign, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { Agent, request } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { importPKCS8, SignJWT } from 'jose';
+import { allocatorEnv } from '../config/allocator.ts';
+import { identityFromCertificate } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { AssertionMinter } from '../gateway/https/assertion.ts';
 import { StatusChecker } from '../gateway/status/check.ts';
-import { identityFromCertificate } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { enrollDevice } from '../harness/pki.ts';
-import { X509Certificate } from 'node:crypto';
-import { createInterface } from 'node:readline';
-import { allocatorEnv } from '../config/allocator.ts';
 import { SERVER_NODE_FLAGS } from '../harness/services.ts';
 import { benchFleet, fmt, freePort, percentile, procStat, spawnGateway, untilTlsListening } from './lib.ts';
 

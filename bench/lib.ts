@@ -1,14 +1,15 @@
 // Shared by the benchmark scripts: a gateway in its own process (so its CPU can be measured),
 // a fleet of enrolled devices, message counting, and small statistics helpers. Loopback only; bounded loops.
 import type { MqttClient } from 'mqtt';
+
 export {
   benchFleet,
   freePort,
+  type GatewayProcess,
   procStat,
   spawnGateway,
   spawnService,
   untilTlsListening,
-  type GatewayProcess,
 } from '../harness/services.ts';
 
 export function percentile(sorted: number[], p: number): number {

@@ -12,24 +12,24 @@
 // Phases 1 and 2 are measured after an unmeasured warm-up on each server (BENCH_WARMUP_CONNECTS,
 // BENCH_WARMUP_MESSAGES): the steady state, not the JIT's first minutes.
 // Servers are child processes on loopback ports, stopped by PID. Every loop is bounded.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { createSecureContext, type SecureContext, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import mqtt, { type MqttClient } from 'mqtt';
+import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
-import { csrPem, enrollDevice, keyPem, newKeys, type Credential } from '../harness/pki.ts';
 import {
   benchFleet,
   countArrivals,
   fmt,
   freePort,
+  type GatewayProcess,
   percentile,
   procStat,
   publishFromEach,
   spawnService,
   untilTlsListening,
-  type GatewayProcess,
 } from './lib.ts';
 
 const CONNECTS = Number(process.env.BENCH_CONNECTS ?? 300);

@@ -7,11 +7,12 @@
 //  2. the synchronous facade over `pg` in a worker (the keep-the-API option)
 //  3. better-sqlite3 on a file, for reference (synchronous=FULL, as the registry runs)
 // Prints transactions/s and the caller's CPU per transaction. Loopback only; bounded counts.
-import Database from 'better-sqlite3';
+
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
+import Database from 'better-sqlite3';
 import pg from 'pg';
 import { postgresBin, startPostgres } from '../harness/postgres.ts';
 import { fmt } from './lib.ts';

@@ -2,11 +2,13 @@
 // idle mutual-TLS connection of a bare Node `tls.createServer` (same certificates, nothing else:
 // no MQTT, no sessions), measured in a child process after a GC. Compare with bench:mqtt's idle
 // RSS per connection (fleetgate and Mosquitto). Loopback only; BENCH_TLS_CONNECTIONS (3,000).
-import { createServer, connect } from 'node:tls';
-import { readFileSync } from 'node:fs';
+
 import { fork } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { connect, createServer } from 'node:tls';
 import { enrollDevice } from '../harness/pki.ts';
 import { benchFleet } from './lib.ts';
+
 const N = Number(process.env.BENCH_TLS_CONNECTIONS ?? 3_000);
 if (process.argv[2] === 'server') {
   const [cert, key, ca] = JSON.parse(process.env.MAT!) as string[];

@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
-import { loadConfig, type FleetgateConfig } from '../config/config.ts';
+import { type FleetgateConfig, loadConfig } from '../config/config.ts';
+import { type DataPaths, dataPaths } from '../config/paths.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
-import { loadCa, type CertificateAuthority } from '../provisioning/ca/authority.ts';
-import { dataPaths, type DataPaths } from '../config/paths.ts';
+import { type CertificateAuthority, loadCa } from '../provisioning/ca/authority.ts';
 import { isPostgresUrl } from '../provisioning/registry/sql.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 

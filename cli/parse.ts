@@ -1,7 +1,7 @@
-import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { readFile } from 'node:fs/promises';
 import { InvalidArgumentError } from 'commander';
 import { parseDuration } from '../config/duration.ts';
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 
 /** Commander argument parsers: a bad value is a usage error (exit 2) naming the option. */
 export function parseNonNegativeInt(flag: string) {

@@ -699,7 +699,7 @@ function parseRoutes(value: unknown, where: string, problems: string[]): RouteCo
   value.forEach((r: Record<string, unknown>, i) => {
     const at = `${where}[${i}]`;
     const before = problems.length;
-    if (typeof r?.prefix !== 'string' || !/^\/[A-Za-z0-9._~\/-]*$/.test(r.prefix))
+    if (typeof r?.prefix !== 'string' || !/^\/[A-Za-z0-9._~/-]*$/.test(r.prefix))
       problems.push(`${at}.prefix must be a path starting with /`);
     let origin: URL | undefined;
     try {

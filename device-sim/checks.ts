@@ -6,8 +6,8 @@ import mqtt from 'mqtt';
 import { Device } from '../firmware-sdk/device.ts';
 import { enrollWithToken } from '../firmware-sdk/enroll.ts';
 import { createCsr, generateKey } from '../firmware-sdk/identity.ts';
-import { fleetgateCli } from './fleet.ts';
 import { verifyServerCertificate } from '../firmware-sdk/protocol/server-certificate.ts';
+import { fleetgateCli } from './fleet.ts';
 import type { Report } from './report.ts';
 
 interface Endpoints {

@@ -3,8 +3,8 @@ import { join, resolve } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { Device } from '../firmware-sdk/device.ts';
 import { checkBadIdentities, checkIsolation } from './checks.ts';
-import { ensureIdentities, fleetgateCli, planFleet, type PlannedDevice } from './fleet.ts';
-import { SimDevice, type ModelOptions } from './models.ts';
+import { ensureIdentities, fleetgateCli, type PlannedDevice, planFleet } from './fleet.ts';
+import { type ModelOptions, SimDevice } from './models.ts';
 import { Progress, Report } from './report.ts';
 
 /** Every knob of a run; a scenario file (JSON) sets any of them, flags override it. */

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { Device } from '../firmware-sdk/device.ts';
-import { FleetgateError, toFleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { type FleetgateError, toFleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import type { PlannedDevice } from './fleet.ts';
 import type { Report } from './report.ts';
 

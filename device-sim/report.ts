@@ -1,5 +1,5 @@
-import * as hdr from 'hdr-histogram-js';
 import cliProgress from 'cli-progress';
+import * as hdr from 'hdr-histogram-js';
 
 /** Latencies in microseconds, HDR (no sampling, bounded memory). */
 function histogram(): hdr.Histogram {

@@ -1,5 +1,4 @@
-import type { FastifyError } from 'fastify';
-import type { FastifyReply } from 'fastify';
+import type { FastifyError, FastifyReply } from 'fastify';
 import { FleetgateError, toFleetgateError } from '../firmware-sdk/protocol/errors.ts';
 
 /**

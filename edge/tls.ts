@@ -1,6 +1,6 @@
 import { constants } from 'node:crypto';
-import type { SecureContextOptions, TlsOptions } from 'node:tls';
 import { readFileSync } from 'node:fs';
+import type { SecureContextOptions, TlsOptions } from 'node:tls';
 import type { DataPaths } from '../config/paths.ts';
 
 /**

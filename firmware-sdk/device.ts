@@ -2,9 +2,9 @@ import { EventEmitter } from 'node:events';
 import mqtt, { type MqttClient } from 'mqtt';
 import { Backoff } from './backoff.ts';
 import { renew } from './enroll.ts';
-import { errorFromResponse, httpsRequest, type HttpResponse } from './http.ts';
-import { loadIdentity, type DeviceIdentity } from './identity.ts';
-import { FleetgateError, isErrorCode, type ErrorCode } from './protocol/errors.ts';
+import { errorFromResponse, type HttpResponse, httpsRequest } from './http.ts';
+import { type DeviceIdentity, loadIdentity } from './identity.ts';
+import { type ErrorCode, FleetgateError, isErrorCode } from './protocol/errors.ts';
 import { codeFromReason, REASON } from './protocol/mqtt5.ts';
 import { verifyServerCertificate } from './protocol/server-certificate.ts';
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { errorFromResponse, httpsRequest, type TlsMaterial } from './http.ts';
-import { createCsr, generateKey, loadIdentity, saveIdentity, type DeviceIdentity, type KeyType } from './identity.ts';
+import { createCsr, type DeviceIdentity, generateKey, type KeyType, loadIdentity, saveIdentity } from './identity.ts';
 import { children, expectTag, readTlv, toPem } from './protocol/der.ts';
 import { FleetgateError } from './protocol/errors.ts';
 

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, sign, X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, X509Certificate } from 'node:crypto';
 import {
   closeSync,
   existsSync,

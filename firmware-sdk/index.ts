@@ -7,22 +7,22 @@ export { Backoff } from './backoff.ts';
 export { Device, type DeviceOptions } from './device.ts';
 export {
   certsFromPkcs7,
+  type EnrollOptions,
   enrollWithClaim,
   enrollWithToken,
   estCacerts,
   estSimpleEnroll,
   estSimpleReenroll,
   renew,
-  type EnrollOptions,
 } from './enroll.ts';
-export { httpsRequest, tlsAgent, type HttpResponse, type TlsMaterial } from './http.ts';
+export { type HttpResponse, httpsRequest, type TlsMaterial, tlsAgent } from './http.ts';
 export {
   createCsr,
+  type DeviceIdentity,
   generateKey,
   identityFiles,
+  type KeyType,
   loadIdentity,
   saveIdentity,
-  type DeviceIdentity,
-  type KeyType,
 } from './identity.ts';
-export { ERRORS, FleetgateError, isErrorCode, type ErrorCode } from './protocol/errors.ts';
+export { ERRORS, type ErrorCode, FleetgateError, isErrorCode } from './protocol/errors.ts';

@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { RefusedDevices } from './refused-devices.ts';
 
 /** The gateway's Prometheus metrics, one registry per gateway (tests run several in one process). */

@@ -1,6 +1,6 @@
+import type { PeerIdentity } from '../firmware-sdk/protocol/certificate-identity.ts';
 import type { ErrorCode } from '../firmware-sdk/protocol/errors.ts';
 import type { DeviceRecord } from '../provisioning/registry/records.ts';
-import type { PeerIdentity } from '../firmware-sdk/protocol/certificate-identity.ts';
 import type { TopicScope } from './policy/topics.ts';
 
 export type Transport = 'mqtts' | 'wss' | 'https';

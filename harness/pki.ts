@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { serialHex } from '../firmware-sdk/protocol/certificate-identity.ts';
 import type { CertificateAuthority } from '../provisioning/ca/authority.ts';
 import { randomSerial } from '../provisioning/ca/fields.ts';
-import { ECDSA_SHA256, EC_P256, pemWithNewline, subtle, toPem, x509 } from '../provisioning/ca/x509.ts';
+import { EC_P256, ECDSA_SHA256, pemWithNewline, subtle, toPem, x509 } from '../provisioning/ca/x509.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import type { RegistryWriter } from '../provisioning/registry/writer.ts';
 

@@ -1,10 +1,10 @@
 // What tests and benchmarks share (neither imports the other): fleetgate services in their own
 // processes on ephemeral loopback ports, a throwaway fleet, and the PKI in ./pki.ts.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { type AddressInfo, createServer, connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { connect as netConnect, createServer, type AddressInfo } from 'node:net';
 import { createInterface } from 'node:readline';
 import { connect as tlsConnect } from 'node:tls';
 import { allocatorEnv, type ServerCommand } from '../config/allocator.ts';

@@ -4,10 +4,10 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { https, type HttpResult } from './helpers/https.ts';
+import { type HttpResult, https } from './helpers/https.ts';
 import { fileScope } from './helpers/run.ts';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 const scope = fileScope(after);
 let fleet: TestFleet;

@@ -5,14 +5,14 @@
 // should not, and no registry state is written.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { after, before, test } from 'node:test';
+import { type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { STRIPPED_REQUEST_HEADERS } from '../gateway/https/headers.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { errorCodeOf, https } from './helpers/https.ts';
 import { startOrigin } from './helpers/origin.ts';
 import { fileScope } from './helpers/run.ts';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 let fleet: TestFleet;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

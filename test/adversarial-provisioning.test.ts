@@ -4,16 +4,16 @@
 // certificate, anonymous floods that would grow the audit log, and what an error tells the peer.
 // Every refusal is coded, the service stays up, and no device, token or certificate row is written.
 import assert from 'node:assert/strict';
-import { createHash, createPublicKey, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync, type KeyObject, sign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { oidDer, seq, set, tlv, toPem } from '../firmware-sdk/protocol/der.ts';
+import { type Credential, csrPem, enrollDevice, newKeys } from '../harness/pki.ts';
 import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.ts';
 import { errorCodeOf, https } from './helpers/https.ts';
 import { openssl } from './helpers/pki.ts';
 import { fileScope } from './helpers/run.ts';
-import { csrPem, enrollDevice, newKeys, type Credential } from '../harness/pki.ts';
 
 let p: TestProvisioning;
 let ca: Buffer;

@@ -5,15 +5,15 @@
 // offers ECDHE + AEAD only; the listeners stay up and nothing is written.
 import assert from 'node:assert/strict';
 import { connect as netConnect, type Socket } from 'node:net';
-import { getCiphers, connect as tlsConnect } from 'node:tls';
 import { after, before, test } from 'node:test';
+import { getCiphers, connect as tlsConnect } from 'node:tls';
 import pino from 'pino';
-import { startProvisioning } from '../provisioning/api/server.ts';
 import { TLS12_SUITES } from '../edge/tls.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { startProvisioning } from '../provisioning/api/server.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { connect, end } from './helpers/mqtt.ts';
 import { fileScope, run } from './helpers/run.ts';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 const scope = fileScope(after);
 let fleet: TestFleet;

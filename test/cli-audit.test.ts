@@ -1,11 +1,11 @@
 // Issue #2 acceptance 6: every CLI action that changes state writes an audit row (who, what, when).
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { initFleet } from './helpers/fleet.ts';
 import { opensslCsr } from './helpers/pki.ts';
 import { fleetgateOk } from './helpers/run.ts';
-import { writeFileSync } from 'node:fs';
 
 test('audit/each state-changing command appends exactly its row, with actor and time', async (t) => {
   const fleet = await initFleet(t);

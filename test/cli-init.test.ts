@@ -7,7 +7,7 @@ import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 import { initFleet } from './helpers/fleet.ts';
 import { openssl, opensslCsr } from './helpers/pki.ts';
-import { errorCode, fleetgate, fleetgateOk, FLEETGATE, tempDir } from './helpers/run.ts';
+import { errorCode, FLEETGATE, fleetgate, fleetgateOk, tempDir } from './helpers/run.ts';
 
 const mode = (file: string) => statSync(file).mode & 0o777;
 

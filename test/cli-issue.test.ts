@@ -5,7 +5,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { initFleet } from './helpers/fleet.ts';
-import { firstCert, openssl, opensslCsr, type KeySpec } from './helpers/pki.ts';
+import { firstCert, type KeySpec, openssl, opensslCsr } from './helpers/pki.ts';
 import { fleetgateOk } from './helpers/run.ts';
 
 async function issueAndVerify(t: import('node:test').TestContext, key: KeySpec, extra: string[] = []) {
@@ -85,8 +85,9 @@ test('issue/a CSR asking for CA:true and extra SANs gets a certificate without t
     .reader()
     .listAudit()
     .find((r) => r.action === 'cert.issue');
+  assert.ok(audit !== undefined, 'the issuance has its audit row');
   assert.deepEqual(
-    (audit?.detail.ignored as string[]).slice().sort(),
+    (audit.detail.ignored as string[]).slice().sort(),
     ['basicConstraints', 'extendedKeyUsage', 'subjectAltName'],
     'what was asked for and ignored is logged in the audit row',
   );

@@ -6,9 +6,9 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
-import { natsAvailable, startNats, type NatsServer } from '../harness/nats.ts';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
-import { spawnService, type GatewayProcess } from '../harness/services.ts';
+import { type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { type GatewayProcess, spawnService } from '../harness/services.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect, until, withTimeout } from './helpers/mqtt.ts';
 import { fileScope } from './helpers/run.ts';

@@ -5,13 +5,13 @@
 // and a page on another origin cannot make the operator's browser revoke anything.
 // Screenshots of each page go to a temporary folder (its path is printed) for a person to look at.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect } from './helpers/mqtt.ts';
 import { fileScope, fleetgate, run } from './helpers/run.ts';

@@ -3,12 +3,12 @@
 // shared by two devices and a device that never renewed. Timings are printed, not asserted
 // (`npm run bench:console` measures them against the gateway's admission latency).
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 import { performance } from 'node:perf_hooks';
+import { after, before, describe, test } from 'node:test';
 import { ConsoleQueries } from '../gateway/console/queries.ts';
+import { seedRegistry } from '../harness/seed.ts';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
-import { seedRegistry } from '../harness/seed.ts';
 import { ENGINES, registryLocation, stopSharedPostgres } from './helpers/engines.ts';
 
 const DEVICES = 100_000;

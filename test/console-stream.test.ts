@@ -2,8 +2,8 @@
 // (server-sent events) carries samples while the certificate is valid, and ends with a
 // `refused` event as soon as the operator's certificate is revoked.
 import assert from 'node:assert/strict';
-import { request } from 'node:https';
 import { readFileSync } from 'node:fs';
+import { request } from 'node:https';
 import { test } from 'node:test';
 import { enrollDevice } from '../harness/pki.ts';
 import { startTestFleet } from './helpers/gateway.ts';
@@ -17,7 +17,7 @@ test("console stream/the live overview ends when the operator's certificate is r
   const end = new Promise<void>((r) => {
     ended = r;
   });
-  let onData = () => undefined as void;
+  let onData = () => undefined as undefined;
   const req = request(
     `https://127.0.0.1:${fleet.gateway.ports.console}/events`,
     {

@@ -3,17 +3,17 @@
 import assert from 'node:assert/strict';
 import { createHash, X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { Agent, request } from 'node:https';
-import { connect as tlsConnect } from 'node:tls';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { errorCodeOf, https } from './helpers/https.ts';
 import { withTimeout } from './helpers/mqtt.ts';
-import { startOrigin, type Seen } from './helpers/origin.ts';
+import { type Seen, startOrigin } from './helpers/origin.ts';
 import { fileScope, fleetgateOk, run } from './helpers/run.ts';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 let fleet: TestFleet;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

@@ -2,20 +2,20 @@
 // grows by less than 30 MB. The gateway runs in its own process (`fleetgate gateway`) so its
 // RSS is its own, read from /proc. Also: a body over the route limit is refused with 413.
 import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { type GatewayProcess, spawnGateway } from '../harness/services.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { initDataDir } from '../provisioning/setup.ts';
-import { spawnGateway, type GatewayProcess } from '../harness/services.ts';
 import { startOrigin } from './helpers/origin.ts';
 import { fileScope, tempDir } from './helpers/run.ts';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
 
 const MB = 1024 * 1024;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

@@ -2,13 +2,13 @@
 // QoS 0 is dropped and counted, then it is disconnected after the drain timeout); retained
 // messages are bounded per device, and a revoked device's retained messages go with it.
 import assert from 'node:assert/strict';
-import { connect as tlsConnect } from 'node:tls';
 import { test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
+import { enrollDevice } from '../harness/pki.ts';
 import { startTestFleet } from './helpers/gateway.ts';
 import { https } from './helpers/https.ts';
 import { connect, end } from './helpers/mqtt.ts';
 import { bytes, connectBytes } from './helpers/raw-mqtt.ts';
-import { enrollDevice } from '../harness/pki.ts';
 
 test('slow consumer/one subscriber stops reading: the others get every message at their pace; it is dropped after the drain timeout', {
   timeout: 120_000,

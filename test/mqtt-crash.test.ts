@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
-import { enrollDevice, type Credential } from '../harness/pki.ts';
-import { benchFleet, spawnService, stablePort, type GatewayProcess } from '../harness/services.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { benchFleet, type GatewayProcess, spawnService, stablePort } from '../harness/services.ts';
 import { end, withTimeout } from './helpers/mqtt.ts';
 
 const ROUNDS = 10;

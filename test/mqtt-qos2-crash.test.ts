@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import mqtt from 'mqtt';
 import type { IConnackPacket, IPubcompPacket, IPubrecPacket } from 'mqtt-packet';
 import { enrollDevice } from '../harness/pki.ts';
-import { benchFleet, spawnService, stablePort, type GatewayProcess } from '../harness/services.ts';
+import { benchFleet, type GatewayProcess, spawnService, stablePort } from '../harness/services.ts';
 import { end, withTimeout } from './helpers/mqtt.ts';
 import { bytes, connectBytes, rawClient } from './helpers/raw-mqtt.ts';
 

@@ -1,20 +1,20 @@
 // Issue #4 acceptance 3: each bad identity or packet is refused with the right code while
 // other clients keep working. Runs over both transports.
 import assert from 'node:assert/strict';
-import { connect as tlsConnect } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { connect as tlsConnect } from 'node:tls';
 import type { MqttClient } from 'mqtt';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
+import { type Credential, enrollDevice, forgeCert } from '../harness/pki.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { initDataDir } from '../provisioning/setup.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { closed, connect, end, nextMessage } from './helpers/mqtt.ts';
 import { connectBytes, rawClient } from './helpers/raw-mqtt.ts';
 import { fileScope, tempDir } from './helpers/run.ts';
-import { enrollDevice, forgeCert, type Credential } from '../harness/pki.ts';
 
 let fleet: TestFleet;
 const scope = fileScope(after);

@@ -5,12 +5,12 @@
 // (two test runs may share the machine). Everything else runs verbatim in bash -e, in an empty
 // directory, with `npx fleetgate` meaning this checkout's CLI.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { freePort, type GatewayProcess, spawnService } from '../harness/services.ts';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
-import { freePort, spawnService, type GatewayProcess } from '../harness/services.ts';
 import { ROOT, tempDir } from './helpers/run.ts';
 
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');

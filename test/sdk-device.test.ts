@@ -5,11 +5,11 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import pino from 'pino';
+import { loadConfig } from '../config/config.ts';
 import { Device } from '../firmware-sdk/device.ts';
 import { enrollWithToken } from '../firmware-sdk/enroll.ts';
-import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import type { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { startGateway } from '../gateway/gateway.ts';
-import { loadConfig } from '../config/config.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
 import { LogCapture, startTestFleet } from './helpers/gateway.ts';
 

@@ -2,18 +2,17 @@
 // wss and `request` over HTTPS succeed; a service subscriber receives the messages.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { dataPaths } from '../config/paths.ts';
+import { enrollDevice } from '../harness/pki.ts';
+import { loadCa } from '../provisioning/ca/authority.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { connect, end, nextMessage } from './helpers/mqtt.ts';
 import { startOrigin } from './helpers/origin.ts';
 import { FLEETGATE, fleetgateOk, run, tempDir } from './helpers/run.ts';
 import { startStack } from './helpers/stack.ts';
-import { enrollDevice } from '../harness/pki.ts';
-import { RegistryWriter } from '../provisioning/registry/writer.ts';
-import { loadCa } from '../provisioning/ca/authority.ts';
-import { dataPaths } from '../config/paths.ts';
-import { writeFileSync, mkdirSync } from 'node:fs';
 
 const DEVICE_CLI = join(FLEETGATE, '..', 'fleetgate-device.ts');
 const device = (args: string[]) => run(process.execPath, [DEVICE_CLI, ...args]);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { enrollWithClaim, estCacerts, estSimpleEnroll, estSimpleReenroll, renew } from '../firmware-sdk/enroll.ts';
 import { loadIdentity } from '../firmware-sdk/identity.ts';
-import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import type { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { startTestProvisioning } from './helpers/gateway.ts';
 import { fleetgateOk } from './helpers/run.ts';
 

@@ -7,17 +7,17 @@ import { readFileSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { test, before, after } from 'node:test';
+import { after, before, test } from 'node:test';
 import { createServer as createTlsServer, type Server } from 'node:tls';
 import pino from 'pino';
 import { dataPaths } from '../config/paths.ts';
 import { Device } from '../firmware-sdk/device.ts';
 import { saveIdentity } from '../firmware-sdk/identity.ts';
-import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import type { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { enrollDevice, forgeCert } from '../harness/pki.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
 import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
 import { fileScope, ROOT, run } from './helpers/run.ts';
-import { enrollDevice, forgeCert } from '../harness/pki.ts';
 
 interface Fake {
   url: (scheme: string, path?: string) => string;

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { withContext, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withContext } from '../context.ts';
+import type { CommonFlags } from '../main.ts';
 import { emit, iso, table } from '../output.ts';
 import { parseDurationOption, parseNonNegativeInt } from '../parse.ts';
-import type { CommonFlags } from '../main.ts';
 
 export function registerAudit(program: Command, common: CommonFlags): void {
   common(program.command('audit'))

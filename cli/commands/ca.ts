@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { reissueIntermediate } from '../../provisioning/ca/authority.ts';
-import { readInput } from '../parse.ts';
-import { withContext, type CommonOptions } from '../context.ts';
-import { emit } from '../output.ts';
+import { type CommonOptions, withContext } from '../context.ts';
 import type { CommonFlags } from '../main.ts';
+import { emit } from '../output.ts';
+import { readInput } from '../parse.ts';
 
 export function registerCa(program: Command, common: CommonFlags): void {
   const ca = program.command('ca').description('the fleet certificate authority');
@@ -38,12 +38,10 @@ export function registerCa(program: Command, common: CommonFlags): void {
       await withContext(opts, async (ctx) => {
         const pem = (await readInput(opts.rootKey)).toString('utf8');
         const result = await reissueIntermediate(ctx.paths, ctx.config.ca, pem);
-        ctx
-          .registry()
-          .appendAudit(ctx.actor, 'ca.reissue_intermediate', null, {
-            subject: result.subject,
-            retired: result.retired ?? null,
-          });
+        ctx.registry().appendAudit(ctx.actor, 'ca.reissue_intermediate', null, {
+          subject: result.subject,
+          retired: result.retired ?? null,
+        });
         emit(
           opts,
           { intermediate: ctx.paths.intermediateCert, subject: result.subject, retired: result.retired ?? null },

@@ -1,14 +1,14 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { writeNewFile } from '../../config/files.ts';
 import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { makeClaimCredential } from '../../provisioning/ca/claim.ts';
-import { writeNewFile } from '../../config/files.ts';
-import { withContext, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withContext } from '../context.ts';
+import type { CommonFlags } from '../main.ts';
 import { emit, iso, table } from '../output.ts';
 import { parsePositiveInt, readInput } from '../parse.ts';
-import type { CommonFlags } from '../main.ts';
 
 const DAY = 86_400_000;
 
@@ -40,20 +40,18 @@ export function registerClaim(program: Command, common: CommonFlags): void {
           .split(',')
           .map((t) => t.trim())
           .filter(Boolean);
-        const record = ctx
-          .registry()
-          .createClaim(
-            {
-              name,
-              serial: cred.serial,
-              fingerprint: cred.fingerprint,
-              notAfter: cred.notAfter,
-              pem: cred.certPem,
-              fleet: opts.fleet,
-              types,
-            },
-            ctx.actor,
-          );
+        const record = ctx.registry().createClaim(
+          {
+            name,
+            serial: cred.serial,
+            fingerprint: cred.fingerprint,
+            notAfter: cred.notAfter,
+            pem: cred.certPem,
+            fleet: opts.fleet,
+            types,
+          },
+          ctx.actor,
+        );
         writeNewFile(keyFile, cred.keyPem, 0o600);
         writeNewFile(certFile, cred.certPem, 0o644);
         emit(

@@ -1,10 +1,10 @@
 import type { Command } from 'commander';
 import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import type { SessionInfo } from '../../gateway/sessions.ts';
-import { withContext, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withContext } from '../context.ts';
+import type { CommonFlags } from '../main.ts';
 import { adminRequest } from '../operator.ts';
 import { emit, table } from '../output.ts';
-import type { CommonFlags } from '../main.ts';
 
 export function registerConnections(program: Command, common: CommonFlags): void {
   common(program.command('connections'))

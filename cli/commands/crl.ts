@@ -1,11 +1,11 @@
+import { renameSync } from 'node:fs';
 import type { Command } from 'commander';
+import { writeNewFile } from '../../config/files.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { buildCrl, crlPem } from '../../provisioning/ca/crl.ts';
-import { writeNewFile } from '../../config/files.ts';
-import { withContext, type CommonOptions } from '../context.ts';
-import { emit } from '../output.ts';
+import { type CommonOptions, withContext } from '../context.ts';
 import type { CommonFlags } from '../main.ts';
-import { renameSync } from 'node:fs';
+import { emit } from '../output.ts';
 
 export function registerCrl(program: Command, common: CommonFlags): void {
   common(program.command('crl'))

@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { withContext, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withContext } from '../context.ts';
+import type { CommonFlags } from '../main.ts';
 import { emit, iso, table } from '../output.ts';
 import { parseDurationOption } from '../parse.ts';
-import type { CommonFlags } from '../main.ts';
 
 interface TargetOptions extends CommonOptions {
   fingerprint?: string;
@@ -39,16 +39,14 @@ export function registerDeny(program: Command, common: CommonFlags): void {
     )
     .action(async (opts: TargetOptions & { reason?: string; expires?: number }) => {
       await withContext(opts, (ctx) => {
-        const entry = ctx
-          .registry()
-          .addDeny(
-            {
-              ...target(opts),
-              reason: opts.reason ?? null,
-              expiresAt: opts.expires === undefined ? null : Date.now() + opts.expires,
-            },
-            ctx.actor,
-          );
+        const entry = ctx.registry().addDeny(
+          {
+            ...target(opts),
+            reason: opts.reason ?? null,
+            expiresAt: opts.expires === undefined ? null : Date.now() + opts.expires,
+          },
+          ctx.actor,
+        );
         emit(
           opts,
           entry,

@@ -2,10 +2,10 @@ import type { Command } from 'commander';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
-import { withContext, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withContext } from '../context.ts';
+import type { CommonFlags } from '../main.ts';
 import { emit, iso, note, table } from '../output.ts';
 import { parseDurationOption, readInput } from '../parse.ts';
-import type { CommonFlags } from '../main.ts';
 
 function parseMetadata(value: string): Record<string, unknown> {
   const parsed: unknown = JSON.parse(value);
@@ -46,19 +46,17 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         },
       ) => {
         await withContext(opts, (ctx) => {
-          const { device: d, token } = ctx
-            .registry()
-            .addDevice(
-              {
-                id,
-                type: opts.type,
-                fleet: opts.fleet,
-                parent: opts.parent ?? null,
-                ...(opts.metadata !== undefined && { metadata: opts.metadata }),
-              },
-              ctx.actor,
-              opts.token ? { tokenTtlMs: opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs } : {},
-            );
+          const { device: d, token } = ctx.registry().addDevice(
+            {
+              id,
+              type: opts.type,
+              fleet: opts.fleet,
+              parent: opts.parent ?? null,
+              ...(opts.metadata !== undefined && { metadata: opts.metadata }),
+            },
+            ctx.actor,
+            opts.token ? { tokenTtlMs: opts.tokenTtl ?? ctx.config.enrollment.tokenTtlMs } : {},
+          );
           emit(opts, { device: d, ...(token && { token: token.token, tokenExpiresAt: iso(token.expiresAt) }) }, () => {
             if (token === undefined) return deviceLine(d);
             note(

@@ -1,10 +1,10 @@
 import type { Command } from 'commander';
 import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
-import { initDataDir } from '../../provisioning/setup.ts';
-import { withContext, type CommonOptions } from '../context.ts';
-import { emit } from '../output.ts';
 import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
+import { initDataDir } from '../../provisioning/setup.ts';
+import { type CommonOptions, withContext } from '../context.ts';
 import type { CommonFlags } from '../main.ts';
+import { emit } from '../output.ts';
 
 export function registerInit(program: Command, common: CommonFlags): void {
   common(program.command('init'))

@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { ensureKeyring, loadKeyring, rotateKeyring } from '../../gateway/https/keyring.ts';
-import { withContext, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withContext } from '../context.ts';
+import type { CommonFlags } from '../main.ts';
 import { emit, iso } from '../output.ts';
 import { parseDurationOption } from '../parse.ts';
-import type { CommonFlags } from '../main.ts';
 
 export function registerJwt(program: Command, common: CommonFlags): void {
   common(program.command('jwks'))

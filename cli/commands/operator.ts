@@ -1,16 +1,16 @@
-import type { Command } from 'commander';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
+import type { Command } from 'commander';
 import { writeNewFile } from '../../config/files.ts';
 import { urlHost } from '../../config/paths.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { withContext, type CommonOptions } from '../context.ts';
+import { type CommonOptions, withContext } from '../context.ts';
+import type { CommonFlags } from '../main.ts';
 import { issueWithNewKey } from '../operator.ts';
 import { emit, iso, note } from '../output.ts';
 import { parseDurationOption, readInput } from '../parse.ts';
-import type { CommonFlags } from '../main.ts';
 
 const DEFAULT_VALIDITY_MS = 30 * 86_400_000;
 

@@ -1,17 +1,17 @@
-import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import type { Command } from 'commander';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import pino from 'pino';
 import pretty from 'pino-pretty';
 import { allocatorInUse } from '../../config/allocator.ts';
 import { isLogFormat, LOG_FORMATS, type LogFormat } from '../../config/config.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { startGateway } from '../../gateway/gateway.ts';
 import { startProvisioning } from '../../provisioning/api/server.ts';
 import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
+import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
-import { emit } from '../output.ts';
 import type { CommonFlags } from '../main.ts';
+import { emit } from '../output.ts';
 
 /** A running service: what to print, and how to stop it. */
 interface RunningService {

@@ -2,7 +2,7 @@ import { createReadStream, readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { Device } from '../device.ts';
 import { enrollWithClaim, enrollWithToken, estSimpleEnroll, renew } from '../enroll.ts';
-import { identityFiles, loadIdentity, type KeyType } from '../identity.ts';
+import { identityFiles, type KeyType, loadIdentity } from '../identity.ts';
 import { ERRORS, FleetgateError, toFleetgateError } from '../protocol/errors.ts';
 
 interface Common {
@@ -264,7 +264,7 @@ export function buildProgram(): Command {
       );
     });
 
-  program.commands.forEach((c) => c.exitOverride().configureOutput({ outputError: () => undefined }));
+  for (const c of program.commands) c.exitOverride().configureOutput({ outputError: () => undefined });
   return program;
 }
 
@@ -277,9 +277,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (err instanceof CommanderError) {
       if (['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(err.code) || err.exitCode === 0)
         return 0;
-      err = new FleetgateError('USAGE', err.message.replace(/^error: /, ''));
     }
-    const e = toFleetgateError(err);
+    const e = toFleetgateError(
+      err instanceof CommanderError ? new FleetgateError('USAGE', err.message.replace(/^error: /, '')) : err,
+    );
     process.stderr.write(
       json
         ? `${JSON.stringify({ error: { code: e.code, message: e.message } })}\n`

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FleetgateError } from './errors.ts';
 import { assertDeviceId, assertDeviceType, deviceUri, isDeviceId } from './device-id.ts';
+import { FleetgateError } from './errors.ts';
 
 const cases: [string, unknown, boolean][] = [
   ['ok/simple', 'sensor-1', true],

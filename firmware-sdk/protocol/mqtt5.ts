@@ -1,4 +1,4 @@
-import { isErrorCode, type ErrorCode } from './errors.ts';
+import { type ErrorCode, isErrorCode } from './errors.ts';
 
 /**
  * MQTT 5 reason codes as fleetgate uses them (the wire contract between the gateway and the

@@ -1,5 +1,5 @@
 import { checkServerIdentity, type PeerCertificate } from 'node:tls';
-import { DEVICE_URI_PREFIX, CLAIM_URI_PREFIX } from './device-id.ts';
+import { CLAIM_URI_PREFIX, DEVICE_URI_PREFIX } from './device-id.ts';
 
 const SERVER_AUTH = '1.3.6.1.5.5.7.3.1';
 

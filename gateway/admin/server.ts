@@ -1,5 +1,5 @@
-import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { TLSSocket, TlsOptions } from 'node:tls';
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/config.ts';
 import { admitAsync } from '../../edge/admission.ts';
@@ -9,9 +9,9 @@ import { frameworkError, httpError, logFields, sendError } from '../../edge/http
 import { bindError } from '../../edge/listen.ts';
 import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import type { FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { Metrics } from '../metrics.ts';
 import type { SessionTable } from '../sessions.ts';
-import type { FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 
 export interface AdminDeps {

@@ -1,4 +1,4 @@
-import { connect, createInbox, RequestStrategy, type NatsConnection, type Subscription } from 'nats';
+import { connect, createInbox, type NatsConnection, RequestStrategy, type Subscription } from 'nats';
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ForwardedProperties } from '../mqtt/codec.ts';

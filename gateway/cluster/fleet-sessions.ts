@@ -1,6 +1,6 @@
 import type { NodeTotals, OtherNodes } from '../console/live.ts';
 import { mergeRefused, type RefusedDevice } from '../refused-devices.ts';
-import { SessionTable, type SessionInfo } from '../sessions.ts';
+import { type SessionInfo, SessionTable } from '../sessions.ts';
 
 /** What a node asks the others (implemented by {@link NatsBus}). */
 export interface NodeQuestions {

@@ -1,10 +1,10 @@
-import { revocationReasonName, REVOCATION_REASONS } from '../../provisioning/registry/reasons.ts';
+import { REVOCATION_REASONS, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { AuditRecord, DenyRecord, DeviceRecord } from '../../provisioning/registry/records.ts';
-import type { SessionInfo } from '../sessions.ts';
 import type { RefusedDevice } from '../refused-devices.ts';
-import { html, type Html } from './html.ts';
-import type { Findings, Page } from './queries.ts';
+import type { SessionInfo } from '../sessions.ts';
+import { type Html, html } from './html.ts';
 import type { Snapshot } from './live.ts';
+import type { Findings, Page } from './queries.ts';
 
 /** Who is looking: from the client certificate of this connection, checked on every request. */
 export interface Viewer {

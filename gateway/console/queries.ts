@@ -1,14 +1,14 @@
-import type { SqlStatement } from '../../provisioning/registry/sql.ts';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { DEVICE_TYPES } from '../../firmware-sdk/protocol/device-id.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { type RegistryReader, toAudit, toDeny, toDevice } from '../../provisioning/registry/reader.ts';
 import {
-  DENY_KINDS,
   type AuditRecord,
   type CertificateRecord,
+  DENY_KINDS,
   type DenyRecord,
   type DeviceRecord,
 } from '../../provisioning/registry/records.ts';
-import { toAudit, toDeny, toDevice, type RegistryReader } from '../../provisioning/registry/reader.ts';
+import type { SqlStatement } from '../../provisioning/registry/sql.ts';
 
 /** One page of rows in a stable order, with the key to ask for the next (and previous) one. */
 export interface Page<T> {

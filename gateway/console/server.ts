@@ -1,8 +1,8 @@
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { TLSSocket, TlsOptions } from 'node:tls';
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../../config/config.ts';
 import { parseDuration } from '../../config/duration.ts';
@@ -15,31 +15,30 @@ import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
-import type { DenyRecord, DeviceRecord } from '../../provisioning/registry/records.ts';
+import type { AuditRecord, DenyRecord, DeviceRecord } from '../../provisioning/registry/records.ts';
+import type { FleetSession, FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { Metrics } from '../metrics.ts';
 import type { SessionTable } from '../sessions.ts';
-import type { FleetSession, FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
-import { html, type Html } from './html.ts';
+import { type Html, html } from './html.ts';
 import { LiveSampler } from './live.ts';
 import {
   auditPage,
+  type ConfirmSpec,
   certificatesPage,
   confirmPage,
+  type DeviceView,
   denylistPage,
   devicePage,
-  devicesPage,
   deviceState,
+  devicesPage,
   errorPage,
   overviewPage,
   reasonSelect,
   resultPage,
   tokenResult,
-  type ConfirmSpec,
-  type DeviceView,
   type Viewer,
 } from './pages.ts';
-import type { AuditRecord } from '../../provisioning/registry/records.ts';
 import type { Page } from './queries.ts';
 import { ConsoleStore } from './store.ts';
 

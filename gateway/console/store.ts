@@ -1,5 +1,5 @@
 import { Worker } from 'node:worker_threads';
-import { FleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
+import { type ErrorCode, FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { AuditFilter, DenyFilter, DeviceFilter } from './queries.ts';
 
 export type ConsoleQuery =

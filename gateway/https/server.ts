@@ -1,11 +1,11 @@
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { IncomingHttpHeaders } from 'node:http';
-import { Transform, type Readable } from 'node:stream';
-import { Pool, type Dispatcher } from 'undici';
+import { type Readable, Transform } from 'node:stream';
 import type { TLSSocket, TlsOptions } from 'node:tls';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
+import { type Dispatcher, Pool } from 'undici';
 import type { HttpsConfig, RouteConfig } from '../../config/config.ts';
-import { admitAsync, socketIdentity, type Admitted } from '../../edge/admission.ts';
+import { type Admitted, admitAsync, socketIdentity } from '../../edge/admission.ts';
 import type { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../edge/http-errors.ts';
@@ -14,11 +14,11 @@ import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
-import type { RegistryLink } from '../status/registry-link.ts';
 import type { Session, SessionTable } from '../sessions.ts';
+import type { RegistryLink } from '../status/registry-link.ts';
 import type { AssertionMinter } from './assertion.ts';
 import { deviceResponseHeaders, originRequestHeaders } from './headers.ts';
-import { normalizeTarget, type NormalizedTarget } from './path.ts';
+import { type NormalizedTarget, normalizeTarget } from './path.ts';
 
 export interface HttpsDeps {
   registry: RegistryLink;

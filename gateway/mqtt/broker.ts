@@ -6,16 +6,19 @@ import type { WebSocket } from 'ws';
 import type { GatewayConfig, MqttConfig } from '../../config/config.ts';
 import { socketIdentity } from '../../edge/admission.ts';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
-import type { DeviceRecord } from '../../provisioning/registry/records.ts';
-import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
-import type { StatusEvent } from '../../provisioning/registry/records.ts';
+import { type ErrorCode, FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { REASON, reasonCodeFor, reasonString } from '../../firmware-sdk/protocol/mqtt5.ts';
+import type { DeviceRecord, StatusEvent } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
 import { mayPublish, maySubscribe, scopeFor } from '../policy/topics.ts';
 import type { Session, SessionTable, Transport } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
-import { REASON, reasonCodeFor, reasonString } from '../../firmware-sdk/protocol/mqtt5.ts';
 import {
+  type AckPacket,
+  type ConnectPacket,
+  type DisconnectPacket,
   decode,
+  type EncodedPublish,
   encodeAck,
   encodeAck5,
   encodeConnack,
@@ -25,28 +28,25 @@ import {
   encodeSuback5,
   encodeUnsuback,
   encodeUnsuback5,
-  MalformedPacket,
-  packetIdBytes,
-  PINGRESP,
-  publishSize,
-  SUB,
-  TooLarge,
-  withDup,
-  type AckPacket,
-  type ConnectPacket,
-  type DisconnectPacket,
-  type EncodedPublish,
   type ForwardedProperties,
+  type InboundPacket,
+  MalformedPacket,
+  PINGRESP,
   type Properties,
   type PublishPacket,
+  packetIdBytes,
+  publishSize,
+  SUB,
   type SubscribePacket,
+  TooLarge,
   type UnsubscribePacket,
+  withDup,
 } from './codec.ts';
 import { MqttConnection } from './connection.ts';
 import { RetainedStore } from './retained.ts';
-import { Message, MqttSession, type Delivery } from './session.ts';
+import { type Delivery, Message, MqttSession } from './session.ts';
 import { DurableStore } from './store.ts';
-import { tlsTransport, wsTransport, type MqttTransport } from './transport.ts';
+import { type MqttTransport, tlsTransport, wsTransport } from './transport.ts';
 import { filterMatches, OVERLAP, SubscriptionTrie } from './trie.ts';
 
 export interface BrokerDeps {
@@ -369,7 +369,7 @@ export class MqttPlane {
       conn.held.push([first, body]);
       return;
     }
-    let packet;
+    let packet: InboundPacket;
     try {
       packet = decode(first, body, conn.v5);
     } catch (err) {

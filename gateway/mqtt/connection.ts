@@ -1,6 +1,6 @@
-import type { Session, Transport } from '../sessions.ts';
 import type { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { Framer, type EncodedPublish, type Will } from './codec.ts';
+import type { Session, Transport } from '../sessions.ts';
+import { type EncodedPublish, Framer, type Will } from './codec.ts';
 import type { MqttSession } from './session.ts';
 import type { MqttTransport } from './transport.ts';
 

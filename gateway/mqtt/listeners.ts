@@ -1,5 +1,5 @@
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import { createServer as createTlsServer, type Server as TlsServer, type TlsOptions } from 'node:tls';
+import { createServer as createTlsServer, type TlsOptions, type Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import type { GatewayConfig } from '../../config/config.ts';

@@ -1,4 +1,4 @@
-import { encodePublish, publishProperties, type EncodedPublish, type ForwardedProperties } from './codec.ts';
+import { type EncodedPublish, encodePublish, type ForwardedProperties, publishProperties } from './codec.ts';
 
 /**
  * A message as it is routed: the payload is shared, and each wire form (QoS, retain flag) is

@@ -1,11 +1,11 @@
 import { statSync } from 'node:fs';
+import type { StatusSource } from '../../edge/admission.ts';
+import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { RegistryReader } from '../../provisioning/registry/reader.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
-import { checkCertificateStatus } from '../../provisioning/registry/status.ts';
-import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
-import type { StatusSource } from '../../edge/admission.ts';
 import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
+import { checkCertificateStatus } from '../../provisioning/registry/status.ts';
 
 /** How long the gateway's registry thread waits for PostgreSQL (connect, statement) before it refuses. */
 const PG_TIMEOUT_MS = 1_000;

@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
-import { FleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
+import { type ErrorCode, FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { DeviceRecord, StatusEvent } from '../../provisioning/registry/records.ts';
 
 interface WireError {

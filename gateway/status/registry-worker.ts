@@ -9,16 +9,17 @@
  * status answer and the feed events after it reach the main thread in the order the registry
  * committed them, which is what lets the main thread cache answers safely.
  */
-import type { Statement } from 'better-sqlite3';
-import { statSync, watch, type FSWatcher } from 'node:fs';
+
+import { type FSWatcher, statSync, watch } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
+import type { Statement } from 'better-sqlite3';
 import pg from 'pg';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { AuditAppender } from '../../provisioning/registry/audit-appender.ts';
 import type { RegistryReader } from '../../provisioning/registry/reader.ts';
 import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import { StatusChecker } from './check.ts';
-import type { ToWorker, FromWorker } from './registry-link.ts';
+import type { FromWorker, ToWorker } from './registry-link.ts';
 
 const { file, pollMs, idlePollMs, since } = workerData as {
   file: string;

@@ -1,7 +1,7 @@
-import type { FastifyRequest } from 'fastify';
 import type { TLSSocket } from 'node:tls';
-import { serialHex, type PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
+import type { FastifyRequest } from 'fastify';
 import { socketIdentity, verifiedCertificate } from '../../edge/admission.ts';
+import { type PeerIdentity, serialHex } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import { CLAIM_URI_PREFIX } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { sha256Hex } from '../ca/fields.ts';

@@ -1,10 +1,10 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { TLSSocket } from 'node:tls';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { admit } from '../../edge/admission.ts';
-import { checkCertificateStatus } from '../registry/status.ts';
-import { devicePeer, claimPeer } from './peer.ts';
-import type { ProvisioningService } from './service.ts';
 import type { EnrollmentResult } from '../enroll/pipeline.ts';
+import { checkCertificateStatus } from '../registry/status.ts';
+import { claimPeer, devicePeer } from './peer.ts';
+import type { ProvisioningService } from './service.ts';
 
 const CSR_FIELD = { type: 'string', minLength: 1, maxLength: 16_384 } as const;
 

@@ -1,18 +1,18 @@
-import Fastify, { type FastifyInstance } from 'fastify';
 import rateLimitPlugin from '@fastify/rate-limit';
+import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../../config/config.ts';
 import { dataPaths, urlHost } from '../../config/paths.ts';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { loadCa } from '../ca/authority.ts';
-import { estRoutes } from '../est/routes.ts';
-import { RegistryWriter } from '../registry/writer.ts';
 import { ConnectionGuard } from '../../edge/guard.ts';
 import { onTlsClientError } from '../../edge/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../edge/http-errors.ts';
 import { bindError } from '../../edge/listen.ts';
 import { ThrottledLog } from '../../edge/throttled-log.ts';
 import { serverTlsOptions } from '../../edge/tls.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { loadCa } from '../ca/authority.ts';
+import { estRoutes } from '../est/routes.ts';
+import { RegistryWriter } from '../registry/writer.ts';
 import { jsonRoutes } from './routes.ts';
 import { ProvisioningService } from './service.ts';
 

@@ -1,14 +1,14 @@
 import type { Logger } from 'pino';
+import { Counter, Registry } from 'prom-client';
 import type { FleetgateConfig } from '../../config/config.ts';
+import { httpError, logFields } from '../../edge/http-errors.ts';
+import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
 import { buildCrl } from '../ca/crl.ts';
 import { GroupCommit } from '../enroll/group-commit.ts';
-import { enroll, type EnrollmentAuth, type EnrollmentResult } from '../enroll/pipeline.ts';
+import { type EnrollmentAuth, type EnrollmentResult, enroll } from '../enroll/pipeline.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
-import { Counter, Registry } from 'prom-client';
-import { httpError, logFields } from '../../edge/http-errors.ts';
-import type { ThrottledLog } from '../../edge/throttled-log.ts';
 
 /** Provisioning's Prometheus metrics (served at /metrics to operator certificates). */
 function createMetrics(commits: () => { commits: number; changes: number }) {

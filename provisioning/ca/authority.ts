@@ -1,12 +1,12 @@
-import { createPrivateKey, createPublicKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type KeyObject, randomBytes, X509Certificate } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import type { DataPaths } from '../../config/paths.ts';
 import { existsSync, readText, writeNewFile } from '../../config/files.ts';
+import type { DataPaths } from '../../config/paths.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { randomSerial, validityFrom } from './fields.ts';
-import { ECDSA_SHA256, EC_P256, pemWithNewline, subtle, toPem, x509 } from './x509.ts';
+import { EC_P256, ECDSA_SHA256, pemWithNewline, subtle, toPem, x509 } from './x509.ts';
 
 export interface CaInitOptions {
   /** Extra names for the gateway's server certificate, besides localhost, 127.0.0.1 and ::1. */

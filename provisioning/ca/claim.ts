@@ -1,5 +1,5 @@
 import { CLAIM_URI_PREFIX } from '../../firmware-sdk/protocol/device-id.ts';
-import { exportKeyPem, issueWithNewKey, type CertificateAuthority } from './authority.ts';
+import { type CertificateAuthority, exportKeyPem, issueWithNewKey } from './authority.ts';
 import { sha256Hex } from './fields.ts';
 import { pemWithNewline, x509 } from './x509.ts';
 

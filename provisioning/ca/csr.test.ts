@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
-import { opensslCsr, type KeySpec } from '../../test/helpers/pki.ts';
+import { type ErrorCode, FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { type KeySpec, opensslCsr } from '../../test/helpers/pki.ts';
 import { tempDir } from '../../test/helpers/run.ts';
-import { FleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
 import { csrDer, parseCsr } from './csr.ts';
 
 const csrs = new Map<string, string>();

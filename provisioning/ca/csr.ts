@@ -1,6 +1,6 @@
-import { createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { createPublicKey, type KeyObject, verify as verifySignature } from 'node:crypto';
 import { children, DerError, expectTag, oid, readTlv, type Tlv } from '../../firmware-sdk/protocol/der.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 
 /** Longer than any sane CSR (an RSA-8192 request is ~3 KiB of PEM). */
 export const CSR_MAX_BYTES = 16 * 1024;
@@ -201,9 +201,20 @@ function requestedExtensions(der: Buffer, attributes: Tlv | undefined): string[]
  * request is signed with the private key of the public key it carries. Read with a small DER
  * walker and verified with Node's crypto: a fraction of a millisecond.
  */
+/** The request's pieces as read from its DER, before the signature is checked. */
+interface CsrParts {
+  tbs: Buffer;
+  spki: Buffer;
+  algOid: string;
+  signature: Buffer;
+  subject: string;
+  commonName: string | undefined;
+  extensions: string[];
+}
+
 export function parseCsr(input: string | Uint8Array): ParsedCsr {
   const der = csrDer(input);
-  let parts;
+  let parts: CsrParts;
   try {
     const top = expectTag(readTlv(der, 0), 0x30, 'CertificationRequest');
     if (top.end !== der.length) throw new DerError('trailing bytes after the request');

@@ -1,6 +1,4 @@
 import { createHash, sign } from 'node:crypto';
-import { deviceUri } from '../../firmware-sdk/protocol/device-id.ts';
-import type { CertificateAuthority } from './authority.ts';
 import {
   children,
   expectTag,
@@ -13,6 +11,8 @@ import {
   tlv,
   toPem,
 } from '../../firmware-sdk/protocol/der.ts';
+import { deviceUri } from '../../firmware-sdk/protocol/device-id.ts';
+import type { CertificateAuthority } from './authority.ts';
 import { randomSerial, sha256Hex, validityFrom } from './fields.ts';
 
 export interface LeafOptions {

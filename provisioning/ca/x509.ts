@@ -13,7 +13,7 @@ import * as pkijs from 'pkijs';
 x509.cryptoProvider.set(globalThis.crypto);
 pkijs.setEngine('node-webcrypto', new pkijs.CryptoEngine({ name: 'node-webcrypto', crypto: globalThis.crypto }));
 
-export { x509, pkijs };
+export { pkijs, x509 };
 export const subtle = globalThis.crypto.subtle;
 
 /** ECDSA P-256 with SHA-256: the CA's own keys and its signatures. */

@@ -1,4 +1,4 @@
-import { deviceIdForSerial, type DeviceType } from '../../firmware-sdk/protocol/device-id.ts';
+import { type DeviceType, deviceIdForSerial } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
 import type { Authorized } from './method.ts';

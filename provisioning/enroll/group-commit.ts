@@ -56,6 +56,9 @@ export class GroupCommit {
     }
     this.stats.commits++;
     this.stats.changes += batch.length;
-    results.forEach((r, i) => (r.ok ? batch[i]!.resolve(r.value) : batch[i]!.reject(r.error)));
+    for (const [i, r] of results.entries()) {
+      if (r.ok) batch[i]!.resolve(r.value);
+      else batch[i]!.reject(r.error);
+    }
   }
 }

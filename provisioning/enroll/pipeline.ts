@@ -1,6 +1,6 @@
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
-import { parseCsr, type ParsedCsr } from '../ca/csr.ts';
+import { type ParsedCsr, parseCsr } from '../ca/csr.ts';
 import { signLeaf } from '../ca/leaf.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
 import { authorizeClaim } from './claim.ts';

@@ -1,11 +1,11 @@
-import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import * as asn1js from 'asn1js';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { base64Lines, certsOnly } from '../ca/pkcs7.ts';
-import { claimPeer, devicePeer } from '../api/peer.ts';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { httpError } from '../../edge/http-errors.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { claimPeer, devicePeer } from '../api/peer.ts';
 import type { ProvisioningService } from '../api/service.ts';
 import { parseCsr } from '../ca/csr.ts';
+import { base64Lines, certsOnly } from '../ca/pkcs7.ts';
 
 const PREFIX = '/.well-known/est';
 const PKCS7 = 'application/pkcs7-mime';

@@ -1,9 +1,9 @@
-import Database from 'better-sqlite3';
 import { existsSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { PgDatabase } from './postgres.ts';
 import { MIGRATIONS } from './schema.ts';
-import { isPostgresUrl, redactLocation, sqliteDb, type SqlDb } from './sql.ts';
+import { isPostgresUrl, redactLocation, type SqlDb, sqliteDb } from './sql.ts';
 
 export type Db = Database.Database;
 

@@ -7,7 +7,7 @@
  * A connection that fails is dropped and made again on the next query (the caller sees the
  * error of the query it was in); `reset` drops it at once (the caller gave up waiting).
  */
-import { workerData, type MessagePort } from 'node:worker_threads';
+import { type MessagePort, workerData } from 'node:worker_threads';
 import pg from 'pg';
 
 export interface PgRequest {

@@ -15,7 +15,7 @@
  * consumed once, a device id is created once), and it makes the status feed's `seq` commit in
  * order, so a gateway that reads `seq > last` never skips an event that commits late.
  */
-import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { PgReply, PgRequest } from './pg-worker.ts';
 import { PG_MIGRATIONS } from './schema.ts';

@@ -1,11 +1,10 @@
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { openRegistryDb, type Db } from './open.ts';
-import { NO_LIMIT, type SqlDb, type SqlStatement } from './sql.ts';
+import { type Db, openRegistryDb } from './open.ts';
 import type {
   AuditRecord,
+  CertificateRecord,
   ClaimRecord,
   ClaimSerialRecord,
-  CertificateRecord,
   DenyKind,
   DenyRecord,
   DeviceRecord,
@@ -13,6 +12,7 @@ import type {
   StatusEvent,
   TokenRecord,
 } from './records.ts';
+import { NO_LIMIT, type SqlDb, type SqlStatement } from './sql.ts';
 
 type Row = Record<string, unknown>;
 

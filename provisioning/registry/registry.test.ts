@@ -2,15 +2,15 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, test, type TestContext } from 'node:test';
-import { FleetgateError, toFleetgateError, type ErrorCode } from '../../firmware-sdk/protocol/errors.ts';
-import { normalizeSerial } from './hex.ts';
-import { parseRevocationReason } from './reasons.ts';
-import { RegistryReader } from './reader.ts';
-import { MIGRATIONS } from './schema.ts';
+import { after, type TestContext, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { hashToken, normalizeDenyTarget, RegistryWriter, type NewCertificate } from './writer.ts';
-import { ENGINES, registryLocation, stopSharedPostgres, type Engine } from '../../test/helpers/engines.ts';
+import { type ErrorCode, FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { ENGINES, type Engine, registryLocation, stopSharedPostgres } from '../../test/helpers/engines.ts';
+import { normalizeSerial } from './hex.ts';
+import { RegistryReader } from './reader.ts';
+import { parseRevocationReason } from './reasons.ts';
+import { MIGRATIONS } from './schema.ts';
+import { hashToken, type NewCertificate, normalizeDenyTarget, RegistryWriter } from './writer.ts';
 
 // The tests of the registry's operations run on both engines (SQLite, and PostgreSQL where it is
 // installed — always in CI); the ones about SQLite itself (pragmas, its files, its migrations) on SQLite.

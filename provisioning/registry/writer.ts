@@ -3,22 +3,22 @@ import {
   assertDeviceId,
   assertDeviceType,
   CLAIM_DEVICE_TYPES,
-  deviceIdForSerial,
   type DeviceType,
+  deviceIdForSerial,
 } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
 import { RegistryReader, toDevice } from './reader.ts';
-import type { SqlStatement } from './sql.ts';
 import {
-  DENY_KINDS,
   type CertificateRecord,
   type ClaimRecord,
+  DENY_KINDS,
   type DenyKind,
   type DenyRecord,
   type DeviceRecord,
   type TokenRecord,
 } from './records.ts';
+import type { SqlStatement } from './sql.ts';
 
 export interface NewDevice {
   id: string;

@@ -1,8 +1,9 @@
 // A raw MQTT client for conformance tests: writes bytes we choose (malformed ones included) over
 // TLS or a secure WebSocket, and reads what the server sends with mqtt-packet's parser (not the
 // gateway's own codec, so the two are checked against each other).
-import mqttPacket, { type Packet } from 'mqtt-packet';
+
 import { connect as tlsConnect } from 'node:tls';
+import mqttPacket, { type Packet } from 'mqtt-packet';
 import { WebSocket } from 'ws';
 import type { Credential } from '../../harness/pki.ts';
 

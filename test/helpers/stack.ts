@@ -1,4 +1,4 @@
-import { spawnService, type GatewayProcess } from '../../harness/services.ts';
+import { type GatewayProcess, spawnService } from '../../harness/services.ts';
 
 export type Stack = GatewayProcess;
 

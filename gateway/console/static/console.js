@@ -1,7 +1,6 @@
 // fleetgate console, overview page: live numbers and charts from the gateway's event stream.
 // uPlot draws the charts; this file only feeds it. No inline script (the page's CSP forbids it).
 (function () {
-  'use strict';
   var charts = {};
   var data = { t: [], connected: [], msgIn: [], msgOut: [], connects: [], refusals: [] };
   var KEEP = 150;
@@ -13,10 +12,11 @@
 
   function rows(id, items, cells) {
     var el = document.getElementById(id);
+    var p;
     if (!el) return;
     if (items.length === 0) {
       el.innerHTML = '';
-      var p = document.createElement('p');
+      p = document.createElement('p');
       p.className = 'empty';
       p.textContent = 'none';
       el.appendChild(p);
@@ -54,7 +54,7 @@
       scales: {
         x: {
           time: true,
-          range: function (u, min, max) {
+          range: function (_u, _min, max) {
             return [max - 300, max];
           },
         },
