@@ -1,7 +1,7 @@
 import { connect, createInbox, type NatsConnection, RequestStrategy, type Subscription } from 'nats';
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import type { ForwardedProperties } from '../mqtt/codec.ts';
+import type { ForwardedProperties } from '../mqtt/encode.ts';
 import { Message } from '../mqtt/session.ts';
 import {
   decodeLevel,

@@ -1,6 +1,8 @@
 import type { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { Session, Transport } from '../sessions.ts';
-import { type EncodedPublish, Framer, type Will } from './codec.ts';
+import type { EncodedPublish } from './encode.ts';
+import { Framer } from './framer.ts';
+import type { Will } from './packets.ts';
 import type { MqttSession } from './session.ts';
 import type { MqttTransport } from './transport.ts';
 

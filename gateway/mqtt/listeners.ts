@@ -8,7 +8,7 @@ import { onTlsClientError } from '../../edge/handshake-errors.ts';
 import { listen } from '../../edge/listen.ts';
 import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
-import type { MqttPlane } from './broker.ts';
+import type { MqttPlane } from './plane.ts';
 
 export interface Listening {
   mqtts: TlsServer;

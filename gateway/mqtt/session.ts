@@ -1,4 +1,5 @@
-import { type EncodedPublish, encodePublish, type ForwardedProperties, publishProperties } from './codec.ts';
+import { type EncodedPublish, encodePublish, type ForwardedProperties, publishProperties } from './encode.ts';
+import type { Properties } from './packets.ts';
 
 /**
  * A message as it is routed: the payload is shared, and each wire form (QoS, retain flag) is
@@ -93,6 +94,34 @@ export class Message {
   expired(now = Date.now()): boolean {
     return this.expiresAt !== undefined && this.expiresAt <= now;
   }
+}
+
+/**
+ * The message a PUBLISH or a will carries, with its MQTT 5 properties when it has any.
+ * Positional parameters: it runs once per inbound PUBLISH.
+ */
+export function newMessage(
+  topic: string,
+  payload: Buffer,
+  qos: 0 | 1 | 2,
+  retain: boolean,
+  deviceId: string,
+  props: Properties | undefined,
+): Message {
+  if (props === undefined) return new Message(topic, payload, qos, retain, deviceId);
+  const expiresAt = props.messageExpiry === undefined ? undefined : Date.now() + props.messageExpiry * 1000;
+  return new Message(topic, payload, qos, retain, deviceId, { fwd: forwarded(props), expiresAt });
+}
+
+/** The MQTT 5 properties a PUBLISH (or will) forwards to subscribers. */
+function forwarded(p: Properties): ForwardedProperties | undefined {
+  const f: ForwardedProperties = {};
+  if (p.payloadFormat !== undefined) f.payloadFormat = p.payloadFormat;
+  if (p.contentType !== undefined) f.contentType = p.contentType;
+  if (p.responseTopic !== undefined) f.responseTopic = p.responseTopic;
+  if (p.correlationData !== undefined) f.correlationData = p.correlationData;
+  if (p.userProperties !== undefined) f.userProperties = p.userProperties;
+  return Object.keys(f).length === 0 ? undefined : f;
 }
 
 /** A QoS 1/2 delivery owed to a session: queued, then in flight until acknowledged. */

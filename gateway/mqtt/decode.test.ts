@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decode, encodePublish, Framer, MalformedPacket, validFilter } from './codec.ts';
+import { decode, validFilter } from './decode.ts';
+import { encodePublish } from './encode.ts';
+import { Framer } from './framer.ts';
+import { MalformedPacket } from './packets.ts';
 
 function publish(topic: string, payloadBytes: number): Buffer {
   const p = encodePublish(topic, Buffer.alloc(payloadBytes, 0x61), 0, false);

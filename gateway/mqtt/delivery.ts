@@ -1,0 +1,175 @@
+import type { Broker } from './broker.ts';
+import type { MqttConnection } from './connection.ts';
+import { type EncodedPublish, encodeAck, packetIdBytes, publishSize, withDup } from './encode.ts';
+import { SUB } from './packets.ts';
+import { type Delivery, Message, type MqttSession } from './session.ts';
+import { filterMatches, OVERLAP } from './trie.ts';
+
+/**
+ * How a message reaches its subscribers: synchronously through the topic trie, each outgoing
+ * PUBLISH encoded once for every subscriber that gets it at the same QoS and retain flag; QoS 0
+ * straight to the connection, QoS 1/2 through the session's queue into its in-flight window.
+ */
+
+/** Delivers a message to every matching session, each once at the highest QoS its subscriptions grant, never above the publish QoS. */
+export function route(b: Broker, message: Message): void {
+  const matches = b.trie.match(message.topic);
+  for (const [mqtt, sub] of matches) {
+    // No Local [MQTT-3.8.3-3]: client id = device id, so the publisher is `from`.
+    if ((sub & SUB.NO_LOCAL) !== 0 && mqtt.clientId === message.from) continue;
+    const qos = Math.min(sub & SUB.QOS, message.qos) as 0 | 1 | 2; // [MQTT-3.8.4-6]
+    const conn = b.live.get(mqtt);
+    if (conn !== undefined && conn.session?.cut !== undefined) continue;
+    // Retain As Published [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1: always 0 on a live delivery.
+    const retain = (sub & SUB.RETAIN_AS_PUBLISHED) !== 0 && message.retain;
+    const ids = mqtt.subscriptionIds.size === 0 ? undefined : subscriptionIds(mqtt, sub, message.topic);
+    if (qos === 0) {
+      if (conn !== undefined) sendQos0(b, conn, message, retain, ids);
+      continue;
+    }
+    if (conn === undefined && !mqtt.persistent) continue;
+    enqueue(b, mqtt, {
+      message,
+      qos,
+      retain,
+      rowId: undefined,
+      dup: false,
+      released: false,
+      packetId: undefined,
+      ...(ids && { subscriptionIds: ids }),
+    });
+  }
+}
+
+/** The retained messages matching a new subscription, after its SUBACK, with the retain flag [MQTT-3.3.1-6], [MQTT-3.3.1-8]. */
+export function sendRetained(
+  b: Broker,
+  conn: MqttConnection,
+  sub: { filter: string; qos: 0 | 1 | 2; ids: number[] | undefined },
+): void {
+  const mqtt = conn.mqtt as MqttSession;
+  for (const r of b.retained.match(sub.filter)) {
+    const message =
+      r.message instanceof Message ? r.message.asRetained() : new Message(r.topic, r.payload, r.qos, true, r.deviceId);
+    if (message.expired()) continue;
+    const qos = Math.min(sub.qos, r.qos) as 0 | 1 | 2;
+    const ids = sub.ids;
+    if (qos === 0) sendQos0(b, conn, message, true, ids);
+    else
+      enqueue(b, mqtt, {
+        message,
+        qos,
+        retain: true,
+        rowId: undefined,
+        dup: false,
+        released: false,
+        packetId: undefined,
+        ...(ids && { subscriptionIds: ids }),
+      });
+  }
+}
+
+/** The MQTT 5 subscription identifiers of a session's subscriptions matching `topic` [MQTT-3.3.4-3], [MQTT-3.3.4-4]. */
+function subscriptionIds(mqtt: MqttSession, sub: number, topic: string): number[] | undefined {
+  if ((sub & OVERLAP) === 0) {
+    const id = Math.floor(sub / 256);
+    return id === 0 ? undefined : [id];
+  }
+  const ids: number[] = [];
+  for (const [filter, id] of mqtt.subscriptionIds) if (filterMatches(filter, topic)) ids.push(id);
+  return ids.length === 0 ? undefined : ids;
+}
+
+/**
+ * The wire form of a message for this connection's protocol; undefined when it must not be sent
+ * (expired, or larger than the client accepts). Positional parameters: it runs once per message
+ * and subscriber, and an options object would be one more allocation each time.
+ */
+function wire(
+  b: Broker,
+  conn: MqttConnection,
+  message: Message,
+  qos: 0 | 1 | 2,
+  retain: boolean,
+  ids: number[] | undefined,
+  dup: boolean,
+): EncodedPublish | undefined {
+  if (!conn.v5) return message.expired() && !dup ? undefined : message.encoded(qos, retain);
+  // Once sent, a QoS 2 message is not expired any more [MQTT-4.3.3-7]: a resend keeps going.
+  const now = dup && message.expiresAt !== undefined ? Math.min(Date.now(), message.expiresAt - 1000) : undefined;
+  const e = message.encoded5(qos, retain, ids, now);
+  if (e === undefined) return undefined;
+  if (conn.maxPacket !== Number.POSITIVE_INFINITY && publishSize(e) > conn.maxPacket) {
+    b.m.dropTooLarge.inc(); // discarded as if sent [MQTT-3.1.2-25]
+    return undefined;
+  }
+  return e;
+}
+
+export function sendQos0(b: Broker, conn: MqttConnection, message: Message, retain: boolean, ids?: number[]): void {
+  if (conn.transport.buffered + conn.outBytes > conn.maxOutbound) {
+    b.m.dropSlow.inc(); // a subscriber that does not read loses QoS 0, and slows nobody
+    if (conn.overSince === 0) conn.overSince = Date.now(); // its drain deadline starts
+    return;
+  }
+  const e =
+    conn.v5 || message.expiresAt !== undefined
+      ? wire(b, conn, message, 0, retain, ids, false)
+      : message.encoded(0, retain);
+  if (e === undefined) return;
+  conn.pushPublish(e, undefined);
+  b.m.hot.out++;
+  b.markDirty(conn);
+}
+
+export function enqueue(b: Broker, mqtt: MqttSession, d: Delivery): void {
+  if (mqtt.queue.length >= (Number.isFinite(mqtt.maxQueued) ? mqtt.maxQueued : b.deps.mqtt.maxQueuedMessages)) {
+    const dropped = mqtt.queue.shift();
+    if (dropped?.rowId !== undefined) b.store?.dequeue(dropped.rowId);
+    b.m.dropQueue.inc();
+  }
+  if (mqtt.persistent && b.store !== undefined)
+    d.rowId = b.store.enqueue(mqtt.clientId, d.message.topic, d.message.payload, d.qos);
+  mqtt.queue.push(d);
+  pump(b, mqtt);
+}
+
+/** Moves queued deliveries into flight, up to the window (and the client's Receive Maximum), while the client reads. */
+export function pump(b: Broker, mqtt: MqttSession): void {
+  const conn = b.live.get(mqtt);
+  if (conn === undefined || conn.state !== 'connected') return;
+  const maxOutboundBytes = conn.maxOutbound;
+  const window = Math.min(b.deps.mqtt.maxInflight, conn.receiveMax); // [MQTT-3.3.4-9]
+  if (mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes > maxOutboundBytes && conn.overSince === 0)
+    conn.overSince = Date.now();
+  while (
+    mqtt.inflight.size < window &&
+    mqtt.queue.length > 0 &&
+    conn.transport.buffered + conn.outBytes <= maxOutboundBytes
+  ) {
+    const d = mqtt.queue.shift() as Delivery;
+    let e: EncodedPublish | undefined;
+    if (!d.released) {
+      e = wire(b, conn, d.message, d.qos, d.retain, d.subscriptionIds, d.dup);
+      if (e === undefined) {
+        // Expired before onward delivery started [MQTT-3.3.2-5], or too large for this client [MQTT-3.1.2-25].
+        if (d.rowId !== undefined) b.store?.dequeue(d.rowId);
+        continue;
+      }
+    }
+    const id = d.packetId !== undefined && !mqtt.inflight.has(d.packetId) ? d.packetId : mqtt.nextPacketId();
+    if (id === undefined) {
+      mqtt.queue.unshift([d]);
+      break;
+    }
+    d.packetId = id;
+    mqtt.inflight.set(id, d);
+    if (e === undefined) {
+      conn.push(encodeAck('pubrel', id)); // [MQTT-4.4.0-1]: resend PUBREL, not the PUBLISH
+    } else {
+      conn.pushPublish(d.dup ? withDup(e) : e, packetIdBytes(id));
+      b.m.hot.out++;
+    }
+  }
+  b.markDirty(conn);
+}

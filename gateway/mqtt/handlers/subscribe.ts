@@ -1,0 +1,73 @@
+import { type ErrorCode, FleetgateError } from '../../../firmware-sdk/protocol/errors.ts';
+import { REASON, reasonString } from '../../../firmware-sdk/protocol/mqtt5.ts';
+import { maySubscribe } from '../../policy/topics.ts';
+import type { Broker } from '../broker.ts';
+import { close } from '../close.ts';
+import type { MqttConnection } from '../connection.ts';
+import { denied } from '../decisions.ts';
+import { sendRetained } from '../delivery.ts';
+import { encodeSuback, encodeSuback5 } from '../encode.ts';
+import { SUB, type SubscribePacket } from '../packets.ts';
+import type { MqttSession } from '../session.ts';
+import { packetCheck } from './authorize.ts';
+
+type RetainedOwed = { filter: string; qos: 0 | 1 | 2; ids: number[] | undefined };
+
+/**
+ * SUBSCRIBE: each filter authorized against the session's status and topic scope; granted ones
+ * join the trie (and the store, for a persistent session); SUBACK with a code per filter; then
+ * the retained messages the new subscriptions are owed.
+ */
+export function onSubscribe(b: Broker, conn: MqttConnection, p: SubscribePacket): void {
+  const mqtt = conn.mqtt as MqttSession;
+  const granted: number[] = [];
+  const retained: RetainedOwed[] = [];
+  const subscriptionId = p.properties?.subscriptionId;
+  let refusal: ErrorCode | undefined;
+  for (const { filter, qos, options } of p.subscriptions) {
+    if (conn.v5 && filter.startsWith('$share/')) {
+      granted.push(REASON.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED); // shared subscriptions are not offered (CONNACK says so)
+      continue;
+    }
+    const code = packetCheck(conn, (s) => maySubscribe(s.scope, filter));
+    if (code !== undefined) {
+      denied(b, 'subscribe', conn, code, filter);
+      // The session itself was cut (revoked, suspended, denylisted): the connection goes.
+      if (code !== 'TOPIC_DENIED') return close(b, conn, 'denied');
+      granted.push(conn.v5 ? REASON.NOT_AUTHORIZED : 0x80); // [MQTT-3.9.3-2]; MQTT 5: 0x87
+      refusal = code;
+      continue;
+    }
+    const existed = subscribe(b, mqtt, filter, options, subscriptionId);
+    granted.push(qos);
+    // Retain Handling [MQTT-3.3.1-9 … 11]: 0 always, 1 only for a new subscription, 2 never.
+    const handling = (options & SUB.RETAIN_HANDLING) >> 4;
+    if (handling === 0 || (handling === 1 && !existed))
+      retained.push({ filter, qos, ids: subscriptionId === undefined ? undefined : [subscriptionId] });
+  }
+  const why =
+    refusal !== undefined && conn.problemInfo
+      ? { reasonString: reasonString(refusal, new FleetgateError(refusal).publicMessage) }
+      : undefined;
+  conn.push(conn.v5 ? encodeSuback5(p.packetId, granted, why) : encodeSuback(p.packetId, granted));
+  for (const owed of retained) sendRetained(b, conn, owed);
+  b.markDirty(conn);
+}
+
+/** Adds (or replaces [MQTT-3.8.4-3]) one subscription; whether the session already had this filter. */
+function subscribe(
+  b: Broker,
+  mqtt: MqttSession,
+  filter: string,
+  options: number,
+  subscriptionId: number | undefined,
+): boolean {
+  const existed = mqtt.subscriptions.has(filter);
+  const value = options + (subscriptionId ?? 0) * 256;
+  mqtt.subscriptions.set(filter, options);
+  if (subscriptionId !== undefined) mqtt.subscriptionIds.set(filter, subscriptionId);
+  else mqtt.subscriptionIds.delete(filter);
+  b.addFilter(filter, mqtt, value, !existed);
+  if (mqtt.persistent) b.store?.addSubscription(mqtt.clientId, filter, value as 0 | 1 | 2);
+  return existed;
+}
