@@ -23,12 +23,12 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { importPKCS8, SignJWT } from 'jose';
-import { allocatorEnv } from '../config/allocator.ts';
 import { identityFromCertificate } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { AssertionMinter } from '../gateway/https/assertion.ts';
 import { StatusChecker } from '../gateway/status/check.ts';
 import { enrollDevice } from '../harness/pki.ts';
 import { SERVER_NODE_FLAGS } from '../harness/services.ts';
+import { allocatorEnv } from '../runtime/allocator.ts';
 import { benchFleet, fmt, freePort, percentile, procStat, spawnGateway, untilTlsListening } from './lib.ts';
 
 const NEW_CONN = Number(process.env.BENCH_NEW_CONNECTIONS ?? 600);

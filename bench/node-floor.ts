@@ -5,7 +5,7 @@
 import { createServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { dataPaths } from '../config/paths.ts';
-import { serverTlsOptions } from '../edge/tls.ts';
+import { serverTlsOptions } from '../listeners/tls.ts';
 
 const server = createServer(
   serverTlsOptions(dataPaths(process.argv[2]!), { handshakeTimeoutMs: 10_000, clientCert: 'required' }),

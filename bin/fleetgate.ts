@@ -5,14 +5,14 @@
 // under 30 MB with this). Servers started another way should pass the same flags (SERVER_NODE_FLAGS).
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { allocatorEnv, type ServerCommand } from '../config/allocator.ts';
+import { allocatorEnv, type ServerCommand } from '../runtime/allocator.ts';
 
 const SERVER_COMMANDS = new Set<string>(['up', 'gateway', 'provision'] satisfies ServerCommand[]);
 const OPENSSL_CONFIG = join(import.meta.dirname, '..', 'config', 'openssl.cnf');
 const args = process.argv.slice(2);
 
 // The servers need settings a process only reads at start-up: OpenSSL's (config/openssl.cnf: no
-// TLS 1.3 session tickets at all) and the allocator (jemalloc when installed, config/allocator.ts:
+// TLS 1.3 session tickets at all) and the allocator (jemalloc when installed, runtime/allocator.ts:
 // memory goes back to the system after connections close). Started without them, a server
 // command runs itself again with them, passing signals through and exiting with the child's status.
 const needsOpenssl = !process.execArgv.some((a) => a.startsWith('--openssl-config'));

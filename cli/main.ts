@@ -12,20 +12,8 @@ import { registerInit } from './commands/init.ts';
 import { registerJwt } from './commands/jwt.ts';
 import { registerOperator } from './commands/operator.ts';
 import { registerUp } from './commands/up.ts';
+import { common } from './flags.ts';
 import { reportError } from './output.ts';
-
-/** Adds the options every command takes. */
-export type CommonFlags = (cmd: Command) => Command;
-
-const common: CommonFlags = (cmd) =>
-  cmd
-    .option('--data <dir>', 'data directory (env FLEETGATE_DATA)', undefined)
-    .option('--config <file>', 'config file (env FLEETGATE_CONFIG; default <data>/fleetgate.json)')
-    .option(
-      '--registry <location>',
-      'registry: sqlite:FILE or postgres://… (env FLEETGATE_REGISTRY; default <data>/registry.db)',
-    )
-    .option('--json', 'machine-readable output (errors too, on stderr)');
 
 export function buildProgram(): Command {
   const program = new Command('fleetgate')

@@ -2,13 +2,13 @@ import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { request } from 'node:https';
 import { hostname } from 'node:os';
-import { writeNewFile } from '../config/files.ts';
 import { urlHost } from '../config/paths.ts';
 import { serialHex } from '../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError, isErrorCode } from '../firmware-sdk/protocol/errors.ts';
 import { verifyServerCertificate } from '../firmware-sdk/protocol/server-certificate.ts';
 import { EC_P256, ECDSA_SHA256, subtle, x509 } from '../provisioning/ca/x509.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
+import { writeNewFile } from '../runtime/files.ts';
 import type { CliContext } from './context.ts';
 
 const OPERATOR_VALIDITY_MS = 30 * 86_400_000;

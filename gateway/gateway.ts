@@ -3,15 +3,14 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../config/config.ts';
 import { dataPaths, urlHost } from '../config/paths.ts';
-import { ConnectionGuard } from '../edge/guard.ts';
-import { ThrottledLog } from '../edge/throttled-log.ts';
-import { serverTlsOptions } from '../edge/tls.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { ConnectionGuard } from '../listeners/guard.ts';
+import { ThrottledLog } from '../listeners/throttled-log.ts';
+import { serverTlsOptions } from '../listeners/tls.ts';
 import type { StatusEvent } from '../provisioning/registry/records.ts';
 import { startAdmin } from './admin/server.ts';
 import { NatsBus } from './cluster/bus.ts';
 import { FleetSessions } from './cluster/fleet-sessions.ts';
-import { nodeTotals } from './console/live.ts';
 import { startConsole } from './console/server.ts';
 import { AssertionMinter } from './https/assertion.ts';
 import { deleteRetiredKeys, ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
@@ -19,6 +18,7 @@ import { startHttpsPlane } from './https/server.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { startMqttListeners } from './mqtt/listeners.ts';
 import { MqttPlane } from './mqtt/plane.ts';
+import { nodeTotals } from './node-totals.ts';
 import { type Session, SessionTable } from './sessions.ts';
 import { RegistryLink } from './status/registry-link.ts';
 import { StatusWatcher } from './status/watch.ts';
@@ -248,9 +248,9 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
       throw err;
     }
   };
-  const edge = { guard, refusals, metrics, log };
+  const shared = { guard, refusals, metrics, log };
   const listeners = await step(
-    () => startMqttListeners(plane, tls, g, edge),
+    () => startMqttListeners(plane, tls, g, shared),
     async (l) => {
       l.mqtts.close();
       l.wss.close();

@@ -7,12 +7,12 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { connect as tlsConnect } from 'node:tls';
-import { allocatorEnv, type ServerCommand } from '../config/allocator.ts';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { initDataDir } from '../provisioning/setup.ts';
+import { allocatorEnv, type ServerCommand } from '../runtime/allocator.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 

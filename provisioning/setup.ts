@@ -1,7 +1,7 @@
 import { chmodSync } from 'node:fs';
 import type { FleetgateConfig } from '../config/config.ts';
-import { ensureDir } from '../config/files.ts';
 import { dataPaths } from '../config/paths.ts';
+import { ensureDir } from '../runtime/files.ts';
 import { initCa } from './ca/authority.ts';
 import { RegistryWriter } from './registry/writer.ts';
 

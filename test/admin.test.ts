@@ -4,10 +4,10 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { test } from 'node:test';
+import { auditRows, startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { closed, connect, end } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { closed, connect, end } from './helpers/mqtt.ts';
-import { errorCode, fleetgate, fleetgateOk } from './helpers/run.ts';
+import { errorCode, fleetgate, fleetgateOk } from '../harness/run.ts';
 
 function get(fleet: TestFleet, path: string, cred?: Credential): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {

@@ -4,10 +4,10 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { type HttpResult, https } from '../harness/https.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { type HttpResult, https } from './helpers/https.ts';
-import { fileScope } from './helpers/run.ts';
+import { fileScope } from '../harness/run.ts';
 
 const scope = fileScope(after);
 let fleet: TestFleet;

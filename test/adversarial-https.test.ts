@@ -8,11 +8,11 @@ import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { STRIPPED_REQUEST_HEADERS } from '../gateway/https/headers.ts';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { errorCodeOf, https } from '../harness/https.ts';
+import { startOrigin } from '../harness/origin.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { errorCodeOf, https } from './helpers/https.ts';
-import { startOrigin } from './helpers/origin.ts';
-import { fileScope } from './helpers/run.ts';
+import { fileScope } from '../harness/run.ts';
 
 let fleet: TestFleet;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

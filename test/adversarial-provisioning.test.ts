@@ -9,11 +9,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { oidDer, seq, set, tlv, toPem } from '../firmware-sdk/protocol/der.ts';
-import { type Credential, csrPem, enrollDevice, newKeys } from '../harness/pki.ts';
-import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.ts';
-import { errorCodeOf, https } from './helpers/https.ts';
-import { openssl } from './helpers/pki.ts';
-import { fileScope } from './helpers/run.ts';
+import { startTestProvisioning, type TestProvisioning } from '../harness/gateway.ts';
+import { errorCodeOf, https } from '../harness/https.ts';
+import { type Credential, csrPem, enrollDevice, newKeys, openssl } from '../harness/pki.ts';
+import { fileScope } from '../harness/run.ts';
 
 let p: TestProvisioning;
 let ca: Buffer;

@@ -8,12 +8,12 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { getCiphers, connect as tlsConnect } from 'node:tls';
 import pino from 'pino';
-import { TLS12_SUITES } from '../edge/tls.ts';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { connect, end } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { fileScope, run } from '../harness/run.ts';
+import { TLS12_SUITES } from '../listeners/tls.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { connect, end } from './helpers/mqtt.ts';
-import { fileScope, run } from './helpers/run.ts';
 
 const scope = fileScope(after);
 let fleet: TestFleet;
@@ -147,7 +147,7 @@ test('ciphers/TLS 1.2 offers ECDHE with AEAD ciphers only on every listener; TLS
 });
 
 async function fetchMetrics(): Promise<string> {
-  const { https } = await import('./helpers/https.ts');
+  const { https } = await import('../harness/https.ts');
   return (await https(`https://127.0.0.1:${fleet.gateway.ports.admin}/metrics`, { ca: fleet.ca.rootPem })).body;
 }
 

@@ -1,4 +1,4 @@
-// The servers run on jemalloc when it is installed (config/allocator.ts): started through the
+// The servers run on jemalloc when it is installed (runtime/allocator.ts): started through the
 // harness (the environment set up front) and through `bin/fleetgate.ts` (which re-executes a
 // server command with it). `.ci/run` installs libjemalloc2.
 import assert from 'node:assert/strict';
@@ -7,8 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
-import { allocatorEnv, allocatorInUse } from '../config/allocator.ts';
 import { benchFleet, spawnService } from '../harness/services.ts';
+import { allocatorEnv, allocatorInUse } from '../runtime/allocator.ts';
 
 const FLEETGATE = join(import.meta.dirname, '..', 'bin', 'fleetgate.ts');
 const runsOnJemalloc = (pid: number) => readFileSync(`/proc/${pid}/maps`, 'utf8').includes('libjemalloc');

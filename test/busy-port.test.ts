@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { fleetgate, tempDir } from './helpers/run.ts';
-import { startStack } from './helpers/stack.ts';
+import { fleetgate, tempDir } from '../harness/run.ts';
+import { startStack } from '../harness/stack.ts';
 
 test('busy port/every listener: PORT_IN_USE, which port, which setting; exits', { timeout: 180_000 }, async (t) => {
   const a = await startStack(join(tempDir(t), 'data'));

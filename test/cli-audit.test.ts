@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { initFleet } from './helpers/fleet.ts';
-import { opensslCsr } from './helpers/pki.ts';
-import { fleetgateOk } from './helpers/run.ts';
+import { initFleet } from '../harness/fleet.ts';
+import { opensslCsr } from '../harness/pki.ts';
+import { fleetgateOk } from '../harness/run.ts';
 
 test('audit/each state-changing command appends exactly its row, with actor and time', async (t) => {
   const fleet = await initFleet(t);

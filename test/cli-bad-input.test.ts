@@ -4,10 +4,10 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { ERRORS, type ErrorCode } from '../firmware-sdk/protocol/errors.ts';
+import { initFleet } from '../harness/fleet.ts';
+import { opensslCsr } from '../harness/pki.ts';
+import { errorCode, fileScope, fleetgate, fleetgateOk } from '../harness/run.ts';
 import { csrDer } from '../provisioning/ca/csr.ts';
-import { initFleet } from './helpers/fleet.ts';
-import { opensslCsr } from './helpers/pki.ts';
-import { errorCode, fileScope, fleetgate, fleetgateOk } from './helpers/run.ts';
 
 let fleet: Awaited<ReturnType<typeof initFleet>>;
 const scope = fileScope(after);

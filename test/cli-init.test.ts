@@ -5,9 +5,9 @@ import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
-import { initFleet } from './helpers/fleet.ts';
-import { openssl, opensslCsr } from './helpers/pki.ts';
-import { errorCode, FLEETGATE, fleetgate, fleetgateOk, tempDir } from './helpers/run.ts';
+import { initFleet } from '../harness/fleet.ts';
+import { openssl, opensslCsr } from '../harness/pki.ts';
+import { errorCode, FLEETGATE, fleetgate, fleetgateOk, tempDir } from '../harness/run.ts';
 
 const mode = (file: string) => statSync(file).mode & 0o777;
 

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { initFleet } from './helpers/fleet.ts';
-import { firstCert, type KeySpec, openssl, opensslCsr } from './helpers/pki.ts';
-import { fleetgateOk } from './helpers/run.ts';
+import { initFleet } from '../harness/fleet.ts';
+import { firstCert, type KeySpec, openssl, opensslCsr } from '../harness/pki.ts';
+import { fleetgateOk } from '../harness/run.ts';
 
 async function issueAndVerify(t: import('node:test').TestContext, key: KeySpec, extra: string[] = []) {
   const fleet = await initFleet(t);

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { initFleet } from './helpers/fleet.ts';
-import { firstCert, openssl, opensslCsr } from './helpers/pki.ts';
-import { errorCode, fleetgate, fleetgateOk } from './helpers/run.ts';
+import { initFleet } from '../harness/fleet.ts';
+import { firstCert, openssl, opensslCsr } from '../harness/pki.ts';
+import { errorCode, fleetgate, fleetgateOk } from '../harness/run.ts';
 
 test('revocation/device revoke and cert revoke appear on the signed CRL; openssl -crl_check agrees', async (t) => {
   const fleet = await initFleet(t);

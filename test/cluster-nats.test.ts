@@ -6,12 +6,12 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { closed, connect, until, withTimeout } from '../harness/mqtt.ts';
 import { type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { fileScope } from '../harness/run.ts';
 import { type GatewayProcess, spawnService } from '../harness/services.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { closed, connect, until, withTimeout } from './helpers/mqtt.ts';
-import { fileScope } from './helpers/run.ts';
 
 if (!natsAvailable() && process.env.CI === 'true')
   throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");
@@ -263,7 +263,7 @@ test('cluster/a node that was away forgets the retained messages cleared while i
 test("cluster/the console on node A counts node B's sessions in its overview, shows a device's session on B and kicks it there", {
   skip,
 }, async () => {
-  const { https } = await import('./helpers/https.ts');
+  const { https } = await import('../harness/https.ts');
   const { readFileSync } = await import('node:fs');
   const operator = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-ops', type: 'operator' });
   const ca = readFileSync(a.rootFile);
@@ -304,7 +304,7 @@ test("cluster/the console on node A counts node B's sessions in its overview, sh
 test('cluster/the console on node A lists a revoked device still connecting to node B, refusals of both nodes summed', {
   skip,
 }, async () => {
-  const { https } = await import('./helpers/https.ts');
+  const { https } = await import('../harness/https.ts');
   const { readFileSync } = await import('node:fs');
   const operator = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-ops2', type: 'operator' });
   const gone = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-gone' });

@@ -14,15 +14,15 @@ import { Agent, request } from 'node:https';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import pg from 'pg';
+import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from '../harness/engines.ts';
+import { errorCodeOf, https } from '../harness/https.ts';
+import { closed, connect, until, withTimeout } from '../harness/mqtt.ts';
 import { type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
 import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
 import type { PostgresServer } from '../harness/postgres.ts';
 import { type RoundRobinProxy, startRoundRobinProxy } from '../harness/proxy.ts';
+import { fileScope, fleetgate } from '../harness/run.ts';
 import { benchFleet, type GatewayProcess, spawnService } from '../harness/services.ts';
-import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from './helpers/engines.ts';
-import { errorCodeOf, https } from './helpers/https.ts';
-import { closed, connect, until, withTimeout } from './helpers/mqtt.ts';
-import { fileScope, fleetgate } from './helpers/run.ts';
 
 if (!natsAvailable() && process.env.CI === 'true')
   throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");

@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { auditRows, startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { closed, connect } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { closed, connect } from './helpers/mqtt.ts';
-import { fileScope, fleetgate, run } from './helpers/run.ts';
+import { fileScope, fleetgate, run } from '../harness/run.ts';
 
 const CHROMIUM = process.env.FLEETGATE_CHROMIUM ?? '/usr/bin/chromium';
 const missing = !existsSync(CHROMIUM);

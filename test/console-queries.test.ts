@@ -6,10 +6,10 @@ import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { after, before, describe, test } from 'node:test';
 import { ConsoleQueries } from '../gateway/console/queries.ts';
+import { ENGINES, registryLocation, stopSharedPostgres } from '../harness/engines.ts';
 import { seedRegistry } from '../harness/seed.ts';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
-import { ENGINES, registryLocation, stopSharedPostgres } from './helpers/engines.ts';
 
 const DEVICES = 100_000;
 const now = Date.now();

@@ -5,9 +5,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { test } from 'node:test';
+import { startTestFleet } from '../harness/gateway.ts';
+import { withTimeout } from '../harness/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
-import { startTestFleet } from './helpers/gateway.ts';
-import { withTimeout } from './helpers/mqtt.ts';
 
 test("console stream/the live overview ends when the operator's certificate is revoked", async (t) => {
   const fleet = await startTestFleet(t);

@@ -6,9 +6,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { startOrigin } from './helpers/origin.ts';
-import { ROOT, run, tempDir } from './helpers/run.ts';
-import { startStack } from './helpers/stack.ts';
+import { startOrigin } from '../harness/origin.ts';
+import { ROOT, run, tempDir } from '../harness/run.ts';
+import { startStack } from '../harness/stack.ts';
 
 const SIM = join(ROOT, 'bin', 'device-sim.ts');
 

@@ -7,10 +7,10 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
+import { initFleet } from '../harness/fleet.ts';
+import { opensslCsr } from '../harness/pki.ts';
+import { FLEETGATE } from '../harness/run.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
-import { initFleet } from './helpers/fleet.ts';
-import { opensslCsr } from './helpers/pki.ts';
-import { FLEETGATE } from './helpers/run.ts';
 
 const DEVICES = 400;
 const KILL_AFTER = 25;

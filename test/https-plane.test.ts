@@ -8,12 +8,12 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import { auditRows, startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { errorCodeOf, https } from '../harness/https.ts';
+import { withTimeout } from '../harness/mqtt.ts';
+import { type Seen, startOrigin } from '../harness/origin.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { errorCodeOf, https } from './helpers/https.ts';
-import { withTimeout } from './helpers/mqtt.ts';
-import { type Seen, startOrigin } from './helpers/origin.ts';
-import { fileScope, fleetgateOk, run } from './helpers/run.ts';
+import { fileScope, fleetgateOk, run } from '../harness/run.ts';
 
 let fleet: TestFleet;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

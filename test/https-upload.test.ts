@@ -9,13 +9,13 @@ import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
+import { startOrigin } from '../harness/origin.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { fileScope, tempDir } from '../harness/run.ts';
 import { type GatewayProcess, spawnGateway } from '../harness/services.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { initDataDir } from '../provisioning/setup.ts';
-import { startOrigin } from './helpers/origin.ts';
-import { fileScope, tempDir } from './helpers/run.ts';
 
 const MB = 1024 * 1024;
 let origin: Awaited<ReturnType<typeof startOrigin>>;

@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
-import { initFleet } from './helpers/fleet.ts';
-import { FLEETGATE, run } from './helpers/run.ts';
+import { initFleet } from '../harness/fleet.ts';
+import { FLEETGATE, run } from '../harness/run.ts';
 
 const PORTS = {
   FLEETGATE_MQTT_PORT: '0',

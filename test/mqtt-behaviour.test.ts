@@ -1,10 +1,10 @@
 // Issue #4: one behaviour suite over both transports (MQTT over TLS and over WSS), with mqtt.js.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { closed, connect, end, nextMessage } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { closed, connect, end, nextMessage } from './helpers/mqtt.ts';
-import { fileScope } from './helpers/run.ts';
+import { fileScope } from '../harness/run.ts';
 
 let fleet: TestFleet;
 const scope = fileScope(after);

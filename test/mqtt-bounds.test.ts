@@ -4,11 +4,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { connect as tlsConnect } from 'node:tls';
+import { startTestFleet } from '../harness/gateway.ts';
+import { https } from '../harness/https.ts';
+import { connect, end } from '../harness/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
-import { startTestFleet } from './helpers/gateway.ts';
-import { https } from './helpers/https.ts';
-import { connect, end } from './helpers/mqtt.ts';
-import { bytes, connectBytes } from './helpers/raw-mqtt.ts';
+import { bytes, connectBytes } from '../harness/raw-mqtt.ts';
 
 test('slow consumer/one subscriber stops reading: the others get every message at their pace; it is dropped after the drain timeout', {
   timeout: 120_000,

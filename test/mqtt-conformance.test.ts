@@ -5,11 +5,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { connect, end, nextMessage } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { connect, end, nextMessage } from './helpers/mqtt.ts';
-import { bytes, connectBytes, frame, rawClient, str } from './helpers/raw-mqtt.ts';
-import { fileScope } from './helpers/run.ts';
+import { bytes, connectBytes, frame, rawClient, str } from '../harness/raw-mqtt.ts';
+import { fileScope } from '../harness/run.ts';
 
 const scope = fileScope(after);
 let fleet: TestFleet;

@@ -5,9 +5,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
+import { end, withTimeout } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { benchFleet, type GatewayProcess, spawnService, stablePort } from '../harness/services.ts';
-import { end, withTimeout } from './helpers/mqtt.ts';
 
 const ROUNDS = 10;
 

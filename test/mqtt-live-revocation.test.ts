@@ -2,10 +2,10 @@
 // TLS and WSS sessions within 1 s; it cannot reconnect; other devices stay connected.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { auditRows, startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { connect, end } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { auditRows, startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { connect, end } from './helpers/mqtt.ts';
-import { fileScope, fleetgateOk } from './helpers/run.ts';
+import { fileScope, fleetgateOk } from '../harness/run.ts';
 
 let fleet: TestFleet;
 const scope = fileScope(after);

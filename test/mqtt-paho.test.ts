@@ -3,9 +3,9 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { after, before, test } from 'node:test';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { fileScope, run } from './helpers/run.ts';
+import { fileScope, run } from '../harness/run.ts';
 
 // Debian's interpreter, where python3-paho-mqtt installs (a pyenv python3 on PATH would not see it).
 const PYTHON = '/usr/bin/python3';

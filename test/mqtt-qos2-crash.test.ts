@@ -7,10 +7,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import mqtt from 'mqtt';
 import type { IConnackPacket, IPubcompPacket, IPubrecPacket } from 'mqtt-packet';
+import { end, withTimeout } from '../harness/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
+import { bytes, connectBytes, rawClient } from '../harness/raw-mqtt.ts';
 import { benchFleet, type GatewayProcess, spawnService, stablePort } from '../harness/services.ts';
-import { end, withTimeout } from './helpers/mqtt.ts';
-import { bytes, connectBytes, rawClient } from './helpers/raw-mqtt.ts';
 
 test('qos2 crash/a QoS 2 PUBLISH sent again after a SIGKILL of the gateway is acknowledged, not delivered twice', {
   timeout: 120_000,

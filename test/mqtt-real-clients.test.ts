@@ -6,10 +6,9 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { openssl } from './helpers/pki.ts';
-import { fileScope, run } from './helpers/run.ts';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { type Credential, enrollDevice, openssl } from '../harness/pki.ts';
+import { fileScope, run } from '../harness/run.ts';
 
 let fleet: TestFleet;
 const scope = fileScope(after);

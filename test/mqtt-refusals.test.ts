@@ -8,13 +8,13 @@ import { connect as tlsConnect } from 'node:tls';
 import type { MqttClient } from 'mqtt';
 import { loadConfig } from '../config/config.ts';
 import { dataPaths } from '../config/paths.ts';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { closed, connect, end, nextMessage } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice, forgeCert } from '../harness/pki.ts';
+import { connectBytes, rawClient } from '../harness/raw-mqtt.ts';
+import { fileScope, tempDir } from '../harness/run.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { initDataDir } from '../provisioning/setup.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { closed, connect, end, nextMessage } from './helpers/mqtt.ts';
-import { connectBytes, rawClient } from './helpers/raw-mqtt.ts';
-import { fileScope, tempDir } from './helpers/run.ts';
 
 let fleet: TestFleet;
 const scope = fileScope(after);

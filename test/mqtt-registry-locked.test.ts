@@ -8,11 +8,11 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
+import { startTestFleet } from '../harness/gateway.ts';
+import { errorCodeOf, https } from '../harness/https.ts';
+import { connect, end } from '../harness/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
-import { startTestFleet } from './helpers/gateway.ts';
-import { errorCodeOf, https } from './helpers/https.ts';
-import { connect, end } from './helpers/mqtt.ts';
-import { bytes, connectBytes, rawClient } from './helpers/raw-mqtt.ts';
+import { bytes, connectBytes, rawClient } from '../harness/raw-mqtt.ts';
 
 const HOLD_LOCK = `
 import fcntl, os, sys

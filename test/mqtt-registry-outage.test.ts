@@ -4,9 +4,9 @@
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { startTestFleet } from '../harness/gateway.ts';
+import { connect, end } from '../harness/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
-import { startTestFleet } from './helpers/gateway.ts';
-import { connect, end } from './helpers/mqtt.ts';
 
 const SIDE_FILES = ['', '-wal', '-shm'];
 

@@ -6,11 +6,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { connect, end, withTimeout } from '../harness/mqtt.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { connect, end, withTimeout } from './helpers/mqtt.ts';
-import { bytes5, connect5Bytes, frame, type RawClient, rawClient, str } from './helpers/raw-mqtt.ts';
-import { fileScope } from './helpers/run.ts';
+import { bytes5, connect5Bytes, frame, type RawClient, rawClient, str } from '../harness/raw-mqtt.ts';
+import { fileScope } from '../harness/run.ts';
 
 const scope = fileScope(after);
 let fleet: TestFleet;

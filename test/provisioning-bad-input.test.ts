@@ -3,12 +3,11 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { csrPem, newKeys } from '../harness/pki.ts';
+import { startTestProvisioning, type TestProvisioning } from '../harness/gateway.ts';
+import { https } from '../harness/https.ts';
+import { csrPem, newKeys, opensslCsr } from '../harness/pki.ts';
+import { fileScope } from '../harness/run.ts';
 import { csrDer } from '../provisioning/ca/csr.ts';
-import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.ts';
-import { https } from './helpers/https.ts';
-import { opensslCsr } from './helpers/pki.ts';
-import { fileScope } from './helpers/run.ts';
 
 let p: TestProvisioning;
 let ca: Buffer;

@@ -8,12 +8,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadConfig } from '../config/config.ts';
+import { type HttpResult, https } from '../harness/https.ts';
 import { csrPem, newKeys } from '../harness/pki.ts';
+import { tempDir } from '../harness/run.ts';
 import { spawnService } from '../harness/services.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { initDataDir } from '../provisioning/setup.ts';
-import { type HttpResult, https } from './helpers/https.ts';
-import { tempDir } from './helpers/run.ts';
 
 const N = 200;
 

@@ -3,9 +3,9 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
+import { startTestProvisioning } from '../harness/gateway.ts';
+import { https } from '../harness/https.ts';
 import { csrPem, enrollDevice, newKeys } from '../harness/pki.ts';
-import { startTestProvisioning } from './helpers/gateway.ts';
-import { https } from './helpers/https.ts';
 
 test('provisioning metrics/answer operator and auditor certificates only, and count group commits', async (t) => {
   const svc = await startTestProvisioning(t);

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { startTestProvisioning } from './helpers/gateway.ts';
-import { openssl, opensslCsr } from './helpers/pki.ts';
-import { fleetgateOk, run } from './helpers/run.ts';
+import { startTestProvisioning } from '../harness/gateway.ts';
+import { openssl, opensslCsr } from '../harness/pki.ts';
+import { fleetgateOk, run } from '../harness/run.ts';
 
 const curl = (args: string[], input?: string) =>
   run('curl', ['-sS', '--max-time', '20', ...args], input === undefined ? {} : { input });

@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { startTestProvisioning, type TestProvisioning } from '../harness/gateway.ts';
+import { errorCodeOf, https } from '../harness/https.ts';
 import { type Credential, csrPem, enrollDevice, forgeCert, newKeys } from '../harness/pki.ts';
-import { startTestProvisioning, type TestProvisioning } from './helpers/gateway.ts';
-import { errorCodeOf, https } from './helpers/https.ts';
-import { fileScope, fleetgateOk } from './helpers/run.ts';
+import { fileScope, fleetgateOk } from '../harness/run.ts';
 
 let p: TestProvisioning;
 let ca: Buffer;

@@ -9,9 +9,9 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { ROOT, tempDir } from '../harness/run.ts';
 import { freePort, type GatewayProcess, spawnService } from '../harness/services.ts';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
-import { ROOT, tempDir } from './helpers/run.ts';
 
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
 const start = README.indexOf('<!-- first-hour:start -->');

@@ -7,15 +7,15 @@ import { after, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import pg from 'pg';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { createDatabase, pgSkip, registryLocation, sharedPostgres, stopSharedPostgres } from '../harness/engines.ts';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
 import { hashToken, RegistryWriter } from '../provisioning/registry/writer.ts';
-import { createDatabase, pgSkip, registryLocation, sharedPostgres, stopSharedPostgres } from './helpers/engines.ts';
 
 after(stopSharedPostgres);
 const skip = pgSkip;
 
 function race(workerData: Record<string, unknown>): Promise<{ won: string[]; refused: Record<string, number> }> {
-  const worker = new Worker(new URL('./helpers/registry-racer.ts', import.meta.url), { workerData });
+  const worker = new Worker(new URL('../harness/registry-racer.ts', import.meta.url), { workerData });
   return new Promise((resolve, reject) => {
     worker.once('message', resolve);
     worker.once('error', reject);

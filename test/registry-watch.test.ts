@@ -4,10 +4,10 @@
 // connection is refused: the notification, not the poll, carried it.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { auditRows, startTestFleet } from '../harness/gateway.ts';
+import { closed, connect } from '../harness/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
-import { auditRows, startTestFleet } from './helpers/gateway.ts';
-import { closed, connect } from './helpers/mqtt.ts';
-import { fleetgate } from './helpers/run.ts';
+import { fleetgate } from '../harness/run.ts';
 
 test('registry watch/a revocation by the CLI cuts a live session long before the one-minute idle poll', async (t) => {
   const fleet = await startTestFleet(t, { FLEETGATE_STATUS_IDLE_POLL: '60s' });

@@ -10,8 +10,8 @@ import { Device } from '../firmware-sdk/device.ts';
 import { enrollWithToken } from '../firmware-sdk/enroll.ts';
 import type { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { startGateway } from '../gateway/gateway.ts';
+import { LogCapture, startTestFleet } from '../harness/gateway.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
-import { LogCapture, startTestFleet } from './helpers/gateway.ts';
 
 async function enrolledDevice(
   fleet: Awaited<ReturnType<typeof startTestFleet>>,

@@ -6,13 +6,13 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { dataPaths } from '../config/paths.ts';
+import { connect, end, nextMessage } from '../harness/mqtt.ts';
+import { startOrigin } from '../harness/origin.ts';
 import { enrollDevice } from '../harness/pki.ts';
+import { FLEETGATE, fleetgateOk, run, tempDir } from '../harness/run.ts';
+import { startStack } from '../harness/stack.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
-import { connect, end, nextMessage } from './helpers/mqtt.ts';
-import { startOrigin } from './helpers/origin.ts';
-import { FLEETGATE, fleetgateOk, run, tempDir } from './helpers/run.ts';
-import { startStack } from './helpers/stack.ts';
 
 const DEVICE_CLI = join(FLEETGATE, '..', 'fleetgate-device.ts');
 const device = (args: string[]) => run(process.execPath, [DEVICE_CLI, ...args]);

@@ -6,8 +6,8 @@ import { test } from 'node:test';
 import { enrollWithClaim, estCacerts, estSimpleEnroll, estSimpleReenroll, renew } from '../firmware-sdk/enroll.ts';
 import { loadIdentity } from '../firmware-sdk/identity.ts';
 import type { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
-import { startTestProvisioning } from './helpers/gateway.ts';
-import { fleetgateOk } from './helpers/run.ts';
+import { startTestProvisioning } from '../harness/gateway.ts';
+import { fleetgateOk } from '../harness/run.ts';
 
 test('sdk enroll/EST: cacerts, simpleenroll with Basic auth, simplereenroll with the current certificate', async (t) => {
   const p = await startTestProvisioning(t);

@@ -7,9 +7,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { identityFiles, loadIdentity, saveIdentity } from '../firmware-sdk/identity.ts';
+import { startTestFleet } from '../harness/gateway.ts';
 import { forgeCert, newKeys } from '../harness/pki.ts';
-import { startTestFleet } from './helpers/gateway.ts';
-import { ROOT, tempDir } from './helpers/run.ts';
+import { ROOT, tempDir } from '../harness/run.ts';
 
 test('identity/SIGKILL while identities are being written never leaves a mix', async (t) => {
   const fleet = await startTestFleet(t);

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { ROOT, run, tempDir } from './helpers/run.ts';
+import { ROOT, run, tempDir } from '../harness/run.ts';
 
 const SDK = join(ROOT, 'firmware-sdk');
 

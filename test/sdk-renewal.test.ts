@@ -8,10 +8,10 @@ import { test } from 'node:test';
 import pino from 'pino';
 import { Device } from '../firmware-sdk/device.ts';
 import { enrollWithToken } from '../firmware-sdk/enroll.ts';
+import { startTestFleet } from '../harness/gateway.ts';
+import { connect, end } from '../harness/mqtt.ts';
 import { enrollDevice } from '../harness/pki.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
-import { startTestFleet } from './helpers/gateway.ts';
-import { connect, end } from './helpers/mqtt.ts';
 
 test("sdk/renews by itself and keeps publishing across the first certificate's expiry; no QoS 1 loss", {
   timeout: 240_000,

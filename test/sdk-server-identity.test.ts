@@ -14,10 +14,10 @@ import { dataPaths } from '../config/paths.ts';
 import { Device } from '../firmware-sdk/device.ts';
 import { saveIdentity } from '../firmware-sdk/identity.ts';
 import type { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
 import { enrollDevice, forgeCert } from '../harness/pki.ts';
+import { fileScope, ROOT, run } from '../harness/run.ts';
 import { startProvisioning } from '../provisioning/api/server.ts';
-import { startTestFleet, type TestFleet } from './helpers/gateway.ts';
-import { fileScope, ROOT, run } from './helpers/run.ts';
 
 interface Fake {
   url: (scheme: string, path?: string) => string;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit, iso, table } from '../output.ts';
 import { parseDurationOption, parseNonNegativeInt } from '../parse.ts';
 

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { reissueIntermediate } from '../../provisioning/ca/authority.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
 import { readInput } from '../parse.ts';
 

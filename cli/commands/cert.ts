@@ -1,14 +1,14 @@
 import { createReadStream, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
-import { writeNewFile } from '../../config/files.ts';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { type EnrollmentAuth, type EnrollmentResult, enroll } from '../../provisioning/enroll/pipeline.ts';
 import { normalizeSerial } from '../../provisioning/registry/hex.ts';
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { CertificateRecord } from '../../provisioning/registry/records.ts';
+import { writeNewFile } from '../../runtime/files.ts';
 import { type CliContext, type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit, iso, note, table } from '../output.ts';
 import { parseDurationOption, parsePositiveInt, readInput } from '../parse.ts';
 

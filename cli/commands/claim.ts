@@ -1,12 +1,12 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { writeNewFile } from '../../config/files.ts';
 import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { makeClaimCredential } from '../../provisioning/ca/claim.ts';
+import { writeNewFile } from '../../runtime/files.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit, iso, table } from '../output.ts';
 import { parsePositiveInt, readInput } from '../parse.ts';
 

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { assertDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import type { SessionInfo } from '../../gateway/sessions.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { adminRequest } from '../operator.ts';
 import { emit, table } from '../output.ts';
 

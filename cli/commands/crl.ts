@@ -1,10 +1,10 @@
 import { renameSync } from 'node:fs';
 import type { Command } from 'commander';
-import { writeNewFile } from '../../config/files.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { buildCrl, crlPem } from '../../provisioning/ca/crl.ts';
+import { writeNewFile } from '../../runtime/files.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
 
 export function registerCrl(program: Command, common: CommonFlags): void {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit, iso, table } from '../output.ts';
 import { parseDurationOption } from '../parse.ts';
 

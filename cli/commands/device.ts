@@ -3,7 +3,7 @@ import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/er
 import { parseRevocationReason, revocationReasonName } from '../../provisioning/registry/reasons.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit, iso, note, table } from '../output.ts';
 import { parseDurationOption, readInput } from '../parse.ts';
 

@@ -3,7 +3,7 @@ import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
 import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
 
 export function registerInit(program: Command, common: CommonFlags): void {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { ensureKeyring, loadKeyring, rotateKeyring } from '../../gateway/https/keyring.ts';
 import { type CommonOptions, withContext } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit, iso } from '../output.ts';
 import { parseDurationOption } from '../parse.ts';
 

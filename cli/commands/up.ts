@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import pino from 'pino';
 import pretty from 'pino-pretty';
-import { allocatorInUse } from '../../config/allocator.ts';
 import { isLogFormat, LOG_FORMATS, type LogFormat } from '../../config/config.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { startGateway } from '../../gateway/gateway.ts';
@@ -9,8 +8,9 @@ import { startProvisioning } from '../../provisioning/api/server.ts';
 import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
 import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
+import { allocatorInUse } from '../../runtime/allocator.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
-import type { CommonFlags } from '../main.ts';
+import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
 
 /** A running service: what to print, and how to stop it. */

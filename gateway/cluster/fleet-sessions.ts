@@ -1,4 +1,4 @@
-import type { NodeTotals, OtherNodes } from '../console/live.ts';
+import type { NodeTotals, OtherNodes } from '../node-totals.ts';
 import { mergeRefused, type RefusedDevice } from '../refused-devices.ts';
 import { type SessionInfo, SessionTable } from '../sessions.ts';
 

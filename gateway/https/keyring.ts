@@ -1,9 +1,9 @@
 import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureDir, writeNewFile } from '../../config/files.ts';
 import type { DataPaths } from '../../config/paths.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { ensureDir, writeNewFile } from '../../runtime/files.ts';
 
 /**
  * The assertion signing keys (ES256). `data/jwt/keyring.json` lists them; each private key is

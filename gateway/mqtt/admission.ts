@@ -1,7 +1,7 @@
 import type { TLSSocket } from 'node:tls';
-import { socketIdentity } from '../../edge/admission.ts';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { socketIdentity } from '../../listeners/admission.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { scopeFor } from '../policy/topics.ts';
 import type { Session, Transport } from '../sessions.ts';
@@ -16,7 +16,7 @@ import type { MqttTransport } from './transport.ts';
 /**
  * A connection's admission, right after the TLS handshake, in order:
  *
- * 1. verify peer — the TLS handshake itself (`requestCert`, `rejectUnauthorized`, no resumption: edge/tls.ts);
+ * 1. verify peer — the TLS handshake itself (`requestCert`, `rejectUnauthorized`, no resumption: listeners/tls.ts);
  * 2. attach — framing, close and drain wired to the broker;
  * 3. resolve identity — from the verified certificate, never from anything the client chose;
  * 4. check status — from memory when this certificate was admitted before (kept current by the

@@ -3,10 +3,10 @@ import { createServer as createTlsServer, type TlsOptions, type Server as TlsSer
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import type { GatewayConfig } from '../../config/config.ts';
-import type { ConnectionGuard } from '../../edge/guard.ts';
-import { onTlsClientError } from '../../edge/handshake-errors.ts';
-import { listen } from '../../edge/listen.ts';
-import type { ThrottledLog } from '../../edge/throttled-log.ts';
+import type { ConnectionGuard } from '../../listeners/guard.ts';
+import { onTlsClientError } from '../../listeners/handshake-errors.ts';
+import { listen } from '../../listeners/listen.ts';
+import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { MqttPlane } from './plane.ts';
 

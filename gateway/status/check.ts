@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
-import type { StatusSource } from '../../edge/admission.ts';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import type { StatusSource } from '../../listeners/admission.ts';
 import { RegistryReader } from '../../provisioning/registry/reader.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';

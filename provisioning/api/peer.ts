@@ -1,16 +1,16 @@
 import type { TLSSocket } from 'node:tls';
 import type { FastifyRequest } from 'fastify';
-import { socketIdentity, verifiedCertificate } from '../../edge/admission.ts';
 import { type PeerIdentity, serialHex } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import { CLAIM_URI_PREFIX } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { socketIdentity, verifiedCertificate } from '../../listeners/admission.ts';
 import { sha256Hex } from '../ca/fields.ts';
 import type { RegistryWriter } from '../registry/writer.ts';
 
 /**
  * The provisioning listener requests a client certificate but lets requests without one
  * through (token enrollment needs none); each route decides what it requires, through the same
- * admission path as the gateway (`edge/admission.ts`).
+ * admission path as the gateway (`listeners/admission.ts`).
  */
 
 /** A device certificate (renewal, EST simplereenroll). Status is checked by the renewal method, in its transaction. */

@@ -1,6 +1,6 @@
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { admit } from '../../edge/admission.ts';
+import { admit } from '../../listeners/admission.ts';
 import type { EnrollmentResult } from '../enroll/pipeline.ts';
 import { checkCertificateStatus } from '../registry/status.ts';
 import { claimPeer, devicePeer } from './peer.ts';

@@ -1,9 +1,9 @@
 import type { Logger } from 'pino';
 import { Counter, Registry } from 'prom-client';
 import type { FleetgateConfig } from '../../config/config.ts';
-import { httpError, logFields } from '../../edge/http-errors.ts';
-import type { ThrottledLog } from '../../edge/throttled-log.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { httpError, logFields } from '../../listeners/http-errors.ts';
+import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { CertificateAuthority } from '../ca/authority.ts';
 import { buildCrl } from '../ca/crl.ts';
 import { GroupCommit } from '../enroll/group-commit.ts';

@@ -2,9 +2,9 @@ import { createPrivateKey, createPublicKey, type KeyObject, randomBytes, X509Cer
 import { rmSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { existsSync, readText, writeNewFile } from '../../config/files.ts';
 import type { DataPaths } from '../../config/paths.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { existsSync, readText, writeNewFile } from '../../runtime/files.ts';
 import { randomSerial, validityFrom } from './fields.ts';
 import { EC_P256, ECDSA_SHA256, pemWithNewline, subtle, toPem, x509 } from './x509.ts';
 

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { before, test } from 'node:test';
 import { type ErrorCode, FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { type KeySpec, opensslCsr } from '../../test/helpers/pki.ts';
-import { tempDir } from '../../test/helpers/run.ts';
+import { type KeySpec, opensslCsr } from '../../harness/pki.ts';
+import { tempDir } from '../../harness/run.ts';
 import { csrDer, parseCsr } from './csr.ts';
 
 const csrs = new Map<string, string>();

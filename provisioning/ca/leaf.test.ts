@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { loadConfig } from '../../config/config.ts';
 import { dataPaths } from '../../config/paths.ts';
-import { tempDir } from '../../test/helpers/run.ts';
+import { tempDir } from '../../harness/run.ts';
 import { initDataDir } from '../setup.ts';
 import { loadCa } from './authority.ts';
 import { signLeaf } from './leaf.ts';

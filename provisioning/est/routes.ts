@@ -1,7 +1,7 @@
 import * as asn1js from 'asn1js';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { httpError } from '../../edge/http-errors.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { httpError } from '../../listeners/http-errors.ts';
 import { claimPeer, devicePeer } from '../api/peer.ts';
 import type { ProvisioningService } from '../api/service.ts';
 import { parseCsr } from '../ca/csr.ts';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, type TestContext, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { type ErrorCode, FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { ENGINES, type Engine, registryLocation, stopSharedPostgres } from '../../test/helpers/engines.ts';
+import { ENGINES, type Engine, registryLocation, stopSharedPostgres } from '../../harness/engines.ts';
 import { normalizeSerial } from './hex.ts';
 import { RegistryReader } from './reader.ts';
 import { parseRevocationReason } from './reasons.ts';

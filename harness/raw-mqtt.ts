@@ -5,7 +5,7 @@
 import { connect as tlsConnect } from 'node:tls';
 import mqttPacket, { type Packet } from 'mqtt-packet';
 import { WebSocket } from 'ws';
-import type { Credential } from '../../harness/pki.ts';
+import type { Credential } from './pki.ts';
 
 export interface RawClient {
   send(bytes: Buffer | number[]): void;

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { type PostgresServer, postgresBin, startPostgres } from '../../harness/postgres.ts';
+import { type PostgresServer, postgresBin, startPostgres } from './postgres.ts';
 
 export type Engine = 'sqlite' | 'postgres';
 

@@ -1,4 +1,4 @@
-import { type GatewayProcess, spawnService } from '../../harness/services.ts';
+import { type GatewayProcess, spawnService } from './services.ts';
 
 export type Stack = GatewayProcess;
 

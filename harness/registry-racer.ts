@@ -2,8 +2,8 @@
 // RegistryWriter (its own PostgreSQL connection) that records one certificate per token it is
 // given, as enrollment does, and says which it won; or suspends and resumes devices in a loop.
 import { parentPort, workerData } from 'node:worker_threads';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { RegistryWriter } from '../../provisioning/registry/writer.ts';
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
 
 const { url, job, tokens, devices, rounds, name } = workerData as {
   url: string;

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
-import { RegistryReader } from '../../provisioning/registry/reader.ts';
+import { RegistryReader } from '../provisioning/registry/reader.ts';
 import { fleetgateOk, tempDir } from './run.ts';
 
 /** An initialized data directory (CA + registry) in a temp dir, made by `fleetgate init`. */

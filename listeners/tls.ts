@@ -26,7 +26,7 @@ export const TLS12_SUITES = [
  * - `requestCert: true`: the certificate is asked for on every connection. With
  *   `clientCert: 'required'` (device listeners) `rejectUnauthorized: true` makes a missing or
  *   foreign certificate fail the handshake; with `'optional'` (admin probes, token enrollment)
- *   the handshake completes and each route decides (`edge/admission.ts`).
+ *   the handshake completes and each route decides (`listeners/admission.ts`).
  *   Trust is the fleet root only (with the issuing intermediate as a known intermediate), never
  *   the system store.
  * - **No session resumption**, in any form: `SSL_OP_NO_TICKET` disables TLS 1.2 tickets and
@@ -40,7 +40,7 @@ export const TLS12_SUITES = [
  * - `handshakeTimeout`: a peer that does not finish its handshake in time is dropped; the
  *   {@link ConnectionGuard} also bounds how many may be handshaking at once.
  * - OpenSSL accepts more client certificates than our policy does (no EKU, v1, a CA
- *   certificate): `edge/admission.ts` checks EKU, CA:false, the SAN and the registry after the
+ *   certificate): `listeners/admission.ts` checks EKU, CA:false, the SAN and the registry after the
  *   handshake.
  */
 export function serverTlsOptions(

@@ -1,5 +1,5 @@
 import { request } from 'node:https';
-import type { Credential } from '../../harness/pki.ts';
+import type { Credential } from './pki.ts';
 
 export interface HttpResult {
   status: number;

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import type { Credential } from '../../harness/pki.ts';
+import type { Credential } from './pki.ts';
 
 export interface ConnectOptions {
   ca: string;

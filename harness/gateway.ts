@@ -3,14 +3,14 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TestContext } from 'node:test';
 import pino from 'pino';
-import { type FleetgateConfig, loadConfig } from '../../config/config.ts';
-import { dataPaths } from '../../config/paths.ts';
-import { type RunningGateway, startGateway } from '../../gateway/gateway.ts';
-import { startProvisioning } from '../../provisioning/api/server.ts';
-import { type CertificateAuthority, loadCa } from '../../provisioning/ca/authority.ts';
-import type { AuditRecord } from '../../provisioning/registry/records.ts';
-import { RegistryWriter } from '../../provisioning/registry/writer.ts';
-import { initDataDir } from '../../provisioning/setup.ts';
+import { type FleetgateConfig, loadConfig } from '../config/config.ts';
+import { dataPaths } from '../config/paths.ts';
+import { type RunningGateway, startGateway } from '../gateway/gateway.ts';
+import { startProvisioning } from '../provisioning/api/server.ts';
+import { type CertificateAuthority, loadCa } from '../provisioning/ca/authority.ts';
+import type { AuditRecord } from '../provisioning/registry/records.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
+import { initDataDir } from '../provisioning/setup.ts';
 import { tempDir } from './run.ts';
 
 /** Log lines the gateway wrote, parsed; `find` waits for one to appear. */
