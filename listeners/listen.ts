@@ -32,3 +32,31 @@ export function bindError(err: NodeJS.ErrnoException, host: string, port: number
     { detail: { host, port, setting }, cause: err },
   );
 }
+
+/** What {@link listenApp} needs of a fastify instance (listen, close, its server). */
+interface App {
+  listen(opts: { host: string; port: number }): Promise<string>;
+  close(): PromiseLike<undefined> | Promise<void>;
+  server: Server;
+}
+
+/**
+ * Binds a fastify listener: on failure the app is closed, `cleanup` runs (what was opened for
+ * it), and the coded bind error goes up (PORT_IN_USE, PORT_UNAVAILABLE). Resolves with the
+ * bound port. The one listen path for every fastify listener (admin, HTTPS, console, provisioning).
+ */
+export async function listenApp(
+  app: App,
+  at: { host: string; port: number; setting: string },
+  cleanup: () => unknown = () => undefined,
+): Promise<number> {
+  try {
+    await app.listen({ host: at.host, port: at.port });
+  } catch (err) {
+    await app.close();
+    await cleanup();
+    throw bindError(err as NodeJS.ErrnoException, at.host, at.port, at.setting);
+  }
+  const address = app.server.address();
+  return typeof address === 'object' && address !== null ? (address as AddressInfo).port : at.port;
+}

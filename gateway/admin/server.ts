@@ -7,7 +7,7 @@ import { admitAsync } from '../../listeners/admission.ts';
 import type { ConnectionGuard } from '../../listeners/guard.ts';
 import { onTlsClientError } from '../../listeners/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../listeners/http-errors.ts';
-import { bindError } from '../../listeners/listen.ts';
+import { listenApp } from '../../listeners/listen.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { Metrics } from '../metrics.ts';
@@ -100,17 +100,6 @@ export async function startAdmin(
     const operator = await requireOperator(req, deps.registry);
     return { deviceId: req.params.deviceId, ...(await deps.fleet.kick(req.params.deviceId, `operator:${operator}`)) };
   });
-  try {
-    await app.listen({ host: config.adminHost, port: config.adminPort });
-  } catch (err) {
-    await app.close();
-    throw bindError(
-      err as NodeJS.ErrnoException,
-      config.adminHost,
-      config.adminPort,
-      'gateway.adminPort (FLEETGATE_ADMIN_PORT)',
-    );
-  }
-  const address = app.server.address();
-  return { app, port: typeof address === 'object' && address !== null ? address.port : config.adminPort };
+  const at = { host: config.adminHost, port: config.adminPort, setting: 'gateway.adminPort (FLEETGATE_ADMIN_PORT)' };
+  return { app, port: await listenApp(app, at) };
 }

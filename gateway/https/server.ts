@@ -10,7 +10,7 @@ import { type Admitted, admitAsync, socketIdentity } from '../../listeners/admis
 import type { ConnectionGuard } from '../../listeners/guard.ts';
 import { onTlsClientError } from '../../listeners/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../listeners/http-errors.ts';
-import { bindError } from '../../listeners/listen.ts';
+import { listenApp } from '../../listeners/listen.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import type { Metrics } from '../metrics.ts';
@@ -397,12 +397,8 @@ export async function startHttpsPlane(
     };
   }
 
-  try {
-    await app.listen({ host: config.host, port: config.port });
-  } catch (err) {
-    await app.close();
-    throw bindError(err as NodeJS.ErrnoException, config.host, config.port, 'https.port (FLEETGATE_HTTPS_PORT)');
-  }
-  const address = app.server.address();
-  return { app, port: typeof address === 'object' && address !== null ? address.port : config.port };
+  return {
+    app,
+    port: await listenApp(app, { host: config.host, port: config.port, setting: 'https.port (FLEETGATE_HTTPS_PORT)' }),
+  };
 }

@@ -7,7 +7,7 @@ import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { ConnectionGuard } from '../../listeners/guard.ts';
 import { onTlsClientError } from '../../listeners/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../listeners/http-errors.ts';
-import { bindError } from '../../listeners/listen.ts';
+import { listenApp } from '../../listeners/listen.ts';
 import { ThrottledLog } from '../../listeners/throttled-log.ts';
 import { serverTlsOptions } from '../../listeners/tls.ts';
 import { loadCa } from '../ca/authority.ts';
@@ -96,20 +96,9 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
 
 export async function startProvisioning(config: FleetgateConfig, deps: { log: Logger }): Promise<RunningProvisioning> {
   const { app, registry } = await buildProvisioning(config, deps);
-  try {
-    await app.listen({ host: config.provisioning.host, port: config.provisioning.port });
-  } catch (err) {
-    await app.close();
-    registry.close();
-    throw bindError(
-      err as NodeJS.ErrnoException,
-      config.provisioning.host,
-      config.provisioning.port,
-      'provisioning.port (FLEETGATE_PROVISION_PORT)',
-    );
-  }
-  const address = app.server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : config.provisioning.port;
+  const { host, port: wanted } = config.provisioning;
+  const at = { host, port: wanted, setting: 'provisioning.port (FLEETGATE_PROVISION_PORT)' };
+  const port = await listenApp(app, at, () => registry.close());
   return {
     app,
     port,
