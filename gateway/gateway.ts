@@ -1,25 +1,26 @@
-import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { FleetgateConfig } from '../config/config.ts';
-import { dataPaths, urlHost } from '../config/paths.ts';
+import type { FleetgateConfig, GatewayConfig } from '../config/config.ts';
+import { type DataPaths, dataPaths, urlHost } from '../config/paths.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { ConnectionGuard } from '../listeners/guard.ts';
 import { ThrottledLog } from '../listeners/throttled-log.ts';
 import { serverTlsOptions } from '../listeners/tls.ts';
-import type { StatusEvent } from '../provisioning/registry/records.ts';
 import { startAdmin } from './admin/server.ts';
-import { NatsBus } from './cluster/bus.ts';
 import { FleetSessions } from './cluster/fleet-sessions.ts';
+import { ClusterJoin } from './cluster/join.ts';
 import { startConsole } from './console/server.ts';
-import { AssertionMinter } from './https/assertion.ts';
-import { deleteRetiredKeys, ensureKeyring, keyringFile, loadKeyring } from './https/keyring.ts';
+import type { AssertionMinter } from './https/assertion.ts';
+import { loadKeyring } from './https/keyring.ts';
+import { watchKeyring } from './https/keyring-watch.ts';
 import { startHttpsPlane } from './https/server.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import { startMqttListeners } from './mqtt/listeners.ts';
 import { MqttPlane } from './mqtt/plane.ts';
 import { nodeTotals } from './node-totals.ts';
-import { type Session, SessionTable } from './sessions.ts';
+import { SessionTable } from './sessions.ts';
+import { Startup } from './startup.ts';
+import { type Cut, liveCut } from './status/cut.ts';
 import { RegistryLink } from './status/registry-link.ts';
 import { StatusWatcher } from './status/watch.ts';
 
@@ -34,25 +35,83 @@ export interface RunningGateway {
   close(): Promise<void>;
 }
 
+/** What the gateway's parts share: built once by {@link startGateway}, handed to each part. */
+interface Core {
+  config: FleetgateConfig;
+  paths: DataPaths;
+  log: Logger;
+  sessions: SessionTable;
+  metrics: Metrics;
+  registry: RegistryLink;
+  guard: ConnectionGuard;
+  refusals: ThrottledLog;
+}
+
 /**
- * Starts the gateway: MQTT over TLS and WSS, the HTTPS plane, the admin listener, and the
- * live-revocation watcher, all reading the registry in `config.dataDir` (read side only, plus audit appends).
+ * Starts the gateway, in order: the registry link (read side, on its own thread) → the guard over
+ * anonymous peers → the cluster link (when configured) → the MQTT plane (and the cluster's
+ * retained set) → the live-revocation watcher → the assertion keys → the listeners (MQTT over
+ * TLS and WSS, HTTPS, admin, console). If a listener cannot bind, everything started is stopped.
  */
 export async function startGateway(config: FleetgateConfig, deps: { log: Logger }): Promise<RunningGateway> {
   const paths = dataPaths(config.dataDir, config.registry);
   const log = deps.log.child({ component: 'gateway' });
-  const g = config.gateway;
   const sessions = new SessionTable();
   const metrics = createMetrics();
-  // The registry is read on its own thread; the watcher is wired once the plane exists.
-  let watcher: StatusWatcher | undefined;
-  const registry = await RegistryLink.open(paths.registry, {
-    // fails fast if the registry cannot be read
+  let watcher: StatusWatcher | undefined; // wired once the plane exists
+  const registry = await openRegistry(config.gateway, paths, log, () => watcher);
+  const core: Core = {
+    config,
+    paths,
+    log,
+    sessions,
+    metrics,
+    registry,
+    ...anonymousGuard(config.gateway, metrics, log),
+  };
+  let plane: MqttPlane | undefined;
+  let cluster: ClusterJoin | undefined;
+  try {
+    if (config.cluster.nats !== '') cluster = await ClusterJoin.connect(config, { log, metrics, plane: () => plane });
+    plane = startPlane(core, cluster);
+    await cluster?.syncRetained(plane);
+  } catch (err) {
+    await cluster?.bus.close();
+    await registry.close();
+    throw err;
+  }
+  const mqtt = plane;
+  const cut = liveCut({ metrics, log, registry });
+  watcher = statusWatcher(core, mqtt, cut);
+  const keys = watchKeyring(paths, config.https.issuer, log);
+  const kick = (deviceId: string, actor: string): number => {
+    const live = sessions.ofDevice(deviceId);
+    for (const s of live) cut(s, new FleetgateError('NOT_AUTHORIZED', `kicked by ${actor}`), actor);
+    return live.length;
+  };
+  const startup = new Startup(async () => {
+    watcher?.close();
+    keys.stop();
+    await mqtt.close();
+    await cluster?.bus.close();
+    await registry.close();
+  });
+  return startSurfaces(core, { startup, mqtt, minter: keys.minter, kick, cluster });
+}
+
+/** The registry link; fails fast if the registry cannot be read. Its status feed drives the watcher. */
+function openRegistry(
+  g: GatewayConfig,
+  paths: DataPaths,
+  log: Logger,
+  watcher: () => StatusWatcher | undefined,
+): Promise<RegistryLink> {
+  return RegistryLink.open(paths.registry, {
     pollMs: g.statusPollMs,
     idlePollMs: g.statusIdlePollMs,
     timeoutMs: g.registryTimeoutMs,
     cacheMax: g.statusCacheSize,
-    onEvents: (events) => watcher?.apply(events),
+    onEvents: (events) => watcher()?.apply(events),
     onFeed: (state, error) => {
       if (state === 'down')
         log.error(
@@ -61,216 +120,109 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
         );
       else {
         log.info('registry status feed available again');
-        watcher?.recheckUnanswered(); // live sessions whose re-check the outage left unanswered
+        watcher()?.recheckUnanswered(); // live sessions whose re-check the outage left unanswered
       }
     },
     onAuditError: (error) => log.error({ code: error.code, err: error.message }, 'audit append failed'),
   });
-  const tls = serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' });
-  // Anonymous peers: counted, throttled in the log, bounded by one guard over every listener.
-  const refusals = new ThrottledLog(log);
-  const guard = new ConnectionGuard(
-    {
-      maxPending: g.maxPendingHandshakes,
-      maxPendingPerAddress: g.maxPendingHandshakesPerAddress,
-      handshakeTimeoutMs: g.handshakeTimeoutMs,
-    },
-    {
-      refused: (listener, reason, remoteAddress) => {
-        metrics.unauthenticatedClosed.inc({ listener, reason });
-        refusals.warn(
-          `unauthenticated:${reason}`,
-          { decision: 'closed', listener, reason, remoteAddress },
-          'unauthenticated connection closed',
-        );
-      },
-      handshake: (listener, seconds) => metrics.tlsHandshake.observe({ listener }, seconds),
-    },
-  );
-  let plane: MqttPlane | undefined;
-  // Several nodes: messages between them over NATS; each node keeps its own MQTT store.
-  let bus: NatsBus | undefined;
-  const node = config.cluster.node;
-  // Topics whose retained message changed live while this node fetched the cluster's snapshot: the live change wins.
-  let changedWhileSyncing: Set<string> | undefined = new Set();
-  try {
-    if (config.cluster.nats !== '') {
-      bus = await NatsBus.connect(config.cluster.nats, node, log.child({ component: 'cluster', node }), {
-        message: (m) => plane?.routeRemote(m),
-        link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
-        session: (clientId, other) => plane?.takenOverElsewhere(clientId, other),
-        retained: (m) => {
-          changedWhileSyncing?.add(m.topic);
-          plane?.retainRemote(m);
-        },
-      });
-      metrics.cluster.counts = bus.counts;
-      metrics.clusterLink.set(1);
-      log.info({ node, nats: config.cluster.nats }, 'joined the cluster: messages between nodes over NATS');
-    }
-    plane = new MqttPlane({
-      config: g,
-      mqtt: config.mqtt,
-      storeFile: join(paths.dataDir, bus === undefined ? 'mqtt.db' : `mqtt-${node}.db`),
-      registry,
-      sessions,
-      metrics,
-      log: log.child({ plane: 'mqtt' }),
-      ...(bus !== undefined && { bus }),
-    });
-    if (bus !== undefined) {
-      // Joining: the retained messages the other nodes hold (set before this node started, or while
-      // it was away), before any device can subscribe here; then this node serves them in turn.
-      const mqtt = plane;
-      const inSnapshot = new Set<string>();
-      const synced = await bus.fetchRetained((m) => {
-        inSnapshot.add(m.topic);
-        if (!changedWhileSyncing!.has(m.topic)) mqtt.retainRemote(m);
-      });
-      // A whole snapshot from another node is the cluster's set: what this node kept on disk from
-      // before and is not in it was cleared (or its device revoked) while this node was away.
-      // Alone, or with a snapshot cut short, it keeps its own.
-      const changed = changedWhileSyncing!;
-      const forgotten =
-        synced.node !== undefined && synced.complete
-          ? mqtt.keepRetainedOnly((topic) => inSnapshot.has(topic) || changed.has(topic))
-          : 0;
-      changedWhileSyncing = undefined;
-      if (synced.count > 0 || forgotten > 0 || !synced.complete) {
-        (synced.complete ? log.info.bind(log) : log.warn.bind(log))(
-          { from: synced.node, retained: synced.count, forgotten, complete: synced.complete },
-          synced.complete
-            ? 'retained messages taken from another node'
-            : 'retained snapshot from another node incomplete (timed out): the rest arrives as it changes',
-        );
-      }
-      await bus.serveRetained(() => mqtt.retainedMessages());
-    }
-  } catch (err) {
-    await bus?.close();
-    await registry.close();
-    throw err;
-  }
+}
 
-  const cut = (session: Session, error: FleetgateError, actor: string, event?: StatusEvent) => {
-    if (session.cut !== undefined) return;
-    session.cut = error.code;
-    session.close();
-    metrics.liveCuts.inc({ code: error.code });
-    log.warn(
-      {
-        decision: 'cut',
-        code: error.code,
-        deviceId: session.device.id,
-        serial: session.identity.serial,
-        transport: session.transport,
-        event: event?.kind,
-      },
-      error.message,
-    );
-    registry.audit(actor, 'session.disconnect', session.device.id, {
-      reason:
-        event !== undefined
-          ? 'disconnected by revocation'
-          : error.code === 'CERT_EXPIRED'
-            ? 'certificate expired'
-            : 'disconnected by operator',
-      code: error.code,
-      transport: session.transport,
-      serial: session.identity.serial,
-      sessionId: session.id,
-      ...(event && { event: event.kind, eventSeq: event.seq }),
-    });
+/** Anonymous peers: counted, throttled in the log, bounded by one guard over every listener. */
+function anonymousGuard(g: GatewayConfig, metrics: Metrics, log: Logger) {
+  const refusals = new ThrottledLog(log);
+  const limits = {
+    maxPending: g.maxPendingHandshakes,
+    maxPendingPerAddress: g.maxPendingHandshakesPerAddress,
+    handshakeTimeoutMs: g.handshakeTimeoutMs,
   };
-  watcher = new StatusWatcher({
+  const guard = new ConnectionGuard(limits, {
+    refused: (listener, reason, remoteAddress) => {
+      metrics.unauthenticatedClosed.inc({ listener, reason });
+      const line = { decision: 'closed', listener, reason, remoteAddress };
+      refusals.warn(`unauthenticated:${reason}`, line, 'unauthenticated connection closed');
+    },
+    handshake: (listener, seconds) => metrics.tlsHandshake.observe({ listener }, seconds),
+  });
+  return { guard, refusals };
+}
+
+/** The MQTT core; alone a node keeps its store in `mqtt.db`, in a cluster in `mqtt-<node>.db`. */
+function startPlane(core: Core, cluster: ClusterJoin | undefined): MqttPlane {
+  const { config, paths, log } = core;
+  return new MqttPlane({
+    config: config.gateway,
+    mqtt: config.mqtt,
+    storeFile: join(paths.dataDir, cluster === undefined ? 'mqtt.db' : `mqtt-${config.cluster.node}.db`),
+    registry: core.registry,
+    sessions: core.sessions,
+    metrics: core.metrics,
+    log: log.child({ plane: 'mqtt' }),
+    ...(cluster !== undefined && { bus: cluster.bus }),
+  });
+}
+
+/** Live revocation: status events and expiries cut sessions; gateway devices' scopes follow their children. */
+function statusWatcher(core: Core, mqtt: MqttPlane, cut: Cut): StatusWatcher {
+  const { registry, sessions, log } = core;
+  return new StatusWatcher({
     registry,
     sessions,
     cut: (session, error, event) => cut(session, error, 'gateway', event),
-    expired: (session) =>
-      cut(
-        session,
-        new FleetgateError('CERT_EXPIRED', `certificate ${session.identity.serial} expired during the session`),
-        'gateway',
-      ),
-    refresh: (session) => plane.refreshScope(session),
-    event: (event) => plane.onStatusEvent(event),
+    expired: (session) => {
+      const error = new FleetgateError(
+        'CERT_EXPIRED',
+        `certificate ${session.identity.serial} expired during the session`,
+      );
+      cut(session, error, 'gateway');
+    },
+    refresh: (session) => mqtt.refreshScope(session),
+    event: (event) => mqtt.onStatusEvent(event),
     unavailable: (error) =>
       log.error(
         { code: error.code, err: error.message },
         'registry unavailable while re-checking a live session: kept; new connections are refused',
       ),
   });
+}
 
-  // Assertion keys: created on first start, reloaded when `fleetgate jwt rotate` changes them.
-  ensureKeyring(paths);
-  let keyring = loadKeyring(paths);
-  const minter = new AssertionMinter(config.https.issuer, keyring.active);
-  const keyWatch = setInterval(() => {
-    try {
-      if (keyring.nextRetireAt !== null && keyring.nextRetireAt <= Date.now()) {
-        const gone = deleteRetiredKeys(paths);
-        if (gone.length > 0) log.info({ kids: gone }, 'retired assertion signing keys deleted');
-        keyring = loadKeyring(paths);
-      }
-      if (statSync(keyringFile(paths)).mtimeMs === keyring.mtimeMs) return;
-      keyring = loadKeyring(paths);
-      minter.setKey(keyring.active);
-      log.info({ kid: keyring.active.kid }, 'assertion signing key reloaded');
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'assertion keyring cannot be read; keeping the current key');
-    }
-  }, 1_000);
-  keyWatch.unref();
+interface Surfaces {
+  startup: Startup;
+  mqtt: MqttPlane;
+  minter: AssertionMinter;
+  kick: (deviceId: string, actor: string) => number;
+  cluster: ClusterJoin | undefined;
+}
 
-  const kick = (deviceId: string, actor: string): number => {
-    const live = sessions.ofDevice(deviceId);
-    for (const s of live) cut(s, new FleetgateError('NOT_AUTHORIZED', `kicked by ${actor}`), actor);
-    return live.length;
-  };
-  // Listeners start one by one; if one cannot bind, everything already started is closed and the
-  // coded error (PORT_IN_USE …) goes up: no half-started gateway keeps the process alive.
-  const stopAll = async () => {
-    watcher?.close();
-    clearInterval(keyWatch);
-    await plane.close();
-    await bus?.close();
-    await registry.close();
-  };
-  const started: (() => Promise<unknown>)[] = [];
-  const step = async <T>(start: () => Promise<T>, stop: (v: T) => Promise<unknown>): Promise<T> => {
-    try {
-      const v = await start();
-      started.push(() => stop(v));
-      return v;
-    } catch (err) {
-      for (const s of started.reverse()) await s().catch(() => undefined);
-      await stopAll().catch(() => undefined);
-      throw err;
-    }
-  };
+/** The listeners, one by one: MQTT over TLS and WSS, HTTPS, admin, console. */
+async function startSurfaces(core: Core, s: Surfaces): Promise<RunningGateway> {
+  const { config, paths, log, sessions, metrics, registry, guard, refusals } = core;
+  const { startup, mqtt, kick } = s;
+  const g = config.gateway;
+  const bus = s.cluster?.bus;
+  const tls = (clientCert: 'required' | 'optional') =>
+    serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert });
   const shared = { guard, refusals, metrics, log };
-  const listeners = await step(
-    () => startMqttListeners(plane, tls, g, shared),
+  const listeners = await startup.step(
+    () => startMqttListeners(mqtt, tls('required'), g, shared),
     async (l) => {
       l.mqtts.close();
       l.wss.close();
       l.wss.closeAllConnections();
     },
   );
-  const httpsPlane = await step(
-    () =>
-      startHttpsPlane(config.https, tls, {
-        registry,
-        sessions,
-        minter,
-        guard,
-        refusals,
-        metrics,
-        log: log.child({ plane: 'https' }),
-      }),
+  const httpsDeps = {
+    registry,
+    sessions,
+    minter: s.minter,
+    guard,
+    refusals,
+    metrics,
+    log: log.child({ plane: 'https' }),
+  };
+  const httpsPlane = await startup.step(
+    () => startHttpsPlane(config.https, tls('required'), httpsDeps),
     (h) => h.app.close(),
   );
-  // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
   const fleet = new FleetSessions(sessions, kick, bus);
   bus?.serve({
     connections: (deviceId) => fleet.local(deviceId),
@@ -278,37 +230,20 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     overview: () => nodeTotals(metrics, sessions),
     refused: (limit) => metrics.refusedDevices.list(limit),
   });
-  const admin = await step(
-    () =>
-      startAdmin(g, serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }), {
-        registry,
-        sessions,
-        metrics,
-        fleet,
-        guard,
-        refusals,
-        log,
-        jwks: () => loadKeyring(paths).jwks,
-      }),
+  // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
+  const adminDeps = { registry, sessions, metrics, fleet, guard, refusals, log, jwks: () => loadKeyring(paths).jwks };
+  const admin = await startup.step(
+    () => startAdmin(g, tls('optional'), adminDeps),
     (a) => a.app.close(),
   );
+  const consoleDeps = {
+    ...{ registry, sessions, metrics, fleet, guard, refusals },
+    log: log.child({ surface: 'console' }),
+    registryFile: paths.registry,
+  };
   const consoleListener = g.consoleEnabled
-    ? await step(
-        () =>
-          startConsole(
-            config,
-            serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'required' }),
-            {
-              registry,
-              sessions,
-              metrics,
-              fleet,
-              guard,
-              refusals,
-              log: log.child({ surface: 'console' }),
-              registryFile: paths.registry,
-            },
-          ),
+    ? await startup.step(
+        () => startConsole(config, tls('required'), consoleDeps),
         (c) => c.close(),
       )
     : undefined;
@@ -331,8 +266,8 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     metrics,
     kick,
     async close() {
-      plane.disconnectAll(); // as a shutdown, not as a cut
-      for (const s of sessions.all()) s.close(); // the HTTPS connections left
+      mqtt.disconnectAll(); // as a shutdown, not as a cut
+      for (const session of sessions.all()) session.close(); // the HTTPS connections left
       await Promise.all([
         new Promise((r) => listeners.mqtts.close(r)),
         new Promise((r) => listeners.wss.close(r)),
@@ -341,7 +276,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
         httpsPlane.app.close(),
       ]);
       listeners.wss.closeAllConnections();
-      await stopAll();
+      await startup.stopCore();
     },
   };
 }

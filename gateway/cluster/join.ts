@@ -1,0 +1,78 @@
+import type { Logger } from 'pino';
+import type { FleetgateConfig } from '../../config/config.ts';
+import type { Metrics } from '../metrics.ts';
+import type { MqttPlane } from '../mqtt/plane.ts';
+import { NatsBus } from './bus.ts';
+
+/**
+ * A node joining the cluster: its link to NATS (messages, takeovers, retained changes from the
+ * other nodes go to the MQTT plane once it exists), then — once the plane is up — the retained
+ * messages the other nodes hold, before any device can subscribe here.
+ */
+export class ClusterJoin {
+  readonly bus: NatsBus;
+  readonly #log: Logger;
+  /** Topics whose retained message changed live while this node fetched the cluster's snapshot: the live change wins. */
+  #changedWhileSyncing: Set<string> | undefined = new Set();
+
+  private constructor(bus: NatsBus, log: Logger, changed: Set<string>) {
+    this.bus = bus;
+    this.#log = log;
+    this.#changedWhileSyncing = changed;
+  }
+
+  static async connect(
+    config: FleetgateConfig,
+    deps: { log: Logger; metrics: Metrics; plane: () => MqttPlane | undefined },
+  ): Promise<ClusterJoin> {
+    const { log, metrics, plane } = deps;
+    const node = config.cluster.node;
+    let join: ClusterJoin | undefined;
+    const changed = new Set<string>();
+    const bus = await NatsBus.connect(config.cluster.nats, node, log.child({ component: 'cluster', node }), {
+      message: (m) => plane()?.routeRemote(m),
+      link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
+      session: (clientId, other) => plane()?.takenOverElsewhere(clientId, other),
+      retained: (m) => {
+        if (join === undefined) changed.add(m.topic);
+        else join.#changedWhileSyncing?.add(m.topic);
+        plane()?.retainRemote(m);
+      },
+    });
+    join = new ClusterJoin(bus, log, changed);
+    metrics.cluster.counts = bus.counts;
+    metrics.clusterLink.set(1);
+    log.info({ node, nats: config.cluster.nats }, 'joined the cluster: messages between nodes over NATS');
+    return join;
+  }
+
+  /**
+   * The retained messages the other nodes hold (set before this node started, or while it was
+   * away); then this node serves them in turn. A whole snapshot from another node is the
+   * cluster's set: what this node kept on disk from before and is not in it was cleared (or its
+   * device revoked) while this node was away. Alone, or with a snapshot cut short, it keeps its own.
+   */
+  async syncRetained(mqtt: MqttPlane): Promise<void> {
+    const changed = this.#changedWhileSyncing ?? new Set<string>();
+    const inSnapshot = new Set<string>();
+    const synced = await this.bus.fetchRetained((m) => {
+      inSnapshot.add(m.topic);
+      if (!changed.has(m.topic)) mqtt.retainRemote(m);
+    });
+    const forgotten =
+      synced.node !== undefined && synced.complete
+        ? mqtt.keepRetainedOnly((topic) => inSnapshot.has(topic) || changed.has(topic))
+        : 0;
+    this.#changedWhileSyncing = undefined;
+    if (synced.count > 0 || forgotten > 0 || !synced.complete) {
+      const line = { from: synced.node, retained: synced.count, forgotten, complete: synced.complete };
+      if (synced.complete) this.#log.info(line, 'retained messages taken from another node');
+      else
+        this.#log.warn(
+          line,
+          'retained snapshot from another node incomplete (timed out): the rest arrives as it changes',
+        );
+    }
+    await this.bus.serveRetained(() => mqtt.retainedMessages());
+  }
+}
