@@ -172,9 +172,40 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const rssOf = (pid: number) =>
   Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
 
+/**
+ * One simulator run, in order: plan the fleet and make sure every device has an identity →
+ * start the service subscriber → ramp the devices up → the run, with its scheduled events
+ * (commands, renewals, revocations) → stop, account for every acknowledged message → checks.
+ */
 export async function run(o: SimOptions): Promise<Report> {
   const report = new Report();
   const progress = new Progress();
+  const { plan, ca, probe } = await prepare(o, report, progress);
+  const model = modelOptions(o);
+  const { service, received } = await startService(o, plan, report);
+  const rssStart = o.gatewayPid === undefined ? undefined : rssOf(o.gatewayPid);
+  const sims = await rampUp(o, plan, model, report, progress);
+  const runStart = Date.now();
+  const { events, revoked, cutAt } = scheduleEvents(o, sims, service, report);
+  while (Date.now() - runStart < o.duration * 1000) {
+    await sleep(500);
+    progress.line(runLine(report, sims, runStart));
+  }
+  await Promise.all(events);
+  progress.endLine();
+  if (o.gatewayPid !== undefined && rssStart !== undefined)
+    report.gatewayRss = { startBytes: rssStart, endBytes: rssOf(o.gatewayPid) };
+
+  for (const s of sims) s.stop();
+  await sleep(Math.max(2_000, 1_000 / o.rate + 500)); // the last acknowledged messages reach the service
+  const lostWhere = account(report, sims, received);
+  if (o.check) await verify({ o, report, sims, revoked, cutAt, lostWhere, ca, probe });
+  service.stop();
+  return report;
+}
+
+/** The fleet's plan, and an identity for each of its devices (and the probe, with --check). */
+async function prepare(o: SimOptions, report: Report, progress: Progress) {
   const plan = planFleet(o);
   const connections = plan.devices.filter((d) => !d.child).length + 1;
   checkOpenFiles(connections + 256);
@@ -191,7 +222,11 @@ export async function run(o: SimOptions): Promise<Report> {
     progress,
   });
   plan.devices = withProbe.devices.filter((d) => d.id !== probe.id);
-  const model: ModelOptions = {
+  return { plan, ca, probe };
+}
+
+function modelOptions(o: SimOptions): ModelOptions {
+  return {
     identitiesDir: o.identities,
     mqttUrl: o.mqtt,
     mqttVersion: o.mqttVersion,
@@ -204,8 +239,10 @@ export async function run(o: SimOptions): Promise<Report> {
     uploadEveryMs: o.uploadEvery * 1000,
     uploadPath: o.uploadPath,
   };
+}
 
-  // The service subscriber: counts what arrives, per publishing device.
+/** The service subscriber: counts what arrives, per publishing device. */
+async function startService(o: SimOptions, plan: ReturnType<typeof planFleet>, report: Report) {
   const received = new Map<string, Set<number>>();
   const service = new Device({
     identityDir: join(o.identities, plan.service.id),
@@ -237,8 +274,17 @@ export async function run(o: SimOptions): Promise<Report> {
     );
   }
   await service.subscribe('devices/+/telemetry', { qos: 1 });
+  return { service, received };
+}
 
-  const rssStart = o.gatewayPid === undefined ? undefined : rssOf(o.gatewayPid);
+/** Starts the devices at `--ramp` per second, spread over source addresses past 20,000 connections. */
+async function rampUp(
+  o: SimOptions,
+  plan: ReturnType<typeof planFleet>,
+  model: ModelOptions,
+  report: Report,
+  progress: Progress,
+): Promise<SimDevice[]> {
   const top = plan.devices.filter((d) => !d.child);
   report.planned = top.length;
   const sources = o.sourceAddresses > 0 ? o.sourceAddresses : Math.max(1, Math.ceil(top.length / 20_000));
@@ -266,87 +312,63 @@ export async function run(o: SimOptions): Promise<Report> {
   process.stdout.write(
     `connected ${report.connected}/${sims.length} in ${((Date.now() - rampStart) / 1000).toFixed(1)} s; running ${o.duration} s\n`,
   );
+  return sims;
+}
 
-  const runStart = Date.now();
+/** The progress line during the run. */
+function runLine(report: Report, sims: SimDevice[], runStart: number): string {
+  // The rate is from the first connection, not from enrollment.
+  const seconds = Math.max(1, (Date.now() - (report.loadStarted ?? report.started)) / 1000);
+  const rate = (report.published / seconds).toFixed(0);
+  const connected = sims.filter((s) => s.device.connected).length;
+  const errors = [...report.errors.values()].reduce((a, b) => a + b, 0);
+  return `t=${Math.round((Date.now() - runStart) / 1000)}s connected=${connected}/${sims.length} published=${report.published} (${rate}/s) received=${report.received} https=${report.httpsOk} errors=${errors}`;
+}
+
+/** What happens during the run: commands to every device (--check), renewals at a third, revocations at half. */
+function scheduleEvents(o: SimOptions, sims: SimDevice[], service: Device, report: Report) {
   const sensors = sims.filter((s) => s.plan.type === 'sensor' && s.device.connected);
   const revoked = o.revokeDuring > 0 ? sensors.slice(-o.revokeDuring) : [];
   const renewed =
     o.renewDuring > 0 ? sims.filter((s) => s.device.connected && !revoked.includes(s)).slice(0, o.renewDuring) : [];
   const events: Promise<void>[] = [];
-  if (o.check) {
-    // Commands to every device: each must see its own only.
-    events.push(
-      sleep(1_000)
-        .then(() =>
-          Promise.all(
-            sims.map((s) =>
-              service.publish(`devices/${s.plan.id}/commands/ping`, 'ping', { qos: 1 }).catch(() => undefined),
-            ),
-          ),
-        )
-        .then(() => undefined),
-    );
-  }
-  if (renewed.length > 0) {
-    events.push(
-      sleep((o.duration * 1000) / 3).then(async () => {
-        const before = new Map(renewed.map((s) => [s, s.device.identity.info.serial]));
-        await Promise.all(renewed.map((s) => s.device.renewNow()));
-        await sleep(1_000);
-        const bad = renewed.filter((s) => s.device.identity.info.serial === before.get(s) || !s.device.connected);
-        report.check(
-          'renewal mid-run keeps devices connected',
-          bad.length === 0,
-          `${renewed.length - bad.length}/${renewed.length} renewed and connected`,
-        );
-      }),
-    );
-  }
+  // Commands to every device: each must see its own only.
+  if (o.check) events.push(sleep(1_000).then(() => commandEveryDevice(sims, service)));
+  if (renewed.length > 0) events.push(sleep((o.duration * 1000) / 3).then(() => renewMidRun(renewed, report)));
   const cutAt = new Map<SimDevice, number>();
-  if (revoked.length > 0) {
-    events.push(
-      sleep((o.duration * 1000) / 2).then(async () => {
-        for (const s of revoked) s.cutAt = undefined;
-        await Promise.all(
-          revoked.map(async (s) => {
-            const out = await fleetgateCli([
-              'device',
-              'revoke',
-              s.plan.id,
-              '--reason',
-              'keyCompromise',
-              '--json',
-              '--data',
-              o.data,
-            ]);
-            // The registry's commit time (not when the CLI process returned, which may be after the cut).
-            const committed = (JSON.parse(out) as { device?: { updatedAt?: number } }).device?.updatedAt;
-            cutAt.set(s, committed ?? Date.now());
-          }),
-        );
-      }),
-    );
-  }
-  while (Date.now() - runStart < o.duration * 1000) {
-    await sleep(500);
-    const rate = (report.published / Math.max(1, (Date.now() - (report.loadStarted ?? report.started)) / 1000)).toFixed(
-      0,
-    ); // from the first connection, not from enrollment
-    progress.line(
-      `t=${Math.round((Date.now() - runStart) / 1000)}s connected=${sims.filter((s) => s.device.connected).length}/${sims.length} published=${report.published} (${rate}/s) received=${report.received} https=${report.httpsOk} errors=${[...report.errors.values()].reduce((a, b) => a + b, 0)}`,
-    );
-  }
-  await Promise.all(events);
-  progress.endLine();
-  if (o.gatewayPid !== undefined && rssStart !== undefined)
-    report.gatewayRss = { startBytes: rssStart, endBytes: rssOf(o.gatewayPid) };
+  if (revoked.length > 0) events.push(sleep((o.duration * 1000) / 2).then(() => revokeMidRun(o, revoked, cutAt)));
+  return { events, revoked, cutAt };
+}
 
-  for (const s of sims) s.stop();
-  await sleep(Math.max(2_000, 1_000 / o.rate + 500)); // the last acknowledged messages reach the service
-  const lostWhere = account(report, sims, received);
-  if (o.check) await verify({ o, report, sims, revoked, cutAt, lostWhere, ca, probe });
-  service.stop();
-  return report;
+async function commandEveryDevice(sims: SimDevice[], service: Device): Promise<void> {
+  await Promise.all(
+    sims.map((s) => service.publish(`devices/${s.plan.id}/commands/ping`, 'ping', { qos: 1 }).catch(() => undefined)),
+  );
+}
+
+async function renewMidRun(renewed: SimDevice[], report: Report): Promise<void> {
+  const before = new Map(renewed.map((s) => [s, s.device.identity.info.serial]));
+  await Promise.all(renewed.map((s) => s.device.renewNow()));
+  await sleep(1_000);
+  const bad = renewed.filter((s) => s.device.identity.info.serial === before.get(s) || !s.device.connected);
+  report.check(
+    'renewal mid-run keeps devices connected',
+    bad.length === 0,
+    `${renewed.length - bad.length}/${renewed.length} renewed and connected`,
+  );
+}
+
+async function revokeMidRun(o: SimOptions, revoked: SimDevice[], cutAt: Map<SimDevice, number>): Promise<void> {
+  for (const s of revoked) s.cutAt = undefined;
+  await Promise.all(
+    revoked.map(async (s) => {
+      const args = ['device', 'revoke', s.plan.id, '--reason', 'keyCompromise', '--json', '--data', o.data];
+      const out = await fleetgateCli(args);
+      // The registry's commit time (not when the CLI process returned, which may be after the cut).
+      const committed = (JSON.parse(out) as { device?: { updatedAt?: number } }).device?.updatedAt;
+      cutAt.set(s, committed ?? Date.now());
+    }),
+  );
 }
 
 /**

@@ -9,13 +9,36 @@ export function createMetrics() {
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
   // Per-message counts are plain numbers on the hot path, read into the counters when scraped:
   // a prom-client label lookup per message costs more than routing the message.
-  const hot = { in: [0, 0, 0], out: 0, reported: { in: [0, 0, 0], out: 0 } };
+  const hot: HotCounts = { in: [0, 0, 0], out: 0, reported: { in: [0, 0, 0], out: 0 } };
   /** The cluster link's plain counters (set when the gateway joins a cluster), read into the counter when scraped. */
-  const cluster: {
-    counts?: { sent: number; received: number; lostWhileDown: number };
-    reported: Record<string, number>;
-  } = { reported: {} };
-  const make = {
+  const cluster: ClusterCounts = { reported: {} };
+  /** Devices refused with a certificate they may no longer use (the console's finding; not exported to Prometheus: unbounded labels). */
+  const refusedDevices = new RefusedDevices();
+  return {
+    registry,
+    hot,
+    cluster,
+    refusedDevices,
+    ...connectionMetrics(registry),
+    ...messageMetrics(registry, hot),
+    ...clusterMetrics(registry, cluster),
+  };
+}
+
+interface HotCounts {
+  in: number[];
+  out: number;
+  reported: { in: number[]; out: number };
+}
+
+interface ClusterCounts {
+  counts?: { sent: number; received: number; lostWhileDown: number };
+  reported: Record<string, number>;
+}
+
+/** Connections, handshakes, refusals and cuts, on every surface. */
+function connectionMetrics(registry: Registry) {
+  return {
     handshakes: new Counter({
       name: 'fleetgate_handshakes_total',
       help: 'Connection attempts by transport, outcome (admitted|refused|tls_failed) and error code',
@@ -28,6 +51,54 @@ export function createMetrics() {
       labelNames: ['type', 'transport'] as const,
       registers: [registry],
     }),
+    liveCuts: new Counter({
+      name: 'fleetgate_live_cuts_total',
+      help: 'Live sessions cut by a status change, by code',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    }),
+    httpsHandshakes: new Counter({
+      name: 'fleetgate_https_handshakes_total',
+      help: 'Full TLS handshakes on the HTTPS plane',
+      registers: [registry],
+    }),
+    httpsRequests: new Counter({
+      name: 'fleetgate_https_requests_total',
+      help: 'HTTPS plane requests by outcome code (OK: served)',
+      labelNames: ['code'] as const,
+      registers: [registry],
+    }),
+    unauthenticatedClosed: new Counter({
+      name: 'fleetgate_unauthenticated_closed_total',
+      help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
+      labelNames: ['listener', 'reason'] as const,
+      registers: [registry],
+    }),
+    tlsHandshake: new Histogram({
+      name: 'fleetgate_tls_handshake_seconds',
+      help: 'From TCP accept to a completed mutual-TLS handshake, by listener',
+      labelNames: ['listener'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+    statusCheck: new Histogram({
+      name: 'fleetgate_status_check_seconds',
+      help: 'Latency of the registry status check per connection',
+      buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025],
+      registers: [registry],
+    }),
+    denied: new Counter({
+      name: 'fleetgate_denied_total',
+      help: 'Refused PUBLISH/SUBSCRIBE by code',
+      labelNames: ['action', 'code'] as const,
+      registers: [registry],
+    }),
+  };
+}
+
+/** MQTT messages in and out, and what was not delivered. */
+function messageMetrics(registry: Registry, hot: HotCounts) {
+  return {
     messagesIn: new Counter({
       name: 'fleetgate_messages_in_total',
       help: 'PUBLISH packets accepted from clients',
@@ -51,29 +122,6 @@ export function createMetrics() {
         hot.reported.out = hot.out;
       },
     }),
-    denied: new Counter({
-      name: 'fleetgate_denied_total',
-      help: 'Refused PUBLISH/SUBSCRIBE by code',
-      labelNames: ['action', 'code'] as const,
-      registers: [registry],
-    }),
-    liveCuts: new Counter({
-      name: 'fleetgate_live_cuts_total',
-      help: 'Live sessions cut by a status change, by code',
-      labelNames: ['code'] as const,
-      registers: [registry],
-    }),
-    httpsHandshakes: new Counter({
-      name: 'fleetgate_https_handshakes_total',
-      help: 'Full TLS handshakes on the HTTPS plane',
-      registers: [registry],
-    }),
-    httpsRequests: new Counter({
-      name: 'fleetgate_https_requests_total',
-      help: 'HTTPS plane requests by outcome code (OK: served)',
-      labelNames: ['code'] as const,
-      registers: [registry],
-    }),
     mqttDropped: new Counter({
       name: 'fleetgate_mqtt_dropped_total',
       help: 'Messages not delivered: QoS 0 to a subscriber that does not read (slow_consumer), oldest queued QoS 1/2 past the queue bound (queue_full)',
@@ -90,12 +138,12 @@ export function createMetrics() {
       help: 'Connections closed because they did not read for the drain timeout',
       registers: [registry],
     }),
-    unauthenticatedClosed: new Counter({
-      name: 'fleetgate_unauthenticated_closed_total',
-      help: 'Sockets closed before their TLS handshake completed, by listener and reason (pending_limit|address_limit|handshake_timeout)',
-      labelNames: ['listener', 'reason'] as const,
-      registers: [registry],
-    }),
+  };
+}
+
+/** The link between gateway nodes. */
+function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
+  return {
     clusterLink: new Gauge({
       name: 'fleetgate_cluster_link_up',
       help: 'The NATS link to the other gateway nodes: 1 up, 0 down (absent: one node)',
@@ -120,23 +168,7 @@ export function createMetrics() {
         }
       },
     }),
-    tlsHandshake: new Histogram({
-      name: 'fleetgate_tls_handshake_seconds',
-      help: 'From TCP accept to a completed mutual-TLS handshake, by listener',
-      labelNames: ['listener'] as const,
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-      registers: [registry],
-    }),
-    statusCheck: new Histogram({
-      name: 'fleetgate_status_check_seconds',
-      help: 'Latency of the registry status check per connection',
-      buckets: [0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.025],
-      registers: [registry],
-    }),
   };
-  /** Devices refused with a certificate they may no longer use (the console's finding; not exported to Prometheus: unbounded labels). */
-  const refusedDevices = new RefusedDevices();
-  return { registry, hot, cluster, refusedDevices, ...make };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;

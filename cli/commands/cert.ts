@@ -42,7 +42,15 @@ async function issueOne(
 
 export function registerCert(program: Command, common: CommonFlags): void {
   const cert = program.command('cert').description('device certificates');
+  certIssueCommand(cert, common);
+  certBatchCommand(cert, common);
+  certListCommand(cert, common);
+  certShowCommand(cert, common);
+  certRevokeCommand(cert, common);
+}
 
+/** `fleetgate cert issue`. */
+function certIssueCommand(cert: Command, common: CommonFlags): void {
   common(cert.command('issue [id]'))
     .description(
       'sign a CSR for an existing device (or the device a --token is bound to); prints leaf + issuing CA PEM',
@@ -93,7 +101,10 @@ export function registerCert(program: Command, common: CommonFlags): void {
         );
       });
     });
+}
 
+/** `fleetgate cert batch`. */
+function certBatchCommand(cert: Command, common: CommonFlags): void {
   common(cert.command('batch'))
     .description(
       'sign many CSRs: JSON lines {"device":ID,"csr":PEM} in, one JSON line per result out, each printed only once recorded',
@@ -137,7 +148,10 @@ export function registerCert(program: Command, common: CommonFlags): void {
         if (failed > 0) throw new FleetgateError('BAD_REQUEST', `${failed} of the requests failed (see their lines)`);
       });
     });
+}
 
+/** `fleetgate cert list`. */
+function certListCommand(cert: Command, common: CommonFlags): void {
   common(cert.command('list'))
     .description('list certificates')
     .option('--device <id>', 'only this device')
@@ -155,7 +169,10 @@ export function registerCert(program: Command, common: CommonFlags): void {
         );
       });
     });
+}
 
+/** `fleetgate cert show`. */
+function certShowCommand(cert: Command, common: CommonFlags): void {
   common(cert.command('show <serial>'))
     .description('one certificate, with its PEM')
     .action(async (serial: string, opts: CommonOptions) => {
@@ -175,7 +192,10 @@ export function registerCert(program: Command, common: CommonFlags): void {
         );
       });
     });
+}
 
+/** `fleetgate cert revoke`. */
+function certRevokeCommand(cert: Command, common: CommonFlags): void {
   common(cert.command('revoke <serial>'))
     .description('revoke one certificate (permanent)')
     .option('--reason <reason>', 'RFC 5280 reason: keyCompromise, superseded, …', 'unspecified')

@@ -20,7 +20,18 @@ function deviceLine(d: DeviceRecord): string {
 
 export function registerDevice(program: Command, common: CommonFlags): void {
   const device = program.command('device').description('devices of the fleet');
+  deviceAddCommand(device, common);
+  deviceImportCommand(device, common);
+  deviceTokenCommand(device, common);
+  deviceListCommand(device, common);
+  deviceShowCommand(device, common);
+  deviceSuspendCommand(device, common);
+  deviceResumeCommand(device, common);
+  deviceRevokeCommand(device, common);
+}
 
+/** `fleetgate device add`. */
+function deviceAddCommand(device: Command, common: CommonFlags): void {
   common(device.command('add <id>'))
     .description('add a device and print its one-time enrollment token (shown only once)')
     .requiredOption('--type <type>', 'sensor | gateway | camera | service | operator')
@@ -67,7 +78,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         });
       },
     );
+}
 
+/** `fleetgate device import`. */
+function deviceImportCommand(device: Command, common: CommonFlags): void {
   common(device.command('import'))
     .description(
       'add many devices at once: JSON lines {"id","type","fleet"?,"parent"?,"token"?: true} in; one JSON line per device out (with its token when asked). Existing devices are kept (a token is still issued if asked).',
@@ -119,7 +133,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         if (failed > 0) throw new FleetgateError('BAD_REQUEST', `${failed} line(s) failed (see their output)`);
       });
     });
+}
 
+/** `fleetgate device token`. */
+function deviceTokenCommand(device: Command, common: CommonFlags): void {
   common(device.command('token <id>'))
     .description('issue a new one-time enrollment token for an existing device')
     .option('--token-ttl <duration>', 'token lifetime (e.g. 24h)', parseDurationOption('--token-ttl'))
@@ -129,7 +146,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         emit(opts, { deviceId: id, token: token.token, tokenExpiresAt: iso(token.expiresAt) }, () => token.token);
       });
     });
+}
 
+/** `fleetgate device list`. */
+function deviceListCommand(device: Command, common: CommonFlags): void {
   common(device.command('list'))
     .description('list devices')
     .option('--fleet <fleet>', 'only this fleet')
@@ -144,7 +164,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         );
       });
     });
+}
 
+/** `fleetgate device show`. */
+function deviceShowCommand(device: Command, common: CommonFlags): void {
   common(device.command('show <id>'))
     .description('one device with its certificates')
     .action(async (id: string, opts: CommonOptions) => {
@@ -176,7 +199,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         );
       });
     });
+}
 
+/** `fleetgate device suspend`. */
+function deviceSuspendCommand(device: Command, common: CommonFlags): void {
   common(device.command('suspend <id>'))
     .description('suspend a device (reversible): its connections are refused until resumed')
     .option('--reason <text>', 'why (goes to the audit log)')
@@ -186,7 +212,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         emit(opts, { device: d, changed }, () => (changed ? `suspended ${d.id}` : `${d.id} was already suspended`));
       });
     });
+}
 
+/** `fleetgate device resume`. */
+function deviceResumeCommand(device: Command, common: CommonFlags): void {
   common(device.command('resume <id>'))
     .description('resume a suspended device')
     .action(async (id: string, opts: CommonOptions) => {
@@ -197,7 +226,10 @@ export function registerDevice(program: Command, common: CommonFlags): void {
         );
       });
     });
+}
 
+/** `fleetgate device revoke`. */
+function deviceRevokeCommand(device: Command, common: CommonFlags): void {
   common(device.command('revoke <id>'))
     .description('revoke a device permanently: all its certificates are revoked')
     .option('--reason <reason>', 'RFC 5280 reason: keyCompromise, cessationOfOperation, …', 'cessationOfOperation')

@@ -69,7 +69,18 @@ export function buildProgram(): Command {
     .description('device side of fleetgate: enroll, renew, publish, subscribe, request')
     .version('0.1.0')
     .exitOverride();
+  enrollCommand(program);
+  renewCommand(program);
+  pubCommand(program);
+  subCommand(program);
+  requestCommand(program);
+  statusCommand(program);
+  for (const c of program.commands) c.exitOverride().configureOutput({ outputError: () => undefined });
+  return program;
+}
 
+/** `fleetgate-device enroll`. */
+function enrollCommand(program: Command): void {
   program
     .command('enroll')
     .description(
@@ -117,7 +128,10 @@ export function buildProgram(): Command {
         out(o, s, `enrolled ${s.deviceId} (serial ${s.serial}, until ${s.notAfter}) → ${o.out}`);
       },
     );
+}
 
+/** `fleetgate-device renew`. */
+function renewCommand(program: Command): void {
   program
     .command('renew')
     .description('renew now over mTLS with the current certificate (new key)')
@@ -129,7 +143,10 @@ export function buildProgram(): Command {
       const s = summary(o.identity);
       out(o, s, `renewed ${s.deviceId}: serial ${s.serial}, until ${s.notAfter}`);
     });
+}
 
+/** `fleetgate-device pub`. */
+function pubCommand(program: Command): void {
   program
     .command('pub')
     .description('publish one message')
@@ -170,7 +187,10 @@ export function buildProgram(): Command {
         out(o, { deviceId: device.id, topic: o.topic, qos: o.qos }, `published to ${o.topic}`);
       },
     );
+}
 
+/** `fleetgate-device sub`. */
+function subCommand(program: Command): void {
   program
     .command('sub')
     .description('subscribe and print messages (topic payload), until --count or Ctrl-C')
@@ -207,7 +227,10 @@ export function buildProgram(): Command {
       device.stop();
       if (device.refusal !== undefined) throw device.refusal;
     });
+}
 
+/** `fleetgate-device request`. */
+function requestCommand(program: Command): void {
   program
     .command('request')
     .description('an HTTPS request through the gateway with the device certificate; prints the body')
@@ -249,7 +272,10 @@ export function buildProgram(): Command {
           process.exitCode = res.status >= 500 ? ERRORS.ORIGIN_UNREACHABLE.exit : ERRORS.NOT_AUTHORIZED.exit;
       },
     );
+}
 
+/** `fleetgate-device status`. */
+function statusCommand(program: Command): void {
   program
     .command('status')
     .description('what the stored identity is: device id, serial, expiry, days left')
@@ -263,9 +289,6 @@ export function buildProgram(): Command {
         `${s.deviceId}  serial ${s.serial}\nvalid ${s.notBefore} → ${s.notAfter} (${s.daysLeft} days left)\ncert ${s.files.cert}\nkey  ${s.files.key}`,
       );
     });
-
-  for (const c of program.commands) c.exitOverride().configureOutput({ outputError: () => undefined });
-  return program;
 }
 
 export async function main(argv: readonly string[]): Promise<number> {

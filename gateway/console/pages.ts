@@ -44,7 +44,7 @@ export function layout(
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${title} · fleetgate console</title>
 <link rel="stylesheet" href="/static/console.css">
-${options.live === true ? html`<link rel="stylesheet" href="/static/uPlot.min.css"><script src="/static/uPlot.iife.min.js" defer></script><script src="/static/console.js" defer></script>` : ''}
+${options.live === true ? html`<link rel="stylesheet" href="/static/uPlot.min.css"><script src="/static/uPlot.iife.min.js" defer></script><script type="module" src="/static/console.js"></script>` : ''}
 </head><body>
 <header><a class="brand" href="/">fleetgate</a><nav>${NAV.map(([path, label]) => html`<a href="${path}"${path === active ? html` aria-current="page"` : ''}>${label}</a>`)}</nav>
 <span class="who" title="certificate ${viewer.fingerprint}">${viewer.id} · ${viewer.role === 'operator' ? 'operator' : 'auditor (read-only)'}</span></header>
