@@ -54,6 +54,9 @@ const IDLE_CPU_SECONDS = Number(process.env.BENCH_IDLE_CPU_SECONDS ?? 20);
 const AFTER_CLOSE_SECONDS = Number(process.env.BENCH_AFTER_CLOSE_SECONDS ?? 15);
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 40);
 const V5 = process.env.BENCH_V5 !== '0';
+// Another checkout of fleetgate (e.g. a worktree of the commit before a change) run beside this
+// one in the message rounds, in memory mode: before/after in the same run.
+const BASELINE = process.env.BENCH_BASELINE_ROOT;
 
 const log = (s: string) => process.stdout.write(`${s}\n`);
 const fleet = await benchFleet();
@@ -111,13 +114,11 @@ async function startMosquitto(): Promise<Server> {
   };
 }
 
-async function startFleetgate(durability: 'disk' | 'memory'): Promise<Server & { gw: GatewayProcess }> {
-  const gw = await spawnService('gateway', fleet.config.dataDir, {
-    FLEETGATE_MQTT_DURABILITY: durability,
-    FLEETGATE_MQTT_MAX_QUEUED: '100000',
-  });
+async function startFleetgate(durability: 'disk' | 'memory', root?: string): Promise<Server & { gw: GatewayProcess }> {
+  const env = { FLEETGATE_MQTT_DURABILITY: durability, FLEETGATE_MQTT_MAX_QUEUED: '100000' };
+  const gw = await spawnService('gateway', fleet.config.dataDir, env, root);
   return {
-    name: `fleetgate (${durability})`,
+    name: `fleetgate (${durability}${root === undefined ? '' : ', baseline'})`,
     url: gw.endpoints['mqtt+tls']!,
     cpuSeconds: () => gw.cpuSeconds(),
     rssBytes: () => gw.rssBytes(),
@@ -360,6 +361,7 @@ for (const [name, work] of await workRounds([
   () => startFleetgate('disk'),
   () => startMosquitto(),
   () => startFleetgate('memory'),
+  ...(BASELINE === undefined ? [] : [() => startFleetgate('memory', BASELINE)]),
 ])) {
   results.set(name, { ...work, idleKiB: Number.NaN, idleCpuPct: Number.NaN });
 }
@@ -370,7 +372,11 @@ for (const [name, work] of await workRounds([
 let v5 = new Map<string, Work>();
 if (V5) {
   protocolVersion = 5;
-  v5 = await workRounds([() => startFleetgate('memory'), () => startMosquitto()]);
+  v5 = await workRounds([
+    () => startFleetgate('memory'),
+    () => startMosquitto(),
+    ...(BASELINE === undefined ? [] : [() => startFleetgate('memory', BASELINE)]),
+  ]);
   protocolVersion = 4;
 }
 
@@ -449,6 +455,21 @@ if (V5) {
   log(
     `loss (v5): QoS 0 ${[f5, m5].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[f5, m5].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')} (fleetgate / Mosquitto)`,
   );
+}
+
+if (BASELINE !== undefined) {
+  const base = results.get('fleetgate (memory, baseline)')!;
+  const rows: [string, Work, Work][] = [['3.1.1', fm, base]];
+  if (V5) rows.push(['5', v5.get('fleetgate (memory)')!, v5.get('fleetgate (memory, baseline)')!]);
+  log('');
+  log(`this checkout / baseline (${BASELINE}), memory mode, same rounds (1.00× = no change)`);
+  log('| protocol | connect | QoS 0 | QoS 1 | QoS 1 persistent |');
+  log('| --- | --- | --- | --- | --- |');
+  for (const [p, now, before] of rows) {
+    log(
+      `| ${p} | ${ratio(now.connectMs, before.connectMs)} | ${ratio(now.qos0Us, before.qos0Us)} | ${ratio(now.qos1Us, before.qos1Us)} | ${ratio(now.qos1PersistentUs, before.qos1PersistentUs)} |`,
+    );
+  }
 }
 
 // 4. Revoke → cut, fleetgate only (Mosquitto has no revocation to compare).

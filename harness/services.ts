@@ -144,16 +144,18 @@ export interface GatewayProcess {
 /**
  * `fleetgate up|gateway|provision --json` in its own process on ephemeral loopback ports
  * (unless `env` names them), with the servers' V8 flags; resolves once its banner lists the
- * endpoints (by service name: mqtt+tls, mqtt+wss, https, admin, provision).
+ * endpoints (by service name: mqtt+tls, mqtt+wss, https, admin, provision). `root`: another
+ * checkout of fleetgate to run instead of this one (a benchmark's before/after).
  */
 export async function spawnService(
   command: ServerCommand,
   dataDir: string,
   env: NodeJS.ProcessEnv = {},
+  root = ROOT,
 ): Promise<GatewayProcess> {
   const child = spawn(
     process.execPath,
-    [...SERVER_NODE_FLAGS, join(ROOT, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir],
+    [...SERVER_NODE_FLAGS, join(root, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       // The allocator bin/fleetgate.ts would re-execute with, set here so the child is the server
