@@ -17,9 +17,18 @@ export function frameworkError(err: unknown, _req: unknown, reply: FastifyReply)
   void sendError(reply, httpError(err));
 }
 
-/** The JSON error answer of every HTTP surface except EST. */
+/** The JSON error answer of every HTTP surface except EST; a refusal worth retrying says when (`Retry-After`). */
 export function sendError(reply: FastifyReply, e: FleetgateError): FastifyReply {
+  const retry = retryAfterSeconds(e);
+  if (retry !== undefined) void reply.header('retry-after', String(retry));
   return reply.status(e.httpStatus).type('application/json; charset=utf-8').send(publicBody(e));
+}
+
+/** Seconds a client should wait before retrying (RFC 9110 §10.2.3): a busy registry, a rate limit. */
+export function retryAfterSeconds(e: FleetgateError): number | undefined {
+  const given = e.detail.retryAfterS;
+  if (typeof given === 'number' && Number.isFinite(given)) return Math.max(1, Math.ceil(given));
+  return e.code === 'REGISTRY_UNAVAILABLE' ? 1 : undefined;
 }
 
 /** The log side of a refusal: code, internal message, structured detail. */

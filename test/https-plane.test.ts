@@ -169,6 +169,45 @@ test("spoofing/a device's own assertion and client-cert headers never reach the 
   assert.equal(h['x-forwarded-for'], '127.0.0.1');
 });
 
+test("spoofing/a device's URL-rewrite and method-override headers never reach the origin", async () => {
+  const r = await https(`${fleet.httpsUrl}/api/override`, {
+    ca,
+    cred: c.sensor,
+    headers: {
+      'X-Original-URL': '/admin/x',
+      'X-Rewrite-URL': '/admin/x',
+      'X-HTTP-Method-Override': 'DELETE',
+      'X-HTTP-Method': 'DELETE',
+      'X-Method-Override': 'DELETE',
+      X_Original_URL: '/admin/y',
+    },
+  });
+  assert.equal(r.status, 200);
+  const h = lastSeen().headers;
+  for (const name of [
+    'x-original-url',
+    'x-rewrite-url',
+    'x-http-method-override',
+    'x-http-method',
+    'x-method-override',
+  ])
+    assert.equal(h[name], undefined, name);
+  assert.equal(
+    Object.keys(h).find((k) => k.replaceAll('_', '-').toLowerCase() === 'x-original-url'),
+    undefined,
+  );
+});
+
+test('path/";" in a path (raw or %3B) is refused 400 PATH_INVALID and reaches no origin', async () => {
+  for (const path of ['/api/..;/admin/x', '/api/..%3B/admin/x', '/api/x;jsessionid=1']) {
+    const before = origin.seen.length;
+    const r = await https(`${fleet.httpsUrl}${path}`, { ca, cred: c.sensor });
+    assert.equal(r.status, 400, path);
+    assert.equal(errorCodeOf(r), 'PATH_INVALID', path);
+    assert.equal(origin.seen.length, before, `${path} reached the origin`);
+  }
+});
+
 test('keep-alive/a revocation cuts the live connection (within the feed interval); the next request is refused 403', async () => {
   const agent = new Agent({ keepAlive: true, maxSockets: 1, ca, cert: c.doomed!.certPem, key: c.doomed!.keyPem });
   const handshakes = () => fleet.gateway.metrics.httpsHandshakes.get().then((m) => m.values[0]?.value ?? 0);

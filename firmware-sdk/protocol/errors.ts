@@ -157,7 +157,15 @@ export function toFleetgateError(err: unknown): FleetgateError {
       ...(typeof (err as { path?: unknown }).path === 'string' && { detail: { path: (err as { path: string }).path } }),
     });
   }
+  // The registry is there but busy: SQLite's write lock held by another process past the busy
+  // timeout, or a PostgreSQL lock or statement timeout. Not a bug: the caller may retry.
+  if (typeof code === 'string' && (REGISTRY_BUSY.has(code) || /^SQLITE_(BUSY|LOCKED)/.test(code))) {
+    return new FleetgateError('REGISTRY_UNAVAILABLE', `registry busy (${code}): ${text}`, { cause: err });
+  }
   return new FleetgateError('INTERNAL', text, { cause: err });
 }
+
+/** PostgreSQL SQLSTATEs of a busy registry: lock_not_available, query_canceled (statement_timeout). */
+const REGISTRY_BUSY = new Set(['55P03', '57014']);
 
 const READ_ONLY_ERRNO = new Set(['EROFS', 'EACCES', 'EPERM']);

@@ -55,6 +55,15 @@ export const STRIPPED_REQUEST_HEADERS: readonly string[] = Object.freeze([
   'cf-connecting-ip',
   'fastly-client-ip',
   'x-original-forwarded-for',
+  // What some frameworks and proxies read as the "real" URL or method instead of the request line
+  // (IIS/ASP.NET, Symfony, Laravel, Spring's HiddenHttpMethodFilter, …): the route that was
+  // checked must be the one the origin serves, with the method that was checked.
+  'x-original-url',
+  'x-rewrite-url',
+  'x-override-url',
+  'x-http-method-override',
+  'x-http-method',
+  'x-method-override',
 ]);
 
 /** Name prefixes stripped the same way (every variant of a client-certificate header). */

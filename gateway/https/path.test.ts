@@ -15,7 +15,7 @@ const ok: [string, string, string][] = [
   ['/api/x/..', '/api/', ''],
   ['/api/a%20b', '/api/a%20b', ''],
   ['/api/caf%C3%A9', '/api/caf%C3%A9', ''],
-  ['/api/a:b@c;d=e,f+g', '/api/a:b@c;d=e,f+g', ''],
+  ['/api/a:b@c=e,f+g', '/api/a:b@c=e,f+g', ''],
   ['/api/%61', '/api/a', ''],
   ['/', '/', ''],
 ];
@@ -39,6 +39,12 @@ const refused = [
   '/api/a b',
   '/api/\u007f',
   '/x?a=\u0001',
+  // Path parameters: Tomcat/Jetty/Spring read `/public/..;/admin/x` as `/admin/x`.
+  '/public/..;/admin/x',
+  '/public/..%3B/admin/x',
+  '/public/..%3b/admin/x',
+  '/api/a;jsessionid=1',
+  '/api/x;',
 ];
 for (const raw of refused) {
   test(`error/${JSON.stringify(raw)}`, () =>
@@ -75,6 +81,7 @@ test('ok/the shortcut for canonical paths agrees with the full normalisation (ra
     '+',
     ',',
     ';',
+    '%3B',
     '=',
     ':',
     '@',

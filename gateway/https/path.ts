@@ -21,8 +21,9 @@ function encodeSegment(segment: string): string {
  * from the result, so the route that was checked is the path the origin receives:
  *
  * 1. refuse what has no single meaning across servers — a backslash (some origins read it as
- *    `/`), an encoded `/` or `\` (`%2F`, `%5C`), NUL or other control characters (raw or
- *    encoded), bad percent-encoding;
+ *    `/`), an encoded `/` or `\` (`%2F`, `%5C`), a `;` (raw or `%3B`: servlet containers cut
+ *    path parameters there), NUL or other control characters (raw or encoded), bad
+ *    percent-encoding;
  * 2. percent-decode each segment, resolve `.` and `..` (RFC 3986 §5.2.4); a `..` above the root
  *    is refused; empty segments (`//`) are merged;
  * 3. re-encode each segment canonically.
@@ -54,8 +55,11 @@ function checkQuery(query: string, rawUrl: string): void {
   if (/[\x00-\x1f\x7f]/.test(query)) throw refuse('control character in the query', rawUrl);
 }
 
-/** Absolute path of canonical segments: RFC 3986 pchar without percent-encoding, none of them empty, `.` or `..`; optionally a trailing `/`. */
-const CANONICAL = /^(?:(?:\/(?!\.\.?(?:\/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+\/?|\/)$/;
+/**
+ * Absolute path of canonical segments: RFC 3986 pchar without percent-encoding and without `;`,
+ * none of them empty, `.` or `..`; optionally a trailing `/`.
+ */
+const CANONICAL = /^(?:(?:\/(?!\.\.?(?:\/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+\/?|\/)$/;
 
 /** {@link normalizeTarget} without its shortcut for already canonical paths (exported for the test that they agree). */
 export function normalizeTargetFully(rawUrl: string): NormalizedTarget {
@@ -66,6 +70,9 @@ export function normalizeTargetFully(rawUrl: string): NormalizedTarget {
   if (/[\x00-\x20\x7f]/.test(rawPath)) throw refuse('control character or space', rawUrl);
   if (/%(2f|5c|00|[01][0-9a-f]|7f)/i.test(rawPath))
     throw refuse('encoded slash, backslash or control character', rawUrl);
+  // Servlet containers (Tomcat, Jetty, Spring) cut path parameters at `;`, so `/public/..;/admin`
+  // is `/admin` to them and `/public/..;` to us: a path with `;` (raw or encoded) has no single meaning.
+  if (/;|%3b/i.test(rawPath)) throw refuse('";" (path parameter) in the path', rawUrl);
   checkQuery(query, rawUrl);
   const out: string[] = [];
   for (const raw of rawPath.split('/').slice(1)) {

@@ -1,7 +1,7 @@
 import * as asn1js from 'asn1js';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { httpError } from '../../listeners/http-errors.ts';
+import { httpError, retryAfterSeconds } from '../../listeners/http-errors.ts';
 import { claimPeer, devicePeer } from '../api/peer.ts';
 import type { ProvisioningService } from '../api/service.ts';
 import { parseCsr } from '../ca/csr.ts';
@@ -20,6 +20,8 @@ function estError(log: ProvisioningService['log']) {
     if (e.code === 'INTERNAL') log.error({ err, url: req.url }, 'internal error');
     if (e.code === 'CERT_REQUIRED' || e.code === 'TOKEN_INVALID')
       void reply.header('www-authenticate', 'Basic realm="fleetgate EST"');
+    const retry = retryAfterSeconds(e); // RFC 7030 §4.2.3: a 503 may say when to come back
+    if (retry !== undefined) void reply.header('retry-after', String(retry));
     void reply.status(e.httpStatus).type('text/plain; charset=utf-8').send(`${e.code}: ${e.publicMessage}\n`);
   };
 }
