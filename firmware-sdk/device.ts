@@ -4,6 +4,7 @@ import { Backoff } from './backoff.ts';
 import { renew } from './enroll.ts';
 import { errorFromResponse, type HttpResponse, httpsRequest } from './http.ts';
 import { type DeviceIdentity, loadIdentity } from './identity.ts';
+import { assertSupportedRuntime } from './preflight.ts';
 import { type ErrorCode, FleetgateError, isErrorCode } from './protocol/errors.ts';
 import { codeFromReason, REASON } from './protocol/mqtt5.ts';
 import { verifyServerCertificate } from './protocol/server-certificate.ts';
@@ -91,6 +92,7 @@ export class Device extends EventEmitter {
 
   constructor(opts: DeviceOptions) {
     super();
+    assertSupportedRuntime();
     this.#opts = opts;
     this.#identity = loadIdentity(opts.identityDir);
     this.#backoff = new Backoff(opts.backoff);

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { errorFromResponse, httpsRequest, type TlsMaterial } from './http.ts';
 import { createCsr, type DeviceIdentity, generateKey, type KeyType, loadIdentity, saveIdentity } from './identity.ts';
+import { preflightEnrollment } from './preflight.ts';
 import { children, expectTag, readTlv, toPem } from './protocol/der.ts';
 import { FleetgateError } from './protocol/errors.ts';
 
@@ -60,6 +61,7 @@ function store(dir: string, keyPem: string, issued: Issued): DeviceIdentity {
  * const id = await enrollWithToken({ server: 'https://127.0.0.1:9443', ca, identityDir: './id', token });
  */
 export async function enrollWithToken(opts: EnrollOptions & { token: string }): Promise<DeviceIdentity> {
+  preflightEnrollment(opts); // before the token is sent: nothing spent on a device that cannot keep the result
   const keyPem = generateKey(opts.keyType);
   const issued = await postEnroll(
     `${opts.server}/v1/enroll`,
@@ -79,6 +81,7 @@ export async function enrollWithToken(opts: EnrollOptions & { token: string }): 
 export async function enrollWithClaim(
   opts: EnrollOptions & { claimDir: string; hardwareSerial: string; type?: string; fleet?: string },
 ): Promise<DeviceIdentity> {
+  preflightEnrollment(opts);
   const keyPem = generateKey(opts.keyType);
   const tls = {
     ca: opts.ca,
@@ -107,6 +110,7 @@ export async function enrollWithClaim(
  * const next = await renew({ server, identityDir: './id' });
  */
 export async function renew(opts: { server: string; identityDir: string; keyType?: KeyType }): Promise<DeviceIdentity> {
+  preflightEnrollment(opts);
   const current = loadIdentity(opts.identityDir);
   const keyPem = generateKey(opts.keyType);
   const tls = { ca: current.caPem, cert: current.certPem + current.chainPem, key: current.keyPem };
@@ -154,6 +158,7 @@ export async function estCacerts(server: string, ca: string): Promise<string[]> 
 export async function estSimpleEnroll(
   opts: EnrollOptions & { deviceId: string; token: string },
 ): Promise<DeviceIdentity> {
+  preflightEnrollment(opts);
   const keyPem = generateKey(opts.keyType);
   const res = await httpsRequest(`${opts.server}/.well-known/est/simpleenroll`, {
     tls: { ca: opts.ca },
@@ -175,6 +180,7 @@ export async function estSimpleReenroll(opts: {
   identityDir: string;
   keyType?: KeyType;
 }): Promise<DeviceIdentity> {
+  preflightEnrollment(opts);
   const current = loadIdentity(opts.identityDir);
   const keyPem = generateKey(opts.keyType);
   const res = await httpsRequest(`${opts.server}/.well-known/est/simplereenroll`, {

@@ -2,7 +2,8 @@
 // .d.ts by tsc), packed with `npm pack`, installed from the tarball into an empty project
 // (offline), imported there by its package name, and its `fleetgate-device` bin run there.
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ROOT, run, tempDir } from '../harness/run.ts';
@@ -16,6 +17,7 @@ test('sdk package/npm pack → install the tarball into an empty project → imp
   const pkg = join(dir, 'pkg');
   mkdirSync(pkg);
   for (const f of ['package.json', 'README.md']) copyFileSync(join(SDK, f), join(pkg, f));
+  cpSync(join(SDK, 'docs'), join(pkg, 'docs'), { recursive: true });
   // The build, into the copy (the checkout's own firmware-sdk/ is left alone: two test runs may share it).
   const build = await run(process.execPath, [
     join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
@@ -92,4 +94,53 @@ test('sdk package/npm pack → install the tarball into an empty project → imp
   const missing = await run(process.execPath, [bin, 'status', '--identity', join(dir, 'no-such-identity'), '--json']);
   assert.notEqual(missing.code, 0);
   assert.match(missing.stderr, /"code":"[A-Z_]+"/, 'a coded JSON error from the installed CLI');
+
+  // The packed README's links lead somewhere inside the package.
+  const installed = join(app, 'node_modules', '@fleetgate', 'firmware-sdk');
+  const readme = readFileSync(join(installed, 'README.md'), 'utf8');
+  const links = [...readme.matchAll(/\]\(([^)#]+)(#[^)]*)?\)/g)].map((m) => m[1]!).filter((l) => !/^[a-z]+:/.test(l));
+  assert.ok(links.length > 0, 'the README links its documentation');
+  for (const link of links) assert.ok(existsSync(join(installed, link)), `README link ${link} is in the package`);
+
+  // On a Node.js it does not support, the CLI says so before any network request (no token spent).
+  const old = await olderNode();
+  if (old === undefined)
+    return t.diagnostic('no Node.js older than 22.12 on this machine: the runtime check ran as a unit test only');
+  let connections = 0;
+  const server = createServer((s) => {
+    connections++;
+    s.destroy();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const ca = join(dir, 'ca.pem');
+  writeFileSync(ca, 'not used');
+  const enroll = await run(old, [
+    bin,
+    'enroll',
+    '--server',
+    `https://127.0.0.1:${port}`,
+    '--ca',
+    ca,
+    '--out',
+    join(dir, 'id'),
+    '--token',
+    'x',
+    '--json',
+  ]);
+  assert.equal(enroll.code, 2, enroll.stderr);
+  assert.match(enroll.stderr, /"code":"RUNTIME_UNSUPPORTED"/);
+  assert.equal(connections, 0, 'nothing was sent');
 });
+
+/** A Node.js on PATH older than the SDK supports (the machine's own, here), if there is one. */
+async function olderNode(): Promise<string | undefined> {
+  const found = await run('sh', ['-c', 'which -a node nodejs 2>/dev/null || true']);
+  for (const bin of found.stdout.split('\n').filter(Boolean)) {
+    const v = await run(bin, ['--version']);
+    const [major = 0, minor = 0] = v.stdout.trim().replace(/^v/, '').split('.').map(Number);
+    if (v.code === 0 && (major < 22 || (major === 22 && minor < 12))) return bin;
+  }
+  return undefined;
+}

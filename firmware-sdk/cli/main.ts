@@ -3,6 +3,7 @@ import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { Device } from '../device.ts';
 import { enrollWithClaim, enrollWithToken, estSimpleEnroll, renew } from '../enroll.ts';
 import { identityFiles, type KeyType, loadIdentity } from '../identity.ts';
+import { assertSupportedRuntime } from '../preflight.ts';
 import { ERRORS, FleetgateError, toFleetgateError } from '../protocol/errors.ts';
 
 interface Common {
@@ -294,6 +295,7 @@ function statusCommand(program: Command): void {
 export async function main(argv: readonly string[]): Promise<number> {
   const json = argv.includes('--json');
   try {
+    assertSupportedRuntime(); // before anything else, and before any network request
     await buildProgram().parseAsync(argv as string[], { from: 'user' });
     return process.exitCode === undefined ? 0 : Number(process.exitCode);
   } catch (err) {

@@ -52,6 +52,7 @@ export const ERRORS = Object.freeze({
   REQUEST_TIMEOUT: entry(408, 5, EXIT.unavailable, 'request timed out'),
   PATH_INVALID: entry(400, 5, EXIT.rejected, 'invalid request path'),
   STORAGE_READ_ONLY: entry(500, 3, EXIT.unavailable, 'storage not writable'),
+  RUNTIME_UNSUPPORTED: entry(500, 3, EXIT.usage, 'runtime not supported'),
 
   // --- devices ---
   DEVICE_ID_INVALID: entry(400, 2, EXIT.usage, 'invalid device id'),
