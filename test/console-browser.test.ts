@@ -159,7 +159,8 @@ test('console/an operator finds a connected device, revokes it; the MQTT session
   await cut; // the real MQTT client saw its session cut
   const [row] = await auditRows(fleet.registry, (a) => a.action === 'device.revoke' && a.subject === 's-live');
   assert.equal(row?.actor, 'operator:alice');
-  assert.equal(row?.detail.reason, 1);
+  assert.equal(row?.detail.reason, 'keyCompromise');
+  assert.equal(row?.detail.reasonCode, 1);
   const [disconnect] = await auditRows(
     fleet.registry,
     (a) => a.action === 'session.disconnect' && a.subject === 's-live',

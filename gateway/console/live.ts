@@ -36,10 +36,13 @@ interface Totals {
 }
 
 const WINDOW_S = 30;
+/** How far back the overview's charts go. */
+const HISTORY_S = 300;
 /**
  * Samples the gateway's metrics every `intervalS` while someone watches (the overview's live
- * stream), keeps the last few minutes for the charts, and hands each new sample to the watchers.
- * Nothing runs while nobody watches.
+ * stream) and hands each new sample to the watchers. While nobody watches it still samples, every
+ * `backgroundS`, so the charts of an operator's first visit show the last five minutes rather than
+ * start empty (a ring buffer of five minutes of samples, server-side).
  */
 export class LiveSampler {
   readonly #metrics: Metrics;
@@ -50,6 +53,7 @@ export class LiveSampler {
   readonly #totals: Totals[] = [];
   readonly #watchers = new Set<(s: Snapshot) => void>();
   #timer: NodeJS.Timeout | undefined;
+  #background: NodeJS.Timeout | undefined;
 
   /** `others`: in a cluster, every sample sums this node's figures with those of the nodes that answer. */
   constructor(metrics: Metrics, sessions: SessionTable, intervalS = 2, others?: OtherNodes) {
@@ -118,6 +122,15 @@ export class LiveSampler {
     };
   }
 
+  /** Starts the unwatched sampling (every `backgroundS` seconds; the timer does not keep the process alive). */
+  keepHistory(backgroundS = 10): void {
+    if (this.#background !== undefined) return;
+    this.#background = setInterval(() => {
+      if (this.#timer === undefined) void this.#tick().catch(() => undefined);
+    }, backgroundS * 1000);
+    this.#background.unref();
+  }
+
   /** Every sample kept (oldest first), for a chart that starts now. */
   history(): Snapshot[] {
     return [...this.#history];
@@ -141,14 +154,15 @@ export class LiveSampler {
     const snap = this.#compute(totals);
     this.#totals.push(totals);
     this.#history.push(snap);
-    const keep = Math.ceil(300 / this.intervalS); // five minutes
-    if (this.#history.length > keep) this.#history.shift();
+    while (this.#history.length > 0 && snap.t - this.#history[0]!.t > HISTORY_S * 1000) this.#history.shift();
     while (this.#totals.length > 0 && totals.t - this.#totals[0]!.t > WINDOW_S * 1000 + this.intervalS * 1000)
       this.#totals.shift();
     for (const w of this.#watchers) w(snap);
   }
 
   close(): void {
+    clearInterval(this.#background);
+    this.#background = undefined;
     clearInterval(this.#timer);
     this.#timer = undefined;
     this.#watchers.clear();

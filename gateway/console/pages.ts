@@ -43,7 +43,7 @@ export function layout(
   return html`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${title} · fleetgate console</title>
-<link rel="stylesheet" href="/static/console.css">
+<link rel="stylesheet" href="/static/console.css"><link rel="icon" href="/favicon.ico" type="image/svg+xml">
 ${options.live === true ? html`<link rel="stylesheet" href="/static/uPlot.min.css"><script src="/static/uPlot.iife.min.js" defer></script><script type="module" src="/static/console.js"></script>` : ''}
 </head><body>
 <header><a class="brand" href="/">fleetgate</a><nav>${NAV.map(([path, label]) => html`<a href="${path}"${path === active ? html` aria-current="page"` : ''}>${label}</a>`)}</nav>
@@ -441,10 +441,29 @@ function auditTable(rows: readonly AuditRecord[], empty: string): Html {
     ['#', 'time', 'actor', 'action', 'subject', 'detail'],
     rows.map(
       (a) => html`<tr><td class="num">${a.seq}</td><td>${iso(a.at)}</td><td>${a.actor}</td>
-<td><code>${a.action}</code></td><td>${a.subject ?? ''}</td><td class="detail"><code>${JSON.stringify(a.detail)}</code></td></tr>`,
+<td><code>${a.action}</code></td><td>${a.subject ?? ''}</td><td class="detail">${auditDetail(a.detail)}</td></tr>`,
     ),
     empty,
   );
+}
+
+/**
+ * An audit row's detail as a short list of facts (`reason keyCompromise`, `serials 1a2b…, 3c4d…`),
+ * not raw JSON; nested values stay JSON, long ones are cut (the export has them whole).
+ */
+export function auditDetail(detail: Readonly<Record<string, unknown>>): Html {
+  const facts = Object.entries(detail).filter(([, v]) => v !== null && v !== undefined && v !== '');
+  if (facts.length === 0) return html``;
+  const shown = (v: unknown): string => {
+    const text =
+      Array.isArray(v) && v.every((x) => typeof x !== 'object')
+        ? v.join(', ')
+        : typeof v === 'object'
+          ? JSON.stringify(v)
+          : String(v);
+    return text.length > 120 ? `${text.slice(0, 119)}…` : text;
+  };
+  return html`<dl class="facts-inline">${facts.map(([k, v]) => html`<dt>${k}</dt><dd>${shown(v)}</dd>`)}</dl>`;
 }
 
 export function auditPage(viewer: Viewer, filter: Record<string, string | undefined>, page: Page<AuditRecord>): Html {

@@ -33,6 +33,7 @@ export async function startConsole(config: FleetgateConfig, tls: TlsOptions, dep
   const g = config.gateway;
   const store = new ConsoleStore(deps.registryFile, 10_000);
   const sampler = new LiveSampler(deps.metrics, deps.sessions, 2, deps.fleet.others);
+  sampler.keepHistory();
   const ctx: ConsoleContext = { config, deps, store, sampler, tokens: new FormTokens() };
   const app = Fastify({
     https: tls,

@@ -8,6 +8,7 @@ import {
 } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
+import { revocationReasonName } from './reasons.ts';
 import { RegistryReader, toDevice } from './reader.ts';
 import {
   type CertificateRecord,
@@ -432,7 +433,12 @@ export class RegistryWriter extends RegistryReader {
       this.#w.setStatus!.run('revoked', now, device.id);
       this.#w.expireTokens!.run({ now, deviceId: device.id });
       this.#event('device.revoke', device.id);
-      this.#audit(actor, 'device.revoke', device.id, { reason, serials, previous: device.status });
+      this.#audit(actor, 'device.revoke', device.id, {
+        reason: revocationReasonName(reason), // the name the operator typed; the RFC 5280 code beside it
+        reasonCode: reason,
+        serials,
+        previous: device.status,
+      });
       return { device: this.getDevice(device.id)!, revokedSerials: serials, changed: true };
     });
   }
@@ -445,7 +451,11 @@ export class RegistryWriter extends RegistryReader {
       if (cert.revocation !== null) return cert;
       this.#w.insertRevocation!.run(cert.serial, reason, Date.now(), actor);
       this.#event('cert.revoke', cert.deviceId, cert.serial);
-      this.#audit(actor, 'cert.revoke', cert.deviceId, { serial: cert.serial, reason });
+      this.#audit(actor, 'cert.revoke', cert.deviceId, {
+        serial: cert.serial,
+        reason: revocationReasonName(reason),
+        reasonCode: reason,
+      });
       return this.getCertificate(cert.serial)!;
     });
   }

@@ -49,7 +49,11 @@ export async function browseRoutes(app: FastifyInstance, ctx: ConsoleContext): P
       const all = { ...findings!, refused, ...(nodes !== undefined && { refusedNodes: nodes }) };
       return send(reply, certificatesPage(v, view, { findings: all }));
     }
-    const withinDays = Math.min(Math.max(Number(str(req.query, 'within') ?? 30) || 30, 1), 3650);
+    // By default, certificates in the last third of their lifetime: past the point where a device
+    // should have renewed (the SDK renews at two thirds). With 30-day certificates, 10 days — not
+    // 30, which would list every certificate there is.
+    const byDefault = Math.max(1, Math.round(ctx.config.ca.leafValidityMs / 86_400_000 / 3));
+    const withinDays = Math.min(Math.max(Number(str(req.query, 'within') ?? byDefault) || byDefault, 1), 3650);
     const page = await store.query<{ rows: Record<string, unknown>[]; next: string | null }>({
       name: 'expiring',
       withinMs: withinDays * 86_400_000,

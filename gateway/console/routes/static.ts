@@ -24,8 +24,19 @@ const STATIC: Record<string, { type: string; body: Buffer }> = {
   },
 };
 
-/** The console's scripts and styles (read once at start; cached by the browser for an hour). */
+/** The console's icon: a shield, as SVG (browsers ask for `/favicon.ico` whatever the page links). */
+const FAVICON = Buffer.from(
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><path d="M8 1 2 3.5V8c0 3.3 2.6 6.2 6 7 3.4-.8 6-3.7 6-7V3.5z" fill="#2f6fde"/><path d="m5 8 2 2 4-4" stroke="#fff" stroke-width="1.6" fill="none"/></svg>',
+);
+
+/** The console's scripts, styles and icon (read once at start; cached by the browser for an hour). */
 export async function staticRoutes(app: FastifyInstance): Promise<void> {
+  app.get('/favicon.ico', async (_req, reply) =>
+    reply
+      .headers({ ...SECURITY_HEADERS, 'cache-control': 'private, max-age=86400' })
+      .type('image/svg+xml')
+      .send(FAVICON),
+  );
   app.get<{ Params: { file: string } }>('/static/:file', async (req, reply) => {
     const f = STATIC[req.params.file];
     if (f === undefined) throw new FleetgateError('ROUTE_NOT_FOUND', `no static file ${req.params.file}`);
