@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { registerAudit } from './commands/audit.ts';
@@ -15,10 +17,16 @@ import { registerUp } from './commands/up.ts';
 import { common } from './flags.ts';
 import { reportError } from './output.ts';
 
+/** `fleetgate 0.1.0 (Node.js v24.21.0, OpenSSL 3.5.8)`: what runs, since the pinned Node is part of the product. */
+function versionLine(): string {
+  const pkg = JSON.parse(readFileSync(join(import.meta.dirname, '..', 'package.json'), 'utf8')) as { version: string };
+  return `fleetgate ${pkg.version} (Node.js ${process.version}, OpenSSL ${process.versions.openssl})`;
+}
+
 export function buildProgram(): Command {
   const program = new Command('fleetgate')
     .description('mTLS gateway for IoT device fleets: operator CLI')
-    .version('0.1.0')
+    .version(versionLine(), '-V, --version', 'the fleetgate version, and the Node.js and OpenSSL it runs on')
     .showSuggestionAfterError(true)
     .exitOverride();
   registerInit(program, common);

@@ -31,7 +31,9 @@ export function planFleet(o: {
   prefix: string;
 }): Plan {
   const devices: PlannedDevice[] = [];
-  const w = String(Math.max(o.sensors, o.gateways, o.cameras)).length;
+  // One width for every run size (6 digits: a million devices), so runs of different sizes share
+  // identities: sim-s000001 is the same device with 50 sensors or 200,000.
+  const w = Math.max(6, String(Math.max(o.sensors, o.gateways, o.cameras)).length);
   for (let i = 1; i <= o.sensors; i++) devices.push({ id: `${o.prefix}-s${pad(i, w)}`, type: 'sensor' });
   for (let g = 1; g <= o.gateways; g++) {
     const id = `${o.prefix}-g${pad(g, w)}`;

@@ -1,6 +1,7 @@
-// Issue #16: logs for people on a terminal, JSON for machines. Without a terminal (as here) the
-// default is JSON lines; `--log-format pretty` (or log.format / FLEETGATE_LOG_FORMAT) gives
-// readable lines; a wrong value is a usage error naming the choices.
+// Issue #16: logs for people, JSON for machines. The default (`auto`) follows the command's own
+// output (#25: a readable banner with JSON log lines in one stream was a newcomer's first sight):
+// with --json, JSON lines; without it, readable lines; `--log-format` (or log.format /
+// FLEETGATE_LOG_FORMAT) overrides; a wrong value is a usage error naming the choices.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -32,13 +33,19 @@ async function firstLine(data: string, args: string[], env: NodeJS.ProcessEnv, w
   }
 }
 
-test('log format/JSON lines without a terminal; readable lines with --log-format pretty or FLEETGATE_LOG_FORMAT=pretty', async (t) => {
+test('log format/JSON lines with --json or --log-format json; readable lines otherwise', async (t) => {
   const fleet = await initFleet(t);
-  const json = await firstLine(fleet.data, [], {}, /mqtt state restored/);
-  assert.equal((JSON.parse(json) as { msg: string; level: number }).level, 30);
   for (const [args, env] of [
+    [['--json'], {}],
+    [[], { FLEETGATE_LOG_FORMAT: 'json' }],
+  ] as const) {
+    const json = await firstLine(fleet.data, [...args], env, /mqtt state restored/);
+    assert.equal((JSON.parse(json) as { msg: string; level: number }).level, 30);
+  }
+  for (const [args, env] of [
+    [[], {}],
     [['--log-format', 'pretty'], {}],
-    [[], { FLEETGATE_LOG_FORMAT: 'pretty' }],
+    [['--json'], { FLEETGATE_LOG_FORMAT: 'pretty' }],
   ] as const) {
     const line = await firstLine(fleet.data, [...args], env, /mqtt state restored/);
     assert.throws(() => JSON.parse(line), 'not JSON');

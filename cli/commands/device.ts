@@ -34,7 +34,9 @@ export function registerDevice(program: Command, common: CommonFlags): void {
 function deviceAddCommand(device: Command, common: CommonFlags): void {
   common(device.command('add <id>'))
     .description('add a device and print its one-time enrollment token (shown only once)')
-    .requiredOption('--type <type>', 'sensor | gateway | camera | service | operator')
+    // Checked in the action, not by commander: commander reports a missing mandatory option before a
+    // missing argument, so `device add` alone would complain about --type rather than the id.
+    .option('--type <type>', 'sensor | gateway | camera | service | operator (required)')
     .option('--fleet <fleet>', 'fleet name', 'default')
     .option('--parent <id>', 'the gateway device this one sits behind')
     .option('--metadata <json>', 'free-form JSON object', parseMetadata)
@@ -48,7 +50,7 @@ function deviceAddCommand(device: Command, common: CommonFlags): void {
       async (
         id: string,
         opts: CommonOptions & {
-          type: string;
+          type?: string;
           fleet: string;
           parent?: string;
           metadata?: Record<string, unknown>;
@@ -56,11 +58,17 @@ function deviceAddCommand(device: Command, common: CommonFlags): void {
           token: boolean;
         },
       ) => {
+        const type = opts.type;
+        if (type === undefined)
+          throw new FleetgateError(
+            'USAGE',
+            'device add needs --type <type> (sensor | gateway | camera | service | operator)',
+          );
         await withContext(opts, (ctx) => {
           const { device: d, token } = ctx.registry().addDevice(
             {
               id,
-              type: opts.type,
+              type,
               fleet: opts.fleet,
               parent: opts.parent ?? null,
               ...(opts.metadata !== undefined && { metadata: opts.metadata }),

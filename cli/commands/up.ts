@@ -22,15 +22,17 @@ interface RunningService {
 
 /**
  * The root logger on stderr (stdout carries the banner / --json), level from the config
- * (`log.level`). Format (`log.format`, `--log-format`): on a terminal, readable lines for people;
- * otherwise — or with `json` — one JSON object per line for machines.
+ * (`log.level`). Format (`log.format`, `--log-format`): `auto` follows the command's own output —
+ * with `--json`, one JSON object per line for machines; without it, readable lines for people
+ * (coloured on a terminal), so the banner and the log never mix two formats in one stream
+ * (`npm start 2>&1 | tee`, an IDE's console). `json` or `pretty` always.
  */
-function rootLogger(level: string, format: LogFormat) {
+function rootLogger(level: string, format: LogFormat, jsonOutput: boolean) {
   const options = {
     level,
     redact: ['token', '*.token', 'assertion', '*.assertion', 'key', '*.key', 'headers.authorization'],
   };
-  const readable = format === 'pretty' || (format === 'auto' && process.stderr.isTTY === true);
+  const readable = format === 'pretty' || (format === 'auto' && !jsonOutput);
   if (!readable) return pino(options, pino.destination(2));
   return pino(
     options,
@@ -54,7 +56,7 @@ async function serve(
   const format = opts.logFormat ?? ctx.config.log.format;
   if (!isLogFormat(format))
     throw new FleetgateError('USAGE', `--log-format is auto, json or pretty, not ${JSON.stringify(format)}`);
-  const log = rootLogger(ctx.config.log.level, format);
+  const log = rootLogger(ctx.config.log.level, format, opts.json === true);
   const rootKey = rootKeyOnDisk(ctx.paths);
   if (rootKey !== undefined)
     log.warn(
