@@ -163,6 +163,8 @@ export interface TypeLimits {
   maxOutboundBytes?: number;
   /** QoS 1/2 messages queued for one session of this type; absent: `mqtt.maxQueuedMessages`. */
   maxQueuedMessages?: number;
+  /** Subscriptions (distinct filters) one MQTT session may hold; past it, SUBACK 0x80 / MQTT 5 0x97 Quota exceeded. */
+  maxSubscriptions: number;
 }
 
 export interface TopicRules {
@@ -258,9 +260,10 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     registryTimeoutMs: 500, // a new connection that cannot be checked is refused within this
     statusCacheSize: 100_000,
     limits: {
-      sensor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
-      gateway: { maxPacketBytes: 256 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
-      camera: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      // Subscriptions: a device needs a handful (its commands, its config); a gateway one per child.
+      sensor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
+      gateway: { maxPacketBytes: 256 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 2_000 },
+      camera: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
       // A backend service subscribes to the fleet: it absorbs bursts from many devices at once.
       service: {
         maxPacketBytes: 8 * 1024 * 1024,
@@ -268,9 +271,10 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
         keepaliveMaxS: 1200,
         maxOutboundBytes: 16 * 1024 * 1024,
         maxQueuedMessages: 100_000,
+        maxSubscriptions: 100_000,
       },
-      operator: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
-      auditor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200 },
+      operator: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
+      auditor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
     },
     topics: {
       sensor: { publish: ['devices/${device.id}/#'], subscribe: ['devices/${device.id}/#'] },
@@ -774,7 +778,7 @@ function mergePerType(
           ? (['maxPacketBytes', 'keepaliveMinS', 'keepaliveMaxS'].includes(field) &&
               Number.isInteger(fv) &&
               (fv as number) >= 0) ||
-            (['maxOutboundBytes', 'maxQueuedMessages'].includes(field) &&
+            (['maxOutboundBytes', 'maxQueuedMessages', 'maxSubscriptions'].includes(field) &&
               Number.isSafeInteger(fv) &&
               (fv as number) >= 1)
           : ['publish', 'subscribe'].includes(field) &&

@@ -26,7 +26,7 @@ export interface NodeTotals {
 
 /** This node's {@link NodeTotals}, from its metrics and session table. */
 export async function nodeTotals(m: Metrics, sessions: SessionTable): Promise<NodeTotals> {
-  const [handshakes, https, httpsRequests, messagesIn, messagesOut, cuts, tls] = await Promise.all([
+  const [handshakes, https, httpsRequests, messagesIn, messagesOut, cuts, tls, denied] = await Promise.all([
     m.handshakes.get(),
     m.httpsHandshakes.get(),
     m.httpsRequests.get(),
@@ -34,6 +34,7 @@ export async function nodeTotals(m: Metrics, sessions: SessionTable): Promise<No
     m.messagesOut.get(),
     m.liveCuts.get(),
     m.tlsHandshake.get(),
+    m.denied.get(),
   ]);
   const refusals = new Map<string, number>();
   let connects = 0;
@@ -46,6 +47,8 @@ export async function nodeTotals(m: Metrics, sessions: SessionTable): Promise<No
     if (v.labels.code !== 'OK')
       refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
   }
+  // Refused PUBLISH/SUBSCRIBE (topic policy, quotas) count as refusals too.
+  for (const v of denied.values) refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
   const buckets = new Map<number, number>();
   for (const v of tls.values) {
     if (!v.metricName?.endsWith('_bucket')) continue;

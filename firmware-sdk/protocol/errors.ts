@@ -42,6 +42,7 @@ export const ERRORS = Object.freeze({
   PAYLOAD_TOO_LARGE: entry(413, 5, EXIT.rejected, 'request body too large'),
   UNSUPPORTED_MEDIA_TYPE: entry(415, 5, EXIT.rejected, 'unsupported media type'),
   RATE_LIMITED: entry(429, 3, EXIT.unavailable, 'too many requests'),
+  QUOTA_EXCEEDED: entry(429, 3, EXIT.unavailable, 'quota exceeded'),
   REGISTRY_UNAVAILABLE: entry(503, 3, EXIT.unavailable, 'service unavailable'),
   CLUSTER_UNAVAILABLE: entry(503, 3, EXIT.unavailable, 'service unavailable'),
   CA_NOT_INITIALIZED: entry(503, 3, EXIT.unavailable, 'certificate authority not initialized'),

@@ -36,6 +36,10 @@ export class MqttConnection {
   overSince = 0;
   /** This connection's outbound bound in bytes (its device type's, set at CONNECT). */
   maxOutbound = 1024 * 1024;
+  /** Subscriptions its session may hold (its device type's, set at CONNECT). */
+  maxSubscriptions = 0;
+  /** When a quota refusal of this connection was last logged (they are throttled: counted always, logged once a second). */
+  lastQuotaLog = 0;
   /** Why the gateway closed it (for the log and the will decision). */
   closeReason: string | undefined;
   // MQTT 5 (set at CONNECT)

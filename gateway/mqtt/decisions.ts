@@ -50,6 +50,13 @@ export function denied(
   topic: string,
 ): void {
   b.deps.metrics.denied.inc({ action, code });
+  // A device over a quota may keep trying thousands of times a second: counted every time,
+  // logged at most once a second per connection.
+  if (code === 'QUOTA_EXCEEDED' || code === 'RATE_LIMITED') {
+    const now = Date.now();
+    if (now - conn.lastQuotaLog < 1_000) return;
+    conn.lastQuotaLog = now;
+  }
   const line = { action, code, topic, deviceId: conn.session?.device.id, serial: conn.session?.identity.serial };
   b.deps.log.warn(line, `${action} refused`);
 }

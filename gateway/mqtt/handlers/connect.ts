@@ -225,6 +225,7 @@ function bindSession(c: Connecting): undefined {
 function admit(c: Connecting): undefined {
   const { b, conn, p, v5 } = c;
   conn.maxOutbound = c.limits.maxOutboundBytes ?? b.deps.mqtt.maxOutboundBytes;
+  conn.maxSubscriptions = c.limits.maxSubscriptions;
   conn.will = p.will;
   conn.keepaliveMs = c.keepalive * 1000;
   conn.state = 'connected';

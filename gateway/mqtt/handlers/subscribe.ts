@@ -38,6 +38,13 @@ export function onSubscribe(b: Broker, conn: MqttConnection, p: SubscribePacket)
       refusal = code;
       continue;
     }
+    if (!mqtt.subscriptions.has(filter) && mqtt.subscriptions.size >= conn.maxSubscriptions) {
+      // Each filter costs a trie node, a cluster interest and a stored row: bounded per device type.
+      denied(b, 'subscribe', conn, 'QUOTA_EXCEEDED', filter);
+      granted.push(conn.v5 ? REASON.QUOTA_EXCEEDED : 0x80); // MQTT 5 0x97; 3.1.1 has only 0x80 [MQTT-3.9.3-2]
+      refusal = 'QUOTA_EXCEEDED';
+      continue;
+    }
     const existed = subscribe(b, mqtt, filter, options, subscriptionId);
     granted.push(qos);
     // Retain Handling [MQTT-3.3.1-9 … 11]: 0 always, 1 only for a new subscription, 2 never.
