@@ -128,15 +128,15 @@ const ACTIONS: Record<string, (i: ActInput) => Promise<Outcome>> = {
 };
 
 /** A state-changing request must come from a console page of this origin, for this operator and this action. */
-function checkOrigin(ctx: ConsoleContext, req: FastifyRequest, action: string, token: string | undefined): void {
+function checkOrigin(ctx: ConsoleContext, req: FastifyRequest, action: string, body: Record<string, unknown>): void {
   const site = req.headers['sec-fetch-site'];
   const origin = req.headers.origin;
   const refuse = (why: string) => new FleetgateError('NOT_AUTHORIZED', `cross-site request refused: ${why}`);
   if (site !== undefined && site !== 'same-origin') throw refuse(`Sec-Fetch-Site is ${site}`);
   if (origin !== undefined && origin !== `https://${req.headers.host}`)
     throw refuse(`Origin ${origin} is not this console`);
-  if (!ctx.tokens.valid(viewer(req), action, token))
-    throw refuse("the form token is missing or not this operator's (reload the page and confirm again)");
+  const problem = ctx.tokens.spend(viewer(req), action, body, str(body, 'csrf'));
+  if (problem !== undefined) throw refuse(problem);
 }
 
 /**
@@ -149,7 +149,7 @@ export async function actRoutes(app: FastifyInstance, ctx: ConsoleContext): Prom
     mustAct(v);
     const body = (req.body ?? {}) as Record<string, unknown>;
     const action = str(body, 'action') ?? '';
-    checkOrigin(ctx, req, action, str(body, 'csrf'));
+    checkOrigin(ctx, req, action, body);
     const run = Object.hasOwn(ACTIONS, action) ? ACTIONS[action] : undefined;
     if (run === undefined) throw new FleetgateError('BAD_REQUEST', `unknown console action ${JSON.stringify(action)}`);
     const who = actor(v);

@@ -148,6 +148,6 @@ export async function confirmRoutes(app: FastifyInstance, ctx: ConsoleContext): 
     mustAct(v);
     const action = str(req.query, 'action') ?? '';
     const { spec, back } = await specFor(ctx, action, req.query);
-    return send(reply, confirmPage(v, spec, ctx.tokens.token(v, action), back));
+    return send(reply, confirmPage(v, spec, ctx.tokens.token(v, action, spec.hidden), back));
   });
 }
