@@ -14,6 +14,7 @@
 // in BENCH_ROUNDS interleaved rounds (3); the median round of each server is its figure.
 // Loopback only; bounded counts.
 
+import './unmetered.ts';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { generateKeyPairSync, sign, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';

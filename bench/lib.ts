@@ -1,5 +1,6 @@
 // Shared by the benchmark scripts: a gateway in its own process (so its CPU can be measured),
 // a fleet of enrolled devices, message counting, and small statistics helpers. Loopback only; bounded loops.
+import './unmetered.ts';
 import type { MqttClient } from 'mqtt';
 
 export {

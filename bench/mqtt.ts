@@ -57,6 +57,9 @@ const V5 = process.env.BENCH_V5 !== '0';
 // Another checkout of fleetgate (e.g. a worktree of the commit before a change) run beside this
 // one in the message rounds, in memory mode: before/after in the same run.
 const BASELINE = process.env.BENCH_BASELINE_ROOT;
+// Quotas on (every message checked against limits no run reaches, bench/unmetered.ts) beside
+// quotas off, in memory mode: what the per-device rate checks cost per message.
+const QUOTAS_OFF = process.env.BENCH_QUOTAS_OFF === '1';
 
 const log = (s: string) => process.stdout.write(`${s}\n`);
 const fleet = await benchFleet();
@@ -114,11 +117,19 @@ async function startMosquitto(): Promise<Server> {
   };
 }
 
-async function startFleetgate(durability: 'disk' | 'memory', root?: string): Promise<Server & { gw: GatewayProcess }> {
-  const env = { FLEETGATE_MQTT_DURABILITY: durability, FLEETGATE_MQTT_MAX_QUEUED: '100000' };
+async function startFleetgate(
+  durability: 'disk' | 'memory',
+  root?: string,
+  quotas = true,
+): Promise<Server & { gw: GatewayProcess }> {
+  const env = {
+    FLEETGATE_MQTT_DURABILITY: durability,
+    FLEETGATE_MQTT_MAX_QUEUED: '100000',
+    ...(!quotas && { FLEETGATE_QUOTAS: 'false' }),
+  };
   const gw = await spawnService('gateway', fleet.config.dataDir, env, root);
   return {
-    name: `fleetgate (${durability}${root === undefined ? '' : ', baseline'})`,
+    name: `fleetgate (${durability}${root === undefined ? '' : ', baseline'}${quotas ? '' : ', quotas off'})`,
     url: gw.endpoints['mqtt+tls']!,
     cpuSeconds: () => gw.cpuSeconds(),
     rssBytes: () => gw.rssBytes(),
@@ -362,6 +373,7 @@ for (const [name, work] of await workRounds([
   () => startMosquitto(),
   () => startFleetgate('memory'),
   ...(BASELINE === undefined ? [] : [() => startFleetgate('memory', BASELINE)]),
+  ...(QUOTAS_OFF ? [() => startFleetgate('memory', undefined, false)] : []),
 ])) {
   results.set(name, { ...work, idleKiB: Number.NaN, idleCpuPct: Number.NaN });
 }
@@ -457,6 +469,16 @@ if (V5) {
   );
 }
 
+if (QUOTAS_OFF) {
+  const off = results.get('fleetgate (memory, quotas off)')!;
+  log('');
+  log('quotas on / quotas off, memory mode, same rounds (1.00× = the checks cost nothing measurable)');
+  log('| connect | QoS 0 | QoS 1 | QoS 1 persistent |');
+  log('| --- | --- | --- | --- |');
+  log(
+    `| ${ratio(fm.connectMs, off.connectMs)} | ${ratio(fm.qos0Us, off.qos0Us)} | ${ratio(fm.qos1Us, off.qos1Us)} | ${ratio(fm.qos1PersistentUs, off.qos1PersistentUs)} |`,
+  );
+}
 if (BASELINE !== undefined) {
   const base = results.get('fleetgate (memory, baseline)')!;
   const rows: [string, Work, Work][] = [['3.1.1', fm, base]];

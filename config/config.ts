@@ -165,6 +165,14 @@ export interface TypeLimits {
   maxQueuedMessages?: number;
   /** Subscriptions (distinct filters) one MQTT session may hold; past it, SUBACK 0x80 / MQTT 5 0x97 Quota exceeded. */
   maxSubscriptions: number;
+  /** Per device (all its connections on a node): inbound PUBLISH packets a second (burst: 10 s worth). */
+  messagesPerSecond: number;
+  /** Inbound PUBLISH bytes a second (burst: 10 s worth, at least one largest packet). */
+  bytesPerSecond: number;
+  /** HTTPS requests a second (burst: 10 s worth); past it 429 with Retry-After, no assertion minted. */
+  requestsPerSecond: number;
+  /** New MQTT sessions and HTTPS connections a minute (burst: a minute's worth): reconnect loops. */
+  connectsPerMinute: number;
 }
 
 export interface TopicRules {
@@ -194,6 +202,18 @@ export interface GatewayConfig {
   maxPendingHandshakesPerAddress: number;
   /** Time allowed between the TLS handshake and the MQTT CONNECT. */
   connectTimeoutMs: number;
+  /** MQTT connections past their TLS handshake but not yet admitted by CONNECT, over both MQTT listeners. */
+  maxPendingConnects: number;
+  /** The same, from one source address. */
+  maxPendingConnectsPerAddress: number;
+  /** Per-device quotas (`limits.<type>.messagesPerSecond`, … ): on by default; off for benchmarks of raw capacity. */
+  quotas: boolean;
+  /**
+   * A device over its message or byte rate: `disconnect` (MQTT 5: DISCONNECT 0x96 Message rate too
+   * high; 3.1.1: closed) or `drop` (QoS 0 dropped; QoS 1/2: MQTT 5 PUBACK/PUBREC 0x97, 3.1.1 no
+   * acknowledgement). Counted either way.
+   */
+  quotaAction: 'disconnect' | 'drop';
   /** Admin listener request deadline (probes, operators). */
   adminRequestTimeoutMs: number;
   /** How often the gateway reads the registry's status-event feed while the registry is being written (live revocation). */
@@ -217,6 +237,7 @@ export interface GatewayConfig {
 type DeviceTypeName = DeviceType;
 
 const DAY = 86_400_000;
+const MIB = 1024 * 1024;
 
 /** How the services' log is written (`log.format`). */
 export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const;
@@ -254,6 +275,10 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     maxPendingHandshakes: 2_000,
     maxPendingHandshakesPerAddress: 200,
     connectTimeoutMs: 10_000, // 10 s
+    maxPendingConnects: 2_000,
+    maxPendingConnectsPerAddress: 200,
+    quotas: true,
+    quotaAction: 'disconnect' as const,
     adminRequestTimeoutMs: 10_000, // 10 s
     statusPollMs: 20, // 20 ms: bounds revoke → live cut
     statusIdlePollMs: 250, // a quiet registry is read 4 times a second (writes are announced by the kernel)
@@ -261,9 +286,36 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     statusCacheSize: 100_000,
     limits: {
       // Subscriptions: a device needs a handful (its commands, its config); a gateway one per child.
-      sensor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
-      gateway: { maxPacketBytes: 256 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 2_000 },
-      camera: { maxPacketBytes: 8 * 1024 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
+      sensor: {
+        maxPacketBytes: 64 * 1024,
+        keepaliveMinS: 5,
+        keepaliveMaxS: 1200,
+        maxSubscriptions: 100,
+        messagesPerSecond: 500,
+        bytesPerSecond: 4 * MIB,
+        requestsPerSecond: 50,
+        connectsPerMinute: 300,
+      },
+      gateway: {
+        maxPacketBytes: 256 * 1024,
+        keepaliveMinS: 5,
+        keepaliveMaxS: 1200,
+        maxSubscriptions: 2_000,
+        messagesPerSecond: 10_000,
+        bytesPerSecond: 32 * MIB,
+        requestsPerSecond: 500,
+        connectsPerMinute: 300,
+      },
+      camera: {
+        maxPacketBytes: 8 * 1024 * 1024,
+        keepaliveMinS: 5,
+        keepaliveMaxS: 1200,
+        maxSubscriptions: 100,
+        messagesPerSecond: 500,
+        bytesPerSecond: 16 * MIB,
+        requestsPerSecond: 50,
+        connectsPerMinute: 300,
+      },
       // A backend service subscribes to the fleet: it absorbs bursts from many devices at once.
       service: {
         maxPacketBytes: 8 * 1024 * 1024,
@@ -272,9 +324,31 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
         maxOutboundBytes: 16 * 1024 * 1024,
         maxQueuedMessages: 100_000,
         maxSubscriptions: 100_000,
+        messagesPerSecond: 100_000,
+        bytesPerSecond: 256 * MIB,
+        requestsPerSecond: 5_000,
+        connectsPerMinute: 600,
       },
-      operator: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
-      auditor: { maxPacketBytes: 64 * 1024, keepaliveMinS: 5, keepaliveMaxS: 1200, maxSubscriptions: 100 },
+      operator: {
+        maxPacketBytes: 64 * 1024,
+        keepaliveMinS: 5,
+        keepaliveMaxS: 1200,
+        maxSubscriptions: 100,
+        messagesPerSecond: 100,
+        bytesPerSecond: MIB,
+        requestsPerSecond: 50,
+        connectsPerMinute: 300,
+      },
+      auditor: {
+        maxPacketBytes: 64 * 1024,
+        keepaliveMinS: 5,
+        keepaliveMaxS: 1200,
+        maxSubscriptions: 100,
+        messagesPerSecond: 100,
+        bytesPerSecond: MIB,
+        requestsPerSecond: 50,
+        connectsPerMinute: 300,
+      },
     },
     topics: {
       sensor: { publish: ['devices/${device.id}/#'], subscribe: ['devices/${device.id}/#'] },
@@ -383,6 +457,20 @@ const SETTINGS = [
     env: 'FLEETGATE_MAX_PENDING_HANDSHAKES_PER_ADDRESS',
     kind: 'count',
   },
+  {
+    key: 'gateway.maxPendingConnects',
+    file: ['gateway', 'maxPendingConnects'],
+    env: 'FLEETGATE_MAX_PENDING_CONNECTS',
+    kind: 'count',
+  },
+  {
+    key: 'gateway.maxPendingConnectsPerAddress',
+    file: ['gateway', 'maxPendingConnectsPerAddress'],
+    env: 'FLEETGATE_MAX_PENDING_CONNECTS_PER_ADDRESS',
+    kind: 'count',
+  },
+  { key: 'gateway.quotas', file: ['gateway', 'quotas'], env: 'FLEETGATE_QUOTAS', kind: 'boolean' },
+  { key: 'gateway.quotaAction', file: ['gateway', 'quotaAction'], env: 'FLEETGATE_QUOTA_ACTION', kind: 'quotaaction' },
   {
     key: 'gateway.adminRequestTimeoutMs',
     file: ['gateway', 'adminRequestTimeout'],
@@ -574,7 +662,7 @@ const SETTINGS = [
   { key: 'cluster.nats', file: ['cluster', 'nats'], env: 'FLEETGATE_NATS', kind: 'natsurls' },
   { key: 'cluster.node', file: ['cluster', 'node'], env: 'FLEETGATE_NODE', kind: 'nodename' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
-  { key: 'gateway.limits', file: ['gateway', 'limits'], env: '', kind: 'limits' },
+  { key: 'gateway.limits', file: ['gateway', 'limits'], env: 'FLEETGATE_LIMITS', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
 ] as const;
 
@@ -634,6 +722,13 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     }
     return value;
   }
+  if (kind === 'quotaaction') {
+    if (value !== 'disconnect' && value !== 'drop') {
+      problems.push(`${where} must be "disconnect" or "drop"`);
+      return undefined;
+    }
+    return value;
+  }
   if (kind === 'durability') {
     if (value !== 'disk' && value !== 'memory') {
       problems.push(`${where} must be "disk" or "memory"`);
@@ -670,8 +765,19 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     }
     return value;
   }
-  if (kind === 'limits' || kind === 'topics')
-    return mergePerType(kind, value, where, problems, current as Record<string, Record<string, unknown>>);
+  if (kind === 'limits' || kind === 'topics') {
+    // From the environment, the same object as in the file, as JSON (FLEETGATE_LIMITS='{"sensor":{…}}').
+    let v = value;
+    if (typeof value === 'string') {
+      try {
+        v = JSON.parse(value);
+      } catch {
+        problems.push(`${where} must be a JSON object keyed by device type`);
+        return undefined;
+      }
+    }
+    return mergePerType(kind, v, where, problems, current as Record<string, Record<string, unknown>>);
+  }
   if (kind === 'duration') {
     try {
       return parseDuration(String(value), where);
@@ -778,7 +884,15 @@ function mergePerType(
           ? (['maxPacketBytes', 'keepaliveMinS', 'keepaliveMaxS'].includes(field) &&
               Number.isInteger(fv) &&
               (fv as number) >= 0) ||
-            (['maxOutboundBytes', 'maxQueuedMessages', 'maxSubscriptions'].includes(field) &&
+            ([
+              'maxOutboundBytes',
+              'maxQueuedMessages',
+              'maxSubscriptions',
+              'messagesPerSecond',
+              'bytesPerSecond',
+              'requestsPerSecond',
+              'connectsPerMinute',
+            ].includes(field) &&
               Number.isSafeInteger(fv) &&
               (fv as number) >= 1)
           : ['publish', 'subscribe'].includes(field) &&

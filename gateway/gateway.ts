@@ -18,6 +18,7 @@ import { createMetrics, type Metrics } from './metrics.ts';
 import { startMqttListeners } from './mqtt/listeners.ts';
 import { MqttPlane } from './mqtt/plane.ts';
 import { nodeTotals } from './node-totals.ts';
+import { DeviceQuotas } from './quotas.ts';
 import { SessionTable } from './sessions.ts';
 import { Startup } from './startup.ts';
 import { type Cut, liveCut } from './status/cut.ts';
@@ -45,6 +46,7 @@ interface Core {
   registry: RegistryLink;
   guard: ConnectionGuard;
   refusals: ThrottledLog;
+  quotas: DeviceQuotas;
 }
 
 /**
@@ -60,15 +62,9 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const metrics = createMetrics();
   let watcher: StatusWatcher | undefined; // wired once the plane exists
   const registry = await openRegistry(config.gateway, paths, log, () => watcher);
-  const core: Core = {
-    config,
-    paths,
-    log,
-    sessions,
-    metrics,
-    registry,
-    ...anonymousGuard(config.gateway, metrics, log),
-  };
+  const quotas = new DeviceQuotas(config.gateway.limits, config.gateway.quotas);
+  const guarded = anonymousGuard(config.gateway, metrics, log);
+  const core: Core = { config, paths, log, sessions, metrics, registry, quotas, ...guarded };
   let plane: MqttPlane | undefined;
   let cluster: ClusterJoin | undefined;
   try {
@@ -76,6 +72,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     plane = startPlane(core, cluster);
     await cluster?.syncRetained(plane);
   } catch (err) {
+    quotas.close();
     await cluster?.bus.close();
     await registry.close();
     throw err;
@@ -92,6 +89,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const startup = new Startup(async () => {
     watcher?.close();
     keys.stop();
+    quotas.close();
     await mqtt.close();
     await cluster?.bus.close();
     await registry.close();
@@ -156,6 +154,7 @@ function startPlane(core: Core, cluster: ClusterJoin | undefined): MqttPlane {
     registry: core.registry,
     sessions: core.sessions,
     metrics: core.metrics,
+    quotas: core.quotas,
     log: log.child({ plane: 'mqtt' }),
     ...(cluster !== undefined && { bus: cluster.bus }),
   });
@@ -211,12 +210,7 @@ async function startSurfaces(core: Core, s: Surfaces): Promise<RunningGateway> {
     },
   );
   const httpsDeps = {
-    registry,
-    sessions,
-    minter: s.minter,
-    guard,
-    refusals,
-    metrics,
+    ...{ registry, sessions, minter: s.minter, guard, refusals, metrics, quotas: core.quotas },
     log: log.child({ plane: 'https' }),
   };
   const httpsPlane = await startup.step(

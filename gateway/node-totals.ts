@@ -48,7 +48,8 @@ export async function nodeTotals(m: Metrics, sessions: SessionTable): Promise<No
       refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
   }
   // Refused PUBLISH/SUBSCRIBE (topic policy, quotas) count as refusals too.
-  for (const v of denied.values) refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
+  for (const v of denied.values)
+    refusals.set(String(v.labels.code), (refusals.get(String(v.labels.code)) ?? 0) + v.value);
   const buckets = new Map<number, number>();
   for (const v of tls.values) {
     if (!v.metricName?.endsWith('_bucket')) continue;

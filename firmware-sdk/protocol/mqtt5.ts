@@ -32,12 +32,14 @@ export const REASON = Object.freeze({
   RECEIVE_MAXIMUM_EXCEEDED: 0x93,
   TOPIC_ALIAS_INVALID: 0x94,
   PACKET_TOO_LARGE: 0x95,
+  MESSAGE_RATE_TOO_HIGH: 0x96,
   QUOTA_EXCEEDED: 0x97,
   ADMINISTRATIVE_ACTION: 0x98,
   PAYLOAD_FORMAT_INVALID: 0x99,
   RETAIN_NOT_SUPPORTED: 0x9a,
   QOS_NOT_SUPPORTED: 0x9b,
   SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: 0x9e,
+  CONNECTION_RATE_EXCEEDED: 0x9f,
 });
 
 /** Reason codes each server packet may carry (MQTT 5 §3.2.2.2, §3.4.2.1, §3.9.3, §3.14.2.1). */
@@ -73,6 +75,8 @@ function preferred(code: ErrorCode): number {
     case 'STORAGE_READ_ONLY':
       return REASON.SERVER_UNAVAILABLE;
     case 'RATE_LIMITED':
+      return REASON.CONNECTION_RATE_EXCEEDED; // at CONNECT: too many connects a minute
+    case 'QUOTA_EXCEEDED':
     case 'CONNECTION_LIMIT':
       return REASON.QUOTA_EXCEEDED;
     case 'DENYLISTED':

@@ -31,6 +31,7 @@ import type { MqttTransport } from './transport.ts';
  */
 export function accept(b: Broker, transport: MqttTransport, kind: Transport, socket: TLSSocket): void {
   const conn = attach(b, transport, kind, socket);
+  if (!b.mayWaitForConnect(conn)) return close(b, conn, 'connect_limit');
   const identity = resolveIdentity(socket);
   if (identity instanceof FleetgateError) return register(b, conn, identity);
   const remembered = statusFromMemory(b, identity);

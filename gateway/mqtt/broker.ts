@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { GatewayConfig, MqttConfig } from '../../config/config.ts';
 import type { Metrics } from '../metrics.ts';
+import type { DeviceQuotas } from '../quotas.ts';
 import type { SessionTable } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 import type { MqttConnection } from './connection.ts';
@@ -18,6 +19,8 @@ export interface BrokerDeps {
   sessions: SessionTable;
   metrics: Metrics;
   log: Logger;
+  /** Per-device rate quotas, shared with the HTTPS plane. */
+  quotas: DeviceQuotas;
   /** Other gateway nodes (NATS): every accepted message goes to them, theirs come back through `MqttPlane.routeRemote`. */
   bus?: ClusterLink;
 }
@@ -60,6 +63,10 @@ export class Broker {
   #flushScheduled = false;
   /** Sessions holding each filter, for the cluster link: it hears a filter while one session here holds it. */
   readonly #filterHolders = new Map<string, number>();
+  /** Connections past TLS but not yet admitted by CONNECT, in all and by address (bounded: `gateway.maxPendingConnects*`). */
+  #pending = 0;
+  readonly #pendingByAddress = new Map<string, number>();
+  #lastPendingLog = 0;
 
   constructor(deps: BrokerDeps) {
     this.deps = deps;
@@ -101,6 +108,47 @@ export class Broker {
       this.#filterHolders.delete(filter);
       this.deps.bus.filterRemoved(filter);
     }
+  }
+
+  /**
+   * A new connection may wait for its CONNECT, unless too many already do (in all, or from its
+   * address): then it is refused at once (counted as an unauthenticated close, logged at most
+   * once a second) — a flood of TLS-valid but never-admitted connections (a revoked certificate
+   * passes TLS) holds neither memory nor descriptors past the bounds.
+   */
+  mayWaitForConnect(conn: MqttConnection): boolean {
+    const { maxPendingConnects, maxPendingConnectsPerAddress } = this.deps.config;
+    const fromAddress = this.#pendingByAddress.get(conn.remoteAddress) ?? 0;
+    const reason =
+      this.#pending >= maxPendingConnects
+        ? 'connect_limit'
+        : fromAddress >= maxPendingConnectsPerAddress
+          ? 'connect_address_limit'
+          : undefined;
+    if (reason !== undefined) {
+      this.deps.metrics.unauthenticatedClosed.inc({ listener: conn.kind, reason });
+      const now = Date.now();
+      if (now - this.#lastPendingLog >= 1_000) {
+        this.#lastPendingLog = now;
+        const line = { decision: 'closed', reason, remoteAddress: conn.remoteAddress, transport: conn.kind };
+        this.deps.log.warn(line, 'too many connections waiting for their CONNECT: connection closed');
+      }
+      return false;
+    }
+    this.#pending++;
+    this.#pendingByAddress.set(conn.remoteAddress, fromAddress + 1);
+    conn.pendingCounted = true;
+    return true;
+  }
+
+  /** The connection is no longer waiting for its CONNECT (admitted, refused or closed). */
+  doneWaiting(conn: MqttConnection): void {
+    if (!conn.pendingCounted) return;
+    conn.pendingCounted = false;
+    this.#pending--;
+    const n = (this.#pendingByAddress.get(conn.remoteAddress) ?? 1) - 1;
+    if (n > 0) this.#pendingByAddress.set(conn.remoteAddress, n);
+    else this.#pendingByAddress.delete(conn.remoteAddress);
   }
 
   /** A session ends: its subscriptions stop matching, its stored state goes. */

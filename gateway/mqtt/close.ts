@@ -15,6 +15,7 @@ const CLOSE_REASONS: Record<string, number> = {
   shutdown: REASON.SERVER_SHUTTING_DOWN,
   store_failed: REASON.UNSPECIFIED,
   denied: REASON.NOT_AUTHORIZED,
+  rate_limited: REASON.MESSAGE_RATE_TOO_HIGH,
 };
 
 /**
@@ -43,6 +44,7 @@ export function close(b: Broker, conn: MqttConnection, reason: string, reasonCod
 /** The connection is gone (closed by us or by the peer): its session is detached, persisted or discarded; its will may go. */
 export function closed(b: Broker, conn: MqttConnection): void {
   if (!b.connections.delete(conn)) return;
+  b.doneWaiting(conn);
   const wasConnected = conn.state === 'connected';
   conn.state = 'closed';
   b.forgetDirty(conn);

@@ -1,4 +1,5 @@
 import type { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import type { DeviceQuota } from '../quotas.ts';
 import type { Session, Transport } from '../sessions.ts';
 import type { EncodedPublish } from './encode.ts';
 import { Framer } from './framer.ts';
@@ -38,6 +39,10 @@ export class MqttConnection {
   maxOutbound = 1024 * 1024;
   /** Subscriptions its session may hold (its device type's, set at CONNECT). */
   maxSubscriptions = 0;
+  /** The device's rate quota (set at CONNECT; absent when quotas are off). */
+  quota: DeviceQuota | undefined;
+  /** Counted among the connections waiting for their CONNECT (see Broker.mayWaitForConnect). */
+  pendingCounted = false;
   /** When a quota refusal of this connection was last logged (they are throttled: counted always, logged once a second). */
   lastQuotaLog = 0;
   /** Why the gateway closed it (for the log and the will decision). */

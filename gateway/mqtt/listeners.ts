@@ -9,6 +9,7 @@ import { listen } from '../../listeners/listen.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { MqttPlane } from './plane.ts';
+import { WS_FRAME_SLACK } from './transport.ts';
 
 export interface Listening {
   mqtts: TlsServer;
@@ -52,7 +53,10 @@ export async function startMqttListeners(
   wss.requestTimeout = config.handshakeTimeoutMs;
   wss.timeout = config.handshakeTimeoutMs;
   wss.keepAliveTimeout = 1_000;
-  const maxPayload = Math.max(...Object.values(config.limits).map((l) => l.maxPacketBytes)) + 8;
+  // Before CONNECT, a frame may be no larger than the smallest device type's packet: ws checks it
+  // from the frame header, before buffering the payload (a revoked certificate passes TLS — its
+  // status is checked after — and must not make the gateway hold megabytes). Admission raises it.
+  const maxPayload = Math.min(...Object.values(config.limits).map((l) => l.maxPacketBytes)) + WS_FRAME_SLACK;
   const ws = new WebSocketServer({
     server: wss,
     path: config.wssPath,

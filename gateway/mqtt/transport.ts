@@ -14,6 +14,12 @@ export interface MqttTransport {
   onData(fn: (chunk: Buffer) => void): void;
   onClose(fn: () => void): void;
   onDrain(fn: () => void): void;
+  /**
+   * The connection was admitted (CONNECT accepted) for a device whose packets may be up to
+   * `bytes`: a WebSocket may now carry frames that large. Before, its frames are bounded by the
+   * pre-CONNECT limit, checked from the frame header, before the payload is buffered.
+   */
+  admitted(maxPacketBytes: number): void;
 }
 
 export function tlsTransport(socket: TLSSocket): MqttTransport {
@@ -41,6 +47,7 @@ export function tlsTransport(socket: TLSSocket): MqttTransport {
     onData: (fn) => socket.on('data', fn),
     onClose: (fn) => socket.once('close', fn),
     onDrain: (fn) => socket.on('drain', fn),
+    admitted: () => undefined, // the framer bounds each packet from its fixed header
   };
 }
 
@@ -72,5 +79,21 @@ export function wsTransport(ws: WebSocket): MqttTransport {
       }),
     onClose: (fn) => ws.once('close', fn),
     onDrain: (fn) => drainers.push(fn),
+    admitted: (maxPacketBytes) => raiseFrameLimit(ws, maxPacketBytes + WS_FRAME_SLACK),
   };
+}
+
+/** A frame may carry a whole packet and the start of the next (mqtt.js sends one packet per frame). */
+export const WS_FRAME_SLACK = 8;
+
+/**
+ * ws bounds each message by the server's `maxPayload`, checked from each frame's header before
+ * its payload is buffered; it has no per-connection setting, so the admitted connection's
+ * receiver is given the device type's bound. ws 8's receiver keeps it in `_maxPayload`; if a
+ * later ws names it otherwise, the connection keeps the pre-CONNECT bound (safe, and the
+ * conformance tests sending large packets over WSS fail loudly).
+ */
+function raiseFrameLimit(ws: WebSocket, bytes: number): void {
+  const receiver = (ws as unknown as { _receiver?: { _maxPayload?: number } })._receiver;
+  if (receiver !== undefined && typeof receiver._maxPayload === 'number') receiver._maxPayload = bytes;
 }

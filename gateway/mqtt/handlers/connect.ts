@@ -53,6 +53,7 @@ const CONNECT_STEPS: readonly ConnectStep[] = [
   admissionVerdict,
   noEnhancedAuthentication,
   bindClientId,
+  withinConnectRate,
   negotiateKeepalive,
   authorizeWill,
   sessionLifetime,
@@ -124,6 +125,16 @@ function bindClientId({ p, session }: Connecting): Refusal | undefined {
   if (p.clientId === session.device.id) return undefined;
   const what = `client id ${JSON.stringify(p.clientId)} is not the device id ${session.device.id}`;
   return { error: new FleetgateError('CLIENT_ID_MISMATCH', what) };
+}
+
+/** A device reconnecting in a loop is refused past its connects a minute (MQTT 5: 0x9F Connection rate exceeded). */
+function withinConnectRate(c: Connecting): Refusal | undefined {
+  const device = c.session.device;
+  const quota = c.b.deps.quotas.of(device.id, device.type, c.conn.lastReceived);
+  c.conn.quota = quota;
+  if (quota === undefined || quota.connects.take(1, c.conn.lastReceived)) return undefined;
+  const what = `more than ${c.limits.connectsPerMinute} connects a minute from ${device.id}`;
+  return { error: new FleetgateError('RATE_LIMITED', what), returnCode: 3 };
 }
 
 /** The keepalive within the device type's range: 3.1.1 is refused outside it; MQTT 5 is told the server's [MQTT-3.2.2-21]. */
@@ -226,9 +237,11 @@ function admit(c: Connecting): undefined {
   const { b, conn, p, v5 } = c;
   conn.maxOutbound = c.limits.maxOutboundBytes ?? b.deps.mqtt.maxOutboundBytes;
   conn.maxSubscriptions = c.limits.maxSubscriptions;
+  conn.transport.admitted(c.limits.maxPacketBytes);
   conn.will = p.will;
   conn.keepaliveMs = c.keepalive * 1000;
   conn.state = 'connected';
+  b.doneWaiting(conn);
   if (v5) {
     const props = p.properties ?? {};
     conn.receiveMax = props.receiveMaximum ?? 65_535;

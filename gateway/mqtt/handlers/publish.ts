@@ -28,6 +28,9 @@ export function onPublish(b: Broker, conn: MqttConnection, p: PublishPacket): vo
     (s) => publishable(s, topic) && (props?.responseTopic === undefined || publishable(s, props.responseTopic)),
   );
   if (code !== undefined) return refuse(b, conn, p, code, topic);
+  const quota = conn.quota;
+  if (quota !== undefined && !quota.message(p.payload.length + topic.length, conn.lastReceived))
+    return overRate(b, conn, p, topic);
   if (conn.v5 && props !== undefined) {
     if (props.payloadFormat === 1 && !isUtf8(p.payload))
       return refusePublish(b, conn, p, REASON.PAYLOAD_FORMAT_INVALID, 'BAD_REQUEST');
@@ -105,6 +108,20 @@ function refuse(b: Broker, conn: MqttConnection, p: PublishPacket, code: ErrorCo
   denied(b, 'publish', conn, code, topic);
   if (!conn.v5 || conn.session?.cut !== undefined || code !== 'TOPIC_DENIED') return close(b, conn, 'denied');
   refusePublish(b, conn, p, REASON.NOT_AUTHORIZED, code);
+}
+
+/**
+ * A device over its messages or bytes a second (`gateway.quotaAction`): `disconnect` — MQTT 5
+ * DISCONNECT 0x96 Message rate too high, 3.1.1 closed; `drop` — the message goes nowhere (QoS 1/2
+ * on MQTT 5: PUBACK/PUBREC 0x97; on 3.1.1 no acknowledgement, so the client keeps it).
+ */
+function overRate(b: Broker, conn: MqttConnection, p: PublishPacket, topic: string): void {
+  denied(b, 'publish', conn, 'RATE_LIMITED', topic); // counted always, logged at most once a second
+  const device = conn.session?.device;
+  if (device !== undefined && conn.quota?.shouldAudit(conn.lastReceived) === true)
+    b.deps.registry.audit('gateway', 'quota.exceeded', device.id, { quota: 'messages', transport: conn.kind });
+  if (b.deps.config.quotaAction === 'disconnect') return close(b, conn, 'rate_limited');
+  if (conn.v5) refusePublish(b, conn, p, REASON.QUOTA_EXCEEDED, 'RATE_LIMITED');
 }
 
 /** MQTT 5: a PUBLISH refused without closing — PUBACK/PUBREC with the reason (QoS 0 is dropped; both are logged). */
