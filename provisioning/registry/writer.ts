@@ -8,8 +8,8 @@ import {
 } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { normalizeHex } from './hex.ts';
-import { revocationReasonName } from './reasons.ts';
 import { RegistryReader, toDevice } from './reader.ts';
+import { revocationReasonName } from './reasons.ts';
 import {
   type CertificateRecord,
   type ClaimRecord,
