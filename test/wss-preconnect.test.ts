@@ -75,6 +75,7 @@ test('wss before CONNECT/40 revoked connections announcing 8 MiB frames are clos
   }
   // 40 TLS connections cost ~2.5 MiB here; without the bound the gateway held each frame (~320 MiB).
   const grownMiB = (after - before) / 2 ** 20;
+  t.diagnostic(`gateway RSS ${(before / 2 ** 20).toFixed(1)} → ${(after / 2 ** 20).toFixed(1)} MiB under the attack`);
   assert.ok(grownMiB < 64, `gateway RSS grew ${grownMiB.toFixed(1)} MiB`);
 });
 

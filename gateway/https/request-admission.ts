@@ -1,6 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { type Admitted, admitAsync } from '../../listeners/admission.ts';
+import type { DeviceQuotas } from '../quotas.ts';
 import type { Session, SessionTable } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 
@@ -16,25 +17,46 @@ import type { RegistryLink } from '../status/registry-link.ts';
 export class RequestAdmission {
   readonly #registry: RegistryLink;
   readonly #sessions: SessionTable;
+  readonly #quotas: DeviceQuotas;
   readonly #live = new WeakMap<TLSSocket, Session>();
   readonly #admitting = new WeakMap<TLSSocket, Promise<Session>>();
 
-  constructor(registry: RegistryLink, sessions: SessionTable) {
+  constructor(registry: RegistryLink, sessions: SessionTable, quotas: DeviceQuotas) {
     this.#registry = registry;
     this.#sessions = sessions;
+    this.#quotas = quotas;
   }
 
+  /** Identity, status and the device's request quota, for every request; its connect quota for a connection's first. */
   async admit(socket: TLSSocket): Promise<Admitted> {
     const live = this.#live.get(socket) ?? (await this.#admitting.get(socket));
-    if (live !== undefined) return this.#stillAdmitted(live);
-    const pending = admitAsync(socket, this.#registry).then((admitted) => this.#register(socket, admitted));
+    if (live !== undefined) return this.#withinRate(this.#stillAdmitted(live), 'requests');
+    const pending = admitAsync(socket, this.#registry).then((admitted) => {
+      this.#withinRate(admitted, 'connects'); // before the connection becomes a session
+      return this.#register(socket, admitted);
+    });
     this.#admitting.set(socket, pending);
     try {
       const session = await pending;
-      return { device: session.device, identity: session.identity };
+      return this.#withinRate({ device: session.device, identity: session.identity }, 'requests');
     } finally {
       this.#admitting.delete(socket);
     }
+  }
+
+  /** 429 RATE_LIMITED with how long to wait (`Retry-After`), before any assertion is minted. */
+  #withinRate(admitted: Admitted, what: 'requests' | 'connects'): Admitted {
+    const quota = this.#quotas.of(admitted.device.id, admitted.device.type);
+    if (quota === undefined) return admitted;
+    const bucket = quota[what];
+    const now = Date.now();
+    if (bucket.take(1, now)) return admitted;
+    if (quota.shouldAudit(now))
+      this.#registry.audit('gateway', 'quota.exceeded', admitted.device.id, { quota: what, transport: 'https' });
+    const per = what === 'requests' ? 'requests a second' : 'new connections a minute';
+    throw new FleetgateError('RATE_LIMITED', `${admitted.device.id}: over its ${per}`, {
+      detail: { deviceId: admitted.device.id, serial: admitted.identity.serial, retryAfterS: bucket.secondsUntil(1) },
+    });
   }
 
   /** A keep-alive request: the connection's live session, unless it was cut or its certificate expired since. */

@@ -10,6 +10,7 @@ import { frameworkError, httpError, logFields, sendError } from '../../listeners
 import { listenApp } from '../../listeners/listen.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
+import type { DeviceQuotas } from '../quotas.ts';
 import type { SessionTable } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 import type { AssertionMinter } from './assertion.ts';
@@ -26,6 +27,8 @@ export interface HttpsDeps {
   guard: ConnectionGuard;
   refusals: ThrottledLog;
   metrics: Metrics;
+  /** Per-device rate quotas, shared with the MQTT plane. */
+  quotas: DeviceQuotas;
   log: Logger;
 }
 
@@ -81,7 +84,7 @@ export async function startHttpsPlane(
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, payload, done) => done(null, payload));
   app.setErrorHandler((err, req, reply) => refuse(deps, req, reply, err));
-  const admission = new RequestAdmission(deps.registry, deps.sessions);
+  const admission = new RequestAdmission(deps.registry, deps.sessions, deps.quotas);
   app.addHook('onRequest', async (req, reply) => {
     if (config.perRequestHandshake) void reply.header('connection', 'close');
     const socket = req.raw.socket as TLSSocket;

@@ -9,7 +9,7 @@ import { listen } from '../../listeners/listen.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { MqttPlane } from './plane.ts';
-import { WS_FRAME_SLACK } from './transport.ts';
+import { wsFrameLimit } from './transport.ts';
 
 export interface Listening {
   mqtts: TlsServer;
@@ -53,10 +53,11 @@ export async function startMqttListeners(
   wss.requestTimeout = config.handshakeTimeoutMs;
   wss.timeout = config.handshakeTimeoutMs;
   wss.keepAliveTimeout = 1_000;
-  // Before CONNECT, a frame may be no larger than the smallest device type's packet: ws checks it
-  // from the frame header, before buffering the payload (a revoked certificate passes TLS — its
-  // status is checked after — and must not make the gateway hold megabytes). Admission raises it.
-  const maxPayload = Math.min(...Object.values(config.limits).map((l) => l.maxPacketBytes)) + WS_FRAME_SLACK;
+  // Before CONNECT, a frame is bounded by the smallest device type's packet (wsFrameLimit): ws
+  // checks it from the frame header, before buffering the payload (a revoked certificate passes
+  // TLS — its status is checked after — and must not make the gateway hold megabytes).
+  // Admission raises it to the device type's.
+  const maxPayload = wsFrameLimit(Math.min(...Object.values(config.limits).map((l) => l.maxPacketBytes)));
   const ws = new WebSocketServer({
     server: wss,
     path: config.wssPath,

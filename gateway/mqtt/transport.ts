@@ -79,12 +79,19 @@ export function wsTransport(ws: WebSocket): MqttTransport {
       }),
     onClose: (fn) => ws.once('close', fn),
     onDrain: (fn) => drainers.push(fn),
-    admitted: (maxPacketBytes) => raiseFrameLimit(ws, maxPacketBytes + WS_FRAME_SLACK),
+    admitted: (maxPacketBytes) => raiseFrameLimit(ws, wsFrameLimit(maxPacketBytes)),
   };
 }
 
-/** A frame may carry a whole packet and the start of the next (mqtt.js sends one packet per frame). */
-export const WS_FRAME_SLACK = 8;
+/**
+ * The largest WebSocket frame (message) for a connection whose packets may be `maxPacketBytes`:
+ * twice that, so a packet somewhat over the limit still reaches the MQTT framer, which refuses it
+ * from its fixed header with the protocol's answer (CONNACK / DISCONNECT 0x95 Packet too large);
+ * anything larger is refused by ws from the frame header (close 1009), never buffered.
+ */
+export function wsFrameLimit(maxPacketBytes: number): number {
+  return 2 * maxPacketBytes;
+}
 
 /**
  * ws bounds each message by the server's `maxPayload`, checked from each frame's header before
