@@ -169,6 +169,12 @@ function checkOpenFiles(needed: number): void {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Until `done()` holds, checking every 100 ms, for at most `ms`. */
+async function waitUntil(done: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done() && Date.now() < deadline) await sleep(100);
+}
 const rssOf = (pid: number) =>
   Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
 
@@ -196,6 +202,9 @@ export async function run(o: SimOptions): Promise<Report> {
   if (o.gatewayPid !== undefined && rssStart !== undefined)
     report.gatewayRss = { startBytes: rssStart, endBytes: rssOf(o.gatewayPid) };
 
+  // A revoked device must come back and be refused before the devices stop: wait for that
+  // (bounded by --cut-bound-ms), not for a fixed time — on a busy machine its backoff may outlast the run.
+  await waitUntil(() => revoked.every((s) => s.refusedCode !== undefined), o.cutBoundMs);
   for (const s of sims) s.stop();
   await sleep(Math.max(2_000, 1_000 / o.rate + 500)); // the last acknowledged messages reach the service
   const lostWhere = account(report, sims, received);
