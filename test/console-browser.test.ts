@@ -68,7 +68,9 @@ async function shot(page: Page, name: string): Promise<void> {
 before(async () => {
   if (skip !== false) return;
   const { chromium } = await import('playwright-core');
-  fleet = await startTestFleet(scope);
+  // Chromium beside a second test suite on two cores: the registry may answer slower than the
+  // default 500 ms this test is not about.
+  fleet = await startTestFleet(scope, { FLEETGATE_REGISTRY_TIMEOUT: '5s' });
   origin = `https://127.0.0.1:${fleet.gateway.ports.console}`;
   shots = process.env.FLEETGATE_SCREENSHOTS ?? mkdtempSync(join(tmpdir(), 'fleetgate-console-shots-'));
   mkdirSync(shots, { recursive: true });

@@ -161,7 +161,8 @@ export function toFleetgateError(err: unknown): FleetgateError {
   }
   // The registry is there but busy: SQLite's write lock held by another process past the busy
   // timeout, or a PostgreSQL lock or statement timeout. Not a bug: the caller may retry.
-  if (typeof code === 'string' && (REGISTRY_BUSY.has(code) || /^SQLITE_(BUSY|LOCKED)/.test(code))) {
+  // (the PostgreSQL facade reports a SQLSTATE as `PG_<code>`)
+  if (typeof code === 'string' && (REGISTRY_BUSY.has(code.replace(/^PG_/, '')) || /^SQLITE_(BUSY|LOCKED)/.test(code))) {
     return new FleetgateError('REGISTRY_UNAVAILABLE', `registry busy (${code}): ${text}`, { cause: err });
   }
   return new FleetgateError('INTERNAL', text, { cause: err });

@@ -34,6 +34,9 @@ export interface PgOptions {
 
 let statementNames = 0;
 
+/** How long a new registry thread may take to start before its first answer is given up on. */
+const WORKER_START_MS = 15_000;
+
 export class PgDatabase implements SqlDb {
   readonly dialect = 'postgres' as const;
   readonly where: string;
@@ -42,6 +45,8 @@ export class PgDatabase implements SqlDb {
   readonly #signal = new Int32Array(new SharedArrayBuffer(4));
   readonly #timeoutMs: number;
   #nextId = 1;
+  /** The worker has answered once (it is up and connected). */
+  #answered = false;
   #depth = 0;
   #open = true;
 
@@ -80,8 +85,12 @@ export class PgDatabase implements SqlDb {
       ...(name !== undefined && { name }),
     };
     this.#port.postMessage(request);
-    // The worker's own timeouts answer first; this one only catches a worker that cannot answer at all.
-    const deadline = performance.now() + this.#timeoutMs + 2_000;
+    // The worker's own timeouts answer first; this one only catches a worker that cannot answer at
+    // all. Its first answer also waits for the thread to start (load the driver, connect): on a
+    // busy machine that took more than the 3 s a gateway allows a query, and the gateway refused
+    // to start though PostgreSQL was fine.
+    const boot = this.#answered ? 0 : WORKER_START_MS;
+    const deadline = performance.now() + this.#timeoutMs + 2_000 + boot;
     for (;;) {
       let m: { message: PgReply } | undefined;
       while ((m = receiveMessageOnPort(this.#port) as { message: PgReply } | undefined) !== undefined) {
@@ -99,6 +108,7 @@ export class PgDatabase implements SqlDb {
             code: reply.error.code === undefined ? 'PG' : `PG_${reply.error.code}`,
           });
         }
+        this.#answered = true;
         return reply;
       }
       const left = deadline - performance.now();
@@ -106,7 +116,7 @@ export class PgDatabase implements SqlDb {
         this.#port.postMessage({ reset: true });
         throw new FleetgateError(
           'REGISTRY_UNAVAILABLE',
-          `registry ${this.where} did not answer in ${this.#timeoutMs + 2_000} ms`,
+          `registry ${this.where} did not answer in ${this.#timeoutMs + 2_000 + boot} ms`,
           { detail: { registry: this.where } },
         );
       }
