@@ -6,12 +6,12 @@
 // wait for their CONNECT are capped per address.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import WebSocket from 'ws';
 import { dataPaths } from '../config/paths.ts';
 import { initFleet } from '../harness/fleet.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { connectBytes } from '../harness/raw-mqtt.ts';
 import { spawnService } from '../harness/services.ts';
 import { loadCa } from '../provisioning/ca/authority.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
@@ -52,18 +52,25 @@ async function attack(url: string, ca: Buffer, cred: Credential): Promise<{ code
   return { code, sent };
 }
 
-test('wss before CONNECT/40 revoked connections announcing 8 MiB frames are closed from the header (1009); the gateway holds no megabytes', {
-  timeout: 180_000,
-}, async (t) => {
+/** A data directory with one enrolled sensor, and a gateway in its own process on it. */
+async function gatewayWithDevice(t: TestContext, id: string, env: NodeJS.ProcessEnv = {}) {
   const fleet = await initFleet(t);
   const paths = dataPaths(fleet.data);
   const registry = new RegistryWriter(paths.registry);
   t.after(() => registry.close());
-  const cred = await enrollDevice(registry, await loadCa(paths), fleet.dir, { id: 'wss-attacker' });
+  const ca = await loadCa(paths);
+  const cred = await enrollDevice(registry, ca, fleet.dir, { id });
+  const start = () => spawnService('gateway', fleet.data, { FLEETGATE_LOG_LEVEL: 'warn', ...env });
+  return { registry, cred, ca: Buffer.from(ca.rootPem), start };
+}
+
+test('wss before CONNECT/40 revoked connections announcing 8 MiB frames are closed from the header (1009); the gateway holds no megabytes', {
+  timeout: 180_000,
+}, async (t) => {
+  const { registry, cred, ca, start } = await gatewayWithDevice(t, 'wss-attacker');
   registry.revokeDevice('wss-attacker', 1, 'test');
-  const gw = await spawnService('gateway', fleet.data, { FLEETGATE_LOG_LEVEL: 'warn' });
+  const gw = await start();
   t.after(() => gw.stop());
-  const ca = readFileSync(fleet.root);
   const before = gw.rssBytes();
   const results = await Promise.all(
     Array.from({ length: ATTACKERS }, () => attack(gw.endpoints['mqtt+wss']!, ca, cred)),
@@ -79,23 +86,15 @@ test('wss before CONNECT/40 revoked connections announcing 8 MiB frames are clos
   assert.ok(grownMiB < 64, `gateway RSS grew ${grownMiB.toFixed(1)} MiB`);
 });
 
-test('wss before CONNECT/connections waiting for their CONNECT are capped per address; others still connect', {
+test('wss before CONNECT/connections waiting for their CONNECT are capped per address; another address still gets in', {
   timeout: 120_000,
 }, async (t) => {
-  const fleet = await initFleet(t);
-  const paths = dataPaths(fleet.data);
-  const registry = new RegistryWriter(paths.registry);
-  t.after(() => registry.close());
-  const ca = await loadCa(paths);
-  const idle = await enrollDevice(registry, ca, fleet.dir, { id: 'idle-1' });
-  const gw = await spawnService('gateway', fleet.data, {
-    FLEETGATE_LOG_LEVEL: 'warn',
-    FLEETGATE_MAX_PENDING_CONNECTS_PER_ADDRESS: '5',
-  });
+  const { cred, ca, start } = await gatewayWithDevice(t, 'idle-1', { FLEETGATE_MAX_PENDING_CONNECTS_PER_ADDRESS: '5' });
+  const gw = await start();
   t.after(() => gw.stop());
   const url = gw.endpoints['mqtt+wss']!;
-  const open = async () => {
-    const ws = new WebSocket(url, 'mqtt', { ca: ca.rootPem, cert: idle.certPem, key: idle.keyPem });
+  const open = async (localAddress = '127.0.0.1') => {
+    const ws = new WebSocket(url, 'mqtt', { ca, cert: cred.certPem, key: cred.keyPem, localAddress });
     ws.on('error', () => undefined);
     t.after(() => ws.terminate());
     const closed = new Promise<void>((r) => ws.once('close', () => r()));
@@ -107,4 +106,10 @@ test('wss before CONNECT/connections waiting for their CONNECT are capped per ad
   const sixth = await open();
   await sixth.closed; // the sixth from the same address is closed at once
   for (const w of waiting) assert.equal(w.ws.readyState, WebSocket.OPEN, 'the first five still wait');
+  // Another address is not refused: its CONNECT is admitted (CONNACK 0).
+  const elsewhere = await open('127.0.0.2');
+  const connack = new Promise<Buffer>((r) => elsewhere.ws.once('message', (data: Buffer) => r(data)));
+  elsewhere.ws.send(connectBytes('idle-1'));
+  const ack = await connack;
+  assert.deepEqual([ack[0], ack[3]], [0x20, 0], 'CONNACK, accepted');
 });
