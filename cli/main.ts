@@ -6,12 +6,14 @@ import { registerAudit } from './commands/audit.ts';
 import { registerCa } from './commands/ca.ts';
 import { registerCert } from './commands/cert.ts';
 import { registerClaim } from './commands/claim.ts';
+import { registerCluster } from './commands/cluster.ts';
 import { registerConnections } from './commands/connections.ts';
 import { registerCrl } from './commands/crl.ts';
 import { registerDeny } from './commands/deny.ts';
 import { registerDevice } from './commands/device.ts';
 import { registerInit } from './commands/init.ts';
 import { registerJwt } from './commands/jwt.ts';
+import { registerNode } from './commands/node.ts';
 import { registerOperator } from './commands/operator.ts';
 import { registerUp } from './commands/up.ts';
 import { common } from './flags.ts';
@@ -41,6 +43,8 @@ export function buildProgram(): Command {
   registerClaim(program, common);
   registerJwt(program, common);
   registerOperator(program, common);
+  registerNode(program, common);
+  registerCluster(program, common);
   // Commander prints its own usage errors; keep them to one line and exit 2.
   const quiet = (cmd: Command): void => {
     cmd.exitOverride().configureOutput({ outputError: () => undefined });

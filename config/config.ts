@@ -55,6 +55,14 @@ export interface FleetgateConfig {
     nats: string;
     /** This node's name (logs, metrics, its own `mqtt-<node>.db`); default: the host name. */
     node: string;
+    /**
+     * Run with a NATS or PostgreSQL link that leaves loopback unauthenticated (no TLS with a node
+     * certificate). Off: such a node refuses to start (CLUSTER_INSECURE). For a lab only.
+     */
+    allowInsecure: boolean;
+    /** This node's certificate and key for NATS (`fleetgate node issue`); empty: the data directory's `node/node.crt` and `node/node.key`. */
+    nodeCert: string;
+    nodeKey: string;
   };
 }
 
@@ -387,6 +395,9 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
         .replace(/[^A-Za-z0-9._-]/g, '-')
         .replace(/^[^A-Za-z0-9]+/, '')
         .slice(0, 63) || 'node',
+    allowInsecure: false,
+    nodeCert: '',
+    nodeKey: '',
   },
   mqtt: {
     durability: 'disk' as const,
@@ -661,6 +672,14 @@ const SETTINGS = [
   { key: 'log.format', file: ['log', 'format'], env: 'FLEETGATE_LOG_FORMAT', kind: 'logformat' },
   { key: 'cluster.nats', file: ['cluster', 'nats'], env: 'FLEETGATE_NATS', kind: 'natsurls' },
   { key: 'cluster.node', file: ['cluster', 'node'], env: 'FLEETGATE_NODE', kind: 'nodename' },
+  {
+    key: 'cluster.allowInsecure',
+    file: ['cluster', 'allowInsecure'],
+    env: 'FLEETGATE_CLUSTER_ALLOW_INSECURE',
+    kind: 'boolean',
+  },
+  { key: 'cluster.nodeCert', file: ['cluster', 'nodeCert'], env: 'FLEETGATE_NODE_CERT', kind: 'file' },
+  { key: 'cluster.nodeKey', file: ['cluster', 'nodeKey'], env: 'FLEETGATE_NODE_KEY', kind: 'file' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: 'FLEETGATE_LIMITS', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
@@ -701,6 +720,13 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return value;
   }
   if (kind === 'routes') return parseRoutes(value, where, problems);
+  if (kind === 'file') {
+    if (typeof value !== 'string' || value.length > 4096 || value.includes('\0')) {
+      problems.push(`${where} must be a file path`);
+      return undefined;
+    }
+    return value === '' ? '' : resolve(value);
+  }
   if (kind === 'natsurls') {
     const urls =
       typeof value === 'string'
@@ -709,8 +735,10 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
             .map((u) => u.trim())
             .filter(Boolean)
         : undefined;
-    if (urls === undefined || !urls.every((u) => /^nats:\/\/[A-Za-z0-9.:[\]-]+$/.test(u))) {
-      problems.push(`${where} must be nats://host:port URLs, comma-separated (empty: no cluster)`);
+    if (urls === undefined || !urls.every((u) => /^(nats|tls):\/\/[A-Za-z0-9.:[\]-]+$/.test(u))) {
+      problems.push(
+        `${where} must be tls://host:port URLs (nats:// on loopback), comma-separated, no credentials (empty: no cluster)`,
+      );
       return undefined;
     }
     return urls.join(',');

@@ -26,6 +26,9 @@ export function dataPaths(dataDir: string, registry?: string) {
     /** The CLI's own `operator` identity for the admin API (made on first use). */
     operatorCert: join(dataDir, 'operator', 'operator.crt'),
     operatorKey: join(dataDir, 'operator', 'operator.key'),
+    /** This host's cluster identity (`fleetgate node issue`): presented to NATS and PostgreSQL. */
+    nodeCert: join(dataDir, 'node', 'node.crt'),
+    nodeKey: join(dataDir, 'node', 'node.key'),
   };
 }
 export type DataPaths = ReturnType<typeof dataPaths>;

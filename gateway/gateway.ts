@@ -6,6 +6,7 @@ import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { ConnectionGuard } from '../listeners/guard.ts';
 import { ThrottledLog } from '../listeners/throttled-log.ts';
 import { serverTlsOptions } from '../listeners/tls.ts';
+import { type ClusterLinks, checkClusterLinks, loadNodeIdentity } from '../runtime/cluster-links.ts';
 import { startAdmin } from './admin/server.ts';
 import { FleetSessions } from './cluster/fleet-sessions.ts';
 import { ClusterJoin } from './cluster/join.ts';
@@ -33,6 +34,8 @@ export interface RunningGateway {
   metrics: Metrics;
   /** Closes every live session of a device (operator action); returns how many. */
   kick(deviceId: string, actor: string): number;
+  /** How the links to NATS and the registry are secured. */
+  links: ClusterLinks;
   close(): Promise<void>;
 }
 
@@ -47,6 +50,8 @@ interface Core {
   guard: ConnectionGuard;
   refusals: ThrottledLog;
   quotas: DeviceQuotas;
+  /** How this node's links to NATS and the registry prove who they are (banner, `/healthz`). */
+  links: ClusterLinks;
 }
 
 /**
@@ -61,14 +66,17 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const sessions = new SessionTable();
   const metrics = createMetrics();
   let watcher: StatusWatcher | undefined; // wired once the plane exists
+  const identity = loadNodeIdentity(paths, config.cluster);
+  const links = checkClusterLinks(config, identity); // CLUSTER_INSECURE before anything opens
   const registry = await openRegistry(config.gateway, paths, log, () => watcher);
   const quotas = new DeviceQuotas(config.gateway.limits, config.gateway.quotas);
   const guarded = anonymousGuard(config.gateway, metrics, log);
-  const core: Core = { config, paths, log, sessions, metrics, registry, quotas, ...guarded };
+  const core: Core = { config, paths, log, sessions, metrics, registry, quotas, links, ...guarded };
   let plane: MqttPlane | undefined;
   let cluster: ClusterJoin | undefined;
   try {
-    if (config.cluster.nats !== '') cluster = await ClusterJoin.connect(config, { log, metrics, plane: () => plane });
+    if (config.cluster.nats !== '')
+      cluster = await ClusterJoin.connect(config, { log, metrics, plane: () => plane, identity });
     plane = startPlane(core, cluster);
     await cluster?.syncRetained(plane);
   } catch (err) {
@@ -225,7 +233,10 @@ async function startSurfaces(core: Core, s: Surfaces): Promise<RunningGateway> {
     refused: (limit) => metrics.refusedDevices.list(limit),
   });
   // The JWKS is recomputed on each fetch: a key retired past its overlap disappears on time.
-  const adminDeps = { registry, sessions, metrics, fleet, guard, refusals, log, jwks: () => loadKeyring(paths).jwks };
+  const adminDeps = {
+    ...{ registry, sessions, metrics, fleet, guard, refusals, log, links: core.links },
+    jwks: () => loadKeyring(paths).jwks,
+  };
   const admin = await startup.step(
     () => startAdmin(g, tls('optional'), adminDeps),
     (a) => a.app.close(),
@@ -259,6 +270,7 @@ async function startSurfaces(core: Core, s: Surfaces): Promise<RunningGateway> {
     sessions,
     metrics,
     kick,
+    links: core.links,
     async close() {
       mqtt.disconnectAll(); // as a shutdown, not as a cut
       for (const session of sessions.all()) session.close(); // the HTTPS connections left

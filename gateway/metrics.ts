@@ -32,7 +32,7 @@ interface HotCounts {
 }
 
 interface ClusterCounts {
-  counts?: { sent: number; received: number; lostWhileDown: number };
+  counts?: { sent: number; received: number; lostWhileDown: number; invalid: number };
   reported: Record<string, number>;
 }
 
@@ -151,7 +151,7 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
     }),
     clusterMessages: new Counter({
       name: 'fleetgate_cluster_messages_total',
-      help: 'Messages between gateway nodes: sent, received, lost (published while the NATS link was down)',
+      help: 'Messages between gateway nodes: sent, received, lost (published while the NATS link was down), invalid (read from NATS, refused by validation)',
       labelNames: ['direction'] as const,
       registers: [registry],
       collect() {
@@ -161,6 +161,7 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
           ['sent', c.sent],
           ['received', c.received],
           ['lost', c.lostWhileDown],
+          ['invalid', c.invalid],
         ] as const) {
           const delta = value - (cluster.reported[direction] ?? 0);
           if (delta > 0) this.inc({ direction }, delta);

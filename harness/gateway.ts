@@ -56,25 +56,31 @@ export async function startTestFleet(
   t: TestContext | { after(fn: () => unknown): void },
   env: NodeJS.ProcessEnv = {},
   file?: Record<string, unknown>,
+  /** Runs once the data directory has its CA, before the gateway starts; its environment is added (a cluster's NATS, say). */
+  prepare?: (dataDir: string) => Promise<NodeJS.ProcessEnv>,
 ): Promise<TestFleet> {
   const dir = tempDir(t as TestContext);
   if (file !== undefined) {
     mkdirSync(join(dir, 'data'), { recursive: true, mode: 0o700 });
     writeFileSync(join(dir, 'data', 'fleetgate.json'), JSON.stringify(file));
   }
-  const config = loadConfig({
-    dataDir: join(dir, 'data'),
-    env: {
-      FLEETGATE_MQTT_PORT: '0',
-      FLEETGATE_WSS_PORT: '0',
-      FLEETGATE_ADMIN_PORT: '0',
-      FLEETGATE_CONSOLE_PORT: '0',
-      FLEETGATE_HTTPS_PORT: '0',
-      FLEETGATE_ACTOR: 'test',
-      ...env,
-    },
-  });
+  const load = (extra: NodeJS.ProcessEnv) =>
+    loadConfig({
+      dataDir: join(dir, 'data'),
+      env: {
+        FLEETGATE_MQTT_PORT: '0',
+        FLEETGATE_WSS_PORT: '0',
+        FLEETGATE_ADMIN_PORT: '0',
+        FLEETGATE_CONSOLE_PORT: '0',
+        FLEETGATE_HTTPS_PORT: '0',
+        FLEETGATE_ACTOR: 'test',
+        ...env,
+        ...extra,
+      },
+    });
+  let config = load({});
   await initDataDir(config);
+  if (prepare !== undefined) config = load(await prepare(config.dataDir));
   const paths = dataPaths(config.dataDir, config.registry);
   const registry = new RegistryWriter(paths.registry);
   const ca = await loadCa(paths);

@@ -26,10 +26,13 @@ let service: Credential;
 
 before(async () => {
   if (skip !== false) return;
-  nats = await startNats();
-  scope.after(() => nats.stop());
-  a = await startTestFleet(scope, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'a' });
-  b = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'b' });
+  // The cluster links as production runs them: NATS over mutual TLS, each node its own certificate and user.
+  a = await startTestFleet(scope, {}, undefined, async (dataDir) => {
+    nats = await startNats({ tls: { dataDir, gateways: ['a', 'b', 'c', 'd'] } });
+    scope.after(() => nats.stop());
+    return nats.node('a');
+  });
+  b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
   scope.after(() => b.stop());
   sensor = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-sensor' });
   service = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-svc', type: 'service' });
@@ -217,7 +220,7 @@ test('cluster/a node that joins later is given the retained messages the others 
   await retainOnA([['devices/c-sensor/late', 'before-c']]);
   // C starts after: by the time it listens, it holds what A (or B) held — one subscription, no
   // waiting for replication. The earlier test left these two retained (and cleared devices/c-sensor/state).
-  const c = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'c' });
+  const c = await spawnService('gateway', a.config.dataDir, await nats.node('c'));
   try {
     assert.deepEqual(await retainedOn(c.endpoints['mqtt+tls']!), [
       'devices/c-sensor/late=before-c',
@@ -232,7 +235,7 @@ test('cluster/a node that was away forgets the retained messages cleared while i
   // D holds a retained message, stops; while it is away A clears that one and keeps a new one.
   // When D comes back, its own store still has the old one: the cluster's set replaces it.
   await retainOnA([['devices/c-sensor/away', 'stale']]);
-  let d = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'd' });
+  let d = await spawnService('gateway', a.config.dataDir, await nats.node('d'));
   try {
     assert.ok(
       (await retainedOn(d.endpoints['mqtt+tls']!)).includes('devices/c-sensor/away=stale'),
@@ -246,7 +249,7 @@ test('cluster/a node that was away forgets the retained messages cleared while i
     ['devices/c-sensor/while-away', 'new'],
   ]);
   const atA = await retainedOn(a.mqttsUrl);
-  d = await spawnService('gateway', a.config.dataDir, { FLEETGATE_NATS: nats.url, FLEETGATE_NODE: 'd' });
+  d = await spawnService('gateway', a.config.dataDir, await nats.node('d'));
   try {
     const atD = await retainedOn(d.endpoints['mqtt+tls']!);
     assert.ok(
@@ -360,20 +363,20 @@ test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB a
     retained: () => undefined,
   };
   const own = await startNats(); // a NATS of its own: nodes A and B (holding retained messages too) must not answer
-  const holders = await Promise.all(['snap-1', 'snap-2'].map((n) => NatsBus.connect(own.url, n, quiet, events)));
-  const joiner = await NatsBus.connect(own.url, 'snap-joiner', quiet, events);
+  const limits = { retainedTotal: 100_000, retainedBytesTotal: 256 * 1024 * 1024 };
+  const link = { servers: own.url };
+  const holders = await Promise.all(['snap-1', 'snap-2'].map((n) => NatsBus.connect(link, n, quiet, events, limits)));
+  const joiner = await NatsBus.connect(link, 'snap-joiner', quiet, events, limits);
   try {
     const held = Array.from(
       { length: 1_000 },
       (_, i) => new Message(`devices/s-${i % 50}/state/${i}`, Buffer.alloc(1024, i % 251), 1, true, `s-${i % 50}`),
     );
     await Promise.all(holders.map((h) => h.serveRetained(() => held)));
-    const got = new Map<string, Buffer>();
-    const result = await joiner.fetchRetained((m) => {
-      got.set(m.topic, m.payload);
-    });
+    const result = await joiner.fetchRetained();
+    const got = new Map(result.messages.map((m) => [m.topic, m.payload]));
     assert.equal(result.complete, true);
-    assert.equal(result.count, 1_000, `each message once: one node streamed (${JSON.stringify(result)})`);
+    assert.equal(result.messages.length, 1_000, `each message once: one node streamed (${result.node})`);
     assert.ok(result.node === 'snap-1' || result.node === 'snap-2');
     for (const m of held) assert.ok(got.get(m.topic)?.equals(m.payload), m.topic);
   } finally {

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import pino from 'pino';
 import pretty from 'pino-pretty';
@@ -9,6 +10,7 @@ import { rootKeyOnDisk } from '../../provisioning/ca/authority.ts';
 import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.ts';
 import { initDataDir } from '../../provisioning/setup.ts';
 import { allocatorInUse } from '../../runtime/allocator.ts';
+import type { ClusterLinks, LinkSecurity } from '../../runtime/cluster-links.ts';
 import { CliContext, type CommonOptions } from '../context.ts';
 import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
@@ -64,9 +66,15 @@ async function serve(
       'the root CA key is still in the data directory: move it off this machine (the services never read it)',
     );
   const services: RunningService[] = [];
+  let links: string[] = [];
   try {
     if (which !== 'provision') {
       const gateway = await startGateway(ctx.config, { log });
+      links = linkLines(gateway.links, ctx.config.cluster.nats !== '');
+      if (which === 'gateway' && existsSync(ctx.paths.intermediateKey))
+        links.push(
+          `issuing CA key here (${ctx.paths.intermediateKey}): a gateway node never uses it — keep it on provisioning hosts only (fleetgate cluster host-files)`,
+        );
       services.push(
         { name: 'mqtt+tls', endpoint: gateway.endpoints.mqtts, close: () => gateway.close() },
         { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
@@ -107,12 +115,14 @@ async function serve(
       registry,
       created,
       allocator,
+      links,
       services: services.map(({ name, endpoint }) => ({ name, endpoint })),
     },
     () =>
       [
         `fleetgate ${which}: data ${ctx.paths.dataDir}${created.length > 0 ? ` (created ${created.join(', ')})` : ''}`,
         ...(isPostgresUrl(ctx.paths.registry) ? [`registry: ${registry}`] : []),
+        ...links,
         `root CA (what devices trust): ${ctx.paths.rootCert}`,
         ...(allocator === 'jemalloc'
           ? []
@@ -130,6 +140,21 @@ async function serve(
   await Promise.allSettled(services.map((s) => s.close()));
   ctx.close();
   process.stderr.write('fleetgate: stopped\n');
+}
+
+const LINK_WORDS: Record<LinkSecurity, string> = {
+  mtls: 'authenticated (mTLS, node certificate)',
+  loopback: 'loopback only (this host)',
+  insecure: 'NOT AUTHENTICATED (cluster.allowInsecure)',
+  none: '',
+};
+
+/** The banner's lines on the cluster links: how each proves who it is. */
+function linkLines(links: ClusterLinks, clustered: boolean): string[] {
+  return [
+    ...(clustered ? [`cluster link to NATS: ${LINK_WORDS[links.nats]}`] : []),
+    ...(links.registry === 'none' ? [] : [`registry link: ${LINK_WORDS[links.registry]}`]),
+  ];
 }
 
 /** The services' commands: the common flags plus --log-format. */

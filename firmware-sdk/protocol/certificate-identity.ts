@@ -1,6 +1,6 @@
 import { createHash, type X509Certificate } from 'node:crypto';
 import { certificateSpki } from './der.ts';
-import { DEVICE_URI_PREFIX, isDeviceId } from './device-id.ts';
+import { DEVICE_URI_PREFIX, isDeviceId, NODE_URI_PREFIX } from './device-id.ts';
 import { FleetgateError } from './errors.ts';
 
 /**
@@ -40,6 +40,8 @@ function invalid(message: string, detail: Record<string, unknown> = {}): Fleetga
 
 /** The single device id in `URI:urn:fleetgate:device:<id>` SAN entries; anything else refuses. */
 function deviceIdFromSan(san: string | undefined): string {
+  if ((san ?? '').includes(`URI:${NODE_URI_PREFIX}`))
+    throw invalid('a fleetgate node certificate (NATS, PostgreSQL) is not a device certificate');
   const uris = (san ?? '').split(', ').filter((e) => e.startsWith(`URI:${DEVICE_URI_PREFIX}`));
   if (uris.length !== 1) throw invalid(`certificate has ${uris.length} fleetgate device URIs in its SAN, expected 1`);
   const id = (uris[0] as string).slice(`URI:${DEVICE_URI_PREFIX}`.length);

@@ -19,6 +19,9 @@ export const CLAIM_DEVICE_TYPES: readonly DeviceType[] = Object.freeze(['sensor'
 /** The SAN URI the CA writes into every device certificate. */
 export const DEVICE_URI_PREFIX = 'urn:fleetgate:device:';
 
+/** The SAN URI of a cluster member's certificate (`fleetgate node issue`): never a device's. */
+export const NODE_URI_PREFIX = 'urn:fleetgate:node:';
+
 export function isDeviceId(value: unknown): value is string {
   return typeof value === 'string' && DEVICE_ID_PATTERN.test(value);
 }

@@ -9,6 +9,7 @@ import { onTlsClientError } from '../../listeners/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../listeners/http-errors.ts';
 import { listenApp } from '../../listeners/listen.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
+import type { ClusterLinks } from '../../runtime/cluster-links.ts';
 import type { FleetSessions } from '../cluster/fleet-sessions.ts';
 import type { Metrics } from '../metrics.ts';
 import type { SessionTable } from '../sessions.ts';
@@ -25,6 +26,8 @@ export interface AdminDeps {
   fleet: FleetSessions;
   /** The public keys origins verify assertions with. */
   jwks(): { keys: Record<string, unknown>[] };
+  /** How the links to NATS and the registry are secured (`/healthz` says it). */
+  links: ClusterLinks;
 }
 
 /** Only an `operator` certificate, valid by the registry right now, may use /v1. */
@@ -80,7 +83,7 @@ export async function startAdmin(
   app.get('/healthz', async (_req, reply) => {
     try {
       await deps.registry.ping();
-      return { status: 'ok', sessions: deps.sessions.size };
+      return { status: 'ok', sessions: deps.sessions.size, links: deps.links };
     } catch (err) {
       return reply.status(503).send({ status: 'unavailable', error: { code: httpError(err).code } });
     }

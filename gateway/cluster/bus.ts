@@ -1,28 +1,35 @@
-import { connect, createInbox, type NatsConnection, RequestStrategy, type Subscription } from 'nats';
+import { connect, createInbox, type Msg, type NatsConnection, RequestStrategy, type Subscription } from 'nats';
 import type { Logger } from 'pino';
+import { isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import type { ForwardedProperties } from '../mqtt/encode.ts';
-import { Message } from '../mqtt/session.ts';
+import type { Message } from '../mqtt/session.ts';
+import { filterToSubjects, isLongSubject, RETAINED_PREFIX, retainedSubject, topicToSubject } from './subjects.ts';
 import {
-  decodeLevel,
-  encodeLevel,
-  filterToSubjects,
-  RETAINED_PREFIX,
-  retainedSubject,
-  subjectToTopic,
-  topicToSubject,
-} from './subjects.ts';
+  ADMIN_PREFIX,
+  CHUNK_END,
+  CHUNK_RECORDS,
+  decodeAnnouncement,
+  decodeEnvelope,
+  decodeRecords,
+  encodeEnvelope,
+  encodeRecord,
+  endChunk,
+  inboxPrefix,
+  json,
+  NODE_NAME,
+  type Question,
+  RETAINED_OFFER,
+  readAnswer,
+  readJson,
+  retainedSend,
+  SESSION_PREFIX,
+  sessionSubject,
+} from './wire.ts';
 
-/** Session announcements: `fg.s.<client id>`, the announcing node's name as the payload. */
-const SESSION_PREFIX = 'fg.s';
-/** Operator questions to every node (request, many replies). */
-const ADMIN_PREFIX = 'fg.admin';
-/** A joining node asks every node how many retained messages it holds… */
-const RETAINED_OFFER = 'fg.sync.retained.offer';
-/** …then asks the one holding most to stream them to its inbox. */
-const retainedSend = (node: string) => `fg.sync.retained.send.${encodeLevel(node)}`;
 /** Retained messages per snapshot chunk, in bytes (NATS's default max payload is 1 MiB). */
 const SNAPSHOT_CHUNK_BYTES = 256 * 1024;
+/** One log line per this long about refused bus messages (each is counted). */
+const INVALID_LOG_EVERY_MS = 10_000;
 
 export interface BusEvents {
   /** A message published on another node, for this node's subscribers. */
@@ -35,12 +42,29 @@ export interface BusEvents {
   retained(message: Message): void;
 }
 
-/** Counts for metrics: messages each way, and how many were published while the link was down. */
+/** Counts for metrics: messages each way, published while the link was down, and refused as malformed. */
 export interface BusCounts {
   sent: number;
   received: number;
   lostWhileDown: number;
+  invalid: number;
 }
+
+/** How this node reaches NATS: URLs, and (for `tls://`) its node certificate and the fleet's CA (PEM). */
+export interface NatsLink {
+  servers: string;
+  tls?: { ca: string; cert: string; key: string };
+}
+
+/** Bounds on what another node may send this one. */
+export interface BusLimits {
+  /** A snapshot offering more retained messages than this is refused. */
+  retainedTotal: number;
+  /** …or carrying more bytes than this. */
+  retainedBytesTotal: number;
+}
+
+type Handler = (msg: Msg) => void;
 
 /**
  * Fan-out between gateway nodes over NATS (core pub/sub, at most once between nodes; each
@@ -51,6 +75,9 @@ export interface BusCounts {
  * handles flat, and a filter held by many sessions is one subscription). `noEcho`: a node never
  * receives its own messages back (its local subscribers were served before it published).
  *
+ * Every message read from NATS is checked (`wire.ts`) before use; what fails is dropped, counted
+ * and logged (throttled), and no handler can throw into the NATS client.
+ *
  * While NATS is unreachable, local delivery goes on and messages for other nodes are counted as
  * lost (metrics, one log line per outage); the client reconnects without end and subscribes again.
  */
@@ -58,63 +85,113 @@ export class NatsBus {
   readonly #nc: NatsConnection;
   readonly #log: Logger;
   readonly #events: BusEvents;
+  readonly #limits: BusLimits;
   readonly #subs = new Map<string, { sub: Subscription; count: number }>();
   #up = true;
-  readonly counts: BusCounts = { sent: 0, received: 0, lostWhileDown: 0 };
-
+  readonly counts: BusCounts = { sent: 0, received: 0, lostWhileDown: 0, invalid: 0 };
+  #invalidLoggedAt = 0;
+  #invalidUnlogged = 0;
   readonly #node: string;
 
-  private constructor(nc: NatsConnection, node: string, log: Logger, events: BusEvents) {
+  private constructor(nc: NatsConnection, node: string, log: Logger, events: BusEvents, limits: BusLimits) {
     this.#nc = nc;
     this.#node = node;
     this.#log = log;
     this.#events = events;
+    this.#limits = limits;
     void this.#watch();
     // Every node keeps every retained message (within its quotas): a subscriber on any node gets it.
-    nc.subscribe(`${RETAINED_PREFIX}.>`, {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        const m = decodeEnvelope(msg.subject, msg.data);
-        if (m !== undefined) this.#events.retained(m);
-      },
+    this.#on(`${RETAINED_PREFIX}.>`, (msg) => {
+      const m = decodeEnvelope(msg.subject, msg.data);
+      if ('invalid' in m) this.#refuse(m.invalid, msg.subject);
+      else this.#events.retained(m.ok);
     });
-    nc.subscribe(`${SESSION_PREFIX}.*`, {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        this.#events.session(
-          decodeLevel(msg.subject.slice(SESSION_PREFIX.length + 1)),
-          new TextDecoder().decode(msg.data),
-        );
-      },
+    this.#on(`${SESSION_PREFIX}.*`, (msg) => {
+      const a = decodeAnnouncement(msg.subject, msg.data, this.#node);
+      if ('invalid' in a) this.#refuse(a.invalid, msg.subject);
+      else this.#events.session(a.ok.clientId, a.ok.node);
     });
   }
 
-  /** Connects to NATS (`servers`: comma-separated URLs); rejects CLUSTER_UNAVAILABLE if it cannot at start. */
-  static async connect(servers: string, node: string, log: Logger, events: BusEvents): Promise<NatsBus> {
+  /** Connects to NATS; rejects CLUSTER_UNAVAILABLE if it cannot at start (the server refused this node's certificate, say). */
+  static async connect(
+    link: NatsLink,
+    node: string,
+    log: Logger,
+    events: BusEvents,
+    limits: BusLimits,
+  ): Promise<NatsBus> {
     try {
       const nc = await connect({
-        servers: servers
+        servers: link.servers
           .split(',')
           .map((s) => s.trim())
           .filter((s) => s !== ''),
         name: `fleetgate-${node}`,
         noEcho: true,
+        inboxPrefix: inboxPrefix(node),
         maxReconnectAttempts: -1,
         reconnectTimeWait: 250,
         pingInterval: 5_000,
         maxPingOut: 2,
         timeout: 5_000,
+        ...(link.tls !== undefined && { tls: { ...link.tls } }),
       });
-      return new NatsBus(nc, node, log, events);
+      return new NatsBus(nc, node, log, events, limits);
     } catch (err) {
-      throw new FleetgateError('CLUSTER_UNAVAILABLE', `cannot reach NATS at ${servers}: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new FleetgateError(
+        'CLUSTER_UNAVAILABLE',
+        `cannot reach NATS at ${link.servers}: ${(err as Error).message}${authHint(err)}`,
+        { cause: err },
+      );
     }
   }
 
   get up(): boolean {
     return this.#up;
+  }
+
+  get node(): string {
+    return this.#node;
+  }
+
+  get subjects(): number {
+    return this.#subs.size;
+  }
+
+  /** Subscribes with a handler that cannot throw into the NATS client: a throw is a refused message. */
+  #on(subject: string, handler: Handler): Subscription {
+    return this.#nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err !== null) return;
+        try {
+          handler(msg);
+        } catch (e) {
+          this.#refuse(`handling it failed: ${(e as Error).message}`, msg.subject);
+        }
+      },
+    });
+  }
+
+  /** A message from NATS that is not what it must be: counted, logged at most once per 10 s. */
+  #refuse(reason: string, subject: string): void {
+    this.counts.invalid++;
+    const now = Date.now();
+    if (now - this.#invalidLoggedAt < INVALID_LOG_EVERY_MS) {
+      this.#invalidUnlogged++;
+      return;
+    }
+    this.#log.warn(
+      {
+        code: 'CLUSTER_MESSAGE_INVALID',
+        reason,
+        subject: subject.length > 120 ? `${subject.slice(0, 120)}…` : subject,
+        alsoRefusedSinceLastLine: this.#invalidUnlogged,
+      },
+      'a message from the cluster bus was refused (dropped and counted)',
+    );
+    this.#invalidLoggedAt = now;
+    this.#invalidUnlogged = 0;
   }
 
   async #watch(): Promise<void> {
@@ -133,283 +210,39 @@ export class NatsBus {
           'NATS link back: fan-out between nodes resumed',
         );
         this.#events.link('up');
+      } else if (s.type === 'error') {
+        // Permissions violations arrive here (a node configured with the wrong role, say).
+        this.#log.error({ code: 'CLUSTER_UNAVAILABLE', err: String(s.data) }, 'NATS reported an error');
       }
+    }
+  }
+
+  #publish(subject: string, data: Uint8Array): boolean {
+    if (!this.#up) return false;
+    try {
+      this.#nc.publish(subject, data);
+      return true;
+    } catch {
+      return false; // closed or draining: the link watcher says why
     }
   }
 
   publish(message: Message): void {
-    if (!this.#up) {
-      this.counts.lostWhileDown++;
-      return;
-    }
-    try {
-      this.#nc.publish(topicToSubject(message.topic), encodeEnvelope(message));
-      this.counts.sent++;
-    } catch {
-      this.counts.lostWhileDown++; // closed or draining: the link watcher says why
-    }
-  }
-
-  /**
-   * Answers the other nodes' operator questions — which sessions this node holds, and kick a
-   * device here — so that `fleetgate connections` and `kick` on any node see the whole cluster.
-   */
-  serve(handlers: {
-    connections(deviceId?: string): unknown[];
-    kick(deviceId: string, actor: string): number;
-    overview?(): Promise<unknown>;
-    refused?(limit: number): unknown[];
-  }): void {
-    const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
-    this.#nc.subscribe(`${ADMIN_PREFIX}.connections`, {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        try {
-          // `{ deviceId }` asks for one device's sessions only (the console's device page).
-          const { deviceId } = JSON.parse(new TextDecoder().decode(msg.data)) as { deviceId?: unknown };
-          msg.respond(
-            json({
-              node: this.#node,
-              connections: handlers.connections(typeof deviceId === 'string' ? deviceId : undefined),
-            }),
-          );
-        } catch {
-          // a malformed question from a peer: no answer
-        }
-      },
-    });
-    this.#nc.subscribe(`${ADMIN_PREFIX}.kick`, {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        try {
-          const { deviceId, actor } = JSON.parse(new TextDecoder().decode(msg.data)) as {
-            deviceId: string;
-            actor: string;
-          };
-          msg.respond(json({ node: this.#node, closed: handlers.kick(String(deviceId), String(actor)) }));
-        } catch {
-          // a malformed question from a peer: no answer
-        }
-      },
-    });
-    const refused = handlers.refused;
-    if (refused !== undefined) {
-      // The console's "still seen connecting" on any node merges every node's book.
-      this.#nc.subscribe(`${ADMIN_PREFIX}.refused`, {
-        callback: (err, msg) => {
-          if (err !== null) return;
-          try {
-            const { limit } = JSON.parse(new TextDecoder().decode(msg.data)) as { limit?: unknown };
-            msg.respond(
-              json({
-                node: this.#node,
-                refused: refused(typeof limit === 'number' && limit > 0 ? Math.min(limit, 1_000) : 100),
-              }),
-            );
-          } catch {
-            // a malformed question from a peer, or closed: no answer
-          }
-        },
-      });
-    }
-    const overview = handlers.overview;
-    if (overview !== undefined) {
-      // The console's overview on any node sums every node's counters and sessions.
-      this.#nc.subscribe(`${ADMIN_PREFIX}.overview`, {
-        callback: (err, msg) => {
-          if (err !== null) return;
-          overview().then(
-            (totals) => {
-              try {
-                msg.respond(json({ node: this.#node, totals }));
-              } catch {
-                // closed or draining: the asker sums the nodes that answered
-              }
-            },
-            () => undefined,
-          );
-        },
-      });
-    }
-  }
-
-  /**
-   * Serves the retained-message snapshot a joining node asks for (see {@link fetchRetained}):
-   * says how many it holds, and when chosen streams them to the asker's inbox in chunks of records
-   * `subject length (2) · subject · envelope length (4) · envelope`, then an empty end marker,
-   * flushing every few chunks so a large set does not outrun the asker. Resolves once NATS has the
-   * subscriptions: from then on a joining node's question reaches this one.
-   */
-  async serveRetained(all: () => Message[]): Promise<void> {
-    this.#nc.subscribe(RETAINED_OFFER, {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        try {
-          msg.respond(new TextEncoder().encode(JSON.stringify({ node: this.#node, count: all().length })));
-        } catch {
-          // closed or draining: the asker hears from another node or starts without
-        }
-      },
-    });
-    this.#nc.subscribe(retainedSend(this.#node), {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        let inbox: unknown;
-        try {
-          inbox = (JSON.parse(new TextDecoder().decode(msg.data)) as { inbox?: unknown }).inbox;
-        } catch {
-          return; // a malformed question from a peer: no answer
-        }
-        if (typeof inbox !== 'string' || !inbox.startsWith('_INBOX.')) return;
-        void this.#streamRetained(inbox, all()).catch((e: unknown) =>
-          this.#log.warn({ err: (e as Error).message }, 'retained snapshot for a joining node failed'),
-        );
-      },
-    });
-    await this.#nc.flush();
-  }
-
-  async #streamRetained(inbox: string, messages: Message[]): Promise<void> {
-    let parts: Buffer[] = [];
-    let bytes = 0;
-    let chunks = 0;
-    const send = async () => {
-      this.#nc.publish(inbox, Buffer.concat(parts, bytes));
-      parts = [];
-      bytes = 0;
-      if (++chunks % 8 === 0) await this.#nc.flush();
-    };
-    for (const m of messages) {
-      const subject = Buffer.from(retainedSubject(m.topic), 'utf8');
-      const envelope = encodeEnvelope(m);
-      const head = Buffer.allocUnsafe(6);
-      head.writeUInt16BE(subject.length, 0);
-      head.writeUInt32BE(envelope.length, 2);
-      parts.push(head.subarray(0, 2), subject, head.subarray(2), envelope);
-      bytes += 6 + subject.length + envelope.length;
-      if (bytes >= SNAPSHOT_CHUNK_BYTES) await send();
-    }
-    if (bytes > 0) await send();
-    this.#nc.publish(inbox, new Uint8Array(0)); // the end
-    await this.#nc.flush();
-  }
-
-  /**
-   * On joining: the retained messages the cluster holds, from the node that holds most, each
-   * given to `apply` (which keeps it within this node's quotas). Resolves with how many arrived and from
-   * which node (`{ node, count: 0 }` when the other nodes hold none), `{ count: 0 }` without a node
-   * when no other node answered, or, past `timeoutMs`, with what arrived and `complete: false`.
-   * A complete answer from a node is the cluster's set: the joiner drops what it kept from before
-   * that is not in it (cleared while it was away).
-   */
-  async fetchRetained(
-    apply: (m: Message) => void,
-    timeoutMs = 10_000,
-  ): Promise<{ node?: string; count: number; complete: boolean }> {
-    // Every node says how many it holds (until none has answered for 150 ms); the one holding most sends them.
-    let best: { node: string; count: number } | undefined;
-    try {
-      const offers = await this.#nc.requestMany(RETAINED_OFFER, new Uint8Array(0), {
-        strategy: RequestStrategy.JitterTimer,
-        jitter: 150,
-        maxWait: Math.min(2_000, timeoutMs),
-      });
-      for await (const offer of offers) {
-        if (offer.data.length === 0) continue; // a status message (no responders)
-        const o = JSON.parse(new TextDecoder().decode(offer.data)) as { node?: unknown; count?: unknown };
-        if (typeof o.node === 'string' && typeof o.count === 'number' && (best === undefined || o.count > best.count))
-          best = { node: o.node, count: o.count };
-      }
-    } catch {
-      // no other node (no responders), or the link went down: start with this node's own
-    }
-    if (best === undefined) return { count: 0, complete: true };
-    const node = best.node;
-    if (best.count === 0) return { node, count: 0, complete: true };
-    const inbox = createInbox();
-    const sub = this.#nc.subscribe(inbox);
-    const timer = setTimeout(() => sub.unsubscribe(), timeoutMs);
-    this.#nc.publish(retainedSend(node), new TextEncoder().encode(JSON.stringify({ inbox })));
-    let count = 0;
-    let complete = false;
-    try {
-      for await (const msg of sub) {
-        const b = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
-        if (b.length === 0) {
-          complete = true;
-          break;
-        }
-        for (let at = 0; at + 6 <= b.length; ) {
-          const subjectLength = b.readUInt16BE(at);
-          const subject = b.toString('utf8', at + 2, at + 2 + subjectLength);
-          const envelopeLength = b.readUInt32BE(at + 2 + subjectLength);
-          const start = at + 6 + subjectLength;
-          // Copied: the chunk's buffer is not kept alive by every retained message in it.
-          const m = decodeEnvelope(subject, Buffer.from(b.subarray(start, start + envelopeLength)));
-          at = start + envelopeLength;
-          if (m === undefined || !subject.startsWith(`${RETAINED_PREFIX}.`)) continue;
-          apply(m);
-          count++;
-        }
-      }
-    } finally {
-      clearTimeout(timer);
-      sub.unsubscribe();
-    }
-    return { node, count, complete };
-  }
-
-  /**
-   * Asks every other node (`connections` or `kick`) and gathers the answers: all that arrive until
-   * none has for 150 ms (at most 2 s). A node that is down answers nothing; the caller shows who answered.
-   */
-  async ask<T>(question: 'connections' | 'kick' | 'overview' | 'refused', body: unknown = {}): Promise<T[]> {
-    if (!this.#up)
-      throw new FleetgateError('CLUSTER_UNAVAILABLE', 'the NATS link is down: other nodes cannot be asked');
-    const answers: T[] = [];
-    try {
-      const replies = await this.#nc.requestMany(
-        `${ADMIN_PREFIX}.${question}`,
-        new TextEncoder().encode(JSON.stringify(body)),
-        {
-          strategy: RequestStrategy.JitterTimer,
-          jitter: 150,
-          maxWait: 2_000,
-        },
-      );
-      for await (const msg of replies) {
-        if (msg.data.length === 0) continue; // a status message (no responders)
-        answers.push(JSON.parse(new TextDecoder().decode(msg.data)) as T);
-      }
-    } catch (err) {
-      if ((err as { code?: string }).code !== '503')
-        throw new FleetgateError('CLUSTER_UNAVAILABLE', `asking the other nodes failed: ${(err as Error).message}`);
-    }
-    return answers;
-  }
-
-  get node(): string {
-    return this.#node;
+    const subject = topicToSubject(message.topic);
+    if (this.#publish(subject, encodeEnvelope(message, isLongSubject(subject)))) this.counts.sent++;
+    else this.counts.lostWhileDown++;
   }
 
   /** A retained message kept (or cleared, empty) here: replicated to every other node. */
   publishRetained(message: Message): void {
-    if (!this.#up) return; // documented: retained messages set while NATS is down stay on this node
-    try {
-      this.#nc.publish(retainedSubject(message.topic), encodeEnvelope(message));
-    } catch {
-      // closed or draining: the link watcher says why
-    }
+    // documented: retained messages set while NATS is down stay on this node
+    const subject = retainedSubject(message.topic);
+    this.#publish(subject, encodeEnvelope(message, isLongSubject(subject)));
   }
 
   /** A client id connected to this node (a takeover on every other node that has it). */
   announceSession(clientId: string): void {
-    if (!this.#up) return;
-    try {
-      this.#nc.publish(`${SESSION_PREFIX}.${encodeLevel(clientId)}`, new TextEncoder().encode(this.#node));
-    } catch {
-      // closed or draining: the link watcher says why
-    }
+    this.#publish(sessionSubject(this.#node), new TextEncoder().encode(clientId));
   }
 
   /** A filter got its first local subscriber. */
@@ -420,14 +253,11 @@ export class NatsBus {
         held.count++;
         continue;
       }
-      const sub = this.#nc.subscribe(subject, {
-        callback: (err, msg) => {
-          if (err !== null) return;
-          const m = decodeEnvelope(msg.subject, msg.data);
-          if (m === undefined) return;
-          this.counts.received++;
-          this.#events.message(m);
-        },
+      const sub = this.#on(subject, (msg) => {
+        const m = decodeEnvelope(msg.subject, msg.data);
+        if ('invalid' in m) return this.#refuse(m.invalid, msg.subject);
+        this.counts.received++;
+        this.#events.message(m.ok);
       });
       this.#subs.set(subject, { sub, count: 1 });
     }
@@ -444,8 +274,214 @@ export class NatsBus {
     }
   }
 
-  get subjects(): number {
-    return this.#subs.size;
+  /**
+   * Answers the other nodes' operator questions — which sessions this node holds, and kick a
+   * device here — so that `fleetgate connections` and `kick` on any node see the whole cluster.
+   */
+  serve(handlers: {
+    connections(deviceId?: string): unknown[];
+    kick(deviceId: string, actor: string): number;
+    overview?(): Promise<unknown>;
+    refused?(limit: number): unknown[];
+  }): void {
+    const question = (name: Question, answer: (body: Record<string, unknown>) => unknown) =>
+      this.#on(`${ADMIN_PREFIX}.${name}`, (msg) => {
+        const body = readJson(msg.data);
+        if ('invalid' in body) return this.#refuse(body.invalid, msg.subject);
+        const value = answer(body.ok);
+        if (value === undefined) return this.#refuse(`a ${name} question without its shape`, msg.subject);
+        void Promise.resolve(value).then(
+          (v) => this.#respond(msg, { node: this.#node, ...(v as object) }),
+          () => undefined, // this node cannot answer now: the asker sums the nodes that did
+        );
+      });
+    question('connections', ({ deviceId }) => {
+      if (deviceId !== undefined && !isDeviceId(deviceId)) return undefined;
+      // `{ deviceId }` asks for one device's sessions only (the console's device page).
+      return { connections: handlers.connections(deviceId) };
+    });
+    question('kick', ({ deviceId, actor }) =>
+      isDeviceId(deviceId) && typeof actor === 'string' && actor.length <= 256
+        ? { closed: handlers.kick(deviceId, actor) }
+        : undefined,
+    );
+    const refused = handlers.refused;
+    // The console's "still seen connecting" on any node merges every node's book.
+    if (refused !== undefined)
+      question('refused', ({ limit }) => ({
+        refused: refused(typeof limit === 'number' && limit > 0 ? Math.min(Math.floor(limit), 1_000) : 100),
+      }));
+    const overview = handlers.overview;
+    // The console's overview on any node sums every node's counters and sessions.
+    if (overview !== undefined) question('overview', () => overview().then((totals) => ({ totals })));
+  }
+
+  #respond(msg: Msg, value: unknown): void {
+    try {
+      msg.respond(json(value));
+    } catch {
+      // closed or draining: the asker sums the nodes that answered
+    }
+  }
+
+  /**
+   * Asks every other node and gathers the answers that have the question's shape (others are
+   * refused and counted): all that arrive until none has for 150 ms (at most 2 s). A node that is
+   * down answers nothing; the caller shows who answered.
+   */
+  async ask<T>(question: Question, body: unknown = {}): Promise<T[]> {
+    if (!this.#up)
+      throw new FleetgateError('CLUSTER_UNAVAILABLE', 'the NATS link is down: other nodes cannot be asked');
+    const answers: T[] = [];
+    try {
+      const replies = await this.#nc.requestMany(`${ADMIN_PREFIX}.${question}`, json(body), {
+        strategy: RequestStrategy.JitterTimer,
+        jitter: 150,
+        maxWait: 2_000,
+      });
+      for await (const msg of replies) {
+        if (msg.data.length === 0) continue; // a status message (no responders)
+        const a = readAnswer(question, msg.data);
+        if ('invalid' in a) this.#refuse(a.invalid, msg.subject);
+        else answers.push(a.ok as T);
+      }
+    } catch (err) {
+      if ((err as { code?: string }).code !== '503')
+        throw new FleetgateError('CLUSTER_UNAVAILABLE', `asking the other nodes failed: ${(err as Error).message}`);
+    }
+    return answers;
+  }
+
+  /**
+   * Serves the retained-message snapshot a joining node asks for (see {@link fetchRetained}):
+   * says how many it holds, and when chosen streams them to the request's reply inbox in chunks
+   * (`wire.ts`), then the end with the count, flushing every few chunks so a large set does not
+   * outrun the asker. Resolves once NATS has the subscriptions.
+   */
+  async serveRetained(all: () => Message[]): Promise<void> {
+    this.#on(RETAINED_OFFER, (msg) => this.#respond(msg, { node: this.#node, count: all().length }));
+    this.#on(retainedSend(this.#node), (msg) => {
+      const inbox = msg.reply;
+      if (inbox === undefined || !/^_INBOX\.[A-Za-z0-9_~-]+\.[A-Za-z0-9]+$/.test(inbox))
+        return this.#refuse('a snapshot request without an inbox to answer', msg.subject);
+      void this.#streamRetained(inbox, all()).catch((e: unknown) =>
+        this.#log.warn({ err: (e as Error).message }, 'retained snapshot for a joining node failed'),
+      );
+    });
+    await this.#nc.flush();
+  }
+
+  async #streamRetained(inbox: string, messages: Message[]): Promise<void> {
+    let parts: Buffer[] = [Buffer.of(CHUNK_RECORDS)];
+    let bytes = 1;
+    let chunks = 0;
+    const send = async () => {
+      this.#nc.publish(inbox, Buffer.concat(parts, bytes));
+      parts = [Buffer.of(CHUNK_RECORDS)];
+      bytes = 1;
+      if (++chunks % 8 === 0) await this.#nc.flush();
+    };
+    for (const m of messages) {
+      const subject = retainedSubject(m.topic);
+      for (const p of encodeRecord(subject, encodeEnvelope(m, isLongSubject(subject)))) {
+        parts.push(p);
+        bytes += p.length;
+      }
+      if (bytes >= SNAPSHOT_CHUNK_BYTES) await send();
+    }
+    if (bytes > 1) await send();
+    this.#nc.publish(inbox, endChunk(messages.length));
+    await this.#nc.flush();
+  }
+
+  /** Every node says how many retained messages it holds (until none has answered for 150 ms); the most wins. */
+  async #bestOffer(timeoutMs: number): Promise<{ node: string; count: number } | undefined> {
+    let best: { node: string; count: number } | undefined;
+    try {
+      const offers = await this.#nc.requestMany(RETAINED_OFFER, new Uint8Array(0), {
+        strategy: RequestStrategy.JitterTimer,
+        jitter: 150,
+        maxWait: Math.min(2_000, timeoutMs),
+      });
+      for await (const offer of offers) {
+        if (offer.data.length === 0) continue; // a status message (no responders)
+        const o = readJson(offer.data);
+        const { node, count } = 'ok' in o ? o.ok : {};
+        if (
+          typeof node !== 'string' ||
+          !NODE_NAME.test(node) ||
+          node === this.#node ||
+          !Number.isSafeInteger(count) ||
+          (count as number) < 0 ||
+          (count as number) > this.#limits.retainedTotal
+        ) {
+          this.#refuse('a retained offer without its shape or over this node’s bound', offer.subject);
+          continue;
+        }
+        if (best === undefined || (count as number) > best.count) best = { node, count: count as number };
+      }
+    } catch {
+      // no other node (no responders), or the link went down: start with this node's own
+    }
+    return best;
+  }
+
+  /**
+   * On joining: the retained messages the cluster holds, from the node that holds most. Resolves
+   * with them and from which node (`{ node, messages: [] }` when the other nodes hold none),
+   * `{ messages: [] }` without a node when no other node answered. `complete` only when the whole
+   * set arrived, checked: every chunk valid, the end's count the records received and the count
+   * that node offered. A snapshot that breaks any bound (count, bytes, `timeoutMs`) or holds one
+   * malformed record is refused whole (counted, `refused` says why): nothing of it is applied.
+   * A snapshot cut short by the time bound gives what arrived, not complete.
+   */
+  async fetchRetained(
+    timeoutMs = 10_000,
+  ): Promise<{ node?: string; messages: Message[]; complete: boolean; refused?: string }> {
+    const best = await this.#bestOffer(timeoutMs);
+    if (best === undefined) return { messages: [], complete: true };
+    const node = best.node;
+    if (best.count === 0) return { node, messages: [], complete: true };
+    const inbox = createInbox(inboxPrefix(this.#node));
+    const sub = this.#nc.subscribe(inbox);
+    const timer = setTimeout(() => sub.unsubscribe(), timeoutMs);
+    this.#nc.publish(retainedSend(node), new Uint8Array(0), { reply: inbox });
+    const got = await this.#receiveSnapshot(sub, best.count).finally(() => {
+      clearTimeout(timer);
+      sub.unsubscribe();
+    });
+    if ('invalid' in got) {
+      this.#refuse(`retained snapshot from ${node}: ${got.invalid}`, inbox);
+      return { node, messages: [], complete: false, refused: got.invalid };
+    }
+    return { node, ...got.ok };
+  }
+
+  async #receiveSnapshot(
+    sub: Subscription,
+    offered: number,
+  ): Promise<{ ok: { messages: Message[]; complete: boolean } } | { invalid: string }> {
+    const messages: Message[] = [];
+    // A set may grow a little between the offer and the sending; not by more than this.
+    const maxCount = Math.min(this.#limits.retainedTotal, offered + Math.ceil(offered / 10) + 100);
+    const maxBytes = 2 * this.#limits.retainedBytesTotal;
+    let bytes = 0;
+    for await (const msg of sub) {
+      const b = Buffer.from(msg.data.buffer, msg.data.byteOffset, msg.data.byteLength);
+      if (b[0] === CHUNK_END && b.length === 5) {
+        const count = b.readUInt32BE(1);
+        if (count !== messages.length) return { invalid: `its end says ${count} records, ${messages.length} arrived` };
+        return { ok: { messages, complete: count === offered } };
+      }
+      if (b[0] !== CHUNK_RECORDS) return { invalid: 'a chunk of an unknown kind' };
+      bytes += b.length;
+      if (bytes > maxBytes) return { invalid: `over ${maxBytes} bytes` };
+      const records = decodeRecords(b, RETAINED_PREFIX);
+      if ('invalid' in records) return records;
+      messages.push(...records.ok);
+      if (messages.length > maxCount) return { invalid: `over ${maxCount} records (${offered} offered)` };
+    }
+    return { ok: { messages, complete: false } }; // the time bound ended it
   }
 
   async close(): Promise<void> {
@@ -457,68 +493,10 @@ export class NatsBus {
   }
 }
 
-/**
- * A message between nodes: a few bytes of envelope before the payload (NATS headers cost more
- * CPU per message than the routing):
- *   version (1) · flags (bits 0–1 QoS, 2 retain, 3 expiry, 4 forwarded MQTT 5 properties) ·
- *   publisher id length · publisher id · [expiry: 8 bytes, ms since epoch] ·
- *   [properties: 4-byte length + JSON] · payload
- */
-const ENVELOPE_VERSION = 1;
-
-export function encodeEnvelope(m: Message): Buffer {
-  const from = Buffer.from(m.from, 'utf8');
-  const fwd =
-    m.fwd === undefined
-      ? undefined
-      : Buffer.from(
-          JSON.stringify({
-            ...m.fwd,
-            ...(m.fwd.correlationData !== undefined && { correlationData: m.fwd.correlationData.toString('base64') }),
-          }),
-          'utf8',
-        );
-  const size =
-    3 + from.length + (m.expiresAt === undefined ? 0 : 8) + (fwd === undefined ? 0 : 4 + fwd.length) + m.payload.length;
-  const out = Buffer.allocUnsafe(size);
-  out[0] = ENVELOPE_VERSION;
-  out[1] = m.qos | (m.retain ? 4 : 0) | (m.expiresAt === undefined ? 0 : 8) | (fwd === undefined ? 0 : 16);
-  out[2] = from.length;
-  let at = 3 + from.copy(out, 3);
-  if (m.expiresAt !== undefined) at = out.writeDoubleBE(m.expiresAt, at);
-  if (fwd !== undefined) {
-    at = out.writeUInt32BE(fwd.length, at);
-    at += fwd.copy(out, at);
-  }
-  m.payload.copy(out, at);
-  return out;
-}
-
-/** The message in an envelope from another node; undefined for anything that is not one. */
-export function decodeEnvelope(subject: string, data: Uint8Array): Message | undefined {
-  const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  if (b.length < 3 || b[0] !== ENVELOPE_VERSION) return undefined;
-  const flags = b[1]!;
-  if ((flags & 3) === 3) return undefined;
-  const qos = (flags & 3) as 0 | 1 | 2;
-  let at = 3 + b[2]!;
-  if (at > b.length) return undefined;
-  const from = b.toString('utf8', 3, at);
-  let expiresAt: number | undefined;
-  if ((flags & 8) !== 0) {
-    expiresAt = b.readDoubleBE(at);
-    at += 8;
-  }
-  let fwd: ForwardedProperties | undefined;
-  if ((flags & 16) !== 0) {
-    const n = b.readUInt32BE(at);
-    at += 4;
-    const raw = JSON.parse(b.toString('utf8', at, at + n)) as ForwardedProperties & { correlationData?: string };
-    at += n;
-    fwd = {
-      ...raw,
-      ...(raw.correlationData !== undefined && { correlationData: Buffer.from(raw.correlationData, 'base64') }),
-    } as ForwardedProperties;
-  }
-  return new Message(subjectToTopic(subject), b.subarray(at), qos, (flags & 4) !== 0, from, { fwd, expiresAt });
+/** What to say when NATS refused this node: most often a certificate or role problem. */
+function authHint(err: unknown): string {
+  const m = String((err as Error).message ?? '');
+  if (/authorization|certificate|tls|ssl/i.test(m))
+    return ' — check the node certificate (`fleetgate node show`), that NATS trusts the fleet CA, and that its config maps this node (`fleetgate cluster nats-config`)';
+  return '';
 }

@@ -1,8 +1,26 @@
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../../config/config.ts';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import type { NodeIdentity } from '../../runtime/cluster-links.ts';
 import type { Metrics } from '../metrics.ts';
 import type { MqttPlane } from '../mqtt/plane.ts';
-import { NatsBus } from './bus.ts';
+import { NatsBus, type NatsLink } from './bus.ts';
+
+/** The NATS link: `tls://` URLs present this node's certificate and trust the fleet's root only. */
+function natsLink(servers: string, identity: NodeIdentity | undefined): NatsLink {
+  if (!servers.includes('tls://')) return { servers };
+  if (identity === undefined)
+    throw new FleetgateError(
+      'NODE_CERT_INVALID',
+      `tls:// NATS URLs need this node's certificate in the data directory (node/node.crt, node/node.key): run \`fleetgate node issue <name> --role gateway\``,
+    );
+  if (identity.role !== 'gateway')
+    throw new FleetgateError(
+      'NODE_CERT_INVALID',
+      `this node's certificate is for the ${identity.role} role; a gateway node needs one issued with --role gateway`,
+    );
+  return { servers, tls: { ca: identity.ca, cert: identity.cert, key: identity.key } };
+}
 
 /**
  * A node joining the cluster: its link to NATS (messages, takeovers, retained changes from the
@@ -23,26 +41,39 @@ export class ClusterJoin {
 
   static async connect(
     config: FleetgateConfig,
-    deps: { log: Logger; metrics: Metrics; plane: () => MqttPlane | undefined },
+    deps: { log: Logger; metrics: Metrics; plane: () => MqttPlane | undefined; identity: NodeIdentity | undefined },
   ): Promise<ClusterJoin> {
-    const { log, metrics, plane } = deps;
+    const { log, metrics, plane, identity } = deps;
     const node = config.cluster.node;
     let join: ClusterJoin | undefined;
     const changed = new Set<string>();
-    const bus = await NatsBus.connect(config.cluster.nats, node, log.child({ component: 'cluster', node }), {
-      message: (m) => plane()?.routeRemote(m),
-      link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
-      session: (clientId, other) => plane()?.takenOverElsewhere(clientId, other),
-      retained: (m) => {
-        if (join === undefined) changed.add(m.topic);
-        else join.#changedWhileSyncing?.add(m.topic);
-        plane()?.retainRemote(m);
+    const bus = await NatsBus.connect(
+      natsLink(config.cluster.nats, identity),
+      node,
+      log.child({ component: 'cluster', node }),
+      {
+        message: (m) => plane()?.routeRemote(m),
+        link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
+        session: (clientId, other) => plane()?.takenOverElsewhere(clientId, other),
+        retained: (m) => {
+          if (join === undefined) changed.add(m.topic);
+          else join.#changedWhileSyncing?.add(m.topic);
+          plane()?.retainRemote(m);
+        },
       },
-    });
+      { retainedTotal: config.mqtt.retainedTotal, retainedBytesTotal: config.mqtt.retainedBytesTotal },
+    );
     join = new ClusterJoin(bus, log, changed);
     metrics.cluster.counts = bus.counts;
     metrics.clusterLink.set(1);
-    log.info({ node, nats: config.cluster.nats }, 'joined the cluster: messages between nodes over NATS');
+    log.info(
+      {
+        node,
+        nats: config.cluster.nats,
+        identity: identity === undefined ? null : `${identity.role}:${identity.name}`,
+      },
+      'joined the cluster: messages between nodes over NATS',
+    );
     return join;
   }
 
@@ -55,22 +86,29 @@ export class ClusterJoin {
   async syncRetained(mqtt: MqttPlane): Promise<void> {
     const changed = this.#changedWhileSyncing ?? new Set<string>();
     const inSnapshot = new Set<string>();
-    const synced = await this.bus.fetchRetained((m) => {
+    const synced = await this.bus.fetchRetained();
+    for (const m of synced.messages) {
       inSnapshot.add(m.topic);
       if (!changed.has(m.topic)) mqtt.retainRemote(m);
-    });
+    }
     const forgotten =
       synced.node !== undefined && synced.complete
         ? mqtt.keepRetainedOnly((topic) => inSnapshot.has(topic) || changed.has(topic))
         : 0;
     this.#changedWhileSyncing = undefined;
-    if (synced.count > 0 || forgotten > 0 || !synced.complete) {
-      const line = { from: synced.node, retained: synced.count, forgotten, complete: synced.complete };
-      if (synced.complete) this.#log.info(line, 'retained messages taken from another node');
+    const count = synced.messages.length;
+    if (count > 0 || forgotten > 0 || !synced.complete) {
+      const line = { from: synced.node, retained: count, forgotten, complete: synced.complete };
+      if (synced.refused !== undefined)
+        this.#log.warn(
+          { ...line, code: 'CLUSTER_MESSAGE_INVALID', reason: synced.refused },
+          'retained snapshot from another node refused: this node keeps its own set; the rest arrives as it changes',
+        );
+      else if (synced.complete) this.#log.info(line, 'retained messages taken from another node');
       else
         this.#log.warn(
           line,
-          'retained snapshot from another node incomplete (timed out): the rest arrives as it changes',
+          'retained snapshot from another node incomplete (timed out or changed while sent): kept what arrived, dropped nothing; the rest arrives as it changes',
         );
     }
     await this.bus.serveRetained(() => mqtt.retainedMessages());

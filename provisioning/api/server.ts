@@ -10,6 +10,7 @@ import { frameworkError, httpError, logFields, sendError } from '../../listeners
 import { listenApp } from '../../listeners/listen.ts';
 import { ThrottledLog } from '../../listeners/throttled-log.ts';
 import { serverTlsOptions } from '../../listeners/tls.ts';
+import { checkClusterLinks } from '../../runtime/cluster-links.ts';
 import { loadCa } from '../ca/authority.ts';
 import { estRoutes } from '../est/routes.ts';
 import { RegistryWriter } from '../registry/writer.ts';
@@ -95,6 +96,8 @@ export async function buildProvisioning(config: FleetgateConfig, deps: { log: Lo
 }
 
 export async function startProvisioning(config: FleetgateConfig, deps: { log: Logger }): Promise<RunningProvisioning> {
+  // Provisioning speaks to PostgreSQL only (never NATS): its registry link must prove who it is off this host.
+  checkClusterLinks({ registry: config.registry, cluster: { ...config.cluster, nats: '' } }, undefined);
   const { app, registry } = await buildProvisioning(config, deps);
   const { host, port: wanted } = config.provisioning;
   const at = { host, port: wanted, setting: 'provisioning.port (FLEETGATE_PROVISION_PORT)' };

@@ -35,7 +35,7 @@ export interface CertificateAuthority {
 const KEY_MODE = 0o600;
 const CERT_MODE = 0o644;
 
-async function newKeyPair(): Promise<CryptoKeyPair> {
+export async function newKeyPair(): Promise<CryptoKeyPair> {
   return subtle.generateKey(EC_P256, true, ['sign', 'verify']) as Promise<CryptoKeyPair>;
 }
 
@@ -218,6 +218,15 @@ export async function issueWithNewKey(
   profile: EndEntityProfile,
 ): Promise<{ cert: x509.X509Certificate; keys: CryptoKeyPair; serial: string }> {
   const keys = await newKeyPair();
+  return { keys, ...(await issueForKey(ca, profile, keys.publicKey)) };
+}
+
+/** The same profile for a public key made elsewhere (a node's, from its CSR: the key never travels). */
+export async function issueForKey(
+  ca: CertificateAuthority,
+  profile: EndEntityProfile,
+  publicKey: CryptoKey,
+): Promise<{ cert: x509.X509Certificate; serial: string }> {
   const serial = randomSerial();
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: serial,
@@ -225,18 +234,18 @@ export async function issueWithNewKey(
     issuer: ca.intermediate.subjectName,
     ...validityFrom(Date.now(), profile.validityMs, ca.intermediate.notAfter),
     signingAlgorithm: ECDSA_SHA256,
-    publicKey: keys.publicKey,
+    publicKey,
     signingKey: ca.intermediateKey,
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
       new x509.ExtendedKeyUsageExtension(profile.eku, false),
       new x509.SubjectAlternativeNameExtension(profile.san),
-      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.SubjectKeyIdentifierExtension.create(publicKey),
       new x509.AuthorityKeyIdentifierExtension(ca.intermediateKeyId),
     ],
   });
-  return { cert, keys, serial };
+  return { cert, serial };
 }
 
 async function createServerCert(paths: DataPaths, options: CaInitOptions, ca: CertificateAuthority): Promise<void> {

@@ -15,9 +15,11 @@
  * consumed once, a device id is created once), and it makes the status feed's `seq` commit in
  * order, so a gateway that reads `seq > last` never skips an event that commits late.
  */
+
 import { MessageChannel, type MessagePort, receiveMessageOnPort, Worker } from 'node:worker_threads';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { PgReply, PgRequest } from './pg-worker.ts';
+import { GRANTS_SQL, PG_ROLES } from './roles.ts';
 import { PG_MIGRATIONS } from './schema.ts';
 import { redactLocation, type SqlDb, type SqlStatement, type SqlTransaction } from './sql.ts';
 
@@ -179,15 +181,24 @@ export class PgDatabase implements SqlDb {
     }
   }
 
-  /** Brings the database to the current schema; several processes may call it at once. */
+  /**
+   * Brings the database to the current schema; several processes may call it at once. A current
+   * schema needs no DDL (a role without it — provisioning's — opens it); the schema's owner then
+   * applies the roles' GRANTs (`roles.ts`).
+   */
   migrate(): void {
+    const target = PG_MIGRATIONS[PG_MIGRATIONS.length - 1]!.version;
+    if (this.version() !== target) this.#migrate(target);
+    this.#grant();
+  }
+
+  #migrate(target: number): void {
     this.query(`SELECT pg_advisory_lock(${MIGRATE_LOCK})`);
     try {
       this.query(
         'CREATE TABLE IF NOT EXISTS fleetgate_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)',
       );
       const current = this.version();
-      const target = PG_MIGRATIONS[PG_MIGRATIONS.length - 1]!.version;
       if (current > target) {
         throw new FleetgateError(
           'REGISTRY_UNAVAILABLE',
@@ -201,10 +212,24 @@ export class PgDatabase implements SqlDb {
       }
     } catch (err) {
       this.#quietly('ROLLBACK'); // nothing open, or the connection is gone
+      if ((err as { code?: string }).code === 'PG_42501')
+        throw new FleetgateError(
+          'REGISTRY_UNAVAILABLE',
+          `registry ${this.where} needs a schema migration this role may not make: run \`fleetgate init\` as the schema's owner (${PG_ROLES.operator})`,
+          { cause: err },
+        );
       throw err;
     } finally {
       this.#quietly(`SELECT pg_advisory_unlock(${MIGRATE_LOCK})`);
     }
+  }
+
+  /** The roles' GRANTs, when this session owns the schema (idempotent; roles that do not exist are skipped). */
+  #grant(): void {
+    const owner = this.query(
+      `SELECT tableowner = current_user AS mine FROM pg_tables WHERE tablename = 'fleetgate_schema' AND schemaname = current_schema()`,
+    ).rows[0];
+    if (owner?.mine === true) this.query(GRANTS_SQL);
   }
 
   /** The schema version of the database (0: not a fleetgate registry yet). */
