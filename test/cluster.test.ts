@@ -9,7 +9,9 @@
 // restarted: the gap is in every node's metrics and fan-out resumes; a second provisioning
 // instance: the same token sent to both at once issues one certificate.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Agent, request } from 'node:https';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
@@ -17,7 +19,8 @@ import pg from 'pg';
 import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from '../harness/engines.ts';
 import { errorCodeOf, https } from '../harness/https.ts';
 import { closed, connect, until, withTimeout } from '../harness/mqtt.ts';
-import { type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
+import { type NatsServer, natsAvailable, nodeIdentity, startNats } from '../harness/nats.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
 import type { PostgresServer } from '../harness/postgres.ts';
 import { type RoundRobinProxy, startRoundRobinProxy } from '../harness/proxy.ts';
@@ -39,21 +42,34 @@ let proxy: RoundRobinProxy;
 let ca: Buffer;
 let operator: Credential;
 
+/** The registry URL a member of `role` named `name` uses: mTLS with its own node certificate. */
+async function roleUrl(role: 'gateway' | 'provisioning' | 'operator', name: string): Promise<string> {
+  const id = await nodeIdentity(fleet.config.dataDir, role, name);
+  const files = { cert: id.FLEETGATE_NODE_CERT!, key: id.FLEETGATE_NODE_KEY!, root: fleet.paths.rootCert };
+  return postgres.roleUrl(role, new URL(registryUrl).pathname.slice(1), files);
+}
+
 /** The nodes not killed by the kill -9 test. */
 const living = () => nodes.filter((n) => n.child.exitCode === null && n.child.signalCode === null);
 const mqttPort = (n: GatewayProcess) => Number(new URL(n.endpoints['mqtt+tls']!.replace('mqtts', 'https')).port);
 
 before(async () => {
   if (skip !== false) return;
-  nats = await startNats();
-  scope.after(() => nats.stop());
   postgres = await sharedPostgres();
   scope.after(stopSharedPostgres);
   registryUrl = await createDatabase(postgres);
-  // This process plays the CLI and the factory: its own writer on the same PostgreSQL.
+  // This process plays the CLI and the factory: its own writer on the same PostgreSQL (the
+  // superuser, owner of the schema, over loopback).
   fleet = await benchFleet(registryUrl);
   scope.after(() => fleet.cleanup());
   scope.after(() => fleet.registry.close());
+  // The links as production runs them: PostgreSQL over TLS with certificate authentication and
+  // the three roles; NATS over mutual TLS with verify_and_map; each node its own certificate.
+  await postgres.enableTls(fleet.config.dataDir);
+  new RegistryWriter(registryUrl).close(); // the owner applies the roles' GRANTs, as `fleetgate init` does
+  nats = await startNats({ tls: { dataDir: fleet.config.dataDir, gateways: ['n1', 'n2', 'n3'] } });
+  scope.after(() => nats.stop());
+
   ca = readFileSync(fleet.paths.rootCert);
   operator = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'ops-cluster', type: 'operator' });
   for (const name of ['n1', 'n2', 'n3']) {
@@ -62,16 +78,17 @@ before(async () => {
     // nodes, PostgreSQL, NATS and another test run, an answer can be late; no test here is about that bound (a stopped
     // PostgreSQL is refused at once: its connection is refused).
     const node = await spawnService('gateway', fleet.config.dataDir, {
-      FLEETGATE_NATS: nats.url,
-      FLEETGATE_NODE: name,
-      FLEETGATE_REGISTRY: registryUrl,
+      ...(await nats.node(name)),
+      FLEETGATE_REGISTRY: await roleUrl('gateway', name),
       FLEETGATE_HTTPS_KEEPALIVE_TIMEOUT: '60s',
       FLEETGATE_REGISTRY_TIMEOUT: '10s',
     });
     nodes.push(node);
     scope.after(() => node.stop());
   }
-  provisioning = await spawnService('provision', fleet.config.dataDir, { FLEETGATE_REGISTRY: registryUrl });
+  provisioning = await spawnService('provision', fleet.config.dataDir, {
+    FLEETGATE_REGISTRY: await roleUrl('provisioning', 'p1'),
+  });
   scope.after(() => provisioning.stop());
   proxy = await startRoundRobinProxy(() => nodes.map(mqttPort));
   scope.after(() => proxy.close());
@@ -507,7 +524,9 @@ test("cluster/a node's LISTEN connection killed: revocations still reach it, and
 test('cluster/two provisioning instances on one PostgreSQL: the same token sent to both at once issues one certificate', {
   skip,
 }, async () => {
-  const second = await spawnService('provision', fleet.config.dataDir, { FLEETGATE_REGISTRY: registryUrl });
+  const second = await spawnService('provision', fleet.config.dataDir, {
+    FLEETGATE_REGISTRY: await roleUrl('provisioning', 'p2'),
+  });
   try {
     const keys = await newKeys();
     const outcomes: number[][] = [];
@@ -528,5 +547,55 @@ test('cluster/two provisioning instances on one PostgreSQL: the same token sent 
     );
   } finally {
     await second.stop();
+  }
+});
+
+test('cluster/registry roles: a gateway node may read and append audit rows and nothing else; a device certificate opens no role', {
+  skip,
+}, async () => {
+  const asGateway = new pg.Client({ connectionString: await roleUrl('gateway', 'n1') });
+  await asGateway.connect();
+  try {
+    const who = await asGateway.query('SELECT current_user AS u, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()');
+    assert.deepEqual(who.rows[0], { u: 'fleetgate_gateway', ssl: true }, 'connected over TLS as the gateway role');
+    assert.ok((await asGateway.query('SELECT count(*) FROM devices')).rows.length === 1, 'it reads the registry');
+    await asGateway.query(
+      "INSERT INTO audit (at, actor, action, subject, detail) VALUES (1, 'gateway:n1', 'test.append', NULL, '{}')",
+    );
+    const denied = async (sql: string) => {
+      await assert.rejects(asGateway.query(sql), (e: { code?: string }) => e.code === '42501', sql);
+    };
+    await denied(
+      "INSERT INTO devices (id, type, status, created_at, updated_at) VALUES ('forged', 'sensor', 'active', 1, 1)",
+    );
+    await denied("UPDATE devices SET status = 'active'");
+    await denied('DELETE FROM revocations');
+    await denied("UPDATE certificates SET not_after = 0 WHERE serial = 'x'");
+    await denied('DELETE FROM denylist');
+    await denied('INSERT INTO status_events (at, kind) VALUES (1, \'x\')');
+    await denied('CREATE TABLE planted (x int)');
+  } finally {
+    await asGateway.end();
+  }
+  const asProvisioning = new pg.Client({ connectionString: await roleUrl('provisioning', 'p1') });
+  await asProvisioning.connect();
+  try {
+    await assert.rejects(asProvisioning.query('DROP TABLE audit'), (e: { code?: string }) => e.code === '42501');
+  } finally {
+    await asProvisioning.end();
+  }
+  // A device's certificate is from the same CA, but its CN (a device id, no ':') maps to no role.
+  const device = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'pg-intruder' });
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-intruder-'));
+  try {
+    writeFileSync(join(dir, 'd.crt'), device.certPem + fleet.ca.intermediatePem);
+    const files = { cert: join(dir, 'd.crt'), key: device.keyFile, root: fleet.paths.rootCert };
+    for (const role of ['gateway', 'provisioning', 'operator'] as const) {
+      const intruder = new pg.Client({ connectionString: postgres.roleUrl(role, new URL(registryUrl).pathname.slice(1), files) });
+      await assert.rejects(intruder.connect(), /certificate authentication failed|no pg_ident\.conf entry|ident/i, role);
+      await intruder.end().catch(() => undefined);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
