@@ -3,6 +3,7 @@ import { hostname, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DEVICE_TYPES, type DeviceType } from '../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
+import { NODE_NAME } from '../firmware-sdk/protocol/node-id.ts';
 import { parseDuration } from './duration.ts';
 
 /**
@@ -744,7 +745,7 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return urls.join(',');
   }
   if (kind === 'nodename') {
-    if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)) {
+    if (typeof value !== 'string' || !NODE_NAME.test(value)) {
       problems.push(`${where} must be 1–63 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit`);
       return undefined;
     }

@@ -1,5 +1,14 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -34,7 +43,11 @@ export interface PostgresServer {
    */
   enableTls(dataDir: string): Promise<void>;
   /** The URL a member of `role` uses over mTLS to `database`, presenting `cert`/`key`. */
-  roleUrl(role: 'gateway' | 'provisioning' | 'operator', database: string, files: { cert: string; key: string; root: string }): string;
+  roleUrl(
+    role: 'gateway' | 'provisioning' | 'operator',
+    database: string,
+    files: { cert: string; key: string; root: string },
+  ): string;
 }
 
 /**
@@ -117,7 +130,11 @@ export async function startPostgres(options: { durable?: boolean } = {}): Promis
     },
     async enableTls(fleetDir) {
       const paths = dataPaths(fleetDir);
-      const issued = await issueNodeCert(await loadCa(paths), { role: 'server', name: 'postgres', validityMs: 86_400_000 });
+      const issued = await issueNodeCert(await loadCa(paths), {
+        role: 'server',
+        name: 'postgres',
+        validityMs: 86_400_000,
+      });
       const files = { cert: join(dir, 'server.crt'), key: join(dir, 'server.key'), root: join(dir, 'root.crt') };
       writeFileSync(files.key, issued.keyPem!);
       own(files.key, 0o600);

@@ -10,9 +10,9 @@
 // instance: the same token sent to both at once issues one certificate.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request } from 'node:https';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import pg from 'pg';
@@ -20,12 +20,12 @@ import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from '../h
 import { errorCodeOf, https } from '../harness/https.ts';
 import { closed, connect, until, withTimeout } from '../harness/mqtt.ts';
 import { type NatsServer, natsAvailable, nodeIdentity, startNats } from '../harness/nats.ts';
-import { RegistryWriter } from '../provisioning/registry/writer.ts';
 import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
 import type { PostgresServer } from '../harness/postgres.ts';
 import { type RoundRobinProxy, startRoundRobinProxy } from '../harness/proxy.ts';
 import { fileScope, fleetgate } from '../harness/run.ts';
 import { benchFleet, type GatewayProcess, spawnService } from '../harness/services.ts';
+import { RegistryWriter } from '../provisioning/registry/writer.ts';
 
 if (!natsAvailable() && process.env.CI === 'true')
   throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");
@@ -572,7 +572,7 @@ test('cluster/registry roles: a gateway node may read and append audit rows and 
     await denied('DELETE FROM revocations');
     await denied("UPDATE certificates SET not_after = 0 WHERE serial = 'x'");
     await denied('DELETE FROM denylist');
-    await denied('INSERT INTO status_events (at, kind) VALUES (1, \'x\')');
+    await denied("INSERT INTO status_events (at, kind) VALUES (1, 'x')");
     await denied('CREATE TABLE planted (x int)');
   } finally {
     await asGateway.end();
@@ -591,8 +591,14 @@ test('cluster/registry roles: a gateway node may read and append audit rows and 
     writeFileSync(join(dir, 'd.crt'), device.certPem + fleet.ca.intermediatePem);
     const files = { cert: join(dir, 'd.crt'), key: device.keyFile, root: fleet.paths.rootCert };
     for (const role of ['gateway', 'provisioning', 'operator'] as const) {
-      const intruder = new pg.Client({ connectionString: postgres.roleUrl(role, new URL(registryUrl).pathname.slice(1), files) });
-      await assert.rejects(intruder.connect(), /certificate authentication failed|no pg_ident\.conf entry|ident/i, role);
+      const intruder = new pg.Client({
+        connectionString: postgres.roleUrl(role, new URL(registryUrl).pathname.slice(1), files),
+      });
+      await assert.rejects(
+        intruder.connect(),
+        /certificate authentication failed|no pg_ident\.conf entry|ident/i,
+        role,
+      );
       await intruder.end().catch(() => undefined);
     }
   } finally {

@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { natsConfig } from '../../gateway/cluster/nats-config.ts';
+import { ensureKeyring } from '../../gateway/https/keyring.ts';
 import { postgresSetup } from '../../provisioning/registry/roles.ts';
 import { ensureDir } from '../../runtime/files.ts';
 import { type CommonOptions, withContext } from '../context.ts';
@@ -138,6 +139,8 @@ function hostFilesCommand(cluster: Command, common: CommonFlags): void {
         const out = resolve(opts.out);
         if (existsSync(out) && readdirSync(out).length > 0)
           throw new FleetgateError('CONFIG_INVALID', `${out} is not empty: host files go to a new directory`);
+        // Every gateway signs HTTPS assertions with the same keys (one JWKS for the origin): made here if not yet.
+        ensureKeyring(ctx.paths);
         const copied: string[] = [];
         const copy = (rel: string) => {
           const from = join(ctx.paths.dataDir, rel);

@@ -2,6 +2,7 @@ import { connect, createInbox, type Msg, type NatsConnection, RequestStrategy, t
 import type { Logger } from 'pino';
 import { isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { NODE_NAME } from '../../firmware-sdk/protocol/node-id.ts';
 import type { Message } from '../mqtt/session.ts';
 import { filterToSubjects, isLongSubject, RETAINED_PREFIX, retainedSubject, topicToSubject } from './subjects.ts';
 import {
@@ -16,7 +17,6 @@ import {
   endChunk,
   inboxPrefix,
   json,
-  NODE_NAME,
   type Question,
   RETAINED_OFFER,
   readAnswer,

@@ -1,4 +1,4 @@
-import { nodeDistinguishedName } from '../../provisioning/ca/node.ts';
+import { nodeDistinguishedName } from '../../firmware-sdk/protocol/node-id.ts';
 import { LONG_PREFIX, MESSAGE_PREFIX, RETAINED_PREFIX } from './subjects.ts';
 import {
   ADMIN_PREFIX,

@@ -1,3 +1,4 @@
+import { NODE_NAME } from '../../firmware-sdk/protocol/node-id.ts';
 import type { ForwardedProperties } from '../mqtt/encode.ts';
 import { Message } from '../mqtt/session.ts';
 import { encodeLevel, isLongSubject, longSubjectHash, subjectToTopic, topicHash } from './subjects.ts';
@@ -27,7 +28,6 @@ export const retainedSend = (node: string): string => `${RETAINED_SEND_PREFIX}.$
 /** Each node's reply inboxes: its permissions let it subscribe to these and no other node's. */
 export const inboxPrefix = (node: string): string => `_INBOX.${nodeToken(node)}`;
 
-export const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 function utf8(b: Buffer, start: number, end: number): string | undefined {

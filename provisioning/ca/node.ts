@@ -1,5 +1,16 @@
 import { isIP } from 'node:net';
 import { NODE_URI_PREFIX } from '../../firmware-sdk/protocol/device-id.ts';
+import {
+  isNodeRole,
+  NODE_NAME,
+  NODE_ORGANIZATION,
+  NODE_ROLES,
+  type NodeRole,
+  nodeCommonName,
+} from '../../firmware-sdk/protocol/node-id.ts';
+
+export { isNodeRole, NODE_ROLES, type NodeRole, nodeDistinguishedName } from '../../firmware-sdk/protocol/node-id.ts';
+
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { type CertificateAuthority, exportKeyPem, issueForKey, newKeyPair } from './authority.ts';
 import { parseCsr } from './csr.ts';
@@ -20,21 +31,6 @@ import { EC_P256, pemWithNewline, subtle, x509 } from './x509.ts';
  * a device key opens no NATS user and no database role. Device listeners refuse node
  * certificates (they carry no `urn:fleetgate:device:` URI).
  */
-export const NODE_ROLES = ['gateway', 'provisioning', 'operator', 'server'] as const;
-export type NodeRole = (typeof NODE_ROLES)[number];
-export const NODE_ORGANIZATION = 'fleetgate';
-const NODE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-
-export function isNodeRole(value: unknown): value is NodeRole {
-  return typeof value === 'string' && (NODE_ROLES as readonly string[]).includes(value);
-}
-
-/** The common name of a node certificate: `<role>:<name>`. */
-export const nodeCommonName = (role: NodeRole, name: string): string => `${role}:${name}`;
-/** The DN NATS's `verify_and_map` sees for a node certificate (RFC 2253 order). */
-export const nodeDistinguishedName = (role: NodeRole, name: string): string =>
-  `CN=${nodeCommonName(role, name)},OU=${role},O=${NODE_ORGANIZATION}`;
-
 export interface NodeCertRequest {
   role: NodeRole;
   name: string;
