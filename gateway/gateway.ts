@@ -69,6 +69,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
   const identity = loadNodeIdentity(paths, config.cluster);
   const links = checkClusterLinks(config, identity); // CLUSTER_INSECURE before anything opens
   const registry = await openRegistry(config.gateway, paths, log, () => watcher);
+  metrics.cluster.feedReads = () => registry.feedReads;
   const quotas = new DeviceQuotas(config.gateway.limits, config.gateway.quotas);
   const guarded = anonymousGuard(config.gateway, metrics, log);
   const core: Core = { config, paths, log, sessions, metrics, registry, quotas, links, ...guarded };

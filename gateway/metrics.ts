@@ -34,6 +34,8 @@ interface HotCounts {
 interface ClusterCounts {
   counts?: { sent: number; received: number; lostWhileDown: number; invalid: number };
   reported: Record<string, number>;
+  /** The registry thread's status-feed reads (set once the registry link is open). */
+  feedReads?: () => number;
 }
 
 /** Connections, handshakes, refusals and cuts, on every surface. */
@@ -148,6 +150,17 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
       name: 'fleetgate_cluster_link_up',
       help: 'The NATS link to the other gateway nodes: 1 up, 0 down (absent: one node)',
       registers: [registry],
+    }),
+    feedReads: new Counter({
+      name: 'fleetgate_registry_feed_reads_total',
+      help: 'Reads of the registry status feed by the registry thread (polls and PostgreSQL notifications, a burst of notifications coalesced into one read)',
+      registers: [registry],
+      collect() {
+        const value = cluster.feedReads?.() ?? 0;
+        const delta = value - (cluster.reported.feedReads ?? 0);
+        if (delta > 0) this.inc(delta);
+        cluster.reported.feedReads = value;
+      },
     }),
     clusterMessages: new Counter({
       name: 'fleetgate_cluster_messages_total',

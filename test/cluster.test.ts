@@ -521,6 +521,38 @@ test("cluster/a node's LISTEN connection killed: revocations still reach it, and
   }
 });
 
+test('cluster/a flood of status notifications from any role that can connect makes a few feed reads, not one each', {
+  skip,
+}, async () => {
+  const node = living()[0]!;
+  const reads = async () =>
+    Number(
+      /fleetgate_registry_feed_reads_total (\d+)/.exec(
+        (await https(`${node.endpoints.admin}/metrics`, { ca })).body,
+      )?.[1] ?? Number.NaN,
+    );
+  const admin = new pg.Client({ connectionString: registryUrl });
+  await admin.connect();
+  try {
+    const before = await reads();
+    assert.ok(Number.isFinite(before), 'the counter is exported');
+    // 5,000 doorbells in one statement: each is delivered (distinct payloads), none is coalesced by PostgreSQL.
+    await admin.query(`SELECT pg_notify('fleetgate_status', g::text) FROM generate_series(1, 5000) g`);
+    // Then a real revocation must still be read promptly: the doorbell still works after the flood.
+    const cred = await enrollThroughProvisioning('flood-1');
+    const client = await viaProxy(cred);
+    const cut = closed(client, 30_000);
+    fleet.registry.revokeDevice(cred.deviceId, 1, 'test');
+    await cut;
+    const made = (await reads()) - before;
+    // Coalesced: at most one read per statusPoll (20 ms) while rung, plus the idle polls; never one per notification.
+    assert.ok(made < 1_000, `${made} feed reads for 5,000 notifications`);
+    console.log(`# feed reads for 5,000 notifications and one revocation: ${made}`);
+  } finally {
+    await admin.end();
+  }
+});
+
 test('cluster/two provisioning instances on one PostgreSQL: the same token sent to both at once issues one certificate', {
   skip,
 }, async () => {

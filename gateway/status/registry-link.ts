@@ -73,6 +73,12 @@ export class RegistryLink {
   readonly #cache = new Map<string, DeviceRecord>();
   readonly #byDevice = new Map<string, Set<string>>();
   #lastSeq = -1;
+  /** Status-feed reads by the registry thread (every thread this link has started), for metrics. */
+  readonly #feedReads = new Int32Array(new SharedArrayBuffer(4));
+
+  get feedReads(): number {
+    return Atomics.load(this.#feedReads, 0);
+  }
   #stalled = false;
   #feedDown: FleetgateError | undefined;
   #closing = false;
@@ -96,6 +102,7 @@ export class RegistryLink {
         pollMs: this.#options.pollMs,
         idlePollMs: this.#options.idlePollMs,
         since: this.#lastSeq,
+        feedReads: this.#feedReads,
       },
     });
     this.#worker = worker;

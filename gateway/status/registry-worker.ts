@@ -21,11 +21,13 @@ import { isPostgresUrl, redactLocation } from '../../provisioning/registry/sql.t
 import { StatusChecker } from './check.ts';
 import type { FromWorker, ToWorker } from './registry-link.ts';
 
-const { file, pollMs, idlePollMs, since } = workerData as {
+const { file, pollMs, idlePollMs, since, feedReads } = workerData as {
   file: string;
   pollMs: number;
   idlePollMs: number;
   since: number;
+  /** Feed reads made, counted for `fleetgate_registry_feed_reads_total` (shared with the gateway thread). */
+  feedReads: Int32Array;
 };
 const port = parentPort!;
 const postgres = isPostgresUrl(file);
@@ -84,6 +86,7 @@ function poll(): void {
 
 /** Every event after the last one read, in `seq` order; the feed is up again once this succeeds. */
 function readFeed(reader: RegistryReader): void {
+  Atomics.add(feedReads, 0, 1);
   for (;;) {
     const events = reader.listStatusEvents(last);
     if (down) {
@@ -100,6 +103,7 @@ port.on('message', (m: ToWorker) => {
   if (m.op === 'close') {
     clearInterval(timer);
     clearInterval(rewatch);
+    clearTimeout(rung);
     watcher?.close();
     closing = true;
     void listener?.end().catch(() => {});
@@ -216,6 +220,20 @@ function watchWal(): void {
  */
 let listener: pg.Client | undefined;
 let closing = false;
+let rung: NodeJS.Timeout | undefined;
+let lastRingRead = 0;
+
+function ring(): void {
+  if (rung !== undefined) return;
+  rung = setTimeout(
+    () => {
+      rung = undefined;
+      lastRingRead = Date.now();
+      poll();
+    },
+    Math.max(0, lastRingRead + pollMs - Date.now()),
+  );
+}
 
 function listen(): void {
   if (closing) return;
@@ -237,7 +255,9 @@ function listen(): void {
   };
   client.on('error', onLost);
   client.on('end', onLost);
-  client.on('notification', () => poll());
+  // A doorbell, and anyone who may connect can ring it: a burst of notifications is one read,
+  // at most one per `pollMs` (the payload is not read: the feed is, by `seq`).
+  client.on('notification', ring);
   client
     .connect()
     .then(() => client.query('LISTEN fleetgate_status'))
