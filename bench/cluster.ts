@@ -2,7 +2,9 @@
 // from Debian, started here on a loopback port; every node a process of its own):
 //  1. messages/s and gateway CPU per message, QoS 0 and QoS 1, 10 publishers → 1 service:
 //     one node; then two nodes with the publishers on node 1 and the service on node 2 (CPU of
-//     both nodes counted, NATS's own beside it); ratio cluster / one node
+//     both nodes counted, NATS's own beside it), over a plain NATS on loopback and over NATS with
+//     mutual TLS and verify_and_map (as production runs off loopback); ratios cluster / one node
+//     and mTLS / plain (the cost of TLS on the bus)
 //  2. revocation → live cut with three nodes, the devices spread over them (p50 / p99)
 // Registry: a PostgreSQL started here (initdb in a temp dir, fsync and synchronous commit ON, as
 // in production), every node and this process on it; without PostgreSQL installed, the shared
@@ -10,7 +12,7 @@
 // Loopback only; bounded counts.
 import { readFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
-import { natsAvailable, startNats } from '../harness/nats.ts';
+import { type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { postgresBin, startPostgres } from '../harness/postgres.ts';
 import {
@@ -33,9 +35,10 @@ if (!natsAvailable()) {
   log('bench:cluster needs nats-server (Debian: apt-get install nats-server)');
   process.exit(2);
 }
-const nats = await startNats();
 const postgres = postgresBin() === undefined ? undefined : await startPostgres({ durable: true });
 const fleet = await benchFleet(postgres?.url);
+const plainNats = await startNats();
+const tlsNats = await startNats({ tls: { dataDir: fleet.config.dataDir, gateways: ['n1', 'n2', 'n3'] } });
 const registryNote =
   postgres === undefined
     ? 'the shared SQLite file (PostgreSQL is not installed)'
@@ -49,7 +52,7 @@ const victims: Credential[] = [];
 for (let i = 0; i < REVOCATIONS; i++)
   victims.push(await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: `victim-${i}` }));
 log(
-  `fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes; registry: ${registryNote}`,
+  `fleetgate bench:cluster — node ${process.version}; ${PUBLISHERS}×${MESSAGES} messages per QoS; ${REVOCATIONS} revocations over 3 nodes; registry: ${registryNote}; bus order: ${process.env.BENCH_TLS_FIRST === '1' ? 'mTLS first' : 'plain first'}`,
 );
 
 const open = (node: GatewayProcess, cred: Credential) =>
@@ -72,6 +75,7 @@ async function run(
   pubNode: GatewayProcess,
   subNode: GatewayProcess,
   counted: GatewayProcess[],
+  nats: NatsServer,
 ): Promise<{ qos: number; rate: number; cpuUs: number; natsUs: number; loss: number }[]> {
   const sub = await open(subNode, service);
   const pubs = await Promise.all(publishers.map((c) => open(pubNode, c)));
@@ -112,10 +116,13 @@ async function run(
 }
 
 const registryEnv = postgres === undefined ? {} : { FLEETGATE_REGISTRY: postgres.url };
-const env = (node: string) => ({
-  FLEETGATE_NATS: nats.url,
-  FLEETGATE_NODE: node,
+const env = async (nats: NatsServer, node: string) => ({
+  ...(await nats.node(node)),
   FLEETGATE_MQTT_DURABILITY: 'memory',
+  // A cut appends an audit row on the registry thread, a PostgreSQL commit with fsync on: on a
+  // VM whose fsync takes longer than the 500 ms default, the next admission behind it is refused
+  // REGISTRY_UNAVAILABLE (seen this session, on this code and the previous commit alike).
+  FLEETGATE_REGISTRY_TIMEOUT: '5s',
   ...registryEnv,
 });
 fleet.registry.close();
@@ -124,31 +131,47 @@ try {
     FLEETGATE_MQTT_DURABILITY: 'memory',
     ...registryEnv,
   });
-  const one = await run(single, single, [single]);
+  const one = await run(single, single, [single], plainNats);
   await single.stop();
 
-  const n1 = await spawnService('gateway', fleet.config.dataDir, env('n1'));
-  const n2 = await spawnService('gateway', fleet.config.dataDir, env('n2'));
-  const two = await run(n1, n2, [n1, n2]);
+  // BENCH_TLS_FIRST=1 measures the mTLS bus first (to see an order effect on a busy machine).
+  const measurePlain = async () => {
+    const p1 = await spawnService('gateway', fleet.config.dataDir, await env(plainNats, 'p1'));
+    const p2 = await spawnService('gateway', fleet.config.dataDir, await env(plainNats, 'p2'));
+    const result = await run(p1, p2, [p1, p2], plainNats);
+    await Promise.all([p1.stop(), p2.stop()]);
+    return result;
+  };
+  const tlsFirst = process.env.BENCH_TLS_FIRST === '1';
+  const plainBefore = tlsFirst ? undefined : await measurePlain();
+  const n1 = await spawnService('gateway', fleet.config.dataDir, await env(tlsNats, 'n1'));
+  const n2 = await spawnService('gateway', fleet.config.dataDir, await env(tlsNats, 'n2'));
+  const mtls = await run(n1, n2, [n1, n2], tlsNats);
+  const plain = plainBefore ?? (await measurePlain());
 
   log('');
   log(
-    '| work | one node: msgs/s | one node: CPU/msg | 2 nodes (pub on 1, sub on 2): msgs/s | CPU/msg, both nodes | NATS CPU/msg | cluster / one node (CPU) |',
+    '| work | one node: msgs/s | one node: CPU/msg | bus | 2 nodes (pub on 1, sub on 2): msgs/s | CPU/msg, both nodes | NATS CPU/msg | cluster / one node (CPU) | mTLS / plain (CPU, nodes + NATS) |',
   );
-  log('| --- | --- | --- | --- | --- | --- | --- |');
+  log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (let i = 0; i < 2; i++) {
     const a = one[i]!;
-    const b = two[i]!;
-    log(
-      `| QoS ${a.qos}, ${PUBLISHERS} → 1 | ${fmt(a.rate, 0)} | ${fmt(a.cpuUs, 1)} µs | ${fmt(b.rate, 0)} | ${fmt(b.cpuUs, 1)} µs | ${fmt(b.natsUs, 1)} µs | ${fmt(b.cpuUs / a.cpuUs, 2)}× |`,
-    );
+    for (const [bus, b] of [
+      ['plain, loopback', plain[i]!],
+      ['mTLS, verify_and_map', mtls[i]!],
+    ] as const) {
+      const tlsRatio =
+        bus === 'plain, loopback' ? '' : `${fmt((b.cpuUs + b.natsUs) / (plain[i]!.cpuUs + plain[i]!.natsUs), 2)}×`;
+      log(
+        `| QoS ${a.qos}, ${PUBLISHERS} → 1 | ${fmt(a.rate, 0)} | ${fmt(a.cpuUs, 1)} µs | ${bus} | ${fmt(b.rate, 0)} | ${fmt(b.cpuUs, 1)} µs | ${fmt(b.natsUs, 1)} µs | ${fmt(b.cpuUs / a.cpuUs, 2)}× | ${tlsRatio} |`,
+      );
+    }
   }
-  log(
-    `loss: one node ${one.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')}; two nodes ${two.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ')} (QoS 0 / QoS 1)`,
-  );
+  const losses = (rs: { loss: number }[]) => rs.map((r) => `${fmt(r.loss * 100, 2)} %`).join(' / ');
+  log(`loss: one node ${losses(one)}; two nodes, plain ${losses(plain)}; mTLS ${losses(mtls)} (QoS 0 / QoS 1)`);
 
-  // 2. Revocation with three nodes: each victim connected to node i % 3, revoked by this process.
-  const n3 = await spawnService('gateway', fleet.config.dataDir, env('n3'));
+  // 2. Revocation with three nodes (mTLS bus): each victim connected to node i % 3, revoked by this process.
+  const n3 = await spawnService('gateway', fleet.config.dataDir, await env(tlsNats, 'n3'));
   const three = [n1, n2, n3];
   const { RegistryWriter } = await import('../provisioning/registry/writer.ts');
   const registry = new RegistryWriter(fleet.paths.registry);
@@ -167,7 +190,7 @@ try {
   );
   await Promise.all(three.map((n) => n.stop()));
 } finally {
-  await nats.stop();
+  await Promise.all([plainNats.stop(), tlsNats.stop()]);
   await postgres?.destroy();
   fleet.cleanup();
 }

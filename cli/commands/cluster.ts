@@ -82,7 +82,14 @@ function postgresSetupCommand(cluster: Command, common: CommonFlags): void {
     )
     .action(
       async (
-        opts: CommonOptions & { database: string; host: string; port: number; serverCert?: string; serverKey?: string },
+        opts: CommonOptions & {
+          database: string;
+          host: string;
+          port: number;
+          serverCert?: string;
+          serverKey?: string;
+          caFile?: string;
+        },
       ) => {
         await withContext(opts, (ctx) => {
           if (!/^[a-z_][a-z0-9_]{0,62}$/.test(opts.database))
@@ -97,7 +104,7 @@ function postgresSetupCommand(cluster: Command, common: CommonFlags): void {
             port: opts.port,
             serverCert: resolve(opts.serverCert ?? join(servers, 'postgres.crt')),
             serverKey: resolve(opts.serverKey ?? join(servers, 'postgres.key')),
-            rootCert: resolve(ctx.paths.rootCert),
+            rootCert: resolve(opts.caFile ?? ctx.paths.rootCert),
             dataDir: resolve(ctx.paths.dataDir),
           });
           emit(opts, setup, () =>
