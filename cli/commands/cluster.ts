@@ -80,6 +80,7 @@ function postgresSetupCommand(cluster: Command, common: CommonFlags): void {
       '--server-key <file>',
       "PostgreSQL's key (default: node/servers/postgres.key; PostgreSQL wants it 0600 and its own)",
     )
+    .option('--ca-file <file>', "the fleet root as PostgreSQL reads it (default: this data directory's ca/root.crt)")
     .action(
       async (
         opts: CommonOptions & {
