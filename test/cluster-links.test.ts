@@ -250,7 +250,7 @@ test('cluster links/a joining node refuses a forged retained snapshot whole: the
   const { retainedSubject } = await import('../gateway/cluster/subjects.ts');
   const { Message } = await import('../gateway/mqtt/session.ts');
   // A NATS of its own: only the joiner and the forger answer here.
-  const own = await startNats({ tls: { dataDir: a.config.dataDir, gateways: ['joiner', 'evil'] } });
+  const own = await startNats({ tls: { dataDir: a.config.dataDir, gateways: ['joiner', 'evil'], operators: ['ops'] } });
   const quiet = pino({ level: 'silent' });
   const events = {
     message: () => undefined,
@@ -336,6 +336,42 @@ test('cluster links/a joining node refuses a forged retained snapshot whole: the
     // A consistent but empty set, after offering some: not the cluster's set, so nothing is dropped.
     const empty = await forge(3, [endChunk(0)]);
     assert.deepEqual([empty.node, empty.messages.length, empty.complete], ['evil', 0, false]);
+
+    // A snapshot from a non-gateway identity cannot exist: an operator may neither hear the offer
+    // nor publish to any inbox (NATS refuses the subscription and drops the publish).
+    const opsId = await nodeIdentity(a.config.dataDir, 'operator', 'ops');
+    const ops = await natsConnect({
+      servers: own.url,
+      tls: {
+        ca,
+        cert: readFileSync(opsId.FLEETGATE_NODE_CERT!, 'utf8'),
+        key: readFileSync(opsId.FLEETGATE_NODE_KEY!, 'utf8'),
+      },
+      reconnect: false,
+    });
+    try {
+      const offers = ops.subscribe('fg.sync.retained.offer');
+      await assert.rejects(
+        (async () => {
+          for await (const _ of offers) return;
+        })(),
+        /permissions violation/i,
+      );
+      const heard: number[] = [];
+      const inbox = evil.subscribe('_INBOX.evil.probe', { callback: (_e, msg) => heard.push(msg.data.length) });
+      await evil.flush();
+      ops.publish('_INBOX.evil.probe', endChunk(0)); // dropped: an operator may not publish to inboxes
+      evil.publish('_INBOX.evil.probe', endChunk(0)); // a gateway may (noEcho is off here: it hears itself)
+      await ops.flush();
+      await evil.flush();
+      await until('the gateway’s own publish arrives', () => heard.length >= 1);
+      await ops.flush(); // the server has handled the operator's publish…
+      await evil.flush(); // …and whatever it routed to evil before this round trip has arrived
+      assert.deepEqual(heard, [5], 'only the gateway’s');
+      inbox.unsubscribe();
+    } finally {
+      await ops.close();
+    }
 
     // Against all that, an honest set is taken whole.
     const honest = await forge(2, [Buffer.concat([Buffer.of(CHUNK_RECORDS), record(1), record(2)]), endChunk(2)]);
