@@ -257,6 +257,7 @@ test('cluster links/a joining node refuses a forged retained snapshot whole: the
     link: () => undefined,
     session: () => undefined,
     retained: () => undefined,
+    shared: () => undefined,
   };
   const joinerEnv = await own.node('joiner');
   const ca = readFileSync(a.rootFile, 'utf8');

@@ -361,6 +361,7 @@ test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB a
     link: () => undefined,
     session: () => undefined,
     retained: () => undefined,
+    shared: () => undefined,
   };
   const own = await startNats(); // a NATS of its own: nodes A and B (holding retained messages too) must not answer
   const limits = { retainedTotal: 100_000, retainedBytesTotal: 256 * 1024 * 1024 };
@@ -382,5 +383,49 @@ test('cluster/the retained snapshot crosses in chunks: 1,000 messages of 1 KiB a
   } finally {
     await Promise.all([...holders, joiner].map((b) => b.close()));
     await own.stop();
+  }
+});
+
+test('cluster/a shared group with members on two nodes takes each message once, cluster-wide, from publishers on both', {
+  skip,
+}, async () => {
+  const second = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-svc-2', type: 'service' });
+  const sensor2 = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-sensor-2' });
+  const onA = await connect(a.mqttsUrl, service, { ca: a.rootFile, protocolVersion: 5 });
+  const onB = await connect(b.endpoints['mqtt+tls']!, second, { ca: a.rootFile, protocolVersion: 5 });
+  const pubA = await connect(a.mqttsUrl, sensor, { ca: a.rootFile });
+  const pubB = await connect(b.endpoints['mqtt+tls']!, sensor2, { ca: a.rootFile });
+  try {
+    const got = [collect(onA, 'devices/c-sensor'), collect(onB, 'devices/c-sensor')];
+    for (const m of [onA, onB]) await m.subscribeAsync('$share/backend/devices/+/shared', { qos: 1 });
+    // Both nodes' queue subscriptions must have reached NATS: probe until each member has had one.
+    let n = 0;
+    await until(
+      'both members reachable',
+      async () => {
+        await pubA.publishAsync('devices/c-sensor/shared', `probe-${n++}`, { qos: 1 });
+        return got.every((g) => g.some((p) => p.startsWith('probe')));
+      },
+      30_000,
+      50,
+    );
+    const probes = got.flat().length;
+    const sends: Promise<unknown>[] = [];
+    for (let i = 0; i < 150; i++) {
+      sends.push(pubA.publishAsync('devices/c-sensor/shared', `s-${i}`, { qos: 1 }));
+      sends.push(pubB.publishAsync('devices/c-sensor-2/shared', `s-${150 + i}`, { qos: 1 }));
+    }
+    await Promise.all(sends);
+    await until('all 300 delivered to the group', () => got.flat().filter((p) => p.startsWith('s-')).length >= 300);
+    const seen = got.flat().filter((p) => p.startsWith('s-'));
+    assert.equal(seen.length, 300, 'each once, cluster-wide');
+    assert.equal(new Set(seen).size, 300);
+    const split = got.map((g) => g.filter((p) => p.startsWith('s-')).length);
+    assert.ok(
+      split.every((k) => k > 0),
+      `both nodes' members took a share (${split}; ${probes} probes)`,
+    );
+  } finally {
+    await Promise.all([onA, onB, pubA, pubB].map((c) => c.endAsync()));
   }
 });

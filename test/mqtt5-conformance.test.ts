@@ -208,7 +208,7 @@ test('MQTT-3.2.2-8 a CONNECT over the size limit: MQTT 5 gets CONNACK 0x95 Packe
 });
 
 describe('MQTT 5 CONNECT and CONNACK', () => {
-  test("MQTT-3.2.2-3 CONNACK properties: receive maximum, maximum packet size (the type's), topic alias maximum, no shared subscriptions; session expiry lowered to the configured maximum", async () => {
+  test("MQTT-3.2.2-3 CONNACK properties: receive maximum, maximum packet size (the type's), topic alias maximum, shared subscriptions available; session expiry lowered to the configured maximum", async () => {
     const { raw, connack } = await raw5('v5-3', fleet.mqttsUrl, { properties: { sessionExpiryInterval: 0xffffffff } });
     raw.end();
     assert.equal(connack.reasonCode, 0);
@@ -216,7 +216,7 @@ describe('MQTT 5 CONNECT and CONNACK', () => {
     assert.equal(p.receiveMaximum, fleet.config.mqtt.receiveMaximum);
     assert.equal(p.maximumPacketSize, fleet.config.gateway.limits.sensor.maxPacketBytes);
     assert.equal(p.topicAliasMaximum, fleet.config.mqtt.topicAliasMaximum);
-    assert.equal(p.sharedSubscriptionAvailable, false);
+    assert.notEqual(p.sharedSubscriptionAvailable, false, 'absent or true: available [MQTT-3.2.2.3.18]');
     assert.equal(p.sessionExpiryInterval, fleet.config.mqtt.sessionExpiryMs / 1000);
     assert.equal(p.assignedClientIdentifier, undefined, 'never assigns a client id');
   });
@@ -343,7 +343,7 @@ describe('MQTT 5 refusals that keep the connection', () => {
     raw.end();
   });
 
-  test("MQTT-3.9.3-2 SUBACK per filter: 0x87 outside the device's topics, 0x9E for a shared subscription, the granted QoS otherwise; UNSUBACK 0x11 for no subscription [MQTT-3.11.3-1]", async () => {
+  test("MQTT-3.9.3-2 SUBACK per filter: 0x87 outside the device's topics, 0x87 for a device joining a shared group (services only), 0x8F for a malformed $share filter, the granted QoS otherwise; UNSUBACK 0x11 for no subscription [MQTT-3.11.3-1]", async () => {
     const { raw } = await raw5('v5-5');
     raw.send(
       bytes5({
@@ -353,11 +353,12 @@ describe('MQTT 5 refusals that keep the connection', () => {
           { topic: 'devices/v5-5/#', qos: 1 },
           { topic: 'devices/other/#', qos: 1 },
           { topic: '$share/g/devices/v5-5/x', qos: 0 },
+          { topic: '$share/g', qos: 0 },
         ],
       }),
     );
     const ack = await next(raw, 'suback');
-    assert.deepEqual(ack.granted, [1, 0x87, 0x9e]);
+    assert.deepEqual(ack.granted, [1, 0x87, 0x87, 0x8f]);
     raw.send(bytes5({ cmd: 'unsubscribe', messageId: 10, unsubscriptions: ['devices/v5-5/#', 'devices/never/#'] }));
     assert.deepEqual((await next(raw, 'unsuback')).granted, [0, 0x11]);
     raw.end();

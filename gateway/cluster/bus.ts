@@ -4,7 +4,14 @@ import { isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { NODE_NAME } from '../../firmware-sdk/protocol/node-id.ts';
 import type { Message } from '../mqtt/session.ts';
-import { filterToSubjects, isLongSubject, RETAINED_PREFIX, retainedSubject, topicToSubject } from './subjects.ts';
+import {
+  filterToSubjects,
+  isLongSubject,
+  RETAINED_PREFIX,
+  retainedSubject,
+  topicHash,
+  topicToSubject,
+} from './subjects.ts';
 import {
   ADMIN_PREFIX,
   CHUNK_END,
@@ -40,6 +47,8 @@ export interface BusEvents {
   session(clientId: string, node: string): void;
   /** A retained message kept (or cleared) by another node. */
   retained(message: Message): void;
+  /** A message for the shared group `key`, which NATS's queue group gave to this node (one node of those with members). */
+  shared(key: string, message: Message): void;
 }
 
 /** Counts for metrics: messages each way, published while the link was down, and refused as malformed. */
@@ -83,6 +92,13 @@ type Handler = (msg: Msg) => void;
  */
 export class NatsBus {
   readonly #nc: NatsConnection;
+  /**
+   * A second connection for the shared groups' queue subscriptions: the main one never hears its
+   * own publishes (`noEcho`), and a message published here must be able to reach a member here
+   * through the queue group like any other node's.
+   */
+  readonly #sharedNc: NatsConnection;
+  readonly #shared = new Map<string, Subscription[]>();
   readonly #log: Logger;
   readonly #events: BusEvents;
   readonly #limits: BusLimits;
@@ -93,8 +109,16 @@ export class NatsBus {
   #invalidUnlogged = 0;
   readonly #node: string;
 
-  private constructor(nc: NatsConnection, node: string, log: Logger, events: BusEvents, limits: BusLimits) {
+  private constructor(
+    nc: NatsConnection,
+    sharedNc: NatsConnection,
+    node: string,
+    log: Logger,
+    events: BusEvents,
+    limits: BusLimits,
+  ) {
     this.#nc = nc;
+    this.#sharedNc = sharedNc;
     this.#node = node;
     this.#log = log;
     this.#events = events;
@@ -121,23 +145,26 @@ export class NatsBus {
     events: BusEvents,
     limits: BusLimits,
   ): Promise<NatsBus> {
+    const options = {
+      servers: link.servers
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s !== ''),
+      inboxPrefix: inboxPrefix(node),
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      pingInterval: 5_000,
+      maxPingOut: 2,
+      timeout: 5_000,
+      ...(link.tls !== undefined && { tls: { ...link.tls } }),
+    };
     try {
-      const nc = await connect({
-        servers: link.servers
-          .split(',')
-          .map((s) => s.trim())
-          .filter((s) => s !== ''),
-        name: `fleetgate-${node}`,
-        noEcho: true,
-        inboxPrefix: inboxPrefix(node),
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-        pingInterval: 5_000,
-        maxPingOut: 2,
-        timeout: 5_000,
-        ...(link.tls !== undefined && { tls: { ...link.tls } }),
+      const nc = await connect({ ...options, name: `fleetgate-${node}`, noEcho: true });
+      const sharedNc = await connect({ ...options, name: `fleetgate-${node}-shared` }).catch(async (e: unknown) => {
+        await nc.close();
+        throw e;
       });
-      return new NatsBus(nc, node, log, events, limits);
+      return new NatsBus(nc, sharedNc, node, log, events, limits);
     } catch (err) {
       throw new FleetgateError(
         'CLUSTER_UNAVAILABLE',
@@ -261,6 +288,39 @@ export class NatsBus {
       });
       this.#subs.set(subject, { sub, count: 1 });
     }
+  }
+
+  /**
+   * A shared group got its first member here: this node joins the group's NATS queue group on
+   * the filter's subjects, so each message goes to one node of those with members (then to one
+   * member there). Queue name: a hash of the group's key (share name and filter).
+   */
+  sharedAdded(key: string, filter: string): void {
+    if (this.#shared.has(key)) return;
+    const queue = `share_${topicHash(key)}`;
+    const subs = filterToSubjects(filter).map((subject) =>
+      this.#sharedNc.subscribe(subject, {
+        queue,
+        callback: (err, msg) => {
+          if (err !== null) return;
+          try {
+            const m = decodeEnvelope(msg.subject, msg.data);
+            if ('invalid' in m) return this.#refuse(m.invalid, msg.subject);
+            this.counts.received++;
+            this.#events.shared(key, m.ok);
+          } catch (e) {
+            this.#refuse(`handling it failed: ${(e as Error).message}`, msg.subject);
+          }
+        },
+      }),
+    );
+    this.#shared.set(key, subs);
+  }
+
+  /** A shared group lost its last member here. */
+  sharedRemoved(key: string, _filter: string): void {
+    for (const sub of this.#shared.get(key) ?? []) sub.unsubscribe();
+    this.#shared.delete(key);
   }
 
   /** A filter lost its last local subscriber. */
@@ -485,11 +545,15 @@ export class NatsBus {
   }
 
   async close(): Promise<void> {
-    try {
-      await this.#nc.drain();
-    } catch {
-      await this.#nc.close().catch(() => undefined);
-    }
+    await Promise.all(
+      [this.#nc, this.#sharedNc].map(async (nc) => {
+        try {
+          await nc.drain();
+        } catch {
+          await nc.close().catch(() => undefined);
+        }
+      }),
+    );
   }
 }
 

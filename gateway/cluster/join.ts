@@ -53,6 +53,7 @@ export class ClusterJoin {
       log.child({ component: 'cluster', node }),
       {
         message: (m) => plane()?.routeRemote(m),
+        shared: (key, m) => plane()?.routeShared(key, m),
         link: (state) => metrics.clusterLink.set(state === 'up' ? 1 : 0),
         session: (clientId, other) => plane()?.takenOverElsewhere(clientId, other),
         retained: (m) => {

@@ -5,8 +5,10 @@ import type { DeviceQuotas } from '../quotas.ts';
 import type { SessionTable } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 import type { MqttConnection } from './connection.ts';
+import { rerouteShared } from './delivery.ts';
 import { RetainedStore } from './retained.ts';
 import { Message, MqttSession } from './session.ts';
+import { parseShared, SharedGroups } from './shared.ts';
 import { DurableStore } from './store.ts';
 import { SubscriptionTrie } from './trie.ts';
 
@@ -30,6 +32,11 @@ export interface ClusterLink {
   publish(message: Message): void;
   filterAdded(filter: string): void;
   filterRemoved(filter: string): void;
+  /** A shared group got its first member on this node: join the group's NATS queue group. */
+  sharedAdded(key: string, filter: string): void;
+  sharedRemoved(key: string, filter: string): void;
+  /** Whether the link is up (shared groups go through it only then). */
+  readonly up: boolean;
   /** This client id connected here: the other nodes close theirs (takeover across nodes). */
   announceSession(clientId: string): void;
   /** A retained message kept here (or cleared): every other node keeps it too. */
@@ -46,6 +53,8 @@ export interface ClusterLink {
 export class Broker {
   readonly deps: BrokerDeps;
   readonly trie = new SubscriptionTrie<MqttSession>();
+  /** Shared subscriptions (`$share/<name>/<filter>`): the groups and a trie over their filters. */
+  readonly shared = new SharedGroups();
   /** MQTT sessions by client id [MQTT-3.1.2-4]. */
   readonly mqttSessions = new Map<string, MqttSession>();
   /** The connection a session is attached to, while it has one. */
@@ -84,6 +93,7 @@ export class Broker {
       dropSlow: m.mqttDropped.labels({ reason: 'slow_consumer' }),
       dropTooLarge: m.mqttDropped.labels({ reason: 'over_client_maximum_packet_size' }),
       dropQueue: m.mqttDropped.labels({ reason: 'queue_full' }),
+      dropNoMember: m.mqttDropped.labels({ reason: 'shared_group_without_member' }),
     };
     if (q.durability === 'disk') {
       this.store = new DurableStore(deps.storeFile);
@@ -93,6 +103,11 @@ export class Broker {
 
   /** A session subscribes to `filter` (`value`: its options + 256 × its MQTT 5 identifier). */
   addFilter(filter: string, session: MqttSession, value: number, isNew: boolean): void {
+    const shared = parseShared(filter);
+    if (typeof shared === 'object') {
+      if (this.shared.join(shared, session, value)) this.deps.bus?.sharedAdded(shared.key, shared.filter);
+      return;
+    }
     this.trie.add(filter, session, value);
     if (!isNew || this.deps.bus === undefined) return;
     const n = (this.#filterHolders.get(filter) ?? 0) + 1;
@@ -101,6 +116,11 @@ export class Broker {
   }
 
   removeFilter(filter: string, session: MqttSession): void {
+    const shared = parseShared(filter);
+    if (typeof shared === 'object') {
+      if (this.shared.leave(shared, session)) this.deps.bus?.sharedRemoved(shared.key, shared.filter);
+      return;
+    }
     if (!this.trie.remove(filter, session) || this.deps.bus === undefined) return;
     const n = (this.#filterHolders.get(filter) ?? 1) - 1;
     if (n > 0) this.#filterHolders.set(filter, n);
@@ -151,11 +171,27 @@ export class Broker {
     else this.#pendingByAddress.delete(conn.remoteAddress);
   }
 
-  /** A session ends: its subscriptions stop matching, its stored state goes. */
+  /**
+   * A session ends: its subscriptions stop matching, its stored state goes; what it was owed
+   * through shared groups goes to another member.
+   */
   discard(mqtt: MqttSession): void {
+    const owed = this.shared.size === 0 ? [] : mqtt.sharedOwed();
     for (const filter of mqtt.subscriptions.keys()) this.removeFilter(filter, mqtt);
     if (mqtt.persistent) this.store?.dropSession(mqtt.clientId);
     this.mqttSessions.delete(mqtt.clientId);
+    if (owed.length > 0) {
+      const n = rerouteShared(this, owed);
+      this.deps.log.info(
+        { clientId: mqtt.clientId, owed: owed.length, rerouted: n },
+        'shared-subscription messages given to other members',
+      );
+    }
+  }
+
+  /** Whether shared groups are distributed by the cluster's bus (NATS queue groups) rather than here. */
+  sharedOverBus(): boolean {
+    return this.deps.bus?.up === true;
   }
 
   /** The connection has packets to send: written at the end of this event-loop turn. */

@@ -3,6 +3,7 @@ import type { MqttConnection } from './connection.ts';
 import { type EncodedPublish, encodeAck, packetIdBytes, publishSize, withDup } from './encode.ts';
 import { SUB } from './packets.ts';
 import { type Delivery, Message, type MqttSession } from './session.ts';
+import type { SharedGroup } from './shared.ts';
 import { filterMatches, OVERLAP } from './trie.ts';
 
 /**
@@ -11,34 +12,92 @@ import { filterMatches, OVERLAP } from './trie.ts';
  * straight to the connection, QoS 1/2 through the session's queue into its in-flight window.
  */
 
-/** Delivers a message to every matching session, each once at the highest QoS its subscriptions grant, never above the publish QoS. */
+/**
+ * Delivers a message to every matching session, each once at the highest QoS its subscriptions
+ * grant, never above the publish QoS; and to one member of every shared group whose filter
+ * matches — here, unless the cluster's bus distributes the groups (then through NATS queue groups,
+ * see {@link routeShared}).
+ */
 export function route(b: Broker, message: Message): void {
   const matches = b.trie.match(message.topic);
   for (const [mqtt, sub] of matches) {
     // No Local [MQTT-3.8.3-3]: client id = device id, so the publisher is `from`.
     if ((sub & SUB.NO_LOCAL) !== 0 && mqtt.clientId === message.from) continue;
-    const qos = Math.min(sub & SUB.QOS, message.qos) as 0 | 1 | 2; // [MQTT-3.8.4-6]
-    const conn = b.live.get(mqtt);
-    if (conn !== undefined && conn.session?.cut !== undefined) continue;
-    // Retain As Published [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1: always 0 on a live delivery.
-    const retain = (sub & SUB.RETAIN_AS_PUBLISHED) !== 0 && message.retain;
-    const ids = mqtt.subscriptionIds.size === 0 ? undefined : subscriptionIds(mqtt, sub, message.topic);
-    if (qos === 0) {
-      if (conn !== undefined) sendQos0(b, conn, message, retain, ids);
-      continue;
-    }
-    if (conn === undefined && !mqtt.persistent) continue;
-    enqueue(b, mqtt, {
-      message,
-      qos,
-      retain,
-      rowId: undefined,
-      dup: false,
-      released: false,
-      packetId: undefined,
-      ...(ids && { subscriptionIds: ids }),
-    });
+    deliver(b, mqtt, sub, message, undefined);
   }
+  if (b.shared.size > 0 && !b.sharedOverBus())
+    for (const [group] of b.shared.trie.match(message.topic)) toGroup(b, group, message);
+}
+
+/** A message the bus gave this node for one shared group (its NATS queue group chose this node). */
+export function routeShared(b: Broker, key: string, message: Message): void {
+  const group = b.shared.get(key);
+  if (group !== undefined && filterMatches(group.filter, message.topic)) toGroup(b, group, message);
+}
+
+/** One member of `group` gets the message (round robin over those connected; QoS 1/2 queued for a persistent one if none is). */
+export function toGroup(b: Broker, group: SharedGroup, message: Message, skip?: MqttSession): boolean {
+  const ready = (m: MqttSession) => {
+    if (m === skip) return false;
+    const conn = b.live.get(m);
+    return conn !== undefined && conn.state === 'connected' && conn.session?.cut === undefined;
+  };
+  const picked = group.pick(ready, message.qos > 0);
+  if (picked === undefined) {
+    b.m.dropNoMember.inc();
+    return false;
+  }
+  deliver(b, picked[0], picked[1], message, group.key);
+  return true;
+}
+
+function deliver(b: Broker, mqtt: MqttSession, sub: number, message: Message, group: string | undefined): void {
+  const qos = Math.min(sub & SUB.QOS, message.qos) as 0 | 1 | 2; // [MQTT-3.8.4-6]
+  const conn = b.live.get(mqtt);
+  if (conn !== undefined && conn.session?.cut !== undefined) return;
+  // Retain As Published [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1: always 0 on a live delivery.
+  const retain = (sub & SUB.RETAIN_AS_PUBLISHED) !== 0 && message.retain;
+  const ids =
+    group !== undefined
+      ? sharedIds(sub)
+      : mqtt.subscriptionIds.size === 0
+        ? undefined
+        : subscriptionIds(mqtt, sub, message.topic);
+  if (qos === 0) {
+    if (conn !== undefined) sendQos0(b, conn, message, retain, ids);
+    return;
+  }
+  if (conn === undefined && !mqtt.persistent) return;
+  enqueue(b, mqtt, {
+    message,
+    qos,
+    retain,
+    rowId: undefined,
+    dup: false,
+    released: false,
+    packetId: undefined,
+    ...(ids && { subscriptionIds: ids }),
+    ...(group !== undefined && { group }),
+  });
+}
+
+/** A shared subscription's own identifier (its value carries it like any subscription's). */
+function sharedIds(sub: number): number[] | undefined {
+  const id = Math.floor(sub / 256);
+  return id === 0 ? undefined : [id];
+}
+
+/**
+ * A member's session ended (a clean session closed, taken over, expired): what it was owed from
+ * its groups goes to another member — QoS 1/2 are redelivered to the group, not lost [§4.8.2].
+ */
+export function rerouteShared(b: Broker, owed: Delivery[]): number {
+  let n = 0;
+  for (const d of owed) {
+    const group = d.group === undefined ? undefined : b.shared.get(d.group);
+    if (group !== undefined && toGroup(b, group, d.message)) n++;
+  }
+  return n;
 }
 
 /** The retained messages matching a new subscription, after its SUBACK, with the retain flag [MQTT-3.3.1-6], [MQTT-3.3.1-8]. */

@@ -7,7 +7,7 @@ import type { Session } from '../sessions.ts';
 import { accept, children } from './admission.ts';
 import { Broker, type BrokerDeps } from './broker.ts';
 import { close, sweep } from './close.ts';
-import { route } from './delivery.ts';
+import { route, routeShared } from './delivery.ts';
 import { Message } from './session.ts';
 import { tlsTransport, wsTransport } from './transport.ts';
 
@@ -65,6 +65,11 @@ export class MqttPlane {
   /** A message accepted by another node: delivered to this node's subscribers (not sent on again, not retained here). */
   routeRemote(message: Message): void {
     route(this.#b, message);
+  }
+
+  /** A message from another node's publisher (or this one's) for one shared group, chosen for this node by NATS. */
+  routeShared(key: string, message: Message): void {
+    routeShared(this.#b, key, message);
   }
 
   /** A gateway device's children changed. */

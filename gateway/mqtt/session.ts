@@ -139,6 +139,8 @@ export interface Delivery {
   packetId: number | undefined;
   /** MQTT 5 subscription identifiers of the subscriptions it matched. */
   subscriptionIds?: number[];
+  /** The shared group it was given to this session through (`<share name> NUL <filter>`): rerouted if the session ends. */
+  group?: string;
 }
 
 /** A FIFO without `Array.shift`'s O(n) cost on long queues. */
@@ -198,6 +200,16 @@ export class MqttSession {
   readonly inflight = new Map<number, Delivery>();
   /** Inbound QoS 2 packet ids received and PUBREC'd, awaiting PUBREL [MQTT-4.3.3]. */
   readonly qos2In = new Set<number>();
+
+  /** The QoS 1/2 deliveries this session holds (in flight and queued) that came through a shared group. */
+  sharedOwed(): Delivery[] {
+    const owed: Delivery[] = [];
+    for (const d of this.inflight.values()) if (d.group !== undefined && !d.released) owed.push(d);
+    for (const d of this.queue.drain()) {
+      if (d.group !== undefined) owed.push(d);
+    }
+    return owed;
+  }
   /** When the last connection of a persistent session closed (for expiry). */
   lastSeen = Date.now();
   /** Queued messages kept at most (its device type's bound, set at each CONNECT; until then the global one). */

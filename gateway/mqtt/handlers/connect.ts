@@ -270,7 +270,7 @@ function sendConnack(c: Connecting): void {
         receiveMaximum: q.receiveMaximum,
         maximumPacketSize: c.limits.maxPacketBytes,
         topicAliasMaximum: q.topicAliasMaximum,
-        sharedSubscriptionAvailable: false,
+        sharedSubscriptionAvailable: true, // $share/<name>/<filter>, for backend services (shared.ts)
         ...(c.expiryS !== c.requestedExpiry && { sessionExpiryInterval: c.expiryS }),
         ...(c.serverKeepAlive !== undefined && { serverKeepAlive: c.serverKeepAlive }),
       }),

@@ -9,6 +9,7 @@ import { sendRetained } from '../delivery.ts';
 import { encodeSuback, encodeSuback5 } from '../encode.ts';
 import { SUB, type SubscribePacket } from '../packets.ts';
 import type { MqttSession } from '../session.ts';
+import { parseShared, SHARED_SUBSCRIBER_TYPES } from '../shared.ts';
 import { packetCheck } from './authorize.ts';
 
 type RetainedOwed = { filter: string; qos: 0 | 1 | 2; ids: number[] | undefined };
@@ -25,11 +26,17 @@ export function onSubscribe(b: Broker, conn: MqttConnection, p: SubscribePacket)
   const subscriptionId = p.properties?.subscriptionId;
   let refusal: ErrorCode | undefined;
   for (const { filter, qos, options } of p.subscriptions) {
-    if (conn.v5 && filter.startsWith('$share/')) {
-      granted.push(REASON.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED); // shared subscriptions are not offered (CONNACK says so)
+    const shared = parseShared(filter);
+    const refused = sharedRefusal(conn, shared);
+    if (refused !== undefined) {
+      denied(b, 'subscribe', conn, refused, filter);
+      granted.push(conn.v5 ? (refused === 'BAD_REQUEST' ? REASON.TOPIC_FILTER_INVALID : REASON.NOT_AUTHORIZED) : 0x80);
+      refusal = refused;
       continue;
     }
-    const code = packetCheck(conn, (s) => maySubscribe(s.scope, filter));
+    // Topic policy applies to the filter inside `$share/<name>/…`.
+    const inner = typeof shared === 'object' ? shared.filter : filter;
+    const code = packetCheck(conn, (s) => maySubscribe(s.scope, inner));
     if (code !== undefined) {
       denied(b, 'subscribe', conn, code, filter);
       // The session itself was cut (revoked, suspended, denylisted): the connection goes.
@@ -47,6 +54,8 @@ export function onSubscribe(b: Broker, conn: MqttConnection, p: SubscribePacket)
     }
     const existed = subscribe(b, mqtt, filter, options, subscriptionId);
     granted.push(qos);
+    // Retained messages are not sent on a shared subscription [§4.8.2].
+    if (shared !== undefined) continue;
     // Retain Handling [MQTT-3.3.1-9 … 11]: 0 always, 1 only for a new subscription, 2 never.
     const handling = (options & SUB.RETAIN_HANDLING) >> 4;
     if (handling === 0 || (handling === 1 && !existed))
@@ -59,6 +68,17 @@ export function onSubscribe(b: Broker, conn: MqttConnection, p: SubscribePacket)
   conn.push(conn.v5 ? encodeSuback5(p.packetId, granted, why) : encodeSuback(p.packetId, granted));
   for (const owed of retained) sendRetained(b, conn, owed);
   b.markDirty(conn);
+}
+
+/**
+ * Why a `$share/…` filter is refused before topic policy: malformed (`$share/name` without a
+ * filter, a wildcard in the name: BAD_REQUEST → 0x8F), or a device type that may not join groups
+ * (only backend services may: NOT_AUTHORIZED → 0x87). Undefined for an acceptable one, or any other filter.
+ */
+function sharedRefusal(conn: MqttConnection, shared: ReturnType<typeof parseShared>): ErrorCode | undefined {
+  if (shared === undefined) return undefined;
+  if (shared === 'invalid') return 'BAD_REQUEST';
+  return SHARED_SUBSCRIBER_TYPES.includes(conn.session?.device.type ?? '') ? undefined : 'NOT_AUTHORIZED';
 }
 
 /** Adds (or replaces [MQTT-3.8.4-3]) one subscription; whether the session already had this filter. */
