@@ -9,6 +9,9 @@
 //  4. fleetgate only: revoke → live cut latency
 //  5. MQTT 5 beside 3.1.1: the same message phases with v5 clients (fleetgate memory and
 //     Mosquitto), CPU per message v5 / 3.1.1 (BENCH_V5=0 skips it)
+//  6. Shared subscriptions: QoS 0 and QoS 1, 10 publishers → a 4-member `$share` group beside
+//     → one ordinary subscriber, fleetgate (memory) and Mosquitto, MQTT 5 (BENCH_SHARED=0 skips
+//     it; BENCH_SHARED=only runs it alone)
 // Phases 1 and 2 are measured after an unmeasured warm-up on each server (BENCH_WARMUP_CONNECTS,
 // BENCH_WARMUP_MESSAGES): the steady state, not the JIT's first minutes.
 // Servers are child processes on loopback ports, stopped by PID. Every loop is bounded.
@@ -194,10 +197,122 @@ function open(url: string, cred: Credential, extra: mqtt.IClientOptions = {}): P
   );
 }
 
+const SHARED = process.env.BENCH_SHARED ?? '1';
+const SHARED_ROUNDS = Number(process.env.BENCH_SHARED_ROUNDS ?? 3);
+const GROUP = 4;
+
 const publishersCreds: Credential[] = [];
 for (let i = 0; i < Math.max(PUBLISHERS, CONNECT_CONCURRENCY, REVOCATIONS); i++)
   publishersCreds.push(await device(`bench-${i}`));
 const service = await device('bench-svc', 'service');
+const members: Credential[] = [service];
+for (let i = 1; i < GROUP; i++) members.push(await device(`bench-svc-${i}`, 'service'));
+
+/** Arrivals over several clients (a shared group): `done` when `total` arrived, or none for 3 s. */
+function countAll(clients: MqttClient[], total: number, topic: string): { done: Promise<void>; received(): number } {
+  const each = clients.map((c) => countArrivals(c, total, (t) => t.endsWith(`/${topic}`)));
+  const received = () => each.reduce((n, e) => n + e.received(), 0);
+  const done = new Promise<void>((resolve) => {
+    const check = setInterval(() => {
+      if (received() >= total) {
+        clearInterval(check);
+        resolve();
+      }
+    }, 5);
+    void Promise.all(each.map((e) => e.done)).then(() => {
+      clearInterval(check);
+      resolve();
+    });
+  });
+  return { done, received };
+}
+
+/** Server CPU per message delivered, QoS 0 and 1: to one ordinary subscriber, then to a shared group of GROUP members. */
+async function measureShared(server: Server): Promise<{ one: number[]; group: number[]; loss: number[] }> {
+  const publishers = await Promise.all(publishersCreds.slice(0, PUBLISHERS).map((c) => open(server.url, c)));
+  const subs = await Promise.all(members.map((m) => open(server.url, m)));
+  const one: number[] = [];
+  const group: number[] = [];
+  const loss: number[] = [];
+  for (const qos of [0, 1] as const) {
+    for (const shared of [false, true]) {
+      const topic = `${shared ? 'g' : 's'}${qos}`;
+      const filter = `devices/+/${topic}`;
+      const takers = shared ? subs : subs.slice(0, 1);
+      for (const t of takers) await t.subscribeAsync(shared ? `$share/bench/${filter}` : filter, { qos });
+      const count = qos === 0 ? MESSAGES : QOS1_MESSAGES;
+      const total = PUBLISHERS * count;
+      const warm = countAll(takers, PUBLISHERS * Math.min(WARMUP_MESSAGES, 200), topic);
+      await publishFromEach(publishers, topic, Math.min(WARMUP_MESSAGES, 200), qos);
+      await warm.done;
+      for (const t of takers) t.removeAllListeners('message');
+      const arrivals = countAll(takers, total, topic);
+      const cpu0 = server.cpuSeconds();
+      await publishFromEach(publishers, topic, count, qos);
+      await arrivals.done;
+      (shared ? group : one).push(((server.cpuSeconds() - cpu0) / total) * 1e6);
+      if (shared) loss.push(1 - arrivals.received() / total);
+      for (const t of takers) {
+        t.removeAllListeners('message');
+        await t.unsubscribeAsync(shared ? `$share/bench/${filter}` : filter);
+      }
+    }
+  }
+  await Promise.all([...subs, ...publishers].map((c) => c.endAsync(true)));
+  return { one, group, loss };
+}
+
+/** Phase 6: rounds alternate fleetgate (memory) and Mosquitto; medians of the rounds. */
+async function sharedPhase(): Promise<void> {
+  const previous = protocolVersion;
+  protocolVersion = 5;
+  const runs = new Map<string, { one: number[]; group: number[]; loss: number[] }[]>();
+  for (let round = 0; round < SHARED_ROUNDS; round++) {
+    for (const make of [() => startFleetgate('memory'), startMosquitto]) {
+      const server = await make();
+      try {
+        const r = await measureShared(server);
+        runs.set(server.name, [...(runs.get(server.name) ?? []), r]);
+      } finally {
+        await server.stop();
+      }
+    }
+  }
+  protocolVersion = previous;
+  const med = (name: string, pick: (r: { one: number[]; group: number[] }) => number) =>
+    percentile(
+      (runs.get(name) ?? []).map(pick).sort((a, b) => a - b),
+      50,
+    );
+  log('');
+  log(
+    `Shared subscriptions (MQTT 5; ${PUBLISHERS} publishers → a $share group of ${GROUP}, or → 1 ordinary subscriber; server CPU per message delivered, median of ${SHARED_ROUNDS} rounds)`,
+  );
+  log(
+    '| work | fleetgate: 1 subscriber | fleetgate: group of 4 | group / 1 | Mosquitto: 1 subscriber | Mosquitto: group of 4 | group / 1 | fleetgate / Mosquitto (group) |',
+  );
+  log('| --- | --- | --- | --- | --- | --- | --- | --- |');
+  for (const [i, q] of ['QoS 0', 'QoS 1'].entries()) {
+    const f1 = med('fleetgate (memory)', (r) => r.one[i]!);
+    const fg = med('fleetgate (memory)', (r) => r.group[i]!);
+    const m1 = med('mosquitto', (r) => r.one[i]!);
+    const mg = med('mosquitto', (r) => r.group[i]!);
+    log(
+      `| ${q} | ${fmt(f1, 1)} µs | ${fmt(fg, 1)} µs | ${fmt(fg / f1, 2)}× | ${fmt(m1, 1)} µs | ${fmt(mg, 1)} µs | ${fmt(mg / m1, 2)}× | ${fmt(fg / mg, 2)}× |`,
+    );
+  }
+  for (const [name, rs] of runs)
+    log(
+      `${name}, every round (µs, QoS 0 one/group, QoS 1 one/group; group loss): ${rs.map((r) => `${fmt(r.one[0]!, 1)}/${fmt(r.group[0]!, 1)}, ${fmt(r.one[1]!, 1)}/${fmt(r.group[1]!, 1)} (${r.loss.map((l) => `${fmt(l * 100, 2)} %`).join(' / ')})`).join('; ')}`,
+    );
+}
+
+if (SHARED === 'only') {
+  await sharedPhase();
+  fleet.registry.close();
+  fleet.cleanup();
+  process.exit(0);
+}
 
 interface Figures {
   connectMs: number;
@@ -493,6 +608,8 @@ if (BASELINE !== undefined) {
     );
   }
 }
+
+if (SHARED !== '0') await sharedPhase();
 
 // 4. Revoke → cut, fleetgate only (Mosquitto has no revocation to compare).
 const gw = await startFleetgate('disk');

@@ -47,7 +47,7 @@ export function toGroup(b: Broker, group: SharedGroup, message: Message, skip?: 
     b.m.dropNoMember.inc();
     return false;
   }
-  deliver(b, picked[0], picked[1], message, group.key);
+  deliver(b, picked, group.members.get(picked)!, message, group.key);
   return true;
 }
 

@@ -45,8 +45,10 @@ export class SharedGroup {
   readonly group: string;
   readonly filter: string;
   readonly key: string;
-  /** Member → its subscription value (options + 256 × identifier), in the order they joined. */
+  /** Member → its subscription value (options + 256 × identifier). */
   readonly members = new Map<MqttSession, number>();
+  /** The members in the order they joined (round robin walks it; no allocation per message). */
+  #order: MqttSession[] = [];
   #next = 0;
 
   constructor(s: SharedFilter) {
@@ -55,20 +57,31 @@ export class SharedGroup {
     this.key = s.key;
   }
 
+  set(member: MqttSession, value: number): void {
+    if (!this.members.has(member)) this.#order.push(member);
+    this.members.set(member, value);
+  }
+
+  delete(member: MqttSession): boolean {
+    if (!this.members.delete(member)) return false;
+    this.#order = this.#order.filter((m) => m !== member);
+    return true;
+  }
+
   /**
    * The member to take the next message: round robin over those `ready` accepts, then (for QoS
    * 1/2) over the persistent ones; undefined when none can.
    */
-  pick(ready: (m: MqttSession) => boolean, queueable: boolean): [MqttSession, number] | undefined {
-    const all = [...this.members];
-    if (all.length === 0) return undefined;
-    for (const accept of queueable ? [ready, (m: MqttSession) => m.persistent] : [ready]) {
-      for (let i = 0; i < all.length; i++) {
-        const at = (this.#next + i) % all.length;
-        const [member, value] = all[at]!;
-        if (!accept(member)) continue;
+  pick(ready: (m: MqttSession) => boolean, queueable: boolean): MqttSession | undefined {
+    const order = this.#order;
+    const n = order.length;
+    for (let pass = 0; pass < (queueable ? 2 : 1); pass++) {
+      for (let i = 0; i < n; i++) {
+        const at = (this.#next + i) % n;
+        const member = order[at]!;
+        if (pass === 0 ? !ready(member) : !member.persistent) continue;
         this.#next = at + 1;
-        return [member, value];
+        return member;
       }
     }
     return undefined;
@@ -97,14 +110,14 @@ export class SharedGroups {
       this.#groups.set(s.key, g);
       this.trie.add(s.filter, g, 0);
     }
-    g.members.set(session, value);
+    g.set(session, value);
     return created;
   }
 
   /** A session leaves; true when the group has no member left on this node (and is gone). */
   leave(s: SharedFilter, session: MqttSession): boolean {
     const g = this.#groups.get(s.key);
-    if (g === undefined || !g.members.delete(session)) return false;
+    if (g === undefined || !g.delete(session)) return false;
     if (g.members.size > 0) return false;
     this.#groups.delete(s.key);
     this.trie.remove(s.filter, g);
