@@ -126,7 +126,7 @@ function messageMetrics(registry: Registry, hot: HotCounts) {
     }),
     mqttDropped: new Counter({
       name: 'fleetgate_mqtt_dropped_total',
-      help: 'Messages not delivered: QoS 0 to a subscriber that does not read (slow_consumer), oldest queued QoS 1/2 past the queue bound (queue_full)',
+      help: 'Messages not delivered: QoS 0 to a subscriber that does not read (slow_consumer), oldest queued QoS 1/2 past the queue bound (queue_full), larger than the client accepts (over_client_maximum_packet_size), for a shared group without a member that can take it (shared_group_without_member)',
       labelNames: ['reason'] as const,
       registers: [registry],
     }),
