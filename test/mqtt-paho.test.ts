@@ -193,3 +193,69 @@ for (const transport of ['tcp', 'websockets'] as const) {
     ]);
   });
 }
+
+// Shared subscriptions with Paho (v5), as the Paho interoperability suite's test_shared_subscriptions
+// does it: two clients in one $share group, messages published, each delivered to one of them.
+const SCRIPT_SHARED = `
+import json, ssl, sys, time
+import paho.mqtt.client as mqtt
+host, port, ca, dev_cert, dev_key, a_cert, a_key, b_cert, b_key = sys.argv[1:10]
+def client(cid, cert, key):
+    c = mqtt.Client(client_id=cid, protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=ca, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    return c
+out = {'a': [], 'b': [], 'granted': [], 'shared_available': []}
+subs = []
+for name, cid, cert, key in (('a', 'svc-paho', a_cert, a_key), ('b', 'svc-paho-2', b_cert, b_key)):
+    c = client(cid, cert, key)
+    c.on_message = (lambda n: lambda cl, u, m: out[n].append(m.payload.decode()))(name)
+    c.on_connect = lambda cl, u, f, rc, props: out['shared_available'].append(getattr(props, 'SharedSubscriptionAvailable', 1))
+    c.on_subscribe = lambda cl, u, mid, rcs, props: out['granted'].append([r.value for r in rcs])
+    c.connect(host, int(port), keepalive=30)
+    c.loop_start()
+    subs.append(c)
+while len(out['shared_available']) < 2: time.sleep(0.02)
+for c in subs: c.subscribe('$share/sharename/devices/+/shared', qos=2)
+while len(out['granted']) < 2: time.sleep(0.02)
+pub = client('dev-paho', dev_cert, dev_key)
+pub.connect(host, int(port), keepalive=30)
+pub.loop_start()
+for i in range(10):
+    pub.publish('devices/dev-paho/shared', 'm%d' % i, qos=2).wait_for_publish()
+deadline = time.time() + 15
+while len(out['a']) + len(out['b']) < 10 and time.time() < deadline: time.sleep(0.02)
+time.sleep(0.2)
+pub.disconnect()
+for c in subs: c.disconnect()
+print(json.dumps(out))
+`;
+
+test('paho/shared subscription ($share, MQTT 5): two services in one group, each message to exactly one of them', {
+  skip: available ? false : 'python3-paho-mqtt is not installed here (CI installs it)',
+}, async () => {
+  const second = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'svc-paho-2', type: 'service' });
+  const r = await run(
+    PYTHON,
+    [
+      '-c',
+      SCRIPT_SHARED,
+      'localhost',
+      String(fleet.gateway.ports.mqtts),
+      fleet.rootFile,
+      c.dev!.certFile,
+      c.dev!.keyFile,
+      c.svc!.certFile,
+      c.svc!.keyFile,
+      second.certFile,
+      second.keyFile,
+    ],
+    { timeoutMs: 60_000 },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { a: string[]; b: string[]; granted: number[][]; shared_available: number[] };
+  assert.deepEqual(out.shared_available, [1, 1], 'CONNACK: Shared Subscription Available');
+  assert.deepEqual(out.granted, [[2], [2]]);
+  const all = [...out.a, ...out.b].sort();
+  assert.deepEqual(all, Array.from({ length: 10 }, (_, i) => `m${i}`).sort(), 'each message once');
+  assert.deepEqual([out.a.length, out.b.length], [5, 5], 'round robin');
+});
