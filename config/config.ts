@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname, userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DEVICE_TYPES, type DeviceType } from '../firmware-sdk/protocol/device-id.ts';
@@ -205,6 +206,12 @@ export interface GatewayConfig {
   consolePort: number;
   /** TLS handshake deadline on every gateway listener; also bounds a WSS upgrade request. */
   handshakeTimeoutMs: number;
+  /**
+   * TCP load balancers (addresses or CIDRs) whose connections to the MQTT listeners (TLS and WSS)
+   * begin with a PROXY protocol header (v1 or v2) naming the device's address; from them the header
+   * is required, from anyone else refused. Empty (the default): no PROXY protocol.
+   */
+  proxyProtocolFrom: string[];
   /** Sockets still in their TLS handshake, over all gateway listeners (unauthenticated). */
   maxPendingHandshakes: number;
   /** The same, from one source address (mind NAT: a factory behind one address). */
@@ -281,6 +288,7 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     consoleHost: '127.0.0.1',
     consolePort: 9445,
     handshakeTimeoutMs: 10_000, // 10 s
+    proxyProtocolFrom: [] as string[],
     maxPendingHandshakes: 2_000,
     maxPendingHandshakesPerAddress: 200,
     connectTimeoutMs: 10_000, // 10 s
@@ -432,6 +440,12 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
 /** Where each setting may come from: its path in the file, its environment variable, its parser. */
 const SETTINGS = [
   { key: 'ca.hostnames', file: ['ca', 'hostnames'], env: 'FLEETGATE_HOSTNAMES', kind: 'list' },
+  {
+    key: 'gateway.proxyProtocolFrom',
+    file: ['gateway', 'proxyProtocolFrom'],
+    env: 'FLEETGATE_PROXY_PROTOCOL_FROM',
+    kind: 'cidrs',
+  },
   { key: 'ca.rootValidityMs', file: ['ca', 'rootValidity'], env: 'FLEETGATE_ROOT_VALIDITY', kind: 'duration' },
   {
     key: 'ca.intermediateValidityMs',
@@ -721,13 +735,8 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return value;
   }
   if (kind === 'routes') return parseRoutes(value, where, problems);
-  if (kind === 'file') {
-    if (typeof value !== 'string' || value.length > 4096 || value.includes('\0')) {
-      problems.push(`${where} must be a file path`);
-      return undefined;
-    }
-    return value === '' ? '' : resolve(value);
-  }
+  if (kind === 'cidrs') return parseCidrs(value, where, problems);
+  if (kind === 'file') return parseFile(value, where, problems);
   if (kind === 'natsurls') {
     const urls =
       typeof value === 'string'
@@ -827,6 +836,40 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return undefined;
   }
   return list;
+}
+
+/** Addresses or CIDRs (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`): a list, or a comma-separated string. */
+function parseCidrs(value: unknown, where: string, problems: string[]): string[] | undefined {
+  const list =
+    typeof value === 'string'
+      ? value
+          .split(',')
+          .map((v) => v.trim())
+          .filter(Boolean)
+      : value;
+  const cidr = (v: unknown) => {
+    if (typeof v !== 'string') return false;
+    const [address = '', bits, extra] = v.split('/');
+    const family = isIP(address);
+    const max = family === 6 ? 128 : 32;
+    return (
+      family !== 0 && extra === undefined && (bits === undefined || (/^\d{1,3}$/.test(bits) && Number(bits) <= max))
+    );
+  };
+  if (!Array.isArray(list) || !list.every(cidr)) {
+    problems.push(`${where} must be a list of IP addresses or CIDRs (10.0.0.0/8, fd00::/8)`);
+    return undefined;
+  }
+  return list as string[];
+}
+
+/** A file path (resolved from the working directory); empty: the default. */
+function parseFile(value: unknown, where: string, problems: string[]): string | undefined {
+  if (typeof value !== 'string' || value.length > 4096 || value.includes('\0')) {
+    problems.push(`${where} must be a file path`);
+    return undefined;
+  }
+  return value === '' ? '' : resolve(value);
 }
 
 function parseRoutes(value: unknown, where: string, problems: string[]): RouteConfig[] | undefined {

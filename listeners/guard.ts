@@ -1,5 +1,6 @@
 import type { Server as NetServer, Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { peerAddress, peerPort } from './proxy-protocol.ts';
 
 export interface GuardLimits {
   /** Sockets still in their TLS handshake, over every listener the guard watches. */
@@ -66,7 +67,7 @@ export class ConnectionGuard {
   }
 
   #accept(socket: Socket, listener: string): void {
-    const address = socket.remoteAddress ?? 'unknown';
+    const address = peerAddress(socket);
     const fromAddress = this.#byAddress.get(address) ?? 0;
     if (this.#pending.size >= this.#limits.maxPending || fromAddress >= this.#limits.maxPendingPerAddress) {
       this.#events.refused(
@@ -106,5 +107,5 @@ export class ConnectionGuard {
 }
 
 function peerKey(socket: Socket): string {
-  return `${socket.remoteAddress}|${socket.remotePort}`;
+  return `${peerAddress(socket)}|${peerPort(socket)}`;
 }

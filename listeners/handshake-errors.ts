@@ -1,5 +1,6 @@
 import type { TLSSocket } from 'node:tls';
 import type { ErrorCode } from '../firmware-sdk/protocol/errors.ts';
+import { peerAddress } from './proxy-protocol.ts';
 import type { ThrottledLog } from './throttled-log.ts';
 
 /**
@@ -44,7 +45,7 @@ export function onTlsClientError(log: ThrottledLog, count: (code: ErrorCode) => 
         decision: 'refused',
         code,
         ...fields,
-        remoteAddress: socket.remoteAddress,
+        remoteAddress: peerAddress(socket),
         verify: socket.authorizationError ?? undefined,
         err: err.message,
       },

@@ -1,6 +1,7 @@
 import type { TLSSocket } from 'node:tls';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { type Admitted, admitAsync } from '../../listeners/admission.ts';
+import { peerAddress } from '../../listeners/proxy-protocol.ts';
 import type { DeviceQuotas } from '../quotas.ts';
 import type { Session, SessionTable } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
@@ -77,7 +78,7 @@ export class RequestAdmission {
       identity: admitted.identity,
       device: admitted.device,
       transport: 'https',
-      remoteAddress: socket.remoteAddress ?? 'unknown',
+      remoteAddress: peerAddress(socket),
       scope: { publish: [], subscribe: [] },
       close: () => socket.destroy(),
     });

@@ -2,6 +2,7 @@ import type { TLSSocket } from 'node:tls';
 import type { PeerIdentity } from '../../firmware-sdk/protocol/certificate-identity.ts';
 import { FleetgateError, toFleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { socketIdentity } from '../../listeners/admission.ts';
+import { peerAddress } from '../../listeners/proxy-protocol.ts';
 import type { DeviceRecord } from '../../provisioning/registry/records.ts';
 import { scopeFor } from '../policy/topics.ts';
 import type { Session, Transport } from '../sessions.ts';
@@ -43,7 +44,7 @@ function attach(b: Broker, transport: MqttTransport, kind: Transport, socket: TL
   const conn: MqttConnection = new MqttConnection({
     transport,
     kind,
-    remoteAddress: socket.remoteAddress ?? 'unknown',
+    remoteAddress: peerAddress(socket),
     limit: () =>
       conn.session === undefined ? b.minPacketLimit : b.deps.config.limits[conn.session.device.type].maxPacketBytes,
     onPacket: (first, body) => onPacket(b, conn, first, body),
