@@ -101,8 +101,10 @@ export function parseProxyHeader(buf: Buffer): Parsed {
 
 export interface ProxyFrontOptions {
   balancers: BlockList;
-  /** How long a balancer's connection may take to send its header. */
+  /** How long a connection may take to send its first bytes (a balancer's: its whole header). */
   timeoutMs: number;
+  /** Connections waiting for their first bytes here, at most (the handshake guard counts them only once handed on). */
+  maxPending: number;
   onRefused(reason: string, remoteAddress: string): void;
 }
 
@@ -112,19 +114,32 @@ export interface ProxyFrontOptions {
  * to `target` as they are — unless they begin with a PROXY header, which is refused.
  */
 export function proxyFront(target: Server, options: ProxyFrontOptions): Server {
+  let pending = 0;
   return createServer({ noDelay: true, pauseOnConnect: false }, (socket) => {
-    const fromBalancer = trusted(options.balancers, socket.remoteAddress);
-    let buf: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => refuse('no PROXY header in time'), options.timeoutMs);
-    const refuse = (reason: string) => {
+    if (pending >= options.maxPending) {
+      options.onRefused('too many connections waiting for their first bytes', socket.remoteAddress ?? 'unknown');
+      socket.destroy();
+      return;
+    }
+    pending++;
+    let waiting = true;
+    const done = () => {
+      if (!waiting) return;
+      waiting = false;
+      pending--;
       clearTimeout(timer);
       socket.removeListener('data', onData);
+    };
+    const fromBalancer = trusted(options.balancers, socket.remoteAddress);
+    let buf: Buffer = Buffer.alloc(0);
+    const timer = setTimeout(() => refuse('nothing (or no whole PROXY header) in time'), options.timeoutMs);
+    const refuse = (reason: string) => {
+      done();
       options.onRefused(reason, socket.remoteAddress ?? 'unknown');
       socket.destroy();
     };
     const handOver = (rest: Buffer) => {
-      clearTimeout(timer);
-      socket.removeListener('data', onData);
+      done();
       socket.pause();
       if (rest.length > 0) socket.unshift(rest);
       target.emit('connection', socket);
@@ -144,7 +159,7 @@ export function proxyFront(target: Server, options: ProxyFrontOptions): Server {
       handOver(buf.subarray(p.consumed));
     };
     socket.on('data', onData);
-    socket.on('error', () => clearTimeout(timer));
-    socket.on('close', () => clearTimeout(timer));
+    socket.on('error', done);
+    socket.on('close', done);
   });
 }

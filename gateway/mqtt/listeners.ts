@@ -39,6 +39,7 @@ function behindBalancers(config: GatewayConfig, deps: ListenerDeps, servers: Tls
   const options = {
     balancers,
     timeoutMs: config.handshakeTimeoutMs,
+    maxPending: config.maxPendingHandshakes,
     onRefused: (reason: string, remoteAddress: string) => {
       deps.metrics.unauthenticatedClosed.inc({ listener: 'proxy', reason: 'proxy_protocol' });
       deps.refusals.warn(
