@@ -207,7 +207,7 @@ export interface GatewayConfig {
   /** TLS handshake deadline on every gateway listener; also bounds a WSS upgrade request. */
   handshakeTimeoutMs: number;
   /**
-   * TCP load balancers (addresses or CIDRs) whose connections to the MQTT listeners (TLS and WSS)
+   * TCP load balancers (addresses or CIDRs) whose connections to the device listeners (MQTT, WSS, HTTPS)
    * begin with a PROXY protocol header (v1 or v2) naming the device's address; from them the header
    * is required, from anyone else refused. Empty (the default): no PROXY protocol.
    */

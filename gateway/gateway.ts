@@ -4,6 +4,7 @@ import type { FleetgateConfig, GatewayConfig } from '../config/config.ts';
 import { type DataPaths, dataPaths, urlHost } from '../config/paths.ts';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 import { ConnectionGuard } from '../listeners/guard.ts';
+import { proxyOptions } from '../listeners/proxy-protocol.ts';
 import { ThrottledLog } from '../listeners/throttled-log.ts';
 import { serverTlsOptions } from '../listeners/tls.ts';
 import { type ClusterLinks, checkClusterLinks, loadNodeIdentity } from '../runtime/cluster-links.ts';
@@ -218,9 +219,11 @@ async function startSurfaces(core: Core, s: Surfaces): Promise<RunningGateway> {
       l.wss.closeAllConnections();
     },
   );
+  const proxy = proxyOptions(g, shared);
   const httpsDeps = {
     ...{ registry, sessions, minter: s.minter, guard, refusals, metrics, quotas: core.quotas },
     log: log.child({ plane: 'https' }),
+    ...(proxy !== undefined && { proxy }),
   };
   const httpsPlane = await startup.step(
     () => startHttpsPlane(config.https, tls('required'), httpsDeps),

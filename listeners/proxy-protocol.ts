@@ -1,4 +1,5 @@
 import { BlockList, createServer, isIP, type Server, type Socket } from 'node:net';
+import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 
 /**
  * The PROXY protocol (HAProxy's, v1 text and v2 binary) in front of a TLS listener: a TCP load
@@ -162,4 +163,64 @@ export function proxyFront(target: Server, options: ProxyFrontOptions): Server {
     socket.on('error', done);
     socket.on('close', done);
   });
+}
+
+/**
+ * Makes `server` (a TLS or HTTPS server) listen through `front`: `listen`, `address` and `close`
+ * act on the front, its `listening` and `error` events are the server's — so whatever binds and
+ * closes the server (fastify, `listen()`) needs to know nothing of the PROXY protocol.
+ */
+export function listenThrough(server: Server, front: Server): void {
+  const closeServer = server.close.bind(server);
+  front.on('error', (err) => server.emit('error', err));
+  front.on('listening', () => server.emit('listening'));
+  server.listen = ((...args: Parameters<Server['listen']>) => {
+    front.listen(...args);
+    return server;
+  }) as Server['listen'];
+  server.address = () => front.address();
+  server.close = ((cb?: (err?: Error) => void) => {
+    front.close();
+    // The server itself never listened: closing it ends its connections' life, not a socket.
+    closeServer(() => cb?.());
+    return server;
+  }) as Server['close'];
+}
+
+/** A PROXY front for each of `servers` (the same balancers and bounds), each server listening through its front. */
+export function behindProxy(servers: Server[], options: ProxyFrontOptions): void {
+  for (const server of servers) listenThrough(server, proxyFront(server, options));
+}
+
+/**
+ * The PROXY options for a gateway listener from `gateway.proxyProtocolFrom` (undefined: none
+ * configured); refusals counted as unauthenticated closes and logged (throttled).
+ */
+export function proxyOptions(
+  config: { proxyProtocolFrom: string[]; handshakeTimeoutMs: number; maxPendingHandshakes: number },
+  deps: {
+    metrics: { unauthenticatedClosed: { inc(labels: { listener: string; reason: string }): void } };
+    refusals: { warn(kind: string, fields: Record<string, unknown>, message: string): void };
+  },
+): ProxyFrontOptions | undefined {
+  let balancers: BlockList | undefined;
+  try {
+    balancers = trustedBalancers(config.proxyProtocolFrom);
+  } catch (err) {
+    throw new FleetgateError('CONFIG_INVALID', `gateway.proxyProtocolFrom: ${(err as Error).message}`);
+  }
+  if (balancers === undefined) return undefined;
+  return {
+    balancers,
+    timeoutMs: config.handshakeTimeoutMs,
+    maxPending: config.maxPendingHandshakes,
+    onRefused: (reason, remoteAddress) => {
+      deps.metrics.unauthenticatedClosed.inc({ listener: 'proxy', reason: 'proxy_protocol' });
+      deps.refusals.warn(
+        `proxy|${reason}`,
+        { decision: 'closed', reason, remoteAddress },
+        'PROXY protocol: connection refused',
+      );
+    },
+  };
 }

@@ -1,9 +1,11 @@
-// Issue #27, point 4 (first step): the PROXY protocol on the MQTT listeners, behind Debian's
-// HAProxy (`mode tcp`, `send-proxy-v2` to the TLS listener, `send-proxy` (v1) to the WSS one),
+// Issue #27, point 4: the PROXY protocol on the device listeners, behind Debian's HAProxy
+// (`mode tcp`; `send-proxy-v2` to the MQTT TLS listener and the HTTPS plane, `send-proxy` (v1) to WSS),
 // connecting from 127.0.0.2 — the one balancer address the gateway trusts. Devices connect to
 // HAProxy from 127.0.0.5; the gateway must see 127.0.0.5. A header from anywhere else, and a
 // balancer's connection without one, are refused and logged.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { Agent, request } from 'node:https';
 import { connect as netConnect } from 'node:net';
 import { after, before, test } from 'node:test';
 import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
@@ -27,6 +29,7 @@ before(async () => {
   haproxy = await startHaproxy([
     { proxy: 'v2', upstreams: [fleet.gateway.ports.mqtts], source: '127.0.0.2' },
     { proxy: 'v1', upstreams: [fleet.gateway.ports.wss], source: '127.0.0.2' },
+    { proxy: 'v2', upstreams: [fleet.gateway.ports.https], source: '127.0.0.2' },
   ]);
   scope.after(() => haproxy.stop());
   sensor = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'pp-sensor' });
@@ -58,6 +61,41 @@ test('proxy protocol/through HAProxy (v2 to TLS, v1 to WSS) the gateway sees the
     } finally {
       await client.endAsync();
     }
+  }
+});
+
+test('proxy protocol/the HTTPS plane through HAProxy (v2) sees the device’s address too', { skip }, async () => {
+  const agent = new Agent({ keepAlive: true, localAddress: '127.0.0.5' });
+  try {
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port: haproxy.ports[2],
+          path: '/anything',
+          ca: readFileSync(fleet.rootFile),
+          cert: sensor.certPem,
+          key: sensor.keyPem,
+          servername: 'localhost',
+          agent,
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    assert.ok(status > 0);
+    // The keep-alive connection is still open: its session names the device's address.
+    const https = fleet.gateway.sessions.ofDevice('pp-sensor').filter((s) => s.transport === 'https');
+    assert.deepEqual(
+      https.map((s) => s.remoteAddress),
+      ['127.0.0.5'],
+    );
+  } finally {
+    agent.destroy();
   }
 });
 

@@ -8,6 +8,7 @@ import type { ConnectionGuard } from '../../listeners/guard.ts';
 import { onTlsClientError } from '../../listeners/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../listeners/http-errors.ts';
 import { listenApp } from '../../listeners/listen.ts';
+import { behindProxy, type ProxyFrontOptions } from '../../listeners/proxy-protocol.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { DeviceQuotas } from '../quotas.ts';
@@ -30,6 +31,8 @@ export interface HttpsDeps {
   /** Per-device rate quotas, shared with the MQTT plane. */
   quotas: DeviceQuotas;
   log: Logger;
+  /** Behind a TCP balancer that sends a PROXY header (`gateway.proxyProtocolFrom`). */
+  proxy?: ProxyFrontOptions;
 }
 
 interface RequestState extends Admitted {
@@ -93,6 +96,9 @@ export async function startHttpsPlane(
     req.fleetgate = { ...admitted, target: normalizeTarget(req.url) };
   });
   await app.register(proxyRoutes, { config, deps });
+  // Behind a TCP balancer speaking the PROXY protocol: the same front as the MQTT listeners'.
+  const proxy = deps.proxy;
+  if (proxy !== undefined) behindProxy([app.server], proxy);
   const at = { host: config.host, port: config.port, setting: 'https.port (FLEETGATE_HTTPS_PORT)' };
   return { app, port: await listenApp(app, at) };
 }

@@ -1,14 +1,12 @@
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import type { Server as NetServer } from 'node:net';
 import { createServer as createTlsServer, type TlsOptions, type Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import type { GatewayConfig } from '../../config/config.ts';
-import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import type { ConnectionGuard } from '../../listeners/guard.ts';
 import { onTlsClientError } from '../../listeners/handshake-errors.ts';
 import { listen } from '../../listeners/listen.ts';
-import { proxyFront, trustedBalancers } from '../../listeners/proxy-protocol.ts';
+import { behindProxy, proxyOptions } from '../../listeners/proxy-protocol.ts';
 import type { ThrottledLog } from '../../listeners/throttled-log.ts';
 import type { Metrics } from '../metrics.ts';
 import type { MqttPlane } from './plane.ts';
@@ -25,31 +23,6 @@ export interface ListenerDeps {
   log: Logger;
   refusals: ThrottledLog;
   metrics: Metrics;
-}
-
-/** PROXY-protocol fronts for `servers` when `gateway.proxyProtocolFrom` names balancers; undefined otherwise. */
-function behindBalancers(config: GatewayConfig, deps: ListenerDeps, servers: TlsServer[]): NetServer[] | undefined {
-  let balancers: ReturnType<typeof trustedBalancers>;
-  try {
-    balancers = trustedBalancers(config.proxyProtocolFrom);
-  } catch (err) {
-    throw new FleetgateError('CONFIG_INVALID', `gateway.proxyProtocolFrom: ${(err as Error).message}`);
-  }
-  if (balancers === undefined) return undefined;
-  const options = {
-    balancers,
-    timeoutMs: config.handshakeTimeoutMs,
-    maxPending: config.maxPendingHandshakes,
-    onRefused: (reason: string, remoteAddress: string) => {
-      deps.metrics.unauthenticatedClosed.inc({ listener: 'proxy', reason: 'proxy_protocol' });
-      deps.refusals.warn(
-        `proxy|${reason}`,
-        { decision: 'closed', reason, remoteAddress },
-        'PROXY protocol: connection refused',
-      );
-    },
-  };
-  return servers.map((server) => proxyFront(server, options));
 }
 
 /** MQTT over TLS (8883) and MQTT over WSS (8884, `/mqtt`): the same TLS options, the same plane. */
@@ -100,29 +73,17 @@ export async function startMqttListeners(
   });
   // Behind a TCP balancer speaking the PROXY protocol, a front reads its header and hands the
   // connection on: the listeners see the device's address (peerAddress).
-  const fronts = behindBalancers(config, deps, [mqtts, wss]);
+  const proxy = proxyOptions(config, deps);
+  if (proxy !== undefined) behindProxy([mqtts, wss], proxy);
   const bound = await Promise.allSettled([
-    listen(fronts?.[0] ?? mqtts, config.mqttPort, config.host, 'gateway.mqttPort (FLEETGATE_MQTT_PORT)'),
-    listen(fronts?.[1] ?? wss, config.wssPort, config.host, 'gateway.wssPort (FLEETGATE_WSS_PORT)'),
+    listen(mqtts, config.mqttPort, config.host, 'gateway.mqttPort (FLEETGATE_MQTT_PORT)'),
+    listen(wss, config.wssPort, config.host, 'gateway.wssPort (FLEETGATE_WSS_PORT)'),
   ]);
   const failure = bound.find((b) => b.status === 'rejected');
   if (failure !== undefined) {
-    for (const f of fronts ?? []) f.close();
     mqtts.close();
     wss.close();
     throw failure.reason;
-  }
-  if (fronts !== undefined) {
-    // Closing a listener closes its front (the servers themselves never listened).
-    const [mqttsFront, wssFront] = fronts;
-    mqtts.close = ((close) => (cb?: (err?: Error) => void) => {
-      mqttsFront!.close();
-      return close.call(mqtts, () => cb?.());
-    })(mqtts.close);
-    wss.close = ((close) => (cb?: (err?: Error) => void) => {
-      wssFront!.close();
-      return close.call(wss, () => cb?.());
-    })(wss.close);
   }
   const [mqttsPort, wssPort] = bound.map((b) => (b as PromiseFulfilledResult<number>).value) as [number, number];
   return { mqtts, wss, ports: { mqtts: mqttsPort, wss: wssPort } };
