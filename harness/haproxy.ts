@@ -18,6 +18,11 @@ export interface HaproxyFrontend {
   upstreams: number[];
   /** The address HAProxy connects to the backends from (a balancer address the gateway may trust). */
   source: string;
+  /**
+   * Health checks: `GET <path>` over TLS to each upstream's own port (the gateway's admin
+   * listener, `/healthz`), every 300 ms; a server failing one is out, passing one is back in.
+   */
+  check?: { path: string; ports: number[] };
 }
 
 export interface Haproxy {
@@ -34,13 +39,19 @@ export async function startHaproxy(frontends: HaproxyFrontend[]): Promise<Haprox
   for (const _ of frontends) ports.push(await freePort());
   const sections = frontends.map((f, i) => {
     const send = f.proxy === 'v2' ? ' send-proxy-v2' : f.proxy === 'v1' ? ' send-proxy' : '';
+    const check = (j: number) =>
+      f.check === undefined ? '' : ` check port ${f.check.ports[j]} check-ssl verify none inter 300 fall 1 rise 1`;
     return [
       `frontend fe${i}`,
       `  bind 127.0.0.1:${ports[i]}`,
       `  default_backend be${i}`,
       `backend be${i}`,
       '  balance roundrobin',
-      ...f.upstreams.map((p, j) => `  server s${j} 127.0.0.1:${p}${send} source ${f.source}`),
+      // A server that refuses (killed) is retried on another one at once.
+      '  retries 2',
+      '  option redispatch 1',
+      ...(f.check === undefined ? [] : [`  option httpchk GET ${f.check.path}`]),
+      ...f.upstreams.map((p, j) => `  server s${j} 127.0.0.1:${p}${send} source ${f.source}${check(j)}`),
     ].join('\n');
   });
   const config = [

@@ -1,5 +1,6 @@
-// Issue #12: three gateway nodes (separate processes) and one provisioning service behind a TCP
-// round-robin proxy, on one PostgreSQL registry (started by the test: initdb in a temp dir) and one
+// Issue #12: three gateway nodes (separate processes) and one provisioning service behind
+// Debian's HAProxy (`mode tcp`, round robin, `send-proxy-v2`, health checks on each node's
+// `/healthz`; issue #27), on one PostgreSQL registry (started by the test: initdb in a temp dir) and one
 // NATS. A device enrolled through provisioning connects through the proxy to any node; a publish
 // on one node reaches a service on another; `connections` and `kick` on one node see and act on
 // all three; a revocation cuts the device on whichever node holds it (latencies printed; bench
@@ -17,19 +18,25 @@ import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import pg from 'pg';
 import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from '../harness/engines.ts';
+import { type Haproxy, haproxyAvailable, startHaproxy } from '../harness/haproxy.ts';
 import { errorCodeOf, https } from '../harness/https.ts';
 import { closed, connect, until, withTimeout } from '../harness/mqtt.ts';
 import { type NatsServer, natsAvailable, nodeIdentity, startNats } from '../harness/nats.ts';
 import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
 import type { PostgresServer } from '../harness/postgres.ts';
-import { type RoundRobinProxy, startRoundRobinProxy } from '../harness/proxy.ts';
 import { fileScope, fleetgate } from '../harness/run.ts';
 import { benchFleet, type GatewayProcess, spawnService } from '../harness/services.ts';
 import { RegistryWriter } from '../provisioning/registry/writer.ts';
 
+if (!haproxyAvailable() && process.env.CI === 'true')
+  throw new Error("haproxy is missing: .ci/run installs Debian's haproxy for the cluster tests");
 if (!natsAvailable() && process.env.CI === 'true')
   throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");
-const skip = !natsAvailable() ? 'no nats-server (apt-get install nats-server)' : pgSkip;
+const skip = !natsAvailable()
+  ? 'no nats-server (apt-get install nats-server)'
+  : !haproxyAvailable()
+    ? 'no haproxy (apt-get install haproxy)'
+    : pgSkip;
 
 const scope = fileScope(after);
 let nats: NatsServer;
@@ -38,7 +45,7 @@ let registryUrl: string;
 let fleet: Awaited<ReturnType<typeof benchFleet>>;
 const nodes: GatewayProcess[] = [];
 let provisioning: GatewayProcess;
-let proxy: RoundRobinProxy;
+let proxy: Haproxy;
 let ca: Buffer;
 let operator: Credential;
 
@@ -81,6 +88,7 @@ before(async () => {
       ...(await nats.node(name)),
       FLEETGATE_REGISTRY: await roleUrl('gateway', name),
       FLEETGATE_HTTPS_KEEPALIVE_TIMEOUT: '60s',
+      FLEETGATE_PROXY_PROTOCOL_FROM: '127.0.0.2',
       FLEETGATE_REGISTRY_TIMEOUT: '10s',
     });
     nodes.push(node);
@@ -90,8 +98,16 @@ before(async () => {
     FLEETGATE_REGISTRY: await roleUrl('provisioning', 'p1'),
   });
   scope.after(() => provisioning.stop());
-  proxy = await startRoundRobinProxy(() => nodes.map(mqttPort));
-  scope.after(() => proxy.close());
+  // The balancer connects from 127.0.0.2, the address every node trusts for PROXY headers.
+  proxy = await startHaproxy([
+    {
+      proxy: 'v2',
+      upstreams: nodes.map(mqttPort),
+      source: '127.0.0.2',
+      check: { path: '/healthz', ports: nodes.map((n) => Number(new URL(n.endpoints.admin!).port)) },
+    },
+  ]);
+  scope.after(() => proxy.stop());
 });
 
 /** A device added with a one-time token and enrolled through the provisioning service (key made here, the CSR sent). */
@@ -117,7 +133,8 @@ async function enrollThroughProvisioning(id: string): Promise<Credential> {
   };
 }
 
-const viaProxy = (cred: Credential) => connect(`mqtts://127.0.0.1:${proxy.port}`, cred, { ca: fleet.paths.rootCert });
+const viaProxy = (cred: Credential) =>
+  connect(`mqtts://127.0.0.1:${proxy.ports[0]}`, cred, { ca: fleet.paths.rootCert });
 /** Straight to one node, past the proxy. */
 const direct = (n: GatewayProcess, cred: Credential) =>
   connect(`mqtts://127.0.0.1:${mqttPort(n)}`, cred, { ca: fleet.paths.rootCert });
@@ -125,7 +142,7 @@ const direct = (n: GatewayProcess, cred: Credential) =>
 /** The cluster's view of live sessions, asked of one node's admin API. */
 async function connections(
   node: GatewayProcess,
-): Promise<{ connections: { deviceId: string; node: string }[]; nodes: string[] }> {
+): Promise<{ connections: { deviceId: string; node: string; remoteAddress: string }[]; nodes: string[] }> {
   const r = await https(`${node.endpoints.admin}/v1/connections`, { ca, cred: operator });
   assert.equal(r.status, 200, r.body);
   return r.json();
@@ -144,6 +161,9 @@ test('cluster/devices enrolled through provisioning connect through the proxy to
       view.connections.filter((c) => c.deviceId.startsWith('cl-')).map((c) => [c.deviceId, c.node]),
     );
     assert.equal(where.size, 3);
+    // Through HAProxy's PROXY header every node sees the device's address, not the balancer's (127.0.0.2).
+    for (const c of view.connections.filter((c) => c.deviceId.startsWith('cl-')))
+      assert.equal(c.remoteAddress, '127.0.0.1', `${c.deviceId} on ${c.node}`);
     assert.equal(
       new Set(where.values()).size,
       3,
@@ -329,7 +349,7 @@ test('cluster/kill -9 of a node: its devices reconnect through the proxy to the 
     const lost = closed(clients[index]!, 30_000);
     nodes[2]!.child.kill('SIGKILL');
     await lost;
-    // The proxy finds n3 refusing and hands the connection to a living node.
+    // HAProxy finds n3 refusing (and its health check failing) and hands the connection to a living node.
     clients[index] = await viaProxy(creds[index]!);
     const after = await connections(nodes[0]!);
     assert.deepEqual(after.nodes, ['n1', 'n2'], 'the dead node no longer answers');
@@ -386,14 +406,29 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
     await postgres.stop();
     let restarted = false;
     try {
-      // While down: a device never seen is refused by every node, CONNACK 3 (the registry's code).
-      for (let k = 0; k < 3; k++) {
+      // While down: a device never seen is refused by every node, CONNACK 3 (the registry's code)…
+      for (const n of living()) {
         await assert.rejects(
-          viaProxy(newcomer!),
+          direct(n, newcomer!),
           (e: { code?: number }) => e.code === 3,
           'CONNACK 3: registry unavailable',
         );
       }
+      // …and the balancer, whose health checks read /healthz (503 now), has taken every node out
+      // of rotation: a new connection through it gets no node at all.
+      await until(
+        'HAProxy stops handing out nodes',
+        async () => {
+          try {
+            (await viaProxy(newcomer!)).end(true);
+            return false;
+          } catch (e) {
+            return (e as { code?: number }).code !== 3;
+          }
+        },
+        30_000,
+        200,
+      );
       // Live sessions go on: a QoS 1 publish is acknowledged.
       await withTimeout(
         cLive.publishAsync(`devices/${live!.deviceId}/telemetry/t`, 'still here', { qos: 1 }),
