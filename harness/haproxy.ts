@@ -20,7 +20,8 @@ export interface HaproxyFrontend {
   source: string;
   /**
    * Health checks: `GET <path>` over TLS to each upstream's own port (the gateway's admin
-   * listener, `/healthz`), every 300 ms; a server failing one is out, passing one is back in.
+   * listener, `/healthz`), every 300 ms; a server failing three in a row is out (one slow answer on
+   * a busy machine is not an outage), passing one is back in.
    */
   check?: { path: string; ports: number[] };
 }
@@ -40,7 +41,7 @@ export async function startHaproxy(frontends: HaproxyFrontend[]): Promise<Haprox
   const sections = frontends.map((f, i) => {
     const send = f.proxy === 'v2' ? ' send-proxy-v2' : f.proxy === 'v1' ? ' send-proxy' : '';
     const check = (j: number) =>
-      f.check === undefined ? '' : ` check port ${f.check.ports[j]} check-ssl verify none inter 300 fall 1 rise 1`;
+      f.check === undefined ? '' : ` check port ${f.check.ports[j]} check-ssl verify none inter 300 fall 3 rise 1`;
     return [
       `frontend fe${i}`,
       `  bind 127.0.0.1:${ports[i]}`,
