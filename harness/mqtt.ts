@@ -91,6 +91,33 @@ export function nextMessage(client: MqttClient, topic: string, ms = 15_000): Pro
   );
 }
 
+/** Collects the payloads `client` receives on topics starting with `prefix`, in order. */
+export function collect(client: MqttClient, prefix: string): string[] {
+  const got: string[] = [];
+  client.on('message', (topic, payload) => {
+    if (topic.startsWith(prefix)) got.push(payload.toString());
+  });
+  return got;
+}
+
+/**
+ * Publishes probes (`probe-<n>`) from `from` on `topic` until `got` shows one: a subscription
+ * made on another node has reached this one through NATS.
+ */
+export async function linked(from: MqttClient, topic: string, got: string[]): Promise<void> {
+  let n = 0;
+  await withTimeout(
+    (async () => {
+      while (!got.some((g) => g.startsWith('probe'))) {
+        from.publish(topic, `probe-${n++}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })(),
+    20_000,
+    'the first probe across nodes',
+  );
+}
+
 export async function end(...clients: (MqttClient | undefined)[]): Promise<void> {
   await Promise.all(clients.map((c) => c?.endAsync(true).catch(() => undefined)));
 }

@@ -13,15 +13,19 @@ import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
  */
 const proxied = new WeakMap<object, { address: string; port: number }>();
 
+/** What a PROXY header said about this connection: recorded on the TCP socket, which a TLS socket on it names `_parent`. */
+function proxiedOf(socket: Socket): { address: string; port: number } | undefined {
+  const raw = (socket as Socket & { _parent?: object })._parent ?? socket;
+  return proxied.get(raw) ?? proxied.get(socket);
+}
+
 /** The device's address: the balancer's PROXY header when there was one, else the TCP peer's. */
 export function peerAddress(socket: Socket): string {
-  const raw = (socket as Socket & { _parent?: object })._parent ?? socket;
-  return proxied.get(raw)?.address ?? proxied.get(socket)?.address ?? socket.remoteAddress ?? 'unknown';
+  return proxiedOf(socket)?.address ?? socket.remoteAddress ?? 'unknown';
 }
 
 export function peerPort(socket: Socket): number | undefined {
-  const raw = (socket as Socket & { _parent?: object })._parent ?? socket;
-  return proxied.get(raw)?.port ?? proxied.get(socket)?.port ?? socket.remotePort;
+  return proxiedOf(socket)?.port ?? socket.remotePort;
 }
 
 /** The balancers a listener trusts: addresses and CIDRs (`10.0.0.0/8`, `::1`). Throws on a malformed one. */

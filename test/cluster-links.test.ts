@@ -6,10 +6,9 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import type { MqttClient } from 'mqtt';
 import { type NatsConnection, connect as natsConnect } from 'nats';
 import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
-import { connect, until, withTimeout } from '../harness/mqtt.ts';
+import { collect, connect, linked, until } from '../harness/mqtt.ts';
 import { type NatsServer, natsAvailable, nodeIdentity, startNats } from '../harness/nats.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { fileScope, fleetgate, fleetgateOk, tempDir } from '../harness/run.ts';
@@ -39,52 +38,32 @@ before(async () => {
   service = await enrollDevice(a.registry, a.ca, a.dir, { id: 'l-svc', type: 'service' });
 });
 
-/** A raw NATS client presenting `cert`/`key` (PEM files), trusting the fleet root. */
-function natsClient(files?: { cert: string; key: string }): Promise<NatsConnection> {
-  return natsConnect({
-    servers: nats.url,
-    tls: {
-      ca: readFileSync(a.rootFile, 'utf8'),
-      ...(files !== undefined && { cert: readFileSync(files.cert, 'utf8'), key: readFileSync(files.key, 'utf8') }),
-    },
-    reconnect: false,
-    timeout: 10_000,
-  });
+/** The certificate and key files of a node identity's environment (harness `nodeIdentity`, `NatsServer.node`). */
+const filesOf = (env: Record<string, string>) => ({ cert: env.FLEETGATE_NODE_CERT!, key: env.FLEETGATE_NODE_KEY! });
+
+/** TLS options trusting the fleet root and presenting `files` (PEM files). */
+function nodeTls(files: { cert: string; key: string }): { ca: string; cert: string; key: string } {
+  return {
+    ca: readFileSync(a.rootFile, 'utf8'),
+    cert: readFileSync(files.cert, 'utf8'),
+    key: readFileSync(files.key, 'utf8'),
+  };
+}
+
+/** A raw NATS client on `servers` (the shared NATS by default) presenting `files`, trusting the fleet root. */
+function natsClient(files?: { cert: string; key: string }, servers = nats.url): Promise<NatsConnection> {
+  const tls = files === undefined ? { ca: readFileSync(a.rootFile, 'utf8') } : nodeTls(files);
+  return natsConnect({ servers, tls, reconnect: false, timeout: 10_000 });
 }
 
 async function asNode(name: string): Promise<NatsConnection> {
-  const id = await nodeIdentity(a.config.dataDir, 'gateway', name);
-  return natsClient({ cert: id.FLEETGATE_NODE_CERT!, key: id.FLEETGATE_NODE_KEY! });
+  return natsClient(filesOf(await nodeIdentity(a.config.dataDir, 'gateway', name)));
 }
 
 /** A's count of bus messages it refused. */
 async function invalidAtA(): Promise<number> {
   const text = await a.gateway.metrics.registry.getSingleMetricAsString('fleetgate_cluster_messages_total');
   return Number(/direction="invalid"\} (\d+)/.exec(text)?.[1] ?? 0);
-}
-
-/** Collects the payloads `client` receives on topics starting with `prefix`. */
-function collect(client: MqttClient, prefix: string): string[] {
-  const got: string[] = [];
-  client.on('message', (topic, payload) => {
-    if (topic.startsWith(prefix)) got.push(payload.toString());
-  });
-  return got;
-}
-
-/** Publishes probes from `from` until `got` shows one: the subscription has reached the other node. */
-async function linked(from: MqttClient, topic: string, got: string[]): Promise<void> {
-  let n = 0;
-  await withTimeout(
-    (async () => {
-      while (!got.some((g) => g.startsWith('probe'))) {
-        from.publish(topic, `probe-${n++}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    })(),
-    20_000,
-    'the first probe across nodes',
-  );
 }
 
 test('cluster links/NATS refuses a client without a certificate, a device certificate, and a node it does not list', {
@@ -95,13 +74,13 @@ test('cluster links/NATS refuses a client without a certificate, a device certif
   await assert.rejects(natsClient(device), /authorization|auth/i, 'a device certificate maps to no NATS user');
   const stranger = await nodeIdentity(a.config.dataDir, 'gateway', 'stranger');
   await assert.rejects(
-    natsClient({ cert: stranger.FLEETGATE_NODE_CERT!, key: stranger.FLEETGATE_NODE_KEY! }),
+    natsClient(filesOf(stranger)),
     /authorization|auth/i,
     'a node certificate from the fleet CA for a node the config does not list',
   );
   const operatorRole = await nodeIdentity(a.config.dataDir, 'operator', 'a');
   await assert.rejects(
-    natsClient({ cert: operatorRole.FLEETGATE_NODE_CERT!, key: operatorRole.FLEETGATE_NODE_KEY! }),
+    natsClient(filesOf(operatorRole)),
     /authorization|auth/i,
     "another role's certificate with a listed gateway's name",
   );
@@ -259,32 +238,14 @@ test('cluster links/a joining node refuses a forged retained snapshot whole: the
     retained: () => undefined,
     shared: () => undefined,
   };
-  const joinerEnv = await own.node('joiner');
-  const ca = readFileSync(a.rootFile, 'utf8');
   const joiner = await NatsBus.connect(
-    {
-      servers: own.url,
-      tls: {
-        ca,
-        cert: readFileSync(joinerEnv.FLEETGATE_NODE_CERT!, 'utf8'),
-        key: readFileSync(joinerEnv.FLEETGATE_NODE_KEY!, 'utf8'),
-      },
-    },
+    { servers: own.url, tls: nodeTls(filesOf(await own.node('joiner'))) },
     'joiner',
     quiet,
     events,
     { retainedTotal: 1_000, retainedBytesTotal: 64 * 1024 },
   );
-  const evilEnv = await own.node('evil');
-  const evil = await natsConnect({
-    servers: own.url,
-    tls: {
-      ca,
-      cert: readFileSync(evilEnv.FLEETGATE_NODE_CERT!, 'utf8'),
-      key: readFileSync(evilEnv.FLEETGATE_NODE_KEY!, 'utf8'),
-    },
-    reconnect: false,
-  });
+  const evil = await natsClient(filesOf(await own.node('evil')), own.url);
   const record = (i: number, size = 10) => {
     const m = new Message(`devices/s-1/r${i}`, Buffer.alloc(size, 1), 1, true, 's-1');
     return Buffer.concat(encodeRecord(retainedSubject(m.topic), encodeEnvelope(m)));
@@ -340,16 +301,7 @@ test('cluster links/a joining node refuses a forged retained snapshot whole: the
 
     // A snapshot from a non-gateway identity cannot exist: an operator may neither hear the offer
     // nor publish to any inbox (NATS refuses the subscription and drops the publish).
-    const opsId = await nodeIdentity(a.config.dataDir, 'operator', 'ops');
-    const ops = await natsConnect({
-      servers: own.url,
-      tls: {
-        ca,
-        cert: readFileSync(opsId.FLEETGATE_NODE_CERT!, 'utf8'),
-        key: readFileSync(opsId.FLEETGATE_NODE_KEY!, 'utf8'),
-      },
-      reconnect: false,
-    });
+    const ops = await natsClient(filesOf(await nodeIdentity(a.config.dataDir, 'operator', 'ops')), own.url);
     try {
       const offers = ops.subscribe('fg.sync.retained.offer');
       await assert.rejects(

@@ -5,9 +5,8 @@
 // A, and when NATS restarts the gap is in A's metrics and log and fan-out resumes.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import type { MqttClient } from 'mqtt';
 import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
-import { closed, connect, until, withTimeout } from '../harness/mqtt.ts';
+import { closed, collect, connect, linked, until, withTimeout } from '../harness/mqtt.ts';
 import { type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { fileScope } from '../harness/run.ts';
@@ -37,30 +36,6 @@ before(async () => {
   sensor = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-sensor' });
   service = await enrollDevice(a.registry, a.ca, a.dir, { id: 'c-svc', type: 'service' });
 });
-
-/** Collects the payloads `client` receives on topics starting with `prefix`. */
-function collect(client: MqttClient, prefix: string): string[] {
-  const got: string[] = [];
-  client.on('message', (topic, payload) => {
-    if (topic.startsWith(prefix)) got.push(payload.toString());
-  });
-  return got;
-}
-
-/** Publishes probes from `from` until `got` shows one: the subscription has reached the other node through NATS. */
-async function linked(from: MqttClient, topic: string, got: string[]): Promise<void> {
-  let n = 0;
-  await withTimeout(
-    (async () => {
-      while (!got.some((g) => g.startsWith('probe'))) {
-        from.publish(topic, `probe-${n++}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    })(),
-    20_000,
-    'the first probe across nodes',
-  );
-}
 
 /**
  * Subscribes to `devices/c-sensor/#` on the node at `url`; returns the retained messages

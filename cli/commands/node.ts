@@ -192,13 +192,15 @@ function nodeInstallCommand(node: Command, common: CommonFlags): void {
         const cert = new X509Certificate(pem);
         if (!spki(cert.publicKey).equals(spki(createPublicKey(createPrivateKey(readFileSync(ctx.paths.nodeKey))))))
           throw new FleetgateError('NODE_CERT_INVALID', `${file} is not for this host's key (${ctx.paths.nodeKey})`);
-        const chain = readFileSync(ctx.paths.rootCert, 'utf8');
-        const issuer = pem.split(/(?=-----BEGIN CERTIFICATE-----)/)[1];
-        const root = new X509Certificate(chain);
+        const root = new X509Certificate(readFileSync(ctx.paths.rootCert, 'utf8'));
+        const issuerPem = pem.split(/(?=-----BEGIN CERTIFICATE-----)/)[1];
+        const issuer = issuerPem === undefined ? undefined : new X509Certificate(issuerPem);
+        // Signatures, not only names: the issuing CA by the root, the certificate by the issuing CA.
         if (
           issuer === undefined ||
-          !new X509Certificate(issuer).verify(root.publicKey) ||
-          !cert.checkIssued(new X509Certificate(issuer))
+          !issuer.verify(root.publicKey) ||
+          !cert.checkIssued(issuer) ||
+          !cert.verify(issuer.publicKey)
         )
           throw new FleetgateError(
             'NODE_CERT_INVALID',

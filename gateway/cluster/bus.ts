@@ -186,9 +186,14 @@ export class NatsBus {
     return this.#subs.size;
   }
 
-  /** Subscribes with a handler that cannot throw into the NATS client: a throw is a refused message. */
-  #on(subject: string, handler: Handler): Subscription {
-    return this.#nc.subscribe(subject, {
+  /**
+   * Subscribes with a handler that cannot throw into the NATS client: a throw is a refused
+   * message. `shared`: on the shared groups' connection, in queue group `queue`.
+   */
+  #on(subject: string, handler: Handler, shared?: { queue: string }): Subscription {
+    const nc = shared === undefined ? this.#nc : this.#sharedNc;
+    return nc.subscribe(subject, {
+      ...(shared !== undefined && { queue: shared.queue }),
       callback: (err, msg) => {
         if (err !== null) return;
         try {
@@ -299,20 +304,16 @@ export class NatsBus {
     if (this.#shared.has(key)) return;
     const queue = `share_${topicHash(key)}`;
     const subs = filterToSubjects(filter).map((subject) =>
-      this.#sharedNc.subscribe(subject, {
-        queue,
-        callback: (err, msg) => {
-          if (err !== null) return;
-          try {
-            const m = decodeEnvelope(msg.subject, msg.data);
-            if ('invalid' in m) return this.#refuse(m.invalid, msg.subject);
-            this.counts.received++;
-            this.#events.shared(key, m.ok);
-          } catch (e) {
-            this.#refuse(`handling it failed: ${(e as Error).message}`, msg.subject);
-          }
+      this.#on(
+        subject,
+        (msg) => {
+          const m = decodeEnvelope(msg.subject, msg.data);
+          if ('invalid' in m) return this.#refuse(m.invalid, msg.subject);
+          this.counts.received++;
+          this.#events.shared(key, m.ok);
         },
-      }),
+        { queue },
+      ),
     );
     this.#shared.set(key, subs);
   }
