@@ -65,6 +65,15 @@ export interface FleetgateConfig {
     /** This node's certificate and key for NATS (`fleetgate node issue`); empty: the data directory's `node/node.crt` and `node/node.key`. */
     nodeCert: string;
     nodeKey: string;
+    /**
+     * Where persistent MQTT sessions, their queued QoS 1/2 messages and retained messages live in
+     * a cluster: `jetstream` — in NATS JetStream (replicated; a session follows its device to any
+     * node, nothing acknowledged is lost when a node dies); `node` — on each node's own disk
+     * (`mqtt-<node>.db`; a session stays with its node). Alone (no NATS) always the node's disk.
+     */
+    sessions: 'jetstream' | 'node';
+    /** JetStream replicas of the cluster's streams (3 on a 3-server NATS cluster; 1 on a single server). */
+    replicas: number;
   };
 }
 
@@ -407,6 +416,8 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     allowInsecure: false,
     nodeCert: '',
     nodeKey: '',
+    sessions: 'node' as 'jetstream' | 'node',
+    replicas: 3,
   },
   mqtt: {
     durability: 'disk' as const,
@@ -695,6 +706,13 @@ const SETTINGS = [
   },
   { key: 'cluster.nodeCert', file: ['cluster', 'nodeCert'], env: 'FLEETGATE_NODE_CERT', kind: 'file' },
   { key: 'cluster.nodeKey', file: ['cluster', 'nodeKey'], env: 'FLEETGATE_NODE_KEY', kind: 'file' },
+  {
+    key: 'cluster.sessions',
+    file: ['cluster', 'sessions'],
+    env: 'FLEETGATE_CLUSTER_SESSIONS',
+    kind: 'clustersessions',
+  },
+  { key: 'cluster.replicas', file: ['cluster', 'replicas'], env: 'FLEETGATE_CLUSTER_REPLICAS', kind: 'replicas' },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: 'FLEETGATE_LIMITS', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
@@ -766,6 +784,21 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
       return undefined;
     }
     return value;
+  }
+  if (kind === 'clustersessions') {
+    if (value !== 'jetstream' && value !== 'node') {
+      problems.push(`${where} must be "jetstream" (sessions follow devices across nodes) or "node"`);
+      return undefined;
+    }
+    return value;
+  }
+  if (kind === 'replicas') {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 1 || n > 5) {
+      problems.push(`${where} must be 1–5 (JetStream's limit; 3 on a 3-server NATS cluster)`);
+      return undefined;
+    }
+    return n;
   }
   if (kind === 'durability') {
     if (value !== 'disk' && value !== 'memory') {

@@ -101,6 +101,7 @@ export async function startGateway(config: FleetgateConfig, deps: { log: Logger 
     keys.stop();
     quotas.close();
     await mqtt.close();
+    await cluster?.state?.close();
     await cluster?.bus.close();
     await registry.close();
   });
@@ -167,6 +168,7 @@ function startPlane(core: Core, cluster: ClusterJoin | undefined): MqttPlane {
     quotas: core.quotas,
     log: log.child({ plane: 'mqtt' }),
     ...(cluster !== undefined && { bus: cluster.bus }),
+    ...(cluster?.state !== undefined && { state: cluster.state }),
   });
 }
 

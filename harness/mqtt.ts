@@ -10,6 +10,8 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Source address on loopback (127.0.0.0/8), for per-address limits. */
   localAddress?: string;
+  /** false: resume (or start) a persistent session (3.1.1 clean session 0; MQTT 5: clean start 0 and a day's expiry). */
+  clean?: boolean;
 }
 
 /** An mqtt.js client over mqtts:// or wss:// with a device credential; rejects with the CONNACK code or TLS error. */
@@ -24,6 +26,10 @@ export async function connect(url: string, cred: Credential | undefined, opts: C
     connectTimeout: opts.timeoutMs ?? 15_000,
     rejectUnauthorized: true,
     ...(opts.localAddress !== undefined && { localAddress: opts.localAddress }),
+    ...(opts.clean === false && {
+      clean: false,
+      ...(opts.protocolVersion === 5 && { properties: { sessionExpiryInterval: 86_400 } }),
+    }),
   };
   // STACK-NOTES: without `false`, connectAsync never settles when the server closes before CONNACK.
   const client = await withTimeout(

@@ -25,8 +25,10 @@ export interface NatsServer {
    */
   node(name: string): Promise<Record<string, string>>;
   pid(): number | undefined;
-  /** Stops it (SIGTERM, then SIGKILL) and waits for the exit. */
-  stop(): Promise<void>;
+  /** What it printed since it last started. */
+  output(): string;
+  /** Stops it (SIGTERM, or `signal`; SIGKILL after 5 s) and waits for the exit. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
   /** Starts it again on the same port. */
   start(): Promise<void>;
 }
@@ -53,51 +55,16 @@ export async function nodeIdentity(dataDir: string, role: NodeRole, name: string
   return { FLEETGATE_NODE_CERT: cert, FLEETGATE_NODE_KEY: key };
 }
 
-/**
- * A nats-server of its own on a loopback port (no JetStream, no persistence), stopped by PID.
- * With `tls`: configured by `fleetgate cluster nats-config`'s generator, its certificate from the
- * test fleet's CA, `tls://` URL.
- */
-export async function startNats(options: { tls?: NatsTls } = {}): Promise<NatsServer> {
-  const port = await stablePort(); // restarted on the same port
+/** A nats-server process on `port` started from `args`, restartable on the same port, stopped by PID. */
+function natsProcess(url: string, port: number, args: string[], env: NatsServer['node']): NatsServer {
   let child: ChildProcess | undefined;
   let output = '';
-  const tls = options.tls;
-  let args = ['-a', '127.0.0.1', '-p', String(port)];
-  let dir: string | undefined;
-  if (tls !== undefined) {
-    dir = mkdtempSync(join(tmpdir(), 'fleetgate-nats-'));
-    const paths = dataPaths(tls.dataDir);
-    const issued = await issueNodeCert(await loadCa(paths), {
-      role: 'server',
-      name: 'nats',
-      validityMs: 86_400_000,
-    });
-    writeFileSync(join(dir, 'nats.key'), issued.keyPem!, { mode: 0o600 });
-    writeFileSync(join(dir, 'nats.crt'), issued.certPem);
-    const conf = natsConfig({
-      listen: `127.0.0.1:${port}`,
-      serverCert: join(dir, 'nats.crt'),
-      serverKey: join(dir, 'nats.key'),
-      rootCert: paths.rootCert,
-      gateways: tls.gateways,
-      operators: tls.operators ?? [],
-    });
-    writeFileSync(join(dir, 'nats.conf'), conf);
-    args = ['-c', join(dir, 'nats.conf')];
-    const made = dir;
-    process.once('exit', () => rmSync(made, { recursive: true, force: true })); // kept across restarts
-  }
-  const url = `${tls === undefined ? 'nats' : 'tls'}://127.0.0.1:${port}`;
-  const server: NatsServer = {
+  return {
     url,
     port,
-    async node(name) {
-      if (tls === undefined) return { FLEETGATE_NATS: url, FLEETGATE_NODE: name };
-      if (!tls.gateways.includes(name)) throw new Error(`gateway ${name} is not in this NATS server's configuration`);
-      return { FLEETGATE_NATS: url, FLEETGATE_NODE: name, ...(await nodeIdentity(tls.dataDir, 'gateway', name)) };
-    },
+    node: env,
     pid: () => child?.pid,
+    output: () => output,
     async start() {
       output = '';
       child = spawn(NATS_SERVER, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -109,16 +76,145 @@ export async function startNats(options: { tls?: NatsTls } = {}): Promise<NatsSe
       });
       await untilListening(port, child, 'nats-server', () => output);
     },
-    async stop() {
+    async stop(signal: NodeJS.Signals = 'SIGTERM') {
       const c = child;
       if (c === undefined || c.exitCode !== null || c.signalCode !== null) return;
       const exited = new Promise((r) => c.once('exit', r));
-      c.kill('SIGTERM');
+      c.kill(signal);
       const timer = setTimeout(() => c.kill('SIGKILL'), 5_000);
       await exited;
       clearTimeout(timer);
     },
   };
+}
+
+/** A certificate for a NATS server from the fleet in `dataDir` (serverAuth and clientAuth: it serves clients and routes). */
+async function serverCert(dataDir: string, dir: string, name: string): Promise<{ cert: string; key: string }> {
+  const issued = await issueNodeCert(await loadCa(dataPaths(dataDir)), {
+    role: 'server',
+    name,
+    validityMs: 86_400_000,
+  });
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  writeFileSync(key, issued.keyPem!, { mode: 0o600 });
+  writeFileSync(cert, issued.certPem);
+  return { cert, key };
+}
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-nats-'));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true })); // kept across restarts
+  return dir;
+}
+
+/** The env that makes gateway `name` connect to `servers` as itself (its node certificate, issued on first use). */
+function tlsNodeEnv(tls: NatsTls, servers: string, extra: Record<string, string> = {}): NatsServer['node'] {
+  return async (name) => {
+    if (!tls.gateways.includes(name)) throw new Error(`gateway ${name} is not in this NATS server's configuration`);
+    return {
+      FLEETGATE_NATS: servers,
+      FLEETGATE_NODE: name,
+      ...extra,
+      ...(await nodeIdentity(tls.dataDir, 'gateway', name)),
+    };
+  };
+}
+
+/**
+ * A nats-server of its own on a loopback port, stopped by PID. Without options: no TLS, no
+ * JetStream. With `tls`: configured by `fleetgate cluster nats-config`'s generator, its certificate
+ * from the test fleet's CA, `tls://` URL; with `jetstream` too, JetStream on (one server: replicas 1).
+ */
+export async function startNats(options: { tls?: NatsTls; jetstream?: boolean } = {}): Promise<NatsServer> {
+  const port = await stablePort(); // restarted on the same port
+  const tls = options.tls;
+  if (tls === undefined) {
+    const url = `nats://127.0.0.1:${port}`;
+    const args = [
+      '-a',
+      '127.0.0.1',
+      '-p',
+      String(port),
+      ...(options.jetstream === true ? ['-js', '-sd', tempDir()] : []),
+    ];
+    const extra = options.jetstream === true ? JETSTREAM_ENV(1) : {};
+    const server = natsProcess(url, port, args, async (name) => ({
+      FLEETGATE_NATS: url,
+      FLEETGATE_NODE: name,
+      ...extra,
+    }));
+    await server.start();
+    return server;
+  }
+  const dir = tempDir();
+  const paths = dataPaths(tls.dataDir);
+  const { cert, key } = await serverCert(tls.dataDir, dir, 'nats');
+  const conf = natsConfig({
+    listen: `127.0.0.1:${port}`,
+    serverCert: cert,
+    serverKey: key,
+    rootCert: paths.rootCert,
+    gateways: tls.gateways,
+    operators: tls.operators ?? [],
+    ...(options.jetstream === true && { jetstream: { storeDir: join(dir, 'js'), serverName: 'nats' } }),
+  });
+  writeFileSync(join(dir, 'nats.conf'), conf);
+  const url = `tls://127.0.0.1:${port}`;
+  const extra = options.jetstream === true ? JETSTREAM_ENV(1) : {};
+  const server = natsProcess(url, port, ['-c', join(dir, 'nats.conf')], tlsNodeEnv(tls, url, extra));
   await server.start();
   return server;
+}
+
+/** What makes a gateway keep its persistent sessions and retained messages on JetStream. */
+const JETSTREAM_ENV = (replicas: number): Record<string, string> => ({
+  FLEETGATE_CLUSTER_SESSIONS: 'jetstream',
+  FLEETGATE_CLUSTER_REPLICAS: String(replicas),
+});
+
+export interface NatsCluster {
+  servers: NatsServer[];
+  /** Every server's URL, comma-separated (what a gateway is given). */
+  url: string;
+  node(name: string): Promise<Record<string, string>>;
+  stop(): Promise<void>;
+}
+
+/**
+ * `size` nats-servers routed to each other over mTLS (one route certificate of the fleet, as
+ * `fleetgate cluster nats-config --routes` expects), JetStream on each; a gateway's env makes it
+ * keep sessions on JetStream with `size` replicas (at most 3). Resolves once JetStream has a leader.
+ */
+export async function startNatsCluster(options: { tls: NatsTls; size?: number }): Promise<NatsCluster> {
+  const size = options.size ?? 3;
+  const tls = options.tls;
+  const dir = tempDir();
+  const paths = dataPaths(tls.dataDir);
+  const { cert, key } = await serverCert(tls.dataDir, dir, 'nats-route');
+  const ports = await Promise.all(Array.from({ length: size }, () => stablePort()));
+  const routePorts = await Promise.all(Array.from({ length: size }, () => stablePort()));
+  const url = ports.map((p) => `tls://127.0.0.1:${p}`).join(',');
+  const env = tlsNodeEnv(tls, url, JETSTREAM_ENV(Math.min(3, size)));
+  const servers = ports.map((port, i) => {
+    const conf = natsConfig({
+      listen: `127.0.0.1:${port}`,
+      serverCert: cert,
+      serverKey: key,
+      rootCert: paths.rootCert,
+      gateways: tls.gateways,
+      operators: tls.operators ?? [],
+      jetstream: { storeDir: join(dir, `js-${i}`), serverName: `nats-${i}` },
+      routes: {
+        listen: `127.0.0.1:${routePorts[i]}`,
+        peers: routePorts.filter((_, j) => j !== i).map((p) => `127.0.0.1:${p}`),
+        routeName: 'nats-route',
+      },
+    });
+    const file = join(dir, `nats-${i}.conf`);
+    writeFileSync(file, conf);
+    return natsProcess(`tls://127.0.0.1:${port}`, port, ['-c', file], env);
+  });
+  await Promise.all(servers.map((s) => s.start()));
+  return { servers, url, node: env, stop: async () => void (await Promise.all(servers.map((s) => s.stop()))) };
 }

@@ -178,6 +178,16 @@ export class NatsBus {
     return this.#up;
   }
 
+  /** The main connection (JetStream goes over it too: `jetstream.ts`). */
+  get connection(): NatsConnection {
+    return this.#nc;
+  }
+
+  /** Something another process wrote that is not what a node writes: counted and logged like a refused bus message. */
+  refuse(reason: string, subject: string): void {
+    this.#refuse(reason, subject);
+  }
+
   get node(): string {
     return this.#node;
   }

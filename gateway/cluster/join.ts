@@ -5,6 +5,7 @@ import type { NodeIdentity } from '../../runtime/cluster-links.ts';
 import type { Metrics } from '../metrics.ts';
 import type { MqttPlane } from '../mqtt/plane.ts';
 import { NatsBus, type NatsLink } from './bus.ts';
+import { JetStreamState } from './jetstream.ts';
 
 /** The NATS link: `tls://` URLs present this node's certificate and trust the fleet's root only. */
 function natsLink(servers: string, identity: NodeIdentity | undefined): NatsLink {
@@ -29,6 +30,8 @@ function natsLink(servers: string, identity: NodeIdentity | undefined): NatsLink
  */
 export class ClusterJoin {
   readonly bus: NatsBus;
+  /** `cluster.sessions: jetstream`: persistent sessions and retained messages on JetStream. */
+  state: JetStreamState | undefined;
   readonly #log: Logger;
   /** Topics whose retained message changed live while this node fetched the cluster's snapshot: the live change wins. */
   #changedWhileSyncing: Set<string> | undefined = new Set();
@@ -65,6 +68,22 @@ export class ClusterJoin {
       { retainedTotal: config.mqtt.retainedTotal, retainedBytesTotal: config.mqtt.retainedBytesTotal },
     );
     join = new ClusterJoin(bus, log, changed);
+    if (config.cluster.sessions === 'jetstream') {
+      const q = config.mqtt;
+      join.state = await JetStreamState.open(
+        bus.connection,
+        node,
+        { replicas: config.cluster.replicas, maxQueued: q.maxQueuedMessages, maxAgeMs: q.sessionExpiryMs },
+        log.child({ component: 'cluster', node }),
+        {
+          retained: (m) => plane()?.retainRemote(m),
+          invalid: (reason, subject) => bus.refuse(reason, subject),
+        },
+      ).catch(async (err: unknown) => {
+        await bus.close();
+        throw err;
+      });
+    }
     metrics.cluster.counts = bus.counts;
     metrics.clusterLink.set(1);
     log.info(
@@ -72,6 +91,8 @@ export class ClusterJoin {
         node,
         nats: config.cluster.nats,
         identity: identity === undefined ? null : `${identity.role}:${identity.name}`,
+        sessions: join.state === undefined ? 'node' : `jetstream (replicas ${config.cluster.replicas})`,
+        ...(join.state !== undefined && { persistentSessions: join.state.sessionCount }),
       },
       'joined the cluster: messages between nodes over NATS',
     );
@@ -85,6 +106,11 @@ export class ClusterJoin {
    * device revoked) while this node was away. Alone, or with a snapshot cut short, it keeps its own.
    */
   async syncRetained(mqtt: MqttPlane): Promise<void> {
+    if (this.state !== undefined) {
+      const count = await this.state.watchRetained();
+      this.#log.info({ retained: count }, 'retained messages read from JetStream');
+      return;
+    }
     const changed = this.#changedWhileSyncing ?? new Set<string>();
     const inSnapshot = new Set<string>();
     const synced = await this.bus.fetchRetained();

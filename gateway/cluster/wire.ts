@@ -1,4 +1,6 @@
+import { isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { NODE_NAME } from '../../firmware-sdk/protocol/node-id.ts';
+import { validFilter } from '../mqtt/decode.ts';
 import type { ForwardedProperties } from '../mqtt/encode.ts';
 import { Message } from '../mqtt/session.ts';
 import { encodeLevel, isLongSubject, longSubjectHash, subjectToTopic, topicHash } from './subjects.ts';
@@ -167,6 +169,48 @@ function readOptionals(
  * a hash — then the hash must be the topic's), the MQTT 5 properties' shapes.
  */
 export function decodeEnvelope(subject: string, data: Uint8Array): Read<Message> {
+  const body = decodeBody(data);
+  if ('invalid' in body) return body;
+  const { b, flags, from, at, expiresAt, fwd } = body.ok;
+  let topic: string | undefined;
+  if (isLongSubject(subject)) {
+    topic = body.ok.topic;
+    if (topic === undefined || topicHash(topic) !== longSubjectHash(subject))
+      return invalid('hashed subject without its topic');
+  } else {
+    if (body.ok.topic !== undefined) return invalid('topic in the envelope of a plain subject');
+    topic = subjectToTopic(subject);
+    if (topic === undefined) return invalid('subject is no topic');
+  }
+  return {
+    ok: new Message(topic, b.subarray(at), (flags & 3) as 0 | 1 | 2, (flags & 4) !== 0, from, { fwd, expiresAt }),
+  };
+}
+
+/**
+ * A message read back from JetStream (a session's inbox, the retained bucket): the same envelope,
+ * its topic always inside it (the subject names a session or a hash, not the topic).
+ */
+export function decodeStored(data: Uint8Array): Read<Message> {
+  const body = decodeBody(data);
+  if ('invalid' in body) return body;
+  const { b, flags, from, at, expiresAt, fwd, topic } = body.ok;
+  if (topic === undefined) return invalid('stored message without its topic');
+  return {
+    ok: new Message(topic, b.subarray(at), (flags & 3) as 0 | 1 | 2, (flags & 4) !== 0, from, { fwd, expiresAt }),
+  };
+}
+
+/** The envelope's header and optional parts, every length checked against the bytes there are. */
+function decodeBody(data: Uint8Array): Read<{
+  b: Buffer;
+  flags: number;
+  from: string;
+  at: number;
+  expiresAt?: number | undefined;
+  fwd?: ForwardedProperties | undefined;
+  topic?: string | undefined;
+}> {
   const b = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   if (b.length < 3) return invalid('envelope shorter than its header');
   if (b[0] !== ENVELOPE_VERSION) return invalid(`envelope version ${b[0]}`);
@@ -178,20 +222,7 @@ export function decodeEnvelope(subject: string, data: Uint8Array): Read<Message>
   if (from === undefined) return invalid('publisher id not UTF-8');
   const opt = readOptionals(b, flags, fromEnd);
   if ('invalid' in opt) return opt;
-  const { at, expiresAt, fwd } = opt.ok;
-  let topic: string | undefined;
-  if (isLongSubject(subject)) {
-    topic = opt.ok.topic;
-    if (topic === undefined || topicHash(topic) !== longSubjectHash(subject))
-      return invalid('hashed subject without its topic');
-  } else {
-    if (opt.ok.topic !== undefined) return invalid('topic in the envelope of a plain subject');
-    topic = subjectToTopic(subject);
-    if (topic === undefined) return invalid('subject is no topic');
-  }
-  return {
-    ok: new Message(topic, b.subarray(at), (flags & 3) as 0 | 1 | 2, (flags & 4) !== 0, from, { fwd, expiresAt }),
-  };
+  return { ok: { b, flags, from, ...opt.ok } };
 }
 
 /** A session announcement on `fg.s.<node>`: the node (from the subject, which its permissions bind) and the client id. */
@@ -296,4 +327,64 @@ export function decodeRecords(b: Buffer, retainedPrefix: string): Read<Message[]
     at = envelopeEnd;
   }
   return { ok: out };
+}
+
+/**
+ * A persistent MQTT session as the cluster keeps it (JetStream key-value bucket, key `s.<hash of
+ * the client id>`): who it is, where it is attached (`node`, null while offline), when it was last
+ * seen, how long it outlives its connection, its subscriptions (filter, options + 256 × MQTT 5
+ * identifier) and its inbound QoS 2 packet ids awaiting PUBREL. Every node reads every record.
+ */
+export interface SessionRecord {
+  clientId: string;
+  deviceId: string;
+  node: string | null;
+  lastSeen: number;
+  expiryS: number;
+  subs: [string, number][];
+  qos2In: number[];
+}
+
+const SESSION_RECORD_VERSION = 1;
+/** Subscriptions one record may hold (far above any device type's `maxSubscriptions`). */
+const RECORD_MAX_SUBS = 100_000;
+
+/** The key a session's record and its inbox subject are named by (a client id may hold any character). */
+export const sessionKey = (clientId: string): string => topicHash(clientId);
+
+export function encodeSessionRecord(r: SessionRecord): Uint8Array {
+  return json({ v: SESSION_RECORD_VERSION, ...r });
+}
+
+const isInt = (v: unknown, min: number, max: number): v is number =>
+  Number.isSafeInteger(v) && (v as number) >= min && (v as number) <= max;
+
+/** A session record read from JetStream, checked whole: its key must be its client id's, every field its shape. */
+export function decodeSessionRecord(key: string, data: Uint8Array): Read<SessionRecord> {
+  const parsed = readJson(data, 16 * 1024 * 1024);
+  if ('invalid' in parsed) return parsed;
+  const { v, clientId, deviceId, node, lastSeen, expiryS, subs, qos2In } = parsed.ok;
+  if (v !== SESSION_RECORD_VERSION) return invalid(`session record version ${String(v)}`);
+  if (!isStr(clientId, 65_535) || clientId === '' || sessionKey(clientId) !== key)
+    return invalid('session record whose client id is not its key');
+  if (!isDeviceId(deviceId)) return invalid('session record without a device id');
+  if (node !== null && (typeof node !== 'string' || !NODE_NAME.test(node))) return invalid('session record node');
+  if (!isInt(lastSeen, 0, Number.MAX_SAFE_INTEGER) || !isInt(expiryS, 0, 0xffff_ffff))
+    return invalid('session record times');
+  if (
+    !Array.isArray(subs) ||
+    subs.length > RECORD_MAX_SUBS ||
+    !subs.every(
+      (s) =>
+        Array.isArray(s) &&
+        s.length === 2 &&
+        isStr(s[0], 65_535) &&
+        validFilter(s[0]) &&
+        isInt(s[1], 0, 268_435_455 * 256 + 0x3f),
+    )
+  )
+    return invalid('session record subscriptions');
+  if (!Array.isArray(qos2In) || qos2In.length > 65_535 || !qos2In.every((id) => isInt(id, 1, 65_535)))
+    return invalid('session record QoS 2 ids');
+  return { ok: { clientId, deviceId, node, lastSeen, expiryS, subs: subs as [string, number][], qos2In } };
 }

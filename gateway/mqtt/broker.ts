@@ -25,6 +25,8 @@ export interface BrokerDeps {
   quotas: DeviceQuotas;
   /** Other gateway nodes (NATS): every accepted message goes to them, theirs come back through `MqttPlane.routeRemote`. */
   bus?: ClusterLink;
+  /** In a cluster with `cluster.sessions: jetstream`: where persistent sessions and retained messages live (no `storeFile` then). */
+  state?: DurableCluster;
 }
 
 /** What the MQTT core needs of the cluster: the fan-out to other nodes and the filters it must hear. */
@@ -41,6 +43,38 @@ export interface ClusterLink {
   announceSession(clientId: string): void;
   /** A retained message kept here (or cleared): every other node keeps it too. */
   publishRetained(message: Message): void;
+}
+
+/**
+ * A persistent session as the cluster keeps it (what the MQTT core needs of a record).
+ */
+export interface ClusterRecord {
+  clientId: string;
+  deviceId: string;
+  lastSeen: number;
+  expiryS: number;
+  subs: [string, number][];
+  qos2In: number[];
+}
+
+/**
+ * The cluster's durable state (`cluster.sessions: jetstream`, `gateway/cluster/jetstream.ts`):
+ * persistent sessions, their queued QoS 1/2 messages and retained messages on a replicated engine
+ * instead of this node's disk, so that a session follows its device to any node.
+ */
+export interface DurableCluster {
+  lookup(clientId: string): ClusterRecord | undefined;
+  /** The session's record, attached here (or `offline`). */
+  save(mqtt: MqttSession, offline?: boolean): void;
+  drop(clientId: string): void;
+  /** A QoS 1/2 message accepted here, to the inbox of every persistent session owed it. */
+  fanOut(message: Message): void;
+  afterCommit(fn: (err: Error | undefined) => void): void;
+  attach(clientId: string, deliver: (message: Message, seq: number) => void): void;
+  detach(clientId: string): void;
+  settled(clientId: string, seq: number): void;
+  putRetained(message: Message): void;
+  expire(now?: number): number;
 }
 
 /**
@@ -62,10 +96,13 @@ export class Broker {
   readonly connections = new Set<MqttConnection>();
   readonly retained: RetainedStore;
   readonly store: DurableStore | undefined;
+  readonly state: DurableCluster | undefined;
   /** The smallest packet limit of any device type: what a connection may send before its admission is decided. */
   readonly minPacketLimit: number;
   /** MQTT 5 wills waiting out their Will Delay Interval, by client id [MQTT-3.1.3-9]. */
   readonly pendingWills = new Map<string, NodeJS.Timeout>();
+  /** When the cluster's offline sessions were last checked for expiry. */
+  lastClusterExpiry = 0;
   /** Metric children resolved once: a label lookup per message costs more than the routing. */
   readonly m;
   readonly #dirty = new Set<MqttConnection>();
@@ -95,7 +132,8 @@ export class Broker {
       dropQueue: m.mqttDropped.labels({ reason: 'queue_full' }),
       dropNoMember: m.mqttDropped.labels({ reason: 'shared_group_without_member' }),
     };
-    if (q.durability === 'disk') {
+    this.state = deps.state;
+    if (q.durability === 'disk' && deps.state === undefined) {
       this.store = new DurableStore(deps.storeFile);
       this.#restore(this.store);
     }
@@ -176,10 +214,23 @@ export class Broker {
    * through shared groups goes to another member.
    */
   discard(mqtt: MqttSession): void {
+    if (mqtt.persistent) {
+      this.store?.dropSession(mqtt.clientId);
+      this.state?.drop(mqtt.clientId);
+    }
+    this.release(mqtt);
+  }
+
+  /**
+   * A session leaves this node without ending (`cluster.sessions: jetstream`: it lives on in the
+   * cluster, for its device to resume anywhere): its subscriptions stop matching here, its inbox is
+   * no longer read here; what it was owed through shared groups goes to another member.
+   */
+  release(mqtt: MqttSession): void {
     const owed = this.shared.size === 0 ? [] : mqtt.sharedOwed();
     for (const filter of mqtt.subscriptions.keys()) this.removeFilter(filter, mqtt);
-    if (mqtt.persistent) this.store?.dropSession(mqtt.clientId);
-    this.mqttSessions.delete(mqtt.clientId);
+    this.state?.detach(mqtt.clientId);
+    if (this.mqttSessions.get(mqtt.clientId) === mqtt) this.mqttSessions.delete(mqtt.clientId);
     if (owed.length > 0) {
       const n = rerouteShared(this, owed);
       this.deps.log.info(
@@ -240,7 +291,20 @@ export class Broker {
 
   /** A retained message published here: kept, and every other node keeps it too. */
   retain(conn: MqttConnection, message: Message): void {
-    if (this.keepRetained(message, conn.kind)) this.deps.bus?.publishRetained(message);
+    if (!this.keepRetained(message, conn.kind)) return;
+    if (this.state !== undefined) this.state.putRetained(message);
+    else this.deps.bus?.publishRetained(message);
+  }
+
+  /** A message accepted here (from a device, or a will), beyond this node: other nodes' subscribers, persistent sessions' inboxes. */
+  publishOut(message: Message): void {
+    this.deps.bus?.publish(message);
+    this.state?.fanOut(message);
+  }
+
+  /** What acknowledgements wait for: the cluster's JetStream writes, or this node's disk. */
+  get commits(): { afterCommit(fn: (err: Error | undefined) => void): void } | undefined {
+    return this.state ?? this.store;
   }
 
   /** Persistent sessions, their queues and retained messages, as the last run left them on disk. */

@@ -56,7 +56,12 @@ export function closed(b: Broker, conn: MqttConnection): void {
   const mqtt = conn.mqtt;
   if (mqtt !== undefined && b.live.get(mqtt) === conn) {
     b.live.delete(mqtt);
-    if (mqtt.persistent) {
+    if (mqtt.persistent && b.state !== undefined) {
+      // It lives on in the cluster (offline), unless another connection took it over: the taker writes it.
+      mqtt.lastSeen = Date.now();
+      if (conn.closeReason !== 'takeover') b.state.save(mqtt, true);
+      b.release(mqtt);
+    } else if (mqtt.persistent) {
       mqtt.requeueInflight();
       mqtt.lastSeen = Date.now();
       b.store?.saveSession(mqtt.clientId, mqtt.deviceId, mqtt.lastSeen);
@@ -81,7 +86,7 @@ function scheduleWill(b: Broker, conn: MqttConnection, will: Will, mqtt: MqttSes
     const message = newMessage(will.topic, will.payload, will.qos, will.retain, deviceId, will.properties);
     if (will.retain) b.retain(conn, message);
     route(b, message);
-    b.deps.bus?.publish(message);
+    b.publishOut(message);
   };
   const delayMs = Math.min((will.properties?.willDelay ?? 0) * 1000, mqtt?.persistent === true ? mqtt.expiryMs : 0);
   if (delayMs > 0 && conn.clientId !== undefined) {
@@ -126,5 +131,11 @@ export function sweep(b: Broker, now = Date.now()): void {
       log.info({ clientId: mqtt.clientId }, 'persistent session expired');
       b.discard(mqtt);
     }
+  }
+  // The cluster's offline sessions, wherever they were attached (once a minute: every record is looked at).
+  if (b.state !== undefined && now - b.lastClusterExpiry >= 60_000) {
+    b.lastClusterExpiry = now;
+    const n = b.state.expire(now);
+    if (n > 0) log.info({ sessions: n }, 'persistent sessions expired in the cluster');
   }
 }

@@ -68,6 +68,8 @@ function deliver(b: Broker, mqtt: MqttSession, sub: number, message: Message, gr
     return;
   }
   if (conn === undefined && !mqtt.persistent) return;
+  // In the cluster's durable state, a persistent session gets QoS 1/2 from its inbox (deliverStored).
+  if (mqtt.persistent && b.state !== undefined && group === undefined) return;
   enqueue(b, mqtt, {
     message,
     qos,
@@ -78,6 +80,40 @@ function deliver(b: Broker, mqtt: MqttSession, sub: number, message: Message, gr
     packetId: undefined,
     ...(ids && { subscriptionIds: ids }),
     ...(group !== undefined && { group }),
+  });
+}
+
+/**
+ * A message from a persistent session's inbox in the cluster's durable state (`seq`: its place
+ * there): at the highest QoS its subscriptions grant now, and settled at once when none matches
+ * any more, or when it goes at QoS 0.
+ */
+export function deliverStored(b: Broker, mqtt: MqttSession, message: Message, seq: number): void {
+  let sub = -1;
+  for (const [filter, options] of mqtt.subscriptions) {
+    if (filter.startsWith('$share/') || !filterMatches(filter, message.topic)) continue;
+    if ((options & SUB.NO_LOCAL) !== 0 && mqtt.clientId === message.from) continue;
+    sub =
+      sub === -1 ? options : Math.max(sub & SUB.QOS, options & SUB.QOS) | ((sub | options) & SUB.RETAIN_AS_PUBLISHED);
+  }
+  const qos = sub === -1 ? 0 : (Math.min(sub & SUB.QOS, message.qos) as 0 | 1 | 2);
+  const conn = b.live.get(mqtt);
+  if (qos === 0 || conn === undefined) {
+    if (sub !== -1 && conn !== undefined) sendQos0(b, conn, message, false, undefined);
+    b.state?.settled(mqtt.clientId, seq);
+    return;
+  }
+  const ids = mqtt.subscriptionIds.size === 0 ? undefined : subscriptionIds(mqtt, OVERLAP, message.topic);
+  enqueue(b, mqtt, {
+    message,
+    qos,
+    retain: (sub & SUB.RETAIN_AS_PUBLISHED) !== 0 && message.retain,
+    rowId: undefined,
+    seq,
+    dup: false,
+    released: false,
+    packetId: undefined,
+    ...(ids && { subscriptionIds: ids }),
   });
 }
 
@@ -185,6 +221,7 @@ export function enqueue(b: Broker, mqtt: MqttSession, d: Delivery): void {
   if (mqtt.queue.length >= (Number.isFinite(mqtt.maxQueued) ? mqtt.maxQueued : b.deps.mqtt.maxQueuedMessages)) {
     const dropped = mqtt.queue.shift();
     if (dropped?.rowId !== undefined) b.store?.dequeue(dropped.rowId);
+    if (dropped?.seq !== undefined) b.state?.settled(mqtt.clientId, dropped.seq);
     b.m.dropQueue.inc();
   }
   if (mqtt.persistent && b.store !== undefined)
@@ -213,6 +250,7 @@ export function pump(b: Broker, mqtt: MqttSession): void {
       if (e === undefined) {
         // Expired before onward delivery started [MQTT-3.3.2-5], or too large for this client [MQTT-3.1.2-25].
         if (d.rowId !== undefined) b.store?.dequeue(d.rowId);
+        if (d.seq !== undefined) b.state?.settled(mqtt.clientId, d.seq);
         continue;
       }
     }

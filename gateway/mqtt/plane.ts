@@ -59,7 +59,11 @@ export class MqttPlane {
       b.deps.log.info(line, 'session taken over on another node');
       close(b, conn, 'takeover');
     }
-    if (b.mqttSessions.get(clientId) === mqtt) b.discard(mqtt);
+    // In the cluster's durable state the session moved with its device; otherwise this node's copy ends.
+    if (b.mqttSessions.get(clientId) === mqtt) {
+      if (b.state !== undefined) b.release(mqtt);
+      else b.discard(mqtt);
+    }
   }
 
   /** A message accepted by another node: delivered to this node's subscribers (not sent on again, not retained here). */
@@ -89,9 +93,13 @@ export class MqttPlane {
     if (event.kind !== 'device.revoke' || event.deviceId === null) return;
     const b = this.#b;
     const topics = b.retained.deleteDevice(event.deviceId);
-    for (const t of topics) b.store?.deleteRetained(t);
+    for (const t of topics) {
+      b.store?.deleteRetained(t);
+      b.state?.putRetained(new Message(t, Buffer.alloc(0), 0, true, event.deviceId));
+    }
     const mqtt = b.mqttSessions.get(event.deviceId);
     if (mqtt !== undefined && !b.live.has(mqtt)) b.discard(mqtt);
+    else if (mqtt === undefined && b.state?.lookup(event.deviceId) !== undefined) b.state.drop(event.deviceId);
     if (topics.length > 0)
       b.deps.log.info(
         { deviceId: event.deviceId, retained: topics.length },

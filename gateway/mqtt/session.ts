@@ -131,6 +131,8 @@ export interface Delivery {
   retain: boolean;
   /** Row id in the durable store (persistent sessions in disk mode). */
   rowId: number | undefined;
+  /** Sequence in the session's JetStream inbox (`cluster.sessions: jetstream`): settled when acknowledged or dropped. */
+  seq?: number;
   /** Sent before (a redelivery carries DUP) [MQTT-3.3.1-1]. */
   dup: boolean;
   /** For QoS 2: PUBREC received, PUBREL sent; waiting for PUBCOMP. */

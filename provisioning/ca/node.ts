@@ -72,7 +72,8 @@ function profileFor(request: NodeCertRequest): Parameters<typeof issueForKey>[1]
   return {
     subject,
     validityMs: request.validityMs,
-    eku: [x509.ExtendedKeyUsage.serverAuth],
+    // clientAuth too: a NATS server presents its certificate to the others on routes.
+    eku: [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth],
     san: [uri, ...names.map((n) => (isIP(n) ? { type: 'ip' as const, value: n } : { type: 'dns' as const, value: n }))],
   };
 }

@@ -21,6 +21,7 @@ function settles(conn: MqttConnection, p: AckPacket, expect: 'publish' | 'releas
 function done(b: Broker, mqtt: MqttSession, id: number, d: Delivery): void {
   mqtt.inflight.delete(id);
   if (d.rowId !== undefined) b.store?.dequeue(d.rowId);
+  if (d.seq !== undefined) b.state?.settled(mqtt.clientId, d.seq);
   pump(b, mqtt);
 }
 
@@ -49,8 +50,9 @@ export function onPubcomp(b: Broker, conn: MqttConnection, p: AckPacket): void {
 export function onPubrel(b: Broker, conn: MqttConnection, p: AckPacket): void {
   const mqtt = conn.mqtt as MqttSession;
   // A persistent session's stored id is forgotten on disk before the PUBCOMP lets the client use it again.
-  if (mqtt.qos2In.delete(p.packetId) && mqtt.persistent && b.store !== undefined) {
-    b.store.releasedQos2(mqtt.clientId, p.packetId);
+  if (mqtt.qos2In.delete(p.packetId) && mqtt.persistent && b.commits !== undefined) {
+    b.store?.releasedQos2(mqtt.clientId, p.packetId);
+    b.state?.save(mqtt);
     return ackAfterCommit(b, conn, 'pubcomp', p.packetId);
   }
   conn.push(encodeAck('pubcomp', p.packetId)); // also for an id we no longer know [MQTT-4.3.3-2]
@@ -78,6 +80,7 @@ export function ackAfterCommit(
     conn.push(encodeAck(type, id));
     b.markDirty(conn);
   };
-  if (b.store === undefined) send(undefined);
-  else b.store.afterCommit(send);
+  const commits = b.commits;
+  if (commits === undefined) send(undefined);
+  else commits.afterCommit(send);
 }

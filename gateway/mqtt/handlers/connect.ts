@@ -8,7 +8,7 @@ import type { Broker } from '../broker.ts';
 import { close } from '../close.ts';
 import type { MqttConnection } from '../connection.ts';
 import { decision } from '../decisions.ts';
-import { pump } from '../delivery.ts';
+import { deliverStored, pump } from '../delivery.ts';
 import { encodeConnack, encodeConnack5 } from '../encode.ts';
 import type { ConnectPacket } from '../packets.ts';
 import { MqttSession } from '../session.ts';
@@ -210,7 +210,8 @@ function takeOver(c: Connecting): undefined {
 function bindSession(c: Connecting): undefined {
   const { b, conn, p } = c;
   const persistent = c.expiryS > 0;
-  let mqtt = c.existing;
+  // In the cluster's durable state a persistent session lives in the cluster, wherever it was attached.
+  let mqtt = b.state === undefined ? c.existing : (b.mqttSessions.get(p.clientId) ?? fromCluster(b, p.clientId));
   c.sessionPresent = !p.cleanSession && mqtt !== undefined && mqtt.persistent;
   if (mqtt !== undefined && (p.cleanSession || !mqtt.persistent)) {
     b.discard(mqtt);
@@ -222,14 +223,38 @@ function bindSession(c: Connecting): undefined {
   } else if (!persistent) {
     // Resumed (only a persistent session is), but it now ends with this connection.
     b.store?.dropSession(mqtt.clientId);
+    b.state?.drop(mqtt.clientId);
     mqtt.persistent = false;
   }
   mqtt.expiryMs = c.expiryS * 1000;
   mqtt.maxQueued = c.limits.maxQueuedMessages ?? b.deps.mqtt.maxQueuedMessages;
-  if (mqtt.persistent) b.store?.saveSession(mqtt.clientId, mqtt.deviceId, Date.now());
+  if (mqtt.persistent) {
+    b.store?.saveSession(mqtt.clientId, mqtt.deviceId, Date.now());
+    if (b.state !== undefined) {
+      const attached = mqtt;
+      b.state.save(attached);
+      b.state.attach(attached.clientId, (message, seq) => deliverStored(b, attached, message, seq));
+    }
+  }
   conn.mqtt = mqtt;
   c.mqtt = mqtt;
   return undefined;
+}
+
+/** A persistent session the cluster keeps (attached to another node, or to none), rebuilt here to resume. */
+function fromCluster(b: Broker, clientId: string): MqttSession | undefined {
+  const r = b.state?.lookup(clientId);
+  if (r === undefined) return undefined;
+  const mqtt = new MqttSession(r.clientId, r.deviceId, true);
+  mqtt.lastSeen = r.lastSeen;
+  for (const [filter, value] of r.subs) {
+    mqtt.subscriptions.set(filter, value % 256);
+    if (value >= 256) mqtt.subscriptionIds.set(filter, Math.floor(value / 256));
+    b.addFilter(filter, mqtt, value, true);
+  }
+  for (const id of r.qos2In) mqtt.qos2In.add(id);
+  b.mqttSessions.set(clientId, mqtt);
+  return mqtt;
 }
 
 /** The connection is connected: its limits and MQTT 5 options set, its decision logged and counted. */

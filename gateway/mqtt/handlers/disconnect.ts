@@ -19,6 +19,7 @@ export function onDisconnect(b: Broker, conn: MqttConnection, p: DisconnectPacke
     conn.mqtt.expiryMs = s * 1000;
     if (s === 0 && conn.mqtt.persistent) {
       b.store?.dropSession(conn.mqtt.clientId);
+      b.state?.drop(conn.mqtt.clientId);
       conn.mqtt.persistent = false;
     }
   }

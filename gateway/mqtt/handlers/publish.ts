@@ -47,7 +47,10 @@ export function onPublish(b: Broker, conn: MqttConnection, p: PublishPacket): vo
   if (p.qos === 1) ackAfterCommit(b, conn, 'puback', p.packetId);
   else if (p.qos === 2) {
     mqtt.qos2In.add(p.packetId);
-    if (mqtt.persistent) b.store?.receivedQos2(mqtt.clientId, p.packetId);
+    if (mqtt.persistent) {
+      b.store?.receivedQos2(mqtt.clientId, p.packetId);
+      b.state?.save(mqtt);
+    }
     ackAfterCommit(b, conn, 'pubrec', p.packetId);
   }
 }
@@ -62,7 +65,7 @@ function accept(b: Broker, conn: MqttConnection, p: PublishPacket, topic: string
   const message = newMessage(topic, payload, p.qos, p.retain, deviceId, p.properties);
   if (p.retain) b.retain(conn, message);
   route(b, message);
-  b.deps.bus?.publish(message);
+  b.publishOut(message);
 }
 
 /** MQTT 5 topic aliases of this connection [MQTT-3.3.2-8 … 12]; undefined when the connection was closed for misusing them. */

@@ -65,9 +65,15 @@ export function onSubscribe(b: Broker, conn: MqttConnection, p: SubscribePacket)
     refusal !== undefined && conn.problemInfo
       ? { reasonString: reasonString(refusal, new FleetgateError(refusal).publicMessage) }
       : undefined;
-  conn.push(conn.v5 ? encodeSuback5(p.packetId, granted, why) : encodeSuback(p.packetId, granted));
-  for (const owed of retained) sendRetained(b, conn, owed);
-  b.markDirty(conn);
+  const suback = () => {
+    if (conn.state !== 'connected') return;
+    conn.push(conn.v5 ? encodeSuback5(p.packetId, granted, why) : encodeSuback(p.packetId, granted));
+    for (const owed of retained) sendRetained(b, conn, owed);
+    b.markDirty(conn);
+  };
+  // In the cluster's durable state, a persistent session's SUBACK promises its record is replicated.
+  if (mqtt.persistent && b.state !== undefined) b.state.afterCommit(suback);
+  else suback();
 }
 
 /**
@@ -95,6 +101,9 @@ function subscribe(
   if (subscriptionId !== undefined) mqtt.subscriptionIds.set(filter, subscriptionId);
   else mqtt.subscriptionIds.delete(filter);
   b.addFilter(filter, mqtt, value, !existed);
-  if (mqtt.persistent) b.store?.addSubscription(mqtt.clientId, filter, value as 0 | 1 | 2);
+  if (mqtt.persistent) {
+    b.store?.addSubscription(mqtt.clientId, filter, value as 0 | 1 | 2);
+    b.state?.save(mqtt);
+  }
   return existed;
 }

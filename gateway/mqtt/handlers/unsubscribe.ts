@@ -16,7 +16,10 @@ export function onUnsubscribe(b: Broker, conn: MqttConnection, p: UnsubscribePac
     }
     mqtt.subscriptionIds.delete(filter);
     b.removeFilter(filter, mqtt);
-    if (mqtt.persistent) b.store?.removeSubscription(mqtt.clientId, filter);
+    if (mqtt.persistent) {
+      b.store?.removeSubscription(mqtt.clientId, filter);
+      b.state?.save(mqtt);
+    }
     codes.push(REASON.SUCCESS);
   }
   conn.push(conn.v5 ? encodeUnsuback5(p.packetId, codes) : encodeUnsuback(p.packetId));

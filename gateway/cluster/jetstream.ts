@@ -1,0 +1,540 @@
+import {
+  type ConsumerMessages,
+  DiscardPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type KV,
+  type KvEntry,
+  type NatsConnection,
+  nanos,
+  RetentionPolicy,
+  StorageType,
+} from 'nats';
+import type { Logger } from 'pino';
+import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
+import { SUB } from '../mqtt/packets.ts';
+import { Message, type MqttSession } from '../mqtt/session.ts';
+import { SubscriptionTrie } from '../mqtt/trie.ts';
+import { topicHash } from './subjects.ts';
+import {
+  decodeSessionRecord,
+  decodeStored,
+  encodeEnvelope,
+  encodeSessionRecord,
+  type SessionRecord,
+  sessionKey,
+} from './wire.ts';
+
+/** The stream of every persistent session's inbox: `fg.inbox.<session key>`, one subject per session. */
+export const INBOX_STREAM = 'FLEETGATE_INBOX';
+export const INBOX_PREFIX = 'fg.inbox';
+/** Key-value buckets (streams `KV_<bucket>`): session records (`s.<key>`) and retained messages (`r.<topic hash>`). */
+export const SESSIONS_BUCKET = 'fleetgate_sessions';
+export const RETAINED_BUCKET = 'fleetgate_retained';
+
+export const inboxSubject = (clientId: string): string => `${INBOX_PREFIX}.${sessionKey(clientId)}`;
+const recordKey = (clientId: string): string => `s.${sessionKey(clientId)}`;
+const retainedKey = (topic: string): string => `r.${topicHash(topic)}`;
+
+/** How long a JetStream write may take before the message it carries is refused (the client is not acknowledged). */
+const WRITE_TIMEOUT_MS = 5_000;
+/** How long a node starting with its NATS cluster waits for JetStream to be ready. */
+const STARTUP_WAIT_MS = 30_000;
+
+export interface JetStreamOptions {
+  replicas: number;
+  /** Messages one session's inbox keeps at most (the oldest go first): `mqtt.maxQueuedMessages`. */
+  maxQueued: number;
+  /** The longest a session outlives its connection: inbox messages older than this go. */
+  maxAgeMs: number;
+}
+
+export interface JetStreamEvents {
+  /** A retained message set (or cleared: empty payload) by any node, this one included. */
+  retained(message: Message): void;
+  /** Something read from JetStream was not what this node writes: dropped and counted. */
+  invalid(reason: string, subject: string): void;
+}
+
+/** One session's inbox while the session is attached here: its consumer and what is delivered but not yet settled. */
+interface Inbox {
+  stopped: boolean;
+  messages: ConsumerMessages | undefined;
+  /** Stream sequences delivered, in order, not yet below the floor. */
+  outstanding: number[];
+  settled: Set<number>;
+  /** Every message up to this sequence is settled: purged from the stream. */
+  floor: number;
+  purging: boolean;
+}
+
+/**
+ * The cluster's durable MQTT state on NATS JetStream (`cluster.sessions: jetstream`), replicated
+ * by JetStream itself (`cluster.replicas`), no state of its own on any node's disk:
+ *
+ * - **Session records** in a key-value bucket, one per persistent session, written by the node the
+ *   session is attached to; every node watches the bucket and keeps the records in memory — to resume
+ *   any session a device brings to it, and to know which persistent sessions anywhere a QoS 1/2
+ *   message is owed to.
+ * - **Inboxes**: a QoS 1/2 message for a persistent session is written to the session's subject in
+ *   one stream by the node that accepted it — once per session, at the QoS the session gets it at —
+ *   and the publisher's PUBACK/PUBREC waits for JetStream's acknowledgement (stored on a quorum of
+ *   replicas). The node the session is attached to reads its subject (an ordered consumer, from the
+ *   oldest message left) and purges what the device acknowledged: the inbox holds exactly what is
+ *   owed, on every replica, whichever node dies. A message delivered but not yet acknowledged when
+ *   its node dies is delivered again by the next node (at least once; duplicates possible).
+ * - **Retained messages** in a second bucket; every node watches it.
+ *
+ * Clean sessions and QoS 0 stay on core NATS (at most once between nodes), as the bus does.
+ */
+export class JetStreamState {
+  readonly #js: JetStreamClient;
+  readonly #jsm: JetStreamManager;
+  readonly #sessions: KV;
+  readonly #retainedKv: KV;
+  readonly #node: string;
+  readonly #log: Logger;
+  readonly #events: JetStreamEvents;
+  /** Every persistent session in the cluster, by client id. */
+  readonly #records = new Map<string, SessionRecord>();
+  readonly #clientOfKey = new Map<string, string>();
+  /** Their subscriptions that are owed QoS 1/2 messages. */
+  readonly #owed = new SubscriptionTrie<string>();
+  readonly #attached = new Map<string, Inbox>();
+  /** Retained topics by key (a deletion names only the key), and keys with a write of ours in flight. */
+  readonly #retainedTopics = new Map<string, string>();
+  readonly #retainedWriting = new Map<string, number>();
+  #pending: Promise<unknown>[] = [];
+  #tail: Promise<void> = Promise.resolve();
+  #waiting = 0;
+  /** Writes to JetStream, and inbox messages delivered from it (for metrics and the benchmark). */
+  readonly counts = { writes: 0, failedWrites: 0, delivered: 0, invalid: 0 };
+
+  private constructor(
+    nc: NatsConnection,
+    jsm: JetStreamManager,
+    kv: { sessions: KV; retained: KV },
+    node: string,
+    log: Logger,
+    events: JetStreamEvents,
+  ) {
+    this.#js = nc.jetstream({ timeout: WRITE_TIMEOUT_MS });
+    this.#jsm = jsm;
+    this.#sessions = kv.sessions;
+    this.#retainedKv = kv.retained;
+    this.#node = node;
+    this.#log = log;
+    this.#events = events;
+  }
+
+  /**
+   * Opens (creating when missing) the inbox stream and both buckets, then reads every session
+   * record; rejects CLUSTER_UNAVAILABLE when JetStream is not there or refuses.
+   */
+  static async open(
+    nc: NatsConnection,
+    node: string,
+    options: JetStreamOptions,
+    log: Logger,
+    events: JetStreamEvents,
+  ): Promise<JetStreamState> {
+    // A NATS cluster starting with this node may not have elected its JetStream leader yet.
+    const deadline = Date.now() + STARTUP_WAIT_MS;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await JetStreamState.#open(nc, node, options, log, events);
+      } catch (err) {
+        if (err instanceof FleetgateError && Date.now() < deadline && !/permission|authorization/i.test(err.message)) {
+          if (attempt === 1) log.warn({ err: err.message }, 'NATS JetStream not ready: retrying for up to 30 s');
+          await new Promise((r) => setTimeout(r, 500));
+          continue;
+        }
+        throw err;
+      }
+    }
+  }
+
+  static async #open(
+    nc: NatsConnection,
+    node: string,
+    options: JetStreamOptions,
+    log: Logger,
+    events: JetStreamEvents,
+  ): Promise<JetStreamState> {
+    try {
+      const jsm = await nc.jetstreamManager({ timeout: WRITE_TIMEOUT_MS });
+      await ensureInbox(jsm, options);
+      const js = nc.jetstream({ timeout: WRITE_TIMEOUT_MS });
+      const kvOptions = { replicas: options.replicas, history: 1, storage: StorageType.File };
+      const sessions = await js.views.kv(SESSIONS_BUCKET, kvOptions);
+      const retained = await js.views.kv(RETAINED_BUCKET, kvOptions);
+      const state = new JetStreamState(nc, jsm, { sessions, retained }, node, log, events);
+      await state.#watchSessions();
+      return state;
+    } catch (err) {
+      if (err instanceof FleetgateError) throw err;
+      throw new FleetgateError(
+        'CLUSTER_UNAVAILABLE',
+        `NATS JetStream: ${(err as Error).message}${jetStreamHint(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+  }
+
+  get node(): string {
+    return this.#node;
+  }
+
+  /** Persistent sessions known cluster-wide. */
+  get sessionCount(): number {
+    return this.#records.size;
+  }
+
+  /** The persistent session `clientId` as the cluster keeps it, wherever it was last attached. */
+  lookup(clientId: string): SessionRecord | undefined {
+    return this.#records.get(clientId);
+  }
+
+  // ── writes, and waiting for them ─────────────────────────────────────────────────────────────
+
+  #track(p: Promise<unknown>): void {
+    this.counts.writes++;
+    const write = p.catch((err: unknown) => {
+      this.counts.failedWrites++;
+      throw err;
+    });
+    // Whoever waits (afterCommit) sees the failure; a write nobody waits for must not crash the node.
+    write.catch(() => undefined);
+    this.#pending.push(write);
+    // Bounded: writes nobody waits for (a will, an offline record) are let go once settled.
+    if (this.#pending.length > 10_000) this.afterCommit(() => undefined);
+  }
+
+  /**
+   * Runs `fn` once every write made so far is acknowledged by JetStream (with the first error if
+   * one failed), in the order the callbacks were given; at once when nothing is pending.
+   */
+  afterCommit(fn: (err: Error | undefined) => void): void {
+    const ops = this.#pending;
+    if (ops.length === 0 && this.#waiting === 0) return fn(undefined);
+    this.#pending = [];
+    this.#waiting++;
+    this.#tail = this.#tail.then(async () => {
+      let error: Error | undefined;
+      try {
+        await Promise.all(ops);
+      } catch (err) {
+        error = err as Error;
+      }
+      this.#waiting--;
+      try {
+        fn(error);
+      } catch (err) {
+        this.#log.error({ err: (err as Error).message }, 'JetStream commit callback failed');
+      }
+    });
+  }
+
+  // ── session records ──────────────────────────────────────────────────────────────────────────
+
+  /** Writes a session's record (attached here, or `offline`): here at once, in JetStream for every node. */
+  save(mqtt: MqttSession, offline = false): void {
+    const subs: [string, number][] = [];
+    for (const [filter, options] of mqtt.subscriptions)
+      subs.push([filter, options + (mqtt.subscriptionIds.get(filter) ?? 0) * 256]);
+    const record: SessionRecord = {
+      clientId: mqtt.clientId,
+      deviceId: mqtt.deviceId,
+      node: offline ? null : this.#node,
+      lastSeen: offline ? mqtt.lastSeen : Date.now(),
+      expiryS: Math.round(mqtt.expiryMs / 1000),
+      subs,
+      qos2In: [...mqtt.qos2In],
+    };
+    this.#apply(record);
+    this.#track(this.#sessions.put(recordKey(mqtt.clientId), encodeSessionRecord(record)));
+  }
+
+  /** A session ends (cleaned, expired, its device revoked): its record and whatever its inbox holds go. */
+  drop(clientId: string): void {
+    this.#forget(clientId);
+    this.#track(this.#sessions.delete(recordKey(clientId)));
+    this.#track(this.#jsm.streams.purge(INBOX_STREAM, { filter: inboxSubject(clientId) }));
+  }
+
+  #apply(record: SessionRecord): void {
+    this.#forget(record.clientId);
+    this.#records.set(record.clientId, record);
+    this.#clientOfKey.set(sessionKey(record.clientId), record.clientId);
+    for (const [filter, value] of record.subs)
+      if ((value & SUB.QOS) > 0 && !filter.startsWith('$share/')) this.#owed.add(filter, record.clientId, value);
+  }
+
+  #forget(clientId: string): void {
+    const old = this.#records.get(clientId);
+    if (old === undefined) return;
+    for (const [filter] of old.subs) this.#owed.remove(filter, clientId);
+    this.#records.delete(clientId);
+    this.#clientOfKey.delete(sessionKey(clientId));
+  }
+
+  /** Every node's records: read whole before this node takes devices, then followed. */
+  async #watchSessions(): Promise<void> {
+    let initialized!: () => void;
+    const ready = new Promise<void>((resolve) => {
+      initialized = resolve;
+    });
+    const watch = await this.#sessions.watch({ key: 's.>', initializedFn: () => initialized() });
+    void (async () => {
+      for await (const e of watch) this.#sessionEntry(e);
+    })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, 'session record watch ended'));
+    await ready;
+  }
+
+  #sessionEntry(e: KvEntry): void {
+    const key = e.key.slice(2);
+    if (e.operation !== 'PUT') {
+      const clientId = this.#clientOfKey.get(key);
+      // A session attached here is this node's to end; a stale deletion does not end it.
+      if (clientId !== undefined && !this.#attached.has(clientId)) this.#forget(clientId);
+      return;
+    }
+    const r = decodeSessionRecord(key, e.value);
+    if ('invalid' in r) return this.#invalid(r.invalid, `$KV.${SESSIONS_BUCKET}.${e.key}`);
+    // This node's own writes were applied when made (a late echo must not undo a newer one).
+    if (r.ok.node === this.#node || this.#attached.has(r.ok.clientId)) return;
+    this.#apply(r.ok);
+  }
+
+  #invalid(reason: string, subject: string): void {
+    this.counts.invalid++;
+    this.#events.invalid(reason, subject);
+  }
+
+  /**
+   * Sessions whose expiry passed while offline, wherever they were: dropped (every node may do it;
+   * dropping twice is harmless). A session whose node died while it was attached is not offline
+   * in its record: it waits for its device (see docs/scale-out.md).
+   */
+  expire(now = Date.now()): number {
+    let n = 0;
+    for (const r of [...this.#records.values()]) {
+      if (r.node !== null || this.#attached.has(r.clientId) || now - r.lastSeen <= r.expiryS * 1000) continue;
+      this.drop(r.clientId);
+      n++;
+    }
+    return n;
+  }
+
+  // ── inboxes ──────────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * A QoS 1/2 message accepted here: written to the inbox of every persistent session in the
+   * cluster that is owed it (at least one of its subscriptions grants QoS 1 or 2; No Local
+   * respected). The caller's acknowledgement waits for these writes ({@link afterCommit}).
+   */
+  fanOut(message: Message): void {
+    if (message.qos === 0) return;
+    const owed = this.#owed.match(message.topic);
+    if (owed.size === 0) return;
+    let data: Buffer | undefined;
+    for (const [clientId, value] of owed) {
+      if ((value & SUB.NO_LOCAL) !== 0 && clientId === message.from) continue;
+      data ??= encodeEnvelope(message, true);
+      this.#track(this.#js.publish(inboxSubject(clientId), data));
+    }
+  }
+
+  /**
+   * The session is attached here: its inbox is read from the oldest message left (after every
+   * write made so far — a cleaned inbox is purged first) and each message given to `deliver` with
+   * its sequence, to be {@link settled} once the device acknowledged it (or it was dropped).
+   */
+  attach(clientId: string, deliver: (message: Message, seq: number) => void): void {
+    this.detach(clientId);
+    const inbox: Inbox = {
+      stopped: false,
+      messages: undefined,
+      outstanding: [],
+      settled: new Set(),
+      floor: 0,
+      purging: false,
+    };
+    this.#attached.set(clientId, inbox);
+    this.afterCommit(() => {
+      void this.#read(clientId, inbox, deliver).catch((err: unknown) => {
+        if (inbox.stopped) return;
+        this.#log.error(
+          { code: 'CLUSTER_UNAVAILABLE', clientId, err: (err as Error).message },
+          'reading a session inbox from JetStream failed: its queued messages wait for its next connection',
+        );
+      });
+    });
+  }
+
+  async #read(clientId: string, inbox: Inbox, deliver: (message: Message, seq: number) => void): Promise<void> {
+    if (inbox.stopped) return;
+    const consumer = await this.#js.consumers.get(INBOX_STREAM, { filterSubjects: inboxSubject(clientId) });
+    if (inbox.stopped) return;
+    const messages = await consumer.consume({ max_messages: 256 });
+    inbox.messages = messages;
+    if (inbox.stopped) {
+      messages.stop();
+      return;
+    }
+    for await (const jm of messages) {
+      if (inbox.stopped) break;
+      inbox.outstanding.push(jm.seq);
+      const m = decodeStored(jm.data);
+      if ('invalid' in m) {
+        this.#invalid(m.invalid, jm.subject);
+        this.settled(clientId, jm.seq);
+        continue;
+      }
+      this.counts.delivered++;
+      deliver(m.ok, jm.seq);
+    }
+  }
+
+  /** A message from the session's inbox was acknowledged by the device (or dropped): purged once all before it are. */
+  settled(clientId: string, seq: number): void {
+    const inbox = this.#attached.get(clientId);
+    if (inbox === undefined) return;
+    inbox.settled.add(seq);
+    let advanced = false;
+    while (inbox.outstanding.length > 0 && inbox.settled.has(inbox.outstanding[0] as number)) {
+      const s = inbox.outstanding.shift() as number;
+      inbox.settled.delete(s);
+      inbox.floor = s;
+      advanced = true;
+    }
+    if (advanced) this.#purge(clientId, inbox);
+  }
+
+  /** One purge at a time per inbox, up to its floor; settling during one is purged by the next. */
+  #purge(clientId: string, inbox: Inbox): void {
+    if (inbox.purging) return;
+    inbox.purging = true;
+    const floor = inbox.floor;
+    this.#jsm.streams
+      .purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 })
+      .catch((err: unknown) => {
+        // Not purged: delivered again on the next attach (at least once).
+        this.#log.warn({ clientId, err: (err as Error).message }, 'purging a session inbox failed');
+      })
+      .finally(() => {
+        inbox.purging = false;
+        if (inbox.floor > floor && this.#attached.get(clientId) === inbox) this.#purge(clientId, inbox);
+      });
+  }
+
+  /** The session left this node: its inbox is no longer read here (what it did not acknowledge stays for the next node). */
+  detach(clientId: string): void {
+    const inbox = this.#attached.get(clientId);
+    if (inbox === undefined) return;
+    inbox.stopped = true;
+    inbox.messages?.stop();
+    this.#attached.delete(clientId);
+  }
+
+  // ── retained messages ────────────────────────────────────────────────────────────────────────
+
+  /** A retained message set (empty payload: cleared) here: written for every node. */
+  putRetained(message: Message): void {
+    const key = retainedKey(message.topic);
+    this.#retainedTopics.set(key, message.topic);
+    this.#retainedWriting.set(key, (this.#retainedWriting.get(key) ?? 0) + 1);
+    const write =
+      message.payload.length === 0
+        ? this.#retainedKv.delete(key)
+        : this.#retainedKv.put(key, encodeEnvelope(message, true));
+    this.#track(
+      write.finally(() => {
+        const n = (this.#retainedWriting.get(key) ?? 1) - 1;
+        if (n > 0) this.#retainedWriting.set(key, n);
+        else this.#retainedWriting.delete(key);
+      }),
+    );
+  }
+
+  /**
+   * Reads every retained message the cluster holds, then follows changes from any node; resolves
+   * once the whole set has been given to `events.retained`.
+   */
+  async watchRetained(): Promise<number> {
+    let initialized!: () => void;
+    const ready = new Promise<void>((resolve) => {
+      initialized = resolve;
+    });
+    let count = 0;
+    const watch = await this.#retainedKv.watch({ key: 'r.>', initializedFn: () => initialized() });
+    void (async () => {
+      for await (const e of watch) if (this.#retainedEntry(e)) count++;
+    })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, 'retained watch ended'));
+    await ready;
+    return count;
+  }
+
+  #retainedEntry(e: KvEntry): boolean {
+    // A write of ours in flight is newer than what the watch brings for its key.
+    if (this.#retainedWriting.has(e.key)) return false;
+    if (e.operation !== 'PUT') {
+      const topic = this.#retainedTopics.get(e.key);
+      if (topic === undefined) return false;
+      this.#retainedTopics.delete(e.key);
+      this.#events.retained(new Message(topic, Buffer.alloc(0), 0, true, ''));
+      return false;
+    }
+    const m = decodeStored(e.value);
+    if ('invalid' in m) {
+      this.#invalid(m.invalid, `$KV.${RETAINED_BUCKET}.${e.key}`);
+      return false;
+    }
+    if (retainedKey(m.ok.topic) !== e.key) {
+      this.#invalid('retained message under another topic’s key', `$KV.${RETAINED_BUCKET}.${e.key}`);
+      return false;
+    }
+    this.#retainedTopics.set(e.key, m.ok.topic);
+    this.#events.retained(m.ok);
+    return true;
+  }
+
+  async close(): Promise<void> {
+    for (const clientId of [...this.#attached.keys()]) this.detach(clientId);
+    await this.#tail;
+    await Promise.allSettled(this.#pending);
+  }
+}
+
+/** The inbox stream, created when missing (its bounds are the first creator's; `nats stream edit` changes them). */
+async function ensureInbox(jsm: JetStreamManager, options: JetStreamOptions): Promise<void> {
+  try {
+    await jsm.streams.info(INBOX_STREAM);
+    return;
+  } catch (err) {
+    if ((err as { code?: string }).code !== '404') throw err;
+  }
+  await jsm.streams.add({
+    name: INBOX_STREAM,
+    subjects: [`${INBOX_PREFIX}.>`],
+    retention: RetentionPolicy.Limits,
+    storage: StorageType.File,
+    num_replicas: options.replicas,
+    max_msgs_per_subject: options.maxQueued,
+    max_age: nanos(options.maxAgeMs),
+    discard: DiscardPolicy.Old,
+  });
+}
+
+function jetStreamHint(err: unknown): string {
+  const m = String((err as Error).message ?? '');
+  if (/jetstream not enabled|503|no responders/i.test(m))
+    return ' — enable JetStream on the NATS servers (`jetstream { store_dir: … }`), or set cluster.sessions to "node"';
+  if (/insufficient resources|replicas/i.test(m))
+    return ' — fewer NATS servers than cluster.replicas: run 3 (or set FLEETGATE_CLUSTER_REPLICAS=1 for one server)';
+  if (/permission|authorization/i.test(m))
+    return ' — the NATS configuration lacks this node’s JetStream permissions: regenerate it with `fleetgate cluster nats-config`';
+  return '';
+}

@@ -1,0 +1,241 @@
+// Issue #27: persistent sessions, their queued QoS 1/2 messages and retained messages on NATS
+// JetStream (replicas 3 on three nats-servers routed over mTLS), so that a session follows its
+// device to any node and nothing acknowledged is lost when a gateway node or a NATS server dies.
+// Node A runs in this process; B and C in their own (killed with SIGKILL by one test).
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import type { MqttClient } from 'mqtt';
+import { connect as natsConnect } from 'nats';
+import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
+import { collect, connect, end, linked, until } from '../harness/mqtt.ts';
+import { type NatsCluster, natsAvailable, nodeIdentity, startNatsCluster } from '../harness/nats.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { fileScope } from '../harness/run.ts';
+import { type GatewayProcess, spawnService } from '../harness/services.ts';
+
+if (!natsAvailable() && process.env.CI === 'true')
+  throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");
+const skip = natsAvailable() ? false : 'no nats-server (apt-get install nats-server)';
+
+const scope = fileScope(after);
+let nats: NatsCluster;
+let a: TestFleet;
+let b: GatewayProcess;
+let c: GatewayProcess;
+let service: Credential;
+
+before(async () => {
+  if (skip !== false) return;
+  a = await startTestFleet(scope, {}, undefined, async (dataDir) => {
+    nats = await startNatsCluster({ tls: { dataDir, gateways: ['a', 'b', 'c', 'intruder'] } });
+    scope.after(() => nats.stop());
+    return nats.node('a');
+  });
+  [b, c] = await Promise.all([
+    spawnService('gateway', a.config.dataDir, await nats.node('b')),
+    spawnService('gateway', a.config.dataDir, await nats.node('c')),
+  ]);
+  scope.after(() => b.stop());
+  scope.after(() => c.stop());
+  service = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-svc', type: 'service' });
+});
+
+const url = (node: 'a' | 'b' | 'c') => (node === 'a' ? a.mqttsUrl : (node === 'b' ? b : c).endpoints['mqtt+tls']!);
+
+/** A persistent-session connection of `device` to a node; resolves with the client and whether the session was there. */
+async function persistent(
+  node: 'a' | 'b' | 'c',
+  device: Credential,
+  protocolVersion: 4 | 5 = 4,
+): Promise<{ client: MqttClient; present: boolean }> {
+  const client = await connect(url(node), device, { ca: a.rootFile, clean: false, protocolVersion });
+  // mqtt.js keeps the CONNACK's session present flag on the client after connecting.
+  const present = (client as unknown as { _resubscribeTopics?: unknown; connackPacket?: { sessionPresent: boolean } })
+    .connackPacket?.sessionPresent;
+  return { client, present: present === true };
+}
+
+/** The service on node A publishes `count` QoS 1 messages (each PUBACKed) to `topic`, payloads `<tag>-<i>`. */
+async function publishFromA(topic: string, tag: string, count: number): Promise<void> {
+  const svc = await connect(a.mqttsUrl, service, { ca: a.rootFile });
+  try {
+    for (let i = 0; i < count; i++) await svc.publishAsync(topic, `${tag}-${i}`, { qos: 1 });
+  } finally {
+    await svc.endAsync();
+  }
+}
+
+test('jetstream/a session follows its device: subscribed on B, queued while offline, resumed on C with everything', {
+  skip,
+}, async () => {
+  const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-follow' });
+  const first = await persistent('b', device);
+  assert.equal(first.present, false);
+  await first.client.subscribeAsync('devices/js-follow/commands/#', { qos: 1 });
+  await first.client.endAsync();
+
+  await publishFromA('devices/js-follow/commands/set', 'queued', 50);
+
+  const got: string[] = [];
+  const resumed = await connect(url('c'), device, { ca: a.rootFile, clean: false });
+  resumed.on('message', (_t, payload) => got.push(payload.toString()));
+  try {
+    await until('the 50 queued commands at the device on node C', () => got.length >= 50);
+    assert.deepEqual(
+      got.slice(0, 50),
+      Array.from({ length: 50 }, (_, i) => `queued-${i}`),
+      'everything queued, in order',
+    );
+    // Live now, on C: a command published on A arrives through the inbox too.
+    await publishFromA('devices/js-follow/commands/set', 'live', 5);
+    await until('the live commands', () => got.filter((m) => m.startsWith('live-')).length >= 5);
+  } finally {
+    await resumed.endAsync();
+  }
+});
+
+test('jetstream/a device reconnecting to another node while its old connection lives: the old node hands over', {
+  skip,
+}, async () => {
+  const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-handover' });
+  const onB = await persistent('b', device, 5);
+  await onB.client.subscribeAsync('devices/js-handover/commands/#', { qos: 1 });
+  const oldClosed = new Promise<void>((resolve) => onB.client.once('close', () => resolve()));
+  const onC = await persistent('c', device, 5);
+  assert.equal(onC.present, true, 'the session is there on C');
+  await oldClosed; // node B closed the older connection (takeover across nodes)
+  const got = collect(onC.client, 'handed-');
+  onC.client.on('message', (_t, p) => {
+    if (p.toString().startsWith('handed-')) got.push(p.toString());
+  });
+  try {
+    await publishFromA('devices/js-handover/commands/x', 'handed', 20);
+    await until('20 commands on node C', () => new Set(got).size >= 20);
+  } finally {
+    onB.client.end(true);
+    await onC.client.endAsync();
+  }
+});
+
+test('jetstream/kill -9 of the node a device is on, mid-traffic: every PUBACKed message reaches it on another node', {
+  skip,
+}, async () => {
+  const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-crash' });
+  const onB = await persistent('b', device);
+  const got: string[] = [];
+  onB.client.on('message', (_t, p) => got.push(p.toString()));
+  await onB.client.subscribeAsync('devices/js-crash/commands/#', { qos: 1 });
+  const total = 300;
+  const publishing = publishFromA('devices/js-crash/commands/x', 'm', total);
+  await until('a third delivered on B', () => got.length >= total / 3);
+  b.child.kill('SIGKILL');
+  await new Promise<void>((resolve) => onB.client.once('close', () => resolve()));
+  onB.client.end(true);
+  await publishing;
+  const onC = await connect(url('c'), device, { ca: a.rootFile, clean: false });
+  onC.on('message', (_t, p) => got.push(p.toString()));
+  try {
+    await until('every message at the device', () => new Set(got).size >= total, 60_000);
+    // Order per publisher: first arrivals in order (a redelivery after the crash may repeat some).
+    const firsts = [...new Set(got)];
+    assert.deepEqual(
+      firsts,
+      Array.from({ length: total }, (_, i) => `m-${i}`),
+    );
+    console.log(`kill -9 mid-traffic: ${total} delivered, ${got.length - total} duplicates`);
+  } finally {
+    await onC.endAsync();
+    b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
+  }
+});
+
+test('jetstream/one of three NATS servers killed mid-traffic: nothing PUBACKed lost', { skip }, async () => {
+  const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-natskill' });
+  const sub = await persistent('c', device);
+  const got: string[] = [];
+  sub.client.on('message', (_t, p) => got.push(p.toString()));
+  await sub.client.subscribeAsync('devices/js-natskill/commands/#', { qos: 1 });
+  const acked: string[] = [];
+  const total = 300;
+  let killed = false;
+  // A device that resends what was not acknowledged (as any MQTT client does after a reconnect).
+  let svc = await connect(a.mqttsUrl, service, { ca: a.rootFile });
+  for (let i = 0; i < total; i++) {
+    if (i === 100) {
+      killed = true;
+      await nats.servers[0]!.stop('SIGKILL');
+    }
+    for (;;) {
+      try {
+        await svc.publishAsync('devices/js-natskill/commands/x', `n-${i}`, { qos: 1 });
+        acked.push(`n-${i}`);
+        break;
+      } catch {
+        svc.end(true);
+        svc = await connect(a.mqttsUrl, service, { ca: a.rootFile });
+      }
+    }
+  }
+  await svc.endAsync();
+  assert.ok(killed);
+  try {
+    await until('every PUBACKed message at the subscriber', () => acked.every((m) => got.includes(m)), 60_000);
+    console.log(
+      `NATS server killed mid-traffic: ${acked.length} acknowledged, ${got.length - new Set(got).size} duplicates`,
+    );
+  } finally {
+    await end(sub.client);
+    await nats.servers[0]!.start();
+  }
+});
+
+test('jetstream/retained messages live in JetStream: set on one node, seen on the others', { skip }, async () => {
+  const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-retain' });
+  const pub = await connect(url('b'), device, { ca: a.rootFile });
+  await pub.publishAsync('devices/js-retain/state', 'on', { qos: 1, retain: true });
+  await pub.endAsync();
+  for (const node of ['a', 'c'] as const) {
+    const svc = await connect(url(node), service, { ca: a.rootFile });
+    const got = collect(svc, '');
+    svc.on('message', (t, p, packet) => {
+      if (packet.retain) got.push(`${t}=${p.toString()}`);
+    });
+    await svc.subscribeAsync('devices/js-retain/#', { qos: 1 });
+    await until(`the retained message on node ${node}`, () => got.includes('devices/js-retain/state=on'));
+    await svc.endAsync();
+  }
+});
+
+test('jetstream/what another process writes is input: a forged session record is refused; a gateway cannot delete the streams', {
+  skip,
+}, async () => {
+  const dir = a.config.dataDir;
+  const files = await nodeIdentity(dir, 'gateway', 'intruder');
+  const nc = await natsConnect({
+    servers: nats.url.split(','),
+    tls: {
+      ca: readFileSync(`${dir}/ca/root.crt`, 'utf8'),
+      cert: readFileSync(files.FLEETGATE_NODE_CERT!, 'utf8'),
+      key: readFileSync(files.FLEETGATE_NODE_KEY!, 'utf8'),
+    },
+    inboxPrefix: '_INBOX.intruder',
+  });
+  try {
+    const js = nc.jetstream();
+    const kv = await js.views.kv('fleetgate_sessions');
+    await kv.put('s.forged', new TextEncoder().encode('{"v":1,"clientId":"someone-else"}'));
+    await kv.put('s.garbage', new Uint8Array([0xff, 0x00]));
+    await a.log.find((l) => l.code === 'CLUSTER_MESSAGE_INVALID');
+    const jsm = await nc.jetstreamManager();
+    await assert.rejects(jsm.streams.delete('FLEETGATE_INBOX'), /permission|timeout/i);
+    await assert.rejects(jsm.streams.delete('KV_fleetgate_sessions'), /permission|timeout/i);
+  } finally {
+    await nc.close();
+  }
+  // The nodes carry on.
+  const svc = await connect(url('c'), service, { ca: a.rootFile });
+  const dev = await connect(url('a'), service, { ca: a.rootFile, clientId: 'js-svc-2' }).catch(() => undefined);
+  await end(svc, dev);
+  void linked;
+});
