@@ -785,21 +785,7 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     }
     return value;
   }
-  if (kind === 'clustersessions') {
-    if (value !== 'jetstream' && value !== 'node') {
-      problems.push(`${where} must be "jetstream" (sessions follow devices across nodes) or "node"`);
-      return undefined;
-    }
-    return value;
-  }
-  if (kind === 'replicas') {
-    const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 1 || n > 5) {
-      problems.push(`${where} must be 1–5 (JetStream's limit; 3 on a 3-server NATS cluster)`);
-      return undefined;
-    }
-    return n;
-  }
+  if (kind === 'clustersessions' || kind === 'replicas') return parseClusterValue(kind, value, where, problems);
   if (kind === 'durability') {
     if (value !== 'disk' && value !== 'memory') {
       problems.push(`${where} must be "disk" or "memory"`);
@@ -869,6 +855,28 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     return undefined;
   }
   return list;
+}
+
+/** `cluster.sessions` and `cluster.replicas`. */
+function parseClusterValue(
+  kind: 'clustersessions' | 'replicas',
+  value: unknown,
+  where: string,
+  problems: string[],
+): unknown {
+  if (kind === 'clustersessions') {
+    if (value !== 'jetstream' && value !== 'node') {
+      problems.push(`${where} must be "jetstream" (sessions follow devices across nodes) or "node"`);
+      return undefined;
+    }
+    return value;
+  }
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1 || n > 5) {
+    problems.push(`${where} must be 1–5 (JetStream's limit; 3 on a 3-server NATS cluster)`);
+    return undefined;
+  }
+  return n;
 }
 
 /** Addresses or CIDRs (`10.0.0.0/8`, `fd00::/8`, `192.0.2.7`): a list, or a comma-separated string. */
