@@ -41,6 +41,18 @@ function natsConfigCommand(cluster: Command, common: CommonFlags): void {
       "nats-server's certificate (default: node/servers/nats.crt, from `fleetgate node issue nats --role server`)",
     )
     .option('--server-key <file>', "nats-server's key (default: node/servers/nats.key)")
+    .option(
+      '--jetstream <dir>',
+      'JetStream on, storing in <dir> (needed by cluster.sessions=jetstream: sessions and retained messages on NATS)',
+    )
+    .option('--server-name <name>', 'this server’s name in a JetStream cluster (unique per server)', 'nats-1')
+    .option('--cluster-listen <host:port>', 'where this server listens for routes from the other NATS servers')
+    .option('--routes <host:port,...>', 'the other NATS servers’ route addresses (mTLS)', names)
+    .option(
+      '--route-name <name>',
+      'the server certificate name every NATS server presents on routes (`fleetgate node issue <name> --role server`)',
+      'nats-route',
+    )
     .action(
       async (
         opts: CommonOptions & {
@@ -49,6 +61,11 @@ function natsConfigCommand(cluster: Command, common: CommonFlags): void {
           listen: string;
           serverCert?: string;
           serverKey?: string;
+          jetstream?: string;
+          serverName: string;
+          clusterListen?: string;
+          routes?: string[];
+          routeName: string;
         },
       ) => {
         await withContext(opts, (ctx) => {
@@ -60,11 +77,27 @@ function natsConfigCommand(cluster: Command, common: CommonFlags): void {
             rootCert: resolve(ctx.paths.rootCert),
             gateways: opts.gateway,
             operators: opts.operator ?? [],
+            ...(opts.jetstream !== undefined && {
+              jetstream: { storeDir: resolve(opts.jetstream), serverName: opts.serverName },
+            }),
+            ...routesOption(opts),
           });
           emit(opts, { config }, () => config);
         });
       },
     );
+}
+
+/** `--cluster-listen` and `--routes` go together: a NATS server routed to the others over mTLS. */
+function routesOption(opts: { clusterListen?: string; routes?: string[]; routeName: string }): {
+  routes?: { listen: string; peers: string[]; routeName: string };
+} {
+  if (opts.clusterListen === undefined && opts.routes === undefined) return {};
+  if (opts.clusterListen === undefined || opts.routes === undefined || opts.routes.length === 0)
+    throw new FleetgateError('CONFIG_INVALID', '--cluster-listen and --routes go together (a NATS cluster)');
+  for (const r of [opts.clusterListen, ...opts.routes])
+    if (!/^[A-Za-z0-9.:[\]-]+:\d+$/.test(r)) throw new FleetgateError('CONFIG_INVALID', `${r}: host:port expected`);
+  return { routes: { listen: opts.clusterListen, peers: opts.routes, routeName: opts.routeName } };
 }
 
 function postgresSetupCommand(cluster: Command, common: CommonFlags): void {

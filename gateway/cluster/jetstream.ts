@@ -1,5 +1,7 @@
 import {
+  ConsumerEvents,
   type ConsumerMessages,
+  DeliverPolicy,
   DiscardPolicy,
   type JetStreamClient,
   type JetStreamManager,
@@ -38,6 +40,8 @@ const retainedKey = (topic: string): string => `r.${topicHash(topic)}`;
 
 /** How long a JetStream write may take before the message it carries is refused (the client is not acknowledged). */
 const WRITE_TIMEOUT_MS = 5_000;
+/** How long making a session inbox's consumer may take before it is tried again (normally milliseconds). */
+const CONSUMER_TIMEOUT_MS = 4_000;
 /** How long a node starting with its NATS cluster waits for JetStream to be ready. */
 const STARTUP_WAIT_MS = 30_000;
 
@@ -374,18 +378,76 @@ export class JetStreamState {
     });
   }
 
+  /**
+   * Reads the inbox with an ordered consumer (memory, one replica: cheap to make). One lost with
+   * its NATS server is noticed by missed heartbeats and made again from the next sequence, by
+   * this loop (the client's own recovery waits for that server); while JetStream cannot make one,
+   * it tries again every second.
+   */
   async #read(clientId: string, inbox: Inbox, deliver: (message: Message, seq: number) => void): Promise<void> {
-    if (inbox.stopped) return;
-    const consumer = await this.#js.consumers.get(INBOX_STREAM, { filterSubjects: inboxSubject(clientId) });
-    if (inbox.stopped) return;
-    const messages = await consumer.consume({ max_messages: 256 });
+    let next = 0; // 0: from the oldest message left
+    let failures = 0;
+    while (!inbox.stopped) {
+      try {
+        await this.#readFrom(
+          clientId,
+          inbox,
+          next,
+          (seq) => {
+            next = seq + 1;
+            failures = 0;
+          },
+          deliver,
+        );
+      } catch (err) {
+        if (inbox.stopped) return;
+        if (failures++ === 0)
+          this.#log.warn(
+            { code: 'CLUSTER_UNAVAILABLE', clientId, err: (err as Error).message },
+            'a session inbox cannot be read from JetStream now: trying again every second',
+          );
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+    }
+  }
+
+  async #readFrom(
+    clientId: string,
+    inbox: Inbox,
+    from: number,
+    read: (seq: number) => void,
+    deliver: (message: Message, seq: number) => void,
+  ): Promise<void> {
+    this.#log.debug({ clientId, from }, 'making a session inbox consumer');
+    // nats.js retries making an ordered consumer by itself, without end — and JetStream may place it on
+    // a server that just died (nats-server 2.9 picks among the stream's peers): bounded here, made again.
+    const messages = await withTimeout(
+      (async () => {
+        const consumer = await this.#js.consumers.get(INBOX_STREAM, {
+          filterSubjects: inboxSubject(clientId),
+          ...(from > 0 && { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
+        });
+        // Heartbeats every 2.5 s while idle (the defaults would leave a session without messages for a minute).
+        return consumer.consume({ max_messages: 256, expires: 10_000, idle_heartbeat: 2_500 });
+      })(),
+      CONSUMER_TIMEOUT_MS,
+      (late) => late.stop(),
+    );
     inbox.messages = messages;
     if (inbox.stopped) {
       messages.stop();
       return;
     }
+    this.#log.debug({ clientId, from }, 'reading a session inbox');
+    void (async () => {
+      for await (const s of await messages.status()) {
+        this.#log.debug({ clientId, status: s.type, data: s.data }, 'session inbox consumer status');
+        if (s.type === ConsumerEvents.HeartbeatsMissed && Number(s.data) >= 2) return messages.stop();
+      }
+    })().catch(() => undefined);
     for await (const jm of messages) {
       if (inbox.stopped) break;
+      read(jm.seq);
       inbox.outstanding.push(jm.seq);
       const m = decodeStored(jm.data);
       if ('invalid' in m) {
@@ -537,4 +599,29 @@ function jetStreamHint(err: unknown): string {
   if (/permission|authorization/i.test(m))
     return ' — the NATS configuration lacks this node’s JetStream permissions: regenerate it with `fleetgate cluster nats-config`';
   return '';
+}
+
+/** `p`, or a TIMEOUT rejection after `ms` (what `p` gives later is handed to `discard`). */
+function withTimeout<T>(p: Promise<T>, ms: number, discard: (late: T) => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let timedOut = false;
+  return Promise.race([
+    p
+      .then(
+        (v) => {
+          if (timedOut) discard(v);
+          return v;
+        },
+        (err: unknown) => {
+          throw err;
+        },
+      )
+      .finally(() => clearTimeout(timer)),
+    new Promise<T>((_r, reject) => {
+      timer = setTimeout(() => {
+        timedOut = true;
+        reject(new Error('TIMEOUT making a JetStream consumer'));
+      }, ms);
+    }),
+  ]);
 }
