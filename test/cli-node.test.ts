@@ -144,6 +144,28 @@ test('cli cluster/nats-config and postgres-setup print the server side, --json t
   assert.match(nats, /CN=gateway:n1,OU=gateway,O=fleetgate/);
   assert.match(nats, /"fg\.s\.n2"/);
   assert.doesNotMatch(nats, /no_auth_user|password/);
+  // One of three JetStream servers, routed over mTLS: only the fleet's route certificate may join.
+  const js = await fleetgateOk([
+    ...['cluster', 'nats-config', '--gateway', 'n1', '--data', dir, '--jetstream', join(dir, 'js')],
+    ...['--server-name', 'nats-2', '--cluster-listen', '127.0.0.1:6222', '--routes', '127.0.0.1:6221,127.0.0.1:6223'],
+  ]);
+  assert.match(js, /server_name: "nats-2"\njetstream \{ store_dir: /);
+  assert.match(js, /routes: \["nats-route:\/\/127\.0\.0\.1:6221", "nats-route:\/\/127\.0\.0\.1:6223"\]/);
+  assert.match(js, /authorization \{ user: "CN=server:nats,OU=server,O=fleetgate" \}/);
+  assert.match(js, /"\$JS\.API\.STREAM\.PURGE\.FLEETGATE_INBOX"/);
+  assert.doesNotMatch(js, /STREAM\.DELETE/);
+  const half = await fleetgate([
+    'cluster',
+    'nats-config',
+    '--gateway',
+    'n1',
+    '--data',
+    dir,
+    '--routes',
+    '127.0.0.1:6221',
+  ]);
+  assert.equal(half.code, 2);
+  assert.match(half.stderr, /--cluster-listen and --routes go together/);
   const pgSetup = json(
     await fleetgateOk(['cluster', 'postgres-setup', '--host', 'db.example', '--data', dir, '--json']),
   );

@@ -50,8 +50,8 @@ function natsConfigCommand(cluster: Command, common: CommonFlags): void {
     .option('--routes <host:port,...>', 'the other NATS servers’ route addresses (mTLS)', names)
     .option(
       '--route-name <name>',
-      'the server certificate name every NATS server presents on routes (`fleetgate node issue <name> --role server`)',
-      'nats-route',
+      'the server certificate name every NATS server presents on routes (`fleetgate node issue <name> --role server`; one name for all)',
+      'nats',
     )
     .action(
       async (

@@ -137,7 +137,14 @@ async function serve(
   );
   const signal = await stopped.signal;
   log.info({ signal }, 'stopping');
+  // A shutdown that cannot finish (a link that never answers) does not keep the process: 30 s, then exit.
+  const force = setTimeout(() => {
+    log.error('shutdown did not finish in 30 s: exiting now');
+    process.exit(1);
+  }, 30_000);
+  force.unref();
   await Promise.allSettled(services.map((s) => s.close()));
+  clearTimeout(force);
   ctx.close();
   process.stderr.write('fleetgate: stopped\n');
 }

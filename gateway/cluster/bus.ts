@@ -555,14 +555,22 @@ export class NatsBus {
     return { ok: { messages, complete: false } }; // the time bound ended it
   }
 
+  /** Drains both connections (what was published reaches NATS), closing them outright after 5 s. */
   async close(): Promise<void> {
     await Promise.all(
       [this.#nc, this.#sharedNc].map(async (nc) => {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, 5_000);
+        });
         try {
-          await nc.drain();
+          await Promise.race([nc.drain(), late]);
         } catch {
-          await nc.close().catch(() => undefined);
+          // closed below
+        } finally {
+          clearTimeout(timer);
         }
+        if (!nc.isClosed()) await nc.close().catch(() => undefined);
       }),
     );
   }

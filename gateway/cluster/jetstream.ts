@@ -42,12 +42,14 @@ const retainedKey = (topic: string): string => `r.${topicHash(topic)}`;
 const WRITE_TIMEOUT_MS = 5_000;
 /** How long making a session inbox's consumer may take before it is tried again (normally milliseconds). */
 const CONSUMER_TIMEOUT_MS = 4_000;
+/** How long a write is tried again while JetStream recovers (a leader election after a server died takes seconds). */
+const RETRY_MS = 15_000;
 /** How long a node starting with its NATS cluster waits for JetStream to be ready. */
 const STARTUP_WAIT_MS = 30_000;
 
 export interface JetStreamOptions {
   replicas: number;
-  /** Messages one session's inbox keeps at most (the oldest go first): `mqtt.maxQueuedMessages`. */
+  /** Messages one session's inbox keeps at most (the oldest go first): the largest queue bound of any device type (each session's own bound applies as it is read). */
   maxQueued: number;
   /** The longest a session outlives its connection: inbox messages older than this go. */
   maxAgeMs: number;
@@ -105,6 +107,8 @@ export class JetStreamState {
   /** Their subscriptions that are owed QoS 1/2 messages. */
   readonly #owed = new SubscriptionTrie<string>();
   readonly #attached = new Map<string, Inbox>();
+  /** The buckets' watches, stopped at close (a live one would hold the connection's drain). */
+  readonly #watches: { stop(): void }[] = [];
   /** Retained topics by key (a deletion names only the key), and keys with a write of ours in flight. */
   readonly #retainedTopics = new Map<string, string>();
   readonly #retainedWriting = new Map<string, number>();
@@ -112,7 +116,10 @@ export class JetStreamState {
   #tail: Promise<void> = Promise.resolve();
   #waiting = 0;
   /** Writes to JetStream, and inbox messages delivered from it (for metrics and the benchmark). */
-  readonly counts = { writes: 0, failedWrites: 0, delivered: 0, invalid: 0 };
+  readonly counts = { writes: 0, retries: 0, failedWrites: 0, delivered: 0, invalid: 0 };
+  /** Message ids of this node's inbox writes (with the node's name and start time: unique in the cluster). */
+  #writeId = 0;
+  readonly #started = Date.now().toString(36);
 
   private constructor(
     nc: NatsConnection,
@@ -203,9 +210,27 @@ export class JetStreamState {
 
   // ── writes, and waiting for them ─────────────────────────────────────────────────────────────
 
-  #track(p: Promise<unknown>): void {
+  /**
+   * A write, tried again while JetStream is electing a leader (a NATS server died: 503 / timeouts,
+   * for a few seconds) up to {@link RETRY_MS}: the acknowledgement waiting for it is late, the
+   * device's connection stays. Each attempt is idempotent (inbox messages carry a message id,
+   * which JetStream deduplicates; a record put or a purge may be repeated).
+   */
+  #track(attempt: () => Promise<unknown>): void {
     this.counts.writes++;
-    const write = p.catch((err: unknown) => {
+    const deadline = Date.now() + RETRY_MS;
+    const retried = async (): Promise<unknown> => {
+      for (;;) {
+        try {
+          return await attempt();
+        } catch (err) {
+          if (Date.now() >= deadline || !retryable(err)) throw err;
+          this.counts.retries++;
+          await new Promise((r) => setTimeout(r, 250));
+        }
+      }
+    };
+    const write = retried().catch((err: unknown) => {
       this.counts.failedWrites++;
       throw err;
     });
@@ -258,14 +283,15 @@ export class JetStreamState {
       qos2In: [...mqtt.qos2In],
     };
     this.#apply(record);
-    this.#track(this.#sessions.put(recordKey(mqtt.clientId), encodeSessionRecord(record)));
+    const data = encodeSessionRecord(record);
+    this.#track(() => this.#sessions.put(recordKey(mqtt.clientId), data));
   }
 
   /** A session ends (cleaned, expired, its device revoked): its record and whatever its inbox holds go. */
   drop(clientId: string): void {
     this.#forget(clientId);
-    this.#track(this.#sessions.delete(recordKey(clientId)));
-    this.#track(this.#jsm.streams.purge(INBOX_STREAM, { filter: inboxSubject(clientId) }));
+    this.#track(() => this.#sessions.delete(recordKey(clientId)));
+    this.#track(() => this.#jsm.streams.purge(INBOX_STREAM, { filter: inboxSubject(clientId) }));
   }
 
   #apply(record: SessionRecord): void {
@@ -291,6 +317,7 @@ export class JetStreamState {
       initialized = resolve;
     });
     const watch = await this.#sessions.watch({ key: 's.>', initializedFn: () => initialized() });
+    this.#watches.push(watch);
     void (async () => {
       for await (const e of watch) this.#sessionEntry(e);
     })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, 'session record watch ended'));
@@ -347,7 +374,9 @@ export class JetStreamState {
     for (const [clientId, value] of owed) {
       if ((value & SUB.NO_LOCAL) !== 0 && clientId === message.from) continue;
       data ??= encodeEnvelope(message, true);
-      this.#track(this.#js.publish(inboxSubject(clientId), data));
+      const body = data;
+      const msgID = `${this.#node}.${this.#started}.${this.#writeId++}`;
+      this.#track(() => this.#js.publish(inboxSubject(clientId), body, { msgID }));
     }
   }
 
@@ -507,18 +536,17 @@ export class JetStreamState {
   putRetained(message: Message): void {
     const key = retainedKey(message.topic);
     this.#retainedTopics.set(key, message.topic);
-    this.#retainedWriting.set(key, (this.#retainedWriting.get(key) ?? 0) + 1);
-    const write =
-      message.payload.length === 0
-        ? this.#retainedKv.delete(key)
-        : this.#retainedKv.put(key, encodeEnvelope(message, true));
-    this.#track(
-      write.finally(() => {
-        const n = (this.#retainedWriting.get(key) ?? 1) - 1;
-        if (n > 0) this.#retainedWriting.set(key, n);
-        else this.#retainedWriting.delete(key);
-      }),
-    );
+    const data = message.payload.length === 0 ? undefined : encodeEnvelope(message, true);
+    const done = () => {
+      const n = (this.#retainedWriting.get(key) ?? 1) - 1;
+      if (n > 0) this.#retainedWriting.set(key, n);
+      else this.#retainedWriting.delete(key);
+    };
+    // Each attempt counts as a write in flight for its key (the watch's older values wait).
+    this.#track(() => {
+      this.#retainedWriting.set(key, (this.#retainedWriting.get(key) ?? 0) + 1);
+      return (data === undefined ? this.#retainedKv.delete(key) : this.#retainedKv.put(key, data)).finally(done);
+    });
   }
 
   /**
@@ -532,6 +560,7 @@ export class JetStreamState {
     });
     let count = 0;
     const watch = await this.#retainedKv.watch({ key: 'r.>', initializedFn: () => initialized() });
+    this.#watches.push(watch);
     void (async () => {
       for await (const e of watch) if (this.#retainedEntry(e)) count++;
     })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, 'retained watch ended'));
@@ -564,21 +593,19 @@ export class JetStreamState {
   }
 
   async close(): Promise<void> {
+    for (const w of this.#watches) w.stop();
     for (const clientId of [...this.#attached.keys()]) this.detach(clientId);
     await this.#tail;
     await Promise.allSettled(this.#pending);
   }
 }
 
-/** The inbox stream, created when missing (its bounds are the first creator's; `nats stream edit` changes them). */
+/**
+ * The inbox stream, created when missing, its bounds brought to this node's configuration when
+ * they differ (the last node started with a new configuration sets them for all).
+ */
 async function ensureInbox(jsm: JetStreamManager, options: JetStreamOptions): Promise<void> {
-  try {
-    await jsm.streams.info(INBOX_STREAM);
-    return;
-  } catch (err) {
-    if ((err as { code?: string }).code !== '404') throw err;
-  }
-  await jsm.streams.add({
+  const config = {
     name: INBOX_STREAM,
     subjects: [`${INBOX_PREFIX}.>`],
     retention: RetentionPolicy.Limits,
@@ -587,7 +614,30 @@ async function ensureInbox(jsm: JetStreamManager, options: JetStreamOptions): Pr
     max_msgs_per_subject: options.maxQueued,
     max_age: nanos(options.maxAgeMs),
     discard: DiscardPolicy.Old,
-  });
+    // A write is tried again for at most RETRY_MS: its message id need not be remembered longer.
+    duplicate_window: nanos(2 * RETRY_MS),
+  };
+  let current: Awaited<ReturnType<JetStreamManager['streams']['info']>>['config'];
+  try {
+    current = (await jsm.streams.info(INBOX_STREAM)).config;
+  } catch (err) {
+    if ((err as { code?: string }).code !== '404') throw err;
+    await jsm.streams.add(config);
+    return;
+  }
+  if (
+    current.max_msgs_per_subject !== config.max_msgs_per_subject ||
+    current.max_age !== config.max_age ||
+    current.num_replicas !== config.num_replicas ||
+    current.duplicate_window !== config.duplicate_window
+  )
+    await jsm.streams.update(INBOX_STREAM, config);
+}
+
+/** JetStream not answering for now (no leader yet, a server gone): worth another try. */
+function retryable(err: unknown): boolean {
+  const code = String((err as { code?: unknown }).code ?? '');
+  return code === '503' || code === 'TIMEOUT' || /timeout|no responders|temporarily unavailable/i.test(String(err));
 }
 
 function jetStreamHint(err: unknown): string {

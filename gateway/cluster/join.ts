@@ -73,7 +73,14 @@ export class ClusterJoin {
       join.state = await JetStreamState.open(
         bus.connection,
         node,
-        { replicas: config.cluster.replicas, maxQueued: q.maxQueuedMessages, maxAgeMs: q.sessionExpiryMs },
+        {
+          replicas: config.cluster.replicas,
+          maxQueued: Math.max(
+            q.maxQueuedMessages,
+            ...Object.values(config.gateway.limits).map((l) => l.maxQueuedMessages ?? 0),
+          ),
+          maxAgeMs: q.sessionExpiryMs,
+        },
         log.child({ component: 'cluster', node }),
         {
           retained: (m) => plane()?.retainRemote(m),

@@ -76,6 +76,7 @@ function jetStreamPublish(): string[] {
     `${api}.INFO`,
     `$JS.FC.>`,
     `${api}.STREAM.PURGE.${INBOX_STREAM}`,
+    `${api}.STREAM.UPDATE.${INBOX_STREAM}`,
     ...streams.flatMap((s) => [
       `${api}.STREAM.INFO.${s}`,
       `${api}.STREAM.CREATE.${s}`,
