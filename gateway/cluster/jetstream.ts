@@ -1,4 +1,5 @@
 import {
+  ConsumerDebugEvents,
   ConsumerEvents,
   type ConsumerMessages,
   DeliverPolicy,
@@ -42,6 +43,14 @@ const retainedKey = (topic: string): string => `r.${topicHash(topic)}`;
 const WRITE_TIMEOUT_MS = 5_000;
 /** How long making a session inbox's consumer may take before it is tried again (normally milliseconds). */
 const CONSUMER_TIMEOUT_MS = 4_000;
+/** What says a session inbox's consumer is gone: made again. */
+const LOST = new Set<string>([
+  ConsumerEvents.HeartbeatsMissed,
+  ConsumerEvents.ConsumerDeleted,
+  ConsumerEvents.ConsumerNotFound,
+  ConsumerEvents.StreamNotFound,
+  ConsumerDebugEvents.Reset,
+]);
 /** How long a write is tried again while JetStream recovers (a leader election after a server died takes seconds). */
 const RETRY_MS = 15_000;
 /** How long a node starting with its NATS cluster waits for JetStream to be ready. */
@@ -107,6 +116,8 @@ export class JetStreamState {
   /** Their subscriptions that are owed QoS 1/2 messages. */
   readonly #owed = new SubscriptionTrie<string>();
   readonly #attached = new Map<string, Inbox>();
+  /** The last inbox write of each publisher to each session (`<publisher> NUL <client id>`): the next waits for it. */
+  readonly #chains = new Map<string, Promise<unknown>>();
   /** The buckets' watches, stopped at close (a live one would hold the connection's drain). */
   readonly #watches: { stop(): void }[] = [];
   /** Retained topics by key (a deletion names only the key), and keys with a write of ours in flight. */
@@ -181,6 +192,7 @@ export class JetStreamState {
       const retained = await js.views.kv(RETAINED_BUCKET, kvOptions);
       const state = new JetStreamState(nc, jsm, { sessions, retained }, node, log, events);
       await state.#watchSessions();
+      void state.#followReconnects(nc);
       return state;
     } catch (err) {
       if (err instanceof FleetgateError) throw err;
@@ -213,13 +225,15 @@ export class JetStreamState {
   /**
    * A write, tried again while JetStream is electing a leader (a NATS server died: 503 / timeouts,
    * for a few seconds) up to {@link RETRY_MS}: the acknowledgement waiting for it is late, the
-   * device's connection stays. Each attempt is idempotent (inbox messages carry a message id,
+   * device's connection stays. Writes of one `chain` go one at a time, in order. Each attempt is idempotent (inbox messages carry a message id,
    * which JetStream deduplicates; a record put or a purge may be repeated).
    */
-  #track(attempt: () => Promise<unknown>): void {
+  #track(attempt: () => Promise<unknown>, chain?: string): void {
     this.counts.writes++;
     const deadline = Date.now() + RETRY_MS;
+    const before = chain === undefined ? undefined : this.#chains.get(chain);
     const retried = async (): Promise<unknown> => {
+      if (before !== undefined) await before.catch(() => undefined);
       for (;;) {
         try {
           return await attempt();
@@ -234,6 +248,13 @@ export class JetStreamState {
       this.counts.failedWrites++;
       throw err;
     });
+    if (chain !== undefined) {
+      this.#chains.set(chain, write);
+      const forget = () => {
+        if (this.#chains.get(chain) === write) this.#chains.delete(chain);
+      };
+      write.then(forget, forget);
+    }
     // Whoever waits (afterCommit) sees the failure; a write nobody waits for must not crash the node.
     write.catch(() => undefined);
     this.#pending.push(write);
@@ -376,7 +397,9 @@ export class JetStreamState {
       data ??= encodeEnvelope(message, true);
       const body = data;
       const msgID = `${this.#node}.${this.#started}.${this.#writeId++}`;
-      this.#track(() => this.#js.publish(inboxSubject(clientId), body, { msgID }));
+      // One publisher's messages to one session are written one after the other: pipelined, one
+      // lost with a dying stream leader and tried again would land after a later one.
+      this.#track(() => this.#js.publish(inboxSubject(clientId), body, { msgID }), `${message.from}\0${clientId}`);
     }
   }
 
@@ -468,10 +491,13 @@ export class JetStreamState {
       return;
     }
     this.#log.debug({ clientId, from }, 'reading a session inbox');
+    // Its consumer missing or silent (lost with its server): made again by this loop from the next
+    // sequence, never by nats.js's own reset, which retries without end while JetStream places the
+    // new consumer on the dead server.
     void (async () => {
       for await (const s of await messages.status()) {
         this.#log.debug({ clientId, status: s.type, data: s.data }, 'session inbox consumer status');
-        if (s.type === ConsumerEvents.HeartbeatsMissed && Number(s.data) >= 2) return messages.stop();
+        if (LOST.has(s.type)) return messages.stop();
       }
     })().catch(() => undefined);
     for await (const jm of messages) {
@@ -486,6 +512,18 @@ export class JetStreamState {
       }
       this.counts.delivered++;
       deliver(m.ok, jm.seq);
+    }
+  }
+
+  /**
+   * This node's NATS connection came back (its server died, say): every inbox it reads gets a new
+   * consumer from where it stopped — nats.js would first ask after the old one, without end when
+   * that one was on the dead server, and hear no heartbeat meanwhile.
+   */
+  async #followReconnects(nc: NatsConnection): Promise<void> {
+    for await (const s of nc.status()) {
+      if (s.type !== 'reconnect') continue;
+      for (const inbox of this.#attached.values()) inbox.messages?.stop();
     }
   }
 
