@@ -333,15 +333,20 @@ export class JetStreamState {
 
   /** Every node's records: read whole before this node takes devices, then followed. */
   async #watchSessions(): Promise<void> {
+    await this.#follow(this.#sessions, 's.>', (e) => this.#sessionEntry(e), 'session record watch ended');
+  }
+
+  /** Follows a bucket's keys under `key`: resolves once every current value was given to `entry`, then goes on. */
+  async #follow(kv: KV, key: string, entry: (e: KvEntry) => void, ended: string): Promise<void> {
     let initialized!: () => void;
     const ready = new Promise<void>((resolve) => {
       initialized = resolve;
     });
-    const watch = await this.#sessions.watch({ key: 's.>', initializedFn: () => initialized() });
+    const watch = await kv.watch({ key, initializedFn: () => initialized() });
     this.#watches.push(watch);
     void (async () => {
-      for await (const e of watch) this.#sessionEntry(e);
-    })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, 'session record watch ended'));
+      for await (const e of watch) entry(e);
+    })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, ended));
     await ready;
   }
 
@@ -592,17 +597,15 @@ export class JetStreamState {
    * once the whole set has been given to `events.retained`.
    */
   async watchRetained(): Promise<number> {
-    let initialized!: () => void;
-    const ready = new Promise<void>((resolve) => {
-      initialized = resolve;
-    });
     let count = 0;
-    const watch = await this.#retainedKv.watch({ key: 'r.>', initializedFn: () => initialized() });
-    this.#watches.push(watch);
-    void (async () => {
-      for await (const e of watch) if (this.#retainedEntry(e)) count++;
-    })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, 'retained watch ended'));
-    await ready;
+    await this.#follow(
+      this.#retainedKv,
+      'r.>',
+      (e) => {
+        if (this.#retainedEntry(e)) count++;
+      },
+      'retained watch ended',
+    );
     return count;
   }
 
