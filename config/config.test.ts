@@ -131,3 +131,23 @@ test('config/per-type outbound bounds: services absorb bursts by default, others
     /maxOutboundBytes is invalid/,
   );
 });
+
+test('config/cluster: sessions on JetStream by default, a node timeout of at least 6 s', () => {
+  const dir = withFile({});
+  const cfg = loadConfig({ dataDir: dir, env: {} });
+  assert.equal(cfg.cluster.sessions, 'jetstream');
+  assert.equal(cfg.cluster.nodeTimeoutMs, 30_000);
+  const set = loadConfig({
+    dataDir: dir,
+    env: { FLEETGATE_CLUSTER_SESSIONS: 'node', FLEETGATE_CLUSTER_NODE_TIMEOUT: '2m' },
+  });
+  assert.equal(set.cluster.sessions, 'node');
+  assert.equal(set.cluster.nodeTimeoutMs, 120_000);
+  for (const value of ['5s', 'soon'])
+    assert.throws(
+      () => loadConfig({ dataDir: dir, env: { FLEETGATE_CLUSTER_NODE_TIMEOUT: value } }),
+      (e: unknown) =>
+        e instanceof FleetgateError &&
+        (e.detail.problems as string[]).some((p) => /FLEETGATE_CLUSTER_NODE_TIMEOUT.*at least 6s/.test(p)),
+    );
+});

@@ -68,12 +68,18 @@ export interface FleetgateConfig {
     /**
      * Where persistent MQTT sessions, their queued QoS 1/2 messages and retained messages live in
      * a cluster: `jetstream` — in NATS JetStream (replicated; a session follows its device to any
-     * node, nothing acknowledged is lost when a node dies); `node` — on each node's own disk
-     * (`mqtt-<node>.db`; a session stays with its node). Alone (no NATS) always the node's disk.
+     * node, nothing acknowledged is lost when a node dies; the default); `node` — on each node's own
+     * disk (`mqtt-<node>.db`; a session stays with its node). Alone (no NATS) always the node's disk.
      */
     sessions: 'jetstream' | 'node';
     /** JetStream replicas of the cluster's streams (3 on a 3-server NATS cluster; 1 on a single server). */
     replicas: number;
+    /**
+     * With `jetstream` sessions: how long a gateway node may go unheard (nodes write a beat every
+     * 2 s) before the sessions it held count as orphaned — offline since it was last heard, expiring
+     * like any offline session. At least 6 s.
+     */
+    nodeTimeoutMs: number;
   };
 }
 
@@ -416,8 +422,9 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     allowInsecure: false,
     nodeCert: '',
     nodeKey: '',
-    sessions: 'node' as 'jetstream' | 'node',
+    sessions: 'jetstream' as 'jetstream' | 'node',
     replicas: 3,
+    nodeTimeoutMs: 30_000,
   },
   mqtt: {
     durability: 'disk' as const,
@@ -713,6 +720,12 @@ const SETTINGS = [
     kind: 'clustersessions',
   },
   { key: 'cluster.replicas', file: ['cluster', 'replicas'], env: 'FLEETGATE_CLUSTER_REPLICAS', kind: 'replicas' },
+  {
+    key: 'cluster.nodeTimeoutMs',
+    file: ['cluster', 'nodeTimeout'],
+    env: 'FLEETGATE_CLUSTER_NODE_TIMEOUT',
+    kind: 'nodetimeout',
+  },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: 'FLEETGATE_LIMITS', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
@@ -785,7 +798,8 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     }
     return value;
   }
-  if (kind === 'clustersessions' || kind === 'replicas') return parseClusterValue(kind, value, where, problems);
+  if (kind === 'clustersessions' || kind === 'replicas' || kind === 'nodetimeout')
+    return parseClusterValue(kind, value, where, problems);
   if (kind === 'durability') {
     if (value !== 'disk' && value !== 'memory') {
       problems.push(`${where} must be "disk" or "memory"`);
@@ -857,9 +871,9 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
   return list;
 }
 
-/** `cluster.sessions` and `cluster.replicas`. */
+/** `cluster.sessions`, `cluster.replicas` and `cluster.nodeTimeout`. */
 function parseClusterValue(
-  kind: 'clustersessions' | 'replicas',
+  kind: 'clustersessions' | 'replicas' | 'nodetimeout',
   value: unknown,
   where: string,
   problems: string[],
@@ -870,6 +884,17 @@ function parseClusterValue(
       return undefined;
     }
     return value;
+  }
+  if (kind === 'nodetimeout') {
+    let ms: number | undefined;
+    try {
+      ms = parseDuration(String(value), where);
+    } catch {}
+    if (ms === undefined || ms < 6_000) {
+      problems.push(`${where} must be a duration of at least 6s (nodes write their beat every 2 s)`);
+      return undefined;
+    }
+    return ms;
   }
   const n = Number(value);
   if (!Number.isSafeInteger(n) || n < 1 || n > 5) {

@@ -12,6 +12,8 @@ export interface ConnectOptions {
   localAddress?: string;
   /** false: resume (or start) a persistent session (3.1.1 clean session 0; MQTT 5: clean start 0 and a day's expiry). */
   clean?: boolean;
+  /** MQTT 5 with `clean: false`: the session expiry interval asked for, in seconds (default a day). */
+  sessionExpiry?: number;
 }
 
 /** An mqtt.js client over mqtts:// or wss:// with a device credential; rejects with the CONNACK code or TLS error. */
@@ -28,7 +30,7 @@ export async function connect(url: string, cred: Credential | undefined, opts: C
     ...(opts.localAddress !== undefined && { localAddress: opts.localAddress }),
     ...(opts.clean === false && {
       clean: false,
-      ...(opts.protocolVersion === 5 && { properties: { sessionExpiryInterval: 86_400 } }),
+      ...(opts.protocolVersion === 5 && { properties: { sessionExpiryInterval: opts.sessionExpiry ?? 86_400 } }),
     }),
   };
   // STACK-NOTES: without `false`, connectAsync never settles when the server closes before CONNACK.

@@ -123,7 +123,7 @@ function tlsNodeEnv(tls: NatsTls, servers: string, extra: Record<string, string>
 
 /**
  * A nats-server of its own on a loopback port, stopped by PID. Without options: no TLS, no
- * JetStream. With `tls`: configured by `fleetgate cluster nats-config`'s generator, its certificate
+ * JetStream (its gateways' env says `cluster.sessions: node`). With `tls`: configured by `fleetgate cluster nats-config`'s generator, its certificate
  * from the test fleet's CA, `tls://` URL; with `jetstream` too, JetStream on (one server: replicas 1).
  */
 export async function startNats(options: { tls?: NatsTls; jetstream?: boolean } = {}): Promise<NatsServer> {
@@ -138,7 +138,7 @@ export async function startNats(options: { tls?: NatsTls; jetstream?: boolean } 
       String(port),
       ...(options.jetstream === true ? ['-js', '-sd', tempDir()] : []),
     ];
-    const extra = options.jetstream === true ? JETSTREAM_ENV(1) : {};
+    const extra = options.jetstream === true ? JETSTREAM_ENV(1) : NODE_SESSIONS_ENV;
     const server = natsProcess(url, port, args, async (name) => ({
       FLEETGATE_NATS: url,
       FLEETGATE_NODE: name,
@@ -161,11 +161,14 @@ export async function startNats(options: { tls?: NatsTls; jetstream?: boolean } 
   });
   writeFileSync(join(dir, 'nats.conf'), conf);
   const url = `tls://127.0.0.1:${port}`;
-  const extra = options.jetstream === true ? JETSTREAM_ENV(1) : {};
+  const extra = options.jetstream === true ? JETSTREAM_ENV(1) : NODE_SESSIONS_ENV;
   const server = natsProcess(url, port, ['-c', join(dir, 'nats.conf')], tlsNodeEnv(tls, url, extra));
   await server.start();
   return server;
 }
+
+/** A server without JetStream: its gateways keep sessions on their own disks (`cluster.sessions: node`). */
+const NODE_SESSIONS_ENV = { FLEETGATE_CLUSTER_SESSIONS: 'node' };
 
 /** What makes a gateway keep its persistent sessions and retained messages on JetStream. */
 const JETSTREAM_ENV = (replicas: number): Record<string, string> => ({

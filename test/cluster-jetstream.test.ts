@@ -27,7 +27,7 @@ let service: Credential;
 
 before(async () => {
   if (skip !== false) return;
-  a = await startTestFleet(scope, {}, undefined, async (dataDir) => {
+  a = await startTestFleet(scope, { FLEETGATE_CLUSTER_NODE_TIMEOUT: '6s' }, undefined, async (dataDir) => {
     nats = await startNatsCluster({ tls: { dataDir, gateways: ['a', 'b', 'c', 'intruder'] } });
     scope.after(() => nats.stop());
     return nats.node('a');
@@ -144,6 +144,49 @@ test('jetstream/kill -9 of the node a device is on, mid-traffic: every PUBACKed 
   } finally {
     await onC.endAsync();
     b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
+  }
+});
+
+test('jetstream/a node killed with its devices attached: their sessions expire like offline ones (node timeout); restarted, it resumes the others', {
+  skip,
+}, async () => {
+  const orphan = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-orphan' });
+  const kept = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-kept' });
+  // MQTT 5 asking for a 2 s session expiry: gone 2 s after its node is declared dead.
+  const o = await connect(url('b'), orphan, { ca: a.rootFile, clean: false, protocolVersion: 5, sessionExpiry: 2 });
+  await o.subscribeAsync('devices/js-orphan/commands/#', { qos: 1 });
+  const k = await persistent('b', kept);
+  await k.client.subscribeAsync('devices/js-kept/commands/#', { qos: 1 });
+  const closed = [o, k.client].map((c) => new Promise<void>((resolve) => c.once('close', () => resolve())));
+  b.child.kill('SIGKILL');
+  await Promise.all(closed);
+  o.end(true);
+  k.client.end(true);
+  try {
+    // Node A (cluster.nodeTimeout 6 s) stops hearing B's beat, counts its sessions offline since.
+    const expired = await a.log.find((l) => l.clientId === 'js-orphan' && /its node died/.test(String(l.msg)), 60_000);
+    assert.equal(expired.node, 'b');
+    await publishFromA('devices/js-kept/commands/x', 'kept', 10);
+  } finally {
+    b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
+  }
+  // The orphan's session is gone everywhere; the other one, long-lived, waited: node B, restarted,
+  // reads the records it wrote before it died like any other node's.
+  const again = await persistent('c', orphan, 5);
+  assert.equal(again.present, false, 'the expired session is not resumed');
+  await again.client.endAsync();
+  const got: string[] = [];
+  const resumed = await persistent('b', kept);
+  resumed.client.on('message', (_t, p) => got.push(p.toString()));
+  try {
+    assert.equal(resumed.present, true, 'restarted node B resumes the session it held');
+    await until('the 10 commands queued while B was down', () => new Set(got).size >= 10);
+    assert.deepEqual(
+      [...new Set(got)],
+      Array.from({ length: 10 }, (_, i) => `kept-${i}`),
+    );
+  } finally {
+    await resumed.client.endAsync();
   }
 });
 

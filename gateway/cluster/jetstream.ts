@@ -20,10 +20,13 @@ import { Message, type MqttSession } from '../mqtt/session.ts';
 import { SubscriptionTrie } from '../mqtt/trie.ts';
 import { topicHash } from './subjects.ts';
 import {
+  decodeNodeBeat,
   decodeSessionRecord,
   decodeStored,
   encodeEnvelope,
+  encodeNodeBeat,
   encodeSessionRecord,
+  nodeBeatKey,
   type SessionRecord,
   sessionKey,
 } from './wire.ts';
@@ -34,6 +37,12 @@ export const INBOX_PREFIX = 'fg.inbox';
 /** Key-value buckets (streams `KV_<bucket>`): session records (`s.<key>`) and retained messages (`r.<topic hash>`). */
 export const SESSIONS_BUCKET = 'fleetgate_sessions';
 export const RETAINED_BUCKET = 'fleetgate_retained';
+/** Every gateway node's beat (`n.<node token>`), by which the others tell a dead node's orphaned sessions. */
+export const NODES_BUCKET = 'fleetgate_nodes';
+/** How often a node writes its beat (`cluster.nodeTimeout`, at least 3 beats, says when it counts as dead). */
+const NODE_BEAT_MS = 2_000;
+/** A beat no longer rewritten goes after this (a node removed from the cluster). */
+const NODE_BEAT_TTL_MS = 24 * 3600_000;
 
 export const inboxSubject = (clientId: string): string => `${INBOX_PREFIX}.${sessionKey(clientId)}`;
 const recordKey = (clientId: string): string => `s.${sessionKey(clientId)}`;
@@ -51,13 +60,27 @@ const LOST = new Set<string>([
   ConsumerEvents.StreamNotFound,
   ConsumerDebugEvents.Reset,
 ]);
-/** How long a write is tried again while JetStream recovers (a leader election after a server died takes seconds). */
-const RETRY_MS = 15_000;
+/**
+ * How long a write is tried again while JetStream recovers: a leader election after a server died
+ * takes seconds, longer while a thousand sessions' consumers are made again at the same time.
+ */
+const RETRY_MS = 30_000;
+/**
+ * The wait before try `n` (0-based) of something JetStream refused: doubling from `base` up to
+ * `max`, spread over its upper half so a thousand sessions that failed together do not come back
+ * together.
+ */
+const backoff = (n: number, base: number, max: number): number => {
+  const d = Math.min(max, base * 2 ** Math.min(n, 16));
+  return d / 2 + Math.random() * (d / 2);
+};
 /** How long a node starting with its NATS cluster waits for JetStream to be ready. */
 const STARTUP_WAIT_MS = 30_000;
 
 export interface JetStreamOptions {
   replicas: number;
+  /** How long a node may go unheard before its sessions are orphans. */
+  nodeTimeoutMs: number;
   /** Messages one session's inbox keeps at most (the oldest go first): the largest queue bound of any device type (each session's own bound applies as it is read). */
   maxQueued: number;
   /** The longest a session outlives its connection: inbox messages older than this go. */
@@ -107,7 +130,13 @@ export class JetStreamState {
   readonly #jsm: JetStreamManager;
   readonly #sessions: KV;
   readonly #retainedKv: KV;
+  readonly #nodesKv: KV;
   readonly #node: string;
+  /** When this node opened its state, and when it last heard each other node's beat (its own clock). */
+  readonly #openedAt = Date.now();
+  readonly #heard = new Map<string, number>();
+  readonly #nodeTimeout: number;
+  #beat: NodeJS.Timeout | undefined;
   readonly #log: Logger;
   readonly #events: JetStreamEvents;
   /** Every persistent session in the cluster, by client id. */
@@ -135,8 +164,9 @@ export class JetStreamState {
   private constructor(
     nc: NatsConnection,
     jsm: JetStreamManager,
-    kv: { sessions: KV; retained: KV },
+    kv: { sessions: KV; retained: KV; nodes: KV },
     node: string,
+    nodeTimeoutMs: number,
     log: Logger,
     events: JetStreamEvents,
   ) {
@@ -144,14 +174,16 @@ export class JetStreamState {
     this.#jsm = jsm;
     this.#sessions = kv.sessions;
     this.#retainedKv = kv.retained;
+    this.#nodesKv = kv.nodes;
+    this.#nodeTimeout = nodeTimeoutMs;
     this.#node = node;
     this.#log = log;
     this.#events = events;
   }
 
   /**
-   * Opens (creating when missing) the inbox stream and both buckets, then reads every session
-   * record; rejects CLUSTER_UNAVAILABLE when JetStream is not there or refuses.
+   * Opens (creating when missing) the inbox stream and the three buckets, then reads every
+   * session record and node beat; rejects CLUSTER_UNAVAILABLE when JetStream is not there or refuses.
    */
   static async open(
     nc: NatsConnection,
@@ -166,7 +198,11 @@ export class JetStreamState {
       try {
         return await JetStreamState.#open(nc, node, options, log, events);
       } catch (err) {
-        if (err instanceof FleetgateError && Date.now() < deadline && !/permission|authorization/i.test(err.message)) {
+        if (
+          err instanceof FleetgateError &&
+          Date.now() < deadline &&
+          !/permission|authorization|not enabled/i.test(err.message)
+        ) {
           if (attempt === 1) log.warn({ err: err.message }, 'NATS JetStream not ready: retrying for up to 30 s');
           await new Promise((r) => setTimeout(r, 500));
           continue;
@@ -190,8 +226,18 @@ export class JetStreamState {
       const kvOptions = { replicas: options.replicas, history: 1, storage: StorageType.File };
       const sessions = await js.views.kv(SESSIONS_BUCKET, kvOptions);
       const retained = await js.views.kv(RETAINED_BUCKET, kvOptions);
-      const state = new JetStreamState(nc, jsm, { sessions, retained }, node, log, events);
+      const nodes = await js.views.kv(NODES_BUCKET, { ...kvOptions, ttl: NODE_BEAT_TTL_MS });
+      const state = new JetStreamState(
+        nc,
+        jsm,
+        { sessions, retained, nodes },
+        node,
+        options.nodeTimeoutMs,
+        log,
+        events,
+      );
       await state.#watchSessions();
+      await state.#watchNodes();
       void state.#followReconnects(nc);
       return state;
     } catch (err) {
@@ -234,13 +280,13 @@ export class JetStreamState {
     const before = chain === undefined ? undefined : this.#chains.get(chain);
     const retried = async (): Promise<unknown> => {
       if (before !== undefined) await before.catch(() => undefined);
-      for (;;) {
+      for (let n = 0; ; n++) {
         try {
           return await attempt();
         } catch (err) {
           if (Date.now() >= deadline || !retryable(err)) throw err;
           this.counts.retries++;
-          await new Promise((r) => setTimeout(r, 250));
+          await new Promise((r) => setTimeout(r, backoff(n, 250, 2_000)));
         }
       }
     };
@@ -333,24 +379,78 @@ export class JetStreamState {
 
   /** Every node's records: read whole before this node takes devices, then followed. */
   async #watchSessions(): Promise<void> {
-    await this.#follow(this.#sessions, 's.>', (e) => this.#sessionEntry(e), 'session record watch ended');
+    await this.#follow(
+      this.#sessions,
+      's.>',
+      (e, initial) => this.#sessionEntry(e, initial),
+      'session record watch ended',
+    );
   }
 
-  /** Follows a bucket's keys under `key`: resolves once every current value was given to `entry`, then goes on. */
-  async #follow(kv: KV, key: string, entry: (e: KvEntry) => void, ended: string): Promise<void> {
+  /**
+   * Follows a bucket's keys under `key`: resolves once every current value was given to `entry`
+   * (with `initial` true), then goes on.
+   */
+  async #follow(kv: KV, key: string, entry: (e: KvEntry, initial: boolean) => void, ended: string): Promise<void> {
+    let initial = true;
     let initialized!: () => void;
     const ready = new Promise<void>((resolve) => {
-      initialized = resolve;
+      initialized = () => {
+        initial = false;
+        resolve();
+      };
     });
-    const watch = await kv.watch({ key, initializedFn: () => initialized() });
+    // nats.js says "initialized" in the iteration's order — or, when the current values came before
+    // the watch was returned, at once: then a marker queued behind them says it in order.
+    let returned = false;
+    let early = false;
+    const watch = await kv.watch({
+      key,
+      initializedFn: () => {
+        if (returned) initialized();
+        else early = true;
+      },
+    });
+    returned = true;
+    if (early) {
+      const queue = watch as unknown as { push?: (f: () => void) => void };
+      if (typeof queue.push === 'function') queue.push(() => initialized());
+      else initialized();
+    }
     this.#watches.push(watch);
     void (async () => {
-      for await (const e of watch) entry(e);
+      for await (const e of watch) entry(e, initial);
     })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, ended));
     await ready;
   }
 
-  #sessionEntry(e: KvEntry): void {
+  /**
+   * Every node's beat, followed; this node's own written now and every {@link NODE_BEAT_MS}. A node
+   * heard within `cluster.nodeTimeout` holds its sessions; after that they are orphans ({@link expire}).
+   */
+  async #watchNodes(): Promise<void> {
+    await this.#follow(
+      this.#nodesKv,
+      'n.>',
+      (e, initial) => {
+        if (e.operation !== 'PUT') return;
+        const b = decodeNodeBeat(e.key, e.value);
+        if ('invalid' in b) return this.#invalid(b.invalid, `$KV.${NODES_BUCKET}.${e.key}`);
+        // A beat read at start may be old: when it was written (the server's clock), never later than now.
+        this.#heard.set(b.ok.node, initial ? Math.min(Date.now(), e.created.getTime()) : Date.now());
+      },
+      'node beat watch ended',
+    );
+    const beat = () =>
+      void this.#nodesKv
+        .put(nodeBeatKey(this.#node), encodeNodeBeat({ node: this.#node, at: Date.now() }))
+        .catch((err: unknown) => this.#log.debug({ err: (err as Error).message }, 'node beat not written'));
+    beat();
+    this.#beat = setInterval(beat, NODE_BEAT_MS);
+    this.#beat.unref();
+  }
+
+  #sessionEntry(e: KvEntry, initial: boolean): void {
     const key = e.key.slice(2);
     if (e.operation !== 'PUT') {
       const clientId = this.#clientOfKey.get(key);
@@ -360,8 +460,9 @@ export class JetStreamState {
     }
     const r = decodeSessionRecord(key, e.value);
     if ('invalid' in r) return this.#invalid(r.invalid, `$KV.${SESSIONS_BUCKET}.${e.key}`);
-    // This node's own writes were applied when made (a late echo must not undo a newer one).
-    if (r.ok.node === this.#node || this.#attached.has(r.ok.clientId)) return;
+    // This node's own writes were applied when made (a late echo must not undo a newer one) — but
+    // what it wrote before it last stopped is read like any other node's.
+    if ((!initial && r.ok.node === this.#node) || this.#attached.has(r.ok.clientId)) return;
     this.#apply(r.ok);
   }
 
@@ -372,16 +473,47 @@ export class JetStreamState {
 
   /**
    * Sessions whose expiry passed while offline, wherever they were: dropped (every node may do it;
-   * dropping twice is harmless). A session whose node died while it was attached is not offline
-   * in its record: it waits for its device (see docs/scale-out.md).
+   * dropping twice is harmless). A session whose node died while it was attached (an orphan: its
+   * node not heard for `cluster.nodeTimeout`, or this node before it restarted) counts as offline
+   * since that node was last heard.
    */
   expire(now = Date.now()): number {
     let n = 0;
     for (const r of [...this.#records.values()]) {
-      if (r.node !== null || this.#attached.has(r.clientId) || now - r.lastSeen <= r.expiryS * 1000) continue;
+      if (this.#attached.has(r.clientId)) continue;
+      const since = this.#offlineSince(r, now);
+      if (since === undefined || now - since <= r.expiryS * 1000) continue;
+      if (r.node !== null)
+        this.#log.info(
+          { clientId: r.clientId, node: r.node },
+          'persistent session expired: its node died (or restarted) with it attached',
+        );
       this.drop(r.clientId);
       n++;
     }
+    return n;
+  }
+
+  /** Every minute, or as often as a node may be declared dead when that is shorter. */
+  get expireEveryMs(): number {
+    return Math.min(60_000, this.#nodeTimeout);
+  }
+
+  /** Since when a session not attached here has had no node: undefined while its node lives. */
+  #offlineSince(r: SessionRecord, now: number): number | undefined {
+    if (r.node === null) return r.lastSeen;
+    if (r.node === this.#node) return Math.max(r.lastSeen, this.#openedAt);
+    const heard = this.#heard.get(r.node);
+    if (heard === undefined)
+      return now - this.#openedAt > this.#nodeTimeout ? Math.max(r.lastSeen, this.#openedAt) : undefined;
+    return now - heard > this.#nodeTimeout ? Math.max(r.lastSeen, heard) : undefined;
+  }
+
+  /** Sessions recorded as attached to a node not heard from for `cluster.nodeTimeout` (for the console and metrics). */
+  orphans(now = Date.now()): number {
+    let n = 0;
+    for (const r of this.#records.values())
+      if (r.node !== null && !this.#attached.has(r.clientId) && this.#offlineSince(r, now) !== undefined) n++;
     return n;
   }
 
@@ -439,12 +571,15 @@ export class JetStreamState {
    * Reads the inbox with an ordered consumer (memory, one replica: cheap to make). One lost with
    * its NATS server is noticed by missed heartbeats and made again from the next sequence, by
    * this loop (the client's own recovery waits for that server); while JetStream cannot make one,
-   * it tries again every second.
+   * it tries again, from about a second apart to about eight.
    */
   async #read(clientId: string, inbox: Inbox, deliver: (message: Message, seq: number) => void): Promise<void> {
     let next = 0; // 0: from the oldest message left
     let failures = 0;
-    while (!inbox.stopped) {
+    for (let made = 0; !inbox.stopped; made++) {
+      // Made again after a loss: every session of the node lost its consumer at once (its NATS server
+      // died) — spread over a second rather than a burst of requests at a recovering JetStream.
+      if (made > 0 && failures === 0) await new Promise((r) => setTimeout(r, Math.random() * 1_000));
       try {
         await this.#readFrom(
           clientId,
@@ -458,12 +593,12 @@ export class JetStreamState {
         );
       } catch (err) {
         if (inbox.stopped) return;
-        if (failures++ === 0)
+        if (failures === 0)
           this.#log.warn(
             { code: 'CLUSTER_UNAVAILABLE', clientId, err: (err as Error).message },
-            'a session inbox cannot be read from JetStream now: trying again every second',
+            'a session inbox cannot be read from JetStream now: trying again',
           );
-        await new Promise((r) => setTimeout(r, 1_000));
+        await new Promise((r) => setTimeout(r, backoff(failures++, 1_000, 8_000)));
       }
     }
   }
@@ -634,6 +769,7 @@ export class JetStreamState {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.#beat);
     for (const w of this.#watches) w.stop();
     for (const clientId of [...this.#attached.keys()]) this.detach(clientId);
     await this.#tail;

@@ -75,6 +75,7 @@ export class ClusterJoin {
         node,
         {
           replicas: config.cluster.replicas,
+          nodeTimeoutMs: config.cluster.nodeTimeoutMs,
           maxQueued: Math.max(
             q.maxQueuedMessages,
             ...Object.values(config.gateway.limits).map((l) => l.maxQueuedMessages ?? 0),

@@ -1,9 +1,10 @@
 import { nodeDistinguishedName } from '../../firmware-sdk/protocol/node-id.ts';
-import { INBOX_PREFIX, INBOX_STREAM, RETAINED_BUCKET, SESSIONS_BUCKET } from './jetstream.ts';
+import { INBOX_PREFIX, INBOX_STREAM, NODES_BUCKET, RETAINED_BUCKET, SESSIONS_BUCKET } from './jetstream.ts';
 import { LONG_PREFIX, MESSAGE_PREFIX, RETAINED_PREFIX } from './subjects.ts';
 import {
   ADMIN_PREFIX,
   inboxPrefix,
+  nodeBeatKey,
   RETAINED_OFFER,
   RETAINED_SEND_PREFIX,
   retainedSend,
@@ -60,19 +61,20 @@ export function gatewayPermissions(node: string): { publish: string[]; subscribe
     RETAINED_OFFER,
   ];
   return {
-    publish: [...shared, sessionSubject(node), `${RETAINED_SEND_PREFIX}.*`, '_INBOX.>', ...jetStreamPublish()],
+    publish: [...shared, sessionSubject(node), `${RETAINED_SEND_PREFIX}.*`, '_INBOX.>', ...jetStreamPublish(node)],
     subscribe: [...shared, `${SESSION_PREFIX}.*`, retainedSend(node), `${inboxPrefix(node)}.>`],
   };
 }
 
-/** The JetStream API a gateway uses, on fleetgate's three streams only. */
-function jetStreamPublish(): string[] {
-  const streams = [INBOX_STREAM, `KV_${SESSIONS_BUCKET}`, `KV_${RETAINED_BUCKET}`];
+/** The JetStream API a gateway uses, on fleetgate's four streams only; its beat under its own name only. */
+function jetStreamPublish(node: string): string[] {
+  const streams = [INBOX_STREAM, `KV_${SESSIONS_BUCKET}`, `KV_${RETAINED_BUCKET}`, `KV_${NODES_BUCKET}`];
   const api = '$JS.API';
   return [
     `${INBOX_PREFIX}.>`,
     `$KV.${SESSIONS_BUCKET}.>`,
     `$KV.${RETAINED_BUCKET}.>`,
+    `$KV.${NODES_BUCKET}.${nodeBeatKey(node)}`,
     `${api}.INFO`,
     `$JS.FC.>`,
     `${api}.STREAM.PURGE.${INBOX_STREAM}`,

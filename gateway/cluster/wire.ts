@@ -388,3 +388,31 @@ export function decodeSessionRecord(key: string, data: Uint8Array): Read<Session
     return invalid('session record QoS 2 ids');
   return { ok: { clientId, deviceId, node, lastSeen, expiryS, subs: subs as [string, number][], qos2In } };
 }
+
+/**
+ * A gateway node saying it is alive (`fleetgate_nodes`, key `n.<node token>`, written every few
+ * seconds by the node itself): a session record attached to a node not heard from for a while is
+ * an orphan — its node died with the device attached — and ages like an offline session.
+ */
+export interface NodeBeat {
+  node: string;
+  at: number;
+}
+
+const NODE_BEAT_VERSION = 1;
+export const nodeBeatKey = (node: string): string => `n.${nodeToken(node)}`;
+
+export function encodeNodeBeat(b: NodeBeat): Uint8Array {
+  return json({ v: NODE_BEAT_VERSION, ...b });
+}
+
+export function decodeNodeBeat(key: string, data: Uint8Array): Read<NodeBeat> {
+  const parsed = readJson(data, 1024);
+  if ('invalid' in parsed) return parsed;
+  const { v, node, at } = parsed.ok;
+  if (v !== NODE_BEAT_VERSION) return invalid(`node beat version ${String(v)}`);
+  if (typeof node !== 'string' || !NODE_NAME.test(node) || nodeBeatKey(node) !== key)
+    return invalid('node beat whose node is not its key');
+  if (!isInt(at, 0, Number.MAX_SAFE_INTEGER)) return invalid('node beat time');
+  return { ok: { node, at } };
+}

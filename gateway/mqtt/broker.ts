@@ -74,7 +74,10 @@ export interface DurableCluster {
   detach(clientId: string): void;
   settled(clientId: string, seq: number): void;
   putRetained(message: Message): void;
+  /** Drops the cluster's sessions whose expiry passed offline (or orphaned by a dead node); how many. */
   expire(now?: number): number;
+  /** How often {@link expire} is worth calling. */
+  readonly expireEveryMs: number;
 }
 
 /**

@@ -132,8 +132,8 @@ export function sweep(b: Broker, now = Date.now()): void {
       b.discard(mqtt);
     }
   }
-  // The cluster's offline sessions, wherever they were attached (once a minute: every record is looked at).
-  if (b.state !== undefined && now - b.lastClusterExpiry >= 60_000) {
+  // The cluster's offline and orphaned sessions, wherever they were attached (every record is looked at).
+  if (b.state !== undefined && now - b.lastClusterExpiry >= b.state.expireEveryMs) {
     b.lastClusterExpiry = now;
     const n = b.state.expire(now);
     if (n > 0) log.info({ sessions: n }, 'persistent sessions expired in the cluster');
