@@ -1,7 +1,7 @@
 // What tests and benchmarks share (neither imports the other): fleetgate services in their own
 // processes on ephemeral loopback ports, a throwaway fleet, and the PKI in ./pki.ts.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { type AddressInfo, createServer, connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -169,7 +169,9 @@ export async function spawnService(
         FLEETGATE_CONSOLE_PORT: '0',
         FLEETGATE_HTTPS_PORT: '0',
         FLEETGATE_PROVISION_PORT: '0',
-        FLEETGATE_LOG_LEVEL: 'error',
+        FLEETGATE_LOG_LEVEL: process.env.FLEETGATE_TEST_LOG_DIR
+          ? (process.env.FLEETGATE_TEST_LOG_LEVEL ?? 'info')
+          : 'error',
         ...env,
       },
     },
@@ -179,6 +181,11 @@ export async function spawnService(
   child.stderr!.on('data', (b: Buffer) => {
     stderr = (stderr + b.toString()).slice(-2_000);
   }); // kept short: why it exited, if it does
+  // FLEETGATE_TEST_LOG_DIR=<dir>: every spawned service's log, whole, in <dir>/<command>-<pid>.log
+  // (with FLEETGATE_TEST_LOG_LEVEL, default info) — for finding why a cluster test failed.
+  const logDir = process.env.FLEETGATE_TEST_LOG_DIR;
+  if (logDir !== undefined && logDir !== '')
+    child.stderr!.pipe(createWriteStream(join(logDir, `${command}-${child.pid}.log`)));
   for await (const line of createInterface({ input: child.stdout! })) {
     text += line;
     try {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
-import { connect as natsConnect } from 'nats';
+import { type NatsConnection, connect as natsConnect } from 'nats';
 import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
 import { collect, connect, end, until } from '../harness/mqtt.ts';
 import { type NatsCluster, natsAvailable, nodeIdentity, startNatsCluster } from '../harness/nats.ts';
@@ -54,6 +54,47 @@ async function persistent(
   const present = (client as unknown as { _resubscribeTopics?: unknown; connackPacket?: { sessionPresent: boolean } })
     .connackPacket?.sessionPresent;
   return { client, present: present === true };
+}
+
+/** A NATS connection as the gateway identity `intruder` (listed in the NATS configuration, no gateway process). */
+async function intruder(servers: string[]): Promise<NatsConnection> {
+  const dir = a.config.dataDir;
+  const files = await nodeIdentity(dir, 'gateway', 'intruder');
+  return natsConnect({
+    servers,
+    tls: {
+      ca: readFileSync(`${dir}/ca/root.crt`, 'utf8'),
+      cert: readFileSync(files.FLEETGATE_NODE_CERT!, 'utf8'),
+      key: readFileSync(files.FLEETGATE_NODE_KEY!, 'utf8'),
+    },
+    inboxPrefix: '_INBOX.intruder',
+  });
+}
+
+/** A connection's close, not waited on for more than 5 s (one caught mid-reconnect may never say it closed). */
+const closeBounded = (nc: NatsConnection) =>
+  Promise.race([nc.close(), new Promise<void>((r) => setTimeout(r, 5_000).unref())]);
+
+/** Waits until a (restarted) NATS server answers JetStream API requests again: its cluster took it back. */
+async function jetStreamAnswers(server: string): Promise<void> {
+  await until(
+    `JetStream answering through ${server}`,
+    async () => {
+      const nc = await intruder([server]).catch(() => undefined);
+      if (nc === undefined) return false;
+      try {
+        const jsm = await nc.jetstreamManager({ timeout: 2_000 });
+        await jsm.streams.info('KV_fleetgate_sessions');
+        return true;
+      } catch {
+        return false;
+      } finally {
+        await closeBounded(nc);
+      }
+    },
+    60_000,
+    500,
+  );
 }
 
 /** The service on node A publishes `count` QoS 1 messages (each PUBACKed) to `topic`, payloads `<tag>-<i>`. */
@@ -227,6 +268,7 @@ test('jetstream/one of three NATS servers killed mid-traffic: nothing PUBACKed l
   } finally {
     await end(sub.client);
     await nats.servers[0]!.start();
+    await jetStreamAnswers(nats.servers[0]!.url);
   }
 });
 
@@ -250,17 +292,7 @@ test('jetstream/retained messages live in JetStream: set on one node, seen on th
 test('jetstream/what another process writes is input: a forged session record is refused; a gateway cannot delete the streams', {
   skip,
 }, async () => {
-  const dir = a.config.dataDir;
-  const files = await nodeIdentity(dir, 'gateway', 'intruder');
-  const nc = await natsConnect({
-    servers: nats.url.split(','),
-    tls: {
-      ca: readFileSync(`${dir}/ca/root.crt`, 'utf8'),
-      cert: readFileSync(files.FLEETGATE_NODE_CERT!, 'utf8'),
-      key: readFileSync(files.FLEETGATE_NODE_KEY!, 'utf8'),
-    },
-    inboxPrefix: '_INBOX.intruder',
-  });
+  const nc = await intruder(nats.url.split(','));
   try {
     const js = nc.jetstream();
     const kv = await js.views.kv('fleetgate_sessions');
@@ -271,12 +303,15 @@ test('jetstream/what another process writes is input: a forged session record is
     await assert.rejects(jsm.streams.delete('FLEETGATE_INBOX'), /permission|timeout/i);
     await assert.rejects(jsm.streams.delete('KV_fleetgate_sessions'), /permission|timeout/i);
   } finally {
-    await nc.close();
+    await closeBounded(nc);
   }
-  // The nodes carry on: a session still resumes.
+  // The nodes carry on: a session still resumes. (On the node that wrote its record: another node
+  // learns of it a few milliseconds later — resuming elsewhere is the first test's.)
   const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-after' });
-  await end((await persistent('c', device)).client);
-  const again = await persistent('b', device);
+  const first = await persistent('c', device);
+  await first.client.subscribeAsync('devices/js-after/commands/#', { qos: 1 }); // SUBACK once the record is stored
+  await end(first.client);
+  const again = await persistent('c', device);
   assert.equal(again.present, true);
   await end(again.client);
 });

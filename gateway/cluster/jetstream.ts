@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import {
+  AckPolicy,
   ConsumerDebugEvents,
   ConsumerEvents,
   type ConsumerMessages,
@@ -6,8 +8,8 @@ import {
   DiscardPolicy,
   type JetStreamClient,
   type JetStreamManager,
+  type JsMsg,
   type KV,
-  type KvEntry,
   type NatsConnection,
   nanos,
   RetentionPolicy,
@@ -74,6 +76,8 @@ const backoff = (n: number, base: number, max: number): number => {
   const d = Math.min(max, base * 2 ** Math.min(n, 16));
   return d / 2 + Math.random() * (d / 2);
 };
+/** The shortest time between two purges of one inbox (acknowledged messages go in batches). */
+const PURGE_EVERY_MS = 100;
 /** How long a node starting with its NATS cluster waits for JetStream to be ready. */
 const STARTUP_WAIT_MS = 30_000;
 
@@ -94,10 +98,23 @@ export interface JetStreamEvents {
   invalid(reason: string, subject: string): void;
 }
 
-/** One session's inbox while the session is attached here: its consumer and what is delivered but not yet settled. */
-interface Inbox {
+/** An ordered read of a stream that outlives its consumers: the current one's messages; stopped for good. */
+interface Reader {
   stopped: boolean;
   messages: ConsumerMessages | undefined;
+}
+
+/** A bucket's value (or deletion) as a follow reads it from the bucket's stream. */
+interface BucketEntry {
+  key: string;
+  operation: 'PUT' | 'DEL' | 'PURGE';
+  value: Uint8Array;
+  /** When it was written (the NATS server's clock). */
+  created: Date;
+}
+
+/** One session's inbox while the session is attached here: its reader and what is delivered but not yet settled. */
+interface Inbox extends Reader {
   /** Stream sequences delivered, in order, not yet below the floor. */
   outstanding: number[];
   settled: Set<number>;
@@ -147,8 +164,8 @@ export class JetStreamState {
   readonly #attached = new Map<string, Inbox>();
   /** The last inbox write of each publisher to each session (`<publisher> NUL <client id>`): the next waits for it. */
   readonly #chains = new Map<string, Promise<unknown>>();
-  /** The buckets' watches, stopped at close (a live one would hold the connection's drain). */
-  readonly #watches: { stop(): void }[] = [];
+  /** The buckets' follows, stopped at close (a live one would hold the connection's drain). */
+  readonly #followers: Reader[] = [];
   /** Retained topics by key (a deletion names only the key), and keys with a write of ours in flight. */
   readonly #retainedTopics = new Map<string, string>();
   readonly #retainedWriting = new Map<string, number>();
@@ -160,6 +177,9 @@ export class JetStreamState {
   /** Message ids of this node's inbox writes (with the node's name and start time: unique in the cluster). */
   #writeId = 0;
   readonly #started = Date.now().toString(36);
+  /** This node's consumers' names: `fg_<node token>_<start>_<serial>`. */
+  readonly #consumerPrefix: string;
+  #consumerSerial = 0;
 
   private constructor(
     nc: NatsConnection,
@@ -177,6 +197,7 @@ export class JetStreamState {
     this.#nodesKv = kv.nodes;
     this.#nodeTimeout = nodeTimeoutMs;
     this.#node = node;
+    this.#consumerPrefix = `${createHash('sha256').update(node).digest('hex').slice(0, 12)}_${this.#started}`;
     this.#log = log;
     this.#events = events;
   }
@@ -379,49 +400,57 @@ export class JetStreamState {
 
   /** Every node's records: read whole before this node takes devices, then followed. */
   async #watchSessions(): Promise<void> {
-    await this.#follow(
-      this.#sessions,
-      's.>',
-      (e, initial) => this.#sessionEntry(e, initial),
-      'session record watch ended',
-    );
+    await this.#follow(SESSIONS_BUCKET, 's.>', (e, initial) => this.#sessionEntry(e, initial));
   }
 
   /**
-   * Follows a bucket's keys under `key`: resolves once every current value was given to `entry`
-   * (with `initial` true), then goes on.
+   * Follows a bucket's keys under `key` (its stream read in order, the last value of each key
+   * first): resolves once every current value was given to `entry` (with `initial` true), then goes
+   * on — through the loss of its consumer, as an inbox's read does ({@link #readOrdered}).
    */
-  async #follow(kv: KV, key: string, entry: (e: KvEntry, initial: boolean) => void, ended: string): Promise<void> {
+  async #follow(bucket: string, key: string, entry: (e: BucketEntry, initial: boolean) => void): Promise<void> {
     let initial = true;
-    let initialized!: () => void;
+    let caughtUp!: () => void;
     const ready = new Promise<void>((resolve) => {
-      initialized = () => {
+      caughtUp = () => {
+        if (!initial) return;
         initial = false;
         resolve();
       };
     });
-    // nats.js says "initialized" in the iteration's order — or, when the current values came before
-    // the watch was returned, at once: then a marker queued behind them says it in order.
-    let returned = false;
-    let early = false;
-    const watch = await kv.watch({
-      key,
-      initializedFn: () => {
-        if (returned) initialized();
-        else early = true;
+    const reader: Reader = { stopped: false, messages: undefined };
+    this.#followers.push(reader);
+    const prefix = `$KV.${bucket}.`;
+    const read = this.#readOrdered(
+      reader,
+      { bucket },
+      { stream: `KV_${bucket}`, filter: `${prefix}${key}`, lastPerSubject: true },
+      (jm) => {
+        const op = jm.headers?.get('KV-Operation');
+        entry(
+          {
+            key: jm.subject.slice(prefix.length),
+            operation: op === 'DEL' || op === 'PURGE' ? op : 'PUT',
+            value: jm.data,
+            created: new Date(Math.floor(jm.info.timestampNanos / 1e6)),
+          },
+          initial,
+        );
+        if (jm.info.pending === 0) caughtUp();
       },
+      (pending) => {
+        if (pending === 0) caughtUp();
+      },
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_r, reject) => {
+      timer = setTimeout(() => {
+        reader.stopped = true;
+        reader.messages?.stop();
+        reject(new FleetgateError('CLUSTER_UNAVAILABLE', `NATS JetStream: the bucket ${bucket} could not be read`));
+      }, STARTUP_WAIT_MS);
     });
-    returned = true;
-    if (early) {
-      const queue = watch as unknown as { push?: (f: () => void) => void };
-      if (typeof queue.push === 'function') queue.push(() => initialized());
-      else initialized();
-    }
-    this.#watches.push(watch);
-    void (async () => {
-      for await (const e of watch) entry(e, initial);
-    })().catch((err: unknown) => this.#log.error({ err: (err as Error).message }, ended));
-    await ready;
+    await Promise.race([ready, read, late]).finally(() => clearTimeout(timer));
   }
 
   /**
@@ -429,18 +458,13 @@ export class JetStreamState {
    * heard within `cluster.nodeTimeout` holds its sessions; after that they are orphans ({@link expire}).
    */
   async #watchNodes(): Promise<void> {
-    await this.#follow(
-      this.#nodesKv,
-      'n.>',
-      (e, initial) => {
-        if (e.operation !== 'PUT') return;
-        const b = decodeNodeBeat(e.key, e.value);
-        if ('invalid' in b) return this.#invalid(b.invalid, `$KV.${NODES_BUCKET}.${e.key}`);
-        // A beat read at start may be old: when it was written (the server's clock), never later than now.
-        this.#heard.set(b.ok.node, initial ? Math.min(Date.now(), e.created.getTime()) : Date.now());
-      },
-      'node beat watch ended',
-    );
+    await this.#follow(NODES_BUCKET, 'n.>', (e, initial) => {
+      if (e.operation !== 'PUT') return;
+      const b = decodeNodeBeat(e.key, e.value);
+      if ('invalid' in b) return this.#invalid(b.invalid, `$KV.${NODES_BUCKET}.${e.key}`);
+      // A beat read at start may be old: when it was written (the server's clock), never later than now.
+      this.#heard.set(b.ok.node, initial ? Math.min(Date.now(), e.created.getTime()) : Date.now());
+    });
     const beat = () =>
       void this.#nodesKv
         .put(nodeBeatKey(this.#node), encodeNodeBeat({ node: this.#node, at: Date.now() }))
@@ -450,7 +474,7 @@ export class JetStreamState {
     this.#beat.unref();
   }
 
-  #sessionEntry(e: KvEntry, initial: boolean): void {
+  #sessionEntry(e: BucketEntry, initial: boolean): void {
     const key = e.key.slice(2);
     if (e.operation !== 'PUT') {
       const clientId = this.#clientOfKey.get(key);
@@ -567,92 +591,114 @@ export class JetStreamState {
     });
   }
 
-  /**
-   * Reads the inbox with an ordered consumer (memory, one replica: cheap to make). One lost with
-   * its NATS server is noticed by missed heartbeats and made again from the next sequence, by
-   * this loop (the client's own recovery waits for that server); while JetStream cannot make one,
-   * it tries again, from about a second apart to about eight.
-   */
+  /** Reads a session's inbox from the oldest message left, in order, while it is attached here. */
   async #read(clientId: string, inbox: Inbox, deliver: (message: Message, seq: number) => void): Promise<void> {
-    let next = 0; // 0: from the oldest message left
-    let failures = 0;
-    for (let made = 0; !inbox.stopped; made++) {
-      // Made again after a loss: every session of the node lost its consumer at once (its NATS server
-      // died) — spread over a second rather than a burst of requests at a recovering JetStream.
-      if (made > 0 && failures === 0) await new Promise((r) => setTimeout(r, Math.random() * 1_000));
-      try {
-        await this.#readFrom(
-          clientId,
-          inbox,
-          next,
-          (seq) => {
-            next = seq + 1;
-            failures = 0;
-          },
-          deliver,
-        );
-      } catch (err) {
-        if (inbox.stopped) return;
-        if (failures === 0)
-          this.#log.warn(
-            { code: 'CLUSTER_UNAVAILABLE', clientId, err: (err as Error).message },
-            'a session inbox cannot be read from JetStream now: trying again',
-          );
-        await new Promise((r) => setTimeout(r, backoff(failures++, 1_000, 8_000)));
-      }
-    }
-  }
-
-  async #readFrom(
-    clientId: string,
-    inbox: Inbox,
-    from: number,
-    read: (seq: number) => void,
-    deliver: (message: Message, seq: number) => void,
-  ): Promise<void> {
-    this.#log.debug({ clientId, from }, 'making a session inbox consumer');
-    // nats.js retries making an ordered consumer by itself, without end — and JetStream may place it on
-    // a server that just died (nats-server 2.9 picks among the stream's peers): bounded here, made again.
-    const messages = await withTimeout(
-      (async () => {
-        const consumer = await this.#js.consumers.get(INBOX_STREAM, {
-          filterSubjects: inboxSubject(clientId),
-          ...(from > 0 && { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
-        });
-        // Heartbeats every 2.5 s while idle (the defaults would leave a session without messages for a minute).
-        return consumer.consume({ max_messages: 256, expires: 10_000, idle_heartbeat: 2_500 });
-      })(),
-      CONSUMER_TIMEOUT_MS,
-      (late) => late.stop(),
-    );
-    inbox.messages = messages;
-    if (inbox.stopped) {
-      messages.stop();
-      return;
-    }
-    this.#log.debug({ clientId, from }, 'reading a session inbox');
-    // Its consumer missing or silent (lost with its server): made again by this loop from the next
-    // sequence, never by nats.js's own reset, which retries without end while JetStream places the
-    // new consumer on the dead server.
-    void (async () => {
-      for await (const s of await messages.status()) {
-        this.#log.debug({ clientId, status: s.type, data: s.data }, 'session inbox consumer status');
-        if (LOST.has(s.type)) return messages.stop();
-      }
-    })().catch(() => undefined);
-    for await (const jm of messages) {
-      if (inbox.stopped) break;
-      read(jm.seq);
+    await this.#readOrdered(inbox, { clientId }, { stream: INBOX_STREAM, filter: inboxSubject(clientId) }, (jm) => {
       inbox.outstanding.push(jm.seq);
       const m = decodeStored(jm.data);
       if ('invalid' in m) {
         this.#invalid(m.invalid, jm.subject);
         this.settled(clientId, jm.seq);
-        continue;
+        return;
       }
       this.counts.delivered++;
       deliver(m.ok, jm.seq);
+    });
+  }
+
+  /**
+   * Reads `from.filter` of `from.stream` in order with an ordered consumer (memory, one replica:
+   * cheap to make) — from its oldest message, or the last of each subject — until `reader` is
+   * stopped. A consumer lost with its NATS server is noticed by missed heartbeats (or its absence)
+   * and made again from the next sequence by this loop, never by nats.js's own reset, which asks
+   * without end while JetStream places the new consumer on the dead server. While JetStream cannot
+   * make one, it tries again, from about half a second apart to about three. `made` hears how many
+   * messages each new consumer has to deliver.
+   */
+  async #readOrdered(
+    reader: Reader,
+    fields: Record<string, unknown>,
+    from: { stream: string; filter: string; lastPerSubject?: boolean },
+    onMessage: (jm: JsMsg) => void,
+    made?: (pending: number) => void,
+  ): Promise<void> {
+    let next = 0; // 0: from the start
+    let failures = 0;
+    for (let n = 0; !reader.stopped; n++) {
+      // Made again after a loss: every reader of the node lost its consumer at once (its NATS server
+      // died) — spread over a second rather than a burst of requests at a recovering JetStream.
+      if (n > 0 && failures === 0) await new Promise((r) => setTimeout(r, Math.random() * 1_000));
+      try {
+        const start =
+          next > 0
+            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next }
+            : from.lastPerSubject === true
+              ? { deliver_policy: DeliverPolicy.LastPerSubject }
+              : {};
+        const messages = await this.#consumer(from.stream, from.filter, start, made);
+        reader.messages = messages;
+        if (reader.stopped) return messages.stop();
+        for await (const jm of messages) {
+          if (reader.stopped) break;
+          next = jm.seq + 1;
+          failures = 0;
+          onMessage(jm);
+        }
+      } catch (err) {
+        if (reader.stopped) return;
+        if (failures === 0)
+          this.#log.warn(
+            { code: 'CLUSTER_UNAVAILABLE', stream: from.stream, ...fields, err: (err as Error).message },
+            'a JetStream stream cannot be read now: trying again',
+          );
+        await new Promise((r) => setTimeout(r, backoff(failures++, 500, 3_000)));
+      }
     }
+  }
+
+  /**
+   * A consumer of this node's own (memory, one replica, no acknowledgements: cheap to make, gone
+   * 30 s after its reader stops) and its messages; its making bounded in time; stopped at any sign it
+   * is gone. Not nats.js's "ordered consumer": that one remakes itself after a loss, without end and
+   * without regard to being stopped (seen to keep a stopped gateway alive); this loop does it instead.
+   */
+  async #consumer(
+    stream: string,
+    filter: string,
+    start: { deliver_policy?: DeliverPolicy; opt_start_seq?: number },
+    made?: (pending: number) => void,
+  ): Promise<ConsumerMessages> {
+    this.#log.debug({ stream, filter, ...start }, 'making a consumer');
+    // JetStream may place the consumer on a server that just died (nats-server 2.9 picks among the
+    // stream's peers): its making is bounded here, and made again by the caller.
+    const { messages, pending } = await withTimeout(
+      (async () => {
+        const info = await this.#jsm.consumers.add(stream, {
+          name: `fg_${this.#consumerPrefix}_${++this.#consumerSerial}`,
+          filter_subject: filter,
+          deliver_policy: DeliverPolicy.All,
+          ...start,
+          ack_policy: AckPolicy.None,
+          mem_storage: true,
+          num_replicas: 1,
+          inactive_threshold: nanos(30_000),
+        });
+        const consumer = await this.#js.consumers.get(stream, info.name);
+        // Heartbeats every 2.5 s while idle (the defaults would leave a reader without messages for a minute).
+        const messages = await consumer.consume({ max_messages: 256, expires: 10_000, idle_heartbeat: 2_500 });
+        return { messages, pending: info.num_pending };
+      })(),
+      CONSUMER_TIMEOUT_MS,
+      (late) => late.messages.stop(),
+    );
+    made?.(pending);
+    void (async () => {
+      for await (const s of await messages.status()) {
+        this.#log.debug({ stream, filter, status: s.type, data: s.data }, 'consumer status');
+        if (LOST.has(s.type)) return messages.stop();
+      }
+    })().catch(() => undefined);
+    return messages;
   }
 
   /**
@@ -663,7 +709,7 @@ export class JetStreamState {
   async #followReconnects(nc: NatsConnection): Promise<void> {
     for await (const s of nc.status()) {
       if (s.type !== 'reconnect') continue;
-      for (const inbox of this.#attached.values()) inbox.messages?.stop();
+      for (const reader of [...this.#attached.values(), ...this.#followers]) reader.messages?.stop();
     }
   }
 
@@ -683,20 +729,27 @@ export class JetStreamState {
   }
 
   /** One purge at a time per inbox, up to its floor; settling during one is purged by the next. */
+  /**
+   * Purges the inbox up to its floor: at most one purge in flight per inbox, and at most one every
+   * {@link PURGE_EVERY_MS} (each is a replicated write: a session acknowledging a stream of
+   * messages purges a batch of them, not one purge each). What a node dies holding unpurged is
+   * delivered again by the next (at least once).
+   */
   #purge(clientId: string, inbox: Inbox): void {
     if (inbox.purging) return;
     inbox.purging = true;
-    const floor = inbox.floor;
-    this.#jsm.streams
-      .purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 })
-      .catch((err: unknown) => {
-        // Not purged: delivered again on the next attach (at least once).
-        this.#log.warn({ clientId, err: (err as Error).message }, 'purging a session inbox failed');
-      })
-      .finally(() => {
-        inbox.purging = false;
-        if (inbox.floor > floor && this.#attached.get(clientId) === inbox) this.#purge(clientId, inbox);
-      });
+    setTimeout(() => {
+      const floor = inbox.floor;
+      this.#jsm.streams
+        .purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 })
+        .catch((err: unknown) => {
+          this.#log.warn({ clientId, err: (err as Error).message }, 'purging a session inbox failed');
+        })
+        .finally(() => {
+          inbox.purging = false;
+          if (inbox.floor > floor && this.#attached.get(clientId) === inbox) this.#purge(clientId, inbox);
+        });
+    }, PURGE_EVERY_MS).unref();
   }
 
   /** The session left this node: its inbox is no longer read here (what it did not acknowledge stays for the next node). */
@@ -733,18 +786,13 @@ export class JetStreamState {
    */
   async watchRetained(): Promise<number> {
     let count = 0;
-    await this.#follow(
-      this.#retainedKv,
-      'r.>',
-      (e) => {
-        if (this.#retainedEntry(e)) count++;
-      },
-      'retained watch ended',
-    );
+    await this.#follow(RETAINED_BUCKET, 'r.>', (e) => {
+      if (this.#retainedEntry(e)) count++;
+    });
     return count;
   }
 
-  #retainedEntry(e: KvEntry): boolean {
+  #retainedEntry(e: BucketEntry): boolean {
     // A write of ours in flight is newer than what the watch brings for its key.
     if (this.#retainedWriting.has(e.key)) return false;
     if (e.operation !== 'PUT') {
@@ -770,7 +818,10 @@ export class JetStreamState {
 
   async close(): Promise<void> {
     clearInterval(this.#beat);
-    for (const w of this.#watches) w.stop();
+    for (const r of this.#followers) {
+      r.stopped = true;
+      r.messages?.stop();
+    }
     for (const clientId of [...this.#attached.keys()]) this.detach(clientId);
     await this.#tail;
     await Promise.allSettled(this.#pending);
