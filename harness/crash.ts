@@ -135,9 +135,15 @@ export class CrashCluster {
     return node;
   }
 
-  /** mqtt.js through HAProxy, persistent session, reconnecting by itself and resending what was not acknowledged. */
-  #open(cred: Credential): MqttClient {
+  /**
+   * mqtt.js through HAProxy, persistent session, reconnecting by itself and resending what was not
+   * acknowledged. Device `index` connects from an address of its own on loopback (127.2.x.y), as
+   * devices do from their own networks: the per-address limits the gateways apply to what HAProxy's
+   * PROXY header reports are each device's, not the whole fleet's.
+   */
+  #open(cred: Credential, index?: number): MqttClient {
     return mqtt.connect(`mqtts://127.0.0.1:${this.#proxy!.ports[0]}`, {
+      ...(index !== undefined && { localAddress: `127.2.${Math.floor(index / 250)}.${(index % 250) + 1}` }),
       ca: readFileSync(this.#fleet.paths.rootCert),
       cert: cred.certPem,
       key: cred.keyPem,
@@ -177,11 +183,11 @@ export class CrashCluster {
     await service.subscribeAsync('devices/+/telemetry', { qos: 1 });
     log(`connecting ${this.#options.devices} devices through HAProxy (persistent sessions)`);
     for (let i = 0; i < this.#devices.length; i += 50)
-      await Promise.all(this.#devices.slice(i, i + 50).map((d) => this.#connectDevice(d)));
+      await Promise.all(this.#devices.slice(i, i + 50).map((d, j) => this.#connectDevice(d, i + j)));
   }
 
-  async #connectDevice(d: Device): Promise<void> {
-    d.client = this.#open(d.cred);
+  async #connectDevice(d: Device, index: number): Promise<void> {
+    d.client = this.#open(d.cred, index);
     d.client.on('message', (_t, payload) => d.got.push(payload.toString()));
     d.client.on('close', () => {
       d.droppedAt ??= Date.now();
