@@ -638,8 +638,20 @@ export class JetStreamState {
         const messages = await this.#consumer(from.stream, from.filter, start, made);
         reader.messages = messages;
         if (reader.stopped) return messages.stop();
+        // Without acknowledgements a message lost on its way (a route or server gone) is not sent
+        // again: a gap in the consumer's delivery sequence means one was — made again from `next`.
+        let delivered = 0;
         for await (const jm of messages) {
           if (reader.stopped) break;
+          if (jm.info.deliverySequence !== delivered + 1) {
+            this.#log.warn(
+              { stream: from.stream, ...fields, expected: delivered + 1, got: jm.info.deliverySequence },
+              'a JetStream message was lost on its way: reading again from the last one read',
+            );
+            messages.stop();
+            break;
+          }
+          delivered = jm.info.deliverySequence;
           next = jm.seq + 1;
           failures = 0;
           onMessage(jm);
