@@ -1,7 +1,5 @@
-import { createHash } from 'node:crypto';
 import {
   AckPolicy,
-  ConsumerDebugEvents,
   ConsumerEvents,
   type ConsumerMessages,
   DeliverPolicy,
@@ -54,13 +52,12 @@ const retainedKey = (topic: string): string => `r.${topicHash(topic)}`;
 const WRITE_TIMEOUT_MS = 5_000;
 /** How long making a session inbox's consumer may take before it is tried again (normally milliseconds). */
 const CONSUMER_TIMEOUT_MS = 4_000;
-/** What says a session inbox's consumer is gone: made again. */
+/** What says a reader's consumer is gone: made again. */
 const LOST = new Set<string>([
   ConsumerEvents.HeartbeatsMissed,
   ConsumerEvents.ConsumerDeleted,
   ConsumerEvents.ConsumerNotFound,
   ConsumerEvents.StreamNotFound,
-  ConsumerDebugEvents.Reset,
 ]);
 /**
  * How long a write is tried again while JetStream recovers: a leader election after a server died
@@ -177,7 +174,7 @@ export class JetStreamState {
   /** Message ids of this node's inbox writes (with the node's name and start time: unique in the cluster). */
   #writeId = 0;
   readonly #started = Date.now().toString(36);
-  /** This node's consumers' names: `fg_<node token>_<start>_<serial>`. */
+  /** This node's consumers' names: `fg_<hash of the node's name>_<start>_<serial>`. */
   readonly #consumerPrefix: string;
   #consumerSerial = 0;
 
@@ -197,7 +194,7 @@ export class JetStreamState {
     this.#nodesKv = kv.nodes;
     this.#nodeTimeout = nodeTimeoutMs;
     this.#node = node;
-    this.#consumerPrefix = `${createHash('sha256').update(node).digest('hex').slice(0, 12)}_${this.#started}`;
+    this.#consumerPrefix = `${topicHash(node).slice(0, 12)}_${this.#started}`;
     this.#log = log;
     this.#events = events;
   }
@@ -533,14 +530,6 @@ export class JetStreamState {
     return now - heard > this.#nodeTimeout ? Math.max(r.lastSeen, heard) : undefined;
   }
 
-  /** Sessions recorded as attached to a node not heard from for `cluster.nodeTimeout` (for the console and metrics). */
-  orphans(now = Date.now()): number {
-    let n = 0;
-    for (const r of this.#records.values())
-      if (r.node !== null && !this.#attached.has(r.clientId) && this.#offlineSince(r, now) !== undefined) n++;
-    return n;
-  }
-
   // ── inboxes ──────────────────────────────────────────────────────────────────────────────────
 
   /**
@@ -607,11 +596,11 @@ export class JetStreamState {
   }
 
   /**
-   * Reads `from.filter` of `from.stream` in order with an ordered consumer (memory, one replica:
-   * cheap to make) — from its oldest message, or the last of each subject — until `reader` is
-   * stopped. A consumer lost with its NATS server is noticed by missed heartbeats (or its absence)
-   * and made again from the next sequence by this loop, never by nats.js's own reset, which asks
-   * without end while JetStream places the new consumer on the dead server. While JetStream cannot
+   * Reads `from.filter` of `from.stream` in order, on consumers of this node's own ({@link #consumer})
+   * — from its oldest message, or the last of each subject — until `reader` is stopped. A consumer
+   * lost with its NATS server is noticed by missed heartbeats (or its absence), a message lost on
+   * its way by a gap in the delivery sequence; either way the consumer is made again from the next
+   * sequence by this loop. While JetStream cannot
    * make one, it tries again, from about half a second apart to about three. `made` hears how many
    * messages each new consumer has to deliver.
    */
@@ -740,7 +729,6 @@ export class JetStreamState {
     if (advanced) this.#purge(clientId, inbox);
   }
 
-  /** One purge at a time per inbox, up to its floor; settling during one is purged by the next. */
   /**
    * Purges the inbox up to its floor: at most one purge in flight per inbox, and at most one every
    * {@link PURGE_EVERY_MS} (each is a replicated write: a session acknowledging a stream of
