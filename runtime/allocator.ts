@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
  * return. jemalloc with a background thread returns freed pages within seconds (735 → 412 MiB) and
  * holds ~15 % less per idle connection (57 vs 67 KiB), at the same CPU per connect and message.
  * So the server commands run on jemalloc when the system has it (Debian: `libjemalloc2`): it must
- * be preloaded before the process starts, which `bin/fleetgate.ts` does when it re-executes a
+ * be preloaded before the process starts, which `bin/fleetgate.ts` does when it re-executes (execve, same PID) a
  * server command. `FLEETGATE_ALLOCATOR=system` keeps glibc's malloc.
  */
 const JEMALLOC = [

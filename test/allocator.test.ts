@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
@@ -43,7 +44,7 @@ test('allocator/the environment a server needs for jemalloc, and when it needs n
   assert.equal(allocatorInUse({}), 'system');
 });
 
-test('allocator/a gateway started by the harness, and one started as `fleetgate gateway`, run on jemalloc; FLEETGATE_ALLOCATOR=system does not', {
+test('allocator/a gateway started by the harness, and one started as `fleetgate gateway` (re-executed in place: SIGKILL of its PID leaves nothing), run on jemalloc; FLEETGATE_ALLOCATOR=system does not', {
   timeout: 120_000,
 }, async (t) => {
   const fleet = await benchFleet();
@@ -83,25 +84,38 @@ test('allocator/a gateway started by the harness, and one started as `fleetgate 
       }
     });
     let text = '';
-    let banner: { allocator?: string } | undefined;
+    let banner: { allocator?: string; services?: { name: string; endpoint: string }[] } | undefined;
     for await (const line of createInterface({ input: wrapper.stdout! })) {
       text += line;
       try {
-        banner = JSON.parse(text) as { allocator?: string };
+        banner = JSON.parse(text) as typeof banner;
         break;
       } catch {
         // not complete yet
       }
     }
     assert.equal(banner?.allocator, allocator, `the banner says ${allocator}`);
-    const children = readFileSync(`/proc/${wrapper.pid}/task/${wrapper.pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number);
-    assert.equal(children.length, 1, 'one re-executed server process');
-    assert.equal(runsOnJemalloc(children[0]!), allocator === 'jemalloc', `the server process runs on ${allocator}`);
-    wrapper.kill('SIGTERM');
-    assert.equal(await exited, 0, 'SIGTERM passed through: the server stopped cleanly');
+    const children = readFileSync(`/proc/${wrapper.pid}/task/${wrapper.pid}/children`, 'utf8').trim();
+    assert.equal(children, '', 'no second process: the command re-executed itself in place (execve)');
+    assert.equal(runsOnJemalloc(wrapper.pid!), allocator === 'jemalloc', `the started PID runs on ${allocator}`);
+    if (allocator === 'jemalloc') {
+      wrapper.kill('SIGTERM');
+      assert.equal(await exited, 0, 'SIGTERM to the started PID: the server stopped cleanly');
+      continue;
+    }
+    // SIGKILL of the PID it was started as leaves nothing holding the device port.
+    const endpoint = banner?.services?.find((s) => s.name === 'mqtt+tls')?.endpoint.split(' ')[0] ?? '';
+    const port = Number(new URL(endpoint).port);
+    assert.ok(port > 0, `the banner names the MQTT endpoint: ${endpoint}`);
+    wrapper.kill('SIGKILL');
+    await exited;
+    const refused = await new Promise<string>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.destroy();
+        resolve('connected');
+      });
+      s.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    });
+    assert.equal(refused, 'ECONNREFUSED', 'after SIGKILL of the started PID the MQTT port is served by nothing');
   }
 });
