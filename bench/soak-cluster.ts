@@ -1,8 +1,8 @@
 // npm run soak:cluster — the cluster crash test (harness/crash.ts) at soak size: 1,000
 // persistent-session devices through HAProxy on three gateway nodes, JetStream on three
 // nats-servers (replicas 3), PostgreSQL (started here: initdb in a temp dir, fsync on), QoS 1 both
-// ways, five rounds with a gateway node killed and five with a NATS server killed (kill -9, at a
-// random step of each round). Every PUBACKed message must arrive, first arrivals in publishing
+// ways, five rounds with a gateway node killed (the one holding the most devices) and five with a
+// NATS server killed (kill -9, at a random step of each round). Every PUBACKed message must arrive, first arrivals in publishing
 // order; prints each round's duplicates, the time until every dropped device was back and until
 // every message had arrived, and a summary (the figures in docs/scale-out.md come from here).
 // SOAK_DEVICES, SOAK_ROUNDS, SOAK_MESSAGES change the size. Loopback only; bounded.

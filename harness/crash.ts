@@ -1,6 +1,7 @@
 import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
 import mqtt, { type MqttClient } from 'mqtt';
 import { type Haproxy, startHaproxy } from './haproxy.ts';
+import { https } from './https.ts';
 import { type NatsCluster, startNatsCluster } from './nats.ts';
 import { type Credential, enrollDevice } from './pki.ts';
 import { benchFleet, type GatewayProcess, spawnService, stablePort } from './services.ts';
@@ -11,8 +12,8 @@ import { benchFleet, type GatewayProcess, spawnService, stablePort } from './ser
  * gateway nodes on JetStream (three nats-servers, replicas 3) and one registry, behind HAProxy
  * (`send-proxy-v2`, health checks); persistent-session devices (clean session 0) connected
  * through it, QoS 1 traffic both ways — every device publishes telemetry to a persistent service,
- * the service sends every device commands — and in each round, at a random moment, `kill -9` of one
- * gateway node or of one NATS server. The clients are mqtt.js with automatic reconnection (through
+ * the service sends every device commands — and in each round, at a random moment, `kill -9` of the
+ * gateway node holding the most devices or of a NATS server picked at random. The clients are mqtt.js with automatic reconnection (through
  * HAProxy, to whichever node it gives) and resending what was not acknowledged, as devices do.
  *
  * Checked after each round: every PUBACKed message reached its subscriber at least once, and the
@@ -49,6 +50,8 @@ interface Device {
   got: string[];
   droppedAt: number | undefined;
   backAt: number | undefined;
+  /** With CRASH_LOG: the client's events since the round began (close, reconnect, error, connect), for the slowest device's account. */
+  events: string[];
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -169,6 +172,7 @@ export class CrashCluster {
         got: [],
         droppedAt: undefined,
         backAt: undefined,
+        events: [],
       });
     }
     const service = this.#open(serviceCred);
@@ -189,14 +193,41 @@ export class CrashCluster {
   async #connectDevice(d: Device, index: number): Promise<void> {
     d.client = this.#open(d.cred, index);
     d.client.on('message', (_t, payload) => d.got.push(payload.toString()));
+    const note = (what: string) => {
+      if (process.env.CRASH_LOG !== undefined && d.events.length < 200) d.events.push(`${Date.now()} ${what}`);
+    };
     d.client.on('close', () => {
       d.droppedAt ??= Date.now();
+      note('close');
     });
-    d.client.on('connect', () => {
+    d.client.on('connect', (connack) => {
       if (d.droppedAt !== undefined) d.backAt = Date.now();
+      note(`connack sessionPresent=${connack.sessionPresent}`);
     });
+    d.client.on('reconnect', () => note('reconnect'));
+    d.client.on('error', (err) => note(`error ${err.message}`));
+    d.client.on('offline', () => note('offline'));
     await connected(d.client);
     await d.client.subscribeAsync(`devices/${d.cred.deviceId}/commands/#`, { qos: 1 });
+  }
+
+  /**
+   * The gateway node holding the most device connections (its `/metrics`): killing it drops a
+   * share of the fleet every round — devices stay where they reconnected, so a node started again
+   * after an earlier round may hold next to none, and killing that one would test little.
+   */
+  async #busiest(): Promise<number> {
+    const ca = readFileSync(this.#fleet.paths.rootCert);
+    const held = await Promise.all(
+      this.#nodes.map(async (node) => {
+        const body = (await https(`${node.endpoints.admin}/metrics`, { ca })).body;
+        return [...body.matchAll(/^fleetgate_connected_clients\{[^}]*\} (\d+)$/gm)].reduce(
+          (s, m) => s + Number(m[1]),
+          0,
+        );
+      }),
+    );
+    return held.indexOf(Math.max(...held));
   }
 
   /** Kills one gateway node or one NATS server (SIGKILL); what was killed. */
@@ -299,8 +330,9 @@ export class CrashCluster {
     for (const d of this.#devices) {
       d.droppedAt = undefined;
       d.backAt = undefined;
+      d.events = [];
     }
-    const victim = Math.floor(Math.random() * 3);
+    const victim = kind === 'gateway' ? await this.#busiest() : Math.floor(Math.random() * 3);
     const { acked, kill, killedAt } = await this.#traffic(n, kind, victim);
     const trafficEnd = Date.now();
     await this.#drain(n, kill, acked);
@@ -309,6 +341,11 @@ export class CrashCluster {
     const dropped = this.#devices.filter((d) => d.droppedAt !== undefined);
     const back = dropped.filter((d) => d.backAt !== undefined || d.client.connected);
     const lastBack = Math.max(killedAt, ...dropped.map((d) => d.backAt ?? killedAt));
+    const slowest = dropped.find((d) => d.backAt === lastBack);
+    if (process.env.CRASH_LOG !== undefined && slowest !== undefined)
+      this.#options.log(
+        `  round ${n}: the last device back, ${slowest.cred.deviceId} (kill at ${killedAt}): ${slowest.events.join(' | ')}`,
+      );
     // The killed member comes back for the next round.
     if (kind === 'gateway') this.#nodes[victim] = await this.#startNode(victim);
     else await this.#nats.servers[victim]!.start();

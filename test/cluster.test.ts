@@ -1,13 +1,14 @@
 // Issue #12: three gateway nodes (separate processes) and one provisioning service behind
 // Debian's HAProxy (`mode tcp`, round robin, `send-proxy-v2`, health checks on each node's
-// `/healthz`; issue #27), on one PostgreSQL registry (started by the test: initdb in a temp dir) and one
-// NATS. A device enrolled through provisioning connects through the proxy to any node; a publish
+// `/healthz`; issue #27), on one PostgreSQL registry (started by the test: initdb in a temp dir) and
+// three nats-servers (JetStream, replicas 3: the cluster's default `cluster.sessions: jetstream`;
+// persistent sessions across nodes are test/cluster-jetstream's and the crash test's). A device enrolled through provisioning connects through the proxy to any node; a publish
 // on one node reaches a service on another; `connections` and `kick` on one node see and act on
 // all three; a revocation cuts the device on whichever node holds it (latencies printed; bench
 // figures belong to `npm run bench:cluster`); kill -9 of a node: its devices reconnect through
 // the proxy to the others; PostgreSQL restarted: nothing revoked around it is missed, new
-// connections are refused with the registry's code while it is down, live sessions go on; NATS
-// restarted: the gap is in every node's metrics and fan-out resumes; a second provisioning
+// connections are refused with the registry's code while it is down, live sessions go on; every NATS
+// server restarted: the gap is in every node's metrics and fan-out resumes; a second provisioning
 // instance: the same token sent to both at once issues one certificate.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,7 +22,7 @@ import { createDatabase, pgSkip, sharedPostgres, stopSharedPostgres } from '../h
 import { type Haproxy, haproxyAvailable, startHaproxy } from '../harness/haproxy.ts';
 import { errorCodeOf, https } from '../harness/https.ts';
 import { closed, connect, until, withTimeout } from '../harness/mqtt.ts';
-import { type NatsServer, natsAvailable, nodeIdentity, startNats } from '../harness/nats.ts';
+import { type NatsCluster, natsAvailable, nodeIdentity, startNatsCluster } from '../harness/nats.ts';
 import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
 import type { PostgresServer } from '../harness/postgres.ts';
 import { fileScope, fleetgate } from '../harness/run.ts';
@@ -39,7 +40,7 @@ const skip = !natsAvailable()
     : pgSkip;
 
 const scope = fileScope(after);
-let nats: NatsServer;
+let nats: NatsCluster;
 let postgres: PostgresServer;
 let registryUrl: string;
 let fleet: Awaited<ReturnType<typeof benchFleet>>;
@@ -74,7 +75,7 @@ before(async () => {
   // the three roles; NATS over mutual TLS with verify_and_map; each node its own certificate.
   await postgres.enableTls(fleet.config.dataDir);
   new RegistryWriter(registryUrl).close(); // the owner applies the roles' GRANTs, as `fleetgate init` does
-  nats = await startNats({ tls: { dataDir: fleet.config.dataDir, gateways: ['n1', 'n2', 'n3'] } });
+  nats = await startNatsCluster({ tls: { dataDir: fleet.config.dataDir, gateways: ['n1', 'n2', 'n3'] } });
   scope.after(() => nats.stop());
 
   ca = readFileSync(fleet.paths.rootCert);
@@ -478,7 +479,7 @@ test('cluster/PostgreSQL restarted: no revocation around it is missed; while dow
   }
 });
 
-test("cluster/NATS restarted mid-run: the gap is in every node's metrics, and fan-out between nodes resumes", {
+test("cluster/every NATS server restarted mid-run: the gap is in every node's metrics, and fan-out between nodes resumes", {
   skip,
 }, async () => {
   // n3 was killed above: the service on n1, the publisher on n2.
@@ -508,7 +509,7 @@ test("cluster/NATS restarted mid-run: the gap is in every node's metrics, and fa
     await svc.subscribeAsync('devices/nr-1/telemetry/#', { qos: 1 });
     await crossed('before');
     await nats.stop();
-    // Every living node sees the link down.
+    // Every living node sees the link down (all three servers are).
     for (const n of nodes.slice(0, 2)) {
       await until('link_up 0', async () => /fleetgate_cluster_link_up 0/.test(await metrics(n)), 30_000, 100);
     }
@@ -517,7 +518,7 @@ test("cluster/NATS restarted mid-run: the gap is in every node's metrics, and fa
       /fleetgate_cluster_messages_total\{direction="lost"\} (\d+)/.exec(await metrics(nodes[1]!))?.[1] ?? 0,
     );
     assert.ok(lost >= 5, `n2 counts what it could not send across: ${lost}`);
-    await nats.start();
+    await Promise.all(nats.servers.map((server) => server.start()));
     await crossed('after'); // the nodes reconnected and subscribed again by themselves
     for (const n of nodes.slice(0, 2)) assert.match(await metrics(n), /fleetgate_cluster_link_up 1/);
   } finally {

@@ -106,6 +106,8 @@ export class Broker {
   readonly pendingWills = new Map<string, NodeJS.Timeout>();
   /** When the cluster's offline sessions were last checked for expiry. */
   lastClusterExpiry = 0;
+  /** When the sweep last ran (a sweep far later than due means this process itself did not run). */
+  lastSweep = Date.now();
   /** Metric children resolved once: a label lookup per message costs more than the routing. */
   readonly m;
   readonly #dirty = new Set<MqttConnection>();

@@ -98,15 +98,35 @@ function scheduleWill(b: Broker, conn: MqttConnection, will: Will, mqtt: MqttSes
   }
 }
 
+/** How often {@link sweep} runs, and how late it may be before this process counts as stalled. */
+export const SWEEP_MS = 1_000;
+const STALL_MS = 2_000;
+
 /** Keepalive (1.5×) [MQTT-3.1.2-24], CONNECT deadline, subscribers that stopped reading, expired persistent sessions. */
 export function sweep(b: Broker, now = Date.now()): void {
   const { connectTimeoutMs } = b.deps.config;
   const { drainTimeoutMs, sessionExpiryMs } = b.deps.mqtt;
   const log = b.deps.log;
+  // Due every second: much later means this process did not run meanwhile (starved of CPU, or
+  // blocked), and what devices sent in that time waits unread in the kernel — they are not silent.
+  // Deadlines are judged again at the next sweep, once that is read.
+  const stalledMs = now - b.lastSweep - SWEEP_MS;
+  b.lastSweep = now;
+  const judge = stalledMs < STALL_MS;
+  if (!judge)
+    log.warn(
+      { code: 'GATEWAY_STALLED', stalledMs },
+      'the gateway did not run for a while (CPU starved or blocked): CONNECT and keepalive deadlines wait for what arrived meanwhile',
+    );
   for (const conn of b.connections) {
-    if (conn.state === 'connecting' && now - conn.since > connectTimeoutMs) {
+    if (judge && conn.state === 'connecting' && now - conn.since > connectTimeoutMs) {
       close(b, conn, 'connect_timeout');
-    } else if (conn.state === 'connected' && conn.keepaliveMs > 0 && now - conn.lastReceived > conn.keepaliveMs * 1.5) {
+    } else if (
+      judge &&
+      conn.state === 'connected' &&
+      conn.keepaliveMs > 0 &&
+      now - conn.lastReceived > conn.keepaliveMs * 1.5
+    ) {
       const line = { code: 'KEEPALIVE_TIMEOUT', deviceId: conn.session?.device.id, transport: conn.kind };
       log.info(line, 'keepalive expired: connection closed');
       close(b, conn, 'keepalive');

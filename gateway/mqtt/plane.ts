@@ -6,7 +6,7 @@ import { scopeFor } from '../policy/topics.ts';
 import type { Session } from '../sessions.ts';
 import { accept, children } from './admission.ts';
 import { Broker, type BrokerDeps } from './broker.ts';
-import { close, sweep } from './close.ts';
+import { close, SWEEP_MS, sweep } from './close.ts';
 import { route, routeShared } from './delivery.ts';
 import { Message } from './session.ts';
 import { tlsTransport, wsTransport } from './transport.ts';
@@ -32,7 +32,7 @@ export class MqttPlane {
 
   constructor(deps: BrokerDeps) {
     this.#b = new Broker(deps);
-    this.#sweep = setInterval(() => sweep(this.#b), 1_000);
+    this.#sweep = setInterval(() => sweep(this.#b), SWEEP_MS);
     this.#sweep.unref();
   }
 
