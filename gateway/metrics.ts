@@ -33,6 +33,8 @@ interface HotCounts {
 
 interface ClusterCounts {
   counts?: { sent: number; received: number; lostWhileDown: number; invalid: number };
+  /** `cluster.sessions: jetstream`: the durable state's own counts. */
+  jetstream?: Record<'writes' | 'retries' | 'failedWrites' | 'delivered' | 'refreshed', number>;
   reported: Record<string, number>;
   /** The registry thread's status-feed reads (set once the registry link is open). */
   feedReads?: () => number;
@@ -160,6 +162,27 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
         const delta = value - (cluster.reported.feedReads ?? 0);
         if (delta > 0) this.inc(delta);
         cluster.reported.feedReads = value;
+      },
+    }),
+    clusterJetStream: new Counter({
+      name: 'fleetgate_cluster_jetstream_total',
+      help: 'Durable cluster state on JetStream: writes (inbox messages, session records, purges), retries of them while JetStream elected a leader, failed (given up: the acknowledgement waiting for it was not sent), delivered (inbox messages read for an attached session), refreshed (a connecting device found a newer session record at the stream leader than this node had)',
+      labelNames: ['event'] as const,
+      registers: [registry],
+      collect() {
+        const c = cluster.jetstream;
+        if (c === undefined) return;
+        for (const [event, value] of [
+          ['write', c.writes],
+          ['retry', c.retries],
+          ['failed', c.failedWrites],
+          ['delivered', c.delivered],
+          ['refreshed', c.refreshed],
+        ] as const) {
+          const delta = value - (cluster.reported[`js_${event}`] ?? 0);
+          if (delta > 0) this.inc({ event }, delta);
+          cluster.reported[`js_${event}`] = value;
+        }
       },
     }),
     clusterMessages: new Counter({

@@ -12,6 +12,7 @@ import {
   nanos,
   RetentionPolicy,
   StorageType,
+  type StoredMsg,
 } from 'nats';
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
@@ -77,6 +78,8 @@ const backoff = (n: number, base: number, max: number): number => {
 const PURGE_EVERY_MS = 100;
 /** How long a node starting with its NATS cluster waits for JetStream to be ready. */
 const STARTUP_WAIT_MS = 30_000;
+/** How long a connecting device's admission waits for its session record from the stream leader. */
+const REFRESH_TIMEOUT_MS = 2_000;
 
 export interface JetStreamOptions {
   replicas: number;
@@ -108,6 +111,8 @@ interface BucketEntry {
   value: Uint8Array;
   /** When it was written (the NATS server's clock). */
   created: Date;
+  /** Its sequence in the bucket's stream: a later write has a higher one. */
+  revision: number;
 }
 
 /** One session's inbox while the session is attached here: its reader and what is delivered but not yet settled. */
@@ -156,6 +161,8 @@ export class JetStreamState {
   /** Every persistent session in the cluster, by client id. */
   readonly #records = new Map<string, SessionRecord>();
   readonly #clientOfKey = new Map<string, string>();
+  /** The latest revision of each session key this node has applied (its stream sequence). */
+  readonly #revisions = new Map<string, number>();
   /** Their subscriptions that are owed QoS 1/2 messages. */
   readonly #owed = new SubscriptionTrie<string>();
   readonly #attached = new Map<string, Inbox>();
@@ -170,7 +177,7 @@ export class JetStreamState {
   #tail: Promise<void> = Promise.resolve();
   #waiting = 0;
   /** Writes to JetStream, and inbox messages delivered from it (for metrics and the benchmark). */
-  readonly counts = { writes: 0, retries: 0, failedWrites: 0, delivered: 0, invalid: 0 };
+  readonly counts = { writes: 0, retries: 0, failedWrites: 0, delivered: 0, invalid: 0, refreshed: 0 };
   /** Message ids of this node's inbox writes (with the node's name and start time: unique in the cluster). */
   #writeId = 0;
   readonly #started = Date.now().toString(36);
@@ -369,7 +376,45 @@ export class JetStreamState {
     };
     this.#apply(record);
     const data = encodeSessionRecord(record);
-    this.#track(() => this.#sessions.put(recordKey(mqtt.clientId), data));
+    const key = sessionKey(mqtt.clientId);
+    this.#track(async () => {
+      const revision = await this.#sessions.put(recordKey(mqtt.clientId), data);
+      if (revision > (this.#revisions.get(key) ?? 0)) this.#revisions.set(key, revision);
+    });
+  }
+
+  /**
+   * A device is connecting: its session's record as the bucket's stream leader has it (a read that
+   * sees every acknowledged write), applied here when newer than this node's copy. The follow of
+   * the bucket is usually milliseconds behind, but a device that reconnects to another node at
+   * once, or a node whose follow is being made again (a NATS server died), could otherwise resume
+   * from an older record, or find none and start a new session. Bounded: when JetStream does not
+   * answer in time the node goes on with what it has (as before this read).
+   */
+  async refresh(clientId: string): Promise<void> {
+    if (this.#attached.has(clientId)) return;
+    const key = sessionKey(clientId);
+    const subject = `$KV.${SESSIONS_BUCKET}.${recordKey(clientId)}`;
+    let sm: StoredMsg;
+    try {
+      sm = await withTimeout(
+        this.#jsm.streams.getMessage(`KV_${SESSIONS_BUCKET}`, { last_by_subj: subject }),
+        REFRESH_TIMEOUT_MS,
+        () => undefined,
+      );
+    } catch (err) {
+      // No record at all is an answer (a new session); anything else leaves this node's copy.
+      if (!/no message found/i.test((err as Error).message))
+        this.#log.debug({ clientId, err: (err as Error).message }, 'session record not read at connect');
+      return;
+    }
+    const op = sm.header?.get('KV-Operation');
+    if (op === 'DEL' || op === 'PURGE' || sm.seq <= (this.#revisions.get(key) ?? 0)) return;
+    this.counts.refreshed++;
+    this.#sessionEntry(
+      { key: recordKey(clientId), operation: 'PUT', value: sm.data, created: sm.time, revision: sm.seq },
+      true,
+    );
   }
 
   /** A session ends (cleaned, expired, its device revoked): its record and whatever its inbox holds go. */
@@ -430,6 +475,7 @@ export class JetStreamState {
             operation: op === 'DEL' || op === 'PURGE' ? op : 'PUT',
             value: jm.data,
             created: new Date(Math.floor(jm.info.timestampNanos / 1e6)),
+            revision: jm.seq,
           },
           initial,
         );
@@ -473,6 +519,10 @@ export class JetStreamState {
 
   #sessionEntry(e: BucketEntry, initial: boolean): void {
     const key = e.key.slice(2);
+    // Older than what this node already applied for the key (read at a CONNECT from the stream's
+    // leader, or its own write): the follow is behind, not the session.
+    if (e.revision <= (this.#revisions.get(key) ?? 0)) return;
+    this.#revisions.set(key, e.revision);
     if (e.operation !== 'PUT') {
       const clientId = this.#clientOfKey.get(key);
       // A session attached here is this node's to end; a stale deletion does not end it.

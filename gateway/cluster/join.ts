@@ -93,6 +93,7 @@ export class ClusterJoin {
       });
     }
     metrics.cluster.counts = bus.counts;
+    if (join.state !== undefined) metrics.cluster.jetstream = join.state.counts;
     metrics.clusterLink.set(1);
     log.info(
       {

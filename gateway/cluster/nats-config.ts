@@ -79,6 +79,7 @@ function jetStreamPublish(node: string): string[] {
     `$JS.FC.>`,
     `${api}.STREAM.PURGE.${INBOX_STREAM}`,
     `${api}.STREAM.UPDATE.${INBOX_STREAM}`,
+    `${api}.STREAM.MSG.GET.KV_${SESSIONS_BUCKET}`,
     ...streams.flatMap((s) => [
       `${api}.STREAM.INFO.${s}`,
       `${api}.STREAM.CREATE.${s}`,

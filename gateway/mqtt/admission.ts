@@ -85,9 +85,12 @@ function statusFromRegistry(b: Broker, conn: MqttConnection, identity: PeerIdent
   const stop = b.deps.metrics.statusCheck.startTimer();
   b.deps.registry
     .status(identity)
-    .then(async (device) =>
-      openSession(b, conn, identity, device, device.type === 'gateway' ? await children(b, device.id) : []),
-    )
+    .then(async (device) => {
+      // Its persistent session, if it has one anywhere in the cluster, as the cluster has it now
+      // (the client id is the device id): held packets — the CONNECT — wait for that read.
+      await b.state?.refresh(device.id);
+      return openSession(b, conn, identity, device, device.type === 'gateway' ? await children(b, device.id) : []);
+    })
     .then(
       (session) => register(b, conn, session),
       (err: unknown) => register(b, conn, toFleetgateError(err)),

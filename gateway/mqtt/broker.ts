@@ -64,6 +64,8 @@ export interface ClusterRecord {
  */
 export interface DurableCluster {
   lookup(clientId: string): ClusterRecord | undefined;
+  /** Brings this node's copy of a connecting device's record up to the cluster's latest (bounded). */
+  refresh(clientId: string): Promise<void>;
   /** The session's record, attached here (or `offline`). */
   save(mqtt: MqttSession, offline?: boolean): void;
   drop(clientId: string): void;
