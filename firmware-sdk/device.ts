@@ -155,6 +155,11 @@ export class Device extends EventEmitter {
         clientId: id.info.deviceId,
         protocolVersion: v5 ? 5 : 4,
         keepalive: this.#opts.keepalive ?? 30,
+        // A PINGREQ every keepalive, whatever arrives: mqtt.js (5.x) otherwise puts its ping off each
+        // time an acknowledgement *arrives*, so a device that published a burst and then only
+        // receives its PUBACKs — slowly, while a cluster fails over — sends nothing, and the gateway
+        // rightly closes it after 1.5 × keepalive [MQTT-3.1.2-24] (seen in the cluster soak).
+        reschedulePings: false,
         clean: true,
         reconnectPeriod: 0,
         connectTimeout: 10_000,

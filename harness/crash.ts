@@ -154,6 +154,10 @@ export class CrashCluster {
       protocolVersion: 4,
       clean: false,
       keepalive: 10,
+      // A PINGREQ every keepalive, as the SDK's devices (firmware-sdk/device.ts): mqtt.js otherwise
+      // puts its ping off whenever a PUBACK arrives, and a device waiting for slow PUBACKs (a NATS
+      // server's death) sent nothing for 15 s and was closed for keepalive by the gateway.
+      reschedulePings: false,
       reconnectPeriod: 250,
       connectTimeout: 15_000,
       rejectUnauthorized: true,
