@@ -10,7 +10,7 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { ROOT, tempDir } from '../harness/run.ts';
-import { freePort, type GatewayProcess, spawnService } from '../harness/services.ts';
+import { type GatewayProcess, spawnService, stablePort } from '../harness/services.ts';
 import { RegistryReader } from '../provisioning/registry/reader.ts';
 
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
@@ -69,7 +69,9 @@ test('readme/the first-hour steps work verbatim on a fresh stack: a connected, a
 
   // The stack's ports are only known once it runs: until then the README's own are kept, and
   // the steps before `npm start` use none.
-  const origin = await freePort();
+  // Below the ephemeral range: a port from the ephemeral range, released here, can be taken by
+  // anything binding port 0 (another test run beside this one) before Python binds it.
+  const origin = await stablePort();
   const ports: Record<string, string> = { 8080: String(origin) };
   const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${bin}:${process.env.PATH}`, FLEETGATE_ACTOR: 'readme' };
   const swap = (s: string) => s.replace(/\b(8883|8884|8443|9443|9444|9445|8080)\b/g, (p) => ports[p] ?? p);
@@ -105,16 +107,15 @@ test('readme/the first-hour steps work verbatim on a fresh stack: a connected, a
       // The example origin runs until stopped, from the project directory (it serves docs/).
       const server = spawn('bash', ['-c', swap(script)], { cwd: ROOT, detached: true, stdio: 'ignore' });
       children.push(server);
-      for (
-        let i = 0;
-        i < 200 &&
-        !(await fetch(`http://127.0.0.1:${origin}/`).then(
-          () => true,
+      let up = false;
+      for (let i = 0; i < 600 && !up && server.exitCode === null; i++) {
+        up = await fetch(`http://127.0.0.1:${origin}/`).then(
+          (r) => r.ok,
           () => false,
-        ));
-        i++
-      )
-        await new Promise((r) => setTimeout(r, 50));
+        );
+        if (!up) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(up, `the example origin answers on 127.0.0.1:${origin} (python3 exit code ${server.exitCode})`);
       outputs.push('');
       continue;
     }
