@@ -350,8 +350,19 @@ test('cluster/kill -9 of a node: its devices reconnect through the proxy to the 
     const lost = closed(clients[index]!, 30_000);
     nodes[2]!.child.kill('SIGKILL');
     await lost;
-    // HAProxy finds n3 refusing (and its health check failing) and hands the connection to a living node.
-    clients[index] = await viaProxy(creds[index]!);
+    // HAProxy finds n3 refusing (and its health check failing) and hands the connection to a living
+    // node; until its check has counted n3 out (3 × 300 ms) a connection may still meet the dead
+    // node and be closed — the device tries again, as devices do.
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        clients[index] = await viaProxy(creds[index]!);
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
     const after = await connections(nodes[0]!);
     assert.deepEqual(after.nodes, ['n1', 'n2'], 'the dead node no longer answers');
     const now = after.connections.find((c) => c.deviceId === victim.deviceId);
