@@ -145,6 +145,13 @@ function messageMetrics(registry: Registry, hot: HotCounts) {
   };
 }
 
+/** How much a plain count grew since the last scrape (its value then kept in `reported` under `key`). */
+function growth(reported: Record<string, number>, key: string, value: number): number {
+  const delta = value - (reported[key] ?? 0);
+  reported[key] = value;
+  return delta;
+}
+
 /** The link between gateway nodes. */
 function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
   return {
@@ -158,10 +165,8 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
       help: 'Reads of the registry status feed by the registry thread (polls and PostgreSQL notifications, a burst of notifications coalesced into one read)',
       registers: [registry],
       collect() {
-        const value = cluster.feedReads?.() ?? 0;
-        const delta = value - (cluster.reported.feedReads ?? 0);
+        const delta = growth(cluster.reported, 'feedReads', cluster.feedReads?.() ?? 0);
         if (delta > 0) this.inc(delta);
-        cluster.reported.feedReads = value;
       },
     }),
     clusterJetStream: new Counter({
@@ -179,9 +184,8 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
           ['delivered', c.delivered],
           ['refreshed', c.refreshed],
         ] as const) {
-          const delta = value - (cluster.reported[`js_${event}`] ?? 0);
+          const delta = growth(cluster.reported, `js_${event}`, value);
           if (delta > 0) this.inc({ event }, delta);
-          cluster.reported[`js_${event}`] = value;
         }
       },
     }),
@@ -199,9 +203,8 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
           ['lost', c.lostWhileDown],
           ['invalid', c.invalid],
         ] as const) {
-          const delta = value - (cluster.reported[direction] ?? 0);
+          const delta = growth(cluster.reported, direction, value);
           if (delta > 0) this.inc({ direction }, delta);
-          cluster.reported[direction] = value;
         }
       },
     }),
