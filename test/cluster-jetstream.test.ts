@@ -6,12 +6,14 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
+import type { IConnackPacket, IPublishPacket, IPubrelPacket, Packet } from 'mqtt-packet';
 import { type NatsConnection, connect as natsConnect } from 'nats';
 import { startTestFleet, type TestFleet } from '../harness/gateway.ts';
 import { https } from '../harness/https.ts';
 import { collect, connect, end, until } from '../harness/mqtt.ts';
 import { type NatsCluster, natsAvailable, nodeIdentity, startNatsCluster } from '../harness/nats.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
+import { bytes, connectBytes, rawClient } from '../harness/raw-mqtt.ts';
 import { fileScope } from '../harness/run.ts';
 import { type GatewayProcess, spawnService } from '../harness/services.ts';
 
@@ -219,6 +221,71 @@ test('jetstream/kill -9 of the node a device is on, mid-traffic: every PUBACKed 
     console.log(`kill -9 mid-traffic: ${total} delivered, ${got.length - total} duplicates`);
   } finally {
     await onC.endAsync();
+    b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
+  }
+});
+
+test('jetstream/QoS 2 across a node kill: a message released (PUBREC received) gets its PUBREL on the next node, one not yet acknowledged comes again under its id — neither is delivered twice', {
+  skip,
+}, async () => {
+  const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-q2' });
+  const caPem = readFileSync(a.rootFile, 'utf8');
+  const payloadOf = (p: Packet) => String((p as IPublishPacket).payload);
+  let raw = await rawClient(url('b'), device, caPem);
+  raw.send(connectBytes('js-q2', { clean: false }));
+  await raw.next('connack');
+  raw.send(bytes({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'devices/js-q2/commands/#', qos: 2 }] }));
+  await raw.next('suback');
+  const svc = await connect(a.mqttsUrl, service, { ca: a.rootFile });
+  try {
+    for (const m of ['q2-a', 'q2-b']) await svc.publishAsync('devices/js-q2/commands/x', m, { qos: 2 });
+    // On B: both sent; the first acknowledged (PUBREC) and released (PUBREL, after the record
+    // says so), the second left unacknowledged. Then B dies.
+    const first = (await raw.next('publish')) as IPublishPacket;
+    const second = (await raw.next('publish')) as IPublishPacket;
+    assert.deepEqual([payloadOf(first), payloadOf(second)], ['q2-a', 'q2-b']);
+    raw.send(bytes({ cmd: 'pubrec', messageId: first.messageId }));
+    assert.equal(((await raw.next('pubrel')) as IPubrelPacket).messageId, first.messageId);
+    b.child.kill('SIGKILL');
+    await raw.closed();
+    raw.end();
+
+    // On C: the PUBREL for the first, the second again under the same id; then a third message,
+    // which comes after anything of this publisher's sent again (one inbox, in order).
+    raw = await rawClient(url('c'), device, caPem);
+    raw.send(connectBytes('js-q2', { clean: false }));
+    assert.equal(((await raw.next('connack')) as IConnackPacket).sessionPresent, true);
+    const seen: Packet[] = [];
+    const until3 = async () => {
+      for (;;) {
+        const p = await raw.next(undefined, 30_000);
+        seen.push(p);
+        if (p.cmd === 'publish') raw.send(bytes({ cmd: 'pubrec', messageId: (p as IPublishPacket).messageId }));
+        if (p.cmd === 'pubrel') raw.send(bytes({ cmd: 'pubcomp', messageId: (p as IPubrelPacket).messageId }));
+        if (p.cmd === 'publish' && payloadOf(p) === 'q2-c') return;
+      }
+    };
+    const reading = until3();
+    await until(
+      'the PUBREL and the unacknowledged message again',
+      () => seen.filter((p) => p.cmd === 'publish').length >= 1 && seen.some((p) => p.cmd === 'pubrel'),
+    );
+    await svc.publishAsync('devices/js-q2/commands/x', 'q2-c', { qos: 2 });
+    await reading;
+    const rels = seen.filter((p) => p.cmd === 'pubrel').map((p) => (p as IPubrelPacket).messageId);
+    const pubs = seen.filter((p) => p.cmd === 'publish') as IPublishPacket[];
+    assert.ok(rels.includes(first.messageId as number), `a PUBREL for ${first.messageId} (got ${rels.join(', ')})`);
+    assert.deepEqual(
+      pubs.map((p) => [payloadOf(p), p.messageId === second.messageId || payloadOf(p) === 'q2-c']),
+      [
+        ['q2-b', true],
+        ['q2-c', true],
+      ],
+      'the released message not sent again; the unacknowledged one under the id it had',
+    );
+  } finally {
+    raw.end();
+    await svc.endAsync();
     b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
   }
 });

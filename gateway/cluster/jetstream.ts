@@ -376,6 +376,7 @@ export class JetStreamState {
       expiryS: Math.round(mqtt.expiryMs / 1000),
       subs,
       qos2In: [...mqtt.qos2In],
+      qos2Out: [...mqtt.qos2Out],
     };
     this.#apply(record);
     const data = encodeSessionRecord(record);
@@ -637,6 +638,9 @@ export class JetStreamState {
   async #read(clientId: string, inbox: Inbox, deliver: (message: Message, seq: number) => void): Promise<void> {
     await this.#readOrdered(inbox, { clientId }, { stream: INBOX_STREAM, filter: inboxSubject(clientId) }, (jm) => {
       inbox.outstanding.push(jm.seq);
+      // Settled before it was read: a released QoS 2 message whose PUBCOMP came first (its PUBREL
+      // was sent from the session's record).
+      if (inbox.settled.has(jm.seq)) return this.#advance(clientId, inbox);
       const m = decodeStored(jm.data);
       if ('invalid' in m) {
         this.#invalid(m.invalid, jm.subject);
@@ -772,6 +776,11 @@ export class JetStreamState {
     const inbox = this.#attached.get(clientId);
     if (inbox === undefined) return;
     inbox.settled.add(seq);
+    this.#advance(clientId, inbox);
+  }
+
+  /** Moves the inbox's floor over the settled messages at its head, and purges up to it. */
+  #advance(clientId: string, inbox: Inbox): void {
     let advanced = false;
     while (inbox.outstanding.length > 0 && inbox.settled.has(inbox.outstanding[0] as number)) {
       const s = inbox.outstanding.shift() as number;

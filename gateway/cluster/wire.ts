@@ -333,7 +333,9 @@ export function decodeRecords(b: Buffer, retainedPrefix: string): Read<Message[]
  * A persistent MQTT session as the cluster keeps it (JetStream key-value bucket, key `s.<hash of
  * the client id>`): who it is, where it is attached (`node`, null while offline), when it was last
  * seen, how long it outlives its connection, its subscriptions (filter, options + 256 × MQTT 5
- * identifier) and its inbound QoS 2 packet ids awaiting PUBREL. Every node reads every record.
+ * identifier), its inbound QoS 2 packet ids awaiting PUBREL, and its outbound QoS 2 messages
+ * released (PUBREC received, PUBREL sent) awaiting PUBCOMP: `[inbox sequence, packet id]`. Every
+ * node reads every record.
  */
 export interface SessionRecord {
   clientId: string;
@@ -343,6 +345,7 @@ export interface SessionRecord {
   expiryS: number;
   subs: [string, number][];
   qos2In: number[];
+  qos2Out: [number, number][];
 }
 
 const SESSION_RECORD_VERSION = 1;
@@ -363,7 +366,7 @@ const isInt = (v: unknown, min: number, max: number): v is number =>
 export function decodeSessionRecord(key: string, data: Uint8Array): Read<SessionRecord> {
   const parsed = readJson(data, 16 * 1024 * 1024);
   if ('invalid' in parsed) return parsed;
-  const { v, clientId, deviceId, node, lastSeen, expiryS, subs, qos2In } = parsed.ok;
+  const { v, clientId, deviceId, node, lastSeen, expiryS, subs, qos2In, qos2Out = [] } = parsed.ok;
   if (v !== SESSION_RECORD_VERSION) return invalid(`session record version ${String(v)}`);
   if (!isStr(clientId, 65_535) || clientId === '' || sessionKey(clientId) !== key)
     return invalid('session record whose client id is not its key');
@@ -386,7 +389,19 @@ export function decodeSessionRecord(key: string, data: Uint8Array): Read<Session
     return invalid('session record subscriptions');
   if (!Array.isArray(qos2In) || qos2In.length > 65_535 || !qos2In.every((id) => isInt(id, 1, 65_535)))
     return invalid('session record QoS 2 ids');
-  return { ok: { clientId, deviceId, node, lastSeen, expiryS, subs: subs as [string, number][], qos2In } };
+  // Written before this field existed: none.
+  if (
+    !Array.isArray(qos2Out) ||
+    qos2Out.length > 65_535 ||
+    !qos2Out.every(
+      (e) => Array.isArray(e) && e.length === 2 && isInt(e[0], 1, Number.MAX_SAFE_INTEGER) && isInt(e[1], 1, 65_535),
+    )
+  )
+    return invalid('session record released QoS 2 messages');
+  const out = qos2Out as [number, number][];
+  return {
+    ok: { clientId, deviceId, node, lastSeen, expiryS, subs: subs as [string, number][], qos2In, qos2Out: out },
+  };
 }
 
 /**

@@ -55,6 +55,8 @@ export interface ClusterRecord {
   expiryS: number;
   subs: [string, number][];
   qos2In: number[];
+  /** Outbound QoS 2 released, awaiting PUBCOMP: `[inbox sequence, packet id]`. */
+  qos2Out: [number, number][];
 }
 
 /**

@@ -2,7 +2,7 @@ import type { Broker } from './broker.ts';
 import type { MqttConnection } from './connection.ts';
 import { type EncodedPublish, encodeAck, packetIdBytes, publishSize, withDup } from './encode.ts';
 import { SUB } from './packets.ts';
-import { type Delivery, Message, type MqttSession } from './session.ts';
+import { type Delivery, INBOX_IDS, inboxPacketId, Message, type MqttSession } from './session.ts';
 import type { SharedGroup } from './shared.ts';
 import { filterMatches, OVERLAP } from './trie.ts';
 
@@ -89,6 +89,8 @@ function deliver(b: Broker, mqtt: MqttSession, sub: number, message: Message, gr
  * any more, or when it goes at QoS 0.
  */
 export function deliverStored(b: Broker, mqtt: MqttSession, message: Message, seq: number): void {
+  // Released before (its record says so): its PUBREL is queued already, not the message again.
+  if (mqtt.qos2Out.has(seq)) return;
   let sub = -1;
   for (const [filter, options] of mqtt.subscriptions) {
     if (filter.startsWith('$share/') || !filterMatches(filter, message.topic)) continue;
@@ -112,7 +114,7 @@ export function deliverStored(b: Broker, mqtt: MqttSession, message: Message, se
     seq,
     dup: false,
     released: false,
-    packetId: undefined,
+    packetId: inboxPacketId(seq),
     ...(ids && { subscriptionIds: ids }),
   });
 }
@@ -221,7 +223,10 @@ export function enqueue(b: Broker, mqtt: MqttSession, d: Delivery): void {
   if (mqtt.queue.length >= (Number.isFinite(mqtt.maxQueued) ? mqtt.maxQueued : b.deps.mqtt.maxQueuedMessages)) {
     const dropped = mqtt.queue.shift();
     if (dropped?.rowId !== undefined) b.store?.dequeue(dropped.rowId);
-    if (dropped?.seq !== undefined) b.state?.settled(mqtt.clientId, dropped.seq);
+    if (dropped?.seq !== undefined) {
+      mqtt.qos2Out.delete(dropped.seq);
+      b.state?.settled(mqtt.clientId, dropped.seq);
+    }
     b.m.dropQueue.inc();
   }
   if (mqtt.persistent && b.store !== undefined)
@@ -236,6 +241,7 @@ export function pump(b: Broker, mqtt: MqttSession): void {
   if (conn === undefined || conn.state !== 'connected') return;
   const maxOutboundBytes = conn.maxOutbound;
   const window = Math.min(b.deps.mqtt.maxInflight, conn.receiveMax); // [MQTT-3.3.4-9]
+  const low = mqtt.persistent && b.state !== undefined ? INBOX_IDS + 1 : 1;
   if (mqtt.queue.length > 0 && conn.transport.buffered + conn.outBytes > maxOutboundBytes && conn.overSince === 0)
     conn.overSince = Date.now();
   while (
@@ -254,7 +260,7 @@ export function pump(b: Broker, mqtt: MqttSession): void {
         continue;
       }
     }
-    const id = d.packetId !== undefined && !mqtt.inflight.has(d.packetId) ? d.packetId : mqtt.nextPacketId();
+    const id = d.packetId !== undefined && !mqtt.inflight.has(d.packetId) ? d.packetId : mqtt.nextPacketId(low);
     if (id === undefined) {
       mqtt.queue.unshift([d]);
       break;

@@ -145,6 +145,16 @@ export interface Delivery {
   group?: string;
 }
 
+/**
+ * Packet ids of a persistent session in the cluster's durable state: a message from its JetStream
+ * inbox is sent with an id its inbox sequence gives (1 … INBOX_IDS), the same on whichever node
+ * sends it — so a device that received it from a node that then died, and holds its id awaiting
+ * PUBREL, gets it again under that id and does not deliver it twice [MQTT-4.3.3]. Anything else
+ * such a session is sent (retained messages on subscribing, shared groups) takes ids above.
+ */
+export const INBOX_IDS = 49_151;
+export const inboxPacketId = (seq: number): number => ((seq - 1) % INBOX_IDS) + 1;
+
 /** A FIFO without `Array.shift`'s O(n) cost on long queues. */
 export class Queue<T> {
   #items: (T | undefined)[] = [];
@@ -202,6 +212,12 @@ export class MqttSession {
   readonly inflight = new Map<number, Delivery>();
   /** Inbound QoS 2 packet ids received and PUBREC'd, awaiting PUBREL [MQTT-4.3.3]. */
   readonly qos2In = new Set<number>();
+  /**
+   * Outbound QoS 2 messages from the session's JetStream inbox released (PUBREC received, PUBREL
+   * sent) and awaiting PUBCOMP: inbox sequence → packet id. In the session's record, so that the
+   * node it resumes on sends the PUBREL again rather than the message [MQTT-4.4.0-1].
+   */
+  readonly qos2Out = new Map<number, number>();
 
   /** The QoS 1/2 deliveries this session holds (in flight and queued) that came through a shared group. */
   sharedOwed(): Delivery[] {
@@ -224,11 +240,15 @@ export class MqttSession {
     this.persistent = persistent;
   }
 
-  /** A packet id not in flight [MQTT-2.3.1-2]; undefined if all 65,535 are (never, with the window). */
-  nextPacketId(): number | undefined {
-    for (let i = 0; i < 65_535; i++) {
+  /**
+   * A packet id not in flight [MQTT-2.3.1-2], from `low` to 65,535; undefined if all are (never,
+   * with the window). A range above 1 starts at a random place in it (see {@link INBOX_IDS}).
+   */
+  nextPacketId(low = 1): number | undefined {
+    if (this.#nextPacketId < low) this.#nextPacketId = low + Math.floor(Math.random() * (65_535 - low));
+    for (let i = low; i <= 65_535; i++) {
       const id = this.#nextPacketId;
-      this.#nextPacketId = id === 65_535 ? 1 : id + 1;
+      this.#nextPacketId = id === 65_535 ? low : id + 1;
       if (!this.inflight.has(id)) return id;
     }
     return undefined;

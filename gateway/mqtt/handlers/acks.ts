@@ -35,8 +35,16 @@ export function onPubrec(b: Broker, conn: MqttConnection, p: AckPacket): void {
   const d = settles(conn, p, 'publish');
   if (d === undefined || d.qos !== 2) return;
   // MQTT 5: a PUBREC with a failure reason ends the exchange, no PUBREL [MQTT-4.3.3-4], [MQTT-4.4.0-2].
-  if (p.reasonCode >= 0x80) return done(b, conn.mqtt as MqttSession, p.packetId, d);
+  const mqtt = conn.mqtt as MqttSession;
+  if (p.reasonCode >= 0x80) return done(b, mqtt, p.packetId, d);
   d.released = true;
+  // From a JetStream inbox: "released" goes in the session's record before the PUBREL, so a node
+  // that resumes the session after this one died sends the PUBREL, not the message again.
+  if (d.seq !== undefined && b.state !== undefined && mqtt.persistent) {
+    mqtt.qos2Out.set(d.seq, p.packetId);
+    b.state.save(mqtt);
+    return ackAfterCommit(b, conn, 'pubrel', p.packetId);
+  }
   conn.push(encodeAck('pubrel', p.packetId));
   b.markDirty(conn);
 }
@@ -44,7 +52,10 @@ export function onPubrec(b: Broker, conn: MqttConnection, p: AckPacket): void {
 export function onPubcomp(b: Broker, conn: MqttConnection, p: AckPacket): void {
   const d = settles(conn, p, 'released');
   if (d === undefined) return;
-  done(b, conn.mqtt as MqttSession, p.packetId, d);
+  const mqtt = conn.mqtt as MqttSession;
+  done(b, mqtt, p.packetId, d);
+  // Purged from the inbox (once those before it are); the record need not name it any more.
+  if (d.seq !== undefined && mqtt.qos2Out.delete(d.seq) && mqtt.persistent) b.state?.save(mqtt);
 }
 
 export function onPubrel(b: Broker, conn: MqttConnection, p: AckPacket): void {
@@ -61,12 +72,13 @@ export function onPubrel(b: Broker, conn: MqttConnection, p: AckPacket): void {
 
 /**
  * PUBACK / PUBREC promise the message is stored for every persistent session owed it (PUBCOMP:
- * that its id is released): sent after the commit.
+ * that its id is released; PUBREL: that the session's record says it was released): sent after
+ * the commit.
  */
 export function ackAfterCommit(
   b: Broker,
   conn: MqttConnection,
-  type: 'puback' | 'pubrec' | 'pubcomp',
+  type: 'puback' | 'pubrec' | 'pubrel' | 'pubcomp',
   id: number,
 ): void {
   if (type === 'puback') conn.inboundPending++;

@@ -11,7 +11,7 @@ import { decision } from '../decisions.ts';
 import { deliverStored, pump } from '../delivery.ts';
 import { encodeConnack, encodeConnack5 } from '../encode.ts';
 import type { ConnectPacket } from '../packets.ts';
-import { MqttSession } from '../session.ts';
+import { Message, MqttSession } from '../session.ts';
 
 /** One CONNECT on its way through the steps: what each step decided, for the ones after it. */
 interface Connecting {
@@ -253,6 +253,21 @@ function fromCluster(b: Broker, clientId: string): MqttSession | undefined {
     b.addFilter(filter, mqtt, value, true);
   }
   for (const id of r.qos2In) mqtt.qos2In.add(id);
+  // Released on the node it was on: the PUBREL is sent again first, under the same id [MQTT-4.4.0-1].
+  for (const [seq, packetId] of r.qos2Out) {
+    mqtt.qos2Out.set(seq, packetId);
+    const placeholder = new Message('', Buffer.alloc(0), 2, false, r.deviceId);
+    mqtt.queue.push({
+      message: placeholder,
+      qos: 2,
+      retain: false,
+      rowId: undefined,
+      seq,
+      dup: true,
+      released: true,
+      packetId,
+    });
+  }
   b.mqttSessions.set(clientId, mqtt);
   return mqtt;
 }
