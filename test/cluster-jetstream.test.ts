@@ -237,6 +237,7 @@ test('jetstream/QoS 2 across a node kill: a message released (PUBREC received) g
   raw.send(bytes({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'devices/js-q2/commands/#', qos: 2 }] }));
   await raw.next('suback');
   const svc = await connect(a.mqttsUrl, service, { ca: a.rootFile });
+  let killed = false;
   try {
     for (const m of ['q2-a', 'q2-b']) await svc.publishAsync('devices/js-q2/commands/x', m, { qos: 2 });
     // On B: both sent; the first acknowledged (PUBREC) and released (PUBREL, after the record
@@ -247,6 +248,7 @@ test('jetstream/QoS 2 across a node kill: a message released (PUBREC received) g
     raw.send(bytes({ cmd: 'pubrec', messageId: first.messageId }));
     assert.equal(((await raw.next('pubrel')) as IPubrelPacket).messageId, first.messageId);
     b.child.kill('SIGKILL');
+    killed = true;
     await raw.closed();
     raw.end();
 
@@ -285,8 +287,57 @@ test('jetstream/QoS 2 across a node kill: a message released (PUBREC received) g
     );
   } finally {
     raw.end();
-    await svc.endAsync();
-    b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
+    await end(svc);
+    if (killed) b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
+  }
+});
+
+test('jetstream/a shared group with persistent members: its messages wait while every member is offline, and none PUBACKed is lost when a member’s node is killed', {
+  skip,
+}, async () => {
+  const [w1, w2] = await Promise.all(
+    ['js-w1', 'js-w2'].map((id) => enrollDevice(a.registry, a.ca, a.dir, { id, type: 'service' })),
+  );
+  const group = '$share/jobs/devices/+/commands/job';
+  const topic = 'devices/js-shr/commands/job';
+  const got: string[] = [];
+  const clients: MqttClient[] = [];
+  const member = async (node: 'b' | 'c', cred: Credential) => {
+    const { client } = await persistent(node, cred);
+    clients.push(client);
+    client.on('message', (_t, p) => got.push(p.toString()));
+    return client;
+  };
+  let killed = false;
+  try {
+    // 1. The only member subscribes, then goes offline: what is published meanwhile waits for it.
+    const first = await member('b', w1 as Credential);
+    await first.subscribeAsync(group, { qos: 1 });
+    await first.endAsync();
+    await publishFromA(topic, 'offline', 20);
+    await member('c', w1 as Credential);
+    await until('the 20 queued while the group had no member online', () => got.length >= 20, 30_000);
+    assert.deepEqual([...new Set(got)].sort(), Array.from({ length: 20 }, (_, i) => `offline-${i}`).sort());
+
+    // 2. A second member on B; B killed mid-traffic: everything reaches a member (the first on C,
+    //    or the second once it is back, on C).
+    got.length = 0;
+    const two = await member('b', w2 as Credential);
+    await two.subscribeAsync(group, { qos: 1 });
+    const total = 300;
+    const publishing = publishFromA(topic, 'm', total);
+    await until('a third delivered', () => got.length >= total / 3, 30_000);
+    b.child.kill('SIGKILL');
+    killed = true;
+    await new Promise<void>((resolve) => two.once('close', () => resolve()));
+    two.end(true);
+    await publishing;
+    await member('c', w2 as Credential);
+    await until('every message at a member', () => new Set(got).size >= total, 90_000);
+    console.log(`shared group, member's node killed: ${total} delivered, ${got.length - total} duplicates`);
+  } finally {
+    await end(...clients);
+    if (killed) b = await spawnService('gateway', a.config.dataDir, await nats.node('b'));
   }
 });
 

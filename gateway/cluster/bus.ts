@@ -1,4 +1,4 @@
-import { connect, createInbox, type Msg, type NatsConnection, RequestStrategy, type Subscription } from 'nats';
+import { connect, createInbox, headers, type Msg, type NatsConnection, RequestStrategy, type Subscription } from 'nats';
 import type { Logger } from 'pino';
 import { isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
@@ -33,6 +33,11 @@ import {
   sessionSubject,
 } from './wire.ts';
 
+/**
+ * The NATS header naming the shared groups (their tokens, space-separated) a message went to
+ * through JetStream (durable groups, `cluster.sessions: jetstream`): their queue groups skip it.
+ */
+export const DURABLE_SHARES_HEADER = 'Fg-Durable-Shares';
 /** Retained messages per snapshot chunk, in bytes (NATS's default max payload is 1 MiB). */
 const SNAPSHOT_CHUNK_BYTES = 256 * 1024;
 /** One log line per this long about refused bus messages (each is counted). */
@@ -259,19 +264,24 @@ export class NatsBus {
     }
   }
 
-  #publish(subject: string, data: Uint8Array): boolean {
+  #publish(subject: string, data: Uint8Array, durableShares?: string[]): boolean {
     if (!this.#up) return false;
     try {
-      this.#nc.publish(subject, data);
+      if (durableShares === undefined) this.#nc.publish(subject, data);
+      else {
+        const h = headers();
+        h.set(DURABLE_SHARES_HEADER, durableShares.join(' '));
+        this.#nc.publish(subject, data, { headers: h });
+      }
       return true;
     } catch {
       return false; // closed or draining: the link watcher says why
     }
   }
 
-  publish(message: Message): void {
+  publish(message: Message, durableShares?: string[]): void {
     const subject = topicToSubject(message.topic);
-    if (this.#publish(subject, encodeEnvelope(message, isLongSubject(subject)))) this.counts.sent++;
+    if (this.#publish(subject, encodeEnvelope(message, isLongSubject(subject)), durableShares)) this.counts.sent++;
     else this.counts.lostWhileDown++;
   }
 
@@ -312,11 +322,15 @@ export class NatsBus {
    */
   sharedAdded(key: string, filter: string): void {
     if (this.#shared.has(key)) return;
-    const queue = `share_${topicHash(key)}`;
+    const token = topicHash(key);
+    const queue = `share_${token}`;
     const subs = filterToSubjects(filter).map((subject) =>
       this.#on(
         subject,
         (msg) => {
+          // Written to the group's JetStream queue by the publisher's node: it comes from there.
+          const durable = msg.headers?.get(DURABLE_SHARES_HEADER);
+          if (durable !== undefined && durable !== '' && durable.split(' ').includes(token)) return;
           const m = decodeEnvelope(msg.subject, msg.data);
           if ('invalid' in m) return this.#refuse(m.invalid, msg.subject);
           this.counts.received++;

@@ -17,7 +17,8 @@ import {
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { SUB } from '../mqtt/packets.ts';
-import { Message, type MqttSession } from '../mqtt/session.ts';
+import { Message, type MqttSession, type SharedAck } from '../mqtt/session.ts';
+import { parseShared, type SharedFilter } from '../mqtt/shared.ts';
 import { SubscriptionTrie } from '../mqtt/trie.ts';
 import { topicHash } from './subjects.ts';
 import {
@@ -44,6 +45,21 @@ export const NODES_BUCKET = 'fleetgate_nodes';
 const NODE_BEAT_MS = 2_000;
 /** A beat no longer rewritten goes after this (a node removed from the cluster). */
 const NODE_BEAT_TTL_MS = 24 * 3600_000;
+
+/**
+ * The stream of durable shared groups' QoS 1/2 messages (a group with a persistent member anywhere):
+ * `fg.share.<hash of the group's key>`, a work queue read through one durable consumer per group
+ * by every node with members of the group — each message to one of them, acknowledged when a
+ * member has it.
+ */
+export const SHARED_STREAM = 'FLEETGATE_SHARED';
+export const SHARED_PREFIX = 'fg.share';
+/**
+ * How long JetStream waits for a durable group's message to be acknowledged before giving it to
+ * another node: the node holding it says it is still working on it every third of that, so this
+ * is how long a dead node's messages wait before the group's other nodes get them.
+ */
+const SHARE_ACK_WAIT_MS = 15_000;
 
 export const inboxSubject = (clientId: string): string => `${INBOX_PREFIX}.${sessionKey(clientId)}`;
 const recordKey = (clientId: string): string => `s.${sessionKey(clientId)}`;
@@ -168,6 +184,13 @@ export class JetStreamState {
   readonly #revisions = new Map<string, number>();
   /** Their subscriptions that are owed QoS 1/2 messages. */
   readonly #owed = new SubscriptionTrie<string>();
+  /** Durable shared groups (a persistent member with QoS 1/2 anywhere): key → those members; a trie of their filters. */
+  readonly #durableShares = new Map<string, Set<string>>();
+  readonly #sharedOwed = new SubscriptionTrie<string>();
+  /** Shared groups with members here, and the readers of their JetStream queues. */
+  readonly #localShares = new Map<string, (message: Message, ack: SharedAck) => void>();
+  readonly #shareReaders = new Map<string, Reader>();
+  readonly #options: JetStreamOptions;
   readonly #attached = new Map<string, Inbox>();
   /** The last inbox write of each publisher to each session (`<publisher> NUL <client id>`): the next waits for it. */
   readonly #chains = new Map<string, Promise<unknown>>();
@@ -193,16 +216,17 @@ export class JetStreamState {
     jsm: JetStreamManager,
     kv: { sessions: KV; retained: KV; nodes: KV },
     node: string,
-    nodeTimeoutMs: number,
+    options: JetStreamOptions,
     log: Logger,
     events: JetStreamEvents,
   ) {
+    this.#options = options;
     this.#js = nc.jetstream({ timeout: WRITE_TIMEOUT_MS });
     this.#jsm = jsm;
     this.#sessions = kv.sessions;
     this.#retainedKv = kv.retained;
     this.#nodesKv = kv.nodes;
-    this.#nodeTimeout = nodeTimeoutMs;
+    this.#nodeTimeout = options.nodeTimeoutMs;
     this.#node = node;
     this.#consumerPrefix = `${topicHash(node).slice(0, 12)}_${this.#started}`;
     this.#log = log;
@@ -249,21 +273,13 @@ export class JetStreamState {
   ): Promise<JetStreamState> {
     try {
       const jsm = await nc.jetstreamManager({ timeout: WRITE_TIMEOUT_MS });
-      await ensureInbox(jsm, options);
+      await ensureStreams(jsm, options);
       const js = nc.jetstream({ timeout: WRITE_TIMEOUT_MS });
       const kvOptions = { replicas: options.replicas, history: 1, storage: StorageType.File };
       const sessions = await js.views.kv(SESSIONS_BUCKET, kvOptions);
       const retained = await js.views.kv(RETAINED_BUCKET, kvOptions);
       const nodes = await js.views.kv(NODES_BUCKET, { ...kvOptions, ttl: NODE_BEAT_TTL_MS });
-      const state = new JetStreamState(
-        nc,
-        jsm,
-        { sessions, retained, nodes },
-        node,
-        options.nodeTimeoutMs,
-        log,
-        events,
-      );
+      const state = new JetStreamState(nc, jsm, { sessions, retained, nodes }, node, options, log, events);
       await state.#watchSessions();
       await state.#watchNodes();
       void state.#followReconnects(nc);
@@ -432,14 +448,22 @@ export class JetStreamState {
     this.#forget(record.clientId);
     this.#records.set(record.clientId, record);
     this.#clientOfKey.set(sessionKey(record.clientId), record.clientId);
-    for (const [filter, value] of record.subs)
-      if ((value & SUB.QOS) > 0 && !filter.startsWith('$share/')) this.#owed.add(filter, record.clientId, value);
+    for (const [filter, value] of record.subs) {
+      if ((value & SUB.QOS) === 0) continue;
+      const shared = parseShared(filter);
+      if (shared === undefined) this.#owed.add(filter, record.clientId, value);
+      else if (shared !== 'invalid') this.#shareMember(shared, record.clientId, true);
+    }
   }
 
   #forget(clientId: string): void {
     const old = this.#records.get(clientId);
     if (old === undefined) return;
-    for (const [filter] of old.subs) this.#owed.remove(filter, clientId);
+    for (const [filter] of old.subs) {
+      const shared = parseShared(filter);
+      if (shared === undefined) this.#owed.remove(filter, clientId);
+      else if (shared !== 'invalid') this.#shareMember(shared, clientId, false);
+    }
     this.#records.delete(clientId);
     this.#clientOfKey.delete(sessionKey(clientId));
   }
@@ -591,10 +615,11 @@ export class JetStreamState {
    * cluster that is owed it (at least one of its subscriptions grants QoS 1 or 2; No Local
    * respected). The caller's acknowledgement waits for these writes ({@link afterCommit}).
    */
-  fanOut(message: Message): void {
-    if (message.qos === 0) return;
+  fanOut(message: Message): string[] | undefined {
+    if (message.qos === 0) return undefined;
+    const shares = this.#durableShares.size === 0 ? undefined : this.#fanOutShared(message);
     const owed = this.#owed.match(message.topic);
-    if (owed.size === 0) return;
+    if (owed.size === 0) return shares;
     let data: Buffer | undefined;
     for (const [clientId, value] of owed) {
       if ((value & SUB.NO_LOCAL) !== 0 && clientId === message.from) continue;
@@ -605,6 +630,162 @@ export class JetStreamState {
       // lost with a dying stream leader and tried again would land after a later one.
       this.#track(() => this.#js.publish(inboxSubject(clientId), body, { msgID }), `${message.from}\0${clientId}`);
     }
+    return shares;
+  }
+
+  // ── durable shared groups ────────────────────────────────────────────────────────────────────
+
+  /** A QoS 1/2 message to the queue of every durable shared group it matches, once each; their tokens. */
+  #fanOutShared(message: Message): string[] | undefined {
+    let tokens: string[] | undefined;
+    let data: Buffer | undefined;
+    for (const [key] of this.#sharedOwed.match(message.topic)) {
+      data ??= encodeEnvelope(message, true);
+      const body = data;
+      const token = topicHash(key);
+      const msgID = `${this.#node}.${this.#started}.${this.#writeId++}`;
+      // In order per publisher and group, as an inbox is.
+      this.#track(() => this.#js.publish(`${SHARED_PREFIX}.${token}`, body, { msgID }), `${message.from}\0\0${token}`);
+      (tokens ??= []).push(token);
+    }
+    return tokens;
+  }
+
+  /** Whether the shared group `key` is durable: its QoS 1/2 messages go through JetStream. */
+  durableShare(key: string): boolean {
+    return this.#durableShares.has(key);
+  }
+
+  /** A persistent session with QoS 1/2 in a shared group (`member`), or no longer. */
+  #shareMember(s: SharedFilter, clientId: string, member: boolean): void {
+    let members = this.#durableShares.get(s.key);
+    if (member) {
+      if (members === undefined) {
+        members = new Set();
+        this.#durableShares.set(s.key, members);
+        this.#sharedOwed.add(s.filter, s.key, 1);
+      }
+      members.add(clientId);
+      this.#syncShare(s.key);
+    } else if (members?.delete(clientId) === true && members.size === 0) {
+      this.#durableShares.delete(s.key);
+      this.#sharedOwed.remove(s.filter, s.key);
+    }
+  }
+
+  /** A shared group got its first member here: its queue is read here while the group is durable. */
+  shareJoined(key: string, deliver: (message: Message, ack: SharedAck) => void): void {
+    this.#localShares.set(key, deliver);
+    this.#syncShare(key);
+  }
+
+  /** A shared group lost its last member here: its queue is no longer read here. */
+  shareLeft(key: string): void {
+    this.#localShares.delete(key);
+    this.#syncShare(key);
+  }
+
+  /**
+   * Reads a group's queue here while it has members here and it is (or was, since this node began
+   * reading it: what is left in the queue still goes to the members) durable.
+   */
+  #syncShare(key: string): void {
+    const reader = this.#shareReaders.get(key);
+    if (!this.#localShares.has(key)) {
+      if (reader === undefined) return;
+      reader.stopped = true;
+      reader.messages?.stop();
+      this.#shareReaders.delete(key);
+      return;
+    }
+    if (reader !== undefined || !this.#durableShares.has(key)) return;
+    const r: Reader = { stopped: false, messages: undefined };
+    this.#shareReaders.set(key, r);
+    void this.#readShare(key, r);
+  }
+
+  /**
+   * A durable group's queue, read through the group's durable consumer (replicated like the
+   * stream; every node with members pulls from it, JetStream gives each message to one), until the
+   * reader is stopped; made again after a loss. Each message goes to `deliver` with its
+   * acknowledgement; one nobody here can take goes back to JetStream (`nak`).
+   */
+  async #readShare(key: string, reader: Reader): Promise<void> {
+    const token = topicHash(key);
+    const name = `fgs_${token.slice(0, 32)}`;
+    let failures = 0;
+    for (let n = 0; !reader.stopped; n++) {
+      // Made again after a loss (every group's at once when a NATS server died): spread out.
+      if (n > 0 && failures === 0) await new Promise((r) => setTimeout(r, Math.random() * 1_000));
+      try {
+        const messages = await withTimeout(
+          (async () => {
+            await this.#jsm.consumers.add(SHARED_STREAM, {
+              durable_name: name,
+              filter_subject: `${SHARED_PREFIX}.${token}`,
+              deliver_policy: DeliverPolicy.All,
+              ack_policy: AckPolicy.Explicit,
+              ack_wait: nanos(SHARE_ACK_WAIT_MS),
+              max_ack_pending: 4_096,
+              num_replicas: this.#options.replicas,
+              inactive_threshold: nanos(this.#options.maxAgeMs),
+            });
+            const consumer = await this.#js.consumers.get(SHARED_STREAM, name);
+            return consumer.consume({ max_messages: 64, expires: 10_000, idle_heartbeat: 2_500 });
+          })(),
+          CONSUMER_TIMEOUT_MS,
+          (late) => late.stop(),
+        );
+        reader.messages = messages;
+        if (reader.stopped) return messages.stop();
+        this.#watchConsumer(messages, SHARED_STREAM, name);
+        if ((await this.#deliverShared(key, reader, messages)) > 0) failures = 0;
+      } catch (err) {
+        if (reader.stopped) return;
+        if (failures === 0)
+          this.#log.warn(
+            { code: 'CLUSTER_UNAVAILABLE', stream: SHARED_STREAM, consumer: name, err: (err as Error).message },
+            'a shared group’s JetStream queue cannot be read now: trying again',
+          );
+        await new Promise((r) => setTimeout(r, backoff(failures++, 500, 3_000)));
+      }
+    }
+  }
+
+  /**
+   * A durable group's messages as its consumer gives them, each to `deliver` with its
+   * acknowledgement; those held here (queued or in flight to a member) are said to be worked on
+   * every third of the ack wait, so JetStream does not give them to another node meanwhile.
+   */
+  async #deliverShared(key: string, reader: Reader, messages: ConsumerMessages): Promise<number> {
+    let n = 0;
+    const held = new Set<JsMsg>();
+    const working = setInterval(() => {
+      for (const jm of held) jm.working();
+    }, SHARE_ACK_WAIT_MS / 3);
+    working.unref();
+    try {
+      for await (const jm of messages) {
+        n++;
+        const deliver = this.#localShares.get(key);
+        if (reader.stopped || deliver === undefined) {
+          jm.nak();
+          continue;
+        }
+        const m = decodeStored(jm.data);
+        if ('invalid' in m) {
+          this.#invalid(m.invalid, jm.subject);
+          jm.term();
+          continue;
+        }
+        this.counts.delivered++;
+        held.add(jm);
+        deliver(m.ok, sharedAck(jm, held));
+      }
+    } finally {
+      clearInterval(working);
+    }
+    return n;
   }
 
   /**
@@ -750,13 +931,18 @@ export class JetStreamState {
       (late) => late.messages.stop(),
     );
     made?.(pending);
+    this.#watchConsumer(messages, stream, filter);
+    return messages;
+  }
+
+  /** Stops a consumer's messages at any sign the consumer is gone (its reader makes it again). */
+  #watchConsumer(messages: ConsumerMessages, stream: string, what: string): void {
     void (async () => {
       for await (const s of await messages.status()) {
-        this.#log.debug({ stream, filter, status: s.type, data: s.data }, 'consumer status');
+        this.#log.debug({ stream, consumer: what, status: s.type, data: s.data }, 'consumer status');
         if (LOST.has(s.type)) return messages.stop();
       }
     })().catch(() => undefined);
-    return messages;
   }
 
   /**
@@ -767,7 +953,8 @@ export class JetStreamState {
   async #followReconnects(nc: NatsConnection): Promise<void> {
     for await (const s of nc.status()) {
       if (s.type !== 'reconnect') continue;
-      for (const reader of [...this.#attached.values(), ...this.#followers]) reader.messages?.stop();
+      for (const reader of [...this.#attached.values(), ...this.#followers, ...this.#shareReaders.values()])
+        reader.messages?.stop();
     }
   }
 
@@ -885,20 +1072,33 @@ export class JetStreamState {
       r.messages?.stop();
     }
     for (const clientId of [...this.#attached.keys()]) this.detach(clientId);
+    for (const key of [...this.#localShares.keys()]) this.shareLeft(key);
     await this.#tail;
     await Promise.allSettled(this.#pending);
   }
 }
 
+/** The inbox stream and the shared groups' work queue. */
+async function ensureStreams(jsm: JetStreamManager, options: JetStreamOptions): Promise<void> {
+  await ensureStream(jsm, options, INBOX_STREAM, INBOX_PREFIX, RetentionPolicy.Limits);
+  await ensureStream(jsm, options, SHARED_STREAM, SHARED_PREFIX, RetentionPolicy.Workqueue);
+}
+
 /**
- * The inbox stream, created when missing, its bounds brought to this node's configuration when
- * they differ (the last node started with a new configuration sets them for all).
+ * A stream of fleetgate's, created when missing, its bounds brought to this node's configuration
+ * when they differ (the last node started with a new configuration sets them for all).
  */
-async function ensureInbox(jsm: JetStreamManager, options: JetStreamOptions): Promise<void> {
+async function ensureStream(
+  jsm: JetStreamManager,
+  options: JetStreamOptions,
+  name: string,
+  prefix: string,
+  retention: RetentionPolicy,
+): Promise<void> {
   const config = {
-    name: INBOX_STREAM,
-    subjects: [`${INBOX_PREFIX}.>`],
-    retention: RetentionPolicy.Limits,
+    name,
+    subjects: [`${prefix}.>`],
+    retention,
     storage: StorageType.File,
     num_replicas: options.replicas,
     max_msgs_per_subject: options.maxQueued,
@@ -909,7 +1109,7 @@ async function ensureInbox(jsm: JetStreamManager, options: JetStreamOptions): Pr
   };
   let current: Awaited<ReturnType<JetStreamManager['streams']['info']>>['config'];
   try {
-    current = (await jsm.streams.info(INBOX_STREAM)).config;
+    current = (await jsm.streams.info(name)).config;
   } catch (err) {
     if ((err as { code?: string }).code !== '404') throw err;
     await jsm.streams.add(config);
@@ -921,7 +1121,19 @@ async function ensureInbox(jsm: JetStreamManager, options: JetStreamOptions): Pr
     current.num_replicas !== config.num_replicas ||
     current.duplicate_window !== config.duplicate_window
   )
-    await jsm.streams.update(INBOX_STREAM, config);
+    await jsm.streams.update(name, config);
+}
+
+/** A durable group's message's acknowledgement: whichever of ack and nak comes first counts; no longer `held`. */
+function sharedAck(jm: JsMsg, held: Set<JsMsg>): SharedAck {
+  return {
+    ack: () => {
+      if (held.delete(jm)) jm.ack();
+    },
+    nak: () => {
+      if (held.delete(jm)) jm.nak(1_000);
+    },
+  };
 }
 
 /** JetStream not answering for now (no leader yet, a server gone): worth another try. */

@@ -1,5 +1,13 @@
 import { nodeDistinguishedName } from '../../firmware-sdk/protocol/node-id.ts';
-import { INBOX_PREFIX, INBOX_STREAM, NODES_BUCKET, RETAINED_BUCKET, SESSIONS_BUCKET } from './jetstream.ts';
+import {
+  INBOX_PREFIX,
+  INBOX_STREAM,
+  NODES_BUCKET,
+  RETAINED_BUCKET,
+  SESSIONS_BUCKET,
+  SHARED_PREFIX,
+  SHARED_STREAM,
+} from './jetstream.ts';
 import { LONG_PREFIX, MESSAGE_PREFIX, RETAINED_PREFIX } from './subjects.ts';
 import {
   ADMIN_PREFIX,
@@ -24,9 +32,10 @@ import {
  *   requests for its own name only), and receives replies on its own inboxes only (`_INBOX.<node>.>`);
  * - an operator tool may ask the operator questions and read the answers, nothing else;
  * - with JetStream (`cluster.sessions: jetstream`), a gateway also writes session inboxes
- *   (`fg.inbox.>`) and the two key-value buckets, and may use the JetStream API on these three
- *   streams only — create them, read them, purge an inbox, make consumers on them — never delete a
- *   stream nor touch any other;
+ *   (`fg.inbox.>`), durable shared groups' queues (`fg.share.>`) and the key-value buckets, and may
+ *   use the JetStream API on these streams only — create them, read them, purge an inbox, make
+ *   consumers on them, acknowledge a shared group's messages — never delete a stream nor touch any
+ *   other;
  * - provisioning has no NATS user: it never uses the bus.
  *
  * A gateway publishes replies and snapshot chunks to `_INBOX.>`: only gateways may, so a snapshot
@@ -66,12 +75,17 @@ export function gatewayPermissions(node: string): { publish: string[]; subscribe
   };
 }
 
-/** The JetStream API a gateway uses, on fleetgate's four streams only; its beat under its own name only. */
+/**
+ * The JetStream API a gateway uses, on fleetgate's five streams only; its beat under its own name
+ * only; acknowledgements on the shared groups' queue only (the other consumers take none).
+ */
 function jetStreamPublish(node: string): string[] {
-  const streams = [INBOX_STREAM, `KV_${SESSIONS_BUCKET}`, `KV_${RETAINED_BUCKET}`, `KV_${NODES_BUCKET}`];
+  const streams = [INBOX_STREAM, SHARED_STREAM, `KV_${SESSIONS_BUCKET}`, `KV_${RETAINED_BUCKET}`, `KV_${NODES_BUCKET}`];
   const api = '$JS.API';
   return [
     `${INBOX_PREFIX}.>`,
+    `${SHARED_PREFIX}.>`,
+    `$JS.ACK.${SHARED_STREAM}.>`,
     `$KV.${SESSIONS_BUCKET}.>`,
     `$KV.${RETAINED_BUCKET}.>`,
     `$KV.${NODES_BUCKET}.${nodeBeatKey(node)}`,
@@ -79,6 +93,7 @@ function jetStreamPublish(node: string): string[] {
     `$JS.FC.>`,
     `${api}.STREAM.PURGE.${INBOX_STREAM}`,
     `${api}.STREAM.UPDATE.${INBOX_STREAM}`,
+    `${api}.STREAM.UPDATE.${SHARED_STREAM}`,
     `${api}.STREAM.MSG.GET.KV_${SESSIONS_BUCKET}`,
     ...streams.flatMap((s) => [
       `${api}.STREAM.INFO.${s}`,

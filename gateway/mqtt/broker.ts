@@ -5,9 +5,9 @@ import type { DeviceQuotas } from '../quotas.ts';
 import type { SessionTable } from '../sessions.ts';
 import type { RegistryLink } from '../status/registry-link.ts';
 import type { MqttConnection } from './connection.ts';
-import { rerouteShared } from './delivery.ts';
+import { rerouteShared, routeDurableShare } from './delivery.ts';
 import { RetainedStore } from './retained.ts';
-import { Message, MqttSession } from './session.ts';
+import { Message, MqttSession, type SharedAck } from './session.ts';
 import { parseShared, SharedGroups } from './shared.ts';
 import { DurableStore } from './store.ts';
 import { SubscriptionTrie } from './trie.ts';
@@ -31,7 +31,8 @@ export interface BrokerDeps {
 
 /** What the MQTT core needs of the cluster: the fan-out to other nodes and the filters it must hear. */
 export interface ClusterLink {
-  publish(message: Message): void;
+  /** To every other node; `durableShares`: the shared groups (their tokens) it went to through JetStream instead. */
+  publish(message: Message, durableShares?: string[]): void;
   filterAdded(filter: string): void;
   filterRemoved(filter: string): void;
   /** A shared group got its first member on this node: join the group's NATS queue group. */
@@ -71,8 +72,17 @@ export interface DurableCluster {
   /** The session's record, attached here (or `offline`). */
   save(mqtt: MqttSession, offline?: boolean): void;
   drop(clientId: string): void;
-  /** A QoS 1/2 message accepted here, to the inbox of every persistent session owed it. */
-  fanOut(message: Message): void;
+  /**
+   * A QoS 1/2 message accepted here, to the inbox of every persistent session owed it and to the
+   * queue of every durable shared group it matches (their tokens returned, for the bus).
+   */
+  fanOut(message: Message): string[] | undefined;
+  /** Whether a shared group's QoS 1/2 messages go through JetStream (a persistent member anywhere). */
+  durableShare(key: string): boolean;
+  /** A shared group got its first member here: its JetStream queue is read here while it is durable. */
+  shareJoined(key: string, deliver: (message: Message, ack: SharedAck) => void): void;
+  /** A shared group lost its last member here. */
+  shareLeft(key: string): void;
   afterCommit(fn: (err: Error | undefined) => void): void;
   attach(clientId: string, deliver: (message: Message, seq: number) => void): void;
   detach(clientId: string): void;
@@ -152,7 +162,10 @@ export class Broker {
   addFilter(filter: string, session: MqttSession, value: number, isNew: boolean): void {
     const shared = parseShared(filter);
     if (typeof shared === 'object') {
-      if (this.shared.join(shared, session, value)) this.deps.bus?.sharedAdded(shared.key, shared.filter);
+      if (this.shared.join(shared, session, value)) {
+        this.deps.bus?.sharedAdded(shared.key, shared.filter);
+        this.state?.shareJoined(shared.key, (m, ack) => routeDurableShare(this, shared.key, m, ack));
+      }
       return;
     }
     this.trie.add(filter, session, value);
@@ -165,7 +178,10 @@ export class Broker {
   removeFilter(filter: string, session: MqttSession): void {
     const shared = parseShared(filter);
     if (typeof shared === 'object') {
-      if (this.shared.leave(shared, session)) this.deps.bus?.sharedRemoved(shared.key, shared.filter);
+      if (this.shared.leave(shared, session)) {
+        this.deps.bus?.sharedRemoved(shared.key, shared.filter);
+        this.state?.shareLeft(shared.key);
+      }
       return;
     }
     if (!this.trie.remove(filter, session) || this.deps.bus === undefined) return;
@@ -307,8 +323,8 @@ export class Broker {
 
   /** A message accepted here (from a device, or a will), beyond this node: other nodes' subscribers, persistent sessions' inboxes. */
   publishOut(message: Message): void {
-    this.deps.bus?.publish(message);
-    this.state?.fanOut(message);
+    const durableShares = this.state?.fanOut(message);
+    this.deps.bus?.publish(message, durableShares);
   }
 
   /** What acknowledgements wait for: the cluster's JetStream writes, or this node's disk. */

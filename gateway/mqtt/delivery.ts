@@ -2,7 +2,7 @@ import type { Broker } from './broker.ts';
 import type { MqttConnection } from './connection.ts';
 import { type EncodedPublish, encodeAck, packetIdBytes, publishSize, withDup } from './encode.ts';
 import { SUB } from './packets.ts';
-import { type Delivery, INBOX_IDS, inboxPacketId, Message, type MqttSession } from './session.ts';
+import { type Delivery, INBOX_IDS, inboxPacketId, Message, type MqttSession, type SharedAck } from './session.ts';
 import type { SharedGroup } from './shared.ts';
 import { filterMatches, OVERLAP } from './trie.ts';
 
@@ -26,7 +26,11 @@ export function route(b: Broker, message: Message): void {
     deliver(b, mqtt, sub, message, undefined);
   }
   if (b.shared.size > 0 && !b.sharedOverBus())
-    for (const [group] of b.shared.trie.match(message.topic)) toGroup(b, group, message);
+    for (const [group] of b.shared.trie.match(message.topic)) {
+      // A durable group's QoS 1/2 messages come back from JetStream (fanOut wrote them there).
+      if (message.qos > 0 && b.state?.durableShare(group.key) === true) continue;
+      toGroup(b, group, message);
+    }
 }
 
 /** A message the bus gave this node for one shared group (its NATS queue group chose this node). */
@@ -35,26 +39,45 @@ export function routeShared(b: Broker, key: string, message: Message): void {
   if (group !== undefined && filterMatches(group.filter, message.topic)) toGroup(b, group, message);
 }
 
+/**
+ * A message of a durable shared group (a persistent member somewhere: `cluster.sessions:
+ * jetstream`), from the group's JetStream queue: to one member here, acknowledged to JetStream
+ * once the member has it; given back (to another node, or here later) when none here can take it.
+ */
+export function routeDurableShare(b: Broker, key: string, message: Message, ack: SharedAck): void {
+  const group = b.shared.get(key);
+  if (group === undefined || !filterMatches(group.filter, message.topic) || !toGroup(b, group, message, undefined, ack))
+    ack.nak();
+}
+
 /** One member of `group` gets the message (round robin over those connected; QoS 1/2 queued for a persistent one if none is). */
-export function toGroup(b: Broker, group: SharedGroup, message: Message, skip?: MqttSession): boolean {
+export function toGroup(b: Broker, group: SharedGroup, message: Message, skip?: MqttSession, ack?: SharedAck): boolean {
   const ready = (m: MqttSession) => {
     if (m === skip) return false;
     const conn = b.live.get(m);
     return conn !== undefined && conn.state === 'connected' && conn.session?.cut === undefined;
   };
-  const picked = group.pick(ready, message.qos > 0);
+  // From JetStream: only a member connected here (one that is not goes back to JetStream).
+  const picked = group.pick(ready, message.qos > 0 && ack === undefined);
   if (picked === undefined) {
-    b.m.dropNoMember.inc();
+    if (ack === undefined) b.m.dropNoMember.inc();
     return false;
   }
-  deliver(b, picked, group.members.get(picked)!, message, group.key);
+  deliver(b, picked, group.members.get(picked)!, message, group.key, ack);
   return true;
 }
 
-function deliver(b: Broker, mqtt: MqttSession, sub: number, message: Message, group: string | undefined): void {
+function deliver(
+  b: Broker,
+  mqtt: MqttSession,
+  sub: number,
+  message: Message,
+  group: string | undefined,
+  ack?: SharedAck,
+): void {
   const qos = Math.min(sub & SUB.QOS, message.qos) as 0 | 1 | 2; // [MQTT-3.8.4-6]
   const conn = b.live.get(mqtt);
-  if (conn !== undefined && conn.session?.cut !== undefined) return;
+  if (conn !== undefined && conn.session?.cut !== undefined) return ack?.nak();
   // Retain As Published [MQTT-3.3.1-12], [MQTT-3.3.1-13]; 3.1.1: always 0 on a live delivery.
   const retain = (sub & SUB.RETAIN_AS_PUBLISHED) !== 0 && message.retain;
   const ids =
@@ -65,9 +88,9 @@ function deliver(b: Broker, mqtt: MqttSession, sub: number, message: Message, gr
         : subscriptionIds(mqtt, sub, message.topic);
   if (qos === 0) {
     if (conn !== undefined) sendQos0(b, conn, message, retain, ids);
-    return;
+    return ack?.ack();
   }
-  if (conn === undefined && !mqtt.persistent) return;
+  if (conn === undefined && !mqtt.persistent) return ack?.nak();
   // In the cluster's durable state, a persistent session gets QoS 1/2 from its inbox (deliverStored).
   if (mqtt.persistent && b.state !== undefined && group === undefined) return;
   enqueue(b, mqtt, {
@@ -80,6 +103,7 @@ function deliver(b: Broker, mqtt: MqttSession, sub: number, message: Message, gr
     packetId: undefined,
     ...(ids && { subscriptionIds: ids }),
     ...(group !== undefined && { group }),
+    ...(ack !== undefined && { shareAck: ack }),
   });
 }
 
@@ -133,7 +157,8 @@ export function rerouteShared(b: Broker, owed: Delivery[]): number {
   let n = 0;
   for (const d of owed) {
     const group = d.group === undefined ? undefined : b.shared.get(d.group);
-    if (group !== undefined && toGroup(b, group, d.message)) n++;
+    if (group !== undefined && toGroup(b, group, d.message, undefined, d.shareAck)) n++;
+    else d.shareAck?.nak();
   }
   return n;
 }
@@ -227,6 +252,7 @@ export function enqueue(b: Broker, mqtt: MqttSession, d: Delivery): void {
       mqtt.qos2Out.delete(dropped.seq);
       b.state?.settled(mqtt.clientId, dropped.seq);
     }
+    dropped?.shareAck?.ack();
     b.m.dropQueue.inc();
   }
   if (mqtt.persistent && b.store !== undefined)
@@ -257,6 +283,7 @@ export function pump(b: Broker, mqtt: MqttSession): void {
         // Expired before onward delivery started [MQTT-3.3.2-5], or too large for this client [MQTT-3.1.2-25].
         if (d.rowId !== undefined) b.store?.dequeue(d.rowId);
         if (d.seq !== undefined) b.state?.settled(mqtt.clientId, d.seq);
+        d.shareAck?.ack();
         continue;
       }
     }

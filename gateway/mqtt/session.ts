@@ -143,6 +143,18 @@ export interface Delivery {
   subscriptionIds?: number[];
   /** The shared group it was given to this session through (`<share name> NUL <filter>`): rerouted if the session ends. */
   group?: string;
+  /** From a durable shared group's JetStream queue: acknowledged there once the member has it. */
+  shareAck?: SharedAck;
+}
+
+/**
+ * A message of a durable shared group as JetStream gave it to this node: `ack` once a member has
+ * it (PUBACK, PUBREC, or sent at QoS 0), `nak` when no member here can take it (JetStream gives it
+ * to another node, or to this one again later). Either at most once.
+ */
+export interface SharedAck {
+  ack(): void;
+  nak(): void;
 }
 
 /**

@@ -20,6 +20,7 @@ function settles(conn: MqttConnection, p: AckPacket, expect: 'publish' | 'releas
 
 function done(b: Broker, mqtt: MqttSession, id: number, d: Delivery): void {
   mqtt.inflight.delete(id);
+  d.shareAck?.ack();
   if (d.rowId !== undefined) b.store?.dequeue(d.rowId);
   if (d.seq !== undefined) b.state?.settled(mqtt.clientId, d.seq);
   pump(b, mqtt);
@@ -38,6 +39,9 @@ export function onPubrec(b: Broker, conn: MqttConnection, p: AckPacket): void {
   const mqtt = conn.mqtt as MqttSession;
   if (p.reasonCode >= 0x80) return done(b, mqtt, p.packetId, d);
   d.released = true;
+  // The member has it (a released delivery is not given to another member when its session ends).
+  d.shareAck?.ack();
+  d.shareAck = undefined;
   // From a JetStream inbox: "released" goes in the session's record before the PUBREL, so a node
   // that resumes the session after this one died sends the PUBREL, not the message again.
   if (d.seq !== undefined && b.state !== undefined && mqtt.persistent) {
