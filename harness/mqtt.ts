@@ -59,13 +59,20 @@ export async function until(
   ms = 20_000,
   everyMs = 20,
 ): Promise<void> {
-  await withTimeout(
-    (async () => {
-      while (!(await ok())) await new Promise((r) => setTimeout(r, everyMs));
-    })(),
-    ms,
-    what,
-  );
+  // The polling stops with the wait: a loop left running after a timeout would keep a failed
+  // test file's process alive (its event loop never empties), and the runner would wait for it.
+  let gaveUp = false;
+  try {
+    await withTimeout(
+      (async () => {
+        while (!gaveUp && !(await ok())) await new Promise((r) => setTimeout(r, everyMs));
+      })(),
+      ms,
+      what,
+    );
+  } finally {
+    gaveUp = true;
+  }
 }
 
 /**

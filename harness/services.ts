@@ -152,10 +152,11 @@ export async function spawnService(
   dataDir: string,
   env: NodeJS.ProcessEnv = {},
   root = ROOT,
+  args: readonly string[] = [],
 ): Promise<GatewayProcess> {
   const child = spawn(
     process.execPath,
-    [...SERVER_NODE_FLAGS, join(root, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir],
+    [...SERVER_NODE_FLAGS, join(root, 'bin', 'fleetgate.ts'), command, '--json', '--data', dataDir, ...args],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       // The allocator bin/fleetgate.ts would re-execute with, set here so the child is the server

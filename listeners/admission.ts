@@ -87,6 +87,20 @@ export async function admitAsync(
   return mayUse({ device: await source.status(identity, options.now), identity }, options);
 }
 
+/**
+ * {@link admitAsync} for a certificate whose chain another process of this fleetgate verified in
+ * its own TLS handshake: a gateway worker's admin listener, for what the supervisor's admin
+ * listener passes on (and only with the supervisor's token: see `gateway/admin/server.ts`).
+ */
+export async function admitCertificateAsync(
+  cert: X509Certificate,
+  source: AsyncStatusSource,
+  options: AdmitOptions = {},
+): Promise<Admitted> {
+  const identity = identityFromCertificate(cert);
+  return mayUse({ device: await source.status(identity, options.now), identity }, options);
+}
+
 interface AdmitOptions {
   /** Who may use this surface (the admin API: operators). */
   types?: readonly string[];

@@ -2,6 +2,13 @@ import type { AddressInfo, Server } from 'node:net';
 import { FleetgateError } from '../firmware-sdk/protocol/errors.ts';
 
 /**
+ * Whether this process is one of several gateway workers sharing each listener's port
+ * (`--workers`: the supervisor sets `FLEETGATE_REUSE_PORT=1`): the kernel spreads new connections
+ * over the workers' sockets (SO_REUSEPORT).
+ */
+export const reusePort = (): boolean => process.env.FLEETGATE_REUSE_PORT === '1';
+
+/**
  * Binds a server; a port that cannot be bound is a coded error naming the port and the setting
  * that changes it (PORT_IN_USE, or PORT_UNAVAILABLE for permissions and bad addresses), never an
  * unhandled 'error' event. Resolves with the bound port (0 picks a free one).
@@ -10,7 +17,7 @@ export function listen(server: Server, port: number, host: string, setting: stri
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => reject(bindError(err, host, port, setting));
     server.once('error', onError);
-    server.listen(port, host, () => {
+    server.listen({ port, host, reusePort: reusePort() }, () => {
       server.off('error', onError);
       resolve((server.address() as AddressInfo).port);
     });
@@ -35,7 +42,7 @@ export function bindError(err: NodeJS.ErrnoException, host: string, port: number
 
 /** What {@link listenApp} needs of a fastify instance (listen, close, its server). */
 interface App {
-  listen(opts: { host: string; port: number }): Promise<string>;
+  listen(opts: { host: string; port: number; reusePort?: boolean }): Promise<string>;
   close(): PromiseLike<undefined> | Promise<void>;
   server: Server;
 }
@@ -51,7 +58,7 @@ export async function listenApp(
   cleanup: () => unknown = () => undefined,
 ): Promise<number> {
   try {
-    await app.listen({ host: at.host, port: at.port });
+    await app.listen({ host: at.host, port: at.port, ...(reusePort() && { reusePort: true }) });
   } catch (err) {
     await app.close();
     await cleanup();

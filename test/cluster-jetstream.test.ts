@@ -384,12 +384,20 @@ test('jetstream/a node killed with its devices attached: their sessions expire l
   }
 });
 
-test('jetstream/one of three NATS servers killed mid-traffic: nothing PUBACKed lost', { skip }, async () => {
+test('jetstream/one of three NATS servers killed mid-traffic: nothing PUBACKed lost (a persistent session, a durable shared group)', {
+  skip,
+}, async () => {
   const device = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-natskill' });
+  const worker = await enrollDevice(a.registry, a.ca, a.dir, { id: 'js-natskill-w', type: 'service' });
   const sub = await persistent('c', device);
   const got: string[] = [];
   sub.client.on('message', (_t, p) => got.push(p.toString()));
   await sub.client.subscribeAsync('devices/js-natskill/commands/#', { qos: 1 });
+  // The only member of a shared group, persistent: the group's messages go through JetStream.
+  const member = await persistent('b', worker);
+  const shared: string[] = [];
+  member.client.on('message', (_t, p) => shared.push(p.toString()));
+  await member.client.subscribeAsync('$share/natskill/devices/js-natskill/commands/#', { qos: 1 });
   const acked: string[] = [];
   const total = 300;
   let killed = false;
@@ -415,11 +423,12 @@ test('jetstream/one of three NATS servers killed mid-traffic: nothing PUBACKed l
   assert.ok(killed);
   try {
     await until('every PUBACKed message at the subscriber', () => acked.every((m) => got.includes(m)), 60_000);
+    await until('every PUBACKed message at the shared group', () => acked.every((m) => shared.includes(m)), 60_000);
     console.log(
-      `NATS server killed mid-traffic: ${acked.length} acknowledged, ${got.length - new Set(got).size} duplicates`,
+      `NATS server killed mid-traffic: ${acked.length} acknowledged, ${got.length - new Set(got).size} duplicates (${shared.length - new Set(shared).size} in the group)`,
     );
   } finally {
-    await end(sub.client);
+    await end(sub.client, member.client);
     await nats.servers[0]!.start();
     await jetStreamAnswers(nats.servers[0]!.url);
   }

@@ -14,6 +14,8 @@ import type { ClusterLinks, LinkSecurity } from '../../runtime/cluster-links.ts'
 import { CliContext, type CommonOptions } from '../context.ts';
 import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
+import { runWorkers } from '../workers/run.ts';
+import { parseWorkers, workerReady, workerStarting } from '../workers/supervisor.ts';
 
 /** A running service: what to print, and how to stop it. */
 interface RunningService {
@@ -48,10 +50,11 @@ function rootLogger(level: string, format: LogFormat, jsonOutput: boolean) {
   );
 }
 
-async function serve(
-  opts: CommonOptions & { logFormat?: string },
-  which: 'up' | 'gateway' | 'provision',
-): Promise<void> {
+type ServeOptions = CommonOptions & { logFormat?: string; workers?: string };
+
+async function serve(opts: ServeOptions, which: 'up' | 'gateway' | 'provision'): Promise<void> {
+  const count = parseWorkers(opts.workers);
+  workerStarting();
   const ctx = new CliContext(opts);
   const stopped = waitForSignal(); // before anything is printed: a signal may follow at once
   const { created } = which === 'up' ? await initDataDir(ctx.config) : { created: [] };
@@ -65,6 +68,11 @@ async function serve(
       { file: rootKey },
       'the root CA key is still in the data directory: move it off this machine (the services never read it)',
     );
+  if (count > 1 && which !== 'provision')
+    return runWorkers({ ctx, opts, which, count, log, stopped: stopped.signal, created }).catch((err: unknown) => {
+      stopped.cancel();
+      throw err;
+    });
   const services: RunningService[] = [];
   let links: string[] = [];
   try {
@@ -75,6 +83,7 @@ async function serve(
         links.push(
           `issuing CA key here (${ctx.paths.intermediateKey}): a gateway node never uses it — keep it on provisioning hosts only (fleetgate cluster host-files)`,
         );
+      workerReady(gateway.ports.admin, gateway.endpoints);
       services.push(
         { name: 'mqtt+tls', endpoint: gateway.endpoints.mqtts, close: () => gateway.close() },
         { name: 'mqtt+wss', endpoint: gateway.endpoints.wss, close: async () => undefined },
@@ -172,15 +181,23 @@ function serviceCommand(common: CommonFlags, command: Command): Command {
   );
 }
 
+/** `up` and `gateway`: --workers too. */
+function gatewayCommand(common: CommonFlags, command: Command): Command {
+  return serviceCommand(common, command).option(
+    '--workers <count>',
+    'gateway processes sharing each device listener (SO_REUSEPORT), 1–64 or auto (one per core); above 1 they run as one cluster on a local nats-server (docs/operations.md#workers)',
+  );
+}
+
 export function registerUp(program: Command, common: CommonFlags): void {
-  serviceCommand(common, program.command('up'))
+  gatewayCommand(common, program.command('up'))
     .description('initialize the data directory if needed, start every service, run until SIGINT/SIGTERM')
-    .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'up'));
-  serviceCommand(common, program.command('gateway'))
+    .action((opts: ServeOptions) => serve(opts, 'up'));
+  gatewayCommand(common, program.command('gateway'))
     .description(
       'run the gateway only (MQTT 5 and 3.1.1 over TLS and WSS, the HTTPS plane, the admin listener) on an initialized data directory',
     )
-    .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'gateway'));
+    .action((opts: ServeOptions) => serve(opts, 'gateway'));
   serviceCommand(common, program.command('provision'))
     .description('run the provisioning service only (enrollment JSON API and EST) on an initialized data directory')
     .action((opts: CommonOptions & { logFormat?: string }) => serve(opts, 'provision'));

@@ -59,6 +59,7 @@ export const ERRORS = Object.freeze({
   PATH_INVALID: entry(400, 5, EXIT.rejected, 'invalid request path'),
   STORAGE_READ_ONLY: entry(500, 3, EXIT.unavailable, 'storage not writable'),
   RUNTIME_UNSUPPORTED: entry(500, 3, EXIT.usage, 'runtime not supported'),
+  WORKER_FAILED: entry(503, 3, EXIT.unavailable, 'gateway worker failed'),
 
   // --- devices ---
   DEVICE_ID_INVALID: entry(400, 2, EXIT.usage, 'invalid device id'),

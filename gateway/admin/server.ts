@@ -1,9 +1,10 @@
+import { timingSafeEqual, X509Certificate } from 'node:crypto';
 import type { TLSSocket, TlsOptions } from 'node:tls';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { GatewayConfig } from '../../config/config.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { admitAsync } from '../../listeners/admission.ts';
+import { admitAsync, admitCertificateAsync } from '../../listeners/admission.ts';
 import type { ConnectionGuard } from '../../listeners/guard.ts';
 import { onTlsClientError } from '../../listeners/handshake-errors.ts';
 import { frameworkError, httpError, logFields, sendError } from '../../listeners/http-errors.ts';
@@ -30,9 +31,33 @@ export interface AdminDeps {
   links: ClusterLinks;
 }
 
-/** Only an `operator` certificate, valid by the registry right now, may use /v1. */
+/**
+ * Only an `operator` certificate, valid by the registry right now, may use /v1 — the caller's own,
+ * or (a worker of `--workers`) the one the supervisor's admin listener verified in its handshake
+ * and passes on with the token only the supervisor and its workers know.
+ */
 async function requireOperator(req: FastifyRequest, registry: RegistryLink): Promise<string> {
+  const passed = supervisorPassed(req);
+  if (passed !== undefined) return (await admitCertificateAsync(passed, registry, { types: ['operator'] })).device.id;
   return (await admitAsync(req.raw.socket as TLSSocket, registry, { types: ['operator'] })).device.id;
+}
+
+/** The certificate the supervisor passed on (`x-fleetgate-peer`, DER in base64), when the token is the supervisor's. */
+function supervisorPassed(req: FastifyRequest): X509Certificate | undefined {
+  const token = process.env.FLEETGATE_SUPERVISOR_TOKEN;
+  const given = req.headers['x-fleetgate-supervisor'];
+  if (token === undefined || token === '' || typeof given !== 'string') return undefined;
+  const a = Buffer.from(given);
+  const b = Buffer.from(token);
+  if (a.length !== b.length || !timingSafeEqual(a, b))
+    throw new FleetgateError('NOT_AUTHORIZED', 'a request passed on by a supervisor that is not this worker’s');
+  const peer = req.headers['x-fleetgate-peer'];
+  if (typeof peer !== 'string') throw new FleetgateError('CERT_REQUIRED', 'an operator certificate is required');
+  try {
+    return new X509Certificate(Buffer.from(peer, 'base64'));
+  } catch {
+    throw new FleetgateError('CERT_INVALID', 'the certificate passed on is not one');
+  }
 }
 
 /**

@@ -141,6 +141,8 @@ interface Inbox extends Reader {
   settled: Set<number>;
   /** Every message up to this sequence is settled: purged from the stream. */
   floor: number;
+  /** The floor the last purge that succeeded went up to. */
+  purged: number;
   purging: boolean;
 }
 
@@ -801,6 +803,7 @@ export class JetStreamState {
       outstanding: [],
       settled: new Set(),
       floor: 0,
+      purged: 0,
       purging: false,
     };
     this.#attached.set(clientId, inbox);
@@ -991,6 +994,9 @@ export class JetStreamState {
       const floor = inbox.floor;
       this.#jsm.streams
         .purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 })
+        .then(() => {
+          inbox.purged = Math.max(inbox.purged, floor);
+        })
         .catch((err: unknown) => {
           this.#log.warn({ clientId, err: (err as Error).message }, 'purging a session inbox failed');
         })
@@ -1001,13 +1007,20 @@ export class JetStreamState {
     }, PURGE_EVERY_MS).unref();
   }
 
-  /** The session left this node: its inbox is no longer read here (what it did not acknowledge stays for the next node). */
+  /**
+   * The session left this node: its inbox is no longer read here (what it did not acknowledge
+   * stays for the next node). What it did acknowledge is purged now, not in the next batch — a
+   * device that reconnects at once, here or to another node, would otherwise get it again.
+   */
   detach(clientId: string): void {
     const inbox = this.#attached.get(clientId);
     if (inbox === undefined) return;
     inbox.stopped = true;
     inbox.messages?.stop();
     this.#attached.delete(clientId);
+    const floor = inbox.floor;
+    if (floor > inbox.purged)
+      this.#track(() => this.#jsm.streams.purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 }));
   }
 
   // ── retained messages ────────────────────────────────────────────────────────────────────────

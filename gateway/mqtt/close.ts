@@ -59,8 +59,10 @@ export function closed(b: Broker, conn: MqttConnection): void {
     if (mqtt.persistent && b.state !== undefined) {
       // It lives on in the cluster (offline), unless another connection took it over: the taker writes it.
       mqtt.lastSeen = Date.now();
-      if (conn.closeReason !== 'takeover') b.state.save(mqtt, true);
+      // Released first: what the device acknowledged is purged from its inbox before the record
+      // says it is offline (a node resuming it reads the record, then the inbox).
       b.release(mqtt);
+      if (conn.closeReason !== 'takeover') b.state.save(mqtt, true);
     } else if (mqtt.persistent) {
       mqtt.requeueInflight();
       mqtt.lastSeen = Date.now();
