@@ -12,14 +12,19 @@
 //  6. Shared subscriptions: QoS 0 and QoS 1, 10 publishers → a 4-member `$share` group beside
 //     → one ordinary subscriber, fleetgate (memory) and Mosquitto, MQTT 5 (BENCH_SHARED=0 skips
 //     it; BENCH_SHARED=only runs it alone)
+//  7. Workers (#29): QoS 0 and QoS 1, 10 publishers → 1 subscriber, fleetgate memory mode with one
+//     worker and with `--workers 2` (publishers on the subscriber's worker, then on the other),
+//     Mosquitto beside: server CPU per message over all the server's processes (the bus's part
+//     apart), messages/s, the load clients' CPU (BENCH_WORKERS=0 skips it; =only runs it alone)
 // Phases 1 and 2 are measured after an unmeasured warm-up on each server (BENCH_WARMUP_CONNECTS,
 // BENCH_WARMUP_MESSAGES): the steady state, not the JIT's first minutes.
 // Servers are child processes on loopback ports, stopped by PID. Every loop is bounded.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext, type SecureContext, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import mqtt, { type MqttClient } from 'mqtt';
+import { https } from '../harness/https.ts';
 import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 import {
@@ -309,6 +314,229 @@ async function sharedPhase(): Promise<void> {
 
 if (SHARED === 'only') {
   await sharedPhase();
+  fleet.registry.close();
+  fleet.cleanup();
+  process.exit(0);
+}
+
+const WORKERS = process.env.BENCH_WORKERS ?? '1';
+const WORKER_ROUNDS = Number(process.env.BENCH_WORKER_ROUNDS ?? 3);
+
+/** The PIDs of a process and all its descendants (a supervisor, its workers, their nats-server). */
+function processTree(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const ppid = Number(readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(d)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: number[] = [];
+  const walk = (pid: number) => {
+    out.push(pid);
+    for (const c of children.get(pid) ?? []) walk(c);
+  };
+  walk(root);
+  return out;
+}
+
+/** CPU seconds of the processes `pids` (those that `only` accepts by command line). */
+function cpuOf(pids: number[], only: (cmdline: string) => boolean = () => true): number {
+  let cpu = 0;
+  for (const pid of pids) {
+    try {
+      if (only(readFileSync(`/proc/${pid}/cmdline`, 'utf8'))) cpu += procStat(pid).cpu;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return cpu;
+}
+
+interface WorkersServer extends Server {
+  admin: string;
+  /** CPU seconds of its nats-server (the workers' bus), 0 with one worker. */
+  busCpuSeconds(): number;
+}
+
+/** fleetgate in memory mode with `n` workers (1: one process, as elsewhere here), on ports of its own. */
+async function startWorkers(n: number): Promise<WorkersServer> {
+  const env: Record<string, string> = { FLEETGATE_MQTT_DURABILITY: 'memory', FLEETGATE_MQTT_MAX_QUEUED: '100000' };
+  for (const k of ['MQTT', 'WSS', 'HTTPS', 'ADMIN', 'CONSOLE']) env[`FLEETGATE_${k}_PORT`] = String(await freePort());
+  const gw = await spawnService('gateway', fleet.config.dataDir, env, undefined, n > 1 ? ['--workers', String(n)] : []);
+  const pid = gw.child.pid!;
+  return {
+    name: `fleetgate, ${n} worker${n > 1 ? 's' : ''}`,
+    url: gw.endpoints['mqtt+tls']!,
+    admin: gw.endpoints.admin!,
+    cpuSeconds: () => cpuOf(processTree(pid)),
+    busCpuSeconds: () => cpuOf(processTree(pid), (cmd) => cmd.includes('nats-server')),
+    rssBytes: () => gw.rssBytes(),
+    stop: () => gw.stop(),
+  };
+}
+
+/**
+ * The subscriber and the publishers connected so that every publisher is on the subscriber's
+ * worker (`cross` false) or on the other one (`cross` true): where each landed is read from the
+ * admin API (`/v1/connections` names each connection's node), and a connection in the wrong
+ * place is made again until the kernel puts it right.
+ */
+async function openPlaced(
+  server: WorkersServer,
+  operator: Credential,
+  cross: boolean,
+): Promise<{ sub: MqttClient; pubs: MqttClient[] }> {
+  const sub = await open(server.url, service);
+  const pubs = await Promise.all(publishersCreds.slice(0, PUBLISHERS).map((c) => open(server.url, c)));
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const r = await https(`${server.admin}/v1/connections`, { ca, cred: operator });
+    const nodes = new Map(
+      (r.json<{ connections: { deviceId: string; node?: string }[] }>().connections ?? []).map((c) => [
+        c.deviceId,
+        c.node,
+      ]),
+    );
+    const at = nodes.get(service.deviceId);
+    const wrong = pubs.flatMap((_p, i) => {
+      const node = nodes.get(publishersCreds[i]!.deviceId);
+      return node === undefined || (cross ? node === at : node !== at) ? [i] : [];
+    });
+    if (at !== undefined && wrong.length === 0) return { sub, pubs };
+    for (const i of wrong) {
+      await pubs[i]!.endAsync(true);
+      pubs[i] = await open(server.url, publishersCreds[i]!);
+    }
+  }
+  throw new Error('publishers not placed after 200 attempts');
+}
+
+interface WorkerFigures {
+  /** QoS 0, QoS 1: server CPU per message (µs), of which the bus's, messages/s, the load clients' CPU (% of one core). */
+  cpuUs: [number, number];
+  busUs: [number, number];
+  rate: [number, number];
+  clientPct: [number, number];
+}
+
+/** QoS 0 and QoS 1 from the publishers to the subscriber: server CPU per message, rate, client CPU. */
+async function measureFlow(
+  server: Server & { busCpuSeconds?(): number },
+  sub: MqttClient,
+  pubs: MqttClient[],
+): Promise<WorkerFigures> {
+  const f: WorkerFigures = { cpuUs: [0, 0], busUs: [0, 0], rate: [0, 0], clientPct: [0, 0] };
+  for (const qos of [0, 1] as const) {
+    const topic = `w${qos}`;
+    await sub.subscribeAsync(`devices/+/${topic}`, { qos });
+    const warm = countArrivals(sub, PUBLISHERS * 200, (t) => t.endsWith(`/${topic}`));
+    await publishFromEach(pubs, topic, 200, qos);
+    await warm.done;
+    sub.removeAllListeners('message');
+    const count = qos === 0 ? MESSAGES : QOS1_MESSAGES;
+    const total = PUBLISHERS * count;
+    const arrivals = countArrivals(sub, total, (t) => t.endsWith(`/${topic}`));
+    const cpu0 = server.cpuSeconds();
+    const bus0 = server.busCpuSeconds?.() ?? 0;
+    const client0 = process.cpuUsage();
+    const t0 = performance.now();
+    await publishFromEach(pubs, topic, count, qos);
+    await arrivals.done;
+    const seconds = (performance.now() - t0) / 1000;
+    const client = process.cpuUsage(client0);
+    const n = arrivals.received();
+    f.cpuUs[qos] = ((server.cpuSeconds() - cpu0) / n) * 1e6;
+    f.busUs[qos] = (((server.busCpuSeconds?.() ?? 0) - bus0) / n) * 1e6;
+    f.rate[qos] = n / seconds;
+    f.clientPct[qos] = ((client.user + client.system) / 1e6 / seconds) * 100;
+    sub.removeAllListeners('message');
+    await sub.unsubscribeAsync(`devices/+/${topic}`);
+  }
+  return f;
+}
+
+/** One round of phase 7 on fleetgate with `n` workers: every placement's figures, by name. */
+async function workersRound(n: number, operator: Credential): Promise<[string, WorkerFigures][]> {
+  const server = await startWorkers(n);
+  const out: [string, WorkerFigures][] = [];
+  try {
+    for (const cross of n === 1 ? [false] : [false, true]) {
+      const { sub, pubs } =
+        n === 1
+          ? {
+              sub: await open(server.url, service),
+              pubs: await Promise.all(publishersCreds.slice(0, PUBLISHERS).map((c) => open(server.url, c))),
+            }
+          : await openPlaced(server, operator, cross);
+      out.push([
+        n === 1 ? '1 worker' : cross ? '2 workers, across' : '2 workers, on one',
+        await measureFlow(server, sub, pubs),
+      ]);
+      await Promise.all([sub, ...pubs].map((c) => c.endAsync(true)));
+    }
+  } finally {
+    await server.stop();
+  }
+  return out;
+}
+
+/** Phase 7 (#29): what workers cost and buy — 1 worker, 2 workers (traffic on one, traffic across), Mosquitto. */
+async function workersPhase(): Promise<void> {
+  const operator = await device('bench-operator', 'operator');
+  const runs = new Map<string, WorkerFigures[]>();
+  const add = (name: string, f: WorkerFigures) => runs.set(name, [...(runs.get(name) ?? []), f]);
+  for (let round = 0; round < WORKER_ROUNDS; round++) {
+    for (const n of [1, 2]) for (const [name, f] of await workersRound(n, operator)) add(name, f);
+    const mosquitto = await startMosquitto();
+    try {
+      const sub = await open(mosquitto.url, service);
+      const pubs = await Promise.all(publishersCreds.slice(0, PUBLISHERS).map((c) => open(mosquitto.url, c)));
+      add('Mosquitto', await measureFlow(mosquitto, sub, pubs));
+      await Promise.all([sub, ...pubs].map((c) => c.endAsync(true)));
+    } finally {
+      await mosquitto.stop();
+    }
+  }
+  const med = (name: string, pick: (f: WorkerFigures) => number) =>
+    percentile(
+      (runs.get(name) ?? []).map(pick).sort((a, b) => a - b),
+      50,
+    );
+  log('');
+  log(
+    `Workers (#29): ${PUBLISHERS} publishers → 1 subscriber, fleetgate memory mode; server CPU per message over all its processes (supervisor, workers, their nats-server), median of ${WORKER_ROUNDS} rounds`,
+  );
+  log(
+    '| traffic | QoS | server CPU / message | of which nats-server | / 1 worker | messages/s | load clients’ CPU (one core = 100 %) |',
+  );
+  log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const name of ['1 worker', '2 workers, on one', '2 workers, across', 'Mosquitto'])
+    for (const q of [0, 1] as const) {
+      const cpu = med(name, (f) => f.cpuUs[q]);
+      log(
+        `| ${name} | ${q} | ${fmt(cpu, 1)} µs | ${fmt(
+          med(name, (f) => f.busUs[q]),
+          1,
+        )} µs | ${fmt(cpu / med('1 worker', (f) => f.cpuUs[q]), 2)}× | ${fmt(
+          med(name, (f) => f.rate[q]),
+          0,
+        )} | ${fmt(
+          med(name, (f) => f.clientPct[q]),
+          0,
+        )} % |`,
+      );
+    }
+  for (const [name, fs] of runs)
+    log(
+      `${name}, every round (µs QoS 0 / QoS 1; messages/s QoS 0 / QoS 1): ${fs.map((f) => `${fmt(f.cpuUs[0], 1)} / ${fmt(f.cpuUs[1], 1)}; ${fmt(f.rate[0], 0)} / ${fmt(f.rate[1], 0)}`).join(' | ')}`,
+    );
+}
+
+if (WORKERS === 'only') {
+  await workersPhase();
   fleet.registry.close();
   fleet.cleanup();
   process.exit(0);
@@ -610,6 +838,7 @@ if (BASELINE !== undefined) {
 }
 
 if (SHARED !== '0') await sharedPhase();
+if (WORKERS !== '0') await workersPhase();
 
 // 4. Revoke → cut, fleetgate only (Mosquitto has no revocation to compare).
 const gw = await startFleetgate('disk');
