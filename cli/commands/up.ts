@@ -69,7 +69,11 @@ async function serve(opts: ServeOptions, which: 'up' | 'gateway' | 'provision'):
       'the root CA key is still in the data directory: move it off this machine (the services never read it)',
     );
   if (count > 1 && which !== 'provision')
-    return runWorkers({ ctx, opts, which, count, log, stopped: stopped.signal, created }).catch((err: unknown) => {
+    // The workers log as this process does (their own stdout is not a terminal's, nor --json's).
+    return runWorkers({
+      ...{ ctx, opts, which, count, log, stopped: stopped.signal, created },
+      logFormat: format === 'auto' ? (opts.json === true ? 'json' : 'pretty') : format,
+    }).catch((err: unknown) => {
       stopped.cancel();
       throw err;
     });

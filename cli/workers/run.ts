@@ -23,6 +23,7 @@ export async function runWorkers(p: {
   log: Logger;
   stopped: Promise<NodeJS.Signals>;
   created: string[];
+  logFormat: 'json' | 'pretty';
 }): Promise<void> {
   const { ctx, opts, which, count, log } = p;
   if (ctx.config.cluster.nats !== '')
@@ -43,6 +44,7 @@ export async function runWorkers(p: {
       FLEETGATE_ADMIN_PORT: '0',
       FLEETGATE_BUS_PID: String(bus.pid ?? ''),
       FLEETGATE_SUPERVISOR_TOKEN: token,
+      FLEETGATE_LOG_FORMAT: p.logFormat,
     }),
     log: log.child({ component: 'workers' }),
   });
