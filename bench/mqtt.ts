@@ -82,6 +82,16 @@ interface Server {
   cpuSeconds(): number;
   rssBytes(): number;
   stop(): Promise<void>;
+  /** Its process (for its system-call counts; one process only). */
+  pid?: number;
+}
+
+/** Read and write system calls a process has made so far (`/proc/<pid>/io`: syscr, syscw). */
+function syscalls(pid: number | undefined): { r: number; w: number } {
+  if (pid === undefined) return { r: Number.NaN, w: Number.NaN };
+  const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+  const field = (name: string) => Number(new RegExp(`^${name}: (\\d+)`, 'm').exec(io)?.[1] ?? Number.NaN);
+  return { r: field('syscr'), w: field('syscw') };
 }
 
 async function startMosquitto(): Promise<Server> {
@@ -122,6 +132,7 @@ async function startMosquitto(): Promise<Server> {
         child.once('exit', () => r());
         child.kill('SIGTERM');
       }),
+    pid: child.pid,
   };
 }
 
@@ -143,6 +154,7 @@ async function startFleetgate(
     rssBytes: () => gw.rssBytes(),
     stop: () => gw.stop(),
     gw,
+    pid: gw.child.pid,
   };
 }
 
@@ -550,6 +562,13 @@ interface Figures {
   loss0: number;
   loss1: number;
   lossP: number;
+  /** Write and read system calls of the server per message delivered (QoS 0, QoS 1, QoS 1 persistent). */
+  w0: number;
+  w1: number;
+  wP: number;
+  r0: number;
+  r1: number;
+  rP: number;
   idleKiB: number;
   idleCpuPct: number;
   connectRate: number;
@@ -582,6 +601,7 @@ async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'i
   const publishers = await Promise.all(publishersCreds.slice(0, PUBLISHERS).map((c) => open(server.url, c)));
   const out: number[] = [];
   const loss: number[] = [];
+  const sys: { r: number; w: number }[] = [];
   for (const phase of ['q0', 'q1', 'q1p'] as const) {
     const qos = phase === 'q0' ? 0 : 1;
     const topic = phase;
@@ -600,11 +620,14 @@ async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'i
     const total = PUBLISHERS * count;
     const arrivals = countArrivals(sub, total, (t) => t.endsWith(`/${topic}`));
     cpu0 = server.cpuSeconds();
+    const sys0 = syscalls(server.pid);
     t0 = performance.now();
     await publishFromEach(publishers, topic, count, qos);
     await arrivals.done;
     // Wait until the server has nothing left to do for this phase (its CPU stops moving).
     out.push(((server.cpuSeconds() - cpu0) / total) * 1e6);
+    const sys1 = syscalls(server.pid);
+    sys.push({ r: (sys1.r - sys0.r) / total, w: (sys1.w - sys0.w) / total });
     loss.push(1 - arrivals.received() / total);
     sub.removeAllListeners('message');
     await sub.unsubscribeAsync(`devices/+/${topic}`);
@@ -618,6 +641,12 @@ async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'i
     loss0: loss[0]!,
     loss1: loss[1]!,
     lossP: loss[2]!,
+    w0: sys[0]!.w,
+    w1: sys[1]!.w,
+    wP: sys[2]!.w,
+    r0: sys[0]!.r,
+    r1: sys[1]!.r,
+    rP: sys[2]!.r,
     connectRate: CONNECTS / connectSeconds,
   };
 }
@@ -786,6 +815,15 @@ log(
   `loss: QoS 0 ${[fg, fm, mo].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[fg, fm, mo].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')}; QoS 1 persistent ${[fg, fm, mo].map((r) => `${fmt(r.lossP * 100, 2)} %`).join(' / ')} (disk / memory / Mosquitto)`,
 );
 log(`connects/s (client-bound): ${[fg, fm, mo].map((r) => fmt(r.connectRate, 0)).join(' / ')}`);
+const calls = (r: Work) =>
+  `QoS 0 ${fmt(r.w0, 2)} / ${fmt(r.r0, 2)}, QoS 1 ${fmt(r.w1, 2)} / ${fmt(r.r1, 2)}, QoS 1 persistent ${fmt(r.wP, 2)} / ${fmt(r.rP, 2)}`;
+log(`server system calls per message delivered (write / read, all connections; median round):`);
+for (const [name, r] of [
+  ['fleetgate disk', fg],
+  ['fleetgate memory', fm],
+  ['Mosquitto', mo],
+] as const)
+  log(`  ${name}: ${calls(r)}`);
 if (V5) {
   const f5 = v5.get('fleetgate (memory)')!;
   const m5 = v5.get('mosquitto')!;
@@ -807,6 +845,7 @@ if (V5) {
   log(
     `| QoS 1 to a persistent session | ${fmt(fm.qos1PersistentUs, 1)} µs | ${fmt(f5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, fm.qos1PersistentUs)} | ${fmt(mo.qos1PersistentUs, 1)} µs | ${fmt(m5.qos1PersistentUs, 1)} µs | ${ratio(f5.qos1PersistentUs, m5.qos1PersistentUs)} |`,
   );
+  log(`server system calls per message (v5, write / read): fleetgate ${calls(f5)}; Mosquitto ${calls(m5)}`);
   log(
     `loss (v5): QoS 0 ${[f5, m5].map((r) => `${fmt(r.loss0 * 100, 2)} %`).join(' / ')}; QoS 1 ${[f5, m5].map((r) => `${fmt(r.loss1 * 100, 2)} %`).join(' / ')} (fleetgate / Mosquitto)`,
   );
