@@ -22,6 +22,8 @@ import type { CliContext } from '../context.ts';
 export interface LocalBus {
   readonly url: string;
   readonly pid: number | undefined;
+  /** Where its PID is written (each time it starts). */
+  readonly pidFile: string;
   /** The environment that makes worker `i` (1-based) a node of the bus. */
   workerEnv(i: number): Record<string, string>;
   /** Worker `i`'s node name. */
@@ -81,6 +83,7 @@ export async function startLocalBus(ctx: CliContext, count: number, log: Logger)
   const url = `tls://127.0.0.1:${port}`;
   return {
     url,
+    pidFile,
     get pid() {
       return proc.pid;
     },

@@ -42,7 +42,7 @@ export async function runWorkers(p: {
       FLEETGATE_REUSE_PORT: '1',
       FLEETGATE_ADMIN_HOST: '127.0.0.1',
       FLEETGATE_ADMIN_PORT: '0',
-      FLEETGATE_BUS_PID: String(bus.pid ?? ''),
+      FLEETGATE_BUS_PIDFILE: bus.pidFile,
       FLEETGATE_SUPERVISOR_TOKEN: token,
       FLEETGATE_LOG_FORMAT: p.logFormat,
     }),

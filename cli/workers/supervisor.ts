@@ -1,5 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 
@@ -198,22 +200,29 @@ const isWorker = (): boolean => process.env.FLEETGATE_WORKER !== undefined && ty
 
 /**
  * In a worker, first thing: stop this process when the supervisor is gone (its IPC channel
- * closed: it exited or was killed, SIGKILL included) — first stopping the local bus, whose PID the
- * supervisor gave (`FLEETGATE_BUS_PID`), so nothing of a killed supervisor keeps serving.
+ * closed: it exited or was killed, SIGKILL included) — first stopping the local bus, whose PID
+ * file the supervisor named (`FLEETGATE_BUS_PIDFILE`: read then, so a bus started again since
+ * counts), and only when that PID is still a nats-server of this data directory — so nothing of a
+ * killed supervisor keeps serving, and no other process is ever signalled.
  */
 export function workerStarting(): void {
   if (!isWorker()) return;
   process.once('disconnect', () => {
-    const bus = Number(process.env.FLEETGATE_BUS_PID);
-    if (Number.isInteger(bus) && bus > 1) {
-      try {
-        process.kill(bus, 'SIGTERM');
-      } catch {
-        // already gone (another worker stopped it)
-      }
-    }
+    stopBus(process.env.FLEETGATE_BUS_PIDFILE);
     process.kill(process.pid, 'SIGTERM');
   });
+}
+
+function stopBus(pidFile: string | undefined): void {
+  if (pidFile === undefined || pidFile === '') return;
+  try {
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    if (Number.isInteger(pid) && pid > 1 && cmdline.includes('nats-server') && cmdline.includes(dirname(pidFile)))
+      process.kill(pid, 'SIGTERM');
+  } catch {
+    // no PID file, or the process is gone (another worker stopped it)
+  }
 }
 
 /** In a worker: tells the supervisor its listeners are up. */
