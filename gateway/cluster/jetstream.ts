@@ -186,7 +186,10 @@ export class JetStreamState {
   readonly #revisions = new Map<string, number>();
   /** Their subscriptions that are owed QoS 1/2 messages. */
   readonly #owed = new SubscriptionTrie<string>();
-  /** Durable shared groups (a persistent member with QoS 1/2 anywhere): key → those members; a trie of their filters. */
+  /**
+   * Durable shared groups (a persistent member with QoS 1/2 anywhere): key → those members; a trie
+   * of their filters whose members are the groups' tokens (the hash naming a group's subject).
+   */
   readonly #durableShares = new Map<string, Set<string>>();
   readonly #sharedOwed = new SubscriptionTrie<string>();
   /** Shared groups with members here, and the readers of their JetStream queues. */
@@ -641,10 +644,9 @@ export class JetStreamState {
   #fanOutShared(message: Message): string[] | undefined {
     let tokens: string[] | undefined;
     let data: Buffer | undefined;
-    for (const [key] of this.#sharedOwed.match(message.topic)) {
+    for (const [token] of this.#sharedOwed.match(message.topic)) {
       data ??= encodeEnvelope(message, true);
       const body = data;
-      const token = topicHash(key);
       const msgID = `${this.#node}.${this.#started}.${this.#writeId++}`;
       // In order per publisher and group, as an inbox is.
       this.#track(() => this.#js.publish(`${SHARED_PREFIX}.${token}`, body, { msgID }), `${message.from}\0\0${token}`);
@@ -665,13 +667,13 @@ export class JetStreamState {
       if (members === undefined) {
         members = new Set();
         this.#durableShares.set(s.key, members);
-        this.#sharedOwed.add(s.filter, s.key, 1);
+        this.#sharedOwed.add(s.filter, topicHash(s.key), 1);
       }
       members.add(clientId);
       this.#syncShare(s.key);
     } else if (members?.delete(clientId) === true && members.size === 0) {
       this.#durableShares.delete(s.key);
-      this.#sharedOwed.remove(s.filter, s.key);
+      this.#sharedOwed.remove(s.filter, topicHash(s.key));
     }
   }
 
@@ -715,43 +717,30 @@ export class JetStreamState {
   async #readShare(key: string, reader: Reader): Promise<void> {
     const token = topicHash(key);
     const name = `fgs_${token.slice(0, 32)}`;
-    let failures = 0;
-    for (let n = 0; !reader.stopped; n++) {
-      // Made again after a loss (every group's at once when a NATS server died): spread out.
-      if (n > 0 && failures === 0) await new Promise((r) => setTimeout(r, Math.random() * 1_000));
-      try {
-        const messages = await withTimeout(
-          (async () => {
-            await this.#jsm.consumers.add(SHARED_STREAM, {
-              durable_name: name,
-              filter_subject: `${SHARED_PREFIX}.${token}`,
-              deliver_policy: DeliverPolicy.All,
-              ack_policy: AckPolicy.Explicit,
-              ack_wait: nanos(SHARE_ACK_WAIT_MS),
-              max_ack_pending: 4_096,
-              num_replicas: this.#options.replicas,
-              inactive_threshold: nanos(this.#options.maxAgeMs),
-            });
-            const consumer = await this.#js.consumers.get(SHARED_STREAM, name);
-            return consumer.consume({ max_messages: 64, expires: 10_000, idle_heartbeat: 2_500 });
-          })(),
-          CONSUMER_TIMEOUT_MS,
-          (late) => late.stop(),
-        );
-        reader.messages = messages;
-        if (reader.stopped) return messages.stop();
-        this.#watchConsumer(messages, SHARED_STREAM, name);
-        if ((await this.#deliverShared(key, reader, messages)) > 0) failures = 0;
-      } catch (err) {
-        if (reader.stopped) return;
-        if (failures === 0)
-          this.#log.warn(
-            { code: 'CLUSTER_UNAVAILABLE', stream: SHARED_STREAM, consumer: name, err: (err as Error).message },
-            'a shared group’s JetStream queue cannot be read now: trying again',
-          );
-        await new Promise((r) => setTimeout(r, backoff(failures++, 500, 3_000)));
-      }
-    }
+    const open = () =>
+      withTimeout(
+        (async () => {
+          await this.#jsm.consumers.add(SHARED_STREAM, {
+            durable_name: name,
+            filter_subject: `${SHARED_PREFIX}.${token}`,
+            deliver_policy: DeliverPolicy.All,
+            ack_policy: AckPolicy.Explicit,
+            ack_wait: nanos(SHARE_ACK_WAIT_MS),
+            max_ack_pending: 4_096,
+            num_replicas: this.#options.replicas,
+            inactive_threshold: nanos(this.#options.maxAgeMs),
+          });
+          const consumer = await this.#js.consumers.get(SHARED_STREAM, name);
+          const messages = await consumer.consume({ max_messages: 64, expires: 10_000, idle_heartbeat: 2_500 });
+          this.#watchConsumer(messages, SHARED_STREAM, name);
+          return messages;
+        })(),
+        CONSUMER_TIMEOUT_MS,
+        (late) => late.stop(),
+      );
+    await this.#keepReading(reader, { stream: SHARED_STREAM, consumer: name }, open, (messages, progress) =>
+      this.#deliverShared(key, reader, messages, progress),
+    );
   }
 
   /**
@@ -759,8 +748,7 @@ export class JetStreamState {
    * acknowledgement; those held here (queued or in flight to a member) are said to be worked on
    * every third of the ack wait, so JetStream does not give them to another node meanwhile.
    */
-  async #deliverShared(key: string, reader: Reader, messages: ConsumerMessages): Promise<number> {
-    let n = 0;
+  async #deliverShared(key: string, reader: Reader, messages: ConsumerMessages, progress: () => void): Promise<void> {
     const held = new Set<JsMsg>();
     const working = setInterval(() => {
       for (const jm of held) jm.working();
@@ -768,7 +756,7 @@ export class JetStreamState {
     working.unref();
     try {
       for await (const jm of messages) {
-        n++;
+        progress();
         const deliver = this.#localShares.get(key);
         if (reader.stopped || deliver === undefined) {
           jm.nak();
@@ -787,7 +775,6 @@ export class JetStreamState {
     } finally {
       clearInterval(working);
     }
-    return n;
   }
 
   /**
@@ -841,9 +828,7 @@ export class JetStreamState {
    * — from its oldest message, or the last of each subject — until `reader` is stopped. A consumer
    * lost with its NATS server is noticed by missed heartbeats (or its absence), a message lost on
    * its way by a gap in the delivery sequence; either way the consumer is made again from the next
-   * sequence by this loop. While JetStream cannot
-   * make one, it tries again, from about half a second apart to about three. `made` hears how many
-   * messages each new consumer has to deliver.
+   * sequence ({@link #keepReading}). `made` hears how many messages each new consumer has to deliver.
    */
   async #readOrdered(
     reader: Reader,
@@ -853,44 +838,65 @@ export class JetStreamState {
     made?: (pending: number) => void,
   ): Promise<void> {
     let next = 0; // 0: from the start
+    const open = () => {
+      const start =
+        next > 0
+          ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next }
+          : from.lastPerSubject === true
+            ? { deliver_policy: DeliverPolicy.LastPerSubject }
+            : {};
+      return this.#consumer(from.stream, from.filter, start, made);
+    };
+    await this.#keepReading(reader, { stream: from.stream, ...fields }, open, async (messages, progress) => {
+      // Without acknowledgements a message lost on its way (a route or server gone) is not sent
+      // again: a gap in the consumer's delivery sequence means one was — made again from `next`.
+      let delivered = 0;
+      for await (const jm of messages) {
+        if (reader.stopped) break;
+        if (jm.info.deliverySequence !== delivered + 1) {
+          this.#log.warn(
+            { stream: from.stream, ...fields, expected: delivered + 1, got: jm.info.deliverySequence },
+            'a JetStream message was lost on its way: reading again from the last one read',
+          );
+          messages.stop();
+          break;
+        }
+        delivered = jm.info.deliverySequence;
+        next = jm.seq + 1;
+        progress();
+        onMessage(jm);
+      }
+    });
+  }
+
+  /**
+   * Reads through consumers `open` makes until `reader` is stopped, each one's messages given to
+   * `read` (which calls `progress` for each message it reads). A consumer lost is made again —
+   * spread over a second, since every reader of the node lost its consumer at once when its NATS
+   * server died, rather than a burst of requests at a recovering JetStream; one that cannot be
+   * made or read is tried again from about half a second apart to about three.
+   */
+  async #keepReading(
+    reader: Reader,
+    fields: Record<string, unknown>,
+    open: () => Promise<ConsumerMessages>,
+    read: (messages: ConsumerMessages, progress: () => void) => Promise<void>,
+  ): Promise<void> {
     let failures = 0;
     for (let n = 0; !reader.stopped; n++) {
-      // Made again after a loss: every reader of the node lost its consumer at once (its NATS server
-      // died) — spread over a second rather than a burst of requests at a recovering JetStream.
       if (n > 0 && failures === 0) await new Promise((r) => setTimeout(r, Math.random() * 1_000));
       try {
-        const start =
-          next > 0
-            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next }
-            : from.lastPerSubject === true
-              ? { deliver_policy: DeliverPolicy.LastPerSubject }
-              : {};
-        const messages = await this.#consumer(from.stream, from.filter, start, made);
+        const messages = await open();
         reader.messages = messages;
         if (reader.stopped) return messages.stop();
-        // Without acknowledgements a message lost on its way (a route or server gone) is not sent
-        // again: a gap in the consumer's delivery sequence means one was — made again from `next`.
-        let delivered = 0;
-        for await (const jm of messages) {
-          if (reader.stopped) break;
-          if (jm.info.deliverySequence !== delivered + 1) {
-            this.#log.warn(
-              { stream: from.stream, ...fields, expected: delivered + 1, got: jm.info.deliverySequence },
-              'a JetStream message was lost on its way: reading again from the last one read',
-            );
-            messages.stop();
-            break;
-          }
-          delivered = jm.info.deliverySequence;
-          next = jm.seq + 1;
+        await read(messages, () => {
           failures = 0;
-          onMessage(jm);
-        }
+        });
       } catch (err) {
         if (reader.stopped) return;
         if (failures === 0)
           this.#log.warn(
-            { code: 'CLUSTER_UNAVAILABLE', stream: from.stream, ...fields, err: (err as Error).message },
+            { code: 'CLUSTER_UNAVAILABLE', ...fields, err: (err as Error).message },
             'a JetStream stream cannot be read now: trying again',
           );
         await new Promise((r) => setTimeout(r, backoff(failures++, 500, 3_000)));
@@ -992,8 +998,7 @@ export class JetStreamState {
     inbox.purging = true;
     setTimeout(() => {
       const floor = inbox.floor;
-      this.#jsm.streams
-        .purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 })
+      this.#purgeTo(clientId, floor)
         .then(() => {
           inbox.purged = Math.max(inbox.purged, floor);
         })
@@ -1019,8 +1024,12 @@ export class JetStreamState {
     inbox.messages?.stop();
     this.#attached.delete(clientId);
     const floor = inbox.floor;
-    if (floor > inbox.purged)
-      this.#track(() => this.#jsm.streams.purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 }));
+    if (floor > inbox.purged) this.#track(() => this.#purgeTo(clientId, floor));
+  }
+
+  /** Purges a session's inbox up to `floor` (every message up to it acknowledged). */
+  #purgeTo(clientId: string, floor: number): Promise<unknown> {
+    return this.#jsm.streams.purge(INBOX_STREAM, { filter: inboxSubject(clientId), seq: floor + 1 });
   }
 
   // ── retained messages ────────────────────────────────────────────────────────────────────────
