@@ -83,8 +83,7 @@ export async function admitAsync(
   source: AsyncStatusSource,
   options: AdmitOptions = {},
 ): Promise<Admitted> {
-  const identity = socketIdentity(socket);
-  return mayUse({ device: await source.status(identity, options.now), identity }, options);
+  return admitIdentityAsync(socketIdentity(socket), source, options);
 }
 
 /**
@@ -97,7 +96,14 @@ export async function admitCertificateAsync(
   source: AsyncStatusSource,
   options: AdmitOptions = {},
 ): Promise<Admitted> {
-  const identity = identityFromCertificate(cert);
+  return admitIdentityAsync(identityFromCertificate(cert), source, options);
+}
+
+async function admitIdentityAsync(
+  identity: PeerIdentity,
+  source: AsyncStatusSource,
+  options: AdmitOptions,
+): Promise<Admitted> {
   return mayUse({ device: await source.status(identity, options.now), identity }, options);
 }
 

@@ -58,7 +58,7 @@ export async function listenApp(
   cleanup: () => unknown = () => undefined,
 ): Promise<number> {
   try {
-    await app.listen({ host: at.host, port: at.port, ...(reusePort() && { reusePort: true }) });
+    await app.listen({ host: at.host, port: at.port, reusePort: reusePort() });
   } catch (err) {
     await app.close();
     await cleanup();
