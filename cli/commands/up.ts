@@ -14,6 +14,7 @@ import type { ClusterLinks, LinkSecurity } from '../../runtime/cluster-links.ts'
 import { CliContext, type CommonOptions } from '../context.ts';
 import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
+import { stopWithin } from '../shutdown.ts';
 import { runWorkers } from '../workers/run.ts';
 import { parseWorkers, workerReady, workerStarting } from '../workers/supervisor.ts';
 
@@ -150,16 +151,10 @@ async function serve(opts: ServeOptions, which: 'up' | 'gateway' | 'provision'):
   );
   const signal = await stopped.signal;
   log.info({ signal }, 'stopping');
-  // A shutdown that cannot finish (a link that never answers) does not keep the process: 30 s, then exit.
-  const force = setTimeout(() => {
-    log.error('shutdown did not finish in 30 s: exiting now');
-    process.exit(1);
-  }, 30_000);
-  force.unref();
-  await Promise.allSettled(services.map((s) => s.close()));
-  clearTimeout(force);
-  ctx.close();
-  process.stderr.write('fleetgate: stopped\n');
+  await stopWithin(log, 30_000, async () => {
+    await Promise.allSettled(services.map((s) => s.close()));
+    ctx.close();
+  });
 }
 
 const LINK_WORDS: Record<LinkSecurity, string> = {

@@ -1,12 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { request } from 'node:https';
 import type { TLSSocket } from 'node:tls';
-import Fastify from 'fastify';
 import type { Logger } from 'pino';
 import type { FleetgateConfig } from '../../config/config.ts';
 import type { DataPaths } from '../../config/paths.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
-import { frameworkError, httpError, sendError } from '../../listeners/http-errors.ts';
+import { adminFastify } from '../../gateway/admin/server.ts';
+import { httpError, sendError } from '../../listeners/http-errors.ts';
 import { listenApp } from '../../listeners/listen.ts';
 import { serverTlsOptions } from '../../listeners/tls.ts';
 import type { Supervisor, WorkerView } from './supervisor.ts';
@@ -24,7 +24,7 @@ interface Answer {
  * The supervisor's admin listener (`gateway.adminPort`, as a single gateway's): `/healthz` and
  * `/metrics` cover every worker — each worker's own admin listener (loopback, a port of its own) is
  * asked and the answers combined — and everything else (`/.well-known/jwks.json`, `/v1`) is
- * passed to a running worker, the operator's certificate with it (see `forwardedPeer`).
+ * passed to a running worker, the operator's certificate with it (checked there: `gateway/admin/server.ts`).
  */
 export async function startWorkersAdmin(
   config: FleetgateConfig,
@@ -34,14 +34,10 @@ export async function startWorkersAdmin(
   token: string,
 ): Promise<{ port: number; close(): Promise<void> }> {
   const g = config.gateway;
-  const app = Fastify({
-    https: serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
-    logger: false,
-    requestTimeout: g.adminRequestTimeoutMs,
-    connectionTimeout: g.adminRequestTimeoutMs,
-    keepAliveTimeout: 5_000,
-    frameworkErrors: frameworkError,
-  });
+  const app = adminFastify(
+    g,
+    serverTlsOptions(paths, { handshakeTimeoutMs: g.handshakeTimeoutMs, clientCert: 'optional' }),
+  );
   const rootPem = readFileSync(paths.rootCert, 'utf8');
   const ask = (w: WorkerView, method: string, path: string, headers: Record<string, string> = {}, body?: Buffer) =>
     askWorker(rootPem, w, method, path, headers, body);
@@ -97,16 +93,11 @@ async function health(
 ): Promise<Record<string, unknown> & { status: string }> {
   const workers = await Promise.all(
     supervisor.workers.map(async (w) => {
-      let status = w.state === 'running' ? 'unavailable' : w.state;
-      let sessions = 0;
-      if (w.state === 'running') {
-        const a = await ask(w, 'GET', '/healthz').catch(() => undefined);
-        if (a !== undefined) {
-          const b = JSON.parse(a.body) as { status?: string; sessions?: number };
-          status = b.status ?? 'unavailable';
-          sessions = b.sessions ?? 0;
-        }
-      }
+      // What another process answers is input: anything but its JSON counts as unavailable.
+      const { status, sessions } =
+        w.state === 'running'
+          ? parseHealth((await ask(w, 'GET', '/healthz').catch(() => undefined))?.body)
+          : { status: w.state, sessions: 0 };
       return { worker: w.name, pid: w.pid, status, sessions, restarts: w.restarts };
     }),
   );
@@ -116,6 +107,19 @@ async function health(
     sessions: workers.reduce((n, w) => n + w.sessions, 0),
     workers,
   };
+}
+
+/** A worker's `/healthz` answer: its status and session count; unavailable when it is not that. */
+function parseHealth(body: string | undefined): { status: string; sessions: number } {
+  try {
+    const b = JSON.parse(body ?? '') as { status?: unknown; sessions?: unknown };
+    return {
+      status: typeof b.status === 'string' ? b.status : 'unavailable',
+      sessions: Number.isSafeInteger(b.sessions) ? (b.sessions as number) : 0,
+    };
+  } catch {
+    return { status: 'unavailable', sessions: 0 };
+  }
 }
 
 /**

@@ -5,6 +5,7 @@ import { startProvisioning } from '../../provisioning/api/server.ts';
 import { allocatorInUse } from '../../runtime/allocator.ts';
 import type { CliContext, CommonOptions } from '../context.ts';
 import { emit } from '../output.ts';
+import { stopWithin } from '../shutdown.ts';
 import { startWorkersAdmin } from './admin.ts';
 import { startLocalBus } from './local-bus.ts';
 import { Supervisor } from './supervisor.ts';
@@ -25,7 +26,7 @@ export async function runWorkers(p: {
   created: string[];
   logFormat: 'json' | 'pretty';
 }): Promise<void> {
-  const { ctx, opts, which, count, log } = p;
+  const { ctx, which, count, log } = p;
   if (ctx.config.cluster.nats !== '')
     throw new FleetgateError(
       'USAGE',
@@ -73,15 +74,8 @@ export async function runWorkers(p: {
   banner(p, supervisor, bus.url, adminPort, provisioning?.endpoint);
   const signal = await p.stopped;
   log.info({ signal }, 'stopping the workers');
-  const force = setTimeout(() => {
-    log.error('shutdown did not finish in 45 s: exiting now');
-    process.exit(1);
-  }, 45_000);
-  force.unref();
-  await stopAll();
-  clearTimeout(force);
-  process.stderr.write('fleetgate: stopped\n');
-  void opts;
+  // Longer than a gateway's 30 s: the workers drain first (each within its own 30 s), then the bus.
+  await stopWithin(log, 45_000, stopAll);
 }
 
 function banner(

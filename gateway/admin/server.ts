@@ -61,6 +61,22 @@ function supervisorPassed(req: FastifyRequest): X509Certificate | undefined {
 }
 
 /**
+ * An admin listener's HTTP server: its TLS, its request and connection timeouts
+ * (`gateway.adminRequestTimeout`), framework errors in the catalogue's shape — this one's, and the
+ * `--workers` supervisor's, which answers on the same port in its place.
+ */
+export function adminFastify(config: GatewayConfig, tls: TlsOptions): FastifyInstance {
+  return Fastify({
+    https: tls,
+    logger: false,
+    requestTimeout: config.adminRequestTimeoutMs,
+    connectionTimeout: config.adminRequestTimeoutMs,
+    keepAliveTimeout: 5_000,
+    frameworkErrors: frameworkError,
+  });
+}
+
+/**
  * The admin listener (loopback by default): `/healthz` and `/metrics` for probes and
  * Prometheus, `/.well-known/jwks.json` for origins, `/v1/connections` for operators (client certificate of type `operator`).
  * The TLS layer requests a certificate but lets the request through without one, so probes
@@ -71,14 +87,7 @@ export async function startAdmin(
   tls: TlsOptions,
   deps: AdminDeps,
 ): Promise<{ app: FastifyInstance; port: number }> {
-  const app = Fastify({
-    https: tls,
-    logger: false,
-    requestTimeout: config.adminRequestTimeoutMs,
-    connectionTimeout: config.adminRequestTimeoutMs,
-    keepAliveTimeout: 5_000,
-    frameworkErrors: frameworkError,
-  });
+  const app = adminFastify(config, tls);
   app.server.on(
     'tlsClientError',
     onTlsClientError(
