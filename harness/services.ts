@@ -59,6 +59,22 @@ export async function stablePort(): Promise<number> {
   throw new Error('no free port below the ephemeral range');
 }
 
+/** Whether something on the loopback port accepts a connection now (with `tls`: completes a handshake). */
+export function accepts(port: number, tls = false): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = tls
+      ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+          s.destroy();
+          resolve(true);
+        })
+      : netConnect(port, '127.0.0.1', () => {
+          s.destroy();
+          resolve(true);
+        });
+    s.on('error', () => resolve(false));
+  });
+}
+
 /**
  * Resolves once something answers on 127.0.0.1:`port` (a peer server started as `child`): a TCP
  * connection, or with `tls` a TLS handshake, and `ready()` (e.g. a line the server printed);
@@ -72,21 +88,7 @@ export async function untilListening(
   options: { tls?: boolean; ready?: () => boolean; attempts?: number } = {},
 ): Promise<void> {
   for (let i = 0; i < (options.attempts ?? 200); i++) {
-    const up =
-      (options.ready?.() ?? true) &&
-      (await new Promise<boolean>((resolve) => {
-        const s =
-          options.tls === true
-            ? tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
-                s.destroy();
-                resolve(true);
-              })
-            : netConnect(port, '127.0.0.1', () => {
-                s.destroy();
-                resolve(true);
-              });
-        s.on('error', () => resolve(false));
-      }));
+    const up = (options.ready?.() ?? true) && (await accepts(port, options.tls === true));
     if (up) return;
     if (child.exitCode !== null) throw new Error(`${name} exited: ${output()}`);
     await new Promise((r) => setTimeout(r, 50));

@@ -7,7 +7,6 @@
 // leaves nothing serving.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
 import { test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { https } from '../harness/https.ts';
@@ -15,7 +14,7 @@ import { closed, collect, connect, end, until } from '../harness/mqtt.ts';
 import { natsAvailable } from '../harness/nats.ts';
 import { type Credential, enrollDevice } from '../harness/pki.ts';
 import { fleetgateOk } from '../harness/run.ts';
-import { benchFleet, spawnService, stablePort } from '../harness/services.ts';
+import { accepts, benchFleet, spawnService, stablePort } from '../harness/services.ts';
 
 if (!natsAvailable() && process.env.CI === 'true')
   throw new Error("nats-server is missing: .ci/run installs Debian's nats-server (--workers runs one)");
@@ -25,17 +24,6 @@ interface Health {
   status: string;
   workers: { worker: string; pid: number; status: string; restarts: number }[];
 }
-
-/** Whether something accepts connections on the loopback port. */
-const listening = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const s = netConnect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
 
 test('workers/two gateway workers on one port: sessions, subscriptions, takeover, kick and revocation across them; a dead worker restarted; SIGKILL of the supervisor leaves nothing', {
   skip,
@@ -175,11 +163,11 @@ test('workers/two gateway workers on one port: sessions, subscriptions, takeover
         } catch {
           return true;
         }
-      }) && !(await listening(Number(ports.FLEETGATE_MQTT_PORT))),
+      }) && !(await accepts(Number(ports.FLEETGATE_MQTT_PORT))),
     60_000,
     250,
   );
   const bus = readFileSync(`${config.dataDir}/workers/nats.conf`, 'utf8').match(/listen: "127\.0\.0\.1:(\d+)"/)?.[1];
   assert.ok(bus !== undefined);
-  await until('the local bus gone', async () => !(await listening(Number(bus))), 30_000, 250);
+  await until('the local bus gone', async () => !(await accepts(Number(bus))), 30_000, 250);
 });
