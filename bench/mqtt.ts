@@ -19,25 +19,25 @@
 // Phases 1 and 2 are measured after an unmeasured warm-up on each server (BENCH_WARMUP_CONNECTS,
 // BENCH_WARMUP_MESSAGES): the steady state, not the JIT's first minutes.
 // Servers are child processes on loopback ports, stopped by PID. Every loop is bounded.
-import { type ChildProcess, spawn } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContext, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import mqtt, { type MqttClient } from 'mqtt';
 import { https } from '../harness/https.ts';
-import { type Credential, csrPem, enrollDevice, keyPem, newKeys } from '../harness/pki.ts';
-import { enroll } from '../provisioning/enroll/pipeline.ts';
+import { type Credential, enrollDevice } from '../harness/pki.ts';
 import {
+  type BenchServer,
   benchFleet,
   countArrivals,
   fmt,
   freePort,
   type GatewayProcess,
   percentile,
-  procStat,
+  processTree,
   publishFromEach,
+  sharedKeyEnroller,
   spawnService,
-  untilTlsListening,
+  startMosquitto as startMosquittoFor,
+  treeStat,
 } from './lib.ts';
 
 const CONNECTS = Number(process.env.BENCH_CONNECTS ?? 300);
@@ -75,16 +75,7 @@ log(
   `fleetgate bench:mqtt — node ${process.version}; ${ROUNDS} rounds of ${CONNECTS} connects and ${PUBLISHERS}×${MESSAGES} QoS 0, ${PUBLISHERS}×${QOS1_MESSAGES} QoS 1 messages; ${IDLE} idle connections; peer: Mosquitto`,
 );
 
-/** A server under test: its URL and how to read its CPU and RSS. */
-interface Server {
-  name: string;
-  url: string;
-  cpuSeconds(): number;
-  rssBytes(): number;
-  stop(): Promise<void>;
-  /** Its process (for its system-call counts; one process only). */
-  pid?: number;
-}
+type Server = BenchServer;
 
 /** Read and write system calls a process has made so far (`/proc/<pid>/io`: syscr, syscw). */
 function syscalls(pid: number | undefined): { r: number; w: number } {
@@ -94,47 +85,7 @@ function syscalls(pid: number | undefined): { r: number; w: number } {
   return { r: field('syscr'), w: field('syscw') };
 }
 
-async function startMosquitto(): Promise<Server> {
-  const port = await freePort();
-  const conf = join(fleet.dir, 'mosquitto.conf');
-  // The same server certificate and trust as fleetgate; every connection presents a client certificate.
-  writeFileSync(
-    conf,
-    [
-      'user root',
-      'persistence false',
-      'log_dest none',
-      'set_tcp_nodelay true',
-      'per_listener_settings false',
-      `listener ${port} 127.0.0.1`,
-      `cafile ${fleet.paths.rootCert}`,
-      `certfile ${fleet.paths.serverCert}`,
-      `keyfile ${fleet.paths.serverKey}`,
-      'require_certificate true',
-      'use_identity_as_username true',
-      'allow_anonymous false',
-      '',
-    ].join('\n'),
-  );
-  const child: ChildProcess = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (b: Buffer) => {
-    err += b.toString();
-  });
-  await untilTlsListening(port, child, 'mosquitto', () => err);
-  return {
-    name: 'mosquitto',
-    url: `mqtts://127.0.0.1:${port}`,
-    cpuSeconds: () => procStat(child.pid!).cpu,
-    rssBytes: () => procStat(child.pid!).rss,
-    stop: () =>
-      new Promise((r) => {
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      }),
-    pid: child.pid,
-  };
-}
+const startMosquitto = async () => startMosquittoFor(fleet, await freePort());
 
 async function startFleetgate(
   durability: 'disk' | 'memory',
@@ -158,32 +109,14 @@ async function startFleetgate(
   };
 }
 
-// One key for every benchmark device (the registry allows it; the key is not what is measured),
-// so ten thousand certificates are made in seconds.
-const keys = await newKeys();
-const csr = await csrPem(keys, 'bench');
+const enroller = await sharedKeyEnroller(fleet);
 const ca = readFileSync(fleet.paths.rootCert);
 const contexts = new Map<string, SecureContext>();
 async function device(id: string, type = 'sensor'): Promise<Credential> {
   if (type !== 'sensor') return enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id, type });
-  fleet.registry.addDevice({ id, type }, 'bench');
-  const r = await enroll(
-    { registry: fleet.registry, ca: fleet.ca, defaultValidityMs: 86_400_000 },
-    { csr, auth: { method: 'operator', deviceId: id }, actor: 'bench' },
-  );
-  return {
-    deviceId: id,
-    certPem: r.certificate + r.chain,
-    keyPem: '',
-    certFile: '',
-    keyFile: '',
-    serial: r.serial,
-    fingerprint: r.fingerprint,
-    spki: '',
-    keys,
-  };
+  return enroller.enroll(id);
 }
-const sharedKeyPem = await keyPem(keys);
+const sharedKeyPem = enroller.keyPem;
 const contextFor = (cred: Credential) => {
   let c = contexts.get(cred.deviceId);
   if (c === undefined)
@@ -334,40 +267,6 @@ if (SHARED === 'only') {
 const WORKERS = process.env.BENCH_WORKERS ?? '1';
 const WORKER_ROUNDS = Number(process.env.BENCH_WORKER_ROUNDS ?? 3);
 
-/** The PIDs of a process and all its descendants (a supervisor, its workers, their nats-server). */
-function processTree(root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const ppid = Number(readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(d)]);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const out: number[] = [];
-  const walk = (pid: number) => {
-    out.push(pid);
-    for (const c of children.get(pid) ?? []) walk(c);
-  };
-  walk(root);
-  return out;
-}
-
-/** CPU seconds of the processes `pids` (those that `only` accepts by command line). */
-function cpuOf(pids: number[], only: (cmdline: string) => boolean = () => true): number {
-  let cpu = 0;
-  for (const pid of pids) {
-    try {
-      if (only(readFileSync(`/proc/${pid}/cmdline`, 'utf8'))) cpu += procStat(pid).cpu;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return cpu;
-}
-
 interface WorkersServer extends Server {
   admin: string;
   /** CPU seconds of its nats-server (the workers' bus), 0 with one worker. */
@@ -384,8 +283,8 @@ async function startWorkers(n: number): Promise<WorkersServer> {
     name: `fleetgate, ${n} worker${n > 1 ? 's' : ''}`,
     url: gw.endpoints['mqtt+tls']!,
     admin: gw.endpoints.admin!,
-    cpuSeconds: () => cpuOf(processTree(pid)),
-    busCpuSeconds: () => cpuOf(processTree(pid), (cmd) => cmd.includes('nats-server')),
+    cpuSeconds: () => treeStat(processTree(pid)).cpu,
+    busCpuSeconds: () => treeStat(processTree(pid), (cmd) => cmd.includes('nats-server')).cpu,
     rssBytes: () => gw.rssBytes(),
     stop: () => gw.stop(),
   };

@@ -6,8 +6,6 @@
 import { fork } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { connect, createServer } from 'node:tls';
-import { enrollDevice } from '../harness/pki.ts';
-import { benchFleet } from './lib.ts';
 
 const N = Number(process.env.BENCH_TLS_CONNECTIONS ?? 3_000);
 if (process.argv[2] === 'server') {
@@ -23,6 +21,10 @@ if (process.argv[2] === 'server') {
     setTimeout(() => process.send!({ rss: process.memoryUsage().rss, n: socks.length }), 500);
   });
 } else {
+  // Imported here, not above: the server process loads nothing but `node:tls` (bench:scale forks
+  // it too, and its RSS before the connections is part of the floor).
+  const { enrollDevice } = await import('../harness/pki.ts');
+  const { benchFleet } = await import('./lib.ts');
   const fleet = await benchFleet();
   const dev = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'm1' });
   const serverCert = readFileSync(fleet.paths.serverCert, 'utf8');

@@ -16,7 +16,7 @@ import type { CommonFlags } from '../flags.ts';
 import { emit } from '../output.ts';
 import { stopWithin } from '../shutdown.ts';
 import { runWorkers } from '../workers/run.ts';
-import { parseWorkers, workerReady, workerStarting } from '../workers/supervisor.ts';
+import { parseWorkers, workerReady, workerStarting, workerStopped } from '../workers/supervisor.ts';
 
 /** A running service: what to print, and how to stop it. */
 interface RunningService {
@@ -155,6 +155,7 @@ async function serve(opts: ServeOptions, which: 'up' | 'gateway' | 'provision'):
     await Promise.allSettled(services.map((s) => s.close()));
     ctx.close();
   });
+  workerStopped();
 }
 
 const LINK_WORDS: Record<LinkSecurity, string> = {

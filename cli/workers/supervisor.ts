@@ -213,6 +213,16 @@ export function workerStarting(): void {
   });
 }
 
+/**
+ * In a worker whose gateway has stopped: the IPC channel no longer keeps the process alive (its
+ * `disconnect` listener did: a drained worker waited for the supervisor's SIGKILL, 30 s later).
+ */
+export function workerStopped(): void {
+  if (!isWorker()) return;
+  process.removeAllListeners('disconnect');
+  process.channel?.unref();
+}
+
 function stopBus(pidFile: string | undefined): void {
   if (pidFile === undefined || pidFile === '') return;
   try {
