@@ -1,16 +1,19 @@
 // One load process of `npm run bench:scale` (forked by bench/scale.ts, driven over IPC). It holds
-// up to ~19,000 mutual-TLS connections (the descriptor limit is per process) from one source
-// address of its own (127.0.0.x: one address has ~28,000 ephemeral ports), each a device speaking
+// up to ~19,000 mutual-TLS connections (the descriptor limit is per process) from source addresses
+// of its own (127.<10 + process>.0.1–250, a few dozen connections each: binding a source address
+// makes the kernel pick the port at bind(), not per destination, and with thousands of ports taken
+// on one address each bind() scanned for a free one — measured: 29 % of a load process's CPU in
+// `inet_bhash2_conflict` at 64,000 connections over 7 addresses, the ramp down to 60/s), each a device speaking
 // just enough MQTT 3.1.1 to be one: CONNECT (clean session), PINGREQ within its keepalive,
 // PUBLISH QoS 1 when told. No MQTT library: a client's own cost per connection would share the
 // two cores with the gateway, and mqtt.js holds far more per connection than a device does.
 // In `tls` mode a connection is only the handshake (the bare Node TLS floor's clients).
 import { readFileSync } from 'node:fs';
-import { type ConnectionOptions, connect, createSecureContext, type TLSSocket } from 'node:tls';
+import { type ConnectionOptions, connect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
 
 /** What the parent asks; every command but `watch` is answered with `{ reply: id, ... }`. */
 export type ScaleCommand =
-  | { op: 'init'; file: string; localAddress: string; keepaliveSeconds: number }
+  | { op: 'init'; file: string; sourceNet: number; keepaliveSeconds: number }
   | {
       op: 'connect';
       id: number;
@@ -41,9 +44,12 @@ export interface ClientShare {
 
 interface Device {
   index: number;
+  /** Its place among this process's devices (which source address it connects from). */
+  place: number;
   id: string;
   cert: string;
   socket: TLSSocket | undefined;
+  ctx: SecureContext | undefined;
   /** CONNACK received (mqtt mode) or handshake done (tls mode), and not closed since. */
   up: boolean;
   /** The parent wants it connected (reconnected after a close while `reconnect` is on). */
@@ -59,7 +65,8 @@ const state = {
   devices: [] as Device[],
   byIndex: new Map<number, Device>(),
   byId: new Map<string, Device>(),
-  localAddress: '127.0.0.1',
+  /** Source addresses 127.<sourceNet>.0.1–250, one per device by its place in this process. */
+  sourceNet: 10,
   keepalive: 900,
   ca: '',
   key: '',
@@ -133,9 +140,10 @@ function attempt(d: Device, port: number, mqtt: boolean, timeoutMs = CONNECT_TIM
     const sock = connect({
       host: '127.0.0.1',
       port,
-      localAddress: state.localAddress,
+      localAddress: `127.${state.sourceNet}.0.${1 + (d.place % 250)}`,
       servername: 'localhost',
-      secureContext: createSecureContext({ ca: state.ca, cert: d.cert, key: state.key }),
+      // Made once per device and kept, as a device loads its key and certificate once.
+      secureContext: (d.ctx ??= createSecureContext({ ca: state.ca, cert: d.cert, key: state.key })),
     } as ConnectionOptions);
     d.socket = sock;
     d.pending = undefined;
@@ -301,16 +309,18 @@ process.on('message', (m: ScaleCommand) => {
   switch (m.op) {
     case 'init': {
       const share = JSON.parse(readFileSync(m.file, 'utf8')) as ClientShare;
-      state.localAddress = m.localAddress;
+      state.sourceNet = m.sourceNet;
       state.keepalive = m.keepaliveSeconds;
       state.ca = share.ca;
       state.key = share.key;
       share.indices.forEach((index, i) => {
         const d: Device = {
           index,
+          place: i,
           id: share.ids[i]!,
           cert: share.certs[i]!,
           socket: undefined,
+          ctx: undefined,
           up: false,
           wanted: false,
           failures: 0,

@@ -1,7 +1,7 @@
 // npm run bench:scale — 100,000 concurrent mutual-TLS MQTT devices on one box (#29): fleetgate
 // with workers, a bare Node TLS server (the floor) and Mosquitto in the same run, with the same
-// certificates and the same load processes (bench/scale-client.ts, each from its own 127.0.0.x
-// source address: the descriptor limit is per process and one address has ~28,000 ports).
+// certificates and the same load processes (bench/scale-client.ts, each from source addresses of
+// its own: the descriptor limit is per process and one address has ~28,000 ports).
 //  1. Floor: a bare Node `tls.createServer` (mTLS, nothing else) with devices/workers idle
 //     connections in one process: RSS per connection.
 //  2. fleetgate `gateway --workers W` from cold: all devices connect (clean MQTT 3.1.1 sessions,
@@ -74,7 +74,7 @@ setTimeout(() => {
 
 type Reply = Record<string, number> & { errors?: Record<string, number> };
 
-/** The load processes: device `i` belongs to process `i % P`, which connects from 127.0.0.(10 + that). */
+/** The load processes: device `i` belongs to process `i % P`, which connects from 127.(10 + that).0.x. */
 class Clients {
   readonly #procs: ChildProcess[] = [];
   readonly #waiting = new Map<string, (r: Reply) => void>();
@@ -83,10 +83,10 @@ class Clients {
 
   async start(files: string[]): Promise<void> {
     for (const [k, file] of files.entries()) {
-      // On jemalloc when the box has it, as the gateway is: the clients' freed TLS state goes back.
+      // On jemalloc when the box has it (purging after 1 s: at once cost CPU on every handshake's buffers).
       const child = fork(join(import.meta.dirname, 'scale-client.ts'), [], {
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-        env: { ...process.env, ...allocatorEnv('gateway') },
+        env: { ...process.env, ...allocatorEnv('provision') },
       });
       children.push(child);
       this.#procs.push(child);
@@ -98,7 +98,7 @@ class Clients {
         if (code !== 0) log(`load process ${k} exited (${code ?? signal})`);
       });
       const ready = this.#ask(k, 0);
-      child.send({ op: 'init', file, localAddress: `127.0.0.${10 + k}`, keepaliveSeconds: KEEPALIVE });
+      child.send({ op: 'init', file, sourceNet: 10 + k, keepaliveSeconds: KEEPALIVE });
       await ready;
     }
   }

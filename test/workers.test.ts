@@ -171,3 +171,38 @@ test('workers/two gateway workers on one port: sessions, subscriptions, takeover
   assert.ok(bus !== undefined);
   await until('the local bus gone', async () => !(await accepts(Number(bus))), 30_000, 250);
 });
+
+test('workers/SIGTERM of the supervisor drains every worker and exits 0: no worker waits for the SIGKILL', {
+  skip,
+  timeout: 120_000,
+}, async (t) => {
+  const fleet = await benchFleet();
+  t.after(() => {
+    fleet.registry.close();
+    fleet.cleanup();
+  });
+  const gw = await spawnService(
+    'gateway',
+    fleet.config.dataDir,
+    { FLEETGATE_MQTT_PORT: String(await stablePort()) },
+    undefined,
+    ['--workers', '2'],
+  );
+  t.after(() => {
+    if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL');
+  });
+  let stderr = '';
+  gw.child.stderr!.on('data', (b: Buffer) => {
+    stderr += b.toString();
+  });
+  const cred = await enrollDevice(fleet.registry, fleet.ca, fleet.dir, { id: 'wk-drain' });
+  const device = await connect(gw.endpoints['mqtt+tls'] as string, cred, { ca: fleet.paths.rootCert });
+  t.after(() => end(device));
+  const deviceClosed = closed(device, 60_000);
+  const exited = new Promise<number | null>((r) => gw.child.once('exit', (code) => r(code)));
+  gw.child.kill('SIGTERM');
+  await deviceClosed;
+  // A drained worker used to stay alive on its IPC channel until the supervisor killed it, 30 s on.
+  assert.equal(await exited, 0, stderr);
+  assert.doesNotMatch(stderr, /did not stop/);
+});

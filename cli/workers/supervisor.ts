@@ -186,7 +186,13 @@ export class Supervisor {
         }
         const exited = new Promise((r) => c.once('exit', r));
         c.kill('SIGTERM');
-        const timer = setTimeout(() => c.kill('SIGKILL'), 30_000);
+        const timer = setTimeout(() => {
+          this.#log.error(
+            { code: 'WORKER_FAILED', worker: w.name, pid: c.pid },
+            'worker did not stop within 30 s: killed',
+          );
+          c.kill('SIGKILL');
+        }, 30_000);
         await exited;
         clearTimeout(timer);
         w.state = 'stopped';
