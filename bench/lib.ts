@@ -124,7 +124,7 @@ export async function startMosquitto(
   const child: ChildProcess = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (b: Buffer) => {
-    err = (err + b.toString()).slice(-4_000);
+    err = (err + b.toString()).slice(-20_000);
   });
   await untilTlsListening(port, child, 'mosquitto', () => err);
   return {

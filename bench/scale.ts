@@ -507,11 +507,18 @@ async function mosquittoPhase(clients: Clients): Promise<void> {
   const up = (await clients.all({ op: 'stats' })).up!;
   const rss = m.rssBytes();
   const cpu = m.cpuSeconds() - c0;
+  // Its own log's error and warning lines, by kind (the timestamp cut), the most frequent first.
+  const kinds = new Map<string, number>();
+  for (const line of m.stderrTail().split('\n')) {
+    const text = line.replace(/^\d+: /, '').trim();
+    if (/error|warning|unable/i.test(text) && !/run as root/.test(text)) kinds.set(text, (kinds.get(text) ?? 0) + 1);
+  }
   const why =
-    m
-      .stderrTail()
-      .split('\n')
-      .find((l) => /error|warning|unable/i.test(l) && !/run as root/.test(l)) ?? '(nothing in its log)';
+    [...kinds]
+      .sort((x, y) => y[1] - x[1])
+      .slice(0, 2)
+      .map(([text, n]) => `${n}× ${text}`)
+      .join('; ') || '(nothing in its log)';
   figures.mosquitto = {
     tried: MOSQUITTO_MAX,
     up,
