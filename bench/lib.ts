@@ -6,7 +6,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { type Credential, csrPem, keyPem, newKeys } from '../harness/pki.ts';
-import { type benchFleet, procStat, untilTlsListening } from '../harness/services.ts';
+import { type benchFleet, measured, procStat, untilTlsListening } from '../harness/services.ts';
 import { enroll } from '../provisioning/enroll/pipeline.ts';
 
 export {
@@ -130,14 +130,7 @@ export async function startMosquitto(
   return {
     name: 'mosquitto',
     url: `mqtts://127.0.0.1:${port}`,
-    cpuSeconds: () => procStat(child.pid!).cpu,
-    rssBytes: () => procStat(child.pid!).rss,
-    stop: () =>
-      new Promise((r) => {
-        if (child.exitCode !== null || child.signalCode !== null) return r();
-        child.once('exit', () => r());
-        child.kill('SIGTERM');
-      }),
+    ...measured(child),
     pid: child.pid,
     stderrTail: () => err,
   };

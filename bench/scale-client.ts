@@ -63,8 +63,6 @@ interface Device {
 const CONNECT_TIMEOUT_MS = 30_000;
 const state = {
   devices: [] as Device[],
-  byIndex: new Map<number, Device>(),
-  byId: new Map<string, Device>(),
   /** Source addresses 127.<sourceNet>.0.1–250, one per device by its place in this process. */
   sourceNet: 10,
   keepalive: 900,
@@ -328,8 +326,6 @@ process.on('message', (m: ScaleCommand) => {
           acks: 0,
         };
         state.devices.push(d);
-        state.byIndex.set(index, d);
-        state.byId.set(d.id, d);
       });
       send({ reply: 0, devices: state.devices.length });
       break;

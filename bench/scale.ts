@@ -86,7 +86,7 @@ class Clients {
 
   async start(files: string[]): Promise<void> {
     for (const [k, file] of files.entries()) {
-      // On jemalloc when the box has it (purging after 1 s: at once cost CPU on every handshake's buffers).
+      // On jemalloc when the box has it, purging after 1 s as the provisioning service does.
       const child = fork(join(import.meta.dirname, 'scale-client.ts'), [], {
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
         env: { ...process.env, ...allocatorEnv('provision') },
@@ -142,10 +142,6 @@ class Clients {
     const p = new Promise<number>((resolve) => this.#cuts.set(id, resolve));
     this.#procs[index % this.#procs.length]!.send({ op: 'watch', device: id } satisfies ScaleCommand);
     return p;
-  }
-
-  pids(): number[] {
-    return this.#procs.map((p) => p.pid!);
   }
 }
 

@@ -134,6 +134,20 @@ export function procStat(pid: number): { cpu: number; rss: number } {
   return { cpu: (Number(f[11]) + Number(f[12])) / 100, rss: Number(f[21]) * 4096 };
 }
 
+/** A server started as `child`: its CPU seconds and RSS so far, and a SIGTERM stop that resolves at its exit. */
+export function measured(child: ChildProcess): { cpuSeconds(): number; rssBytes(): number; stop(): Promise<void> } {
+  return {
+    cpuSeconds: () => procStat(child.pid!).cpu,
+    rssBytes: () => procStat(child.pid!).rss,
+    stop: () =>
+      new Promise((r) => {
+        if (child.exitCode !== null || child.signalCode !== null) return r();
+        child.once('exit', () => r());
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
 export interface GatewayProcess {
   child: ChildProcess;
   endpoints: Record<string, string>;
@@ -194,18 +208,7 @@ export async function spawnService(
     try {
       const banner = JSON.parse(text) as { services: { name: string; endpoint: string }[] };
       const endpoints = Object.fromEntries(banner.services.map((s) => [s.name, s.endpoint.split(' ')[0]!]));
-      return {
-        child,
-        endpoints,
-        cpuSeconds: () => procStat(child.pid!).cpu,
-        rssBytes: () => procStat(child.pid!).rss,
-        stop: () =>
-          new Promise((r) => {
-            if (child.exitCode !== null || child.signalCode !== null) return r();
-            child.once('exit', () => r());
-            child.kill('SIGTERM');
-          }),
-      };
+      return { child, endpoints, ...measured(child) };
     } catch {
       // banner not complete yet
     }

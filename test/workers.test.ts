@@ -7,7 +7,7 @@
 // leaves nothing serving.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import type { MqttClient } from 'mqtt';
 import { https } from '../harness/https.ts';
 import { closed, collect, connect, end, until } from '../harness/mqtt.ts';
@@ -25,16 +25,24 @@ interface Health {
   workers: { worker: string; pid: number; status: string; restarts: number }[];
 }
 
-test('workers/two gateway workers on one port: sessions, subscriptions, takeover, kick and revocation across them; a dead worker restarted; SIGKILL of the supervisor leaves nothing', {
-  skip,
-  timeout: 240_000,
-}, async (t) => {
+/** A fleet in a temp dir and `fleetgate gateway --workers 2` on it (ports from `env`); both gone after the test. */
+async function twoWorkers(t: TestContext, env: Record<string, string>) {
   const fleet = await benchFleet();
   t.after(() => {
     fleet.registry.close();
     fleet.cleanup();
   });
-  const { dir, config, registry, ca } = fleet;
+  const gw = await spawnService('gateway', fleet.config.dataDir, env, undefined, ['--workers', '2']);
+  t.after(() => {
+    if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL');
+  });
+  return { fleet, gw };
+}
+
+test('workers/two gateway workers on one port: sessions, subscriptions, takeover, kick and revocation across them; a dead worker restarted; SIGKILL of the supervisor leaves nothing', {
+  skip,
+  timeout: 240_000,
+}, async (t) => {
   const ports = {
     FLEETGATE_MQTT_PORT: String(await stablePort()),
     FLEETGATE_WSS_PORT: String(await stablePort()),
@@ -42,10 +50,8 @@ test('workers/two gateway workers on one port: sessions, subscriptions, takeover
     FLEETGATE_ADMIN_PORT: String(await stablePort()),
     FLEETGATE_CONSOLE_PORT: String(await stablePort()),
   };
-  const gw = await spawnService('gateway', config.dataDir, ports, undefined, ['--workers', '2']);
-  t.after(() => {
-    if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL');
-  });
+  const { fleet, gw } = await twoWorkers(t, ports);
+  const { dir, config, registry, ca } = fleet;
   const url = gw.endpoints['mqtt+tls'] as string;
   const admin = `https://127.0.0.1:${ports.FLEETGATE_ADMIN_PORT}`;
   const rootPem = readFileSync(fleet.paths.rootCert);
@@ -176,21 +182,7 @@ test('workers/SIGTERM of the supervisor drains every worker and exits 0: no work
   skip,
   timeout: 120_000,
 }, async (t) => {
-  const fleet = await benchFleet();
-  t.after(() => {
-    fleet.registry.close();
-    fleet.cleanup();
-  });
-  const gw = await spawnService(
-    'gateway',
-    fleet.config.dataDir,
-    { FLEETGATE_MQTT_PORT: String(await stablePort()) },
-    undefined,
-    ['--workers', '2'],
-  );
-  t.after(() => {
-    if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL');
-  });
+  const { fleet, gw } = await twoWorkers(t, { FLEETGATE_MQTT_PORT: String(await stablePort()) });
   let stderr = '';
   gw.child.stderr!.on('data', (b: Buffer) => {
     stderr += b.toString();
