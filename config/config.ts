@@ -80,6 +80,13 @@ export interface FleetgateConfig {
      * like any offline session. At least 6 s.
      */
     nodeTimeoutMs: number;
+    /**
+     * `announced`: each node announces the subjects it listens on, and a node publishes to NATS
+     * only the messages another node may want (the default); `all`: every message accepted goes
+     * to NATS — for a cluster that still has nodes of a release before announcements (they
+     * announce nothing, so the others would not know what they want).
+     */
+    interest: 'announced' | 'all';
   };
 }
 
@@ -425,6 +432,7 @@ export const DEFAULTS: FleetgateConfig = Object.freeze({
     sessions: 'jetstream' as 'jetstream' | 'node',
     replicas: 3,
     nodeTimeoutMs: 30_000,
+    interest: 'announced' as 'announced' | 'all',
   },
   mqtt: {
     durability: 'disk' as const,
@@ -726,6 +734,12 @@ const SETTINGS = [
     env: 'FLEETGATE_CLUSTER_NODE_TIMEOUT',
     kind: 'nodetimeout',
   },
+  {
+    key: 'cluster.interest',
+    file: ['cluster', 'interest'],
+    env: 'FLEETGATE_CLUSTER_INTEREST',
+    kind: 'clusterinterest',
+  },
   { key: 'https.routes', file: ['https', 'routes'], env: '', kind: 'routes' },
   { key: 'gateway.limits', file: ['gateway', 'limits'], env: 'FLEETGATE_LIMITS', kind: 'limits' },
   { key: 'gateway.topics', file: ['gateway', 'topics'], env: '', kind: 'topics' },
@@ -798,7 +812,7 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
     }
     return value;
   }
-  if (kind === 'clustersessions' || kind === 'replicas' || kind === 'nodetimeout')
+  if (kind === 'clustersessions' || kind === 'clusterinterest' || kind === 'replicas' || kind === 'nodetimeout')
     return parseClusterValue(kind, value, where, problems);
   if (kind === 'durability') {
     if (value !== 'disk' && value !== 'memory') {
@@ -871,13 +885,22 @@ function parseValue(kind: Kind, value: unknown, where: string, problems: string[
   return list;
 }
 
-/** `cluster.sessions`, `cluster.replicas` and `cluster.nodeTimeout`. */
+/** `cluster.sessions`, `cluster.interest`, `cluster.replicas` and `cluster.nodeTimeout`. */
 function parseClusterValue(
-  kind: 'clustersessions' | 'replicas' | 'nodetimeout',
+  kind: 'clustersessions' | 'clusterinterest' | 'replicas' | 'nodetimeout',
   value: unknown,
   where: string,
   problems: string[],
 ): unknown {
+  if (kind === 'clusterinterest') {
+    if (value !== 'announced' && value !== 'all') {
+      problems.push(
+        `${where} must be "announced" (a node publishes only what another node listens to) or "all" (every message to NATS)`,
+      );
+      return undefined;
+    }
+    return value;
+  }
   if (kind === 'clustersessions') {
     if (value !== 'jetstream' && value !== 'node') {
       problems.push(`${where} must be "jetstream" (sessions follow devices across nodes) or "node"`);

@@ -32,7 +32,7 @@ interface HotCounts {
 }
 
 interface ClusterCounts {
-  counts?: { sent: number; received: number; lostWhileDown: number; invalid: number };
+  counts?: { sent: number; received: number; lostWhileDown: number; invalid: number; unwanted: number };
   /** `cluster.sessions: jetstream`: the durable state's own counts. */
   jetstream?: Record<'writes' | 'retries' | 'failedWrites' | 'delivered' | 'refreshed', number>;
   reported: Record<string, number>;
@@ -191,7 +191,7 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
     }),
     clusterMessages: new Counter({
       name: 'fleetgate_cluster_messages_total',
-      help: 'Messages between gateway nodes: sent, received, lost (published while the NATS link was down), invalid (read from NATS, refused by validation)',
+      help: 'Messages between gateway nodes: sent, received, lost (published while the NATS link was down), invalid (read from NATS, refused by validation), unwanted (not published: no other node listens to the subject)',
       labelNames: ['direction'] as const,
       registers: [registry],
       collect() {
@@ -202,6 +202,7 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
           ['received', c.received],
           ['lost', c.lostWhileDown],
           ['invalid', c.invalid],
+          ['unwanted', c.unwanted],
         ] as const) {
           const delta = growth(cluster.reported, direction, value);
           if (delta > 0) this.inc({ direction }, delta);

@@ -4,6 +4,7 @@ import { isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { NODE_NAME } from '../../firmware-sdk/protocol/node-id.ts';
 import type { Message } from '../mqtt/session.ts';
+import { Interest } from './interest.ts';
 import {
   filterToSubjects,
   isLongSubject,
@@ -56,12 +57,16 @@ export interface BusEvents {
   shared(key: string, message: Message): void;
 }
 
-/** Counts for metrics: messages each way, published while the link was down, and refused as malformed. */
+/**
+ * Counts for metrics: messages each way, published while the link was down, refused as malformed,
+ * and not published because no other node listens to their subject (`interest.ts`).
+ */
 export interface BusCounts {
   sent: number;
   received: number;
   lostWhileDown: number;
   invalid: number;
+  unwanted: number;
 }
 
 /** How this node reaches NATS: URLs, and (for `tls://`) its node certificate and the fleet's CA (PEM). */
@@ -109,7 +114,9 @@ export class NatsBus {
   readonly #limits: BusLimits;
   readonly #subs = new Map<string, { sub: Subscription; count: number }>();
   #up = true;
-  readonly counts: BusCounts = { sent: 0, received: 0, lostWhileDown: 0, invalid: 0 };
+  readonly counts: BusCounts = { sent: 0, received: 0, lostWhileDown: 0, invalid: 0, unwanted: 0 };
+  /** What the other nodes listen on (undefined: `cluster.interest: all`, every message is published). */
+  readonly #interest: Interest | undefined;
   #invalidLoggedAt = 0;
   #invalidUnlogged = 0;
   readonly #node: string;
@@ -121,6 +128,7 @@ export class NatsBus {
     log: Logger,
     events: BusEvents,
     limits: BusLimits,
+    interest: boolean,
   ) {
     this.#nc = nc;
     this.#sharedNc = sharedNc;
@@ -140,6 +148,13 @@ export class NatsBus {
       if ('invalid' in a) this.#refuse(a.invalid, msg.subject);
       else this.#events.session(a.ok.clientId, a.ok.node);
     });
+    this.#interest = interest
+      ? new Interest(nc, node, {
+          on: (subject, handler) => this.#on(subject, handler),
+          publish: (subject, data, reply) => this.#publish(subject, data, undefined, reply),
+          refuse: (reason, subject) => this.#refuse(reason, subject),
+        })
+      : undefined;
   }
 
   /** Connects to NATS; rejects CLUSTER_UNAVAILABLE if it cannot at start (the server refused this node's certificate, say). */
@@ -149,6 +164,7 @@ export class NatsBus {
     log: Logger,
     events: BusEvents,
     limits: BusLimits,
+    interest = true,
   ): Promise<NatsBus> {
     const options = {
       servers: link.servers
@@ -169,7 +185,7 @@ export class NatsBus {
         await nc.close();
         throw e;
       });
-      return new NatsBus(nc, sharedNc, node, log, events, limits);
+      return new NatsBus(nc, sharedNc, node, log, events, limits, interest);
     } catch (err) {
       throw new FleetgateError(
         'CLUSTER_UNAVAILABLE',
@@ -256,6 +272,7 @@ export class NatsBus {
           { server: String(s.data), lostWhileDown: this.counts.lostWhileDown },
           'NATS link back: fan-out between nodes resumed',
         );
+        this.#interest?.reconnected();
         this.#events.link('up');
       } else if (s.type === 'error') {
         // Permissions violations arrive here (a node configured with the wrong role, say).
@@ -264,15 +281,15 @@ export class NatsBus {
     }
   }
 
-  #publish(subject: string, data: Uint8Array, durableShares?: string[]): boolean {
+  #publish(subject: string, data: Uint8Array, durableShares?: string[], reply?: string): boolean {
     if (!this.#up) return false;
     try {
-      if (durableShares === undefined) this.#nc.publish(subject, data);
-      else {
+      if (durableShares !== undefined) {
         const h = headers();
         h.set(DURABLE_SHARES_HEADER, durableShares.join(' '));
         this.#nc.publish(subject, data, { headers: h });
-      }
+      } else if (reply !== undefined) this.#nc.publish(subject, data, { reply });
+      else this.#nc.publish(subject, data);
       return true;
     } catch {
       return false; // closed or draining: the link watcher says why
@@ -281,6 +298,10 @@ export class NatsBus {
 
   publish(message: Message, durableShares?: string[]): void {
     const subject = topicToSubject(message.topic);
+    if (this.#interest?.wants(subject) === false) {
+      this.counts.unwanted++;
+      return;
+    }
     if (this.#publish(subject, encodeEnvelope(message, isLongSubject(subject)), durableShares)) this.counts.sent++;
     else this.counts.lostWhileDown++;
   }
@@ -300,6 +321,7 @@ export class NatsBus {
   /** A filter got its first local subscriber. */
   filterAdded(filter: string): void {
     for (const subject of filterToSubjects(filter)) {
+      this.#interest?.add(subject);
       const held = this.#subs.get(subject);
       if (held !== undefined) {
         held.count++;
@@ -324,8 +346,9 @@ export class NatsBus {
     if (this.#shared.has(key)) return;
     const token = topicHash(key);
     const queue = `share_${token}`;
-    const subs = filterToSubjects(filter).map((subject) =>
-      this.#on(
+    const subs = filterToSubjects(filter).map((subject) => {
+      this.#interest?.add(subject, true);
+      return this.#on(
         subject,
         (msg) => {
           // Written to the group's JetStream queue by the publisher's node: it comes from there.
@@ -337,20 +360,24 @@ export class NatsBus {
           this.#events.shared(key, m.ok);
         },
         { queue },
-      ),
-    );
+      );
+    });
     this.#shared.set(key, subs);
   }
 
   /** A shared group lost its last member here. */
-  sharedRemoved(key: string, _filter: string): void {
-    for (const sub of this.#shared.get(key) ?? []) sub.unsubscribe();
+  sharedRemoved(key: string, filter: string): void {
+    const subs = this.#shared.get(key);
+    if (subs === undefined) return;
+    for (const sub of subs) sub.unsubscribe();
+    for (const subject of filterToSubjects(filter)) this.#interest?.remove(subject, true);
     this.#shared.delete(key);
   }
 
   /** A filter lost its last local subscriber. */
   filterRemoved(filter: string): void {
     for (const subject of filterToSubjects(filter)) {
+      this.#interest?.remove(subject);
       const held = this.#subs.get(subject);
       if (held === undefined) continue;
       if (--held.count > 0) continue;
@@ -569,8 +596,14 @@ export class NatsBus {
     return { ok: { messages, complete: false } }; // the time bound ended it
   }
 
+  /** What this node knows of the other nodes' interest (undefined with `cluster.interest: all`). */
+  get interest(): { peers: number; subjects: number; everything: boolean } | undefined {
+    return this.#interest?.state;
+  }
+
   /** Drains both connections (what was published reaches NATS), closing them outright after 5 s. */
   async close(): Promise<void> {
+    this.#interest?.close();
     await Promise.all(
       [this.#nc, this.#sharedNc].map(async (nc) => {
         let timer: NodeJS.Timeout | undefined;

@@ -66,6 +66,7 @@ export class ClusterJoin {
         },
       },
       { retainedTotal: config.mqtt.retainedTotal, retainedBytesTotal: config.mqtt.retainedBytesTotal },
+      config.cluster.interest === 'announced',
     );
     join = new ClusterJoin(bus, log, changed);
     if (config.cluster.sessions === 'jetstream') {

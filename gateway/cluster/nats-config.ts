@@ -1,4 +1,5 @@
 import { nodeDistinguishedName } from '../../firmware-sdk/protocol/node-id.ts';
+import { INTEREST_ASK_PREFIX, INTEREST_PREFIX, interestAsk, interestSubject } from './interest.ts';
 import {
   INBOX_PREFIX,
   INBOX_STREAM,
@@ -27,7 +28,9 @@ import {
  * the subjects its role uses:
  *
  * - a gateway publishes and receives messages (`fg.m.>`, `fg.l.>`), retained changes (`fg.r.>`),
- *   announces sessions under its own name only (`fg.s.<node>`), hears every node's, asks and answers
+ *   announces sessions and the subjects it listens on under its own name only (`fg.s.<node>`,
+ *   `fg.i.<node>`), hears every node's, asks any node for its subjects and answers such questions
+ *   for its own name only (`fg.ia.<node>`), asks and answers
  *   the operator questions (`fg.admin.*`) and the retained snapshot (offers; sends to any node; receives
  *   requests for its own name only), and receives replies on its own inboxes only (`_INBOX.<node>.>`);
  * - an operator tool may ask the operator questions and read the answers, nothing else;
@@ -70,8 +73,23 @@ export function gatewayPermissions(node: string): { publish: string[]; subscribe
     RETAINED_OFFER,
   ];
   return {
-    publish: [...shared, sessionSubject(node), `${RETAINED_SEND_PREFIX}.*`, '_INBOX.>', ...jetStreamPublish(node)],
-    subscribe: [...shared, `${SESSION_PREFIX}.*`, retainedSend(node), `${inboxPrefix(node)}.>`],
+    publish: [
+      ...shared,
+      sessionSubject(node),
+      interestSubject(node),
+      `${INTEREST_ASK_PREFIX}.*`,
+      `${RETAINED_SEND_PREFIX}.*`,
+      '_INBOX.>',
+      ...jetStreamPublish(node),
+    ],
+    subscribe: [
+      ...shared,
+      `${SESSION_PREFIX}.*`,
+      `${INTEREST_PREFIX}.*`,
+      interestAsk(node),
+      retainedSend(node),
+      `${inboxPrefix(node)}.>`,
+    ],
   };
 }
 
