@@ -28,13 +28,19 @@ interface Heard {
 
 async function bus(node: string): Promise<{ bus: NatsBus; heard: Heard }> {
   const heard: Heard = { messages: [], shared: [] };
-  const b = await NatsBus.connect({ servers: nats.url }, node, quiet, {
-    message: (m) => heard.messages.push(`${m.topic}=${m.payload.toString()}`),
-    shared: (key, m) => heard.shared.push(`${key} ${m.topic}=${m.payload.toString()}`),
-    link: () => undefined,
-    session: () => undefined,
-    retained: () => undefined,
-  });
+  const b = await NatsBus.connect(
+    { servers: nats.url },
+    node,
+    quiet,
+    {
+      message: (m) => heard.messages.push(`${m.topic}=${m.payload.toString()}`),
+      shared: (key, m) => heard.shared.push(`${key} ${m.topic}=${m.payload.toString()}`),
+      link: () => undefined,
+      session: () => undefined,
+      retained: () => undefined,
+    },
+    limits,
+  );
   return { bus: b, heard };
 }
 

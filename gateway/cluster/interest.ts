@@ -40,6 +40,8 @@ const GONE_MS = 30_000;
 const ASK_TIMEOUT_MS = 10_000;
 /** Bytes of subjects per change or snapshot chunk (a change or chunk is read with a 64 KiB bound). */
 const CHUNK_BYTES = 48 * 1024;
+/** Answers kept at most (cleared when full, and whenever a set changes). */
+const ANSWERS_MAX = 10_000;
 /** Subjects one peer may make this node hold; a peer over it is treated as wanting everything. */
 export const PEER_SUBJECTS_MAX = 2_000_000;
 /** What a message subject of a node's filters looks like (`subjects.ts`): `fg.m.…` or `fg.l.…`, `*` tokens, a final `>`. */
@@ -234,6 +236,8 @@ export class Interest {
   /** Peers whose set is not known, or who want everything. */
   #unknown = 0;
   #settled = false;
+  /** {@link wants}' answers since the sets last changed. */
+  readonly #answers = new Map<string, boolean>();
   #graceTimer: NodeJS.Timeout | undefined;
   readonly #beat: NodeJS.Timeout;
 
@@ -251,7 +255,13 @@ export class Interest {
   /** Whether another node (or a shared group here) may want a message on `subject`. */
   wants(subject: string): boolean {
     if (!this.#settled || this.#unknown > 0) return true;
-    return this.#union.any(subject) || this.#ownShared.any(subject);
+    // Devices publish to the same topics over and over: each answer is kept until a set changes.
+    const known = this.#answers.get(subject);
+    if (known !== undefined) return known;
+    const want = this.#union.any(subject) || this.#ownShared.any(subject);
+    if (this.#answers.size >= ANSWERS_MAX) this.#answers.clear();
+    this.#answers.set(subject, want);
+    return want;
   }
 
   /** For metrics and tests: peers known, subjects held for them, whether this node publishes everything now. */
@@ -261,14 +271,20 @@ export class Interest {
 
   /** A subject this node listens on (a filter's or, `shared`, a shared group's). */
   add(subject: string, shared = false): void {
-    if (shared) this.#ownShared.add(subject);
+    if (shared) {
+      this.#ownShared.add(subject);
+      this.#answers.clear();
+    }
     const n = this.#mine.get(subject) ?? 0;
     this.#mine.set(subject, n + 1);
     if (n === 0) this.#mark(subject, false);
   }
 
   remove(subject: string, shared = false): void {
-    if (shared) this.#ownShared.remove(subject);
+    if (shared) {
+      this.#ownShared.remove(subject);
+      this.#answers.clear();
+    }
     const n = this.#mine.get(subject);
     if (n === undefined) return;
     if (n > 1) this.#mine.set(subject, n - 1);
@@ -373,11 +389,13 @@ export class Interest {
       this.#union.add(s);
     }
     for (const s of a.d) if (held.delete(s)) this.#union.remove(s);
+    this.#answers.clear();
     if (held.size > PEER_SUBJECTS_MAX) this.#wantsEverything(peer);
   }
 
   #wantsEverything(peer: Peer): void {
     for (const s of peer.subjects ?? []) this.#union.remove(s);
+    this.#answers.clear();
     if (peer.subjects !== undefined) this.#unknown++;
     peer.subjects = undefined;
     peer.everything = true;
@@ -387,6 +405,7 @@ export class Interest {
   #resync(token: string, peer: Peer): void {
     if (peer.subjects !== undefined) {
       for (const s of peer.subjects) this.#union.remove(s);
+      this.#answers.clear();
       peer.subjects = undefined;
       this.#unknown++;
     }
@@ -414,6 +433,7 @@ export class Interest {
       peer.subjects = got;
       peer.seq = a.s;
       for (const s of got) this.#union.add(s);
+      this.#answers.clear();
       this.#unknown--;
     });
     const timer = setTimeout(() => this.#stopAsking(peer), ASK_TIMEOUT_MS);
@@ -435,6 +455,7 @@ export class Interest {
     this.#stopAsking(peer);
     if (peer.subjects === undefined) this.#unknown--;
     else for (const s of peer.subjects) this.#union.remove(s);
+    this.#answers.clear();
     this.#peers.delete(token);
   }
 
