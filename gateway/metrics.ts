@@ -38,6 +38,8 @@ interface ClusterCounts {
   reported: Record<string, number>;
   /** The registry thread's status-feed reads (set once the registry link is open). */
   feedReads?: () => number;
+  /** What this node knows of the other nodes' interest (`cluster.interest: announced`). */
+  interest?: () => { peers: number; subjects: number; everything: boolean } | undefined;
 }
 
 /** Connections, handshakes, refusals and cuts, on every surface. */
@@ -159,6 +161,19 @@ function clusterMetrics(registry: Registry, cluster: ClusterCounts) {
       name: 'fleetgate_cluster_link_up',
       help: 'The NATS link to the other gateway nodes: 1 up, 0 down (absent: one node)',
       registers: [registry],
+    }),
+    clusterInterest: new Gauge({
+      name: 'fleetgate_cluster_interest',
+      help: 'What this node knows of the subjects the other gateway nodes listen on: peers (nodes heard), subjects (theirs, held here), publishing_all (1 while a peer’s set is unknown — after start or a reconnect, or while asking — and every message goes to NATS; 0 when only what another node listens to does)',
+      labelNames: ['what'] as const,
+      registers: [registry],
+      collect() {
+        const i = cluster.interest?.();
+        if (i === undefined) return;
+        this.set({ what: 'peers' }, i.peers);
+        this.set({ what: 'subjects' }, i.subjects);
+        this.set({ what: 'publishing_all' }, i.everything ? 1 : 0);
+      },
     }),
     feedReads: new Counter({
       name: 'fleetgate_registry_feed_reads_total',

@@ -94,6 +94,7 @@ export class ClusterJoin {
       });
     }
     metrics.cluster.counts = bus.counts;
+    metrics.cluster.interest = () => bus.interest;
     if (join.state !== undefined) metrics.cluster.jetstream = join.state.counts;
     metrics.clusterLink.set(1);
     log.info(
