@@ -15,7 +15,8 @@
 //  7. Workers (#29): QoS 0 and QoS 1, 10 publishers → 1 subscriber, fleetgate memory mode with one
 //     worker and with `--workers 2` (publishers on the subscriber's worker, then on the other),
 //     Mosquitto beside: server CPU per message over all the server's processes (the bus's part
-//     apart), messages/s, the load clients' CPU (BENCH_WORKERS=0 skips it; =only runs it alone)
+//     apart), messages/s, the load clients' CPU (BENCH_WORKERS=0 skips it; =only runs it alone;
+//     BENCH_WORKER_ROUNDS, BENCH_WORKER_MESSAGES, BENCH_WORKER_QOS1_MESSAGES)
 // Phases 1 and 2 are measured after an unmeasured warm-up on each server (BENCH_WARMUP_CONNECTS,
 // BENCH_WARMUP_MESSAGES): the steady state, not the JIT's first minutes.
 // Servers are child processes on loopback ports, stopped by PID. Every loop is bounded.
@@ -266,7 +267,14 @@ if (SHARED === 'only') {
 }
 
 const WORKERS = process.env.BENCH_WORKERS ?? '1';
-const WORKER_ROUNDS = Number(process.env.BENCH_WORKER_ROUNDS ?? 3);
+const WORKER_ROUNDS = Number(process.env.BENCH_WORKER_ROUNDS ?? 5);
+/**
+ * Messages per publisher in each workers round (QoS 0, QoS 1): 5,000 QoS 0 took ~0.5 s, too short
+ * to tell 10 % apart on this machine (the same server varied 1.3× between rounds; 20,000 each
+ * varied 1.1×), and each server starts fresh, so its first seconds are warm-up.
+ */
+const WORKER_MESSAGES = Number(process.env.BENCH_WORKER_MESSAGES ?? 20_000);
+const WORKER_QOS1_MESSAGES = Number(process.env.BENCH_WORKER_QOS1_MESSAGES ?? 6_000);
 
 interface WorkersServer extends Server {
   admin: string;
@@ -352,7 +360,7 @@ async function measureFlow(
     await publishFromEach(pubs, topic, 200, qos);
     await warm.done;
     sub.removeAllListeners('message');
-    const count = qos === 0 ? MESSAGES : QOS1_MESSAGES;
+    const count = qos === 0 ? WORKER_MESSAGES : WORKER_QOS1_MESSAGES;
     const total = PUBLISHERS * count;
     const arrivals = countArrivals(sub, total, (t) => t.endsWith(`/${topic}`));
     const cpu0 = server.cpuSeconds();
@@ -438,7 +446,7 @@ async function workersPhase(): Promise<void> {
     );
   log('');
   log(
-    `Workers (#29): ${PUBLISHERS} publishers → 1 subscriber, fleetgate memory mode; server CPU per message over all its processes (supervisor, workers, their nats-server), median of ${WORKER_ROUNDS} rounds`,
+    `Workers (#29): ${PUBLISHERS} publishers × ${WORKER_MESSAGES} QoS 0 and × ${WORKER_QOS1_MESSAGES} QoS 1 → 1 subscriber, fleetgate memory mode; server CPU per message over all its processes (supervisor, workers, their nats-server), median of ${WORKER_ROUNDS} rounds`,
   );
   log(
     '| traffic | QoS | server CPU / message | of which nats-server | of which the busiest process | / 1 worker | messages/s | load clients’ CPU (one core = 100 %) |',
@@ -538,7 +546,7 @@ async function measureWork(server: Server): Promise<Omit<Figures, 'idleKiB' | 'i
       await warm.done;
       sub.removeAllListeners('message');
     }
-    const count = qos === 0 ? MESSAGES : QOS1_MESSAGES;
+    const count = qos === 0 ? WORKER_MESSAGES : WORKER_QOS1_MESSAGES;
     const total = PUBLISHERS * count;
     const arrivals = countArrivals(sub, total, (t) => t.endsWith(`/${topic}`));
     cpu0 = server.cpuSeconds();
