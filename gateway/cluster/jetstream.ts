@@ -623,6 +623,7 @@ export class JetStreamState {
   fanOut(message: Message): string[] | undefined {
     if (message.qos === 0) return undefined;
     const shares = this.#durableShares.size === 0 ? undefined : this.#fanOutShared(message);
+    if (this.#owed.empty) return shares; // no persistent session anywhere is owed QoS 1/2
     const owed = this.#owed.match(message.topic);
     if (owed.size === 0) return shares;
     let data: Buffer | undefined;

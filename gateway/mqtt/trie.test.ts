@@ -89,3 +89,15 @@ test('trie/removal prunes and stops matching', () => {
   assert.deepEqual([...t.match('a/b/c')], []);
   assert.equal(t.remove('a/b/c', 's'), false);
 });
+
+test('trie/empty: true for a new trie and again once every filter is removed', () => {
+  const t = new SubscriptionTrie<string>();
+  assert.equal(t.empty, true);
+  t.add('a/+/c', 's1', 1);
+  t.add('#', 's2', 1);
+  assert.equal(t.empty, false);
+  t.remove('a/+/c', 's1');
+  assert.equal(t.empty, false);
+  t.remove('#', 's2');
+  assert.equal(t.empty, true);
+});

@@ -20,6 +20,11 @@ function merge(a: number, b: number): number {
 export class SubscriptionTrie<S> {
   readonly #root: Node<S> = newNode();
 
+  /** Whether no filter is held (removal prunes empty branches, so an empty trie is a bare root). */
+  get empty(): boolean {
+    return this.#root.children.size === 0;
+  }
+
   add(filter: string, subscriber: S, value: number): void {
     let node = this.#root;
     for (const level of filter.split('/')) {
