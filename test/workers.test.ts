@@ -88,6 +88,11 @@ test('workers/two gateway workers on one port: sessions, subscriptions, takeover
     perWorker.every((n) => n > 0),
     `connections on both workers: ${perWorker.join(' / ')}`,
   );
+  // Each worker hears the other's interest (what it listens on): it sends the bus only that.
+  await until('each worker knowing the other', async () => {
+    const m = (await https(`${admin}/metrics`, { ca: rootPem })).body;
+    return (m.match(/^fleetgate_cluster_interest\{[^}]*what="peers"\} 1$/gm) ?? []).length === 2;
+  });
   await Promise.all(deviceClients.map((c, i) => c.publishAsync(`devices/wk-d${i}/telemetry`, `t-${i}`, { qos: 1 })));
   await until('every device heard by the service', () => new Set(telemetry).size === 16, 20_000);
 

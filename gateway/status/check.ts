@@ -48,6 +48,13 @@ export class StatusChecker implements StatusSource {
       this.#drop();
       this.#reader = new RegistryReader(this.#file); // throws REGISTRY_UNAVAILABLE itself
       this.#reader.db.pragma('busy_timeout = 100'); // a locked registry refuses fast (CONNACK 3) instead of stalling the event loop
+      // SQLite drops a connection's whole page cache when another process commits. better-sqlite3's
+      // default cache is 16 MB; freed at once on jemalloc with `dirty_decay_ms:0`, each freed run is
+      // an madvise and a TLB shootdown across the cores: the first feed read after a burst of status
+      // checks took 100–140 ms (the first revocation after 20,000 admissions: 170–470 ms to the cut).
+      // 256 KiB keeps the indexes' inner pages; leaves come from the OS's page cache (the same
+      // ~10 µs per lookup measured on 100,000 rows), and the drop takes under 1 ms.
+      this.#reader.db.pragma('cache_size = -256');
       this.#inode = inode;
     }
     return this.#reader;
