@@ -3,6 +3,10 @@
 // asking for the others' sets, a forged change forcing a resync, a malformed one refused — and
 // throughout, nothing another node listens to is left unpublished.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { connect as natsConnect } from 'nats';
 import pino from 'pino';
@@ -11,7 +15,8 @@ import { interestSubject } from '../gateway/cluster/interest.ts';
 import { filterToSubjects } from '../gateway/cluster/subjects.ts';
 import { Message } from '../gateway/mqtt/session.ts';
 import { until } from '../harness/mqtt.ts';
-import { type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
+import { NATS_SERVER, type NatsServer, natsAvailable, startNats } from '../harness/nats.ts';
+import { freePort, measured, untilListening } from '../harness/services.ts';
 
 if (!natsAvailable() && process.env.CI === 'true')
   throw new Error("nats-server is missing: .ci/run installs Debian's nats-server for the cluster tests");
@@ -26,10 +31,10 @@ interface Heard {
   shared: string[];
 }
 
-async function bus(node: string): Promise<{ bus: NatsBus; heard: Heard }> {
+async function bus(node: string, servers = nats.url): Promise<{ bus: NatsBus; heard: Heard }> {
   const heard: Heard = { messages: [], shared: [] };
   const b = await NatsBus.connect(
-    { servers: nats.url },
+    { servers },
     node,
     quiet,
     {
@@ -165,5 +170,48 @@ test('cluster/interest: a change out of sequence makes the node ask again; a mal
   } finally {
     await raw.close();
     await Promise.all([a.bus.close(), b.bus.close()]);
+  }
+});
+
+test('cluster/interest: a node NATS does not let hear the announcements publishes every message', {
+  skip,
+}, async () => {
+  // A NATS whose permissions predate announcements: messages yes, `fg.i.*` no.
+  const dir = mkdtempSync(join(tmpdir(), 'fleetgate-nats-old-'));
+  const port = await freePort();
+  const allow = '["fg.m.>", "fg.l.>", "_INBOX.>"]';
+  writeFileSync(
+    join(dir, 'nats.conf'),
+    `listen: 127.0.0.1:${port}\nauthorization { users = [ { user: gw, password: pw, permissions: { publish: { allow: ${allow} }, subscribe: { allow: ${allow} } } } ] }\nno_auth_user: gw\n`,
+  );
+  let output = '';
+  const child = spawn(NATS_SERVER, ['-c', join(dir, 'nats.conf')], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.on('data', (d: Buffer) => (output += d));
+  child.stderr.on('data', (d: Buffer) => (output += d));
+  const server = measured(child);
+  try {
+    await untilListening(port, child, 'nats-server', () => output);
+    const servers = `nats://127.0.0.1:${port}`; // as user gw (no_auth_user)
+    const a = await bus('oa', servers);
+    const b = await bus('ob', servers);
+    try {
+      b.bus.filterAdded('devices/o-sensor/#');
+      // NATS refuses A's subscription to the announcements: A hears no peer, so it must not
+      // conclude that nobody listens — it publishes everything, for good (not only in its start's grace).
+      await until('A deaf to the announcements', () => a.bus.interest?.deaf === true);
+      assert.equal(a.bus.interest?.everything, true);
+      for (let i = 0; ; i++) {
+        a.bus.publish(msg('devices/o-sensor/t', `o${i}`));
+        if (b.heard.messages.length > 0 || i >= 200) break;
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      assert.ok(b.heard.messages.length > 0, 'B hears what A publishes');
+      assert.equal(a.bus.counts.unwanted, 0);
+    } finally {
+      await Promise.all([a.bus.close(), b.bus.close()]);
+    }
+  } finally {
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -4,7 +4,7 @@ import { isDeviceId } from '../../firmware-sdk/protocol/device-id.ts';
 import { FleetgateError } from '../../firmware-sdk/protocol/errors.ts';
 import { NODE_NAME } from '../../firmware-sdk/protocol/node-id.ts';
 import type { Message } from '../mqtt/session.ts';
-import { Interest } from './interest.ts';
+import { Interest, type InterestState } from './interest.ts';
 import {
   filterToSubjects,
   isLongSubject,
@@ -150,7 +150,12 @@ export class NatsBus {
     });
     this.#interest = interest
       ? new Interest(nc, node, {
-          on: (subject, handler) => this.#on(subject, handler),
+          on: (subject, handler, onError) => this.#on(subject, handler, undefined, onError),
+          blind: (reason) =>
+            log.error(
+              { code: 'CLUSTER_UNAVAILABLE', reason },
+              'cannot hear the other nodes’ interest: every message goes to NATS (regenerate the NATS config with `fleetgate cluster nats-config`, or set cluster.interest to "all")',
+            ),
           publish: (subject, data, reply) => this.#publish(subject, data, undefined, reply),
           refuse: (reason, subject) => this.#refuse(reason, subject),
         })
@@ -221,12 +226,15 @@ export class NatsBus {
    * Subscribes with a handler that cannot throw into the NATS client: a throw is a refused
    * message. `shared`: on the shared groups' connection, in queue group `queue`.
    */
-  #on(subject: string, handler: Handler, shared?: { queue: string }): Subscription {
+  #on(subject: string, handler: Handler, shared?: { queue: string }, onError?: (err: Error) => void): Subscription {
     const nc = shared === undefined ? this.#nc : this.#sharedNc;
     return nc.subscribe(subject, {
       ...(shared !== undefined && { queue: shared.queue }),
       callback: (err, msg) => {
-        if (err !== null) return;
+        if (err !== null) {
+          onError?.(err); // NATS refused the subscription (a permissions violation): it is closed
+          return;
+        }
         try {
           handler(msg);
         } catch (e) {
@@ -597,7 +605,7 @@ export class NatsBus {
   }
 
   /** What this node knows of the other nodes' interest (undefined with `cluster.interest: all`). */
-  get interest(): { peers: number; subjects: number; everything: boolean } | undefined {
+  get interest(): InterestState | undefined {
     return this.#interest?.state;
   }
 

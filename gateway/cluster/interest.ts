@@ -18,7 +18,8 @@ import { inboxPrefix, json, nodeToken, readJson } from './wire.ts';
  * NATS queue groups serve even from here). It publishes everything — as if it knew nothing — while
  * any peer's set is unknown: for 3.5 s after it starts or its link comes back (every live peer
  * beats within that), while it asks a peer first heard mid-sequence or after a gap in its sequence
- * (a lost change), and for a peer over the bound on subjects. A peer unheard for 30 s is
+ * (a lost change), for a peer over the bound on subjects — and for good if NATS refuses its
+ * subscription to the announcements (a permissions config from an earlier release). A peer unheard for 30 s is
  * forgotten. Changes travel on the same NATS connection as the SUB they follow and ahead of the
  * snapshot answered after them, so what a peer applies is never older than what NATS routes.
  *
@@ -208,9 +209,18 @@ function chunks(subjects: Iterable<string>): string[][] {
   return out;
 }
 
+export interface InterestState {
+  peers: number;
+  subjects: number;
+  everything: boolean;
+  deaf: boolean;
+}
+
 export interface InterestHooks {
-  /** Subscribes with a handler that cannot throw into the NATS client. */
-  on(subject: string, handler: (msg: Msg) => void): Subscription;
+  /** Subscribes with a handler that cannot throw into the NATS client; `onError` when NATS refuses the subscription. */
+  on(subject: string, handler: (msg: Msg) => void, onError?: (err: Error) => void): Subscription;
+  /** This node cannot hear the others' interest (NATS refused it): it publishes everything from now on. */
+  blind(reason: string): void;
   /** Publishes if the link is up; false if not. */
   publish(subject: string, data: Uint8Array, reply?: string): boolean;
   /** Something a peer sent that is not what a node sends: counted and logged. */
@@ -236,6 +246,8 @@ export class Interest {
   /** Peers whose set is not known, or who want everything. */
   #unknown = 0;
   #settled = false;
+  /** NATS refused this node's subscription to the announcements. */
+  #deaf = false;
   /** {@link wants}' answers since the sets last changed. */
   readonly #answers = new Map<string, boolean>();
   #graceTimer: NodeJS.Timeout | undefined;
@@ -245,7 +257,17 @@ export class Interest {
     this.#nc = nc;
     this.#node = node;
     this.#hooks = hooks;
-    hooks.on(`${INTEREST_PREFIX}.*`, (msg) => this.#heard(msg));
+    // Refused by NATS (a permissions config from before announcements): deaf to the others, so
+    // every message goes out — never silence because this node cannot hear.
+    hooks.on(
+      `${INTEREST_PREFIX}.*`,
+      (msg) => this.#heard(msg),
+      (err) => {
+        if (this.#deaf) return;
+        this.#deaf = true;
+        hooks.blind(err.message);
+      },
+    );
     hooks.on(interestAsk(node), (msg) => this.#answer(msg));
     this.#beat = setInterval(() => this.#tick(), BEAT_MS);
     this.#beat.unref();
@@ -254,7 +276,7 @@ export class Interest {
 
   /** Whether another node (or a shared group here) may want a message on `subject`. */
   wants(subject: string): boolean {
-    if (!this.#settled || this.#unknown > 0) return true;
+    if (!this.#settled || this.#unknown > 0 || this.#deaf) return true;
     // Devices publish to the same topics over and over: each answer is kept until a set changes.
     const known = this.#answers.get(subject);
     if (known !== undefined) return known;
@@ -264,9 +286,14 @@ export class Interest {
     return want;
   }
 
-  /** For metrics and tests: peers known, subjects held for them, whether this node publishes everything now. */
-  get state(): { peers: number; subjects: number; everything: boolean } {
-    return { peers: this.#peers.size, subjects: this.#union.size, everything: !this.#settled || this.#unknown > 0 };
+  /** For metrics and tests: peers known, subjects held for them, whether this node publishes everything now (and whether for good: deaf). */
+  get state(): InterestState {
+    return {
+      peers: this.#peers.size,
+      subjects: this.#union.size,
+      everything: !this.#settled || this.#unknown > 0 || this.#deaf,
+      deaf: this.#deaf,
+    };
   }
 
   /** A subject this node listens on (a filter's or, `shared`, a shared group's). */
