@@ -443,6 +443,8 @@ export class Interest {
     const inbox = createInbox(inboxPrefix(this.#node));
     const got = new Set<string>();
     const sub = this.#hooks.on(inbox, (msg) => {
+      // NATS's "no responders" (a status, no data): the peer is gone; its beats stop and it is forgotten.
+      if (msg.data.length === 0) return this.#stopAsking(peer);
       const a = readAnnouncement(msg.data);
       if (typeof a === 'string') {
         this.#stopAsking(peer);
