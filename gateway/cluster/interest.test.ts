@@ -27,6 +27,11 @@ test('SubjectSet counts: a subject added twice stays until removed twice; removi
   assert.equal(s.any('fg.m.x.t'), false);
   assert.equal(s.any('fg.m.a'), false);
   assert.equal(s.size, 0);
+  // Every change moves the version on (what any() answered may no longer hold).
+  const v = s.version;
+  s.add('fg.m.b');
+  s.remove('fg.m.b');
+  assert.equal(s.version, v + 2);
   // The trie is pruned: adding again after a full removal works as from new.
   s.add('fg.m.*.t.>');
   assert.equal(s.any('fg.m.x.t.y'), true);

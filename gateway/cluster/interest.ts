@@ -58,8 +58,11 @@ export class SubjectSet {
   readonly #flat = new Map<string, number>();
   readonly #star: StarNode = starNode();
   #stars = 0;
+  /** Moves on with every add and remove: what {@link any} answered before may no longer hold. */
+  version = 0;
 
   add(subject: string): void {
+    this.version++;
     if (!subject.includes('*')) {
       this.#flat.set(subject, (this.#flat.get(subject) ?? 0) + 1);
       return;
@@ -84,6 +87,7 @@ export class SubjectSet {
   }
 
   remove(subject: string): void {
+    this.version++;
     if (!subject.includes('*')) {
       const n = this.#flat.get(subject);
       if (n === undefined) return;
@@ -248,8 +252,9 @@ export class Interest {
   #settled = false;
   /** NATS refused this node's subscription to the announcements. */
   #deaf = false;
-  /** {@link wants}' answers since the sets last changed. */
+  /** {@link wants}' answers, at the sets' version {@link #answersAt} (both only grow: their sum moves when either does). */
   readonly #answers = new Map<string, boolean>();
+  #answersAt = 0;
   #graceTimer: NodeJS.Timeout | undefined;
   readonly #beat: NodeJS.Timeout;
 
@@ -276,12 +281,16 @@ export class Interest {
 
   /** Whether another node (or a shared group here) may want a message on `subject`. */
   wants(subject: string): boolean {
-    if (!this.#settled || this.#unknown > 0 || this.#deaf) return true;
+    if (this.#everything) return true;
     // Devices publish to the same topics over and over: each answer is kept until a set changes.
+    const version = this.#union.version + this.#ownShared.version;
+    if (version !== this.#answersAt || this.#answers.size >= ANSWERS_MAX) {
+      this.#answers.clear();
+      this.#answersAt = version;
+    }
     const known = this.#answers.get(subject);
     if (known !== undefined) return known;
     const want = this.#union.any(subject) || this.#ownShared.any(subject);
-    if (this.#answers.size >= ANSWERS_MAX) this.#answers.clear();
     this.#answers.set(subject, want);
     return want;
   }
@@ -291,27 +300,26 @@ export class Interest {
     return {
       peers: this.#peers.size,
       subjects: this.#union.size,
-      everything: !this.#settled || this.#unknown > 0 || this.#deaf,
+      everything: this.#everything,
       deaf: this.#deaf,
     };
   }
 
+  /** In its start's grace, a peer's set unknown, or deaf: every message goes out. */
+  get #everything(): boolean {
+    return !this.#settled || this.#unknown > 0 || this.#deaf;
+  }
+
   /** A subject this node listens on (a filter's or, `shared`, a shared group's). */
   add(subject: string, shared = false): void {
-    if (shared) {
-      this.#ownShared.add(subject);
-      this.#answers.clear();
-    }
+    if (shared) this.#ownShared.add(subject);
     const n = this.#mine.get(subject) ?? 0;
     this.#mine.set(subject, n + 1);
     if (n === 0) this.#mark(subject, false);
   }
 
   remove(subject: string, shared = false): void {
-    if (shared) {
-      this.#ownShared.remove(subject);
-      this.#answers.clear();
-    }
+    if (shared) this.#ownShared.remove(subject);
     const n = this.#mine.get(subject);
     if (n === undefined) return;
     if (n > 1) this.#mine.set(subject, n - 1);
@@ -416,13 +424,11 @@ export class Interest {
       this.#union.add(s);
     }
     for (const s of a.d) if (held.delete(s)) this.#union.remove(s);
-    this.#answers.clear();
     if (held.size > PEER_SUBJECTS_MAX) this.#wantsEverything(peer);
   }
 
   #wantsEverything(peer: Peer): void {
     for (const s of peer.subjects ?? []) this.#union.remove(s);
-    this.#answers.clear();
     if (peer.subjects !== undefined) this.#unknown++;
     peer.subjects = undefined;
     peer.everything = true;
@@ -432,7 +438,6 @@ export class Interest {
   #resync(token: string, peer: Peer): void {
     if (peer.subjects !== undefined) {
       for (const s of peer.subjects) this.#union.remove(s);
-      this.#answers.clear();
       peer.subjects = undefined;
       this.#unknown++;
     }
@@ -462,7 +467,6 @@ export class Interest {
       peer.subjects = got;
       peer.seq = a.s;
       for (const s of got) this.#union.add(s);
-      this.#answers.clear();
       this.#unknown--;
     });
     const timer = setTimeout(() => this.#stopAsking(peer), ASK_TIMEOUT_MS);
@@ -484,7 +488,6 @@ export class Interest {
     this.#stopAsking(peer);
     if (peer.subjects === undefined) this.#unknown--;
     else for (const s of peer.subjects) this.#union.remove(s);
-    this.#answers.clear();
     this.#peers.delete(token);
   }
 
